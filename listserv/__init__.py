@@ -1,0 +1,1 @@
+"""listserv: a mailing-list server."""

@@ -1,0 +1,103 @@
+"""The addresses a list owns, both ways: route an envelope recipient to a list and a
+purpose, and build the addresses that go into the headers of what we send.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from flanker.addresslib import address as flanker_address
+
+
+class Purpose(enum.StrEnum):
+    POST = "post"  # LIST@: a post to the members
+    OWNER = "owner"  # LIST-owner@: forwarded to the owners
+    BOUNCES = "bounces"  # LIST-bounces@, LIST-bounces+x@: delivery reports
+    REQUEST = "request"  # LIST-request@: commands, one per line
+    JOIN = "join"  # LIST-join@: subscribe, no body needed
+    LEAVE = "leave"  # LIST-leave@: unsubscribe, no body needed
+    CONFIRM = "confirm"  # LIST-confirm+TOKEN@: answers to confirmations and notices
+
+
+# Which suffixes take a "+detail" part: bounces may (VERP), confirm must (the token).
+_DETAIL = {Purpose.BOUNCES: "optional", Purpose.CONFIRM: "required"}
+
+
+@dataclass(frozen=True)
+class Route:
+    list_address: str  # dev@lists.example.org
+    purpose: Purpose
+    detail: str = ""  # what followed "+" in the local part
+
+
+def split(addr: str) -> tuple[str, str]:
+    """Local part and domain, lower case; ("", "") for anything without one "@"."""
+    local, at, domain = addr.strip().strip("<>").rpartition("@")
+    if not at or not local or not domain:
+        return "", ""
+    return local.lower(), domain.lower()
+
+
+def candidates(rcpt: str) -> list[Route]:
+    """Every (list, purpose) a recipient could mean; the caller keeps the one that exists.
+
+    A list may itself be called "dev-owner", so the plain reading comes first.
+    """
+    local, domain = split(rcpt)
+    if not local:
+        return []
+    base, plus, detail = local.partition("+")
+    routes = []
+    if not plus:
+        routes.append(Route(f"{local}@{domain}", Purpose.POST))
+    for purpose in Purpose:
+        suffix = "-" + purpose.value
+        if purpose is Purpose.POST or not base.endswith(suffix) or len(base) == len(suffix):
+            continue
+        need = _DETAIL.get(purpose)
+        if (plus and need is None) or (need == "required" and not detail):
+            continue
+        routes.append(Route(f"{base[: -len(suffix)]}@{domain}", purpose, detail))
+    return routes
+
+
+@dataclass(frozen=True)
+class ListAddresses:
+    """The addresses of one list, for headers and envelopes."""
+
+    posting: str
+
+    @property
+    def local(self) -> str:
+        return split(self.posting)[0]
+
+    @property
+    def domain(self) -> str:
+        return split(self.posting)[1]
+
+    def at(self, purpose: Purpose, detail: str = "") -> str:
+        if purpose is Purpose.POST:
+            return self.posting
+        plus = f"+{detail}" if detail else ""
+        return f"{self.local}-{purpose.value}{plus}@{self.domain}"
+
+    @property
+    def list_id(self) -> str:
+        """RFC 2919 list-id: the posting address with "@" turned into "."."""
+        return f"{self.local}.{self.domain}"
+
+
+def parse_mailbox(text: str) -> tuple[str, str] | None:
+    """(display name, lower-case addr-spec) of one mailbox, or None if it is not one."""
+    parsed = flanker_address.parse(text.strip(), addr_spec_only=False)
+    if parsed is None or getattr(parsed, "addr_type", "email") != "email":
+        return None
+    return (parsed.display_name or "", parsed.address.lower())
+
+
+def valid_list_local(local: str) -> bool:
+    """List names must route unambiguously: no "+" and no reserved suffix."""
+    if not local or "+" in local:
+        return False
+    return not any(local.endswith("-" + p.value) for p in Purpose if p is not Purpose.POST)

@@ -1,0 +1,313 @@
+"""`listserv ...`: one typer sub-app per noun. Commands parse arguments, call the same
+functions the server uses, and print with rich; a user error is one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mailbox
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from listserv import archive, db, roster
+from listserv import config as config_mod
+from listserv.models import Role
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="listserv: a mailing-list server.")
+list_app = typer.Typer(no_args_is_help=True, help="Create, inspect and delete lists.")
+member_app = typer.Typer(no_args_is_help=True, help="Manage the members of a list.")
+held_app = typer.Typer(no_args_is_help=True, help="Messages held for moderation.")
+archive_app = typer.Typer(no_args_is_help=True, help="The stored, threaded messages.")
+db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+app.add_typer(list_app, name="list")
+app.add_typer(member_app, name="member")
+app.add_typer(held_app, name="held")
+app.add_typer(archive_app, name="archive")
+app.add_typer(db_app, name="db")
+
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
+
+
+class State:
+    def __init__(self, config_path: Path | None) -> None:
+        self.config = config_mod.load(config_path)
+        self._engine: Engine | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = db.open_database(self.config.database.url)
+        return self._engine
+
+
+@app.callback()
+def _global(ctx: typer.Context, config: Annotated[Path | None, typer.Option(
+        "--config", help="TOML config file (default: $LISTSERV_CONFIG, else built-in "
+        "defaults).")] = None) -> None:
+    ctx.obj = State(config)
+
+
+def _state(ctx: typer.Context) -> State:
+    return ctx.find_root().obj
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+# --- list -------------------------------------------------------------------------------
+
+@list_app.command("create")
+def list_create(ctx: typer.Context, address: str,
+                name: Annotated[str | None, typer.Option(help="Display name.")] = None,
+                owner: Annotated[str | None, typer.Option(help="Owner address.")] = None,
+                description: Annotated[str, typer.Option()] = "") -> None:
+    """Create a list; --owner makes that address owner and member."""
+    with db.session(_state(ctx).engine) as s:
+        mlist = roster.create_list(s, address, name=name, owner=owner, description=description)
+        s.commit()
+    out.print(f"created {mlist.address} ({mlist.name})")
+
+
+def _list_summary(s: Any, mlist: Any) -> dict:
+    counts: dict[str, int] = {}
+    for m in roster.members(s, mlist):
+        counts[m.role.value] = counts.get(m.role.value, 0) + 1
+    return {"address": mlist.address, "name": mlist.name, "description": mlist.description,
+            "members": counts.get("member", 0), "owners": counts.get("owner", 0),
+            "moderators": counts.get("moderator", 0), "created_at": mlist.created_at}
+
+
+@list_app.command("ls")
+def list_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """All lists."""
+    with db.session(_state(ctx).engine) as s:
+        rows = [_list_summary(s, m) for m in roster.all_lists(s)]
+    if as_json:
+        return _print_json(rows)
+    table = Table("address", "name", "members", "description")
+    for r in rows:
+        table.add_row(r["address"], r["name"], str(r["members"]), r["description"])
+    out.print(table)
+
+
+@list_app.command("show")
+def list_show(ctx: typer.Context, address: str, as_json: JsonOpt = False) -> None:
+    """One list and its counts."""
+    with db.session(_state(ctx).engine) as s:
+        info = _list_summary(s, roster.get_list(s, address))
+    if as_json:
+        return _print_json(info)
+    for key, value in info.items():
+        out.print(f"[bold]{key}[/bold]: {value}")
+
+
+@list_app.command("delete")
+def list_delete(ctx: typer.Context, address: str,
+                yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
+    """Delete a list with its members and archive."""
+    if not yes:
+        if not sys.stdin.isatty():
+            raise roster.UserError(f"not deleting {address} without --yes")
+        typer.confirm(f"Delete {address}, its members and its archive?", abort=True)
+    with db.session(_state(ctx).engine) as s:
+        roster.delete_list(s, roster.get_list(s, address))
+        s.commit()
+    out.print(f"deleted {address}")
+
+
+# --- member -----------------------------------------------------------------------------
+
+def _report(result: roster.AddResult, role: Role) -> None:
+    for a in result.existing:
+        err.print(f"{a}: already a {role.value}")
+    for a in result.invalid:
+        err.print(f"{a!r}: not a valid address")
+
+
+@member_app.command("add")
+def member_add(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], addresses: list[str],
+        role: Annotated[Role, typer.Option(help="member, moderator or owner.")] = Role.MEMBER
+        ) -> None:
+    """Add addresses; bad or existing ones are reported and the rest still go in."""
+    with db.session(_state(ctx).engine) as s:
+        result = roster.add_members(s, roster.get_list(s, list_address), addresses, role)
+        s.commit()
+    for a in result.added:
+        out.print(f"added {a} as {role.value}")
+    _report(result, role)
+    if result.invalid or result.existing:
+        raise typer.Exit(1)
+
+
+@member_app.command("remove")
+def member_remove(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], addresses: list[str]) -> None:
+    """Remove addresses (every role they hold)."""
+    with db.session(_state(ctx).engine) as s:
+        removed, missing = roster.remove_members(s, roster.get_list(s, list_address),
+                                                 addresses)
+        s.commit()
+    for a in removed:
+        out.print(f"removed {a}")
+    for a in missing:
+        err.print(f"{a}: not on {list_address}")
+    if missing:
+        raise typer.Exit(1)
+
+
+@member_app.command("ls")
+def member_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], as_json: JsonOpt = False) -> None:
+    """Members with their roles and delivery."""
+    with db.session(_state(ctx).engine) as s:
+        rows = [{"address": m.address, "name": m.display_name, "role": m.role.value,
+                 "delivery": m.delivery.value, "moderated": m.moderated,
+                 "disabled_by": m.disabled_by.value if m.disabled_by else None}
+                for m in roster.members(s, roster.get_list(s, list_address))]
+    if as_json:
+        return _print_json(rows)
+    table = Table("address", "role", "delivery", "name")
+    for r in rows:
+        table.add_row(r["address"], r["role"], r["delivery"], r["name"])
+    out.print(table)
+
+
+@member_app.command("import")
+def member_import(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], file: Path) -> None:
+    """Add every address in FILE (CSV with an address column, or one per line)."""
+    try:
+        entries = list(roster.read_import(file.read_text(encoding="utf-8-sig")))
+    except OSError as exc:
+        raise roster.UserError(f"cannot read {file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise roster.UserError(f"{file} is not UTF-8 text") from exc
+    with db.session(_state(ctx).engine) as s, _progress() as bar:
+        task = bar.add_task("importing", total=len(entries))
+        result = roster.add_members(s, roster.get_list(s, list_address), entries,
+                                    progress=lambda n: bar.advance(task, n))
+        s.commit()
+    _report(result, Role.MEMBER)
+    out.print(f"added {len(result.added)}, already members {len(result.existing)}, "
+              f"invalid {len(result.invalid)}")
+
+
+# --- held -------------------------------------------------------------------------------
+
+@held_app.command("ls")
+def held_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], as_json: JsonOpt = False) -> None:
+    """Messages waiting for a moderator."""
+    with db.session(_state(ctx).engine) as s:
+        rows = [{"id": m.id, "sender": m.from_address or m.mail_from, "subject": m.subject,
+                 "reason": "; ".join(m.reasons.splitlines()), "received_at": m.received_at}
+                for m in archive.held(s, roster.get_list(s, list_address))]
+    if as_json:
+        return _print_json(rows)
+    table = Table("id", "sender", "subject", "reason")
+    for r in rows:
+        table.add_row(str(r["id"]), r["sender"], r["subject"], r["reason"])
+    out.print(table)
+
+
+# --- archive ----------------------------------------------------------------------------
+
+def _read_mailbox(path: Path) -> Iterator[bytes]:
+    if path.is_dir():
+        box: mailbox.Mailbox = mailbox.Maildir(path, factory=None, create=False)
+    elif path.is_file():
+        box = mailbox.mbox(path, create=False)
+    else:
+        raise roster.UserError(f"{path}: no such mbox file or Maildir folder")
+    for key in box.iterkeys():
+        yield box.get_bytes(key)
+
+
+@archive_app.command("import")
+def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], file: Path) -> None:
+    """Store and thread every message of an mbox or Maildir, sending nothing."""
+    messages = list(_read_mailbox(file))
+    counts = {"imported": 0, "duplicates": 0}
+    with db.session(_state(ctx).engine) as s, _progress() as bar:
+        mlist = roster.get_list(s, list_address)
+        task = bar.add_task("importing", total=len(messages))
+        for i, raw in enumerate(messages, 1):
+            counts["imported" if archive.import_message(s, mlist, raw) else "duplicates"] += 1
+            bar.advance(task)
+            if i % 500 == 0:
+                s.commit()
+        s.commit()
+    out.print(f"{len(messages)} messages read: {counts['imported']} imported, "
+              f"{counts['duplicates']} duplicates skipped")
+
+
+@archive_app.command("threads")
+def archive_threads(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], as_json: JsonOpt = False) -> None:
+    """Every stored message with its parent and thread."""
+    with db.session(_state(ctx).engine) as s:
+        rows = archive.thread_rows(s, roster.get_list(s, list_address))
+    if as_json:
+        return _print_json(rows)
+    table = Table("message_id", "parent_id", "thread_id", "subject")
+    for r in rows:
+        table.add_row(r["message_id"], r["parent_id"] or "", r["thread_id"], r["subject"])
+    out.print(table)
+
+
+# --- db, serve --------------------------------------------------------------------------
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context) -> None:
+    """Run the schema migrations."""
+    state = _state(ctx)
+    db.upgrade(db.make_engine(state.config.database.url))
+    out.print("database is up to date")
+
+
+@app.command("serve")
+def serve(ctx: typer.Context) -> None:
+    """Receive, deliver and serve the web pages in one process until SIGTERM or Ctrl-C."""
+    from listserv import server
+
+    state = _state(ctx)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(message)s")
+    server.run(state.engine, state.config)
+
+
+def main() -> None:
+    """Console entry point: known errors become one line on stderr and exit 1."""
+    try:
+        app()
+    except (config_mod.ConfigError, db.DatabaseError, roster.UserError) as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)
+    except SQLAlchemyError as exc:
+        err.print(f"database error: {str(exc).splitlines()[0]}", markup=False, highlight=False)
+        sys.exit(1)
+    except OSError as exc:
+        err.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(1)

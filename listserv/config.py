@@ -1,0 +1,123 @@
+"""Typed settings, loaded once from TOML and passed explicitly to whatever needs them.
+
+Defaults are defined here only; `config.example.toml` documents the same keys and a
+test keeps the two in step. Unknown keys and wrong types stop startup with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A config problem a user can fix; its text names the key."""
+
+
+@dataclass(frozen=True)
+class DatabaseConfig:
+    url: str = "sqlite:///listserv.db"
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    max_message_bytes: int = 10485760
+    # "lmtp" when Postfix hands mail over with lmtp:inet:host:port.
+    protocol: str = "smtp"
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    smarthost_host: str = "127.0.0.1"
+    smarthost_port: int = 25
+    max_recipients_per_transaction: int = 100
+    concurrency: int = 4
+    retry_initial_seconds: int = 60
+    retry_max_hours: int = 72
+    # How long a claimed job stays reserved for a worker that stopped answering.
+    lease_seconds: int = 300
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    base_url: str = "http://127.0.0.1:8080"
+    secret: str = ""
+
+
+@dataclass(frozen=True)
+class ListsConfig:
+    confirm_expiry_hours: int = 72
+    hold_expiry_days: int = 14
+    max_autoreplies_per_day: int = 10
+
+
+@dataclass(frozen=True)
+class Config:
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    smtp: SmtpConfig = field(default_factory=SmtpConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    lists: ListsConfig = field(default_factory=ListsConfig)
+
+
+_CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
+
+
+def _section(cls: type, name: str, values: object) -> object:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key [{name}] {key}; valid keys: {', '.join(fields)}")
+        expected = type(getattr(cls(), key))
+        # TOML has no int/bool confusion, but Python does: True is an int.
+        if type(value) is not expected:
+            raise ConfigError(
+                f"[{name}] {key} must be a {expected.__name__}, not {type(value).__name__}"
+            )
+        choices = _CHOICES.get((name, key))
+        if choices and value not in choices:
+            raise ConfigError(f"[{name}] {key} must be one of {', '.join(choices)}")
+        if expected is int and value < 0:
+            raise ConfigError(f"[{name}] {key} must not be negative")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(data: dict) -> Config:
+    """Build a Config from parsed TOML, refusing anything we would silently ignore."""
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for name, values in data.items():
+        if name not in sections:
+            raise ConfigError(f"unknown section [{name}]; valid sections: {', '.join(sections)}")
+        kwargs[name] = _section(sections[name].default_factory, name, values)
+    return Config(**kwargs)
+
+
+def load(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Read the file named by --config or LISTSERV_CONFIG; defaults when neither is set."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("LISTSERV_CONFIG")
+    data: dict = {}
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+    config = from_dict(data)
+    url = env.get("LISTSERV_DATABASE_URL")
+    if url:
+        config = dataclasses.replace(config, database=DatabaseConfig(url=url))
+    return config

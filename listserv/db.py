@@ -1,0 +1,105 @@
+"""Engine and sessions: the one way to reach the database.
+
+The differences between SQLite (the embedded default) and PostgreSQL live here only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, create_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class DatabaseError(Exception):
+    """The database cannot be reached or is not in a usable state; the text says why."""
+
+
+def normalize_url(url: str) -> str:
+    """Let users write postgresql://; we only ship the psycopg 3 driver."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    """An engine whose transactions are safe for several threads of one process."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        _tune_sqlite(engine)
+    else:
+        engine = create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        # Let SQLAlchemy's "begin" event decide how transactions start (see below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is on disk before we answer 250.
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
+        # A deferred transaction that reads and then writes fails at once with
+        # SQLITE_BUSY when another thread wrote meanwhile; IMMEDIATE waits its turn.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+@contextmanager
+def session(engine: Engine) -> Iterator[Session]:
+    """A session whose objects stay readable after commit."""
+    with Session(engine, expire_on_commit=False) as s:
+        yield s
+
+
+def _alembic_config(engine: Engine) -> AlembicConfig:
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def upgrade(engine: Engine) -> None:
+    """Run the alembic migrations up to the newest."""
+    try:
+        command.upgrade(_alembic_config(engine), "head")
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot upgrade the database: {exc.__class__.__name__}: "
+                            f"{str(exc).splitlines()[0]}") from exc
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create the schema on first use, so `listserv serve` works on an empty database."""
+    try:
+        tables = inspect(engine).get_table_names()
+    except SQLAlchemyError as exc:
+        raise DatabaseError(f"cannot open database: {str(exc).splitlines()[0]}") from exc
+    if "alembic_version" not in tables:
+        upgrade(engine)
+
+
+def open_database(url: str) -> Engine:
+    """The engine every command uses: connected, with the schema in place."""
+    engine = make_engine(url)
+    ensure_schema(engine)
+    return engine

@@ -1,0 +1,270 @@
+"""The delivery worker: claim jobs from the database, send them, record what happened.
+
+Jobs are claimed with a conditional UPDATE (and SKIP LOCKED on PostgreSQL), so any
+number of workers on any number of machines can share one database without sending
+a job twice. A job is marked done in its own commit right after the smarthost's 250.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from listserv import db
+from listserv.config import DeliveryConfig
+from listserv.models import Delivery, DeliveryState, Outgoing, RecipientFailure, utcnow
+from listserv.relay import Relay, RelayError, Reply, prepare
+
+log = logging.getLogger("listserv.deliver")
+
+# Postfix's maximal_backoff_time is 4000 s; waiting longer between tries only delays
+# mail once the smarthost is back.
+MAX_BACKOFF = timedelta(hours=1)
+
+
+@dataclass
+class Job:
+    id: int
+    outgoing_id: int
+    mail_from: str
+    recipients: list[str]
+    attempts: int
+    created_at: datetime
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _ready(now: datetime):  # type: ignore[no-untyped-def]
+    return or_(
+        and_(Delivery.state == DeliveryState.QUEUED, Delivery.next_attempt_at <= now),
+        and_(Delivery.state == DeliveryState.SENDING, Delivery.lease_until < now),
+    )
+
+
+def claim(session: Session, worker: str, limit: int, lease: timedelta) -> list[Job]:
+    """Reserve up to `limit` ready jobs for this worker and commit the reservation."""
+    now = utcnow()
+    ids = list(session.scalars(
+        select(Delivery.id).where(_ready(now)).order_by(Delivery.id).limit(limit)
+        .with_for_update(skip_locked=True)))
+    if not ids:
+        session.rollback()
+        return []
+    # The WHERE repeats the readiness test: without row locks (SQLite) it is what stops
+    # two claimers taking the same job.
+    session.execute(
+        update(Delivery).where(Delivery.id.in_(ids), _ready(now))
+        .values(state=DeliveryState.SENDING, worker=worker, lease_until=now + lease,
+                attempts=Delivery.attempts + 1))
+    rows = session.execute(
+        select(Delivery.id, Delivery.outgoing_id, Delivery.mail_from, Delivery.recipients,
+               Delivery.attempts, Delivery.created_at)
+        .where(Delivery.id.in_(ids), Delivery.worker == worker,
+               Delivery.state == DeliveryState.SENDING)).all()
+    session.commit()
+    return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,
+                r.created_at) for r in rows]
+
+
+def recover_dead_workers(session: Session, host: str) -> int:
+    """After a crash or kill -9 on this host, give back the jobs its dead processes held,
+    so a restart resumes them at once instead of waiting for their lease to run out."""
+    workers = set(session.scalars(select(Delivery.worker).where(
+        Delivery.state == DeliveryState.SENDING, Delivery.worker.like(f"{host}:%")).distinct()))
+    dead = [w for w in workers if not _alive(int(w.rsplit(":", 1)[1]))]
+    if not dead:
+        return 0
+    result = session.execute(
+        update(Delivery).where(Delivery.state == DeliveryState.SENDING,
+                               Delivery.worker.in_(dead))
+        .values(state=DeliveryState.QUEUED, worker=None, lease_until=None))
+    session.commit()
+    return result.rowcount
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
+    seconds = config.retry_initial_seconds * 2 ** max(attempts - 1, 0)
+    return min(timedelta(seconds=seconds), MAX_BACKOFF)
+
+
+def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
+           error: RelayError | None) -> DeliveryState:
+    """Write the outcome of one attempt: done, retry later (only the recipients that
+    still need it), or failed for good."""
+    now = utcnow()
+    temporary = {r: rep for r, rep in refused.items() if rep.temporary}
+    permanent = {r: str(rep) for r, rep in refused.items() if not rep.temporary}
+    if error is not None:
+        if error.temporary:
+            temporary = {r: Reply(error.code or 451, str(error)) for r in job.recipients}
+        else:
+            permanent = {r: str(error) for r in job.recipients}
+    values: dict = {"worker": None, "lease_until": None}
+    expired = now - job.created_at >= timedelta(hours=config.retry_max_hours)
+    if temporary and expired:
+        permanent.update({r: f"gave up after {config.retry_max_hours} h: {rep}"
+                          for r, rep in temporary.items()})
+        values.update(state=DeliveryState.FAILED, done_at=now,
+                      last_error=next(iter(temporary.values())).text)
+    elif temporary:
+        values.update(state=DeliveryState.QUEUED, recipients="\n".join(temporary),
+                      next_attempt_at=now + backoff(config, job.attempts),
+                      last_error=str(next(iter(temporary.values()))))
+    elif error is not None:
+        values.update(state=DeliveryState.FAILED, done_at=now, last_error=str(error))
+    else:
+        values.update(state=DeliveryState.DONE, done_at=now)
+    if permanent:
+        session.execute(insert(RecipientFailure), [
+            {"delivery_id": job.id, "address": r, "code": _code(text), "text": text,
+             "created_at": now} for r, text in permanent.items()])
+    session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
+    session.commit()
+    return values["state"]
+
+
+def _code(text: str) -> int:
+    head = text.split(" ", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
+class Worker:
+    """Claims jobs and keeps `concurrency` connections to the smarthost busy."""
+
+    def __init__(self, engine: Engine, config: DeliveryConfig, name: str | None = None,
+                 idle_close: float = 5.0) -> None:
+        self.engine = engine
+        self.config = config
+        self.name = name or worker_name()
+        self.idle_close = idle_close
+        self.wakeup = asyncio.Event()
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.concurrency * 4)
+        self._data: OrderedDict[int, bytes] = OrderedDict()
+        self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
+
+    def wake(self) -> None:
+        """Called by the receiver after it queued jobs: claim now, not at the next poll."""
+        self.wakeup.set()
+
+    def _session_call(self, fn, *args):  # type: ignore[no-untyped-def]
+        with db.session(self.engine) as session:
+            return fn(session, *args)
+
+    async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await asyncio.to_thread(self._session_call, fn, *args)
+
+    async def _prepared(self, outgoing_id: int) -> bytes:
+        """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
+        if outgoing_id not in self._data:
+            def load(session: Session) -> bytes:
+                return session.scalars(
+                    select(Outgoing.data).where(Outgoing.id == outgoing_id)).one()
+            self._data[outgoing_id] = prepare(await self._db(load))
+            while len(self._data) > 32:
+                self._data.popitem(last=False)
+        self._data.move_to_end(outgoing_id)
+        return self._data[outgoing_id]
+
+    async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
+        """Claim and send until `stop` is set; what is claimed but unsent goes back."""
+        recovered = await self._db(recover_dead_workers, socket.gethostname())
+        if recovered:
+            log.info("requeued %d deliveries left by stopped workers", recovered)
+        senders = [asyncio.create_task(self._sender(stop)) for _ in range(self.config.concurrency)]
+        lease = timedelta(seconds=self.config.lease_seconds)
+        try:
+            while not stop.is_set():
+                room = self.queue.maxsize - self.queue.qsize()
+                jobs = await self._db(claim, self.name, room, lease) if room else []
+                for job in jobs:
+                    await self.queue.put(job)
+                if len(jobs) == room and room:
+                    continue  # more may be ready: claim again once senders make room
+                self.wakeup.clear()
+                waiters = [asyncio.create_task(stop.wait()),
+                           asyncio.create_task(self.wakeup.wait())]
+                _, pending = await asyncio.wait(waiters, timeout=poll,
+                                                return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+        finally:
+            for task in senders:
+                task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            await self._release_unsent()
+
+    async def _release_unsent(self) -> None:
+        ids = []
+        while not self.queue.empty():
+            ids.append(self.queue.get_nowait().id)
+        if ids:
+            def release(session: Session) -> None:
+                session.execute(update(Delivery).where(
+                    Delivery.id.in_(ids), Delivery.worker == self.name)
+                    .values(state=DeliveryState.QUEUED, worker=None, lease_until=None,
+                            attempts=Delivery.attempts - 1))
+                session.commit()
+            await self._db(release)
+
+    async def _sender(self, stop: asyncio.Event) -> None:
+        relay: Relay | None = None
+        try:
+            while not stop.is_set():
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), self.idle_close)
+                except TimeoutError:
+                    if relay is not None:
+                        await relay.close()
+                        relay = None
+                    continue
+                relay = await self._send(relay, job)
+        finally:
+            if relay is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(relay.close())
+
+    async def _send(self, relay: Relay | None, job: Job) -> Relay | None:
+        refused: dict[str, Reply] = {}
+        error: RelayError | None = None
+        try:
+            data = await self._prepared(job.outgoing_id)
+            if relay is None or relay.broken:
+                relay = await Relay.connect(self.config.smarthost_host,
+                                            self.config.smarthost_port)
+            refused = await relay.send(job.mail_from, job.recipients, data)
+        except RelayError as exc:
+            error = exc
+            if relay is not None and relay.broken:
+                await relay.close()
+                relay = None
+        state = await self._db(record, self.config, job, refused, error)
+        delivered = len(job.recipients) - len(refused) if error is None else 0
+        self.sent += delivered
+        log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
+                 len(job.recipients), delivered, len(refused) if error is None else 0,
+                 state.value, f" error={error}" if error else "")
+        return relay

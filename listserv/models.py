@@ -1,0 +1,188 @@
+"""Tables and enums: the only shape the data has.
+
+Received bytes are stored as they came (`Message.raw`); every other message column can
+be recomputed from them. Outgoing mail is an `Outgoing` copy plus `Delivery` jobs.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Enum as SAEnum
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    """Aware UTC: the column type refuses naive datetimes, so no local time sneaks in."""
+    return datetime.now(UTC)
+
+
+def _enum(cls: type[enum.Enum]) -> SAEnum:
+    # Store the readable value, not the Python name, and no native PG enum type:
+    # adding a value later is then a code change, not a migration.
+    return SAEnum(cls, values_callable=lambda e: [m.value for m in e], native_enum=False,
+                  length=32, validate_strings=True)
+
+
+class Role(enum.StrEnum):
+    MEMBER = "member"  # receives posts and may post
+    MODERATOR = "moderator"  # receives notices, may post and moderate; no posts unless member
+    OWNER = "owner"  # as moderator, and receives mail to LIST-owner@
+
+
+class DeliveryMode(enum.StrEnum):
+    REGULAR = "regular"  # one copy of each post
+    DIGEST_MIME = "digest-mime"  # periodic digest, MIME format (RFC 1153 successor)
+    DIGEST_PLAIN = "digest-plain"  # periodic digest, plain text (RFC 1153)
+    NOMAIL = "nomail"  # stays a member (may post) but receives nothing
+
+
+class DisabledBy(enum.StrEnum):
+    """Why a member receives nothing although their mode says otherwise."""
+
+    MEMBER = "member"  # the member asked for it
+    BOUNCES = "bounces"  # too many of their deliveries bounced
+    MODERATOR = "moderator"  # an owner or moderator switched it off
+
+
+class MessageKind(enum.StrEnum):
+    POST = "post"  # to LIST@: goes through policy, threading and fan-out
+    OWNER = "owner"  # to LIST-owner@: forwarded to the owners
+    BOUNCE = "bounce"  # to LIST-bounces@ or LIST-bounces+x@: for bounce processing
+    REQUEST = "request"  # to LIST-request@ and friends: member commands
+
+
+class MessageState(enum.StrEnum):
+    ACCEPTED = "accepted"  # stored, threaded and fanned out
+    HELD = "held"  # stored, waits for a moderator
+    DISCARDED = "discarded"  # stored, never delivered (automatic mail, loops, deny list)
+    LOOP = "loop"  # already carried this list's List-Id: not sent round again
+    DUPLICATE = "duplicate"  # a Message-ID this list already has: not sent twice
+    IMPORTED = "imported"  # came from `archive import`: archived, never sent
+    STORED = "stored"  # non-post mail kept for a later stage (bounces, commands)
+
+
+class DeliveryState(enum.StrEnum):
+    QUEUED = "queued"  # waiting for a worker, possibly until next_attempt_at
+    SENDING = "sending"  # claimed by a worker (see worker and lease_until)
+    DONE = "done"  # the smarthost took every recipient it did not refuse for good
+    FAILED = "failed"  # gave up: retry_max_hours passed with only temporary failures
+
+
+class MailingList(SQLModel, table=True):
+    __tablename__ = "mailing_list"
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str = Field(unique=True, index=True)  # dev@lists.example.org, lower case
+    domain: str = Field(index=True)  # lists.example.org: the receiver answers for it
+    name: str  # display name, used in List-Id and the subject prefix
+    description: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Member(SQLModel, table=True):
+    """One role of one address on one list; an owner who also gets posts has two rows."""
+
+    __tablename__ = "member"
+    __table_args__ = (UniqueConstraint("list_id", "address", "role"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    address: str  # lower-cased addr-spec, the key we match senders against
+    display_name: str = ""
+    role: Role = Field(default=Role.MEMBER, sa_type=_enum(Role))
+    delivery: DeliveryMode = Field(default=DeliveryMode.REGULAR, sa_type=_enum(DeliveryMode))
+    disabled_by: DisabledBy | None = Field(default=None, sa_type=_enum(DisabledBy))
+    moderated: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Message(SQLModel, table=True):
+    """Every message the receiver answered 250 for, with its bytes as received."""
+
+    __tablename__ = "message"
+    __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    kind: MessageKind = Field(sa_type=_enum(MessageKind))
+    state: MessageState = Field(sa_type=_enum(MessageState))
+    reasons: str = ""  # why it was held or discarded, one reason per line
+    message_id: str  # without angle brackets; generated when the mail had none
+    mail_from: str = ""  # envelope sender, "" for the null sender <>
+    rcpt_to: str = ""  # the envelope recipient that routed it here
+    from_address: str = ""  # addr-spec of the From: header, lower case
+    from_name: str = ""
+    subject: str = ""
+    date: datetime | None = None  # the Date: header, UTC
+    received_at: datetime = Field(default_factory=utcnow, index=True)
+    size: int = 0
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+
+
+class ThreadNode(SQLModel, table=True):
+    """A container in the JWZ sense: a real message of the archive or a placeholder.
+
+    Placeholders stand for Message-IDs that were referenced but not (yet) seen; when
+    the message arrives it takes over its placeholder and the thread holds together.
+    """
+
+    __tablename__ = "thread_node"
+    __table_args__ = (UniqueConstraint("list_id", "message_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    message_id: str
+    message_pk: int | None = Field(default=None, foreign_key="message.id")  # None: placeholder
+    parent_id: str | None = None  # Message-ID of the parent node
+    own_link: bool = False  # the parent came from the message's own headers
+    thread_id: str = Field(index=True)  # Message-ID of the thread's root node
+    by_subject: bool = False  # a root that joined its thread by the subject fallback
+    subject_key: str = Field(default="", index=True)  # subject without Re:/[tag]
+    date: datetime | None = None
+
+
+class Outgoing(SQLModel, table=True):
+    """The bytes of one mail we send, shared by all the delivery jobs that carry it."""
+
+    __tablename__ = "outgoing"
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_pk: int | None = Field(default=None, foreign_key="message.id", index=True)
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # CRLF line ends
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Delivery(SQLModel, table=True):
+    """One SMTP transaction to the smarthost: one copy, at most N recipients."""
+
+    __tablename__ = "delivery"
+    __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    outgoing_id: int = Field(foreign_key="outgoing.id", index=True)
+    mail_from: str
+    recipients: str = Field(sa_column=Column(Text, nullable=False))  # one address a line
+    state: DeliveryState = Field(default=DeliveryState.QUEUED, sa_type=_enum(DeliveryState))
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=utcnow)
+    worker: str | None = None  # "host:pid" of the worker that claimed it
+    lease_until: datetime | None = None
+    last_error: str = ""
+    created_at: datetime = Field(default_factory=utcnow)
+    done_at: datetime | None = None
+
+
+class RecipientFailure(SQLModel, table=True):
+    """A recipient the smarthost refused for good (5xx); bounce processing reads these."""
+
+    __tablename__ = "recipient_failure"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="delivery.id", index=True)
+    address: str = Field(index=True)
+    code: int
+    text: str = ""
+    created_at: datetime = Field(default_factory=utcnow)

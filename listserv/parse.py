@@ -1,0 +1,134 @@
+"""Bytes in, the fields we need out; the bytes themselves are never changed here.
+
+flanker reads the header block (it decodes RFC 2047 words in odd charsets and
+tolerates broken clients); when it gives up, the stdlib parser tries, and when both
+fail the message is still stored raw and held by policy.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+
+from flanker import mime
+
+from listserv.address import parse_mailbox
+
+_MSGID = re.compile(r"<([^<>\s]+)>")
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+@dataclass
+class Parsed:
+    """What policy, threading and the archive need from a message."""
+
+    message_id: str | None = None  # without angle brackets
+    in_reply_to: list[str] = field(default_factory=list)
+    references: list[str] = field(default_factory=list)
+    subject: str = ""
+    from_name: str = ""
+    from_address: str = ""  # lower-case addr-spec, "" when there is no usable From
+    date: datetime | None = None
+    list_ids: list[str] = field(default_factory=list)  # the ids inside List-Id: <...>
+    been_there: list[str] = field(default_factory=list)  # X-BeenThere values, lower case
+    auto_submitted: str = ""  # lower case, "" when absent
+    precedence: str = ""  # lower case, "" when absent
+    error: str = ""  # set when no parser could read the message
+
+
+def msgids(value: str | None) -> list[str]:
+    """The message ids in a header value, in order; junk around them is ignored.
+
+    Ids without "@" are dropped: git-send-email and some clients put tokens like
+    <yes> in References, and threading on those would join unrelated threads.
+    """
+    if not value:
+        return []
+    return [m for m in _MSGID.findall(value) if "@" in m]
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section alone, so a 10 MB attachment is never walked for a Subject."""
+    end = _HEADER_END.search(raw)
+    return raw[: end.end()] if end else raw
+
+
+def _message_id(value: str | None) -> str | None:
+    if not value:
+        return None
+    ids = _MSGID.findall(value)
+    if ids:
+        return ids[0]
+    # Some clients send a bare id without brackets; keep it if it looks like one.
+    bare = value.strip()
+    return bare if bare and " " not in bare and "@" in bare else None
+
+
+def _date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if parsed.tzinfo is None:  # RFC 5322 "-0000": UTC with no information about local time
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def _headers_flanker(block: bytes) -> dict[str, list[str]]:
+    message = mime.from_string(block)
+    out: dict[str, list[str]] = {}
+    for name, value in message.headers.iteritems(raw=False):
+        out.setdefault(name.lower(), []).append(str(value))
+    return out
+
+
+def _headers_stdlib(block: bytes) -> dict[str, list[str]]:
+    message = email.message_from_bytes(block, policy=email.policy.default)
+    out: dict[str, list[str]] = {}
+    for name, value in message.items():
+        out.setdefault(name.lower(), []).append(str(value))
+    return out
+
+
+def read_headers(raw: bytes) -> tuple[dict[str, list[str]], str]:
+    """Decoded headers by lower-case name, and an error text when no parser managed."""
+    block = header_block(raw)
+    errors = []
+    for reader in (_headers_flanker, _headers_stdlib):
+        try:
+            return reader(block), ""
+        except Exception as exc:  # noqa: BLE001  both parsers raise many kinds on bad input
+            errors.append(f"{reader.__name__.removeprefix('_headers_')}: {exc.__class__.__name__}")
+    return {}, "unparseable message (" + "; ".join(errors) + ")"
+
+
+def parse(raw: bytes) -> Parsed:
+    """Read the fields we need from received bytes; never raises on bad mail."""
+    headers, error = read_headers(raw)
+    if error:
+        return Parsed(error=error)
+
+    def first(name: str) -> str | None:
+        values = headers.get(name)
+        return values[0] if values else None
+
+    mailbox = parse_mailbox(first("from") or "")
+    return Parsed(
+        message_id=_message_id(first("message-id")),
+        in_reply_to=msgids(first("in-reply-to")),
+        references=msgids(" ".join(headers.get("references", []))),
+        subject=" ".join((first("subject") or "").split()),
+        from_name=mailbox[0] if mailbox else "",
+        from_address=mailbox[1] if mailbox else "",
+        date=_date(first("date")),
+        list_ids=[i for v in headers.get("list-id", []) for i in _MSGID.findall(v)],
+        been_there=[v.strip().lower() for v in headers.get("x-beenthere", [])],
+        auto_submitted=(first("auto-submitted") or "").split(";")[0].strip().lower(),
+        precedence=(first("precedence") or "").strip().lower(),
+    )

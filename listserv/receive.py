@@ -1,0 +1,200 @@
+"""The SMTP/LMTP edge: refuse at RCPT what is not ours, store at DATA before the 250.
+
+The aiosmtpd handler is async; everything that touches the database runs in a
+worker thread through `ingest`, one transaction per SMTP transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlmodel import Session
+
+from listserv import db, policy, roster, store
+from listserv.address import Purpose, Route, candidates, split
+from listserv.config import Config
+from listserv.models import MailingList, MessageKind, MessageState, Role
+from listserv.parse import parse
+
+log = logging.getLogger("listserv.receive")
+
+_KIND = {
+    Purpose.POST: MessageKind.POST,
+    Purpose.OWNER: MessageKind.OWNER,
+    Purpose.BOUNCES: MessageKind.BOUNCE,
+}
+
+
+def route(session: Session, rcpt: str) -> Route | str:
+    """The list and purpose of a recipient, or the 550 reply that refuses it."""
+    for candidate in candidates(rcpt):
+        if roster.find_list(session, candidate.list_address):
+            return candidate
+    _, domain = split(rcpt)
+    if domain and roster.hosts_domain(session, domain):
+        return f"550 5.1.1 <{rcpt}>: no such list or list address here"
+    return f"550 5.7.1 <{rcpt}>: relay access denied; this server only takes mail for its lists"
+
+
+@dataclass
+class Outcome:
+    """What one recipient of one SMTP transaction came to, for the log and the reply."""
+
+    rcpt: str
+    message_id: str
+    state: str
+    deliveries: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def log_line(self) -> str:
+        extra = f" jobs={self.deliveries}" if self.deliveries else ""
+        why = f" ({'; '.join(self.reasons)})" if self.reasons else ""
+        return f"to={self.rcpt} msgid=<{self.message_id}> {self.state}{extra}{why}"
+
+
+def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_from: str,
+          raw: bytes) -> Outcome:
+    parsed = parse(raw)
+    senders = {a for a in (parsed.from_address, mail_from.lower()) if a}
+    facts = policy.Facts(
+        addresses=store.addresses_of(mlist), parsed=parsed, mail_from=mail_from,
+        size=len(raw), is_member=any(roster.is_poster(session, mlist.id, a) for a in senders))
+    verdict = policy.decide(facts)
+    states = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,
+              policy.Action.DISCARD: MessageState.DISCARDED, policy.Action.LOOP: MessageState.LOOP}
+    state = states[verdict.action]
+    message = store.new_message(mlist, raw, parsed, kind=MessageKind.POST, state=state,
+                                mail_from=mail_from, rcpt_to=rcpt, reasons=verdict.reasons)
+    if state is MessageState.ACCEPTED and store.is_archived(session, mlist.id,
+                                                           message.message_id):
+        message.state = MessageState.DUPLICATE
+        message.reasons = "this Message-ID was posted to the list before"
+    store.save(session, message)
+    jobs = 0
+    if message.state is MessageState.ACCEPTED:
+        store.thread_message(session, message, parsed)
+        jobs = store.fan_out(session, mlist, message, parsed, config.web.base_url,
+                             config.delivery.max_recipients_per_transaction)
+    return Outcome(rcpt, message.message_id, message.state.value, jobs,
+                   message.reasons.splitlines())
+
+
+def _other(session: Session, config: Config, mlist: MailingList, target: Route, rcpt: str,
+           mail_from: str, raw: bytes) -> Outcome:
+    """Mail to the list's other addresses: kept, and forwarded where that is its purpose."""
+    parsed = parse(raw)
+    message = store.save(session, store.new_message(
+        mlist, raw, parsed, kind=_KIND.get(target.purpose, MessageKind.REQUEST),
+        state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
+    jobs = 0
+    if target.purpose is Purpose.OWNER:
+        owners = store.role_addresses(session, mlist.id, [Role.OWNER])
+        jobs = store.queue(session, raw, store.addresses_of(mlist).at(Purpose.BOUNCES), owners,
+                           config.delivery.max_recipients_per_transaction, message.id)
+    return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
+
+
+def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
+           raw: bytes) -> list[Outcome]:
+    """Store one SMTP transaction for all its recipients, in one database transaction."""
+    attempts = 3
+    for attempt in range(attempts):
+        try:
+            with db.session(engine) as session:
+                outcomes = []
+                for rcpt in rcpts:
+                    target = route(session, rcpt)
+                    if isinstance(target, str):
+                        raise LookupError(target)  # the list went away since RCPT
+                    mlist = roster.get_list(session, target.list_address)
+                    if target.purpose is Purpose.POST:
+                        outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw))
+                    else:
+                        outcomes.append(_other(session, config, mlist, target, rcpt,
+                                               mail_from, raw))
+                session.commit()
+                return outcomes
+        except (IntegrityError, OperationalError):
+            # Two receivers threading into the same thread at once, or a busy database:
+            # the whole transaction is redone from the start.
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class Handler:
+    """aiosmtpd handler: the return value of each hook is the SMTP reply."""
+
+    def __init__(self, engine: Engine, config: Config,
+                 on_queued: Callable[[], None] = lambda: None) -> None:
+        self.engine = engine
+        self.config = config
+        self.on_queued = on_queued
+
+    def _route(self, rcpt: str) -> Route | str:
+        with db.session(self.engine) as session:
+            return route(session, rcpt)
+
+    async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        try:
+            target = await asyncio.to_thread(self._route, address)
+        except Exception:
+            log.exception("recipient lookup failed for %s", address)
+            return "451 4.3.0 temporary failure looking up the recipient; try again later"
+        if isinstance(target, str):
+            log.info("refused rcpt=%s from=%s: %s", address, envelope.mail_from, target)
+            return target
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(rcpt_options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: SmtpSession,
+                          envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        mail_from = envelope.mail_from or ""
+        mail_from = "" if mail_from == "<>" else mail_from
+        try:
+            outcomes = await asyncio.to_thread(ingest, self.engine, self.config, mail_from,
+                                               list(envelope.rcpt_tos), raw)
+        except LookupError as exc:
+            return str(exc)
+        except Exception:
+            log.exception("could not store a message from %s", mail_from or "<>")
+            return "451 4.3.0 message not stored, please try again later"
+        for outcome in outcomes:
+            log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
+        if any(o.deliveries for o in outcomes):
+            self.on_queued()
+        replies = [f"250 2.0.0 OK <{o.message_id}> {o.state}" for o in outcomes]
+        if isinstance(server, LMTP):
+            return "\r\n".join(replies)  # LMTP answers once per recipient (RFC 2033)
+        return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
+
+
+class ListSMTP(SMTP):
+    # RFC 5321 allows 998 octets a line, but real clients send longer lines and
+    # Postfix takes them; refusing those posts would lose mail for no one's benefit.
+    line_length_limit = 1 << 16
+
+
+class ListLMTP(LMTP):
+    line_length_limit = 1 << 16
+
+
+def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
+    """A factory for loop.create_server: one SMTP (or LMTP) protocol per connection."""
+    cls = ListLMTP if config.smtp.protocol == "lmtp" else ListSMTP
+
+    def make() -> SMTP:
+        return cls(handler, data_size_limit=config.smtp.max_message_bytes,
+                   enable_SMTPUTF8=True, decode_data=False, ident="listserv")
+    return make

@@ -1,0 +1,175 @@
+"""Lists and their members: the writes behind `listserv list` and `listserv member`
+(and, later, behind the commands members send by email).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import delete, insert, select
+from sqlmodel import Session
+
+from listserv.address import parse_mailbox, split, valid_list_local
+from listserv.models import MailingList, Member, Role, utcnow
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for; its text is shown as it is."""
+
+
+# A plain addr-spec, the common case in imports: skip flanker's full grammar for it.
+_SIMPLE = re.compile(r"^[A-Za-z0-9._%+'=-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def normalize(text: str) -> tuple[str, str] | None:
+    """(display name, lower-case address) for "Name <a@b>" or "a@b"; None if invalid."""
+    text = text.strip()
+    if _SIMPLE.match(text):
+        return "", text.lower()
+    mailbox = parse_mailbox(text)
+    if mailbox is None or "." not in split(mailbox[1])[1]:
+        return None
+    return mailbox
+
+
+def get_list(session: Session, address: str) -> MailingList:
+    mlist = session.scalars(select(MailingList).where(
+        MailingList.address == address.strip().lower())).first()
+    if mlist is None:
+        raise UserError(f"no list {address}")
+    return mlist
+
+
+def find_list(session: Session, address: str) -> MailingList | None:
+    return session.scalars(select(MailingList).where(MailingList.address == address)).first()
+
+
+def hosts_domain(session: Session, domain: str) -> bool:
+    return session.scalars(select(MailingList.id).where(
+        MailingList.domain == domain).limit(1)).first() is not None
+
+
+def all_lists(session: Session) -> list[MailingList]:
+    return list(session.scalars(select(MailingList).order_by(MailingList.address)))
+
+
+def create_list(session: Session, address: str, *, name: str | None = None,
+                owner: str | None = None, description: str = "") -> MailingList:
+    local, domain = split(address)
+    if not local or "." not in domain or normalize(address) is None:
+        raise UserError(f"invalid list address {address!r}")
+    if not valid_list_local(local):
+        raise UserError(f"invalid list name {local!r}: no '+', and it must not end in "
+                        "-owner, -bounces, -request, -join, -leave or -confirm")
+    if find_list(session, f"{local}@{domain}"):
+        raise UserError(f"list {local}@{domain} already exists")
+    if owner is not None and normalize(owner) is None:
+        raise UserError(f"invalid owner address {owner!r}")
+    mlist = MailingList(address=f"{local}@{domain}", domain=domain,
+                        name=name or local.capitalize(), description=description)
+    session.add(mlist)
+    session.flush()
+    if owner:
+        add_members(session, mlist, [owner], Role.OWNER)
+        add_members(session, mlist, [owner], Role.MEMBER)
+    return mlist
+
+
+def delete_list(session: Session, mlist: MailingList) -> None:
+    session.delete(mlist)
+
+
+@dataclass
+class AddResult:
+    added: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    invalid: list[str] = field(default_factory=list)
+
+
+def _existing(session: Session, list_id: int, role: Role) -> set[str]:
+    return set(session.scalars(select(Member.address).where(
+        Member.list_id == list_id, Member.role == role)))
+
+
+def add_members(session: Session, mlist: MailingList, entries: Iterable[str],
+                role: Role = Role.MEMBER, progress: Callable[[int], None] | None = None,
+                chunk: int = 5000) -> AddResult:
+    """Add many addresses in bulk; each bad or repeated one is reported, none stops the rest."""
+    result = AddResult()
+    seen = _existing(session, mlist.id, role)
+    now = utcnow()
+    pending: list[dict] = []
+
+    def flush() -> None:
+        if pending:
+            session.execute(insert(Member), pending)
+            pending.clear()
+
+    for entry in entries:
+        mailbox = normalize(entry)
+        if mailbox is None:
+            result.invalid.append(entry.strip())
+        elif mailbox[1] in seen:
+            result.existing.append(mailbox[1])
+        else:
+            seen.add(mailbox[1])
+            result.added.append(mailbox[1])
+            pending.append({"list_id": mlist.id, "address": mailbox[1], "display_name":
+                            mailbox[0], "role": role.value, "delivery": "regular",
+                            "moderated": False, "created_at": now})
+            if len(pending) >= chunk:
+                flush()
+        if progress:
+            progress(1)
+    flush()
+    return result
+
+
+def remove_members(session: Session, mlist: MailingList,
+                   addresses: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Remove every role of each address; (removed, not found)."""
+    removed, missing = [], []
+    for entry in addresses:
+        mailbox = normalize(entry)
+        address = mailbox[1] if mailbox else entry.strip().lower()
+        gone = session.execute(delete(Member).where(
+            Member.list_id == mlist.id, Member.address == address))
+        (removed if gone.rowcount else missing).append(address)
+    return removed, missing
+
+
+def members(session: Session, mlist: MailingList) -> list[Member]:
+    return list(session.scalars(select(Member).where(Member.list_id == mlist.id)
+                                .order_by(Member.address, Member.role)))
+
+
+def is_poster(session: Session, list_id: int, address: str) -> bool:
+    """Members, moderators and owners may post."""
+    return session.scalars(select(Member.id).where(
+        Member.list_id == list_id, Member.address == address).limit(1)).first() is not None
+
+
+def read_import(text: str) -> Iterator[str]:
+    """Addresses from a CSV with an "address" (or "email") column, or one per line."""
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
+    if "," in first or ";" in first or first.strip().lower() in ("address", "email"):
+        dialect = csv.Sniffer().sniff(first, delimiters=",;\t") if len(first) > 1 else "excel"
+        reader = csv.DictReader(io.StringIO(text), dialect=dialect)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+        column = columns.get("address") or columns.get("email")
+        if column is None:
+            raise UserError("CSV has no 'address' or 'email' column")
+        for row in reader:
+            value = (row.get(column) or "").strip()
+            if value:
+                yield value
+        return
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            yield line

@@ -1,0 +1,71 @@
+"""`listserv serve`: one event loop runs the SMTP receiver, the delivery worker and the
+web app together, and stops them all within seconds of SIGTERM or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+from sqlalchemy.engine import Engine
+
+from listserv import deliver, receive, web
+from listserv.config import Config
+
+log = logging.getLogger("listserv")
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: `serve` owns SIGTERM and SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set (by a signal when run from the command line)."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    worker = deliver.Worker(engine, config.delivery)
+    handler = receive.Handler(engine, config, on_queued=worker.wake)
+    smtp = await loop.create_server(receive.protocol_factory(handler, config),
+                                    host=config.smtp.host, port=config.smtp.port)
+    http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
+                                   port=config.web.port, log_level="warning",
+                                   lifespan="off"))
+    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve())]
+    log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
+             config.smtp.protocol.upper(), config.smtp.host, config.smtp.port,
+             config.web.host, config.web.port, config.delivery.smarthost_host,
+             config.delivery.smarthost_port)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        smtp.close()
+        http.should_exit = True
+        await asyncio.wait(tasks, timeout=10)
+        # Python 3.12+ waits here for open client connections; do not hang on them.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(smtp.wait_closed(), 2)
+
+
+def run(engine: Engine, config: Config) -> None:
+    """Entry point for the CLI: serve with signal handling until told to stop."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(engine, config, stop)
+
+    asyncio.run(main())

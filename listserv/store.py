@@ -1,0 +1,185 @@
+"""Writes that must happen together: a message, its thread, its delivery jobs.
+
+Every function here takes a session and leaves the commit to the caller, so the
+receiver commits a whole SMTP transaction at once and only then answers 250.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import insert, select, update
+from sqlmodel import Session
+
+from listserv import compose, thread
+from listserv.address import ListAddresses, Purpose
+from listserv.models import (
+    Delivery,
+    DeliveryMode,
+    MailingList,
+    Member,
+    Message,
+    MessageKind,
+    MessageState,
+    Outgoing,
+    Role,
+    ThreadNode,
+    utcnow,
+)
+from listserv.parse import Parsed
+
+# How far back a subject-only reply may find the thread it answers.
+SUBJECT_FALLBACK_WINDOW = timedelta(days=60)
+
+
+@dataclass(frozen=True)
+class Stored:
+    message: Message
+    deliveries: int = 0  # delivery jobs queued for it
+
+
+def addresses_of(mlist: MailingList) -> ListAddresses:
+    return ListAddresses(mlist.address)
+
+
+def generated_message_id(raw: bytes, domain: str) -> str:
+    """For mail that came without one: derived from the bytes, so importing the same
+    mbox twice finds the same id and skips the message as a duplicate."""
+    return f"listserv-{hashlib.sha256(raw).hexdigest()[:32]}@{domain}"
+
+
+def new_message(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: MessageKind,
+                state: MessageState, mail_from: str = "", rcpt_to: str = "",
+                reasons: Iterable[str] = ()) -> Message:
+    return Message(
+        list_id=mlist.id, kind=kind, state=state, reasons="\n".join(reasons),
+        message_id=parsed.message_id or generated_message_id(raw, mlist.domain),
+        mail_from=mail_from, rcpt_to=rcpt_to, from_address=parsed.from_address,
+        from_name=parsed.from_name, subject=parsed.subject, date=parsed.date,
+        size=len(raw), raw=raw,
+    )
+
+
+def is_archived(session: Session, list_id: int, message_id: str) -> bool:
+    """True when the archive already holds a message with this Message-ID."""
+    pk = session.scalars(select(ThreadNode.message_pk).where(
+        ThreadNode.list_id == list_id, ThreadNode.message_id == message_id)).first()
+    return pk is not None
+
+
+def _load_threads(session: Session, list_id: int, ids: set[str]) -> dict[str, ThreadNode]:
+    """Every node of every thread that one of `ids` belongs to."""
+    thread_ids = set(session.scalars(select(ThreadNode.thread_id).where(
+        ThreadNode.list_id == list_id, ThreadNode.message_id.in_(ids))))
+    if not thread_ids:
+        return {}
+    rows = session.scalars(select(ThreadNode).where(
+        ThreadNode.list_id == list_id, ThreadNode.thread_id.in_(thread_ids)))
+    return {row.message_id: row for row in rows}
+
+
+def _subject_thread(session: Session, message: Message) -> str | None:
+    key = thread.subject_key(message.subject)
+    if not key:
+        return None
+    since = (message.date or utcnow()) - SUBJECT_FALLBACK_WINDOW
+    return session.scalars(
+        select(ThreadNode.thread_id)
+        .where(ThreadNode.list_id == message.list_id, ThreadNode.subject_key == key,
+               ThreadNode.message_pk.is_not(None), ThreadNode.date >= since,
+               ThreadNode.message_id != message.message_id)
+        .order_by(ThreadNode.date.desc()).limit(1)).first()
+
+
+def thread_message(session: Session, message: Message, parsed: Parsed) -> None:
+    """Place a stored message in its thread, creating placeholders for absent parents."""
+    rows = _load_threads(session, message.list_id, thread.touched(message.message_id, parsed))
+    nodes = {
+        mid: thread.Node(mid, real=row.message_pk is not None, parent_id=row.parent_id,
+                         thread_id=row.thread_id, by_subject=row.by_subject,
+                         own_link=row.own_link)
+        for mid, row in rows.items()
+    }
+    joined = None
+    if thread.wants_subject_fallback(parsed):
+        joined = _subject_thread(session, message)
+    changed = thread.link(nodes, message.message_id, parsed, subject_thread=joined)
+    for mid in changed:
+        node = nodes[mid]
+        row = rows.get(mid) or ThreadNode(list_id=message.list_id, message_id=mid,
+                                          thread_id=node.thread_id)
+        row.parent_id, row.thread_id = node.parent_id, node.thread_id
+        row.own_link, row.by_subject = node.own_link, node.by_subject
+        if mid == message.message_id:
+            row.message_pk = message.id
+            row.subject_key = thread.subject_key(message.subject)
+            row.date = message.date or message.received_at
+        session.add(row)
+
+
+def recipients(session: Session, list_id: int) -> Iterator[str]:
+    """Addresses that get each post, streamed from one query (never member by member)."""
+    result = session.execute(
+        select(Member.address)
+        .where(Member.list_id == list_id, Member.role == Role.MEMBER,
+               Member.delivery == DeliveryMode.REGULAR, Member.disabled_by.is_(None))
+        .order_by(Member.address)
+        .execution_options(yield_per=5000))
+    for (address,) in result:
+        yield address
+
+
+def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:
+    return sorted(set(session.scalars(select(Member.address).where(
+        Member.list_id == list_id, Member.role.in_(list(roles))))))
+
+
+def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
+          batch: int, message_pk: int | None = None) -> int:
+    """Store one outgoing copy and a delivery job per `batch` recipients; the count."""
+    outgoing = Outgoing(message_pk=message_pk, data=compose.crlf(data))
+    session.add(outgoing)
+    session.flush()
+    now = utcnow()
+    jobs = []
+    chunk: list[str] = []
+    for rcpt in rcpts:
+        chunk.append(rcpt)
+        if len(chunk) == batch:
+            jobs.append(chunk)
+            chunk = []
+    if chunk:
+        jobs.append(chunk)
+    if jobs:
+        session.execute(insert(Delivery), [
+            {"outgoing_id": outgoing.id, "mail_from": mail_from, "recipients": "\n".join(j),
+             "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
+             "created_at": now}
+            for j in jobs])
+    return len(jobs)
+
+
+def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
+            base_url: str, batch: int) -> int:
+    """Queue the list copy of an accepted post for every member who gets posts."""
+    addresses = addresses_of(mlist)
+    copy = compose.list_copy(
+        message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
+        message_id=message.message_id, subject=message.subject,
+        add_message_id=parsed.message_id is None)
+    return queue(session, copy, addresses.at(Purpose.BOUNCES),
+                 recipients(session, mlist.id), batch, message.id)
+
+
+def save(session: Session, message: Message) -> Message:
+    session.add(message)
+    session.flush()
+    return message
+
+
+def set_state(session: Session, message: Message, state: MessageState) -> None:
+    session.execute(update(Message).where(Message.id == message.id).values(state=state))
+    message.state = state

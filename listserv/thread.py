@@ -1,0 +1,175 @@
+"""Threading decisions as pure functions over a small in-memory set of nodes.
+
+After JWZ (https://www.jwz.org/doc/threading.html), done incrementally: the store loads
+the nodes of the threads a message touches, `link` decides, the store writes back what
+changed. Rules, strict as public-inbox and notmuch are:
+- a message's parent is what its own headers say (In-Reply-To, else the last
+  References entry), so the result does not depend on arrival order;
+- a referenced message not seen yet is a placeholder; References chains give
+  placeholders their parents, so a thread holds together around a missing message;
+- a link that would make a loop is not made, but a message's own parent outweighs a
+  link some other message's References implied (clients reorder References);
+- subject matching is only a fallback for a reply with no references at all, and it
+  joins the thread without inventing a parent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from listserv.parse import Parsed
+
+# "Re:", "RE[2]:", "Fwd:", and the reply words of common non-English clients.
+_PREFIX = re.compile(
+    r"^\s*((re|aw|sv|vs|antw|odp|ref|rif|r|fwd?|wg|tr)(\[\d+\]|\(\d+\))?\s*:\s*|\[[^\]]*\]\s*)",
+    re.IGNORECASE,
+)
+_REPLY = re.compile(r"^\s*(\[[^\]]*\]\s*)*(re|aw|sv|vs|antw|odp|ref|rif)(\[\d+\])?\s*:",
+                    re.IGNORECASE)
+
+
+@dataclass
+class Node:
+    message_id: str
+    real: bool = False
+    parent_id: str | None = None
+    thread_id: str = ""
+    by_subject: bool = False  # a root that joined thread_id through the subject fallback
+    own_link: bool = False  # parent_id came from the message's own headers, not a chain
+
+    def __post_init__(self) -> None:
+        self.thread_id = self.thread_id or self.message_id
+
+
+def subject_key(subject: str) -> str:
+    """The subject without reply prefixes and list tags, case-folded."""
+    previous = None
+    while previous != subject:
+        previous, subject = subject, _PREFIX.sub("", subject, count=1)
+    return " ".join(subject.split()).casefold()
+
+
+def own_parent(parsed: Parsed) -> str | None:
+    """In-Reply-To names the message answered; References may be reordered by clients.
+
+    Mail with both where they disagree exists (corpus: threading-parent-priority);
+    notmuch and mutt prefer In-Reply-To, and so do we.
+    """
+    if parsed.in_reply_to:
+        return parsed.in_reply_to[0]
+    return parsed.references[-1] if parsed.references else None
+
+
+def chain(parsed: Parsed) -> list[str]:
+    """The ancestry the message claims, oldest first, ending at its own parent."""
+    ids = list(parsed.references)
+    parent = own_parent(parsed)
+    if parent and (not ids or ids[-1] != parent):
+        ids.append(parent)
+    return ids
+
+
+def wants_subject_fallback(parsed: Parsed) -> bool:
+    """Only a message that says it is a reply but names no message at all."""
+    return not parsed.in_reply_to and not parsed.references and bool(_REPLY.match(parsed.subject))
+
+
+def touched(message_id: str, parsed: Parsed) -> set[str]:
+    """The Message-IDs whose threads must be loaded to link this message."""
+    return {message_id, *chain(parsed)}
+
+
+def _is_ancestor(nodes: dict[str, Node], candidate: str, of: str) -> bool:
+    """True when `candidate` is `of` or above it; the walk is bounded against bad data."""
+    seen: set[str] = set()
+    current: str | None = of
+    while current is not None and current not in seen:
+        if current == candidate:
+            return True
+        seen.add(current)
+        node = nodes.get(current)
+        current = node.parent_id if node else None
+    return False
+
+
+def _cut_implied_loop(nodes: dict[str, Node], child: str, parent: str) -> bool:
+    """Make room to hang `child` under `parent`: if that would close a loop through links
+    that other messages' References implied, cut the highest such link. False when the
+    loop is made of messages' own parents only (two messages answering each other).
+    """
+    if not _is_ancestor(nodes, child, parent):
+        return True
+    path = []
+    current = parent
+    while current != child:
+        path.append(nodes[current])
+        current = nodes[current].parent_id  # type: ignore[assignment]
+    weak = [n for n in path if not n.own_link]
+    if not weak:
+        return False
+    weak[-1].parent_id = None
+    return True
+
+
+def _root(nodes: dict[str, Node], start: str) -> Node:
+    seen: set[str] = set()
+    node = nodes[start]
+    while node.parent_id is not None and node.parent_id in nodes and node.message_id not in seen:
+        seen.add(node.message_id)
+        node = nodes[node.parent_id]
+    return node
+
+
+def _state(node: Node) -> tuple:
+    return (node.real, node.parent_id, node.thread_id, node.by_subject, node.own_link)
+
+
+def link(nodes: dict[str, Node], message_id: str, parsed: Parsed,
+         subject_thread: str | None = None) -> set[str]:
+    """Add a real message to `nodes` (whole threads, as loaded) and return the ids of the
+    nodes that are new or changed. `subject_thread` is the thread a subject-only reply
+    should join, found by the store when `wants_subject_fallback` said so.
+    """
+    before = {k: _state(n) for k, n in nodes.items()}
+    ids = chain(parsed)
+    for mid in [message_id, *ids]:
+        nodes.setdefault(mid, Node(mid))
+    me = nodes[message_id]
+    me.real = True
+
+    # References chains say how placeholders hang together (JWZ step 1B), but never
+    # re-parent a node that already has a parent, and never make a loop.
+    for older, newer in zip(ids, ids[1:], strict=False):
+        node = nodes[newer]
+        if (node.parent_id is None and older != newer
+                and not _is_ancestor(nodes, newer, older)):
+            node.parent_id = older
+
+    parent = own_parent(parsed)
+    if parent is not None and parent != message_id and _cut_implied_loop(nodes, message_id, parent):
+        me.parent_id = parent
+        me.own_link = True
+    # else: no parent of its own (or one that would close a loop, as two messages
+    # answering each other do): keep whatever References chains gave it.
+    me.by_subject = me.parent_id is None and subject_thread is not None
+    if me.by_subject:
+        me.thread_id = subject_thread
+
+    for node in nodes.values():
+        root = _root(nodes, node.message_id)
+        node.thread_id = root.thread_id if root.by_subject else root.message_id
+    return {k for k, n in nodes.items()
+            if before.get(k) != _state(n)}
+
+
+def nearest_real_parent(nodes: dict[str, Node], message_id: str) -> str | None:
+    """The closest ancestor that is a message in the archive, skipping placeholders."""
+    seen = {message_id}
+    current = nodes[message_id].parent_id
+    while current is not None and current in nodes and current not in seen:
+        if nodes[current].real:
+            return current
+        seen.add(current)
+        current = nodes[current].parent_id
+    return None

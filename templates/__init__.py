@@ -1,0 +1,1 @@
+"""Templates for mail and web pages (packaged as listserv.templates)."""
