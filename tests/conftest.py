@@ -1,0 +1,237 @@
+"""Fixtures: a real database (SQLite file, or PostgreSQL when LISTSERV_TEST_DATABASE_URL
+is set), a real SMTP sink standing in for the smarthost, and a running server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import smtplib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+from aiosmtpd.controller import Controller
+from sqlalchemy.engine import Engine
+
+from listserv import db, roster, server
+from listserv.config import (
+    Config,
+    DatabaseConfig,
+    DeliveryConfig,
+    SmtpConfig,
+    WebConfig,
+)
+from listserv.models import MailingList, Role
+
+DATA = Path(__file__).parent / "data"
+CORPUS = DATA / "corpus"
+PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> Iterator[str]:
+    """A database of its own for each test: a SQLite file, or a fresh PostgreSQL schema."""
+    if not PG_URL:
+        yield f"sqlite:///{tmp_path / 'listserv.db'}"
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    plain = db.normalize_url(PG_URL).replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{db.normalize_url(PG_URL)}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(plain, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = db.open_database(db_url)
+    yield engine
+    engine.dispose()
+
+
+# --- the smarthost ----------------------------------------------------------------------
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class SinkHandler:
+    """Collects what the server delivers; replies can be scripted per recipient."""
+
+    received: list[Received] = field(default_factory=list)
+    rcpt_replies: dict[str, list[str]] = field(default_factory=dict)  # address -> replies
+    data_replies: list[str] = field(default_factory=list)  # consumed one per DATA
+    pipelining: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+        with self.lock:
+            scripted = self.rcpt_replies.get(address)
+            reply = scripted.pop(0) if scripted else None
+        if reply and not reply.startswith("2"):
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+        with self.lock:
+            reply = self.data_replies.pop(0) if self.data_replies else None
+            if reply and not reply.startswith("2"):
+                return reply
+            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
+                                          envelope.original_content))
+        return "250 OK queued"
+
+    def recipients(self) -> list[str]:
+        with self.lock:
+            return [r for m in self.received for r in m.rcpt_tos]
+
+    def wait_for(self, count: int, timeout: float = 15.0) -> list[str]:
+        """Block until `count` recipients have arrived (or time out), then return them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.recipients()) < count:
+            time.sleep(0.05)
+        return self.recipients()
+
+
+@pytest.fixture
+def sink() -> Iterator[SinkHandler]:
+    handler = SinkHandler()
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    handler.port = controller.port  # type: ignore[attr-defined]
+    yield handler
+    controller.stop()
+
+
+# --- the server -------------------------------------------------------------------------
+
+@pytest.fixture
+def config(db_url: str, sink: SinkHandler) -> Config:
+    web_port = free_port()
+    return Config(
+        database=DatabaseConfig(url=db_url),
+        smtp=SmtpConfig(host="127.0.0.1", port=free_port(), max_message_bytes=200_000),
+        delivery=DeliveryConfig(smarthost_host="127.0.0.1", smarthost_port=sink.port,
+                                max_recipients_per_transaction=2, concurrency=2,
+                                retry_initial_seconds=1, retry_max_hours=1),
+        web=WebConfig(host="127.0.0.1", port=web_port, base_url=f"http://127.0.0.1:{web_port}",
+                      secret="test-secret"),
+    )
+
+
+class RunningServer:
+    """`listserv serve` in a thread with its own event loop, as the CLI runs it."""
+
+    def __init__(self, engine: Engine, config: Config) -> None:
+        self.engine = engine
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.stop_event: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.ready = threading.Event()
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop_event = asyncio.Event()
+            ready = asyncio.Event()
+            task = asyncio.create_task(server.serve(self.engine, self.config,
+                                                    self.stop_event, ready))
+            await ready.wait()
+            self.ready.set()
+            await task
+        asyncio.run(main())
+
+    def start(self) -> RunningServer:
+        self.thread.start()
+        assert self.ready.wait(10), "server did not start"
+        return self
+
+    def stop(self) -> None:
+        if self.loop and self.stop_event:
+            self.loop.call_soon_threadsafe(self.stop_event.set)
+        self.thread.join(15)
+
+    def smtp(self) -> smtplib.SMTP:
+        return smtplib.SMTP(self.config.smtp.host, self.config.smtp.port, timeout=10)
+
+    def send(self, mail_from: str, rcpts: list[str], data: bytes | str) -> dict:
+        with self.smtp() as client:
+            return client.sendmail(mail_from, rcpts, data)
+
+
+@pytest.fixture
+def running(engine: Engine, config: Config) -> Iterator[RunningServer]:
+    srv = RunningServer(engine, config).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_server(engine: Engine, config: Config) -> Iterator[Callable[..., RunningServer]]:
+    """Start a server with some config sections replaced: make_server(delivery={...})."""
+    started: list[RunningServer] = []
+
+    def make(**sections: dict) -> RunningServer:
+        cfg = config
+        for name, values in sections.items():
+            cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name),
+                                                                      **values)})
+        srv = RunningServer(engine, cfg).start()
+        started.append(srv)
+        return srv
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def make_list(engine: Engine) -> Callable[..., MailingList]:
+    """make_list("dev@lists.example.org", members=[...], owner=..., moderators=[...])."""
+
+    def make(address: str = "dev@lists.example.org", *, name: str = "Dev",
+             members: list[str] = (), owner: str | None = "owner@example.org",
+             moderators: list[str] = ()) -> MailingList:
+        with db.session(engine) as s:
+            mlist = roster.create_list(s, address, name=name, owner=owner)
+            roster.add_members(s, mlist, members)
+            roster.add_members(s, mlist, moderators, Role.MODERATOR)
+            s.commit()
+        return mlist
+    return make
+
+
+def message(subject: str = "Hello", *, sender: str = "bob@example.com",
+            to: str = "dev@lists.example.org", body: str = "Hi all.\n",
+            headers: dict[str, str] | None = None) -> str:
+    """A small plain-text post as a client would send it."""
+    lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}",
+             f"Message-ID: <{uuid.uuid4().hex}@example.com>", "Date: Thu, 26 Nov 2026 10:00:00 +0000"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return "\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")

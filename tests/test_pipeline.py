@@ -1,0 +1,191 @@
+"""End to end over real sockets: a post goes in by SMTP and out to every member."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import smtplib
+
+import pytest
+from sqlalchemy import select, text
+
+from listserv import db
+from listserv.models import Delivery, Message, MessageState
+from tests.conftest import message
+
+MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
+
+
+def parsed(data: bytes) -> email.message.Message:
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+def test_member_post_reaches_every_member_once_with_list_headers(running, make_list, sink):
+    make_list(members=MEMBERS)
+    post = message("Hello")
+    running.send("bob@example.com", ["dev@lists.example.org"], post)
+    got = sink.wait_for(4)
+    # owner@example.org is a member too (list create --owner makes it both)
+    assert sorted(got) == sorted(MEMBERS + ["owner@example.org"])
+    copy = parsed(sink.received[0].data)
+    assert sink.received[0].mail_from == "dev-bounces@lists.example.org"
+    assert copy["List-Id"] == "Dev <dev.lists.example.org>"
+    assert copy["List-Post"] == "<mailto:dev@lists.example.org>"
+    assert copy["List-Help"].startswith("<mailto:dev-request@lists.example.org")
+    assert copy["List-Subscribe"] and copy["List-Unsubscribe"]
+    assert copy["List-Archive"].startswith("<http://127.0.0.1:")
+    assert copy["Precedence"] == "list"
+    assert copy["X-BeenThere"] == "dev@lists.example.org"
+    assert copy["Subject"] == "[Dev] Hello"
+    assert copy["Message-ID"] == parsed(post.encode())["Message-ID"]
+    assert copy.get_payload() == "Hi all.\r\n"
+
+
+def test_batches_respect_max_recipients_per_transaction(running, make_list, sink):
+    make_list(members=MEMBERS)  # 4 recipients with the owner, batches of 2
+    running.send("bob@example.com", ["dev@lists.example.org"], message())
+    sink.wait_for(4)
+    assert sorted(len(m.rcpt_tos) for m in sink.received) == [2, 2]
+
+
+@pytest.mark.parametrize("subject,expected", [
+    ("Re: [Dev] Hello", "Re: [Dev] Hello"),
+    ("[Dev] Hello", "[Dev] Hello"),
+    ("Re: Hello", "[Dev] Re: Hello"),
+    ("", "[Dev]"),
+])
+def test_subject_prefix_appears_exactly_once(running, make_list, sink, subject, expected):
+    make_list(members=["bob@example.com"], owner=None)
+    running.send("bob@example.com", ["dev@lists.example.org"], message(subject))
+    sink.wait_for(1)
+    assert parsed(sink.received[0].data)["Subject"].strip() == expected
+
+
+def test_body_bytes_are_untouched(running, make_list, sink):
+    make_list(members=["bob@example.com"], owner=None)
+    body = "caf\xe9 na\xefve \xbd\r\n.leading dot\r\n"
+    raw = (message("Latin-1", headers={"Content-Type": "text/plain; charset=iso-8859-1",
+                                       "Content-Transfer-Encoding": "8bit"}, body="")
+           .encode() + body.encode("latin-1"))
+    with running.smtp() as client:
+        client.sendmail("bob@example.com", ["dev@lists.example.org"], raw)
+    sink.wait_for(1)
+    assert sink.received[0].data.endswith(b"\r\n\r\n" + body.encode("latin-1"))
+
+
+def test_message_without_message_id_gets_one(running, make_list, sink, engine):
+    make_list(members=["bob@example.com"], owner=None)
+    raw = "From: bob@example.com\r\nTo: dev@lists.example.org\r\nSubject: x\r\n\r\nbody\r\n"
+    running.send("bob@example.com", ["dev@lists.example.org"], raw)
+    sink.wait_for(1)
+    msgid = parsed(sink.received[0].data)["Message-ID"]
+    assert msgid and msgid.startswith("<listserv-")
+    with db.session(engine) as s:
+        stored = s.scalars(select(Message)).one()
+    assert f"<{stored.message_id}>" == msgid
+
+
+def test_non_member_post_is_held_not_delivered(running, make_list, sink, engine):
+    make_list(members=MEMBERS)
+    reply = running.send("eve@example.org", ["dev@lists.example.org"],
+                         message(sender="eve@example.org"))
+    assert reply == {}  # accepted: stored for a moderator, not bounced
+    with db.session(engine) as s:
+        stored = s.scalars(select(Message)).one()
+        jobs = s.scalars(select(Delivery)).all()
+    assert stored.state is MessageState.HELD
+    assert "non-member" in stored.reasons
+    assert jobs == []
+    assert sink.wait_for(1, timeout=1.5) == []
+
+
+def test_loop_is_not_delivered_again(running, make_list, sink, engine):
+    make_list(members=MEMBERS)
+    looped = message(headers={"List-Id": "Dev <dev.lists.example.org>"})
+    running.send("bob@example.com", ["dev@lists.example.org"], looped)
+    been_there = message(headers={"X-BeenThere": "dev@lists.example.org"})
+    running.send("bob@example.com", ["dev@lists.example.org"], been_there)
+    with db.session(engine) as s:
+        states = [m.state for m in s.scalars(select(Message))]
+    assert states == [MessageState.LOOP, MessageState.LOOP]
+    assert sink.wait_for(1, timeout=1.5) == []
+
+
+def test_same_message_id_twice_is_delivered_once(running, make_list, sink):
+    make_list(members=["bob@example.com"], owner=None)
+    post = message()
+    running.send("bob@example.com", ["dev@lists.example.org"], post)
+    running.send("bob@example.com", ["dev@lists.example.org"], post)
+    assert sink.wait_for(2, timeout=2) == ["bob@example.com"]
+
+
+def test_unparseable_mail_is_stored_raw_and_held(running, make_list, engine, sink):
+    make_list(members=["bob@example.com"], owner=None)
+    garbage = b"\xff\xfe\x00garbage without headers\r\n\x00\x01"
+    with running.smtp() as client:
+        client.sendmail("bob@example.com", ["dev@lists.example.org"], garbage)
+    with db.session(engine) as s:
+        stored = s.scalars(select(Message)).one()
+    assert stored.raw.rstrip(b"\r\n") == garbage.rstrip(b"\r\n")
+    assert stored.state is MessageState.HELD
+
+
+def test_unknown_address_in_list_domain_is_refused_at_rcpt(running, make_list):
+    make_list()
+    with running.smtp() as client:
+        client.ehlo()
+        client.mail("bob@example.com")
+        code, reply = client.rcpt("nosuchlist@lists.example.org")
+    assert code == 550 and reply.startswith(b"5.1.1")
+
+
+def test_other_domains_are_refused_no_open_relay(running, make_list):
+    make_list()
+    with running.smtp() as client, pytest.raises(smtplib.SMTPRecipientsRefused) as info:
+        client.sendmail("bob@example.com", ["victim@gmail.com"], message())
+    code, reply = info.value.recipients["victim@gmail.com"]
+    assert code == 550 and reply.startswith(b"5.7.1")
+
+
+def test_list_addresses_are_accepted(running, make_list, engine):
+    make_list()
+    for rcpt in ["dev-owner@lists.example.org", "dev-bounces@lists.example.org",
+                 "dev-bounces+bob=example.com@lists.example.org"]:
+        assert running.send("mailer-daemon@example.com", [rcpt], message(to=rcpt)) == {}
+
+
+def test_owner_mail_is_forwarded_to_owners(running, make_list, sink):
+    make_list(members=["bob@example.com"], owner="owner@example.org")
+    running.send("someone@example.com", ["dev-owner@lists.example.org"],
+                 message("Question", to="dev-owner@lists.example.org"))
+    assert sink.wait_for(1) == ["owner@example.org"]
+    assert b"Subject: Question" in sink.received[0].data
+
+
+def test_size_is_advertised_and_enforced(running, make_list):
+    make_list(members=["bob@example.com"])
+    with running.smtp() as client:
+        client.ehlo()
+        assert int(client.esmtp_features["size"]) == 200_000
+        assert "8bitmime" in client.esmtp_features
+        assert "smtputf8" in client.esmtp_features
+        with pytest.raises(smtplib.SMTPResponseException) as info:
+            client.sendmail("bob@example.com", ["dev@lists.example.org"],
+                            message(body="x" * 300_000))
+    assert info.value.smtp_code == 552
+
+
+def test_database_failure_answers_451_and_stores_nothing(running, make_list, engine):
+    make_list(members=["bob@example.com"])
+    with engine.begin() as conn:  # make every insert of a message fail
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("CREATE TRIGGER no_insert BEFORE INSERT ON message "
+                              "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"))
+        else:
+            conn.execute(text("CREATE FUNCTION no_insert() RETURNS trigger AS $$ BEGIN "
+                              "RAISE EXCEPTION 'disk on fire'; END $$ LANGUAGE plpgsql"))
+            conn.execute(text("CREATE TRIGGER no_insert BEFORE INSERT ON message "
+                              "FOR EACH ROW EXECUTE FUNCTION no_insert()"))
+    with running.smtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
+        client.sendmail("bob@example.com", ["dev@lists.example.org"], message())
+    assert info.value.smtp_code == 451
