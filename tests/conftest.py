@@ -232,6 +232,7 @@ def message(subject: str = "Hello", *, sender: str = "bob@example.com",
             headers: dict[str, str] | None = None) -> str:
     """A small plain-text post as a client would send it."""
     lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}",
-             f"Message-ID: <{uuid.uuid4().hex}@example.com>", "Date: Thu, 26 Nov 2026 10:00:00 +0000"]
+             f"Message-ID: <{uuid.uuid4().hex}@example.com>",
+             "Date: Thu, 26 Nov 2026 10:00:00 +0000"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return "\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")
