@@ -68,6 +68,13 @@ class Config:
 
 
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
+# Named as TOML names them, since the user wrote TOML.
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", float: "a float",
+               dict: "a table", list: "an array"}
+
+
+def _toml_type(value: object) -> str:
+    return _TYPE_NAMES.get(type(value), "a date or time")
 
 
 def _section(cls: type, name: str, values: object) -> object:
@@ -82,7 +89,7 @@ def _section(cls: type, name: str, values: object) -> object:
         # TOML has no int/bool confusion, but Python does: True is an int.
         if type(value) is not expected:
             raise ConfigError(
-                f"[{name}] {key} must be a {expected.__name__}, not {type(value).__name__}"
+                f"[{name}] {key} must be {_TYPE_NAMES[expected]}, not {_toml_type(value)}"
             )
         choices = _CHOICES.get((name, key))
         if choices and value not in choices:
