@@ -153,23 +153,39 @@ def is_poster(session: Session, list_id: int, address: str) -> bool:
         Member.list_id == list_id, Member.address == address).limit(1)).first() is not None
 
 
+_COLUMNS = ("address", "email")
+_DELIMITERS = ",;\t"
+
+
+def _is_csv_header(line: str) -> bool:
+    """A header names columns: it has no address in it, and a delimiter or a known name."""
+    if "@" in line:
+        return False
+    return any(d in line for d in _DELIMITERS) or line.strip().lower() in _COLUMNS
+
+
+def _read_csv(text: str, header: str) -> Iterator[str]:
+    delimiters = "".join(d for d in _DELIMITERS if d in header)
+    # A one-column CSV has no delimiter to sniff; the default dialect reads it.
+    dialect = csv.Sniffer().sniff(header, delimiters) if delimiters else csv.excel
+    reader = csv.DictReader(io.StringIO(text.strip()), dialect=dialect)
+    columns = {c.strip().lower(): c for c in reader.fieldnames or [] if c}
+    column = next((columns[name] for name in _COLUMNS if name in columns), None)
+    if column is None:
+        raise UserError(f"CSV has no 'address' or 'email' column (columns: {header.strip()})")
+    for row in reader:
+        value = (row.get(column) or "").strip()
+        if value:
+            yield value
+
+
 def read_import(text: str) -> Iterator[str]:
     """Addresses from a CSV with an "address" (or "email") column, or one per line."""
-    lines = text.splitlines()
-    first = lines[0] if lines else ""
-    if "," in first or ";" in first or first.strip().lower() in ("address", "email"):
-        dialect = csv.Sniffer().sniff(first, delimiters=",;\t") if len(first) > 1 else "excel"
-        reader = csv.DictReader(io.StringIO(text), dialect=dialect)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        column = columns.get("address") or columns.get("email")
-        if column is None:
-            raise UserError("CSV has no 'address' or 'email' column")
-        for row in reader:
-            value = (row.get(column) or "").strip()
-            if value:
-                yield value
+    lines = [line.strip() for line in text.splitlines()]
+    header = next((line for line in lines if line), "")
+    if _is_csv_header(header):
+        yield from _read_csv(text, header)
         return
     for line in lines:
-        line = line.strip()
         if line and not line.startswith("#"):
             yield line
