@@ -36,8 +36,10 @@ app.add_typer(held_app, name="held")
 app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
 
-out = Console()
-err = Console(stderr=True)
+# Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
+# as rich markup; and an error is one line, never wrapped at the terminal width.
+out = Console(markup=False, highlight=False)
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
 
@@ -118,7 +120,7 @@ def list_show(ctx: typer.Context, address: str, as_json: JsonOpt = False) -> Non
     if as_json:
         return _print_json(info)
     for key, value in info.items():
-        out.print(f"[bold]{key}[/bold]: {value}")
+        out.print(f"{key}: {value}")
 
 
 @list_app.command("delete")
@@ -303,11 +305,11 @@ def main() -> None:
     try:
         app()
     except (config_mod.ConfigError, db.DatabaseError, roster.UserError) as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}")
         sys.exit(1)
     except SQLAlchemyError as exc:
-        err.print(f"database error: {str(exc).splitlines()[0]}", markup=False, highlight=False)
+        err.print(f"database error: {str(exc).splitlines()[0]}")
         sys.exit(1)
     except OSError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        err.print(f"error: {exc}")
         sys.exit(1)
