@@ -47,6 +47,42 @@ class DisabledBy(enum.StrEnum):
     MODERATOR = "moderator"  # an owner or moderator switched it off
 
 
+class Subscription(enum.StrEnum):
+    OPEN = "open"  # anyone may join after confirming their address
+    MODERATE = "moderate"  # confirm, then an owner or moderator approves
+    CLOSED = "closed"  # only admins add members
+
+
+class NonmemberAction(enum.StrEnum):
+    HOLD = "hold"  # keep for a moderator
+    REJECT = "reject"  # refuse at the door, the sender's MTA tells them
+    DISCARD = "discard"  # keep the bytes, deliver nothing, tell no one
+    ACCEPT = "accept"  # post as if from a member
+
+
+class ReplyTo(enum.StrEnum):
+    POSTER = "poster"  # leave Reply-To alone: replies go to the author
+    LIST = "list"  # replies go to the list
+
+
+class ArchivePolicy(enum.StrEnum):
+    PUBLIC = "public"  # anyone may read the web archive
+    PRIVATE = "private"  # members only
+    OFF = "off"  # nothing is shown (messages are still stored for moderation and digests)
+
+
+class TokenKind(enum.StrEnum):
+    SUBSCRIBE = "subscribe"  # the address owner confirms a subscription
+    UNSUBSCRIBE = "unsubscribe"  # the address owner confirms leaving
+    APPROVE_MEMBER = "approve-member"  # a moderator approves a confirmed subscription
+    HOLD = "hold"  # a moderator acts on a held post
+
+
+class SenderAction(enum.StrEnum):
+    ALLOW = "allow"  # posts from this non-member go through
+    DENY = "deny"  # posts from this address are discarded
+
+
 class MessageKind(enum.StrEnum):
     POST = "post"  # to LIST@: goes through policy, threading and fan-out
     OWNER = "owner"  # to LIST-owner@: forwarded to the owners
@@ -80,6 +116,15 @@ class MailingList(SQLModel, table=True):
     name: str  # display name, used in List-Id and the subject prefix
     description: str = ""
     created_at: datetime = Field(default_factory=utcnow)
+    subscription: Subscription = Field(default=Subscription.OPEN, sa_type=_enum(Subscription))
+    nonmember_action: NonmemberAction = Field(default=NonmemberAction.HOLD,
+                                              sa_type=_enum(NonmemberAction))
+    emergency: bool = False  # hold every post
+    reply_to: ReplyTo = Field(default=ReplyTo.POSTER, sa_type=_enum(ReplyTo))
+    subject_prefix: str | None = None  # None: "[name]"; "": no prefix
+    footer: str | None = None  # jinja2 template; None: templates/mail/footer.txt
+    max_message_bytes: int = 1048576  # larger posts are held; 0: no limit
+    archive: ArchivePolicy = Field(default=ArchivePolicy.PUBLIC, sa_type=_enum(ArchivePolicy))
 
 
 class Member(SQLModel, table=True):
@@ -135,7 +180,8 @@ class ThreadNode(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     message_id: str
-    message_pk: int | None = Field(default=None, foreign_key="message.id")  # None: placeholder
+    message_pk: int | None = Field(default=None, foreign_key="message.id",
+                                   ondelete="CASCADE")  # None: a placeholder
     parent_id: str | None = None  # Message-ID of the parent node
     own_link: bool = False  # the parent came from the message's own headers
     thread_id: str = Field(index=True)  # Message-ID of the thread's root node
@@ -144,13 +190,85 @@ class ThreadNode(SQLModel, table=True):
     date: datetime | None = None
 
 
+class Token(SQLModel, table=True):
+    """A single-use secret that lets a mail reply or a web click act for an address."""
+
+    __tablename__ = "token"
+
+    id: int | None = Field(default=None, primary_key=True)
+    token: str = Field(unique=True, index=True)
+    kind: TokenKind = Field(sa_type=_enum(TokenKind))
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    address: str = Field(index=True)  # whom it acts for (the subscriber, or the author)
+    message_pk: int | None = Field(default=None, foreign_key="message.id",
+                                   ondelete="CASCADE")  # a held post
+    data: str = ""  # e.g. the delivery mode asked for at subscribe time
+    created_at: datetime = Field(default_factory=utcnow)
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
+class Mute(SQLModel, table=True):
+    """A member who asked for no more posts of one thread."""
+
+    __tablename__ = "mute"
+    __table_args__ = (UniqueConstraint("list_id", "address", "thread_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    address: str
+    thread_id: str = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class SenderRule(SQLModel, table=True):
+    """Allow or deny list entry for a non-member sender."""
+
+    __tablename__ = "sender_rule"
+    __table_args__ = (UniqueConstraint("list_id", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    address: str
+    action: SenderAction = Field(sa_type=_enum(SenderAction))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AutoReply(SQLModel, table=True):
+    """One automatic mail to an address, counted for the daily limit."""
+
+    __tablename__ = "auto_reply"
+    __table_args__ = (Index("ix_auto_reply_address_sent", "address", "sent_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str
+    sent_at: datetime = Field(default_factory=utcnow)
+
+
+class Setting(SQLModel, table=True):
+    """Server-wide values kept in the database, such as the generated web secret."""
+
+    __tablename__ = "setting"
+
+    key: str = Field(primary_key=True)
+    value: str
+
+
 class Outgoing(SQLModel, table=True):
-    """The bytes of one mail we send, shared by all the delivery jobs that carry it."""
+    """The bytes of one mail we send, shared by all the delivery jobs that carry it.
+
+    A list copy is personal (RFC 8058 unsubscribe link, footer links): `slots` (JSON)
+    says where in `data` each recipient's own bytes go; "" means the same for all.
+    """
 
     __tablename__ = "outgoing"
 
     id: int | None = Field(default=None, primary_key=True)
-    message_pk: int | None = Field(default=None, foreign_key="message.id", index=True)
+    message_pk: int | None = Field(default=None, foreign_key="message.id", index=True,
+                                   ondelete="CASCADE")
+    list_id: int | None = Field(default=None, foreign_key="mailing_list.id", index=True,
+                                ondelete="CASCADE")
+    slots: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # CRLF line ends
     created_at: datetime = Field(default_factory=utcnow)
 
@@ -162,7 +280,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),)
 
     id: int | None = Field(default=None, primary_key=True)
-    outgoing_id: int = Field(foreign_key="outgoing.id", index=True)
+    outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")
     mail_from: str
     recipients: str = Field(sa_column=Column(Text, nullable=False))  # one address a line
     state: DeliveryState = Field(default=DeliveryState.QUEUED, sa_type=_enum(DeliveryState))
@@ -181,7 +299,7 @@ class RecipientFailure(SQLModel, table=True):
     __tablename__ = "recipient_failure"
 
     id: int | None = Field(default=None, primary_key=True)
-    delivery_id: int = Field(foreign_key="delivery.id", index=True)
+    delivery_id: int = Field(foreign_key="delivery.id", index=True, ondelete="CASCADE")
     address: str = Field(index=True)
     code: int
     text: str = ""

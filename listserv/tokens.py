@@ -1,0 +1,108 @@
+"""Secrets that let a mail reply or a web click act for someone.
+
+Confirmation and moderation tokens are random, stored, single-use and expiring.
+Unsubscribe and mute links are signed instead (HMAC with the server secret), so a
+copy can carry one for each member without a row per member per post.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlmodel import Session
+
+from listserv.config import Config
+from listserv.models import Setting, Token, TokenKind, utcnow
+
+_SECRET_KEY = "web_secret"
+
+
+def server_secret(session: Session, config: Config) -> str:
+    """`[web] secret`, or one generated on first start and kept in the database."""
+    if config.web.secret:
+        return config.web.secret
+    row = session.get(Setting, _SECRET_KEY)
+    if row is None:
+        row = Setting(key=_SECRET_KEY, value=secrets.token_urlsafe(32))
+        session.add(row)
+        session.flush()
+    return row.value
+
+
+def new(session: Session, kind: TokenKind, list_id: int, address: str, lifetime: timedelta,
+        *, message_pk: int | None = None, data: str = "") -> Token:
+    token = Token(token=secrets.token_urlsafe(18), kind=kind, list_id=list_id,
+                  address=address, message_pk=message_pk, data=data,
+                  expires_at=utcnow() + lifetime)
+    session.add(token)
+    session.flush()
+    return token
+
+
+def pending(session: Session, kind: TokenKind, list_id: int, address: str) -> Token | None:
+    """An unused, unexpired token of this kind for this address (so we do not resend)."""
+    return session.scalars(select(Token).where(
+        Token.kind == kind, Token.list_id == list_id, Token.address == address,
+        Token.used_at.is_(None), Token.expires_at > utcnow())).first()
+
+
+def find(session: Session, value: str) -> Token | None:
+    """The token if it can still be used; None when unknown, used or expired."""
+    token = session.scalars(select(Token).where(Token.token == value)).first()
+    if token is None or token.used_at is not None or token.expires_at <= utcnow():
+        return None
+    return token
+
+
+def use(session: Session, token: Token) -> bool:
+    """Spend a token; False when someone else spent it first (two clicks, two replies)."""
+    result = session.execute(update(Token).where(Token.id == token.id, Token.used_at.is_(None))
+                             .values(used_at=utcnow()))
+    token.used_at = utcnow()
+    return result.rowcount == 1
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def sign(secret: str, purpose: str, *parts: str) -> str:
+    """An opaque link token carrying `parts`; only this server can make a valid one."""
+    payload = "\n".join(parts).encode()
+    mac = hmac.digest(secret.encode(), purpose.encode() + b"\0" + payload, hashlib.sha256)
+    return f"{_b64(payload)}.{_b64(mac[:18])}"
+
+
+def verify(secret: str, purpose: str, token: str) -> list[str] | None:
+    """The parts of a signed token, or None if it was not made by us for this purpose."""
+    try:
+        payload_text, mac_text = token.split(".", 1)
+        payload = _unb64(payload_text)
+        mac = _unb64(mac_text)
+    except (ValueError, TypeError):
+        return None
+    expected = hmac.digest(secret.encode(), purpose.encode() + b"\0" + payload,
+                           hashlib.sha256)[:18]
+    if not hmac.compare_digest(mac, expected):
+        return None
+    try:
+        return payload.decode().split("\n")
+    except UnicodeDecodeError:
+        return None
+
+
+def unsubscribe_link(secret: str, list_id: int, address: str) -> str:
+    return sign(secret, "unsubscribe", str(list_id), address)
+
+
+def mute_link(secret: str, list_id: int, address: str, message_pk: int) -> str:
+    return sign(secret, "mute", str(list_id), address, str(message_pk))
