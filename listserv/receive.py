@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from listserv import db, policy, roster, store
+from listserv import commands, db, policy, roster, store
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
 from listserv.models import MailingList, MessageKind, MessageState, Role
@@ -31,6 +31,9 @@ _KIND = {
     Purpose.OWNER: MessageKind.OWNER,
     Purpose.BOUNCES: MessageKind.BOUNCE,
 }
+
+
+_COMMANDS = {Purpose.REQUEST, Purpose.JOIN, Purpose.LEAVE, Purpose.CONFIRM}
 
 
 def route(session: Session, rcpt: str) -> Route | str:
@@ -99,6 +102,9 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
         owners = store.role_addresses(session, mlist.id, [Role.OWNER])
         jobs = store.queue(session, raw, store.addresses_of(mlist).at(Purpose.BOUNCES), owners,
                            config.delivery.max_recipients_per_transaction, message.id)
+    elif target.purpose in _COMMANDS:
+        commands.handle(session, config, mlist, target, message, parsed)
+        jobs = 1  # replies may be queued: wake the worker
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 
