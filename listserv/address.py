@@ -76,7 +76,9 @@ class ListAddresses:
     def domain(self) -> str:
         return split(self.posting)[1]
 
-    def at(self, purpose: Purpose, detail: str = "") -> str:
+    def at(self, purpose: Purpose | str, detail: str = "") -> str:
+        """The list's address for a purpose; templates may name it: at("owner")."""
+        purpose = Purpose(purpose)
         if purpose is Purpose.POST:
             return self.posting
         plus = f"+{detail}" if detail else ""

@@ -93,7 +93,8 @@ class MessageKind(enum.StrEnum):
 class MessageState(enum.StrEnum):
     ACCEPTED = "accepted"  # stored, threaded and fanned out
     HELD = "held"  # stored, waits for a moderator
-    DISCARDED = "discarded"  # stored, never delivered (automatic mail, loops, deny list)
+    DISCARDED = "discarded"  # stored, never delivered (automatic mail, deny list, moderator)
+    REJECTED = "rejected"  # a moderator refused it and the author was told why
     LOOP = "loop"  # already carried this list's List-Id: not sent round again
     DUPLICATE = "duplicate"  # a Message-ID this list already has: not sent twice
     IMPORTED = "imported"  # came from `archive import`: archived, never sent

@@ -1,14 +1,162 @@
-"""Held posts: notices to moderators, and approve / reject / discard by email or CLI."""
+"""Held posts and who may post: notices to moderators; approve, reject or discard by
+email or CLI; holds that expire; the allow and deny lists for non-member senders.
+"""
 
 from __future__ import annotations
 
+import logging
+from datetime import timedelta
+
+from sqlalchemy import delete, select
 from sqlmodel import Session
 
+from listserv import notices, roster, store, tokens
+from listserv.address import Purpose
 from listserv.config import Config
-from listserv.models import Token
+from listserv.models import (
+    MailingList,
+    Message,
+    MessageState,
+    Role,
+    SenderAction,
+    SenderRule,
+    Token,
+    TokenKind,
+    utcnow,
+)
+from listserv.parse import parse
+
+log = logging.getLogger("listserv.moderation")
+
+ACTIONS = ("approve", "reject", "discard")
+
+
+def held_message(session: Session, message_pk: int) -> Message:
+    message = session.get(Message, message_pk)
+    if message is None or message.state is not MessageState.HELD:
+        raise roster.UserError(f"no held message {message_pk}")
+    return message
+
+
+def hold(session: Session, config: Config, mlist: MailingList, message: Message,
+         author_is_member: bool) -> None:
+    """Tell the moderators about a post just held, with a reply address to act on it."""
+    lifetime = timedelta(days=config.lists.hold_expiry_days)
+    token = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
+                       lifetime, message_pk=message.id)
+    reply = store.addresses_of(mlist).at(Purpose.CONFIRM, token.token)
+    for moderator in store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+        notices.send(session, config, mlist, moderator, "held_notice", limit=False,
+                     auto="auto-generated", reply_to=reply, attach=message.raw,
+                     message=message, reasons=message.reasons.splitlines(), token=token.token,
+                     expires=token.expires_at)
+    # Only members hear that their post waits: telling non-members would send
+    # backscatter to every forged From of every spam run.
+    if author_is_member and message.from_address:
+        notices.send(session, config, mlist, message.from_address, "held_author",
+                     message=message, reasons=message.reasons.splitlines())
+
+
+def _spend_token(session: Session, message: Message) -> None:
+    for token in session.scalars(select(Token).where(Token.message_pk == message.id,
+                                                     Token.used_at.is_(None))):
+        tokens.use(session, token)
+
+
+def approve(session: Session, config: Config, message: Message) -> int:
+    """Send a held post on as if it had just been accepted; returns the jobs queued."""
+    mlist = session.get(MailingList, message.list_id)
+    _spend_token(session, message)
+    parsed = parse(message.raw)
+    if store.is_archived(session, mlist.id, message.message_id):
+        store.set_state(session, message, MessageState.DUPLICATE)
+        return 0
+    store.set_state(session, message, MessageState.ACCEPTED)
+    store.thread_message(session, message, parsed)
+    return store.fan_out(session, mlist, message, parsed, config.web.base_url,
+                         config.delivery.max_recipients_per_transaction)
+
+
+def reject(session: Session, config: Config, message: Message, reason: str = "") -> None:
+    """Refuse a held post and tell its author why."""
+    mlist = session.get(MailingList, message.list_id)
+    _spend_token(session, message)
+    store.set_state(session, message, MessageState.REJECTED)
+    author = message.from_address or message.mail_from
+    if author:
+        notices.send(session, config, mlist, author, "rejected", message=message,
+                     reason=reason or "The moderators did not give a reason.",
+                     in_reply_to=message.message_id)
+
+
+def discard(session: Session, message: Message) -> None:
+    """Drop a held post without a word to anyone (spam)."""
+    _spend_token(session, message)
+    store.set_state(session, message, MessageState.DISCARDED)
+
+
+def act(session: Session, config: Config, message: Message, action: str,
+        reason: str = "") -> str:
+    """One moderator decision, the same for the CLI and for email; a line for the log."""
+    if action == "approve":
+        jobs = approve(session, config, message)
+        return f"approved message {message.id} ({jobs} delivery jobs)"
+    if action == "reject":
+        reject(session, config, message, reason)
+        return f"rejected message {message.id}"
+    if action == "discard":
+        discard(session, message)
+        return f"discarded message {message.id}"
+    raise roster.UserError(f"unknown action {action!r}; valid: {', '.join(ACTIONS)}")
 
 
 def reply_to_notice(session: Session, config: Config, token: Token, text: str,
                     sender: str) -> str:
-    """A moderator answered a held-post notice (stub: to be written)."""
-    return ""
+    """A moderator answered a held-post notice: the first line says what to do."""
+    words = text.strip().split(None, 1)
+    action = words[0].lower() if words else ""
+    if action not in ACTIONS:
+        log.info("moderation reply from %s not understood: %r", sender, text[:80])
+        return f"not understood: {text.strip()[:80]!r}; answer approve, reject <reason> or discard"
+    message = session.get(Message, token.message_pk) if token.message_pk else None
+    if message is None or message.state is not MessageState.HELD:
+        return "that message is no longer held"
+    summary = act(session, config, message, action, words[1].strip() if len(words) > 1 else "")
+    log.info("%s by %s by email", summary, sender)
+    return summary
+
+
+def expire_holds(session: Session, config: Config) -> int:
+    """Discard holds older than `[lists] hold_expiry_days` and tell their authors."""
+    cutoff = utcnow() - timedelta(days=config.lists.hold_expiry_days)
+    expired = list(session.scalars(select(Message).where(
+        Message.state == MessageState.HELD, Message.received_at < cutoff)))
+    for message in expired:
+        _spend_token(session, message)
+        store.set_state(session, message, MessageState.DISCARDED)
+        author = message.from_address or message.mail_from
+        if author:
+            notices.send(session, config, session.get(MailingList, message.list_id), author,
+                         "hold_expired", message=message, days=config.lists.hold_expiry_days)
+    return len(expired)
+
+
+def sender_rule(session: Session, list_id: int, address: str) -> SenderAction | None:
+    return session.scalars(select(SenderRule.action).where(
+        SenderRule.list_id == list_id, SenderRule.address == address)).first()
+
+
+def set_sender(session: Session, mlist: MailingList, address: str,
+               action: SenderAction) -> str:
+    mailbox = roster.normalize(address)
+    if mailbox is None:
+        raise roster.UserError(f"invalid address {address!r}")
+    session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
+                                             SenderRule.address == mailbox[1]))
+    session.add(SenderRule(list_id=mlist.id, address=mailbox[1], action=action))
+    return mailbox[1]
+
+
+def senders(session: Session, mlist: MailingList) -> list[SenderRule]:
+    return list(session.scalars(select(SenderRule).where(SenderRule.list_id == mlist.id)
+                                .order_by(SenderRule.action, SenderRule.address)))

@@ -1,7 +1,9 @@
 """Who may post: an ordered table of small rules, each returning a verdict or nothing.
 
-The first decisive verdict (accept, discard, reject) ends the walk; holds collect
-their reasons on the way, so a moderator reads every reason a post was held for.
+The first decisive verdict (accept, discard, reject, loop) ends the walk; holds collect
+their reasons on the way, so a moderator reads every reason a post was held for. The
+order follows Mailman's posting chain: loops and automatic mail first, then the
+moderator's switches, then membership.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from listserv.address import ListAddresses
+from listserv.models import MailingList, NonmemberAction, SenderAction
 from listserv.parse import Parsed
 
 
@@ -26,18 +29,20 @@ class Action(enum.StrEnum):
 class Verdict:
     action: Action
     reasons: list[str] = field(default_factory=list)
-    smtp_reply: str = ""  # for REJECT: the reply the client gets
 
 
 @dataclass
 class Facts:
     """What the rules look at, gathered once by the caller from the message and the store."""
 
+    mlist: MailingList
     addresses: ListAddresses
     parsed: Parsed
     mail_from: str
     size: int
     is_member: bool  # the From (or envelope sender) holds a role on the list
+    moderated: bool = False  # ... and a moderator set its `moderated` flag
+    sender_rule: SenderAction | None = None  # allow/deny entry for the sender
 
 
 Rule = Callable[[Facts], Verdict | None]
@@ -57,19 +62,67 @@ def loop(facts: Facts) -> Verdict | None:
     return None
 
 
+def automatic(facts: Facts) -> Verdict | None:
+    """RFC 3834: vacation replies, bounces and bulk mail are never posted nor answered."""
+    parsed = facts.parsed
+    if parsed.auto_submitted and parsed.auto_submitted != "no":
+        return Verdict(Action.DISCARD, [f"Auto-Submitted: {parsed.auto_submitted}"])
+    if parsed.precedence in ("bulk", "junk", "list"):
+        return Verdict(Action.DISCARD, [f"Precedence: {parsed.precedence}"])
+    if not facts.mail_from:
+        return Verdict(Action.DISCARD, ["null envelope sender (a bounce or notification)"])
+    return None
+
+
+def denied(facts: Facts) -> Verdict | None:
+    if facts.sender_rule is SenderAction.DENY:
+        return Verdict(Action.DISCARD, [f"sender {facts.parsed.from_address} is on the deny list"])
+    return None
+
+
+def emergency(facts: Facts) -> Verdict | None:
+    if facts.mlist.emergency:
+        return Verdict(Action.HOLD, ["the list is in emergency moderation"])
+    return None
+
+
 def no_sender(facts: Facts) -> Verdict | None:
-    if not facts.parsed.from_address:
+    if not facts.parsed.error and not facts.parsed.from_address:
         return Verdict(Action.HOLD, ["no usable From: address"])
     return None
 
 
-def non_member(facts: Facts) -> Verdict | None:
-    if not facts.is_member:
-        return Verdict(Action.HOLD, [f"post from non-member {facts.parsed.from_address}"])
+def moderated_member(facts: Facts) -> Verdict | None:
+    if facts.is_member and facts.moderated:
+        return Verdict(Action.HOLD, [f"posts from {facts.parsed.from_address} are moderated"])
     return None
 
 
-RULES: list[Rule] = [unparseable, loop, no_sender, non_member]
+def too_big(facts: Facts) -> Verdict | None:
+    limit = facts.mlist.max_message_bytes
+    if limit and facts.size > limit:
+        return Verdict(Action.HOLD, [f"message is {facts.size} bytes, the list takes {limit}"])
+    return None
+
+
+_NONMEMBER = {
+    NonmemberAction.HOLD: Action.HOLD,
+    NonmemberAction.REJECT: Action.REJECT,
+    NonmemberAction.DISCARD: Action.DISCARD,
+}
+
+
+def non_member(facts: Facts) -> Verdict | None:
+    if facts.is_member or facts.sender_rule is SenderAction.ALLOW or not facts.parsed.from_address:
+        return None
+    action = _NONMEMBER.get(facts.mlist.nonmember_action)
+    if action is None:
+        return None
+    return Verdict(action, [f"post from non-member {facts.parsed.from_address}"])
+
+
+RULES: list[Rule] = [unparseable, loop, automatic, denied, emergency, no_sender,
+                     moderated_member, too_big, non_member]
 
 
 def decide(facts: Facts, rules: list[Rule] = RULES) -> Verdict:
@@ -82,8 +135,8 @@ def decide(facts: Facts, rules: list[Rule] = RULES) -> Verdict:
         if verdict.action is Action.HOLD:
             reasons.extend(verdict.reasons)
             continue
-        if reasons and verdict.action is not Action.LOOP:
-            break
+        if reasons and verdict.action in (Action.ACCEPT, Action.REJECT):
+            break  # a moderator looks at it anyway
         return verdict
     if reasons:
         return Verdict(Action.HOLD, reasons)

@@ -18,11 +18,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from listserv import commands, db, policy, roster, store
+from listserv import commands, db, moderation, notices, policy, roster, store
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
 from listserv.models import MailingList, MessageKind, MessageState, Role
-from listserv.parse import parse
+from listserv.parse import Parsed, parse
 
 log = logging.getLogger("listserv.receive")
 
@@ -63,21 +63,42 @@ class Outcome:
         return f"to={self.rcpt} msgid=<{self.message_id}> {self.state}{extra}{why}"
 
 
+class Rejected(Exception):
+    """Policy refused the post: the SMTP client gets this 5xx reply."""
+
+
+def _facts(session: Session, mlist: MailingList, parsed: Parsed, mail_from: str,
+           size: int) -> policy.Facts:
+    senders = [a for a in (parsed.from_address, mail_from.lower()) if a]
+    rows = roster.roles_of(session, mlist.id, senders)
+    return policy.Facts(
+        mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed, mail_from=mail_from,
+        size=size, is_member=bool(rows), moderated=any(m.moderated for m in rows),
+        sender_rule=moderation.sender_rule(session, mlist.id, parsed.from_address))
+
+
+_STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,
+           policy.Action.DISCARD: MessageState.DISCARDED, policy.Action.LOOP: MessageState.LOOP}
+
+
 def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_from: str,
-          raw: bytes) -> Outcome:
+          raw: bytes, alone: bool) -> Outcome:
     parsed = parse(raw)
-    senders = {a for a in (parsed.from_address, mail_from.lower()) if a}
-    facts = policy.Facts(
-        addresses=store.addresses_of(mlist), parsed=parsed, mail_from=mail_from,
-        size=len(raw), is_member=any(roster.is_poster(session, mlist.id, a) for a in senders))
+    facts = _facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
-    states = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,
-              policy.Action.DISCARD: MessageState.DISCARDED, policy.Action.LOOP: MessageState.LOOP}
-    state = states[verdict.action]
-    message = store.new_message(mlist, raw, parsed, kind=MessageKind.POST, state=state,
-                                mail_from=mail_from, rcpt_to=rcpt, reasons=verdict.reasons)
-    if state is MessageState.ACCEPTED and store.is_archived(session, mlist.id,
-                                                           message.message_id):
+    if verdict.action is policy.Action.REJECT:
+        reason = "; ".join(verdict.reasons)
+        if alone:
+            raise Rejected(f"550 5.7.1 {mlist.address}: {reason}; only members may post")
+        # Other recipients of this transaction took it: keep it, tell the author here.
+        verdict = policy.Verdict(policy.Action.DISCARD, verdict.reasons)
+        notices.send(session, config, mlist, parsed.from_address, "rejected",
+                     reason=reason, message=parsed, in_reply_to=parsed.message_id)
+    message = store.new_message(mlist, raw, parsed, kind=MessageKind.POST,
+                                state=_STATES[verdict.action], mail_from=mail_from,
+                                rcpt_to=rcpt, reasons=verdict.reasons)
+    if message.state is MessageState.ACCEPTED and store.is_archived(session, mlist.id,
+                                                                   message.message_id):
         message.state = MessageState.DUPLICATE
         message.reasons = "this Message-ID was posted to the list before"
     store.save(session, message)
@@ -86,6 +107,9 @@ def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_
         store.thread_message(session, message, parsed)
         jobs = store.fan_out(session, mlist, message, parsed, config.web.base_url,
                              config.delivery.max_recipients_per_transaction)
+    elif message.state is MessageState.HELD:
+        moderation.hold(session, config, mlist, message, facts.is_member)
+        jobs = 1
     return Outcome(rcpt, message.message_id, message.state.value, jobs,
                    message.reasons.splitlines())
 
@@ -122,7 +146,8 @@ def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
                         raise LookupError(target)  # the list went away since RCPT
                     mlist = roster.get_list(session, target.list_address)
                     if target.purpose is Purpose.POST:
-                        outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw))
+                        outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw,
+                                              alone=len(rcpts) == 1))
                     else:
                         outcomes.append(_other(session, config, mlist, target, rcpt,
                                                mail_from, raw))
@@ -171,7 +196,9 @@ class Handler:
         try:
             outcomes = await asyncio.to_thread(ingest, self.engine, self.config, mail_from,
                                                list(envelope.rcpt_tos), raw)
-        except LookupError as exc:
+        except (LookupError, Rejected) as exc:
+            log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
+                     exc)
             return str(exc)
         except Exception:
             log.exception("could not store a message from %s", mail_from or "<>")

@@ -147,10 +147,10 @@ def members(session: Session, mlist: MailingList) -> list[Member]:
                                 .order_by(Member.address, Member.role)))
 
 
-def is_poster(session: Session, list_id: int, address: str) -> bool:
-    """Members, moderators and owners may post."""
-    return session.scalars(select(Member.id).where(
-        Member.list_id == list_id, Member.address == address).limit(1)).first() is not None
+def roles_of(session: Session, list_id: int, addresses: list[str]) -> list[Member]:
+    """Every role these addresses hold; members, moderators and owners may all post."""
+    return list(session.scalars(select(Member).where(
+        Member.list_id == list_id, Member.address.in_(addresses))))
 
 
 _COLUMNS = ("address", "email")

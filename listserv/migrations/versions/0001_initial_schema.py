@@ -144,6 +144,7 @@ def upgrade() -> None:
                 "accepted",
                 "held",
                 "discarded",
+                "rejected",
                 "loop",
                 "duplicate",
                 "imported",
