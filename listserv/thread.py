@@ -121,6 +121,18 @@ def _root(nodes: dict[str, Node], start: str) -> Node:
     return node
 
 
+def _thread_id(nodes: dict[str, Node], start: str) -> str:
+    """The id of the thread `start` is in: its root's id, or for a root that joined by
+    subject, the thread of the node it joined, which a late parent may have re-rooted
+    since (that node's thread is loaded with it: they shared the thread id)."""
+    root = _root(nodes, start)
+    seen = {root.message_id}
+    while root.by_subject and root.thread_id in nodes and root.thread_id not in seen:
+        root = _root(nodes, root.thread_id)
+        seen.add(root.message_id)
+    return root.thread_id if root.by_subject else root.message_id
+
+
 def _state(node: Node) -> tuple:
     return (node.real, node.parent_id, node.thread_id, node.by_subject, node.own_link)
 
@@ -156,9 +168,9 @@ def link(nodes: dict[str, Node], message_id: str, parsed: Parsed,
     if me.by_subject:
         me.thread_id = subject_thread
 
-    for node in nodes.values():
-        root = _root(nodes, node.message_id)
-        node.thread_id = root.thread_id if root.by_subject else root.message_id
+    threads = {mid: _thread_id(nodes, mid) for mid in nodes}
+    for mid, node in nodes.items():
+        node.thread_id = threads[mid]
     return {k for k, n in nodes.items()
             if before.get(k) != _state(n)}
 

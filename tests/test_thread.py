@@ -1,0 +1,407 @@
+"""Threading checked against real mail: the mboxes in tests/data/corpus/threads/ and
+the structure two independent threaders computed for them (see that folder's README).
+
+notmuch threads on In-Reply-To/References only, as we do; its `nearest_real_parent` is
+the expected parent of every message (the README explains why jwzthreading's parents
+are not trusted). The pure decisions in thread.py are checked in several arrival
+orders, then the store through `listserv archive import` and `archive threads --json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import mailbox
+import random
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from typer.testing import CliRunner
+
+from listserv import archive, db, roster, store, thread
+from listserv.cli import app
+from listserv.parse import Parsed, parse
+from tests.conftest import CORPUS, message
+
+THREADS = CORPUS / "threads"
+LIST = "dev@lists.example.org"
+DOMAIN = "lists.example.org"
+MAVEN = "apache-maven-dev-2017-11_12"
+
+# expected/NAME.threads.json -> the input both threaders read
+CASES = {
+    "notmuch-list-2009": "notmuch-list-2009.mbox",
+    MAVEN: "apache-maven-dev-2017-11_12.mbox",
+    "tricky-threading-ghost-root": "tricky/threading-ghost-root",
+    "tricky-threading-parent-priority": "tricky/threading-parent-priority",
+    "tricky-duplicate": "tricky/duplicate",
+    "tricky-maven-duplicates": "tricky/maven-duplicates",
+}
+
+ORDERS: dict[str, Callable[[list[bytes]], list[bytes]]] = {
+    "file": list,
+    "reversed": lambda raws: raws[::-1],
+    "shuffled": lambda raws: random.Random(20171105).sample(raws, len(raws)),
+}
+
+Groups = set[frozenset[str]]
+
+
+# --- the corpus and what the reference threaders made of it ----------------------------
+
+def read_mbox(path: Path) -> list[bytes]:
+    box = mailbox.mbox(path, create=False)
+    return [box.get_bytes(key) for key in box.iterkeys()]
+
+
+@cache
+def corpus(name: str) -> tuple[bytes, ...]:
+    """The messages of an input in the order both reference drivers read them."""
+    path = THREADS / name
+    if path.is_file():
+        return tuple(read_mbox(path))
+    raws: list[bytes] = []
+    for file in sorted(path.iterdir()):
+        raws += read_mbox(file) if file.suffix == ".mbox" else [file.read_bytes()]
+    return tuple(raws)
+
+
+@cache
+def notmuch(name: str) -> dict:
+    return json.loads((THREADS / "expected" / f"{name}.threads.json").read_text())["notmuch"]
+
+
+@cache
+def parsed(raw: bytes) -> Parsed:
+    return parse(raw)
+
+
+def notmuch_id(raw: bytes) -> str:
+    """The id notmuch indexed a message under: its own, else a hash of its bytes."""
+    return parsed(raw).message_id or f"notmuch-sha1-{hashlib.sha1(raw).hexdigest()}"
+
+
+def tree_ids(node: dict) -> frozenset[str]:
+    """The messages of a notmuch tree; a dummy node is no message, it only groups."""
+    own = frozenset() if node["dummy"] else frozenset([node["id"]])
+    return own.union(*(tree_ids(child) for child in node["children"]))
+
+
+def notmuch_threads(name: str) -> Groups:
+    return {tree_ids(tree) for tree in notmuch(name)["threads"]}
+
+
+def dummy_rooted(name: str) -> list[frozenset[str]]:
+    """notmuch threads with several top-level messages: held together by an absent one."""
+    return [tree_ids(tree) for tree in notmuch(name)["threads"] if tree["dummy"]]
+
+
+def group(rows: Iterable[tuple[str, str]]) -> Groups:
+    """(message_id, thread_id) pairs -> the sets of messages that share a thread."""
+    threads: dict[str, set[str]] = {}
+    for mid, tid in rows:
+        threads.setdefault(tid, set()).add(mid)
+    return {frozenset(g) for g in threads.values()}
+
+
+# --- the pure functions ---------------------------------------------------------------
+
+def link_all(raws: Iterable[bytes]) -> dict[str, thread.Node]:
+    """Thread messages one by one as they would arrive; a repeated id is skipped, as the
+    store skips it. No subject fallback: this is References threading, like notmuch."""
+    nodes: dict[str, thread.Node] = {}
+    for raw in raws:
+        mid = notmuch_id(raw)
+        if mid not in nodes or not nodes[mid].real:
+            thread.link(nodes, mid, parsed(raw))
+    return nodes
+
+
+def real_ids(nodes: dict[str, thread.Node]) -> list[str]:
+    return [mid for mid, node in nodes.items() if node.real]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("name", CASES)
+def test_parents_match_notmuch_in_any_arrival_order(name, order):
+    nodes = link_all(ORDERS[order](list(corpus(CASES[name]))))
+    got = {mid: thread.nearest_real_parent(nodes, mid) for mid in real_ids(nodes)}
+    assert got == notmuch(name)["nearest_real_parent"]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("name", CASES)
+def test_threads_match_notmuch_in_any_arrival_order(name, order):
+    # Without the subject fallback (the store decides it, see the CLI tests below) a
+    # thread is what References/In-Reply-To hold together, which is notmuch's definition.
+    nodes = link_all(ORDERS[order](list(corpus(CASES[name]))))
+    assert group((mid, nodes[mid].thread_id) for mid in real_ids(nodes)) == \
+        notmuch_threads(name)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("name", CASES)
+def test_absent_message_holding_a_thread_together_is_a_placeholder_root(name, order):
+    # Where notmuch shows a thread with several top-level messages, the message they
+    # all descend from never arrived: our thread hangs from a placeholder for it.
+    nodes = link_all(ORDERS[order](list(corpus(CASES[name]))))
+    for members in dummy_rooted(name):
+        (root,) = {nodes[mid].thread_id for mid in members}
+        assert root in nodes and not nodes[root].real
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_two_messages_answering_each_other_make_one_thread_with_a_root(order):
+    # tricky/broken-loop: each In-Reply-To names the other. No order-free answer
+    # exists (jwzthreading loses both, notmuch picks one); we need one thread, one root.
+    nodes = link_all(ORDERS[order](list(corpus("tricky/broken-loop"))))
+    parents = {mid: thread.nearest_real_parent(nodes, mid) for mid in real_ids(nodes)}
+    (root,) = [mid for mid, parent in parents.items() if parent is None]
+    (reply,) = set(parents) - {root}
+    assert parents[reply] == root
+    assert {nodes[root].thread_id, nodes[reply].thread_id} == {root}
+
+
+# --- through the store and the CLI ----------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli(tmp_path: Path, db_url: str, make_list: Callable) -> Callable[..., str]:
+    """`listserv --config ... ARGS` on the test database, where the list exists; stdout."""
+    config = tmp_path / "listserv.toml"
+    config.write_text(f"[database]\nurl = {json.dumps(db_url)}\n")
+    make_list(LIST)
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, ["--config", str(config), *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+    return run
+
+
+def import_into_list(cli: Callable[..., str], path: Path) -> str:
+    return cli("archive", "import", LIST, str(path))
+
+
+def archived(cli: Callable[..., str]) -> dict[str, dict]:
+    rows = json.loads(cli("archive", "threads", LIST, "--json"))
+    return {row["message_id"]: row for row in rows}
+
+
+def write_mbox(path: Path, raws: Iterable[bytes]) -> Path:
+    box = mailbox.mbox(path)
+    for raw in raws:
+        box.add(raw)
+    box.close()
+    return path
+
+
+def write_maildir(path: Path, raws: Iterable[bytes]) -> Path:
+    box = mailbox.Maildir(path)
+    for raw in raws:
+        box.add(raw)
+    return path
+
+
+def stored_id(raw: bytes) -> str:
+    """The id the archive keeps a message under; generated when it came without one."""
+    return parsed(raw).message_id or store.generated_message_id(raw, DOMAIN)
+
+
+def expected_parents(name: str, raws: Iterable[bytes]) -> dict[str, str | None]:
+    """notmuch's parents, under the ids the archive uses."""
+    ours = {notmuch_id(raw): stored_id(raw) for raw in raws}
+    return {ours.get(mid, mid): ours.get(parent, parent) if parent else None
+            for mid, parent in notmuch(name)["nearest_real_parent"].items()}
+
+
+def parents(rows: dict[str, dict]) -> dict[str, str | None]:
+    return {mid: row["parent_id"] for mid, row in rows.items()}
+
+
+def threads(rows: dict[str, dict]) -> Groups:
+    return group((mid, row["thread_id"]) for mid, row in rows.items())
+
+
+def maven_threads_with_subject_fallback(raws: tuple[bytes, ...]) -> Groups:
+    """notmuch's threads, plus what the subject fallback does on this mbox.
+
+    A "Re:" with no In-Reply-To and no References joins the thread of the subject it
+    answers, without a parent. anomalies.json lists three such replies: the two
+    "Re: Reactor safe/rally points" (one with no Message-ID, one with replies of its
+    own) answer "Reactor safe/rally points", earlier in the mbox, so their notmuch
+    threads merge into its thread; "Re: main-class + module-version" answers a message
+    that is not in the mbox, so nothing earlier matches and its thread stays as is.
+    """
+    ours = {notmuch_id(raw): stored_id(raw) for raw in raws}
+    groups = {frozenset(ours[mid] for mid in g) for g in notmuch_threads(MAVEN)}
+    anomalies = json.loads((THREADS / "expected" / f"{MAVEN}.anomalies.json").read_text())
+    subject_only = [raws[a["mbox_index"] - 1]  # 1-based
+                    for a in anomalies["reply_subject_without_reply_headers"]]
+    joining = {stored_id(r) for r in subject_only
+               if parsed(r).subject == "Re: Reactor safe/rally points"}
+    (answered,) = [stored_id(r) for r in raws
+                   if parsed(r).subject == "Reactor safe/rally points"]
+    assert len(subject_only) == 3 and len(joining) == 2
+    merged = frozenset().union(*(g for g in groups if g & {answered, *joining}))
+    return {g for g in groups if not g & merged} | {merged}
+
+
+def test_import_maven_mbox_threads_like_notmuch_plus_subject_fallback(cli):
+    raws = corpus(CASES[MAVEN])
+    summary = import_into_list(cli, THREADS / CASES[MAVEN])
+    assert "538 messages read: 538 imported, 0 duplicates skipped" in summary
+    rows = archived(cli)
+    assert parents(rows) == expected_parents(MAVEN, raws)
+    assert threads(rows) == maven_threads_with_subject_fallback(raws)
+
+
+def test_import_in_reverse_order_gives_the_same_threads(cli, tmp_path):
+    name = "notmuch-list-2009"
+    raws = corpus(CASES[name])
+    import_into_list(cli, write_mbox(tmp_path / "reversed.mbox", reversed(raws)))
+    rows = archived(cli)
+    assert parents(rows) == expected_parents(name, raws)
+    assert threads(rows) == notmuch_threads(name)
+
+
+def test_importing_the_same_mbox_twice_imports_nothing_the_second_time(cli):
+    # The mbox holds one Message-ID twice (anomalies.json: duplicate_message_id).
+    path = THREADS / CASES["notmuch-list-2009"]
+    assert "53 messages read: 52 imported, 1 duplicates skipped" in import_into_list(cli, path)
+    assert "53 messages read: 0 imported, 53 duplicates skipped" in import_into_list(cli, path)
+    assert len(archived(cli)) == 52
+
+
+def test_import_maildir_threads_like_notmuch(cli, tmp_path):
+    name = "tricky-threading-ghost-root"
+    raws = corpus(CASES[name])
+    summary = import_into_list(cli, write_maildir(tmp_path / "Maildir", raws))
+    assert f"{len(raws)} messages read: {len(raws)} imported, 0 duplicates" in summary
+    rows = archived(cli)
+    assert parents(rows) == expected_parents(name, raws)
+    assert threads(rows) == notmuch_threads(name)
+
+
+def test_maildir_with_repeated_message_ids_keeps_one_of_each(cli, tmp_path):
+    # tricky/duplicate: 9 files, 3 Message-IDs, different bytes under the same id.
+    raws = corpus(CASES["tricky-duplicate"])
+    summary = import_into_list(cli, write_maildir(tmp_path / "Maildir", raws))
+    assert "9 messages read: 3 imported, 6 duplicates skipped" in summary
+    assert set(archived(cli)) == set(notmuch("tricky-duplicate")["nearest_real_parent"])
+
+
+def test_same_messages_from_four_archives_are_stored_once(cli):
+    mboxes = sorted((THREADS / CASES["tricky-maven-duplicates"]).iterdir())
+    summaries = [import_into_list(cli, path) for path in mboxes]
+    assert "10 messages read: 10 imported, 0 duplicates skipped" in summaries[0]
+    for summary in summaries[1:]:
+        assert "10 messages read: 0 imported, 10 duplicates skipped" in summary
+    rows = archived(cli)
+    assert parents(rows) == expected_parents("tricky-maven-duplicates", ())
+
+
+def test_message_without_message_id_gets_one_that_survives_reimport(cli, tmp_path):
+    (raw,) = [r for r in corpus(CASES[MAVEN]) if parsed(r).message_id is None]
+    path = write_mbox(tmp_path / "one.mbox", [raw])
+    assert "1 imported, 0 duplicates" in import_into_list(cli, path)
+    assert "0 imported, 1 duplicates" in import_into_list(cli, path)
+    (mid,) = archived(cli)
+    assert mid.endswith(f"@{DOMAIN}") and "<" not in mid
+
+
+# --- arriving one by one -------------------------------------------------------------
+
+def arrive(engine: Engine, *raws: bytes) -> dict[str, dict]:
+    """Archive messages as they come, then read the threads as `archive threads` does."""
+    with db.session(engine) as s:
+        mlist = roster.get_list(s, LIST)
+        for raw in raws:
+            assert archive.import_message(s, mlist, raw)
+        s.commit()
+        return {row["message_id"]: row for row in archive.thread_rows(s, mlist)}
+
+
+def eml(name: str) -> bytes:
+    return (THREADS / "tricky" / name).read_bytes()
+
+
+def test_reply_before_its_parent_joins_the_thread_when_the_parent_comes(engine, make_list):
+    # threading-parent-priority: root <- child <- grand-child, sent bottom up.
+    make_list(LIST)
+    root, child, grand = "B00-root@example.org", "B01-child@example.org", \
+        "B01-grand-child@example.org"
+    rows = arrive(engine, eml("threading-parent-priority/grand-child.eml"))
+    assert rows[grand]["parent_id"] is None  # its parent is a placeholder so far
+    rows = arrive(engine, eml("threading-parent-priority/child.eml"))
+    assert (rows[grand]["parent_id"], rows[child]["parent_id"]) == (child, None)
+    assert rows[grand]["thread_id"] == rows[child]["thread_id"]
+    rows = arrive(engine, eml("threading-parent-priority/root.eml"))
+    assert {mid: row["parent_id"] for mid, row in rows.items()} == \
+        {root: None, child: root, grand: child}
+    assert {row["thread_id"] for row in rows.values()} == {root}
+
+
+def test_two_messages_answering_each_other_are_one_thread_in_the_store(engine, make_list):
+    make_list(LIST)
+    rows = arrive(engine, eml("broken-loop/loop-12.eml"), eml("broken-loop/loop-21.eml"))
+    assert len({row["thread_id"] for row in rows.values()}) == 1
+    assert [row["parent_id"] for row in rows.values()].count(None) == 1
+
+
+def post(subject: str, **headers: str) -> bytes:
+    return message(subject, headers=headers).encode()
+
+
+def msgid(raw: bytes) -> str:
+    return parsed(raw).message_id or ""
+
+
+def test_reply_without_references_joins_its_subjects_thread_without_a_parent(
+        engine, make_list):
+    make_list(LIST)
+    first = post("Release plan")
+    answer = post("Re: Release plan", **{"In-Reply-To": f"<{msgid(first)}>"})
+    bare = post("RE: [Dev] release PLAN")  # a client that dropped In-Reply-To
+    rows = arrive(engine, first, answer, bare)
+    assert rows[msgid(bare)]["parent_id"] is None
+    assert rows[msgid(bare)]["thread_id"] == rows[msgid(first)]["thread_id"] == msgid(first)
+
+
+def test_reply_with_references_never_joins_by_subject(engine, make_list):
+    make_list(LIST)
+    first = post("Release plan")
+    # It names a message the archive never saw: it waits under a placeholder for it.
+    other = post("Re: Release plan", References="<elsewhere@example.net>")
+    rows = arrive(engine, first, other)
+    assert rows[msgid(other)]["parent_id"] is None
+    assert rows[msgid(other)]["thread_id"] == "elsewhere@example.net"
+
+
+def test_reply_joined_by_subject_follows_its_thread_when_a_late_parent_reroots_it(
+        engine, make_list):
+    make_list(LIST)
+    first = post("Plan")
+    middle = post("Re: Plan", **{"In-Reply-To": f"<{msgid(first)}>"})
+    renamed = post("Re: New plan", **{"In-Reply-To": f"<{msgid(middle)}>"})
+    bare = post("Re: New plan")  # joins the thread of `renamed`, under a placeholder
+    arrive(engine, first, renamed, bare)
+    rows = arrive(engine, middle)  # the placeholder's thread moves under `first`
+    assert {row["thread_id"] for row in rows.values()} == {msgid(first)}
+
+
+@pytest.mark.parametrize("subject,headers,expected", [
+    ("Re: Plan", {}, True),
+    ("AW: [Dev] Plan", {}, True),
+    ("Plan", {}, False),  # not a reply: a new thread, whatever its subject
+    ("Re: Plan", {"In-Reply-To": "<a@example.org>"}, False),
+    ("Re: Plan", {"References": "<a@example.org>"}, False),
+])
+def test_subject_is_only_consulted_for_a_reply_that_names_no_message(subject, headers,
+                                                                     expected):
+    assert thread.wants_subject_fallback(parse(post(subject, **headers))) is expected
