@@ -37,8 +37,8 @@ app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
 
 # Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
-# as rich markup; and an error is one line, never wrapped at the terminal width.
-out = Console(markup=False, highlight=False)
+# as rich markup; and a line of output is one line, never wrapped at the terminal width.
+out = Console(markup=False, highlight=False, soft_wrap=True)
 err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
