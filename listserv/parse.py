@@ -63,8 +63,9 @@ def _message_id(value: str | None) -> str | None:
     ids = _MSGID.findall(value)
     if ids:
         return ids[0]
-    # Some clients send a bare id without brackets; keep it if it looks like one.
-    bare = value.strip()
+    # Some clients send a bare id without brackets; keep it if it looks like one,
+    # and one without its closing ">" (corpus: mailman/bad_email_3.eml) is kept too.
+    bare = value.strip().strip("<>")
     return bare if bare and " " not in bare and "@" in bare else None
 
 
@@ -101,10 +102,17 @@ def read_headers(raw: bytes) -> tuple[dict[str, list[str]], str]:
     block = header_block(raw)
     errors = []
     for reader in (_headers_flanker, _headers_stdlib):
+        name = reader.__name__.removeprefix("_headers_")
         try:
-            return reader(block), ""
+            headers = reader(block)
         except Exception as exc:  # noqa: BLE001  both parsers raise many kinds on bad input
-            errors.append(f"{reader.__name__.removeprefix('_headers_')}: {exc.__class__.__name__}")
+            errors.append(f"{name}: {exc.__class__.__name__}")
+            continue
+        # Both parsers take any bytes as a body with no headers; mail has at least
+        # From and Date (RFC 5322 3.6), so no header field at all means not mail.
+        if headers:
+            return headers, ""
+        errors.append(f"{name}: no header fields")
     return {}, "unparseable message (" + "; ".join(errors) + ")"
 
 
