@@ -19,9 +19,9 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, db, roster
+from listserv import archive, db, moderation, roster, settings
 from listserv import config as config_mod
-from listserv.models import Role
+from listserv.models import DeliveryMode, MailingList, Role, SenderAction
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="listserv: a mailing-list server.")
@@ -30,11 +30,14 @@ member_app = typer.Typer(no_args_is_help=True, help="Manage the members of a lis
 held_app = typer.Typer(no_args_is_help=True, help="Messages held for moderation.")
 archive_app = typer.Typer(no_args_is_help=True, help="The stored, threaded messages.")
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+sender_app = typer.Typer(no_args_is_help=True,
+                         help="Allow and deny lists for senders who are not members.")
 app.add_typer(list_app, name="list")
 app.add_typer(member_app, name="member")
 app.add_typer(held_app, name="held")
 app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
+app.add_typer(sender_app, name="sender")
 
 # Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
 # as rich markup; and a line of output is one line, never wrapped at the terminal width.
@@ -96,7 +99,8 @@ def _list_summary(s: Any, mlist: Any) -> dict:
         counts[m.role.value] = counts.get(m.role.value, 0) + 1
     return {"address": mlist.address, "name": mlist.name, "description": mlist.description,
             "members": counts.get("member", 0), "owners": counts.get("owner", 0),
-            "moderators": counts.get("moderator", 0), "created_at": mlist.created_at}
+            "moderators": counts.get("moderator", 0), "created_at": mlist.created_at,
+            **settings.settings_of(mlist)}
 
 
 @list_app.command("ls")
@@ -135,6 +139,18 @@ def list_delete(ctx: typer.Context, address: str,
         roster.delete_list(s, roster.get_list(s, address))
         s.commit()
     out.print(f"deleted {address}")
+
+
+@list_app.command("set")
+def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
+    """Change one setting: subscription, nonmember_action, emergency, reply_to,
+    subject_prefix, footer, max_message_bytes, archive, name, description."""
+    with db.session(_state(ctx).engine) as s:
+        mlist = roster.get_list(s, address)
+        new = settings.set_setting(mlist, key, value)
+        s.add(mlist)
+        s.commit()
+    out.print(f"{mlist.address}: {key} = {new if new is not None else 'default'}")
 
 
 # --- member -----------------------------------------------------------------------------
@@ -215,6 +231,27 @@ def member_import(ctx: typer.Context, list_address: Annotated[str, typer.Argumen
               f"invalid {len(result.invalid)}")
 
 
+@member_app.command("set")
+def member_set(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], address: str,
+        moderated: Annotated[str | None, typer.Option(
+            "--moderated", metavar="true|false",
+            help="true: hold this address's posts for a moderator.")] = None,
+        delivery: Annotated[DeliveryMode | None, typer.Option(help="How posts arrive.")] = None,
+        role: Annotated[Role | None, typer.Option(help="Change the address's role.")] = None
+        ) -> None:
+    """Change a member's moderation flag, delivery mode or role."""
+    with db.session(_state(ctx).engine) as s:
+        mlist = roster.get_list(s, list_address)
+        flag = None if moderated is None else settings.parse_bool(moderated, "--moderated")
+        changed = roster.set_member(s, mlist, address, moderated=flag,
+                                    delivery=delivery, role=role)
+        s.commit()
+    out.print(f"{changed}: " + ", ".join(f"{k} = {v}" for k, v in (
+        ("moderated", moderated), ("delivery", delivery and delivery.value),
+        ("role", role and role.value)) if v is not None))
+
+
 # --- held -------------------------------------------------------------------------------
 
 @held_app.command("ls")
@@ -230,6 +267,90 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
     table = Table("id", "sender", "subject", "reason")
     for r in rows:
         table.add_row(str(r["id"]), r["sender"], r["subject"], r["reason"])
+    out.print(table)
+
+
+@held_app.command("show")
+def held_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(metavar="ID")]
+              ) -> None:
+    """A held message: why it was held, and its text as received."""
+    with db.session(_state(ctx).engine) as s:
+        m = moderation.held_message(s, message_id)
+        mlist = s.get(MailingList, m.list_id)
+    out.print(f"id: {m.id}\nlist: {mlist.address}\nfrom: {m.from_address or m.mail_from}\n"
+              f"subject: {m.subject}\nreceived: {m.received_at:%Y-%m-%d %H:%M} UTC\n"
+              f"size: {m.size} bytes\nreasons:")
+    for reason in m.reasons.splitlines():
+        out.print(f"  - {reason}")
+    out.print("")
+    out.print(m.raw.decode("utf-8", "replace"))
+
+
+def _moderate(ctx: typer.Context, ids: list[int], action: str, reason: str = "") -> None:
+    with db.session(_state(ctx).engine) as s:
+        messages = [moderation.held_message(s, i) for i in ids]
+        lines = [moderation.act(s, _state(ctx).config, m, action, reason) for m in messages]
+        s.commit()
+    for line in lines:
+        out.print(line)
+
+
+@held_app.command("approve")
+def held_approve(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+                 ) -> None:
+    """Send held messages to the list as if they had been accepted."""
+    _moderate(ctx, ids, "approve")
+
+
+@held_app.command("reject")
+def held_reject(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")],
+                reason: Annotated[str, typer.Option(help="Told to the author.")] = "") -> None:
+    """Refuse held messages and tell their authors why."""
+    _moderate(ctx, ids, "reject", reason)
+
+
+@held_app.command("discard")
+def held_discard(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
+                 ) -> None:
+    """Drop held messages silently (spam)."""
+    _moderate(ctx, ids, "discard")
+
+
+# --- sender -----------------------------------------------------------------------------
+
+def _sender(ctx: typer.Context, list_address: str, address: str, action: SenderAction) -> None:
+    with db.session(_state(ctx).engine) as s:
+        added = moderation.set_sender(s, roster.get_list(s, list_address), address, action)
+        s.commit()
+    out.print(f"{added}: {action.value}")
+
+
+@sender_app.command("allow")
+def sender_allow(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], address: str) -> None:
+    """Let a non-member's posts through without moderation."""
+    _sender(ctx, list_address, address, SenderAction.ALLOW)
+
+
+@sender_app.command("deny")
+def sender_deny(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], address: str) -> None:
+    """Discard every post from this address."""
+    _sender(ctx, list_address, address, SenderAction.DENY)
+
+
+@sender_app.command("ls")
+def sender_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], as_json: JsonOpt = False) -> None:
+    """The allow and deny entries of a list."""
+    with db.session(_state(ctx).engine) as s:
+        rows = [{"address": r.address, "action": r.action.value}
+                for r in moderation.senders(s, roster.get_list(s, list_address))]
+    if as_json:
+        return _print_json(rows)
+    table = Table("address", "action")
+    for r in rows:
+        table.add_row(r["address"], r["action"])
     out.print(table)
 
 

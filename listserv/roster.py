@@ -14,7 +14,7 @@ from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
 from listserv.address import parse_mailbox, split, valid_list_local
-from listserv.models import MailingList, Member, Role, utcnow
+from listserv.models import DeliveryMode, MailingList, Member, Role, utcnow
 
 
 class UserError(Exception):
@@ -189,3 +189,27 @@ def read_import(text: str) -> Iterator[str]:
     for line in lines:
         if line and not line.startswith("#"):
             yield line
+
+
+def set_member(session: Session, mlist: MailingList, address: str, *,
+               moderated: bool | None = None, delivery: DeliveryMode | None = None,
+               role: Role | None = None) -> str:
+    """Change one address's flags; --role needs an address holding exactly one role."""
+    mailbox = normalize(address)
+    key = mailbox[1] if mailbox else address.strip().lower()
+    rows = roles_of(session, mlist.id, [key])
+    if not rows:
+        raise UserError(f"{key} is not on {mlist.address}")
+    if role is not None and role not in {r.role for r in rows}:
+        if len(rows) > 1:
+            held = ", ".join(sorted(r.role.value for r in rows))
+            raise UserError(f"{key} holds several roles ({held}); use member add/remove")
+        rows[0].role = role
+    for row in rows:
+        if moderated is not None:
+            row.moderated = moderated
+        if delivery is not None:
+            row.delivery = delivery
+            row.disabled_by = None
+        session.add(row)
+    return key

@@ -8,15 +8,42 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import deliver, receive, web
+from listserv import db, deliver, moderation, receive, web
 from listserv.config import Config
 
 log = logging.getLogger("listserv")
+
+
+# How often held posts are checked for expiry; they expire after days, so minutes is fine.
+HOUSEKEEPING_SECONDS = 600
+
+
+def _expire_holds(engine: Engine, config: Config) -> int:
+    with db.session(engine) as session:
+        count = moderation.expire_holds(session, config)
+        session.commit()
+    return count
+
+
+async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
+                       wake: Callable[[], None]) -> None:
+    """Expire old holds now and then, telling their authors."""
+    while not stop.is_set():
+        try:
+            expired = await asyncio.to_thread(_expire_holds, engine, config)
+        except Exception:
+            log.exception("housekeeping failed; trying again later")
+        else:
+            if expired:
+                log.info("discarded %d expired held messages", expired)
+                wake()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), HOUSEKEEPING_SECONDS)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -39,7 +66,8 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
                                    port=config.web.port, log_level="warning",
                                    lifespan="off"))
-    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve())]
+    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve()),
+             asyncio.create_task(housekeeping(engine, config, stop, worker.wake))]
     log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
              config.smtp.protocol.upper(), config.smtp.host, config.smtp.port,
              config.web.host, config.web.port, config.delivery.smarthost_host,

@@ -18,5 +18,6 @@ def environment() -> Environment:
     )
 
 
-def render(name: str, **context: Any) -> str:
-    return environment().get_template(name).render(**context)
+def render(template: str, /, **context: Any) -> str:
+    """Render templates/TEMPLATE; positional-only, so a context key may be called "name"."""
+    return environment().get_template(template).render(**context)

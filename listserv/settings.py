@@ -1,0 +1,112 @@
+"""The per-list settings an owner can change (`listserv list set LIST KEY VALUE`):
+each key with the values it takes, parsed from text the same way everywhere.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+from jinja2 import TemplateSyntaxError
+
+from listserv.models import (
+    ArchivePolicy,
+    MailingList,
+    NonmemberAction,
+    ReplyTo,
+    Subscription,
+)
+from listserv.roster import UserError
+from listserv.templating import environment
+
+DEFAULT = "default"  # resets subject_prefix and footer to the built-in ones
+
+
+def _choice(cls: type[enum.Enum]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return cls(text.strip().lower())
+        except ValueError:
+            raise UserError(f"valid values: {', '.join(m.value for m in cls)}") from None
+    parse.valid = ", ".join(m.value for m in cls)  # type: ignore[attr-defined]
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise UserError("valid values: true, false")
+
+
+def parse_bool(text: str, name: str) -> bool:
+    """A true/false option given as text (`member set --moderated true`)."""
+    try:
+        return _bool(text)
+    except UserError as exc:
+        raise UserError(f"bad value {text!r} for {name}: {exc}") from None
+
+
+def _size(text: str) -> int:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise UserError("valid values: a number of bytes, 0 for no limit") from None
+    if value < 0:
+        raise UserError("valid values: a number of bytes, 0 for no limit")
+    return value
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+def _optional_text(text: str) -> str | None:
+    return None if text.strip().lower() == DEFAULT else text
+
+
+def _footer(text: str) -> str | None:
+    value = _optional_text(text)
+    if value:
+        try:
+            environment().from_string(value)
+        except TemplateSyntaxError as exc:
+            raise UserError(f"the footer is not a valid jinja2 template: {exc}") from None
+    return value
+
+
+SETTINGS: dict[str, Callable[[str], Any]] = {
+    "name": _text,
+    "description": _text,
+    "subscription": _choice(Subscription),
+    "nonmember_action": _choice(NonmemberAction),
+    "emergency": _bool,
+    "reply_to": _choice(ReplyTo),
+    "subject_prefix": _optional_text,
+    "footer": _footer,
+    "max_message_bytes": _size,
+    "archive": _choice(ArchivePolicy),
+}
+
+
+def set_setting(mlist: MailingList, key: str, text: str) -> Any:
+    """Parse and apply one setting; a one-line UserError names the valid keys or values."""
+    parser = SETTINGS.get(key)
+    if parser is None:
+        raise UserError(f"unknown setting {key!r}; valid settings: {', '.join(SETTINGS)}")
+    try:
+        value = parser(text)
+    except UserError as exc:
+        raise UserError(f"bad value {text!r} for {key}: {exc}") from None
+    if key == "name" and not value:
+        raise UserError("bad value for name: it must not be empty")
+    setattr(mlist, key, value)
+    return value
+
+
+def settings_of(mlist: MailingList) -> dict[str, Any]:
+    values = {key: getattr(mlist, key) for key in SETTINGS}
+    return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
