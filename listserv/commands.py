@@ -1,17 +1,500 @@
 """Member commands by email: LIST-request@ (one command a line), LIST-join@,
-LIST-leave@ and LIST-confirm+TOKEN@ (answers to confirmations and notices).
+LIST-leave@ and LIST-confirm+TOKEN@ (answers to confirmations and notices); the web
+routes call the same functions for confirm links, one-click unsubscribe and muting.
 """
 
 from __future__ import annotations
 
+import email
+import email.policy
+import enum
+import html
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv.address import Route
+from listserv import moderation, notices, store, tokens
+from listserv.address import Purpose, Route
 from listserv.config import Config
-from listserv.models import MailingList, Message
+from listserv.models import (
+    DeliveryMode,
+    MailingList,
+    Member,
+    Message,
+    Mute,
+    Role,
+    Subscription,
+    ThreadNode,
+    Token,
+    TokenKind,
+)
 from listserv.parse import Parsed
+
+log = logging.getLogger("listserv.commands")
+
+# A reply quoting a whole conversation must not make us read it all as commands.
+MAX_UNKNOWN_LINES = 5
+
+_REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|sv|wg|tr)\s*(?:\[\d+\])?\s*:\s*|\[[^\]]*\]\s*)+",
+                           re.IGNORECASE)
+_HIDDEN_HTML = re.compile(r"<(style|script|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_HTML_BREAK = re.compile(r"<(?:br|/p|/div|/li|/tr|/h\d)\b[^>]*>", re.IGNORECASE)
+_HTML_TAG = re.compile(r"<[^>]*>")
+_AUTOMATIC_PRECEDENCE = {"bulk", "junk", "list"}
+_DIGEST = {"mime": DeliveryMode.DIGEST_MIME, "plain": DeliveryMode.DIGEST_PLAIN,
+           "no": DeliveryMode.REGULAR}
+_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}
+
+
+class Outcome(enum.StrEnum):
+    """What one command came to; templates/mail/command_results.txt words each one."""
+
+    # Said for members and strangers alike, so the reply reveals nothing about the roster:
+    SUBSCRIBE_ASKED = "subscribe-asked"  # a confirmation is on its way (or was sent before)
+    UNSUBSCRIBE_ASKED = "unsubscribe-asked"
+    CLOSED = "closed"  # only admins add members to this list
+    SUBSCRIBED = "subscribed"
+    AWAITING_APPROVAL = "awaiting-approval"  # confirmed; a moderator decides now
+    UNSUBSCRIBED = "unsubscribed"
+    BAD_TOKEN = "bad-token"  # unknown, used, expired or of another list
+    MODERATOR_TOKEN = "moderator-token"  # a notice's token: reply to the notice instead
+    APPROVED = "approved"  # a moderator let a subscriber in
+    REJECTED = "rejected"  # a moderator turned a subscriber away (they are told)
+    DISCARDED = "discarded"  # a moderator dropped the request (no one is told)
+    DELIVERY_SET = "delivery-set"
+    NOT_MEMBER = "not-member"  # only said to the address itself
+    MUTED = "muted"
+    UNMUTED = "unmuted"
+    NO_THREAD = "no-thread"  # mute/unmute in a mail that replies to no archived post
+    HELP = "help"
+    BAD_ARGUMENT = "bad-argument"
+    UNKNOWN = "unknown"  # not a command
+
+
+@dataclass(frozen=True)
+class Result:
+    line: str  # the command as the person wrote it
+    outcome: Outcome
+
+
+@dataclass(frozen=True)
+class Request:
+    """One mail to LIST-request@: who sent it and what it replies to."""
+
+    session: Session
+    config: Config
+    mlist: MailingList
+    sender: str
+    parsed: Parsed
+
+
+# --- reading what a person typed --------------------------------------------------------
+
+def automatic(message: Message, parsed: Parsed) -> str:
+    """Why a mail must get no answer (RFC 3834 section 2), or "" when a person sent it."""
+    if message.mail_from == "":
+        return "null envelope sender"
+    if parsed.auto_submitted not in ("", "no"):
+        return f"Auto-Submitted: {parsed.auto_submitted}"
+    if parsed.precedence in _AUTOMATIC_PRECEDENCE:
+        return f"Precedence: {parsed.precedence}"
+    return ""
+
+
+def strip_subject(subject: str) -> str:
+    """A subject without "Re:", "Fwd:" and "[List]" tags in front."""
+    return _REPLY_PREFIX.sub("", subject).strip()
+
+
+def _html_text(markup: str) -> str:
+    text = _HTML_BREAK.sub("\n", _HIDDEN_HTML.sub("", markup))
+    return html.unescape(_HTML_TAG.sub("", text))
+
+
+def body_text(raw: bytes) -> str:
+    """The text a person typed: the text/plain part, else the HTML part without tags."""
+    try:
+        mail = email.message_from_bytes(raw, policy=email.policy.default)
+        part = mail.get_body(preferencelist=("plain", "html"))
+        if part is None:
+            return ""
+        text = part.get_content()
+    except Exception as exc:  # noqa: BLE001  bad charsets and broken MIME raise many kinds
+        log.info("cannot read the body of a command mail: %s", exc.__class__.__name__)
+        return ""
+    return _html_text(text) if part.get_content_subtype() == "html" else text
+
+
+def typed_lines(body: str) -> Iterator[str]:
+    """Non-empty lines before the signature, without quoted lines ("> ...")."""
+    for line in body.splitlines():
+        if line.rstrip() == "--":  # "-- " starts a signature; some clients drop the space
+            return
+        line = line.strip()
+        if line and not line.startswith(">"):
+            yield line
+
+
+def first_line(raw: bytes, subject: str) -> str:
+    """The answer in a reply to a notice: its first typed line, else its subject."""
+    return next(typed_lines(body_text(raw)), strip_subject(subject))
+
+
+# --- the domain actions (shared by email and web) ---------------------------------------
+
+def _command_addresses(mlist: MailingList) -> dict[str, str]:
+    """What the templates tell people to write to."""
+    addresses = store.addresses_of(mlist)
+    return {"request_address": addresses.at(Purpose.REQUEST),
+            "join_address": addresses.at(Purpose.JOIN),
+            "leave_address": addresses.at(Purpose.LEAVE),
+            "owner_address": addresses.at(Purpose.OWNER)}
+
+
+def _send(session: Session, config: Config, mlist: MailingList, to: str, template: str,
+          **context: Any) -> bool:
+    """notices.send with the list's command addresses in the template context."""
+    return notices.send(session, config, mlist, to, template, **_command_addresses(mlist),
+                        **context)
+
+
+def is_member(session: Session, list_id: int, address: str) -> bool:
+    """Subscribed to receive posts (owners and moderators may not be)."""
+    return session.scalars(select(Member.id).where(
+        Member.list_id == list_id, Member.address == address,
+        Member.role == Role.MEMBER)).first() is not None
+
+
+def _pending(session: Session, mlist: MailingList, address: str, *kinds: TokenKind) -> bool:
+    return any(tokens.pending(session, kind, mlist.id, address) for kind in kinds)
+
+
+def _ask(session: Session, config: Config, mlist: MailingList, address: str, kind: TokenKind,
+         template: str, data: str = "") -> None:
+    """Send a confirmation that a reply, a `confirm` line or a web click answers."""
+    hours = config.lists.confirm_expiry_hours
+    token = tokens.new(session, kind, mlist.id, address, timedelta(hours=hours), data=data)
+    confirm_address = store.addresses_of(mlist).at(Purpose.CONFIRM, token.token)
+    if not _send(session, config, mlist, address, template, reply_to=confirm_address,
+                 token=token.token, confirm_address=confirm_address, address=address,
+                 hours=hours):
+        session.delete(token)  # never sent: a later attempt must not find it pending
+
+
+def subscribe(session: Session, config: Config, mlist: MailingList, address: str,
+              mode: DeliveryMode = DeliveryMode.REGULAR) -> Outcome:
+    """Start a double opt-in; the answer is the same whether or not `address` is a member."""
+    if mlist.subscription is Subscription.CLOSED:
+        _send(session, config, mlist, address, "subscribe_closed", address=address)
+        return Outcome.CLOSED
+    if _pending(session, mlist, address, TokenKind.SUBSCRIBE, TokenKind.APPROVE_MEMBER):
+        return Outcome.SUBSCRIBE_ASKED
+    if is_member(session, mlist.id, address):
+        _send(session, config, mlist, address, "already_member", address=address)
+    else:
+        _ask(session, config, mlist, address, TokenKind.SUBSCRIBE, "confirm_subscribe",
+             data=mode.value)
+    return Outcome.SUBSCRIBE_ASKED
+
+
+def unsubscribe(session: Session, config: Config, mlist: MailingList,
+                address: str) -> Outcome:
+    """Ask the address itself to confirm leaving, so a forged From removes no one."""
+    if _pending(session, mlist, address, TokenKind.UNSUBSCRIBE):
+        return Outcome.UNSUBSCRIBE_ASKED
+    if is_member(session, mlist.id, address):
+        _ask(session, config, mlist, address, TokenKind.UNSUBSCRIBE, "confirm_unsubscribe")
+    else:
+        _send(session, config, mlist, address, "not_member", address=address)
+    return Outcome.UNSUBSCRIBE_ASKED
+
+
+def unsubscribe_url(session: Session, config: Config, mlist: MailingList, address: str) -> str:
+    secret = tokens.server_secret(session, config)
+    return (f"{config.web.base_url.rstrip('/')}/unsubscribe/"
+            f"{tokens.unsubscribe_link(secret, mlist.id, address)}")
+
+
+def join(session: Session, config: Config, mlist: MailingList, address: str,
+         mode: DeliveryMode = DeliveryMode.REGULAR) -> Outcome:
+    """Make `address` a member now and welcome it (confirmed, and approved if need be)."""
+    if not is_member(session, mlist.id, address):
+        session.add(Member(list_id=mlist.id, address=address, role=Role.MEMBER, delivery=mode))
+        session.flush()
+        _send(session, config, mlist, address, "welcome", limit=False, address=address,
+              delivery=mode.value,
+              unsubscribe_url=unsubscribe_url(session, config, mlist, address))
+    return Outcome.SUBSCRIBED
+
+
+def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:
+    """Stop posts to `address` now; an owner or moderator keeps that role."""
+    gone = session.execute(delete(Member).where(
+        Member.list_id == mlist.id, Member.address == address, Member.role == Role.MEMBER))
+    if gone.rowcount:
+        _send(session, config, mlist, address, "goodbye", limit=False, address=address)
+    return Outcome.UNSUBSCRIBED
+
+
+def _ask_moderators(session: Session, config: Config, mlist: MailingList,
+                    token: Token) -> Outcome:
+    lifetime = timedelta(days=config.lists.hold_expiry_days)
+    approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
+                          lifetime, data=token.data)
+    reply_to = store.addresses_of(mlist).at(Purpose.CONFIRM, approval.token)
+    for moderator in store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+        _send(session, config, mlist, moderator, "approve_member", limit=False,
+              reply_to=reply_to, auto="auto-generated", subscriber=token.address,
+              confirm_address=reply_to)
+    _send(session, config, mlist, token.address, "awaiting_approval", address=token.address)
+    return Outcome.AWAITING_APPROVAL
+
+
+def find_confirmable(session: Session, value: str) -> tuple[Token, MailingList] | None:
+    """A usable subscribe or unsubscribe token and its list (what a web link may act on)."""
+    token = tokens.find(session, value)
+    if token is None or token.kind not in _CONFIRMABLE:
+        return None
+    return token, session.get(MailingList, token.list_id)
+
+
+def confirm(session: Session, config: Config, token: Token) -> Outcome:
+    """The address owner answered a confirmation: by reply, `confirm` line or web POST."""
+    if token.kind not in _CONFIRMABLE:
+        return Outcome.MODERATOR_TOKEN
+    if not tokens.use(session, token):
+        return Outcome.BAD_TOKEN
+    mlist = session.get(MailingList, token.list_id)
+    if token.kind is TokenKind.UNSUBSCRIBE:
+        return leave(session, config, mlist, token.address)
+    if mlist.subscription is Subscription.CLOSED:  # closed since the request
+        _send(session, config, mlist, token.address, "subscribe_closed", address=token.address)
+        return Outcome.CLOSED
+    if (mlist.subscription is Subscription.MODERATE
+            and not is_member(session, mlist.id, token.address)):
+        return _ask_moderators(session, config, mlist, token)
+    return join(session, config, mlist, token.address, DeliveryMode(token.data))
+
+
+def decide_member(session: Session, config: Config, token: Token, answer: str) -> Outcome:
+    """A moderator answered an approve-member notice: approve, reject [reason] or discard."""
+    word, _, reason = answer.strip().partition(" ")
+    verdict = {"approve": Outcome.APPROVED, "reject": Outcome.REJECTED,
+               "discard": Outcome.DISCARDED}.get(word.lower())
+    if verdict is None:
+        return Outcome.UNKNOWN
+    if not tokens.use(session, token):
+        return Outcome.BAD_TOKEN
+    mlist = session.get(MailingList, token.list_id)
+    if verdict is Outcome.APPROVED:
+        join(session, config, mlist, token.address, DeliveryMode(token.data))
+    elif verdict is Outcome.REJECTED:
+        _send(session, config, mlist, token.address, "subscription_rejected",
+              address=token.address, reason=reason.strip())
+    return verdict
+
+
+def set_delivery(session: Session, list_id: int, address: str, mode: DeliveryMode) -> bool:
+    """Change how a member gets posts; False when the address is not a member."""
+    member = session.scalars(select(Member).where(
+        Member.list_id == list_id, Member.address == address,
+        Member.role == Role.MEMBER)).first()
+    if member is None:
+        return False
+    member.delivery = mode
+    session.add(member)
+    return True
+
+
+def thread_of_reply(session: Session, list_id: int, parsed: Parsed) -> str | None:
+    """The thread of the nearest archived message a mail replies to."""
+    for message_id in [*parsed.in_reply_to, *reversed(parsed.references)]:
+        thread_id = session.scalars(select(ThreadNode.thread_id).where(
+            ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
+            ThreadNode.message_pk.is_not(None))).first()
+        if thread_id:
+            return thread_id
+    return None
+
+
+def thread_of_message(session: Session, list_id: int, message_pk: int) -> str | None:
+    return session.scalars(select(ThreadNode.thread_id).where(
+        ThreadNode.list_id == list_id, ThreadNode.message_pk == message_pk)).first()
+
+
+def mute(session: Session, list_id: int, address: str, thread_id: str) -> None:
+    """No more posts of this thread for `address` (asking twice is harmless)."""
+    exists = session.scalars(select(Mute.id).where(
+        Mute.list_id == list_id, Mute.address == address, Mute.thread_id == thread_id)).first()
+    if exists is None:
+        session.add(Mute(list_id=list_id, address=address, thread_id=thread_id))
+        session.flush()
+
+
+def unmute(session: Session, list_id: int, address: str, thread_id: str) -> None:
+    session.execute(delete(Mute).where(
+        Mute.list_id == list_id, Mute.address == address, Mute.thread_id == thread_id))
+
+
+# --- LIST-request@: one command a line ---------------------------------------------------
+
+def _subscribe_command(req: Request, args: list[str]) -> Outcome:
+    mode = DeliveryMode.REGULAR
+    for arg in args:
+        key, _, value = arg.lower().partition("=")
+        if key != "digest" or value not in _DIGEST:
+            return Outcome.BAD_ARGUMENT
+        mode = _DIGEST[value]
+    return subscribe(req.session, req.config, req.mlist, req.sender, mode)
+
+
+def _unsubscribe_command(req: Request, args: list[str]) -> Outcome:
+    return unsubscribe(req.session, req.config, req.mlist, req.sender)
+
+
+def _confirm_command(req: Request, args: list[str]) -> Outcome:
+    if len(args) != 1:
+        return Outcome.BAD_ARGUMENT
+    token = tokens.find(req.session, args[0])
+    if token is None or token.list_id != req.mlist.id:
+        return Outcome.BAD_TOKEN
+    return confirm(req.session, req.config, token)
+
+
+def _set_command(req: Request, args: list[str]) -> Outcome:
+    modes = {m.value: m for m in DeliveryMode}
+    if len(args) != 2 or args[0].lower() != "delivery" or args[1].lower() not in modes:
+        return Outcome.BAD_ARGUMENT
+    if not set_delivery(req.session, req.mlist.id, req.sender, modes[args[1].lower()]):
+        return Outcome.NOT_MEMBER
+    return Outcome.DELIVERY_SET
+
+
+def _mute_command(req: Request, args: list[str], *, on: bool = True) -> Outcome:
+    if not is_member(req.session, req.mlist.id, req.sender):
+        return Outcome.NOT_MEMBER
+    thread_id = thread_of_reply(req.session, req.mlist.id, req.parsed)
+    if thread_id is None:
+        return Outcome.NO_THREAD
+    (mute if on else unmute)(req.session, req.mlist.id, req.sender, thread_id)
+    return Outcome.MUTED if on else Outcome.UNMUTED
+
+
+def _unmute_command(req: Request, args: list[str]) -> Outcome:
+    return _mute_command(req, args, on=False)
+
+
+def _help_command(req: Request, args: list[str]) -> Outcome:
+    return Outcome.HELP
+
+
+COMMANDS: dict[str, Callable[[Request, list[str]], Outcome]] = {
+    "subscribe": _subscribe_command, "join": _subscribe_command,
+    "unsubscribe": _unsubscribe_command, "leave": _unsubscribe_command,
+    "confirm": _confirm_command, "set": _set_command, "help": _help_command,
+    "mute": _mute_command, "unmute": _unmute_command,
+}
+
+
+def command_lines(subject: str, body: str) -> Iterator[str]:
+    """The subject, when it is a command, then the lines typed in the body."""
+    subject = strip_subject(subject)
+    words = subject.split()
+    if words and words[0].lower() in {*COMMANDS, "end"}:
+        yield subject
+    yield from typed_lines(body)
+
+
+def run(req: Request, lines: Iterator[str]) -> list[Result]:
+    """Carry out each command once, until `end` or too many lines that are not commands."""
+    results: list[Result] = []
+    seen: set[str] = set()
+    unknown = 0
+    for line in lines:
+        words = line.split()
+        name = words[0].lower()
+        if name == "end":
+            break
+        command = COMMANDS.get(name)
+        if command is None:
+            results.append(Result(line, Outcome.UNKNOWN))
+            unknown += 1
+            if unknown >= MAX_UNKNOWN_LINES:
+                break
+            continue
+        key = " ".join(words).lower()  # "subscribe" in the subject and again in the body
+        if key not in seen:
+            seen.add(key)
+            results.append(Result(line, command(req, words[1:])))
+    return results
+
+
+def _reply(session: Session, config: Config, mlist: MailingList, to: str,
+           results: list[Result], message: Message) -> None:
+    """The one reply that says what each command did."""
+    _, help_text = notices.render_mail(
+        "help", mlist=mlist, addresses=store.addresses_of(mlist),
+        base_url=config.web.base_url.rstrip("/"), **_command_addresses(mlist))
+    show_help = not results or any(r.outcome is Outcome.HELP for r in results)
+    _send(session, config, mlist, to, "command_results", in_reply_to=message.message_id,
+          results=results, address=to, help_text=help_text if show_help else "")
+
+
+def _request(session: Session, config: Config, mlist: MailingList, sender: str,
+             message: Message, parsed: Parsed) -> None:
+    req = Request(session, config, mlist, sender, parsed)
+    results = run(req, command_lines(parsed.subject, body_text(message.raw)))
+    _reply(session, config, mlist, sender, results, message)
+
+
+def _confirm_detail(message: Message, target: Route) -> str:
+    """The token as the envelope carried it: routing lower-cases the local part."""
+    local = message.rcpt_to.rpartition("@")[0]
+    detail = local.partition("+")[2]
+    return detail if detail.lower() == target.detail else target.detail
+
+
+def _answer(session: Session, config: Config, mlist: MailingList, target: Route,
+            sender: str, message: Message, parsed: Parsed) -> None:
+    """A mail to LIST-confirm+TOKEN@: a reply to a confirmation or to a notice."""
+    token = tokens.find(session, _confirm_detail(message, target))
+    line = f"confirm {target.detail}"
+    if token is None or token.list_id != mlist.id:
+        _reply(session, config, mlist, sender, [Result(line, Outcome.BAD_TOKEN)], message)
+        return
+    answer = first_line(message.raw, parsed.subject)
+    if token.kind is TokenKind.HOLD:
+        moderation.reply_to_notice(session, config, token, answer, sender)
+        return
+    if token.kind is TokenKind.APPROVE_MEMBER:
+        outcome = decide_member(session, config, token, answer)
+        _reply(session, config, mlist, sender, [Result(answer, outcome)], message)
+        return
+    outcome = confirm(session, config, token)
+    if outcome is Outcome.BAD_TOKEN:  # spent by a click or reply that came first
+        _reply(session, config, mlist, sender, [Result(line, outcome)], message)
 
 
 def handle(session: Session, config: Config, mlist: MailingList, target: Route,
            message: Message, parsed: Parsed) -> None:
-    """Act on a stored mail to one of the list's command addresses (stub: to be written)."""
+    """Act on a stored mail to one of the list's command addresses."""
+    sender = parsed.from_address or message.mail_from.lower()
+    why = automatic(message, parsed)
+    if why or not sender:
+        log.info("no answer to mail <%s> to %s: %s", message.message_id, message.rcpt_to,
+                 why or "no sender address")
+        return
+    if target.purpose is Purpose.JOIN:
+        subscribe(session, config, mlist, sender)
+    elif target.purpose is Purpose.LEAVE:
+        unsubscribe(session, config, mlist, sender)
+    elif target.purpose is Purpose.CONFIRM:
+        _answer(session, config, mlist, target, sender, message, parsed)
+    else:
+        _request(session, config, mlist, sender, message, parsed)

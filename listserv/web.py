@@ -1,26 +1,171 @@
-"""The HTTP edge: a Starlette app served by uvicorn in the server's event loop."""
+"""The HTTP edge: a Starlette app served by uvicorn in the server's event loop.
+
+Links in mail (confirm, one-click unsubscribe, mute) only ever act on POST: a GET
+shows a page with a button, because link scanners and previews fetch every URL.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from listserv import db, roster
+from listserv import commands, db, roster, tokens
 from listserv.config import Config
+from listserv.models import MailingList
 from listserv.templating import render
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a signed link in a member's copy names: a member, and for mute a thread."""
+
+    mlist: MailingList
+    address: str
+    thread_id: str = ""
+
+
+def _signed(session: Session, config: Config, purpose: str, value: str,
+            size: int) -> list[str] | None:
+    parts = tokens.verify(tokens.server_secret(session, config), purpose, value)
+    if parts is None or len(parts) != size or not parts[0].isdigit():
+        return None
+    return parts
+
+
+def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member an unsubscribe link was made for; None if we did not sign it."""
+    parts = _signed(session, config, "unsubscribe", value, 2)
+    mlist = parts and session.get(MailingList, int(parts[0]))
+    return Link(mlist, parts[1]) if mlist else None
+
+
+def mute_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member and thread a mute link was made for; None if forged or gone."""
+    parts = _signed(session, config, "mute", value, 3)
+    if parts is None or not parts[2].isdigit():
+        return None
+    mlist = session.get(MailingList, int(parts[0]))
+    thread_id = mlist and commands.thread_of_message(session, mlist.id, int(parts[2]))
+    return Link(mlist, parts[1], thread_id) if thread_id else None
 
 
 def make_app(engine: Engine, config: Config) -> Starlette:
-    async def index(request: Request) -> Response:
-        def lists() -> list:
+    async def in_db(work: Callable[[Session], T]) -> T:
+        """Run database work off the event loop, in one committed transaction."""
+        def call() -> T:
             with db.session(engine) as session:
-                return roster.all_lists(session)
-        return HTMLResponse(render("web/index.html", lists=await asyncio.to_thread(lists),
-                                   base_url=config.web.base_url))
+                result = work(session)
+                session.commit()
+                return result
+        return await asyncio.to_thread(call)
 
-    return Starlette(routes=[Route("/", index)])
+    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(render(f"web/{name}.html", base_url=config.web.base_url,
+                                   **context), status_code=status)
+
+    def invalid(kind: str, status: int) -> HTMLResponse:
+        return page("invalid", status, kind=kind)
+
+    async def index(request: Request) -> Response:
+        lists = await in_db(roster.all_lists)
+        return page("index", lists=lists)
+
+    async def confirm_form(request: Request) -> Response:
+        value = request.path_params["token"]
+        found = await in_db(lambda s: commands.find_confirmable(s, value))
+        if found is None:
+            return invalid("confirm", 404)
+        token, mlist = found
+        return page("confirm", kind=token.kind.value, address=token.address, mlist=mlist,
+                    action=request.url.path)
+
+    async def confirm_post(request: Request) -> Response:
+        value = request.path_params["token"]
+
+        def act(session: Session) -> tuple[str, MailingList, str] | None:
+            found = commands.find_confirmable(session, value)
+            if found is None:
+                return None
+            token, mlist = found
+            return commands.confirm(session, config, token).value, mlist, token.address
+        done = await in_db(act)
+        if done is None or done[0] == commands.Outcome.BAD_TOKEN:
+            return invalid("confirm", 404)
+        outcome, mlist, address = done
+        return page("done", outcome=outcome, mlist=mlist, address=address)
+
+    async def unsubscribe_form(request: Request) -> Response:
+        value = request.path_params["token"]
+        link = await in_db(lambda s: unsubscribe_target(s, config, value))
+        if link is None:
+            return invalid("unsubscribe", 400)
+        return page("unsubscribe", mlist=link.mlist, address=link.address,
+                    action=request.url.path)
+
+    async def unsubscribe_post(request: Request) -> Response:
+        """RFC 8058 one-click: the POST itself is the confirmation."""
+        value = request.path_params["token"]
+
+        def act(session: Session) -> Link | None:
+            link = unsubscribe_target(session, config, value)
+            if link is not None:
+                commands.leave(session, config, link.mlist, link.address)
+            return link
+        link = await in_db(act)
+        if link is None:
+            return invalid("unsubscribe", 400)
+        return page("done", outcome=commands.Outcome.UNSUBSCRIBED.value, mlist=link.mlist,
+                    address=link.address)
+
+    def mute_routes(on: bool) -> tuple[Callable, Callable]:
+        """The GET page and the POST action of /mute/TOKEN (on) or /unmute/TOKEN."""
+        verb, other = ("mute", "unmute") if on else ("unmute", "mute")
+
+        async def form(request: Request) -> Response:
+            value = request.path_params["token"]
+            link = await in_db(lambda s: mute_target(s, config, value))
+            if link is None:
+                return invalid("mute", 400)
+            return page("mute", done="", offer=verb, mlist=link.mlist, address=link.address,
+                        action=request.url.path)
+
+        async def post(request: Request) -> Response:
+            value = request.path_params["token"]
+
+            def act(session: Session) -> Link | None:
+                link = mute_target(session, config, value)
+                if link is not None:
+                    action = commands.mute if on else commands.unmute
+                    action(session, link.mlist.id, link.address, link.thread_id)
+                return link
+            link = await in_db(act)
+            if link is None:
+                return invalid("mute", 400)
+            return page("mute", done=f"{verb}d", offer=other, mlist=link.mlist,
+                        address=link.address, action=f"/{other}/{value}")
+        return form, post
+
+    mute_form, mute_post = mute_routes(on=True)
+    unmute_form, unmute_post = mute_routes(on=False)
+    return Starlette(routes=[
+        Route("/", index),
+        Route("/confirm/{token}", confirm_form, methods=["GET"]),
+        Route("/confirm/{token}", confirm_post, methods=["POST"]),
+        Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),
+        Route("/unsubscribe/{token}", unsubscribe_post, methods=["POST"]),
+        Route("/mute/{token}", mute_form, methods=["GET"]),
+        Route("/mute/{token}", mute_post, methods=["POST"]),
+        Route("/unmute/{token}", unmute_form, methods=["GET"]),
+        Route("/unmute/{token}", unmute_post, methods=["POST"]),
+    ])

@@ -236,3 +236,29 @@ def message(subject: str = "Hello", *, sender: str = "bob@example.com",
              "Date: Thu, 26 Nov 2026 10:00:00 +0000"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return "\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")
+
+
+# --- mail the server writes to one address (self-service tests) -------------------------
+
+def mails_to(sink: SinkHandler, address: str, count: int = 1, timeout: float = 15.0) -> list:
+    """Block until `count` mails for `address` reached the smarthost; they, parsed, in order."""
+    import email
+    import email.policy
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with sink.lock:
+            got = [m.data for m in sink.received if address in m.rcpt_tos]
+        if len(got) >= count or time.monotonic() > deadline:
+            return [email.message_from_bytes(d, policy=email.policy.default) for d in got]
+        time.sleep(0.05)
+
+
+def queued_for(engine: Engine, address: str) -> int:
+    """How many mails the server has queued for `address` (committed before the 250)."""
+    from sqlalchemy import select
+
+    from listserv.models import Delivery
+
+    with db.session(engine) as s:
+        return sum(address in d.recipients.split("\n") for d in s.scalars(select(Delivery)))
