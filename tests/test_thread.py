@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from listserv import archive, db, roster, store, thread
 from listserv.cli import app
@@ -84,14 +84,27 @@ def notmuch_id(raw: bytes) -> str:
     return parsed(raw).message_id or f"notmuch-sha1-{hashlib.sha1(raw).hexdigest()}"
 
 
+def stored_id(raw: bytes) -> str:
+    """The id the archive keeps a message under; generated when it came without one."""
+    return parsed(raw).message_id or store.generated_message_id(raw, DOMAIN)
+
+
+def renamer(raws: Iterable[bytes]) -> Callable[[str], str]:
+    """notmuch's id -> ours: they differ for a message that came without one."""
+    ours = {notmuch_id(raw): stored_id(raw) for raw in raws}
+    return lambda mid: ours.get(mid, mid)
+
+
 def tree_ids(node: dict) -> frozenset[str]:
     """The messages of a notmuch tree; a dummy node is no message, it only groups."""
     own = frozenset() if node["dummy"] else frozenset([node["id"]])
     return own.union(*(tree_ids(child) for child in node["children"]))
 
 
-def notmuch_threads(name: str) -> Groups:
-    return {tree_ids(tree) for tree in notmuch(name)["threads"]}
+def notmuch_threads(name: str, raws: Iterable[bytes] = ()) -> Groups:
+    """notmuch's threads; with `raws`, under the ids the archive gives them."""
+    rename = renamer(raws)
+    return {frozenset(map(rename, tree_ids(tree))) for tree in notmuch(name)["threads"]}
 
 
 def dummy_rooted(name: str) -> list[frozenset[str]]:
@@ -109,11 +122,12 @@ def group(rows: Iterable[tuple[str, str]]) -> Groups:
 
 # --- the pure functions ---------------------------------------------------------------
 
-def link_all(raws: Iterable[bytes]) -> dict[str, thread.Node]:
-    """Thread messages one by one as they would arrive; a repeated id is skipped, as the
-    store skips it. No subject fallback: this is References threading, like notmuch."""
+@cache
+def linked(name: str, order: str) -> dict[str, thread.Node]:
+    """Thread an input's messages one by one in an arrival order; a repeated id is
+    skipped, as the store skips it. No subject fallback: References threading only."""
     nodes: dict[str, thread.Node] = {}
-    for raw in raws:
+    for raw in ORDERS[order](list(corpus(name))):
         mid = notmuch_id(raw)
         if mid not in nodes or not nodes[mid].real:
             thread.link(nodes, mid, parsed(raw))
@@ -127,7 +141,7 @@ def real_ids(nodes: dict[str, thread.Node]) -> list[str]:
 @pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("name", CASES)
 def test_parents_match_notmuch_in_any_arrival_order(name, order):
-    nodes = link_all(ORDERS[order](list(corpus(CASES[name]))))
+    nodes = linked(CASES[name], order)
     got = {mid: thread.nearest_real_parent(nodes, mid) for mid in real_ids(nodes)}
     assert got == notmuch(name)["nearest_real_parent"]
 
@@ -137,7 +151,7 @@ def test_parents_match_notmuch_in_any_arrival_order(name, order):
 def test_threads_match_notmuch_in_any_arrival_order(name, order):
     # Without the subject fallback (the store decides it, see the CLI tests below) a
     # thread is what References/In-Reply-To hold together, which is notmuch's definition.
-    nodes = link_all(ORDERS[order](list(corpus(CASES[name]))))
+    nodes = linked(CASES[name], order)
     assert group((mid, nodes[mid].thread_id) for mid in real_ids(nodes)) == \
         notmuch_threads(name)
 
@@ -147,7 +161,7 @@ def test_threads_match_notmuch_in_any_arrival_order(name, order):
 def test_absent_message_holding_a_thread_together_is_a_placeholder_root(name, order):
     # Where notmuch shows a thread with several top-level messages, the message they
     # all descend from never arrived: our thread hangs from a placeholder for it.
-    nodes = link_all(ORDERS[order](list(corpus(CASES[name]))))
+    nodes = linked(CASES[name], order)
     for members in dummy_rooted(name):
         (root,) = {nodes[mid].thread_id for mid in members}
         assert root in nodes and not nodes[root].real
@@ -157,7 +171,7 @@ def test_absent_message_holding_a_thread_together_is_a_placeholder_root(name, or
 def test_two_messages_answering_each_other_make_one_thread_with_a_root(order):
     # tricky/broken-loop: each In-Reply-To names the other. No order-free answer
     # exists (jwzthreading loses both, notmuch picks one); we need one thread, one root.
-    nodes = link_all(ORDERS[order](list(corpus("tricky/broken-loop"))))
+    nodes = linked("tricky/broken-loop", order)
     parents = {mid: thread.nearest_real_parent(nodes, mid) for mid in real_ids(nodes)}
     (root,) = [mid for mid, parent in parents.items() if parent is None]
     (reply,) = set(parents) - {root}
@@ -171,26 +185,30 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cli(tmp_path: Path, db_url: str, make_list: Callable) -> Callable[..., str]:
-    """`listserv --config ... ARGS` on the test database, where the list exists; stdout."""
+def cli(tmp_path: Path, db_url: str, make_list: Callable) -> Callable[..., Result]:
+    """`listserv --config ... ARGS` on the test database, where the list exists."""
     config = tmp_path / "listserv.toml"
     config.write_text(f"[database]\nurl = {json.dumps(db_url)}\n")
     make_list(LIST)
 
-    def run(*args: str) -> str:
+    def run(*args: str) -> Result:
         result = runner.invoke(app, ["--config", str(config), *args])
         assert result.exit_code == 0, result.output
-        return result.stdout
+        return result
     return run
 
 
-def import_into_list(cli: Callable[..., str], path: Path) -> str:
-    return cli("archive", "import", LIST, str(path))
+def import_into_list(cli: Callable[..., Result], path: Path) -> str:
+    """What `archive import` printed: the progress bar (stderr), then the summary."""
+    return cli("archive", "import", LIST, str(path)).output
 
 
-def archived(cli: Callable[..., str]) -> dict[str, dict]:
-    rows = json.loads(cli("archive", "threads", LIST, "--json"))
-    return {row["message_id"]: row for row in rows}
+def archived(cli: Callable[..., Result]) -> dict[str, dict]:
+    """`archive threads --json` by Message-ID; each stored message is there once."""
+    rows = json.loads(cli("archive", "threads", LIST, "--json").stdout)
+    by_id = {row["message_id"]: row for row in rows}
+    assert len(by_id) == len(rows)
+    return by_id
 
 
 def write_mbox(path: Path, raws: Iterable[bytes]) -> Path:
@@ -208,15 +226,10 @@ def write_maildir(path: Path, raws: Iterable[bytes]) -> Path:
     return path
 
 
-def stored_id(raw: bytes) -> str:
-    """The id the archive keeps a message under; generated when it came without one."""
-    return parsed(raw).message_id or store.generated_message_id(raw, DOMAIN)
-
-
 def expected_parents(name: str, raws: Iterable[bytes]) -> dict[str, str | None]:
     """notmuch's parents, under the ids the archive uses."""
-    ours = {notmuch_id(raw): stored_id(raw) for raw in raws}
-    return {ours.get(mid, mid): ours.get(parent, parent) if parent else None
+    rename = renamer(raws)
+    return {rename(mid): rename(parent) if parent else None
             for mid, parent in notmuch(name)["nearest_real_parent"].items()}
 
 
@@ -238,8 +251,7 @@ def maven_threads_with_subject_fallback(raws: tuple[bytes, ...]) -> Groups:
     threads merge into its thread; "Re: main-class + module-version" answers a message
     that is not in the mbox, so nothing earlier matches and its thread stays as is.
     """
-    ours = {notmuch_id(raw): stored_id(raw) for raw in raws}
-    groups = {frozenset(ours[mid] for mid in g) for g in notmuch_threads(MAVEN)}
+    groups = notmuch_threads(MAVEN, raws)
     anomalies = json.loads((THREADS / "expected" / f"{MAVEN}.anomalies.json").read_text())
     subject_only = [raws[a["mbox_index"] - 1]  # 1-based
                     for a in anomalies["reply_subject_without_reply_headers"]]
@@ -255,10 +267,24 @@ def maven_threads_with_subject_fallback(raws: tuple[bytes, ...]) -> Groups:
 def test_import_maven_mbox_threads_like_notmuch_plus_subject_fallback(cli):
     raws = corpus(CASES[MAVEN])
     summary = import_into_list(cli, THREADS / CASES[MAVEN])
+    assert "538/538" in summary  # the progress bar, at its end
     assert "538 messages read: 538 imported, 0 duplicates skipped" in summary
     rows = archived(cli)
     assert parents(rows) == expected_parents(MAVEN, raws)
     assert threads(rows) == maven_threads_with_subject_fallback(raws)
+
+
+def test_import_in_shuffled_order_gives_the_same_parents(cli, tmp_path):
+    # Replies before their parents, parents joining threads that grew under
+    # placeholders: the store loads only the threads a message touches each time.
+    raws = corpus(CASES[MAVEN])
+    import_into_list(cli, write_mbox(tmp_path / "shuffled.mbox", ORDERS["shuffled"](list(raws))))
+    rows = archived(cli)
+    assert parents(rows) == expected_parents(MAVEN, raws)
+    # The subject fallback depends on what came first; References never split a thread.
+    ours = threads(rows)
+    for expected in notmuch_threads(MAVEN, raws):
+        assert any(expected <= got for got in ours)
 
 
 def test_import_in_reverse_order_gives_the_same_threads(cli, tmp_path):
