@@ -1,0 +1,369 @@
+"""The `listserv` command line end to end, against a real database.
+
+Happy paths go through typer's CliRunner; every error path runs the installed console
+script in a subprocess, so the one-line error handling of `main()` is what is tested.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import typer
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Engine
+from typer.testing import CliRunner, Result
+
+from listserv import config as config_mod
+from listserv import db, receive
+from listserv.cli import app
+from tests.conftest import CORPUS, free_port, message
+
+LIST = "dev@lists.example.org"
+NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
+NOTMUCH_PARENTS = CORPUS / "threads" / "expected" / "notmuch-list-2009.threads.json"
+
+
+def run_listserv(*args: str | Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script as a user runs it: no tty, a narrow terminal."""
+    script = Path(sys.executable).parent / "listserv"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+    # At 40 columns, an error that rich wraps at the terminal width is no longer one line.
+    clean["COLUMNS"] = "40"
+    return subprocess.run([str(script), *map(str, args)], env={**clean, **(env or {})},
+                          cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *named: str) -> None:
+    """What the issue promises for every error: one line on stderr naming it, exit 1."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    for word in named:
+        assert word in proc.stderr
+
+
+def write_config(path: Path, db_url: str, extra: str = "") -> Path:
+    path.write_text(f'[database]\nurl = "{db_url}"\n{extra}', encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, db_url: str) -> Path:
+    return write_config(tmp_path / "listserv.toml", db_url)
+
+
+@pytest.fixture
+def cli(config_file: Path) -> Callable[..., Result]:
+    """cli("list", "ls", "--json"): `listserv --config FILE ...` in process."""
+    runner = CliRunner()
+
+    def invoke(*args: str | Path) -> Result:
+        return runner.invoke(app, ["--config", str(config_file), *map(str, args)])
+    return invoke
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def as_json(result: Result) -> object:
+    """stdout must be the JSON document and nothing else: json.loads refuses anything more."""
+    return json.loads(ok(result).stdout)
+
+
+def roles(cli: Callable[..., Result], list_address: str = LIST) -> set[tuple[str, str]]:
+    return {(m["address"], m["role"]) for m in as_json(cli("member", "ls", list_address,
+                                                            "--json"))}
+
+
+# --- help ---------------------------------------------------------------------------------
+
+ISSUE_COMMANDS = [
+    ("list", "create"), ("list", "ls"), ("list", "show"), ("list", "delete"),
+    ("member", "add"), ("member", "remove"), ("member", "ls"), ("member", "import"),
+    ("held", "ls"), ("archive", "import"), ("archive", "threads"), ("serve",),
+    ("db", "upgrade"),
+]
+
+
+def command_paths(command: typer.core.TyperGroup, prefix: tuple[str, ...] = ()
+                  ) -> list[tuple[str, ...]]:
+    """Every command and group under `listserv`, as the words that invoke it."""
+    paths = [prefix]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_every_command_answers_help_with_its_description(cli):
+    root = typer.main.get_command(app)
+    paths = command_paths(root)
+    assert set(ISSUE_COMMANDS) <= set(paths)
+    for path in paths:
+        result = ok(cli(*path, "--help"))
+        assert "Usage:" in result.stdout, path
+        command = root
+        for word in path:
+            command = command.commands[word]
+        assert command.help, f"listserv {' '.join(path)} has no help text"
+
+
+# --- list ---------------------------------------------------------------------------------
+
+def test_schema_is_created_on_first_use(cli):
+    assert as_json(cli("list", "ls", "--json")) == []
+
+
+def test_list_create_owner_is_owner_and_member(cli):
+    ok(cli("list", "create", LIST, "--owner", "ann@example.org", "--name", "Developers",
+           "--description", "[dev] talk"))
+    assert roles(cli) == {("ann@example.org", "owner"), ("ann@example.org", "member")}
+    info = as_json(cli("list", "show", LIST, "--json"))
+    assert (info["address"], info["name"], info["description"]) == (LIST, "Developers",
+                                                                    "[dev] talk")
+    assert (info["members"], info["owners"], info["moderators"]) == (1, 1, 0)
+
+
+def test_list_texts_are_printed_as_written_not_as_markup(cli):
+    """Rich markup in a name or description ("[dev]", "[/x]") must neither vanish nor crash."""
+    ok(cli("list", "create", LIST, "--name", "[dev] list", "--description", "[/x] odd"))
+    shown = ok(cli("list", "show", LIST)).stdout
+    assert "name: [dev] list" in shown
+    assert "description: [/x] odd" in shown
+    assert "[dev] list" in ok(cli("list", "ls")).stdout
+
+
+def test_list_ls_json_lists_every_list(cli):
+    ok(cli("list", "create", "b@lists.example.org"))
+    ok(cli("list", "create", "a@lists.example.org", "--description", "first"))
+    rows = as_json(cli("list", "ls", "--json"))
+    assert [(r["address"], r["description"]) for r in rows] == [
+        ("a@lists.example.org", "first"), ("b@lists.example.org", "")]
+
+
+def test_list_delete_yes_removes_the_list_and_its_members(cli):
+    ok(cli("list", "create", LIST, "--owner", "ann@example.org"))
+    ok(cli("list", "delete", LIST, "--yes"))
+    assert as_json(cli("list", "ls", "--json")) == []
+    # The address is free again, with no members left over from before.
+    ok(cli("list", "create", LIST))
+    assert roles(cli) == set()
+
+
+def test_list_delete_without_yes_and_no_tty_refuses(cli, config_file):
+    ok(cli("list", "create", LIST))
+    assert_one_line_error(run_listserv("--config", config_file, "list", "delete", LIST), LIST)
+    assert [r["address"] for r in as_json(cli("list", "ls", "--json"))] == [LIST]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["list", "show", "nope@lists.example.org"], "nope@lists.example.org"),
+    (["list", "show", "nope@lists.example.org", "--json"], "nope@lists.example.org"),
+    (["list", "delete", "nope@lists.example.org", "--yes"], "nope@lists.example.org"),
+    (["list", "create", LIST], LIST),
+    (["list", "create", "DEV@Lists.Example.org"], LIST),
+    (["list", "create", "not-an-address"], "not-an-address"),
+    (["list", "create", "dev-owner@lists.example.org"], "dev-owner"),
+    (["list", "create", "new@lists.example.org", "--owner", "nobody"], "nobody"),
+    (["member", "add", "nope@lists.example.org", "ann@example.org"], "nope@lists.example.org"),
+    (["member", "ls", "nope@lists.example.org", "--json"], "nope@lists.example.org"),
+    (["held", "ls", "nope@lists.example.org", "--json"], "nope@lists.example.org"),
+    (["archive", "threads", "nope@lists.example.org", "--json"], "nope@lists.example.org"),
+    (["member", "import", LIST, "missing.csv"], "missing.csv"),
+    (["archive", "import", LIST, "missing.mbox"], "missing.mbox"),
+])
+def test_errors_are_one_line_and_exit_1(make_list, config_file, args, named):
+    make_list(LIST)
+    assert_one_line_error(run_listserv("--config", config_file, *args), named)
+
+
+def test_failed_create_leaves_nothing_behind(cli):
+    """An invalid --owner refuses the whole command: no list without its owner."""
+    assert cli("list", "create", LIST, "--owner", "nobody").exit_code != 0
+    assert as_json(cli("list", "ls", "--json")) == []
+
+
+# --- member -------------------------------------------------------------------------------
+
+def test_member_add_reports_bad_and_existing_addresses_and_adds_the_rest(make_list, cli,
+                                                                           config_file):
+    make_list(LIST, owner="owner@example.org")
+    proc = run_listserv("--config", config_file, "member", "add", LIST, "new@example.org",
+                        "not-an-address", "owner@example.org", "Other <Other@example.net>")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "not-an-address" in proc.stderr
+    assert "owner@example.org" in proc.stderr
+    assert roles(cli) == {("owner@example.org", "owner"), ("owner@example.org", "member"),
+                          ("new@example.org", "member"), ("other@example.net", "member")}
+
+
+def test_member_add_role_moderator_does_not_make_a_member(make_list, cli):
+    make_list(LIST, owner=None)
+    ok(cli("member", "add", LIST, "mod@example.org", "--role", "moderator"))
+    assert roles(cli) == {("mod@example.org", "moderator")}
+    # The same address may also be a member: a second role, not a duplicate.
+    ok(cli("member", "add", LIST, "mod@example.org"))
+    assert roles(cli) == {("mod@example.org", "moderator"), ("mod@example.org", "member")}
+
+
+def test_member_remove_removes_every_role_and_reports_unknown(make_list, cli, config_file):
+    make_list(LIST, owner="owner@example.org", members=["ann@example.org"])
+    proc = run_listserv("--config", config_file, "member", "remove", LIST,
+                        "owner@example.org", "ghost@example.org")
+    assert proc.returncode == 1
+    assert "ghost@example.org" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert roles(cli) == {("ann@example.org", "member")}
+
+
+@pytest.mark.parametrize("content, expected", [
+    pytest.param("address\nann@example.org\nbob@example.org\n",
+                 {"ann@example.org", "bob@example.org"}, id="csv-address-column-only"),
+    pytest.param("ann@example.org\n\nBob <bob@example.org>\n# a comment\n  carl@example.org  \n",
+                 {"ann@example.org", "bob@example.org", "carl@example.org"}, id="one-per-line"),
+    pytest.param("\nname,Email,city\nAnn,ann@example.org,Oslo\n,,\n\n"
+                 "Bob,bob@example.org,Rome\nAnn again,ANN@example.org,Oslo\n",
+                 {"ann@example.org", "bob@example.org"}, id="csv-email-column-blanks-dupes"),
+    pytest.param('"name";"address"\n"Smith; Ann";ann@example.org\n',
+                 {"ann@example.org"}, id="csv-semicolons-quoted"),
+    pytest.param("\ufeffaddress,name\r\nann@example.org,Ann\r\n",
+                 {"ann@example.org"}, id="csv-bom-crlf"),
+])
+def test_member_import_reads_csv_and_plain_lists(make_list, cli, tmp_path, content, expected):
+    make_list(LIST, owner=None)
+    path = tmp_path / "members.txt"
+    path.write_text(content, encoding="utf-8")
+    ok(cli("member", "import", LIST, path))
+    assert roles(cli) == {(a, "member") for a in expected}
+
+
+def test_member_import_reports_on_stderr_and_keeps_stdout_to_the_summary(make_list, cli,
+                                                                          config_file,
+                                                                          tmp_path):
+    make_list(LIST, owner=None, members=["old@example.org"])
+    path = tmp_path / "members.txt"
+    path.write_text("new@example.org\nold@example.org\nnot-an-address\nnew@example.org\n")
+    proc = run_listserv("--config", config_file, "member", "import", LIST, path)
+    assert proc.returncode == 0, proc.stderr
+    # The progress bar and the per-address reports go to stderr; stdout is the summary.
+    assert proc.stdout.splitlines() == ["added 1, already members 2, invalid 1"]
+    assert "not-an-address" in proc.stderr
+    assert "old@example.org" in proc.stderr
+    assert roles(cli) == {("new@example.org", "member"), ("old@example.org", "member")}
+
+
+def test_member_import_csv_without_address_column_is_one_line_error(make_list, config_file,
+                                                                     tmp_path):
+    make_list(LIST)
+    path = tmp_path / "members.csv"
+    path.write_text("name,phone\nAnn,123\n")
+    assert_one_line_error(run_listserv("--config", config_file, "member", "import", LIST,
+                                       path), "address")
+
+
+# --- held, archive ------------------------------------------------------------------------
+
+def test_held_ls_shows_a_held_post(make_list, cli, engine: Engine, config_file):
+    make_list(LIST, members=["ann@example.org"])
+    post = message("[dev] Who can help?", sender="stranger@example.net")
+    outcomes = receive.ingest(engine, config_mod.load(config_file), "stranger@example.net",
+                              [LIST], post.encode())
+    assert [o.state for o in outcomes] == ["held"]
+    rows = as_json(cli("held", "ls", LIST, "--json"))
+    assert len(rows) == 1
+    assert isinstance(rows[0]["id"], int)
+    assert rows[0]["sender"] == "stranger@example.net"
+    assert rows[0]["subject"] == "[dev] Who can help?"
+    assert "non-member" in rows[0]["reason"]
+    assert "[dev]" in ok(cli("held", "ls", LIST)).stdout
+
+
+def test_held_ls_is_empty_without_held_posts(make_list, cli):
+    make_list(LIST)
+    assert as_json(cli("held", "ls", LIST, "--json")) == []
+
+
+def test_archive_import_threads_like_notmuch_and_skips_duplicates(make_list, cli,
+                                                                   config_file):
+    make_list(LIST)
+    first = run_listserv("--config", config_file, "archive", "import", LIST, NOTMUCH)
+    assert first.returncode == 0, first.stderr
+    assert len(first.stdout.splitlines()) == 1  # the progress bar stays on stderr
+    rows = as_json(cli("archive", "threads", LIST, "--json"))
+    expected = json.loads(NOTMUCH_PARENTS.read_text())["notmuch"]["nearest_real_parent"]
+    assert {r["message_id"]: r["parent_id"] for r in rows} == expected
+    assert len(rows) == len(expected)  # the mbox's one duplicate Message-ID is stored once
+    ok(cli("archive", "import", LIST, NOTMUCH))
+    assert as_json(cli("archive", "threads", LIST, "--json")) == rows
+
+
+# --- db, serve ----------------------------------------------------------------------------
+
+def test_db_upgrade_on_a_fresh_database_and_again(cli, db_url):
+    ok(cli("db", "upgrade"))
+    ok(cli("db", "upgrade"))
+    engine = db.make_engine(db_url)
+    try:
+        assert {"alembic_version", "mailing_list", "member", "message"} <= set(
+            inspect(engine).get_table_names())
+        with engine.connect() as conn:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).all()
+        assert len(versions) == 1
+    finally:
+        engine.dispose()
+    ok(cli("list", "create", LIST))
+    assert [r["address"] for r in as_json(cli("list", "ls", "--json"))] == [LIST]
+
+
+def wait_for_smtp(port: int, proc: subprocess.Popen, deadline: float) -> None:
+    """Block until the server answers on its SMTP port (or has died)."""
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                client.noop()
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("listserv serve did not start")
+
+
+def test_serve_receives_and_delivers_until_sigterm(make_list, sink, tmp_path, db_url):
+    make_list(LIST, members=["ann@example.org"])
+    smtp_port, web_port = free_port(), free_port()
+    config = write_config(tmp_path / "serve.toml", db_url, f"""
+[smtp]
+port = {smtp_port}
+[delivery]
+smarthost_port = {sink.port}
+[web]
+port = {web_port}
+base_url = "http://127.0.0.1:{web_port}"
+""")
+    script = Path(sys.executable).parent / "listserv"
+    proc = subprocess.Popen([str(script), "--config", str(config), "serve"], cwd=tmp_path,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+            client.sendmail("ann@example.org", [LIST], message("Hi", sender="ann@example.org"))
+        assert sorted(sink.wait_for(2)) == ["ann@example.org", "owner@example.org"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
