@@ -87,6 +87,13 @@ def test_missing_config_file_is_one_line_naming_it(tmp_path, workdir):
     assert_one_line_error(proc, "nowhere.toml")
 
 
+def test_config_file_not_in_utf8_is_one_line_naming_it(tmp_path, workdir):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[web]\nbase_url = "https://café.example/"\n'.encode("latin-1"))
+    assert_one_line_error(run_listserv("--config", path, "list", "ls", cwd=workdir),
+                          "latin1.toml")
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """The working directory, apart from the test database: the default listserv.db
