@@ -359,7 +359,9 @@ def _unsubscribe_command(req: Request, args: list[str]) -> Outcome:
 
 
 def _confirm_command(req: Request, args: list[str]) -> Outcome:
-    if len(args) != 1:
+    # Words after the token are allowed: a reply to a confirmation sent to its From
+    # (LIST-request@) brings "Re: confirm TOKEN to join ..." in the subject.
+    if not args:
         return Outcome.BAD_ARGUMENT
     token = tokens.find(req.session, args[0])
     if token is None or token.list_id != req.mlist.id:
@@ -463,8 +465,9 @@ def _confirm_detail(message: Message, target: Route) -> str:
 def _answer(session: Session, config: Config, mlist: MailingList, target: Route,
             sender: str, message: Message, parsed: Parsed) -> None:
     """A mail to LIST-confirm+TOKEN@: a reply to a confirmation or to a notice."""
-    token = tokens.find(session, _confirm_detail(message, target))
-    line = f"confirm {target.detail}"
+    value = _confirm_detail(message, target)
+    token = tokens.find(session, value)
+    line = f"confirm {value}"
     if token is None or token.list_id != mlist.id:
         _reply(session, config, mlist, sender, [Result(line, Outcome.BAD_TOKEN)], message)
         return

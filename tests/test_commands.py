@@ -101,6 +101,18 @@ def test_confirm_line_to_request_confirms_and_digest_option_is_kept(running, mak
     assert member(engine, ALICE).delivery is DeliveryMode.DIGEST_MIME
 
 
+def test_a_reply_sent_to_the_from_address_of_the_confirmation_confirms(running, make_list,
+                                                                       sink, engine):
+    make_list()
+    command(running, to=JOIN)
+    [confirmation] = mails_to(sink, ALICE)
+    # A client that ignores Reply-To answers From: LIST-request@, with the subject.
+    quoted = "".join(f"> {line}\n" for line in text(confirmation).splitlines())
+    command(running, "OK\n\n" + quoted, subject=f"Re: {confirmation['Subject']}")
+    mails_to(sink, ALICE, 3)  # the command results and the welcome
+    assert member(engine, ALICE) is not None
+
+
 def test_a_token_works_once(running, make_list, sink, engine):
     make_list()
     command(running, to=JOIN)
