@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import moderation, notices, store, tokens
+from listserv import moderation, notices, roster, store, tokens
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
@@ -300,18 +300,6 @@ def decide_member(session: Session, config: Config, token: Token, answer: str) -
     return verdict
 
 
-def set_delivery(session: Session, list_id: int, address: str, mode: DeliveryMode) -> bool:
-    """Change how a member gets posts; False when the address is not a member."""
-    member = session.scalars(select(Member).where(
-        Member.list_id == list_id, Member.address == address,
-        Member.role == Role.MEMBER)).first()
-    if member is None:
-        return False
-    member.delivery = mode
-    session.add(member)
-    return True
-
-
 def thread_of_reply(session: Session, list_id: int, parsed: Parsed) -> str | None:
     """The thread of the nearest archived message a mail replies to."""
     for message_id in [*parsed.in_reply_to, *reversed(parsed.references)]:
@@ -373,8 +361,9 @@ def _set_command(req: Request, args: list[str]) -> Outcome:
     modes = {m.value: m for m in DeliveryMode}
     if len(args) != 2 or args[0].lower() != "delivery" or args[1].lower() not in modes:
         return Outcome.BAD_ARGUMENT
-    if not set_delivery(req.session, req.mlist.id, req.sender, modes[args[1].lower()]):
+    if not is_member(req.session, req.mlist.id, req.sender):
         return Outcome.NOT_MEMBER
+    roster.set_member(req.session, req.mlist, req.sender, delivery=modes[args[1].lower()])
     return Outcome.DELIVERY_SET
 
 
