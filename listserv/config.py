@@ -126,7 +126,20 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     config = from_dict(data)
+    _check_database_url(config.database.url, "[database] url")
     url = env.get("LISTSERV_DATABASE_URL")
     if url:
+        _check_database_url(url, "LISTSERV_DATABASE_URL")
         config = dataclasses.replace(config, database=DatabaseConfig(url=url))
     return config
+
+
+# SQLAlchemy would otherwise try to import a driver we do not ship (mysql://) and fail
+# with a traceback. The scheme is all the message shows: the URL may hold a password.
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "postgres", "postgresql+psycopg")
+
+
+def _check_database_url(url: str, source: str) -> None:
+    scheme = url.partition(":")[0]
+    if scheme not in _DATABASE_SCHEMES:
+        raise ConfigError(f"{source} must be sqlite:///PATH or postgresql://..., not {scheme}:")

@@ -82,6 +82,16 @@ def test_bad_config_from_the_environment_stops_serve(tmp_path, workdir):
     assert_one_line_error(proc, "secrett")
 
 
+@pytest.mark.parametrize("url", ["mysql://user:secret@db/listserv", "listserv.db"])
+def test_unsupported_database_url_is_one_line_naming_its_source(tmp_path, workdir, url):
+    path = write_config(tmp_path / "listserv.toml", url)
+    proc = run_listserv("--config", path, "list", "ls", cwd=workdir)
+    assert_one_line_error(proc, "[database] url")
+    assert "secret" not in proc.stderr
+    proc = run_listserv("list", "ls", env={"LISTSERV_DATABASE_URL": url}, cwd=workdir)
+    assert_one_line_error(proc, "LISTSERV_DATABASE_URL")
+
+
 def test_missing_config_file_is_one_line_naming_it(tmp_path, workdir):
     proc = run_listserv("--config", tmp_path / "nowhere.toml", "list", "ls", cwd=workdir)
     assert_one_line_error(proc, "nowhere.toml")
