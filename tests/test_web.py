@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from listserv import db, tokens
 from listserv.models import Member, Message, Mute, Role, ThreadNode, Token, utcnow
-from tests.conftest import mails_to, message
+from tests.conftest import mails_to, message, queued_for
 
 LIST = "dev@lists.example.org"
 ALICE = "alice@example.com"
@@ -164,3 +164,28 @@ def test_forged_mute_link_is_refused(running, make_list, engine):
             assert client.post(path).status_code == 400
     with db.session(engine) as s:
         assert s.scalars(select(Mute)).first() is None
+
+
+def test_links_in_a_members_copy_unsubscribe_and_mute(running, make_list, sink, engine):
+    """The List-Unsubscribe URL and the footer's mute link of a real copy both work."""
+    make_list(members=[BOB, ALICE, CAROL], owner=None)
+    post = message("Tabs or spaces?", sender=BOB)
+    running.send(BOB, [LIST], post)
+    [alice_copy] = mails_to(sink, ALICE)
+    [carol_copy] = mails_to(sink, CAROL)
+    assert alice_copy["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    unsubscribe = re.search(r"<(http[^>]+)>", str(alice_copy["List-Unsubscribe"])).group(1)
+    mute = re.search(r"(http\S+/mute/\S+)", carol_copy.get_body(("plain",)).get_content())
+    with httpx.Client(timeout=10) as client:
+        assert client.post(unsubscribe, data={"List-Unsubscribe": "One-Click"}).is_success
+        assert client.post(mute.group(1)).is_success
+    assert not is_member(engine, ALICE) and is_member(engine, CAROL)
+
+    msgid = re.search(r"Message-ID: <([^>]+)>", post).group(1)
+    reply = message("Re: Tabs or spaces?", sender=BOB,
+                    headers={"In-Reply-To": f"<{msgid}>", "References": f"<{msgid}>"})
+    running.send(BOB, [LIST], reply)
+    running.send(BOB, [LIST], message("Another topic", sender=BOB))
+    # Copies are queued before the 250: Bob gets all three posts, Carol not the muted
+    # reply, Alice only the first post and her goodbye.
+    assert [queued_for(engine, a) for a in (BOB, CAROL, ALICE)] == [3, 2, 2]
