@@ -8,7 +8,6 @@ a job twice. A job is marked done in its own commit right after the smarthost's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -23,13 +22,17 @@ from sqlmodel import Session
 from listserv import db
 from listserv.config import DeliveryConfig
 from listserv.models import Delivery, DeliveryState, Outgoing, RecipientFailure, utcnow
-from listserv.relay import Relay, RelayError, Reply, prepare
+from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
 
 log = logging.getLogger("listserv.deliver")
 
 # Postfix's maximal_backoff_time is 4000 s; waiting longer between tries only delays
 # mail once the smarthost is back.
 MAX_BACKOFF = timedelta(hours=1)
+
+# How long a stopping worker lets its transactions under way finish: less than the
+# seconds `serve` allows for the whole shutdown.
+STOP_GRACE = 5.0
 
 
 @dataclass
@@ -106,6 +109,20 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def release(session: Session, worker: str, unsent: list[int]) -> int:
+    """Give back the jobs a stopping worker still holds. The unsent ones were never
+    tried, so their attempt does not count; a cut-off transaction's attempt does."""
+    if unsent:
+        session.execute(update(Delivery).where(
+            Delivery.id.in_(unsent), Delivery.worker == worker,
+            Delivery.state == DeliveryState.SENDING).values(attempts=Delivery.attempts - 1))
+    result = session.execute(update(Delivery).where(
+        Delivery.worker == worker, Delivery.state == DeliveryState.SENDING)
+        .values(state=DeliveryState.QUEUED, worker=None, lease_until=None))
+    session.commit()
+    return result.rowcount
+
+
 def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
     seconds = config.retry_initial_seconds * 2 ** max(attempts - 1, 0)
     return min(timedelta(seconds=seconds), MAX_BACKOFF)
@@ -116,20 +133,14 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
     """Write the outcome of one attempt: done, retry later (only the recipients that
     still need it), or failed for good."""
     now = utcnow()
-    temporary = {r: rep for r, rep in refused.items() if rep.temporary}
-    permanent = {r: str(rep) for r, rep in refused.items() if not rep.temporary}
-    if error is not None:
-        if error.temporary:
-            temporary = {r: Reply(error.code or 451, str(error)) for r in job.recipients}
-        else:
-            permanent = {r: str(error) for r in job.recipients}
+    temporary, permanent = _outcome(job, refused, error)
     values: dict = {"worker": None, "lease_until": None}
     expired = now - job.created_at >= timedelta(hours=config.retry_max_hours)
     if temporary and expired:
-        permanent.update({r: f"gave up after {config.retry_max_hours} h: {rep}"
-                          for r, rep in temporary.items()})
+        permanent.update({r: Reply(rep.code, f"gave up after {config.retry_max_hours} h: "
+                                             f"{rep.text}") for r, rep in temporary.items()})
         values.update(state=DeliveryState.FAILED, done_at=now,
-                      last_error=next(iter(temporary.values())).text)
+                      last_error=str(next(iter(temporary.values()))))
     elif temporary:
         values.update(state=DeliveryState.QUEUED, recipients="\n".join(temporary),
                       next_attempt_at=now + backoff(config, job.attempts),
@@ -140,16 +151,23 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         values.update(state=DeliveryState.DONE, done_at=now)
     if permanent:
         session.execute(insert(RecipientFailure), [
-            {"delivery_id": job.id, "address": r, "code": _code(text), "text": text,
-             "created_at": now} for r, text in permanent.items()])
+            {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
+             "created_at": now} for r, rep in permanent.items()])
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     session.commit()
     return values["state"]
 
 
-def _code(text: str) -> int:
-    head = text.split(" ", 1)[0]
-    return int(head) if head.isdigit() else 0
+def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
+             ) -> tuple[dict[str, Reply], dict[str, Reply]]:
+    """The recipients to try again and those refused for good, each with its reply. A
+    failed transaction reached nobody, so its error stands for every recipient."""
+    if error is not None:
+        reply = Reply(error.code or (451 if error.temporary else 554), str(error))
+        everyone = dict.fromkeys(job.recipients, reply)
+        return (everyone, {}) if error.temporary else ({}, everyone)
+    return ({r: rep for r, rep in refused.items() if rep.temporary},
+            {r: rep for r, rep in refused.items() if not rep.temporary})
 
 
 class Worker:
@@ -162,7 +180,8 @@ class Worker:
         self.name = name or worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
-        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=config.concurrency * 4)
+        # None tells a sender to stop.
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 4)
         self._data: OrderedDict[int, bytes] = OrderedDict()
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
 
@@ -190,50 +209,59 @@ class Worker:
         return self._data[outgoing_id]
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
-        """Claim and send until `stop` is set; what is claimed but unsent goes back."""
+        """Claim and send until `stop` is set, then let the transactions under way finish
+        and give back every job not sent, so no job waits for its lease to run out."""
         recovered = await self._db(recover_dead_workers, socket.gethostname())
         if recovered:
             log.info("requeued %d deliveries left by stopped workers", recovered)
-        senders = [asyncio.create_task(self._sender(stop)) for _ in range(self.config.concurrency)]
-        lease = timedelta(seconds=self.config.lease_seconds)
+        senders = [asyncio.create_task(self._sender()) for _ in range(self.config.concurrency)]
         try:
-            while not stop.is_set():
-                room = self.queue.maxsize - self.queue.qsize()
-                jobs = await self._db(claim, self.name, room, lease) if room else []
-                for job in jobs:
-                    await self.queue.put(job)
-                if len(jobs) == room and room:
-                    continue  # more may be ready: claim again once senders make room
-                self.wakeup.clear()
-                waiters = [asyncio.create_task(stop.wait()),
-                           asyncio.create_task(self.wakeup.wait())]
-                _, pending = await asyncio.wait(waiters, timeout=poll,
-                                                return_when=asyncio.FIRST_COMPLETED)
-                for task in pending:
-                    task.cancel()
+            await self._claim_until(stop, poll)
         finally:
-            for task in senders:
+            unsent = [job.id for job in self._drain()]
+            await self._stop_senders(senders)
+            released = await self._db(release, self.name, unsent)
+            if released:
+                log.info("gave back %d deliveries not sent", released)
+
+    async def _claim_until(self, stop: asyncio.Event, poll: float) -> None:
+        lease = timedelta(seconds=self.config.lease_seconds)
+        while not stop.is_set():
+            room = self.queue.maxsize - self.queue.qsize()
+            jobs = await self._db(claim, self.name, room, lease) if room else []
+            for job in jobs:
+                self.queue.put_nowait(job)  # only this loop puts, and there was room
+            if len(jobs) == room and room:
+                continue  # more may be ready: claim again once senders make room
+            self.wakeup.clear()
+            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wakeup.wait())]
+            _, pending = await asyncio.wait(waiters, timeout=poll,
+                                            return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*senders, return_exceptions=True)
-            await self._release_unsent()
 
-    async def _release_unsent(self) -> None:
-        ids = []
+    def _drain(self) -> list[Job]:
+        jobs = []
         while not self.queue.empty():
-            ids.append(self.queue.get_nowait().id)
-        if ids:
-            def release(session: Session) -> None:
-                session.execute(update(Delivery).where(
-                    Delivery.id.in_(ids), Delivery.worker == self.name)
-                    .values(state=DeliveryState.QUEUED, worker=None, lease_until=None,
-                            attempts=Delivery.attempts - 1))
-                session.commit()
-            await self._db(release)
+            job = self.queue.get_nowait()
+            if job is not None:
+                jobs.append(job)
+        return jobs
 
-    async def _sender(self, stop: asyncio.Event) -> None:
+    async def _stop_senders(self, senders: list[asyncio.Task]) -> None:
+        """Tell each sender to stop after its current transaction; cut off any that
+        the smarthost keeps longer than STOP_GRACE (their jobs are given back)."""
+        for _ in senders:
+            self.queue.put_nowait(None)
+        _, late = await asyncio.wait(senders, timeout=STOP_GRACE)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*senders, return_exceptions=True)
+
+    async def _sender(self) -> None:
         relay: Relay | None = None
         try:
-            while not stop.is_set():
+            while True:
                 try:
                     job = await asyncio.wait_for(self.queue.get(), self.idle_close)
                 except TimeoutError:
@@ -241,30 +269,51 @@ class Worker:
                         await relay.close()
                         relay = None
                     continue
+                if job is None:
+                    return
                 relay = await self._send(relay, job)
         finally:
             if relay is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(relay.close())
+                await asyncio.shield(relay.close())
 
     async def _send(self, relay: Relay | None, job: Job) -> Relay | None:
+        """One attempt at one job; the connection to use for the next one is returned."""
         refused: dict[str, Reply] = {}
         error: RelayError | None = None
         try:
             data = await self._prepared(job.outgoing_id)
-            if relay is None or relay.broken:
-                relay = await Relay.connect(self.config.smarthost_host,
-                                            self.config.smarthost_port)
-            refused = await relay.send(job.mail_from, job.recipients, data)
+            try:
+                relay = relay or await self._connect()
+                refused = await relay.send(job.mail_from, job.recipients, data)
+            except ConnectionLost:
+                await relay.close()
+                relay = await self._connect()
+                refused = await relay.send(job.mail_from, job.recipients, data)
         except RelayError as exc:
             error = exc
             if relay is not None and relay.broken:
                 await relay.close()
                 relay = None
-        state = await self._db(record, self.config, job, refused, error)
+        except Exception:
+            # The database failed us: the job stays claimed and is retried when its
+            # lease runs out; this sender goes on with the next one.
+            log.exception("delivery job=%d could not be sent", job.id)
+            return relay
+        await self._record(job, refused, error)
+        return relay
+
+    async def _connect(self) -> Relay:
+        return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
+
+    async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
+                      ) -> None:
+        try:
+            state = await self._db(record, self.config, job, refused, error)
+        except Exception:
+            log.exception("delivery job=%d: the outcome could not be recorded", job.id)
+            return
         delivered = len(job.recipients) - len(refused) if error is None else 0
         self.sent += delivered
         log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
                  len(job.recipients), delivered, len(refused) if error is None else 0,
                  state.value, f" error={error}" if error else "")
-        return relay

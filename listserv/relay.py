@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
 
+# RFC 5321 4.5.3.2.6: wait 10 minutes for the reply to the final dot. Giving up sooner
+# on a slow smarthost (a content filter, a full disk) sends the message again later.
+DATA_TIMEOUT = 600.0
+
 
 @dataclass(frozen=True)
 class Reply:
@@ -41,6 +45,11 @@ class RelayError(Exception):
         super().__init__(text)
         self.temporary = temporary
         self.code = code
+
+
+class ConnectionLost(RelayError):
+    """The connection died before the smarthost answered MAIL, so it accepted nothing and
+    the transaction can go again at once on a new connection."""
 
 
 def prepare(data: bytes) -> bytes:
@@ -73,11 +82,15 @@ class Relay:
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         relay = cls(reader, writer, timeout)
-        greeting = await relay._reply()
-        if greeting.code != 220:
+        try:
+            greeting = await relay._reply()
+            if greeting.code != 220:
+                raise RelayError(f"smarthost greeting: {greeting}", greeting.temporary,
+                                 greeting.code)
+            await relay._ehlo(helo or socket.getfqdn())
+        except RelayError:
             await relay.close()
-            raise RelayError(f"smarthost greeting: {greeting}", greeting.temporary, greeting.code)
-        await relay._ehlo(helo or socket.getfqdn())
+            raise
         return relay
 
     async def _ehlo(self, name: str) -> None:
@@ -89,11 +102,11 @@ class Relay:
             keyword, _, param = line.partition(" ")
             self.extensions[keyword.upper()] = param
 
-    async def _reply_lines(self) -> tuple[Reply, list[str]]:
+    async def _reply_lines(self, timeout: float | None = None) -> tuple[Reply, list[str]]:
         lines = []
         try:
             while True:
-                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
+                line = await asyncio.wait_for(self.reader.readline(), timeout or self.timeout)
                 if not line:
                     raise RelayError("smarthost closed the connection")
                 text = line.decode("utf-8", "replace").rstrip("\r\n")
@@ -109,8 +122,8 @@ class Relay:
             raise
         return Reply(code, " ".join(lines).strip()), lines
 
-    async def _reply(self) -> Reply:
-        return (await self._reply_lines())[0]
+    async def _reply(self, timeout: float | None = None) -> Reply:
+        return (await self._reply_lines(timeout))[0]
 
     async def _flush(self) -> None:
         try:
@@ -134,23 +147,27 @@ class Relay:
 
         Raises RelayError when the transaction as a whole failed, so that nobody got it.
         """
-        head = [f"MAIL FROM:<{mail_from}>{self._mail_params(prepared, [mail_from, *rcpts])}"]
-        head += [f"RCPT TO:<{r}>" for r in rcpts]
-        commands = [(c + "\r\n").encode() for c in head]
+        try:
+            return await self._transaction(mail_from, rcpts, prepared)
+        except asyncio.CancelledError:
+            # Cut off mid-transaction: a QUIT now could land inside the message, or
+            # read the reply to our final dot; only closing the socket is safe.
+            self.broken = True
+            raise
+
+    async def _transaction(self, mail_from: str, rcpts: list[str], prepared: bytes
+                           ) -> dict[str, Reply]:
+        mail = (f"MAIL FROM:<{mail_from}>"
+                f"{self._mail_params(prepared, [mail_from, *rcpts])}\r\n").encode()
+        commands = [f"RCPT TO:<{r}>\r\n".encode() for r in rcpts]
+        data_reply = None
         if "PIPELINING" in self.extensions:
-            self.writer.write(b"".join(commands) + b"DATA\r\n")
-            await self._flush()
-            replies = [await self._reply() for _ in commands]
+            mail_reply = await self._open(mail + b"".join(commands) + b"DATA\r\n")
+            rcpt_replies = [await self._reply() for _ in commands]
             data_reply = await self._reply()
         else:
-            replies = []
-            for command in commands:
-                self.writer.write(command)
-                replies.append(await self._reply())
-                if not replies[0].ok:
-                    break
-            data_reply = None
-        mail_reply, rcpt_replies = replies[0], replies[1:]
+            mail_reply = await self._open(mail)
+            rcpt_replies = [await self._command(c) for c in commands] if mail_reply.ok else []
         refused = {r: rep for r, rep in zip(rcpts, rcpt_replies, strict=False) if not rep.ok}
         if not mail_reply.ok or len(refused) == len(rcpts):
             if data_reply is not None and data_reply.code == 354:
@@ -161,8 +178,7 @@ class Relay:
                                  mail_reply.code)
             return refused
         if data_reply is None:
-            self.writer.write(b"DATA\r\n")
-            data_reply = await self._reply()
+            data_reply = await self._command(b"DATA\r\n")
         if data_reply.code != 354:
             await self.reset()
             raise RelayError(f"DATA refused: {data_reply}", data_reply.temporary,
@@ -172,10 +188,30 @@ class Relay:
             raise RelayError(f"message refused: {final}", final.temporary, final.code)
         return refused
 
+    async def _open(self, commands: bytes) -> Reply:
+        """Send the first commands of a transaction and read the reply to MAIL.
+
+        A reused connection may have been closed by the smarthost while idle (Postfix's
+        smtpd_timeout says 421 and hangs up): that is ConnectionLost, not a failed try.
+        """
+        try:
+            reply = await self._command(commands)
+        except RelayError as exc:
+            raise ConnectionLost(str(exc)) from exc
+        if reply.code == 421:
+            self.broken = True
+            raise ConnectionLost(f"smarthost is closing the connection: {reply}")
+        return reply
+
+    async def _command(self, command: bytes) -> Reply:
+        self.writer.write(command)
+        await self._flush()
+        return await self._reply()
+
     async def _finish_data(self, prepared: bytes) -> Reply:
         self.writer.write(prepared)
         await self._flush()
-        return await self._reply()
+        return await self._reply(DATA_TIMEOUT)
 
     async def reset(self) -> None:
         self.writer.write(b"RSET\r\n")
