@@ -227,6 +227,7 @@ def join(session: Session, config: Config, mlist: MailingList, address: str,
     if not is_member(session, mlist.id, address):
         session.add(Member(list_id=mlist.id, address=address, role=Role.MEMBER, delivery=mode))
         session.flush()
+        log.info("%s subscribed to %s (%s)", address, mlist.address, mode.value)
         _send(session, config, mlist, address, "welcome", limit=False, address=address,
               delivery=mode.value,
               unsubscribe_url=unsubscribe_url(session, config, mlist, address))
@@ -238,6 +239,7 @@ def leave(session: Session, config: Config, mlist: MailingList, address: str) ->
     gone = session.execute(delete(Member).where(
         Member.list_id == mlist.id, Member.address == address, Member.role == Role.MEMBER))
     if gone.rowcount:
+        log.info("%s unsubscribed from %s", address, mlist.address)
         _send(session, config, mlist, address, "goodbye", limit=False, address=address)
     return Outcome.UNSUBSCRIBED
 
@@ -248,7 +250,11 @@ def _ask_moderators(session: Session, config: Config, mlist: MailingList,
     approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
                           lifetime, data=token.data)
     reply_to = store.addresses_of(mlist).at(Purpose.CONFIRM, approval.token)
-    for moderator in store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+    moderators = store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
+    if not moderators:
+        log.warning("%s waits for approval on %s, which has no owner or moderator",
+                    token.address, mlist.address)
+    for moderator in moderators:
         _send(session, config, mlist, moderator, "approve_member", limit=False,
               reply_to=reply_to, auto="auto-generated", subscriber=token.address,
               confirm_address=reply_to)
@@ -284,7 +290,7 @@ def confirm(session: Session, config: Config, token: Token) -> Outcome:
 
 def decide_member(session: Session, config: Config, token: Token, answer: str) -> Outcome:
     """A moderator answered an approve-member notice: approve, reject [reason] or discard."""
-    word, _, reason = answer.strip().partition(" ")
+    word, reason = [*answer.split(None, 1), "", ""][:2]
     verdict = {"approve": Outcome.APPROVED, "reject": Outcome.REJECTED,
                "discard": Outcome.DISCARDED}.get(word.lower())
     if verdict is None:

@@ -217,6 +217,20 @@ def test_moderated_list_reject_tells_the_person_why(running, make_list, sink, en
     assert member(engine, ALICE) is None
 
 
+def test_first_moderator_answer_counts(running, make_list, sink, engine):
+    make_list(moderators=["mod@example.org"])
+    set_subscription(engine, Subscription.MODERATE)
+    command(running, to=JOIN)
+    command(running, to=f"dev-confirm+{token_of(mails_to(sink, ALICE)[0])}@lists.example.org")
+    [notice] = mails_to(sink, "mod@example.org")
+    command(running, "discard\n", sender="mod@example.org", to=str(notice["Reply-To"]))
+    assert "Discarded" in text(mails_to(sink, "mod@example.org", 2)[1])
+    command(running, "approve\n", sender=OWNER, to=str(notice["Reply-To"]))
+    assert "already used" in text(mails_to(sink, OWNER, 2)[1])
+    assert member(engine, ALICE) is None
+    assert queued_for(engine, ALICE) == 2  # the confirmation and "awaits approval" only
+
+
 def test_closed_list_takes_no_subscriptions(running, make_list, sink, engine):
     make_list()
     set_subscription(engine, Subscription.CLOSED)
