@@ -43,15 +43,12 @@ def test_example_explains_every_key():
             assert block and block[-1].startswith("#"), f"no comment explains {line!r}"
 
 
-def _documented(readme: str, section: str, key: str) -> bool:
-    return bool(re.search(rf"`{key}`|\b{key}\s*=|\b{section}\.{key}\b", readme))
-
-
 def test_readme_documents_every_config_key():
+    """Named as the errors name them, "[section] key": a bare "port" could be anything."""
     readme = README.read_text(encoding="utf-8")
     missing = [f"[{section}] {key}" for section, values in defaults().items()
                for key in values
-               if f"[{section}]" not in readme or not _documented(readme, section, key)]
+               if not re.search(rf"\[{section}\]\s+`?{key}\b", readme)]
     assert not missing, f"README.md does not document: {', '.join(missing)}"
 
 
