@@ -421,10 +421,21 @@ def serve(ctx: typer.Context) -> None:
     server.run(state.engine, state.config)
 
 
+def _usage_error(exc: Exception) -> int | None:
+    """Click's usage errors (typer bundles its own click, so match by shape, not class)."""
+    code = getattr(exc, "exit_code", None)
+    if isinstance(code, int) and callable(getattr(exc, "format_message", None)):
+        message = exc.format_message()
+        if message:  # empty when the help was shown instead (a bare `listserv member`)
+            err.print(f"error: {message} (see --help)")
+        return code
+    return None
+
+
 def main() -> None:
-    """Console entry point: known errors become one line on stderr and exit 1."""
+    """Console entry point: every error is one line on stderr and a non-zero exit."""
     try:
-        app()
+        code = app(standalone_mode=False)
     except (config_mod.ConfigError, db.DatabaseError, roster.UserError) as exc:
         err.print(f"error: {exc}")
         sys.exit(1)
@@ -434,3 +445,12 @@ def main() -> None:
     except OSError as exc:
         err.print(f"error: {exc}")
         sys.exit(1)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except Exception as exc:
+        usage = _usage_error(exc)
+        if usage is None:
+            raise
+        sys.exit(usage)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -190,6 +190,19 @@ def test_errors_are_one_line_and_exit_1(make_list, config_file, args, named):
     assert_one_line_error(run_listserv("--config", config_file, *args), named)
 
 
+@pytest.mark.parametrize("args, named", [
+    (["member", "add"], "LIST"),
+    (["member", "add", LIST, "ann@example.org", "--role", "boss"], "boss"),
+    (["held", "approve", "not-a-number"], "not-a-number"),
+    (["no-such-command"], "no-such-command"),
+])
+def test_usage_errors_are_one_line_too(make_list, config_file, args, named):
+    make_list(LIST)
+    proc = run_listserv("--config", config_file, *args)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) == 1 and named in proc.stderr, proc.stderr
+
+
 def test_failed_create_leaves_nothing_behind(cli):
     """An invalid --owner refuses the whole command: no list without its owner."""
     assert cli("list", "create", LIST, "--owner", "nobody").exit_code != 0
