@@ -193,7 +193,7 @@ def test_errors_are_one_line_and_exit_1(make_list, config_file, args, named):
 @pytest.mark.parametrize("args, named", [
     (["member", "add"], "LIST"),
     (["member", "add", LIST, "ann@example.org", "--role", "boss"], "boss"),
-    (["held", "approve", "not-a-number"], "not-a-number"),
+    (["held", "approve", "not-a-number"], "ID"),
     (["no-such-command"], "no-such-command"),
 ])
 def test_usage_errors_are_one_line_too(make_list, config_file, args, named):
