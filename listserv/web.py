@@ -46,7 +46,9 @@ def _signed(session: Session, config: Config, purpose: str, value: str,
 def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
     """The member an unsubscribe link was made for; None if we did not sign it."""
     parts = _signed(session, config, "unsubscribe", value, 2)
-    mlist = parts and session.get(MailingList, int(parts[0]))
+    if parts is None:
+        return None
+    mlist = session.get(MailingList, int(parts[0]))
     return Link(mlist, parts[1]) if mlist else None
 
 
@@ -56,7 +58,9 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
     if parts is None or not parts[2].isdigit():
         return None
     mlist = session.get(MailingList, int(parts[0]))
-    thread_id = mlist and commands.thread_of_message(session, mlist.id, int(parts[2]))
+    if mlist is None:
+        return None
+    thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
 
 
