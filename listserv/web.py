@@ -109,9 +109,21 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         outcome, mlist, address = done
         return page("done", outcome=outcome, mlist=mlist, address=address)
 
-    async def unsubscribe_form(request: Request) -> Response:
+    async def signed_link(request: Request, target: Callable[[Session, Config, str], Link | None],
+                          action: Callable[[Session, Link], object] | None = None
+                          ) -> Link | None:
+        """Check a signed link; for a POST, `action` runs in the same transaction."""
         value = request.path_params["token"]
-        link = await in_db(lambda s: unsubscribe_target(s, config, value))
+
+        def work(session: Session) -> Link | None:
+            link = target(session, config, value)
+            if link is not None and action is not None:
+                action(session, link)
+            return link
+        return await in_db(work)
+
+    async def unsubscribe_form(request: Request) -> Response:
+        link = await signed_link(request, unsubscribe_target)
         if link is None:
             return invalid("unsubscribe", 400)
         return page("unsubscribe", mlist=link.mlist, address=link.address,
@@ -119,14 +131,8 @@ def make_app(engine: Engine, config: Config) -> Starlette:
 
     async def unsubscribe_post(request: Request) -> Response:
         """RFC 8058 one-click: the POST itself is the confirmation."""
-        value = request.path_params["token"]
-
-        def act(session: Session) -> Link | None:
-            link = unsubscribe_target(session, config, value)
-            if link is not None:
-                commands.leave(session, config, link.mlist, link.address)
-            return link
-        link = await in_db(act)
+        link = await signed_link(request, unsubscribe_target, lambda session, link:
+                                 commands.leave(session, config, link.mlist, link.address))
         if link is None:
             return invalid("unsubscribe", 400)
         return page("done", outcome=commands.Outcome.UNSUBSCRIBED.value, mlist=link.mlist,
@@ -135,29 +141,23 @@ def make_app(engine: Engine, config: Config) -> Starlette:
     def mute_routes(on: bool) -> tuple[Callable, Callable]:
         """The GET page and the POST action of /mute/TOKEN (on) or /unmute/TOKEN."""
         verb, other = ("mute", "unmute") if on else ("unmute", "mute")
+        change = commands.mute if on else commands.unmute
 
         async def form(request: Request) -> Response:
-            value = request.path_params["token"]
-            link = await in_db(lambda s: mute_target(s, config, value))
+            link = await signed_link(request, mute_target)
             if link is None:
                 return invalid("mute", 400)
             return page("mute", done="", offer=verb, mlist=link.mlist, address=link.address,
                         action=request.url.path)
 
         async def post(request: Request) -> Response:
-            value = request.path_params["token"]
-
-            def act(session: Session) -> Link | None:
-                link = mute_target(session, config, value)
-                if link is not None:
-                    action = commands.mute if on else commands.unmute
-                    action(session, link.mlist.id, link.address, link.thread_id)
-                return link
-            link = await in_db(act)
+            link = await signed_link(request, mute_target, lambda session, link: change(
+                session, link.mlist.id, link.address, link.thread_id))
             if link is None:
                 return invalid("mute", 400)
             return page("mute", done=f"{verb}d", offer=other, mlist=link.mlist,
-                        address=link.address, action=f"/{other}/{value}")
+                        address=link.address,
+                        action=f"/{other}/{request.path_params['token']}")
         return form, post
 
     mute_form, mute_post = mute_routes(on=True)
