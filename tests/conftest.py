@@ -254,11 +254,22 @@ def mails_to(sink: SinkHandler, address: str, count: int = 1, timeout: float = 1
         time.sleep(0.05)
 
 
-def queued_for(engine: Engine, address: str) -> int:
-    """How many mails the server has queued for `address` (committed before the 250)."""
+def delivered_to(engine: Engine, sink: SinkHandler, address: str,
+                 timeout: float = 15.0) -> int:
+    """How many mails reached `address` once the server sent all it had queued.
+
+    Everything the server answers for is queued before its 250, and a delivery is marked
+    done only after the smarthost's 250, so an empty queue means the count is final.
+    """
     from sqlalchemy import select
 
-    from listserv.models import Delivery
+    from listserv.models import Delivery, DeliveryState
 
-    with db.session(engine) as s:
-        return sum(address in d.recipients.split("\n") for d in s.scalars(select(Delivery)))
+    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with db.session(engine) as s:
+            if s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None:
+                break
+        time.sleep(0.05)
+    return len(mails_to(sink, address, 0))

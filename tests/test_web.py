@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from listserv import db, tokens
 from listserv.models import Member, Message, Mute, Role, ThreadNode, Token, utcnow
-from tests.conftest import mails_to, message, queued_for
+from tests.conftest import delivered_to, mails_to, message
 
 LIST = "dev@lists.example.org"
 ALICE = "alice@example.com"
@@ -186,6 +186,6 @@ def test_links_in_a_members_copy_unsubscribe_and_mute(running, make_list, sink, 
                     headers={"In-Reply-To": f"<{msgid}>", "References": f"<{msgid}>"})
     running.send(BOB, [LIST], reply)
     running.send(BOB, [LIST], message("Another topic", sender=BOB))
-    # Copies are queued before the 250: Bob gets all three posts, Carol not the muted
-    # reply, Alice only the first post and her goodbye.
-    assert [queued_for(engine, a) for a in (BOB, CAROL, ALICE)] == [3, 2, 2]
+    # Bob gets all three posts, Carol not the muted reply, Alice only the first post and
+    # her goodbye.
+    assert [delivered_to(engine, sink, a) for a in (BOB, CAROL, ALICE)] == [3, 2, 2]
