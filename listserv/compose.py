@@ -1,16 +1,30 @@
-"""What the server writes: the headers on the copies it sends out.
+"""What the server writes: the copies of a post that members receive.
 
-The body of a post is never decoded or re-encoded: header lines are edited as bytes
-and the body bytes follow unchanged, only with CRLF line ends as SMTP requires.
+Header lines are edited as bytes. Bodies are left as they came (CRLF line ends, as SMTP
+requires) except where the list footer goes in: the part that takes it is edited in
+its own charset and transfer encoding, every other part keeps its bytes, and signed
+or encrypted mail is wrapped whole, so its signature still verifies.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
+import html
+import json
 import re
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
 from email.header import Header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from urllib.parse import quote
 
 from listserv.address import ListAddresses, Purpose
+from listserv.templating import environment
 
 _LINE_END = re.compile(rb"\r?\n")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
@@ -28,21 +42,6 @@ def crlf(data: bytes) -> bytes:
     return _LINE_END.sub(b"\r\n", data)
 
 
-def split_message(raw: bytes) -> tuple[list[bytes], bytes]:
-    """Header fields (each with its folded continuation lines, CRLF-ended) and the body."""
-    data = crlf(raw)
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        head, body = data, b""
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n"):
-        if fields and line[:1] in (b" ", b"\t"):
-            fields[-1] += line + b"\r\n"
-        elif line:
-            fields.append(line + b"\r\n")
-    return fields, body
-
-
 def field_name(line: bytes) -> bytes:
     match = _FIELD.match(line)
     return match.group(1).lower() if match else b""
@@ -56,14 +55,14 @@ def _encode_phrase(text: str) -> str:
     return Header(text, "utf-8").encode()
 
 
-def subject_tag(name: str) -> str:
-    return f"[{name}]"
+def subject_tag(name: str, setting: str | None = None) -> str:
+    """The list's `subject_prefix`: None means "[name]", "" means none."""
+    return f"[{name}]" if setting is None else setting.strip()
 
 
-def prefixed_subject(raw_value: bytes, decoded: str, name: str) -> bytes:
-    """Put "[Name] " in front once: a reply that already carries it keeps its subject."""
-    tag = subject_tag(name)
-    if tag.casefold() in decoded.casefold():
+def prefixed_subject(raw_value: bytes, decoded: str, tag: str) -> bytes:
+    """Put "TAG " in front once: a reply that already carries it keeps its subject."""
+    if not tag or tag.casefold() in decoded.casefold():
         return raw_value
     prefix = tag if tag.isascii() else Header(tag, "utf-8").encode()
     stripped = raw_value.lstrip(b" \t")
@@ -81,13 +80,14 @@ def message_url(base_url: str, addresses: ListAddresses, message_id: str) -> str
 
 def list_headers(addresses: ListAddresses, name: str, base_url: str,
                  message_id: str) -> list[tuple[str, str]]:
-    """The list headers every copy carries (RFC 2369, RFC 2919, RFC 5064)."""
+    """The list headers every copy carries (RFC 2369, RFC 2919, RFC 5064); the member's
+    own List-Unsubscribe is a slot (see `unsubscribe_header`)."""
     return [
         ("List-Id", f"{_encode_phrase(name)} <{addresses.list_id}>"),
         ("List-Post", f"<mailto:{addresses.posting}>"),
         ("List-Help", f"<mailto:{addresses.at(Purpose.REQUEST)}?subject=help>"),
         ("List-Subscribe", f"<mailto:{addresses.at(Purpose.JOIN)}>"),
-        ("List-Unsubscribe", f"<mailto:{addresses.at(Purpose.LEAVE)}>"),
+        ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
         ("List-Archive", f"<{archive_url(base_url, addresses)}>"),
         ("List-Owner", f"<mailto:{addresses.at(Purpose.OWNER)}>"),
         ("Archived-At", f"<{message_url(base_url, addresses, message_id)}>"),
@@ -100,22 +100,393 @@ def render_fields(fields: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in fields)
 
 
-def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
-              message_id: str, subject: str, add_message_id: bool) -> bytes:
-    """The copy members receive: the post's own headers and body, with list headers."""
-    fields, body = split_message(raw)
+# --- personal copies --------------------------------------------------------------------
+#
+# Every member's copy differs only in two signed tokens, so a post is composed once with
+# slots, and the delivery worker fills them for each recipient in microseconds.
+
+UNSUBSCRIBE = "\x00unsubscribe\x00"  # stands for the member's unsubscribe token
+MUTE = "\x00mute\x00"  # stands for the member's mute token for this post's thread
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where one recipient's own text goes in a copy, and how to encode it there."""
+
+    at: int  # byte offset in the copy's data
+    text: str  # "\n" line ends, with UNSUBSCRIBE and MUTE in it
+    charset: str = "utf-8"
+    encoding: str = "8bit"  # the Content-Transfer-Encoding of the part it lands in
+    carry: bytes = b""  # base64: decoded bytes before the text, short of a 3-byte group
+    rest: bytes = b""  # base64: decoded bytes after the text ("</body></html>")
+    mid_line: bool = False  # the data before it does not end a line (for dot-stuffing)
+
+    def fill(self, unsubscribe: str, mute: str) -> bytes:
+        """The bytes this slot holds for one recipient; they always end a line."""
+        raw = self.text.replace(UNSUBSCRIBE, unsubscribe).replace(MUTE, mute).encode(
+            self.charset)
+        if self.encoding == "base64":
+            return crlf(base64.encodebytes(self.carry + crlf(raw) + self.rest))
+        if self.encoding == "quoted-printable":
+            return crlf(binascii.b2a_qp(raw))
+        return crlf(raw)
+
+
+@dataclass(frozen=True)
+class Copy:
+    """A copy with slots: `data` is what everyone gets, each slot one member's text."""
+
+    data: bytes
+    slots: tuple[Slot, ...] = ()
+
+    def chunks(self) -> Iterator[tuple[bytes, Slot | None]]:
+        """The data cut at the slots: (shared bytes, the slot after them or None)."""
+        pos = 0
+        for slot in self.slots:
+            yield self.data[pos:slot.at], slot
+            pos = slot.at
+        yield self.data[pos:], None
+
+    def personal(self, unsubscribe: str, mute: str) -> bytes:
+        """The bytes one recipient gets."""
+        return b"".join(chunk + (slot.fill(unsubscribe, mute) if slot else b"")
+                        for chunk, slot in self.chunks())
+
+    def slots_json(self) -> str:
+        """For Outgoing.slots; "" when everyone gets the same bytes."""
+        if not self.slots:
+            return ""
+        return json.dumps([{**dataclasses.asdict(slot), "carry": _b64(slot.carry),
+                            "rest": _b64(slot.rest)} for slot in self.slots])
+
+    @classmethod
+    def load(cls, data: bytes, slots: str) -> Copy:
+        loaded = [Slot(**{**s, "carry": base64.b64decode(s["carry"]),
+                          "rest": base64.b64decode(s["rest"])}) for s in json.loads(slots or "[]")]
+        return cls(data, tuple(loaded))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+Piece = bytes | Slot  # a Slot in a list of pieces has no offset yet
+
+
+def _assemble(pieces: list[Piece]) -> Copy:
+    out: list[bytes] = []
+    slots: list[Slot] = []
+    size = 0
+    for piece in pieces:
+        if isinstance(piece, Slot):
+            mid_line = bool(out) and not out[-1].endswith(b"\n")
+            slots.append(dataclasses.replace(piece, at=size, mid_line=mid_line))
+        elif piece:
+            out.append(piece)
+            size += len(piece)
+    return Copy(b"".join(out), tuple(slots))
+
+
+Edit = tuple[int, int, list[Piece]]  # replace data[start:end] with the pieces
+
+
+def _apply(data: bytes, edits: list[Edit]) -> list[Piece]:
+    pieces: list[Piece] = []
+    pos = 0
+    for start, end, replacement in sorted(edits, key=lambda e: (e[0], e[1])):
+        pieces.append(data[pos:start])
+        pieces.extend(replacement)
+        pos = end
+    pieces.append(data[pos:])
+    return pieces
+
+
+# --- the footer -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Footer:
+    """The list's footer for one post, rendered once with UNSUBSCRIBE and MUTE in it."""
+
+    text: str  # "\n" line ends, ends with "\n"
+
+    @property
+    def html(self) -> str:
+        escaped = html.escape(self.text.rstrip("\n"), quote=False)
+        linked = _URL.sub(r'<a href="\1">\1</a>', escaped)
+        return '<div class="list-footer"><hr>\n' + linked.replace("\n", "<br>\n") + "</div>\n"
+
+
+_URL = re.compile(r"(https?://[^\s<>&\"]+)")
+
+
+def render_footer(template: str | None, *, name: str, addresses: ListAddresses,
+                  base_url: str, archive: bool) -> Footer | None:
+    """The list's own footer template, or templates/mail/footer.txt; None for no footer."""
+    base = base_url.rstrip("/")
+    context = {
+        "name": name, "address": addresses.posting,
+        "archive_url": archive_url(base_url, addresses) if archive else None,
+        "unsubscribe_url": f"{base}/unsubscribe/{UNSUBSCRIBE}",
+        "mute_url": f"{base}/mute/{MUTE}",
+    }
+    env = environment()
+    compiled = env.get_template("mail/footer.txt") if template is None else env.from_string(
+        template)
+    text = compiled.render(**context)
+    text = text.replace("\r\n", "\n").rstrip()
+    return Footer(text + "\n") if text else None
+
+
+# What a member's tokens and URLs are made of: a charset we write the footer in must
+# encode these as ASCII does, or the links would come out wrong.
+_PROBE = "abcxyzABCXYZ0123456789-_.:/?=<>\n"
+_CLOSE_BODY = re.compile(rb"</body\s*>", re.IGNORECASE)
+# Parts that hold the footer, directly or inside.
+_TEXT = {"text/plain", "text/html"}
+_HOLDERS = _TEXT | {"multipart/alternative", "multipart/related"}
+
+
+@dataclass(frozen=True)
+class _Part:
+    head: Message  # its header fields, parsed
+    body: int  # where its body starts
+    end: int  # where it ends
+
+
+def _fields(data: bytes) -> Message:
+    return BytesHeaderParser(policy=compat32).parsebytes(data + b"\r\n")
+
+
+def _encodes(text: str, charset: str, cte: str) -> bool:
+    """Whether `text` can go into a part in `charset` sent with `cte`, links intact."""
+    try:
+        encoded = text.replace(UNSUBSCRIBE, "x").replace(MUTE, "x").encode(charset)
+        same = _PROBE.encode(charset) == _PROBE.encode("ascii")
+    except (LookupError, UnicodeError):
+        return False
+    if cte not in ("7bit", "8bit", "binary", "quoted-printable", "base64"):
+        return False
+    return same and (cte != "7bit" or encoded.isascii())
+
+
+def _parts(data: bytes, part: _Part) -> tuple[list[_Part], int | None]:
+    """The body parts of a multipart and where its close delimiter starts (RFC 2046 5.1.1)."""
+    boundary = part.head.get_boundary()
+    if not boundary:
+        return [], None
+    delimiter = b"\r\n--" + re.escape(boundary.encode("ascii", "surrogateescape"))
+    pattern = re.compile(delimiter + rb"(--)?[ \t]*(?:\r\n|\Z)")
+    # A body starts after a CRLF, which may be the one that opens the first delimiter.
+    start = part.body - 2 if data[part.body - 2:part.body] == b"\r\n" else part.body
+    found: list[_Part] = []
+    opened: int | None = None
+    for match in pattern.finditer(data, start, part.end):
+        if opened is not None:
+            found.append(_entity(data, opened, match.start()))
+        if match.group(1):
+            return found, match.start()
+        opened = match.end()
+    if opened is not None:
+        found.append(_entity(data, opened, part.end))
+    return found, None
+
+
+def _entity(data: bytes, start: int, end: int) -> _Part:
+    if data.startswith(b"\r\n", start):
+        return _Part(_fields(b""), start + 2, end)
+    blank = data.find(b"\r\n\r\n", start, end)
+    if blank < 0:
+        return _Part(_fields(data[start:end]), end, end)
+    return _Part(_fields(data[start:blank + 2]), blank + 4, end)
+
+
+def _edits(data: bytes, part: _Part, footer: Footer) -> list[Edit] | None:
+    """Where the footer goes in this entity, or None when it cannot go in here."""
+    ctype = part.head.get_content_type()
+    if ctype in _TEXT:
+        if part.head.get_content_disposition() == "attachment":
+            return None
+        return _text_edits(data, part, footer, html=ctype == "text/html")
+    if ctype not in ("multipart/alternative", "multipart/related", "multipart/mixed"):
+        return None
+    parts, close = _parts(data, part)
+    if not parts:
+        return None
+    if ctype == "multipart/alternative":
+        return _alternative_edits(data, parts, footer)
+    first = parts[0]
+    inside = (_edits(data, first, footer)
+              if first.head.get_content_type() in _HOLDERS else None)
+    if inside or ctype == "multipart/related" or close is None:
+        return inside
+    # multipart/mixed whose first part cannot take it: a part of its own at the end.
+    marker = b"\r\n--" + part.head.get_boundary().encode("ascii", "surrogateescape") + b"\r\n"
+    return [(close, close, [marker, *_footer_part(footer)])]
+
+
+def _alternative_edits(data: bytes, parts: list[_Part], footer: Footer) -> list[Edit] | None:
+    """Every text and HTML version gets it, or none does (each alternative is the post)."""
+    edits: list[Edit] = []
+    for part in parts:
+        if part.head.get_content_type() in _HOLDERS:
+            found = _edits(data, part, footer)
+            if found is None:
+                return None
+            edits += found
+    return edits or None
+
+
+def _text_edits(data: bytes, part: _Part, footer: Footer, *, html: bool) -> list[Edit] | None:
+    charset = part.head.get_content_charset() or "us-ascii"
+    cte = str(part.head.get("content-transfer-encoding") or "7bit").strip().lower()
+    text = footer.html if html else footer.text
+    if not _encodes(text, charset, cte):
+        return None
+    slot = Slot(0, text, charset, cte)
+    if cte == "base64":
+        return _base64_edits(data, part, slot, html=html)
+    close = _CLOSE_BODY.search(data, part.body, part.end) if html else None
+    if close:
+        at = close.start()
+        soft = cte == "quoted-printable" and data[at - 2:at] != b"\r\n"
+        return [(at, at, [b"=\r\n" if soft else b"", slot])]
+    return [(part.end, part.end, [_line_end(data[part.body:part.end], cte), slot])]
+
+
+def _line_end(body: bytes, cte: str) -> bytes:
+    """What must go between a body and the footer so that the footer starts a line."""
+    if cte == "quoted-printable" and body.endswith(b"=\r\n"):
+        return b"\r\n"  # a soft line break: the text itself does not end its line
+    if cte == "quoted-printable" and body.endswith(b"="):
+        return b"\r\n\r\n"
+    return b"" if not body or body.endswith(b"\r\n") else b"\r\n"
+
+
+def _base64_edits(data: bytes, part: _Part, slot: Slot, *, html: bool) -> list[Edit] | None:
+    """Decode, and encode again with the footer: the only way into a base64 body."""
+    try:
+        decoded = binascii.a2b_base64(data[part.body:part.end])
+    except binascii.Error:
+        return None
+    close = list(_CLOSE_BODY.finditer(decoded)) if html else []
+    cut = close[-1].start() if close else len(decoded)
+    before, after = decoded[:cut], decoded[cut:]
+    if not html and before and not before.endswith(b"\n"):
+        before += b"\r\n"
+    whole = len(before) // 3 * 3
+    static = crlf(base64.encodebytes(before[:whole]))
+    return [(part.body, part.end,
+             [static, dataclasses.replace(slot, carry=before[whole:], rest=after)])]
+
+
+def _footer_part(footer: Footer) -> list[Piece]:
+    """The footer as a text/plain part of its own, in UTF-8."""
+    cte = "7bit" if footer.text.isascii() else "quoted-printable"
+    head = (f'Content-Type: text/plain; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}'
+            "\r\nContent-Disposition: inline\r\n\r\n")
+    return [head.encode("ascii"), Slot(0, footer.text, "utf-8", cte)]
+
+
+def _wrap(data: bytes, fields: list[bytes], body_at: int, footer: Footer
+          ) -> tuple[list[bytes], list[Edit]]:
+    """Leave the post whole as the first part of a new multipart/mixed, the footer after
+    it: a signature over the post still verifies (RFC 1847, RFC 8551)."""
+    boundary = b"=_listserv_" + secrets.token_hex(12).encode()
+    inner = [f for f in fields if field_name(f).startswith(b"content-")]
+    outer = [f for f in fields if not field_name(f).startswith(b"content-")]
+    if not any(field_name(f) == b"mime-version" for f in outer):
+        outer.append(b"MIME-Version: 1.0\r\n")
+    outer.append(b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n')
+    opening = b"--" + boundary + b"\r\n" + b"".join(inner) + b"\r\n"
+    closing = [b"\r\n--" + boundary + b"\r\n", *_footer_part(footer),
+               b"\r\n--" + boundary + b"--\r\n"]
+    return outer, [(body_at, body_at, [opening]), (len(data), len(data), closing)]
+
+
+def _with_footer(data: bytes, fields: list[bytes], body_at: int, footer: Footer
+                 ) -> tuple[list[bytes], list[Edit]]:
+    """The header fields and body edits that carry the footer."""
+    top = _Part(_fields(b"".join(f for f in fields if field_name(f).startswith(b"content-"))),
+                body_at, len(data))
+    edits = None
+    if top.head.get_content_type() in _HOLDERS | {"multipart/mixed"}:
+        edits = _edits(data, top, footer)
+    if edits is None:
+        return _wrap(data, fields, body_at, footer)
+    return fields, edits
+
+
+# --- the list copy ----------------------------------------------------------------------
+
+def _split_head(data: bytes) -> tuple[list[bytes], int]:
+    """Header fields (each with its continuation lines) and where the body starts.
+
+    The header ends at the blank line, or, as the stdlib and mail clients read it, at
+    the first line that is not a header field; mail with no field at all is all body.
+    """
+    fields: list[bytes] = []
+    pos = 0
+    while pos < len(data):
+        end = data.find(b"\r\n", pos)
+        end = len(data) if end < 0 else end + 2
+        line = data[pos:end]
+        if line == b"\r\n":
+            return fields, end
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        elif field_name(line) or (not fields and line.startswith(b"From ")):  # mbox
+            fields.append(line)
+        else:
+            return [_line(f) for f in fields], pos
+        pos = end
+    return [_line(f) for f in fields], len(data)
+
+
+def _line(field: bytes) -> bytes:
+    return field if field.endswith(b"\r\n") else field + b"\r\n"
+
+
+def _edit_fields(fields: list[bytes], *, subject: str, tag: str, reply_to: str | None
+                 ) -> list[bytes]:
     out: list[bytes] = []
     for line in fields:
         key = field_name(line)
-        if key in REPLACED:
+        if key in REPLACED or (reply_to and key == b"reply-to"):
             continue
         if key == b"subject":
             colon = line.index(b":")
-            line = line[: colon + 1] + prefixed_subject(line[colon + 1:], subject, name)
+            line = line[: colon + 1] + prefixed_subject(line[colon + 1:], subject, tag)
         out.append(line)
     if not any(field_name(line) == b"subject" for line in fields):
-        out.append(f"Subject: {subject_tag(name)}\r\n".encode())
+        out.append(f"Subject: {tag}\r\n".encode())
+    if reply_to:
+        out.append(f"Reply-To: {reply_to}\r\n".encode())
+    return out
+
+
+def unsubscribe_header(addresses: ListAddresses, base_url: str) -> Slot:
+    """RFC 8058: the member's own one-click link, and the mailto for older clients."""
+    base = base_url.rstrip("/")
+    return Slot(0, f"List-Unsubscribe: <{base}/unsubscribe/{UNSUBSCRIBE}>,\n"
+                   f" <mailto:{addresses.at(Purpose.LEAVE)}>\n")
+
+
+def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
+              message_id: str, subject: str, add_message_id: bool,
+              subject_prefix: str | None = None, reply_to: str | None = None,
+              footer: Footer | None = None) -> Copy:
+    """The copy members receive: the post's own headers and body with list headers, the
+    footer, and slots for each member's links. Parts the footer does not go into keep
+    their bytes."""
+    data = crlf(raw)
+    fields, body_at = _split_head(data)
+    fields = _edit_fields(fields, subject=subject, tag=subject_tag(name, subject_prefix),
+                          reply_to=reply_to)
+    edits: list[Edit] = []
+    if footer is not None:
+        fields, edits = _with_footer(data, fields, body_at, footer)
     if add_message_id:
-        out.append(f"Message-ID: <{message_id}>\r\n".encode())
-    headers = b"".join(out) + render_fields(list_headers(addresses, name, base_url, message_id))
-    return headers + b"\r\n" + body
+        fields.append(f"Message-ID: <{message_id}>\r\n".encode())
+    headers = render_fields(list_headers(addresses, name, base_url, message_id))
+    head: list[Piece] = [*fields, headers, unsubscribe_header(addresses, base_url), b"\r\n"]
+    return _assemble(_apply(data, [(0, body_at, head), *edits]))
