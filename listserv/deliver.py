@@ -19,10 +19,10 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from listserv import db
-from listserv.config import DeliveryConfig
+from listserv import compose, db, tokens
+from listserv.config import Config, DeliveryConfig
 from listserv.models import Delivery, DeliveryState, Outgoing, RecipientFailure, utcnow
-from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
+from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
 
 log = logging.getLogger("listserv.deliver")
 
@@ -170,19 +170,98 @@ def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
             {r: rep for r, rep in refused.items() if not rep.temporary})
 
 
+def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
+    """Keep only the recipients still to send in each job (DONE when none are left), so
+    a worker killed in the middle of a job does not send anyone their copy twice."""
+    for job_id, rcpts in remaining.items():
+        values: dict = ({"recipients": "\n".join(rcpts)} if rcpts else
+                        {"state": DeliveryState.DONE, "done_at": utcnow()})
+        session.execute(update(Delivery).where(
+            Delivery.id == job_id, Delivery.worker == worker,
+            Delivery.state == DeliveryState.SENDING).values(**values))
+    session.commit()
+
+
+class Progress:
+    """Recipients of personal copies marked sent as the smarthost takes them, before
+    the next copy goes out. The senders share commits (a group commit), so a mark
+    costs a share of one commit instead of a commit of its own."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.sent: dict[int, tuple[Job, set[str]]] = {}
+        self.dirty: set[int] = set()
+        self.writing: asyncio.Task | None = None
+
+    async def mark(self, job: Job, rcpt: str) -> None:
+        """Return once a commit holds `rcpt` as sent."""
+        self.sent.setdefault(job.id, (job, set()))[1].add(rcpt)
+        self.dirty.add(job.id)
+        while job.id in self.dirty:
+            if self.writing is None:
+                self.writing = asyncio.create_task(self._write())
+            await asyncio.shield(self.writing)
+
+    async def _write(self) -> None:
+        remaining = {}
+        for job_id in self.dirty:
+            job, sent = self.sent[job_id]
+            remaining[job_id] = [r for r in job.recipients if r not in sent]
+        self.dirty.clear()
+        try:
+            await self.worker._db(mark_sent, self.worker.name, remaining)
+        finally:
+            self.writing = None
+
+    def forget(self, job: Job) -> None:
+        self.sent.pop(job.id, None)
+
+
+class Personal:
+    """A list copy with slots, dot-stuffed once; each recipient's own links (signed
+    tokens) are filled in as their transaction goes out."""
+
+    def __init__(self, copy: compose.Copy, secret: str, list_id: int,
+                 message_pk: int | None) -> None:
+        self.chunks = [(stuff(chunk), slot) for chunk, slot in copy.chunks()]
+        last, slot = self.chunks[-1]
+        if last and not last.endswith(b"\r\n"):
+            self.chunks[-1] = (last + b"\r\n", slot)
+        self.secret = secret
+        self.list_id = list_id
+        self.message_pk = message_pk
+
+    def prepared_for(self, rcpt: str) -> bytes:
+        """The dot-stuffed bytes for one recipient, end-of-data line included."""
+        unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
+        mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
+                if self.message_pk is not None else "")
+        out = []
+        for chunk, slot in self.chunks:
+            out.append(chunk)
+            if slot is not None:
+                out.append(stuff(slot.fill(unsubscribe, mute), line_start=not slot.mid_line))
+        out.append(b".\r\n")
+        return b"".join(out)
+
+
 class Worker:
     """Claims jobs and keeps `concurrency` connections to the smarthost busy."""
 
     def __init__(self, engine: Engine, config: DeliveryConfig, name: str | None = None,
-                 idle_close: float = 5.0) -> None:
+                 idle_close: float = 5.0, *, server_config: Config | None = None) -> None:
         self.engine = engine
         self.config = config
+        # The whole config, for `[web] secret` that signs the members' links.
+        self.server_config = server_config or Config()
+        self._secret: str | None = None
         self.name = name or worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
         # None tells a sender to stop.
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 4)
-        self._data: OrderedDict[int, bytes] = OrderedDict()
+        self._data: OrderedDict[int, bytes | Personal] = OrderedDict()
+        self.progress = Progress(self)
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
 
     def wake(self) -> None:
@@ -196,17 +275,26 @@ class Worker:
     async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
         return await asyncio.to_thread(self._session_call, fn, *args)
 
-    async def _prepared(self, outgoing_id: int) -> bytes:
+    async def _prepared(self, outgoing_id: int) -> bytes | Personal:
         """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
         if outgoing_id not in self._data:
-            def load(session: Session) -> bytes:
-                return session.scalars(
-                    select(Outgoing.data).where(Outgoing.id == outgoing_id)).one()
-            self._data[outgoing_id] = prepare(await self._db(load))
+            self._data[outgoing_id] = await self._db(self._load, outgoing_id)
             while len(self._data) > 32:
                 self._data.popitem(last=False)
         self._data.move_to_end(outgoing_id)
         return self._data[outgoing_id]
+
+    def _load(self, session: Session, outgoing_id: int) -> bytes | Personal:
+        row = session.execute(
+            select(Outgoing.data, Outgoing.slots, Outgoing.list_id, Outgoing.message_pk)
+            .where(Outgoing.id == outgoing_id)).one()
+        if not row.slots:
+            return prepare(row.data)
+        if self._secret is None:
+            self._secret = tokens.server_secret(session, self.server_config)
+            session.commit()  # a secret generated here must be the one the web app reads
+        return Personal(compose.Copy.load(row.data, row.slots), self._secret, row.list_id,
+                        row.message_pk)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
@@ -284,11 +372,11 @@ class Worker:
             data = await self._prepared(job.outgoing_id)
             try:
                 relay = relay or await self._connect()
-                refused = await relay.send(job.mail_from, job.recipients, data)
+                refused = await self._transmit(relay, job, data)
             except ConnectionLost:
                 await relay.close()
                 relay = await self._connect()
-                refused = await relay.send(job.mail_from, job.recipients, data)
+                refused = await self._transmit(relay, job, data)
         except RelayError as exc:
             error = exc
             if relay is not None and relay.broken:
@@ -301,6 +389,18 @@ class Worker:
             return relay
         await self._record(job, refused, error)
         return relay
+
+    async def _transmit(self, relay: Relay, job: Job, data: bytes | Personal
+                        ) -> dict[str, Reply]:
+        """A personal copy goes in one transaction per recipient, anything else in one
+        transaction for the whole job."""
+        if not isinstance(data, Personal):
+            return await relay.send(job.mail_from, job.recipients, data)
+        try:
+            return await relay.send_each(job.mail_from, job.recipients, data.prepared_for,
+                                         lambda rcpt: self.progress.mark(job, rcpt))
+        finally:
+            self.progress.forget(job)
 
     async def _connect(self) -> Relay:
         return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
@@ -52,11 +53,31 @@ class ConnectionLost(RelayError):
     the transaction can go again at once on a new connection."""
 
 
+_DOT_AFTER_NEWLINE = re.compile(rb"(?<=\n)\.")
+
+
+def stuff(piece: bytes, line_start: bool = True) -> bytes:
+    """Dot-stuff one piece of a message (RFC 5321 4.5.2); `line_start` says whether the
+    piece begins a line, so pieces can be stuffed apart and sent together."""
+    return (_DOT if line_start else _DOT_AFTER_NEWLINE).sub(b"..", piece)
+
+
 def prepare(data: bytes) -> bytes:
     """Dot-stuff CRLF message bytes (RFC 5321 4.5.2) and add the end-of-data line."""
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return _DOT.sub(b"..", data) + b".\r\n"
+
+
+async def _nothing(rcpt: str) -> None:
+    """The default `on_sent`: nothing to note."""
+
+
+def _refusal(error: RelayError, lost: bool = False) -> Reply:
+    """A failed transaction as the reply that refused its recipient."""
+    if lost:
+        return Reply(451, f"connection lost before the smarthost answered: {error}")
+    return Reply(error.code or (451 if error.temporary else 554), str(error))
 
 
 class Relay:
@@ -187,6 +208,104 @@ class Relay:
         if not final.ok:
             raise RelayError(f"message refused: {final}", final.temporary, final.code)
         return refused
+
+    async def send_each(self, mail_from: str, rcpts: list[str],
+                        prepared_for: Callable[[str], bytes],
+                        on_sent: Callable[[str], Awaitable[None]] = _nothing
+                        ) -> dict[str, Reply]:
+        """A transaction of its own for each recipient, with that recipient's own bytes,
+        on this connection; returns the refusals by recipient. `on_sent` is awaited for
+        each recipient the smarthost took, before the next copy goes out.
+
+        Raises RelayError only when nobody got the mail. If the connection fails after
+        someone did, the recipients not done yet are refused with a temporary error, so
+        they alone are tried again.
+        """
+        try:
+            if "PIPELINING" in self.extensions:
+                return await self._pipelined_each(mail_from, rcpts, prepared_for, on_sent)
+            return await self._one_by_one(mail_from, rcpts, prepared_for, on_sent)
+        except asyncio.CancelledError:
+            self.broken = True  # as in send(): only closing the socket is safe now
+            raise
+
+    async def _one_by_one(self, mail_from: str, rcpts: list[str],
+                          prepared_for: Callable[[str], bytes],
+                          on_sent: Callable[[str], Awaitable[None]]) -> dict[str, Reply]:
+        refused: dict[str, Reply] = {}
+        for index, rcpt in enumerate(rcpts):
+            try:
+                refused.update(await self._transaction(mail_from, [rcpt], prepared_for(rcpt)))
+                if rcpt not in refused:
+                    await on_sent(rcpt)
+            except RelayError as exc:
+                if not self.broken:
+                    refused[rcpt] = _refusal(exc)
+                elif index == 0:
+                    raise
+                else:
+                    return refused | dict.fromkeys(rcpts[index:], _refusal(exc, lost=True))
+        return refused
+
+    async def _pipelined_each(self, mail_from: str, rcpts: list[str],
+                              prepared_for: Callable[[str], bytes],
+                              on_sent: Callable[[str], Awaitable[None]]
+                              ) -> dict[str, Reply]:
+        """RFC 2920 lets message content be the first "command" of a group, so one write
+        carries a message, its final dot and the next MAIL, RCPT and DATA: each
+        recipient costs one round trip, as in one transaction for all of them."""
+        refused: dict[str, Reply] = {}
+        finished: set[str] = set()
+        ahead = b""  # the message (or RSET) that goes out before the next commands
+        expected: list[str | None] = []  # whose outcome the replies to `ahead` tell
+        try:
+            for rcpt in [*rcpts, None]:
+                data = prepared_for(rcpt) if rcpt is not None else b""
+                commands = b"" if rcpt is None else (
+                    f"MAIL FROM:<{mail_from}>{self._mail_params(data, [mail_from, rcpt])}\r\n"
+                    f"RCPT TO:<{rcpt}>\r\nDATA\r\n").encode()
+                if not ahead + commands:
+                    break
+                self.writer.write(ahead + commands)
+                await self._flush()
+                for who in expected:
+                    reply = await self._reply(DATA_TIMEOUT)
+                    if who is not None:
+                        finished.add(who)
+                        if not reply.ok:
+                            refused[who] = reply
+                        else:
+                            await on_sent(who)
+                if rcpt is None:
+                    break
+                replies = [await self._reply() for _ in range(3)]
+                ahead, expected = self._next_group(rcpt, data, replies, refused, finished)
+        except RelayError as exc:
+            self.broken = True
+            if not finished:
+                raise ConnectionLost(str(exc)) from exc
+            lost = _refusal(exc, lost=True)
+            refused.update({r: lost for r in rcpts if r not in finished})
+        return refused
+
+    def _next_group(self, rcpt: str, data: bytes, replies: list[Reply],
+                    refused: dict[str, Reply], finished: set[str]
+                    ) -> tuple[bytes, list[str | None]]:
+        """What goes ahead of the next transaction after the replies to MAIL, RCPT and
+        DATA: the message, or what closes a transaction that failed."""
+        mail, rcpt_reply, data_reply = replies
+        if 421 in (r.code for r in replies):
+            raise RelayError(f"smarthost is closing the connection: {mail}")
+        if mail.ok and rcpt_reply.ok and data_reply.code == 354:
+            return data, [rcpt]
+        refused[rcpt] = next((r for r in replies if not r.ok), data_reply)
+        finished.add(rcpt)
+        ahead, expected = b"", []
+        if data_reply.code == 354:
+            ahead, expected = b".\r\n", [None]  # a server that said 354 anyway
+        if mail.ok:
+            ahead, expected = ahead + b"RSET\r\n", [*expected, None]
+        return ahead, expected
 
     async def _open(self, commands: bytes) -> Reply:
         """Send the first commands of a transaction and read the reply to MAIL.

@@ -59,7 +59,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     """Run until `stop` is set (by a signal when run from the command line)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    worker = deliver.Worker(engine, config.delivery)
+    worker = deliver.Worker(engine, config.delivery, server_config=config)
     handler = receive.Handler(engine, config, on_queued=worker.wake)
     smtp = await loop.create_server(receive.protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)

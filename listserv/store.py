@@ -7,16 +7,19 @@ receiver commits a whole SMTP transaction at once and only then answers 250.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
+from jinja2 import TemplateError
 from sqlalchemy import insert, select, update
 from sqlmodel import Session
 
 from listserv import compose, thread
 from listserv.address import ListAddresses, Purpose
 from listserv.models import (
+    ArchivePolicy,
     Delivery,
     DeliveryMode,
     MailingList,
@@ -24,12 +27,16 @@ from listserv.models import (
     Message,
     MessageKind,
     MessageState,
+    Mute,
     Outgoing,
+    ReplyTo,
     Role,
     ThreadNode,
     utcnow,
 )
 from listserv.parse import Parsed
+
+log = logging.getLogger("listserv.store")
 
 # How far back a subject-only reply may find the thread it answers.
 SUBJECT_FALLBACK_WINDOW = timedelta(days=60)
@@ -138,9 +145,15 @@ def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> lis
 
 
 def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
-          batch: int, message_pk: int | None = None) -> int:
-    """Store one outgoing copy and a delivery job per `batch` recipients; the count."""
-    outgoing = Outgoing(message_pk=message_pk, data=compose.crlf(data))
+          batch: int, message_pk: int | None = None, *, slots: str = "",
+          list_id: int | None = None) -> int:
+    """Store one outgoing copy and a delivery job per `batch` recipients; the count.
+
+    `slots` (see compose.Copy) makes the copy personal: the worker then fills each
+    recipient's links into `data` and sends every recipient a transaction of their own.
+    """
+    outgoing = Outgoing(message_pk=message_pk, list_id=list_id, slots=slots,
+                        data=data if slots else compose.crlf(data))
     session.add(outgoing)
     session.flush()
     now = utcnow()
@@ -162,16 +175,45 @@ def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
     return len(jobs)
 
 
+def muted(session: Session, list_id: int, message_id: str) -> set[str]:
+    """The members who muted the thread this message belongs to, in one query."""
+    thread_id = select(ThreadNode.thread_id).where(
+        ThreadNode.list_id == list_id, ThreadNode.message_id == message_id).scalar_subquery()
+    return set(session.scalars(select(Mute.address).where(
+        Mute.list_id == list_id, Mute.thread_id == thread_id)))
+
+
+def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
+    """The list's footer; a template an owner broke falls back to the default one, so
+    posts still go out (and the log says why)."""
+    if mlist.footer == "":
+        return None
+    kwargs = {"name": mlist.name, "addresses": addresses_of(mlist), "base_url": base_url,
+              "archive": mlist.archive is not ArchivePolicy.OFF}
+    try:
+        return compose.render_footer(mlist.footer, **kwargs)
+    except TemplateError as exc:
+        log.warning("list %s: footer template failed (%s); using the default", mlist.address,
+                    exc)
+        return compose.render_footer(None, **kwargs)
+
+
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
             base_url: str, batch: int) -> int:
-    """Queue the list copy of an accepted post for every member who gets posts."""
+    """Queue the list copy of an accepted post for every member who gets posts, except
+    those who muted its thread. The copy is composed once, with slots for each member's
+    unsubscribe and mute links."""
     addresses = addresses_of(mlist)
     copy = compose.list_copy(
         message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
         message_id=message.message_id, subject=message.subject,
-        add_message_id=parsed.message_id is None)
-    return queue(session, copy, addresses.at(Purpose.BOUNCES),
-                 recipients(session, mlist.id), batch, message.id)
+        add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
+        reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
+        footer=footer(mlist, base_url))
+    quiet = muted(session, mlist.id, message.message_id)
+    rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
+    return queue(session, copy.data, addresses.at(Purpose.BOUNCES), rcpts, batch, message.id,
+                 slots=copy.slots_json(), list_id=mlist.id)
 
 
 def save(session: Session, message: Message) -> Message:

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from listserv import db
-from listserv.models import Message, MessageState
+from listserv.models import Delivery, Message, MessageState
 from tests.conftest import message
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
@@ -38,14 +38,18 @@ def test_member_post_reaches_every_member_once_with_list_headers(running, make_l
     assert copy["X-BeenThere"] == "dev@lists.example.org"
     assert copy["Subject"] == "[Dev] Hello"
     assert copy["Message-ID"] == parsed(post.encode())["Message-ID"]
-    assert copy.get_payload() == "Hi all.\r\n"
+    assert copy.get_payload().startswith("Hi all.\r\n_____")  # then the list footer
 
 
-def test_batches_respect_max_recipients_per_transaction(running, make_list, sink):
+def test_jobs_respect_max_recipients_per_transaction(running, make_list, sink, engine):
     make_list(members=MEMBERS)  # 4 recipients with the owner, batches of 2
     running.send("bob@example.com", ["dev@lists.example.org"], message())
     sink.wait_for(4)
-    assert sorted(len(m.rcpt_tos) for m in sink.received) == [2, 2]
+    with db.session(engine) as s:
+        jobs = s.scalars(select(Delivery)).all()
+    assert len(jobs) == 2
+    # Each member's copy carries their own links, so each goes in its own transaction.
+    assert [len(m.rcpt_tos) for m in sink.received] == [1, 1, 1, 1]
 
 
 @pytest.mark.parametrize("subject,expected", [
@@ -61,7 +65,7 @@ def test_subject_prefix_appears_exactly_once(running, make_list, sink, subject, 
     assert parsed(sink.received[0].data)["Subject"].strip() == expected
 
 
-def test_body_bytes_are_untouched(running, make_list, sink):
+def test_body_bytes_are_untouched_before_the_footer(running, make_list, sink):
     make_list(members=["bob@example.com"], owner=None)
     body = "caf\xe9 na\xefve \xbd\r\n.leading dot\r\n"
     raw = (message("Latin-1", headers={"Content-Type": "text/plain; charset=iso-8859-1",
@@ -70,7 +74,7 @@ def test_body_bytes_are_untouched(running, make_list, sink):
     with running.smtp() as client:
         client.sendmail("bob@example.com", ["dev@lists.example.org"], raw)
     sink.wait_for(1)
-    assert sink.received[0].data.endswith(b"\r\n\r\n" + body.encode("latin-1"))
+    assert b"\r\n\r\n" + body.encode("latin-1") + b"_____" in sink.received[0].data
 
 
 def test_message_without_message_id_gets_one(running, make_list, sink, engine):
