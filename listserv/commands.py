@@ -450,17 +450,10 @@ def _request(session: Session, config: Config, mlist: MailingList, sender: str,
     _reply(session, config, mlist, sender, results, message)
 
 
-def _confirm_detail(message: Message, target: Route) -> str:
-    """The token as the envelope carried it: routing lower-cases the local part."""
-    local = message.rcpt_to.rpartition("@")[0]
-    detail = local.partition("+")[2]
-    return detail if detail.lower() == target.detail else target.detail
-
-
 def _answer(session: Session, config: Config, mlist: MailingList, target: Route,
             sender: str, message: Message, parsed: Parsed) -> None:
     """A mail to LIST-confirm+TOKEN@: a reply to a confirmation or to a notice."""
-    value = _confirm_detail(message, target)
+    value = target.detail
     token = tokens.find(session, value)
     line = f"confirm {value}"
     if token is None or token.list_id != mlist.id:

@@ -101,6 +101,13 @@ def _subject_thread(session: Session, message: Message) -> str | None:
         .order_by(ThreadNode.date.desc()).limit(1)).first()
 
 
+def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -> None:
+    """A thread renamed by a late parent keeps its mutes (they name the thread's root)."""
+    for old, new in moves:
+        session.execute(update(Mute).where(Mute.list_id == list_id, Mute.thread_id == old)
+                        .values(thread_id=new))
+
+
 def thread_message(session: Session, message: Message, parsed: Parsed) -> None:
     """Place a stored message in its thread, creating placeholders for absent parents."""
     rows = _load_threads(session, message.list_id, thread.touched(message.message_id, parsed))
@@ -114,6 +121,9 @@ def thread_message(session: Session, message: Message, parsed: Parsed) -> None:
     if thread.wants_subject_fallback(parsed):
         joined = _subject_thread(session, message)
     changed = thread.link(nodes, message.message_id, parsed, subject_thread=joined)
+    _follow_mutes(session, message.list_id, {
+        (rows[mid].thread_id, nodes[mid].thread_id) for mid in changed
+        if mid in rows and rows[mid].thread_id != nodes[mid].thread_id})
     for mid in changed:
         node = nodes[mid]
         row = rows.get(mid) or ThreadNode(list_id=message.list_id, message_id=mid,

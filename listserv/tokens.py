@@ -36,7 +36,9 @@ def server_secret(session: Session, config: Config) -> str:
 
 def new(session: Session, kind: TokenKind, list_id: int, address: str, lifetime: timedelta,
         *, message_pk: int | None = None, data: str = "") -> Token:
-    token = Token(token=secrets.token_urlsafe(18), kind=kind, list_id=list_id,
+    # Lower-case hex: the token travels in a local part (LIST-confirm+TOKEN@), and
+    # mail systems may change the case of local parts.
+    token = Token(token=secrets.token_hex(16), kind=kind, list_id=list_id,
                   address=address, message_pk=message_pk, data=data,
                   expires_at=utcnow() + lifetime)
     session.add(token)
@@ -53,7 +55,7 @@ def pending(session: Session, kind: TokenKind, list_id: int, address: str) -> To
 
 def find(session: Session, value: str) -> Token | None:
     """The token if it can still be used; None when unknown, used or expired."""
-    token = session.scalars(select(Token).where(Token.token == value)).first()
+    token = session.scalars(select(Token).where(Token.token == value.strip().lower())).first()
     if token is None or token.used_at is not None or token.expires_at <= utcnow():
         return None
     return token

@@ -18,11 +18,13 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
 from listserv import archive, db, roster, store, thread
 from listserv.cli import app
+from listserv.models import Mute
 from listserv.parse import Parsed, parse
 from tests.conftest import CORPUS, message
 
@@ -431,3 +433,21 @@ def test_reply_joined_by_subject_follows_its_thread_when_a_late_parent_reroots_i
 def test_subject_is_only_consulted_for_a_reply_that_names_no_message(subject, headers,
                                                                      expected):
     assert thread.wants_subject_fallback(parse(post(subject, **headers))) is expected
+
+
+def test_a_mute_follows_its_thread_when_a_late_parent_renames_it(engine, make_list):
+    # child.eml answers child-of-root (absent), which is a reply to the root: the mute
+    # taken while the thread was named after a placeholder must survive the renaming.
+    make_list(LIST)
+    rows = arrive(engine, eml("threading-parent-priority/grand-child.eml"))
+    first_name = rows["B01-grand-child@example.org"]["thread_id"]
+    with db.session(engine) as s:
+        s.add(Mute(list_id=roster.get_list(s, LIST).id, address="bob@example.com",
+                   thread_id=first_name))
+        s.commit()
+    rows = arrive(engine, eml("threading-parent-priority/child.eml"),
+                  eml("threading-parent-priority/root.eml"))
+    new_name = rows["B01-grand-child@example.org"]["thread_id"]
+    assert new_name != first_name
+    with db.session(engine) as s:
+        assert [m.thread_id for m in s.scalars(select(Mute))] == [new_name]
