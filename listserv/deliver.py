@@ -203,10 +203,8 @@ class Progress:
             await asyncio.shield(self.writing)
 
     async def _write(self) -> None:
-        remaining = {}
-        for job_id in self.dirty:
-            job, sent = self.sent[job_id]
-            remaining[job_id] = [r for r in job.recipients if r not in sent]
+        remaining = {job.id: [r for r in job.recipients if r not in sent]
+                     for job, sent in (self.sent[i] for i in self.dirty if i in self.sent)}
         self.dirty.clear()
         try:
             await self.worker._db(mark_sent, self.worker.name, remaining)
@@ -214,7 +212,9 @@ class Progress:
             self.writing = None
 
     def forget(self, job: Job) -> None:
+        """The job's outcome is being recorded: its marks are of no more use."""
         self.sent.pop(job.id, None)
+        self.dirty.discard(job.id)
 
 
 class Personal:
