@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from listserv import db, tokens
+from listserv import db, store, tokens
 from listserv.models import MailingList, RecipientFailure, ReplyTo
 from listserv.models import Message as Stored
 from tests.conftest import CORPUS, message
@@ -213,3 +213,23 @@ def test_refusals_count_for_their_recipient_only(running, make_list, sink, engin
     with db.session(engine) as s:
         failures = s.scalars(select(RecipientFailure.address)).all()
     assert failures == ["member03@example.org"]
+
+
+def test_copies_without_slots_keep_one_transaction_per_job(running, make_list, sink, engine):
+    """Notices and owner forwards are the same for everyone: one transaction carries
+    the whole job."""
+    make_list()
+    with db.session(engine) as s:
+        store.queue(s, b"Subject: notice\r\n\r\nSame for all.\r\n", "dev-bounces@x.org",
+                    ["a@example.org", "b@example.org"], 2)
+        s.commit()
+    sink.wait_for(2)  # the worker finds it at its next poll
+    assert [m.rcpt_tos for m in sink.received] == [["a@example.org", "b@example.org"]]
+
+
+def test_a_broken_footer_template_falls_back_to_the_default():
+    mlist = MailingList(address=LIST, domain="lists.example.org", name="Dev",
+                        footer="{{ no_such_variable }}")
+    assert "Mute this thread" in store.footer(mlist, "http://x").text
+    mlist.footer = ""
+    assert store.footer(mlist, "http://x") is None

@@ -206,3 +206,17 @@ def test_list_footer_template_and_no_footer():
     custom = copy_of(raw, template="{{ name }} -- leave: {{ unsubscribe_url }}")
     assert custom.endswith(f"Hi\r\nDev -- leave: {BASE}/unsubscribe/UNSUB-TOKEN\r\n".encode())
     assert footer(template="") is None
+
+
+@pytest.mark.parametrize("cte", ["base64", "quoted-printable", "8bit"])
+def test_html_part_gets_the_footer_before_body_end_in_its_own_encoding(cte):
+    page = "<html><body><p>Gr\xfc\xdfe</p>\r\n</body></html>\r\n".encode()
+    encoded = {"base64": base64.encodebytes(page),
+               "quoted-printable": compose.crlf(quopri.encodestring(page.replace(b"\r", b""))),
+               "8bit": page}[cte]
+    data = copy_of(post("text/html; charset=utf-8", encoded, cte))
+    got = parse(data).get_payload(decode=True).replace(b"\r\n", b"\n").decode()
+    before, after = got.split('<div class="list-footer">')
+    assert before == "<html><body><p>Gr\xfc\xdfe</p>\n"
+    assert after.endswith("</div>\n</body></html>\n")
+    assert "Mute this thread" in after
