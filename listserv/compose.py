@@ -293,7 +293,7 @@ def _parts(data: bytes, part: _Part) -> tuple[list[_Part], int | None]:
 
 def _entity(data: bytes, start: int, end: int) -> _Part:
     if data.startswith(b"\r\n", start):
-        return _Part(_fields(b""), start + 2, end)
+        return _Part(_fields(b""), min(start + 2, end), end)
     blank = data.find(b"\r\n\r\n", start, end)
     if blank < 0:
         return _Part(_fields(data[start:end]), end, end)
