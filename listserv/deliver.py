@@ -315,13 +315,14 @@ class Worker:
     async def _claim_until(self, stop: asyncio.Event, poll: float) -> None:
         lease = timedelta(seconds=self.config.lease_seconds)
         while not stop.is_set():
+            # Cleared before claiming, so a wake() during the claim is not lost.
+            self.wakeup.clear()
             room = self.queue.maxsize - self.queue.qsize()
             jobs = await self._db(claim, self.name, room, lease) if room else []
             for job in jobs:
                 self.queue.put_nowait(job)  # only this loop puts, and there was room
             if len(jobs) == room and room:
                 continue  # more may be ready: claim again once senders make room
-            self.wakeup.clear()
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wakeup.wait())]
             _, pending = await asyncio.wait(waiters, timeout=poll,
                                             return_when=asyncio.FIRST_COMPLETED)
@@ -359,6 +360,8 @@ class Worker:
                     continue
                 if job is None:
                     return
+                if self.queue.qsize() <= self.queue.maxsize // 2:
+                    self.wakeup.set()  # room for more: the claimer should not wait its poll
                 relay = await self._send(relay, job)
         finally:
             if relay is not None:
