@@ -62,13 +62,23 @@ def _tune_sqlite(engine: Engine) -> None:
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         # A deferred transaction that reads and then writes fails at once with
         # SQLITE_BUSY when another thread wrote meanwhile; IMMEDIATE waits its turn.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only sessions (RCPT lookups, pages) need no write lock: in WAL mode they
+        # read a snapshot and never queue behind writers.
+        readonly = conn.get_execution_options().get("readonly")
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
 @contextmanager
 def session(engine: Engine) -> Iterator[Session]:
     """A session whose objects stay readable after commit."""
     with Session(engine, expire_on_commit=False) as s:
+        yield s
+
+
+@contextmanager
+def read_session(engine: Engine) -> Iterator[Session]:
+    """A session for reads only; on SQLite it does not take the write lock."""
+    with Session(engine.execution_options(readonly=True), expire_on_commit=False) as s:
         yield s
 
 

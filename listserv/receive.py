@@ -82,8 +82,7 @@ _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: Mess
 
 
 def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_from: str,
-          raw: bytes, alone: bool) -> Outcome:
-    parsed = parse(raw)
+          raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
     facts = _facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
@@ -115,9 +114,8 @@ def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_
 
 
 def _other(session: Session, config: Config, mlist: MailingList, target: Route, rcpt: str,
-           mail_from: str, raw: bytes) -> Outcome:
+           mail_from: str, raw: bytes, parsed: Parsed) -> Outcome:
     """Mail to the list's other addresses: kept, and forwarded where that is its purpose."""
-    parsed = parse(raw)
     message = store.save(session, store.new_message(
         mlist, raw, parsed, kind=_KIND.get(target.purpose, MessageKind.REQUEST),
         state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
@@ -135,6 +133,7 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
 def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
            raw: bytes) -> list[Outcome]:
     """Store one SMTP transaction for all its recipients, in one database transaction."""
+    parsed = parse(raw)  # once, and outside the write transaction
     attempts = 3
     for attempt in range(attempts):
         try:
@@ -147,10 +146,10 @@ def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
                     mlist = roster.get_list(session, target.list_address)
                     if target.purpose is Purpose.POST:
                         outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw,
-                                              alone=len(rcpts) == 1))
+                                              parsed, alone=len(rcpts) == 1))
                     else:
                         outcomes.append(_other(session, config, mlist, target, rcpt,
-                                               mail_from, raw))
+                                               mail_from, raw, parsed))
                 session.commit()
                 return outcomes
         except (IntegrityError, OperationalError):
@@ -171,7 +170,7 @@ class Handler:
         self.on_queued = on_queued
 
     def _route(self, rcpt: str) -> Route | str:
-        with db.session(self.engine) as session:
+        with db.read_session(self.engine) as session:
             return route(session, rcpt)
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope,
