@@ -171,14 +171,12 @@ def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
 
 
 def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
-    """Keep only the recipients still to send in each job (DONE when none are left), so
-    a worker killed in the middle of a job does not send anyone their copy twice."""
+    """Keep only the recipients still to send in each job, so a worker killed in the
+    middle of a job does not send anyone their copy twice."""
     for job_id, rcpts in remaining.items():
-        values: dict = ({"recipients": "\n".join(rcpts)} if rcpts else
-                        {"state": DeliveryState.DONE, "done_at": utcnow()})
         session.execute(update(Delivery).where(
             Delivery.id == job_id, Delivery.worker == worker,
-            Delivery.state == DeliveryState.SENDING).values(**values))
+            Delivery.state == DeliveryState.SENDING).values(recipients="\n".join(rcpts)))
     session.commit()
 
 
@@ -194,8 +192,12 @@ class Progress:
         self.writing: asyncio.Task | None = None
 
     async def mark(self, job: Job, rcpt: str) -> None:
-        """Return once a commit holds `rcpt` as sent."""
-        self.sent.setdefault(job.id, (job, set()))[1].add(rcpt)
+        """Return once a commit holds `rcpt` as sent. The last one is left to `record`,
+        which follows at once: the job's state changes in one place only."""
+        sent = self.sent.setdefault(job.id, (job, set()))[1]
+        sent.add(rcpt)
+        if len(sent) == len(job.recipients):
+            return
         self.dirty.add(job.id)
         while job.id in self.dirty:
             if self.writing is None:
@@ -204,7 +206,8 @@ class Progress:
 
     async def _write(self) -> None:
         remaining = {job.id: [r for r in job.recipients if r not in sent]
-                     for job, sent in (self.sent[i] for i in self.dirty if i in self.sent)}
+                     for job, sent in (self.sent[i] for i in self.dirty if i in self.sent)
+                     if len(sent) < len(job.recipients)}
         self.dirty.clear()
         try:
             await self.worker._db(mark_sent, self.worker.name, remaining)
