@@ -191,28 +191,38 @@ class Progress:
         self.dirty: set[int] = set()
         self.writing: asyncio.Task | None = None
 
-    async def mark(self, job: Job, rcpt: str) -> None:
-        """Return once a commit holds `rcpt` as sent. The last one is left to `record`,
+    def mark(self, job: Job, rcpt: str) -> None:
+        """Note `rcpt` as sent; a shared commit writes it within moments while the next
+        copies go out, so a kill -9 can resend only the copies of those moments (as it
+        can between any 250 and its commit). The last recipient is left to `record`,
         which follows at once: the job's state changes in one place only."""
         sent = self.sent.setdefault(job.id, (job, set()))[1]
         sent.add(rcpt)
         if len(sent) == len(job.recipients):
             return
         self.dirty.add(job.id)
-        while job.id in self.dirty:
-            if self.writing is None:
-                self.writing = asyncio.create_task(self._write())
-            await asyncio.shield(self.writing)
+        if self.writing is None:
+            self.writing = asyncio.create_task(self._write_all())
 
-    async def _write(self) -> None:
-        remaining = {job.id: [r for r in job.recipients if r not in sent]
-                     for job, sent in (self.sent[i] for i in self.dirty if i in self.sent)
-                     if len(sent) < len(job.recipients)}
-        self.dirty.clear()
+    async def _write_all(self) -> None:
         try:
-            await self.worker._db(mark_sent, self.worker.name, remaining)
+            while self.dirty:
+                remaining = {job.id: [r for r in job.recipients if r not in sent]
+                             for job, sent in (self.sent[i] for i in self.dirty
+                                               if i in self.sent)
+                             if len(sent) < len(job.recipients)}
+                self.dirty.clear()
+                await self.worker._db(mark_sent, self.worker.name, remaining)
+        except Exception:
+            # Unrecorded marks only risk a resend of those copies after a crash.
+            log.exception("could not record recipients as sent")
         finally:
             self.writing = None
+
+    async def flush(self) -> None:
+        """Wait for marks being written (on stop, before jobs are given back)."""
+        while self.writing is not None:
+            await asyncio.shield(self.writing)
 
     def forget(self, job: Job) -> None:
         """The job's outcome is being recorded: its marks are of no more use."""
@@ -311,6 +321,7 @@ class Worker:
         finally:
             unsent = [job.id for job in self._drain()]
             await self._stop_senders(senders)
+            await self.progress.flush()
             released = await self._db(release, self.name, unsent)
             if released:
                 log.info("gave back %d deliveries not sent", released)

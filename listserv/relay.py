@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
@@ -69,7 +69,7 @@ def prepare(data: bytes) -> bytes:
     return _DOT.sub(b"..", data) + b".\r\n"
 
 
-async def _nothing(rcpt: str) -> None:
+def _nothing(rcpt: str) -> None:
     """The default `on_sent`: nothing to note."""
 
 
@@ -211,11 +211,11 @@ class Relay:
 
     async def send_each(self, mail_from: str, rcpts: list[str],
                         prepared_for: Callable[[str], bytes],
-                        on_sent: Callable[[str], Awaitable[None]] = _nothing
+                        on_sent: Callable[[str], None] = _nothing
                         ) -> dict[str, Reply]:
         """A transaction of its own for each recipient, with that recipient's own bytes,
-        on this connection; returns the refusals by recipient. `on_sent` is awaited for
-        each recipient the smarthost took, before the next copy goes out.
+        on this connection; returns the refusals by recipient. `on_sent` is called for
+        each recipient the smarthost took, as its reply arrives.
 
         Raises RelayError only when nobody got the mail. If the connection fails after
         someone did, the recipients not done yet are refused with a temporary error, so
@@ -231,13 +231,13 @@ class Relay:
 
     async def _one_by_one(self, mail_from: str, rcpts: list[str],
                           prepared_for: Callable[[str], bytes],
-                          on_sent: Callable[[str], Awaitable[None]]) -> dict[str, Reply]:
+                          on_sent: Callable[[str], None]) -> dict[str, Reply]:
         refused: dict[str, Reply] = {}
         for index, rcpt in enumerate(rcpts):
             try:
                 refused.update(await self._transaction(mail_from, [rcpt], prepared_for(rcpt)))
                 if rcpt not in refused:
-                    await on_sent(rcpt)
+                    on_sent(rcpt)
             except RelayError as exc:
                 if not self.broken:
                     refused[rcpt] = _refusal(exc)
@@ -249,7 +249,7 @@ class Relay:
 
     async def _pipelined_each(self, mail_from: str, rcpts: list[str],
                               prepared_for: Callable[[str], bytes],
-                              on_sent: Callable[[str], Awaitable[None]]
+                              on_sent: Callable[[str], None]
                               ) -> dict[str, Reply]:
         """RFC 2920 lets message content be the first "command" of a group, so one write
         carries a message, its final dot and the next MAIL, RCPT and DATA: each
@@ -275,7 +275,7 @@ class Relay:
                         if not reply.ok:
                             refused[who] = reply
                         else:
-                            await on_sent(who)
+                            on_sent(who)
                 if rcpt is None:
                     break
                 replies = [await self._reply() for _ in range(3)]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import db, deliver, moderation, receive, web
+from listserv import db, deliver, moderation, receive, tokens, web
 from listserv.config import Config
 
 log = logging.getLogger("listserv")
@@ -21,6 +21,13 @@ log = logging.getLogger("listserv")
 
 # How often held posts are checked for expiry; they expire after days, so minutes is fine.
 HOUSEKEEPING_SECONDS = 600
+
+
+def _ensure_secret(engine: Engine, config: Config) -> None:
+    """Generate the link-signing secret durably before any copy carries a signed link."""
+    with db.session(engine) as session:
+        tokens.server_secret(session, config)
+        session.commit()
 
 
 def _expire_holds(engine: Engine, config: Config) -> int:
@@ -59,7 +66,9 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     """Run until `stop` is set (by a signal when run from the command line)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
-    worker = deliver.Worker(engine, config.delivery, server_config=config)
+    await asyncio.to_thread(_ensure_secret, engine, config)
+    bookkeeping = db.make_engine(config.database.url, durable=False)
+    worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     handler = receive.Handler(engine, config, on_queued=worker.wake)
     smtp = await loop.create_server(receive.protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)
