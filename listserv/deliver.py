@@ -180,6 +180,11 @@ def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) ->
     session.commit()
 
 
+# How long sent-marks gather before their shared commit; a kill -9 may resend the
+# copies of this window (and no more), as it may between any 250 and its commit.
+MARK_INTERVAL = 0.02
+
+
 class Progress:
     """Recipients of personal copies marked sent as the smarthost takes them, before
     the next copy goes out. The senders share commits (a group commit), so a mark
@@ -192,10 +197,10 @@ class Progress:
         self.writing: asyncio.Task | None = None
 
     def mark(self, job: Job, rcpt: str) -> None:
-        """Note `rcpt` as sent; a shared commit writes it within moments while the next
-        copies go out, so a kill -9 can resend only the copies of those moments (as it
-        can between any 250 and its commit). The last recipient is left to `record`,
-        which follows at once: the job's state changes in one place only."""
+        """Note `rcpt` as sent; a shared commit writes it within MARK_INTERVAL while the
+        next copies go out, so a kill -9 can resend only the copies of that window.
+        The last recipient is left to `record`, which follows at once: the job's state
+        changes in one place only."""
         sent = self.sent.setdefault(job.id, (job, set()))[1]
         sent.add(rcpt)
         if len(sent) == len(job.recipients):
@@ -207,6 +212,9 @@ class Progress:
     async def _write_all(self) -> None:
         try:
             while self.dirty:
+                # Gather the marks of a few milliseconds into one commit: a commit per
+                # copy would cost more than sending it.
+                await asyncio.sleep(MARK_INTERVAL)
                 remaining = {job.id: [r for r in job.recipients if r not in sent]
                              for job, sent in (self.sent[i] for i in self.dirty
                                                if i in self.sent)

@@ -8,8 +8,10 @@ import enum
 from collections.abc import Callable
 from typing import Any
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateError
 
+from listserv.address import ListAddresses
+from listserv.compose import render_footer
 from listserv.models import (
     ArchivePolicy,
     MailingList,
@@ -18,7 +20,6 @@ from listserv.models import (
     Subscription,
 )
 from listserv.roster import UserError
-from listserv.templating import environment
 
 DEFAULT = "default"  # resets subject_prefix and footer to the built-in ones
 
@@ -69,12 +70,15 @@ def _optional_text(text: str) -> str | None:
 
 
 def _footer(text: str) -> str | None:
+    """A footer must render now, with sample values, not fail on the next post."""
     value = _optional_text(text)
     if value:
         try:
-            environment().from_string(value)
-        except TemplateSyntaxError as exc:
-            raise UserError(f"the footer is not a valid jinja2 template: {exc}") from None
+            render_footer(value, name="Sample", addresses=ListAddresses("sample@example.org"),
+                          base_url="https://example.org", archive=True)
+        except TemplateError as exc:
+            raise UserError(f"the footer template does not render ({exc}); it may use "
+                            "name, address, archive_url, unsubscribe_url, mute_url") from None
     return value
 
 

@@ -239,6 +239,8 @@ def test_cli_errors_are_one_line(running, dev, config_file):  # noqa: F811
                                        "reply_to", "everyone"), "list", "poster")
     assert_one_line_error(run_listserv("--config", config_file, "member", "set", LIST,
                                        "bob@example.com", "--moderated", "maybe"), "true")
+    assert_one_line_error(run_listserv("--config", config_file, "list", "set", LIST,
+                                       "footer", "{{ nmae }}"), "nmae", "unsubscribe_url")
 
 
 def test_list_show_includes_settings(dev, cli):  # noqa: F811
