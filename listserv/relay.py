@@ -126,14 +126,17 @@ class Relay:
     async def _reply_lines(self, timeout: float | None = None) -> tuple[Reply, list[str]]:
         lines = []
         try:
-            while True:
-                line = await asyncio.wait_for(self.reader.readline(), timeout or self.timeout)
-                if not line:
-                    raise RelayError("smarthost closed the connection")
-                text = line.decode("utf-8", "replace").rstrip("\r\n")
-                lines.append(text[4:])
-                if len(text) < 4 or text[3] != "-":
-                    break
+            # asyncio.timeout, not wait_for: wait_for makes a task per line, and a
+            # pipelined fan-out reads four replies per copy.
+            async with asyncio.timeout(timeout or self.timeout):
+                while True:
+                    line = await self.reader.readline()
+                    if not line:
+                        raise RelayError("smarthost closed the connection")
+                    text = line.decode("utf-8", "replace").rstrip("\r\n")
+                    lines.append(text[4:])
+                    if len(text) < 4 or text[3] != "-":
+                        break
             code = int(text[:3])
         except (OSError, TimeoutError, ValueError) as exc:
             self.broken = True
@@ -148,7 +151,8 @@ class Relay:
 
     async def _flush(self) -> None:
         try:
-            await asyncio.wait_for(self.writer.drain(), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                await self.writer.drain()
         except (OSError, TimeoutError) as exc:
             self.broken = True
             raise RelayError(f"cannot write to smarthost: {exc!r}") from exc
