@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from flanker.addresslib import address as flanker_address
+from listserv._quiet import flanker_address
 
 
 class Purpose(enum.StrEnum):

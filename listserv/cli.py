@@ -418,6 +418,7 @@ def serve(ctx: typer.Context) -> None:
     state = _state(ctx)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema creation is not news
     server.run(state.engine, state.config)
 
 

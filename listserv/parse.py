@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
-from flanker import mime
-
+from listserv._quiet import mime
 from listserv.address import parse_mailbox
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
