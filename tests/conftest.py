@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import os
+import shutil
 import smtplib
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +36,24 @@ from listserv.models import MailingList, Role
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
+_UNPACKED = Path(tempfile.gettempdir()) / "listserv-test-corpus"
+
+
+def corpus_path(relative: str) -> Path:
+    """A corpus file by its name in the corpus README. Files over 2 MB are kept gzipped
+    in the repository (`NAME.gz`, the same bytes); they are unpacked once per machine."""
+    path = CORPUS / relative
+    packed = path.with_name(path.name + ".gz")
+    if path.exists() or not packed.exists():
+        return path
+    target = _UNPACKED / relative
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}")
+        with gzip.open(packed) as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        partial.replace(target)  # atomic: parallel runs never read half a file
+    return target
 
 
 def free_port() -> int:

@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from listserv.parse import msgids, parse
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, corpus_path
 
 MESSAGES = CORPUS / "messages"
 EMLS = sorted(MESSAGES.rglob("*.eml"))
-MBOXES = sorted((CORPUS / "threads").rglob("*.mbox"))
+MBOXES = sorted(corpus_path(p.relative_to(CORPUS).as_posix().removesuffix(".gz"))
+                for p in (CORPUS / "threads").rglob("*.mbox*"))
 
 # A digest's text part saved alone: not one header line, so not a mail message.
 NOT_MAIL = {"cpython/msg_19.eml"}

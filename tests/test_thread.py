@@ -26,7 +26,7 @@ from listserv import archive, db, roster, store, thread
 from listserv.cli import app
 from listserv.models import Mute
 from listserv.parse import Parsed, parse
-from tests.conftest import CORPUS, message
+from tests.conftest import CORPUS, corpus_path, message
 
 THREADS = CORPUS / "threads"
 LIST = "dev@lists.example.org"
@@ -54,6 +54,10 @@ Groups = set[frozenset[str]]
 
 # --- the corpus and what the reference threaders made of it ----------------------------
 
+def threads_input(name: str) -> Path:
+    return corpus_path(f"threads/{name}")
+
+
 def read_mbox(path: Path) -> list[bytes]:
     box = mailbox.mbox(path, create=False)
     return [box.get_bytes(key) for key in box.iterkeys()]
@@ -62,7 +66,7 @@ def read_mbox(path: Path) -> list[bytes]:
 @cache
 def corpus(name: str) -> tuple[bytes, ...]:
     """The messages of an input in the order both reference drivers read them."""
-    path = THREADS / name
+    path = threads_input(name)
     if path.is_file():
         return tuple(read_mbox(path))
     raws: list[bytes] = []
@@ -268,7 +272,7 @@ def maven_threads_with_subject_fallback(raws: tuple[bytes, ...]) -> Groups:
 
 def test_import_maven_mbox_threads_like_notmuch_plus_subject_fallback(cli):
     raws = corpus(CASES[MAVEN])
-    summary = import_into_list(cli, THREADS / CASES[MAVEN])
+    summary = import_into_list(cli, threads_input(CASES[MAVEN]))
     assert "538/538" in summary  # the progress bar, at its end
     assert "538 messages read: 538 imported, 0 duplicates skipped" in summary
     rows = archived(cli)
@@ -300,7 +304,7 @@ def test_import_in_reverse_order_gives_the_same_threads(cli, tmp_path):
 
 def test_importing_the_same_mbox_twice_imports_nothing_the_second_time(cli):
     # The mbox holds one Message-ID twice (anomalies.json: duplicate_message_id).
-    path = THREADS / CASES["notmuch-list-2009"]
+    path = threads_input(CASES["notmuch-list-2009"])
     assert "53 messages read: 52 imported, 1 duplicates skipped" in import_into_list(cli, path)
     assert "53 messages read: 0 imported, 53 duplicates skipped" in import_into_list(cli, path)
     assert len(archived(cli)) == 52
@@ -325,7 +329,7 @@ def test_maildir_with_repeated_message_ids_keeps_one_of_each(cli, tmp_path):
 
 
 def test_same_messages_from_four_archives_are_stored_once(cli):
-    mboxes = sorted((THREADS / CASES["tricky-maven-duplicates"]).iterdir())
+    mboxes = sorted(threads_input(CASES["tricky-maven-duplicates"]).iterdir())
     summaries = [import_into_list(cli, path) for path in mboxes]
     assert "10 messages read: 10 imported, 0 duplicates skipped" in summaries[0]
     for summary in summaries[1:]:
