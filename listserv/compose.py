@@ -119,7 +119,6 @@ class Slot:
     encoding: str = "8bit"  # the Content-Transfer-Encoding of the part it lands in
     carry: bytes = b""  # base64: decoded bytes before the text, short of a 3-byte group
     rest: bytes = b""  # base64: decoded bytes after the text ("</body></html>")
-    mid_line: bool = False  # the data before it does not end a line (for dot-stuffing)
 
     def fill(self, unsubscribe: str, mute: str) -> bytes:
         """The bytes this slot holds for one recipient; they always end a line."""
@@ -179,8 +178,7 @@ def _assemble(pieces: list[Piece]) -> Copy:
     size = 0
     for piece in pieces:
         if isinstance(piece, Slot):
-            mid_line = bool(out) and not out[-1].endswith(b"\n")
-            slots.append(dataclasses.replace(piece, at=size, mid_line=mid_line))
+            slots.append(dataclasses.replace(piece, at=size))
         elif piece:
             out.append(piece)
             size += len(piece)

@@ -22,7 +22,7 @@ from sqlmodel import Session
 from listserv import compose, db, tokens
 from listserv.config import Config, DeliveryConfig
 from listserv.models import Delivery, DeliveryState, Outgoing, RecipientFailure, utcnow
-from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
+from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
 
 log = logging.getLogger("listserv.deliver")
 
@@ -239,15 +239,12 @@ class Progress:
 
 
 class Personal:
-    """A list copy with slots, dot-stuffed once; each recipient's own links (signed
-    tokens) are filled in as their transaction goes out."""
+    """A list copy with slots; each recipient's own links (signed tokens) are filled in
+    as their transaction goes out."""
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
                  message_pk: int | None) -> None:
-        self.chunks = [(stuff(chunk), slot) for chunk, slot in copy.chunks()]
-        last, slot = self.chunks[-1]
-        if last and not last.endswith(b"\r\n"):
-            self.chunks[-1] = (last + b"\r\n", slot)
+        self.copy = copy
         self.secret = secret
         self.list_id = list_id
         self.message_pk = message_pk
@@ -257,13 +254,7 @@ class Personal:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        out = []
-        for chunk, slot in self.chunks:
-            out.append(chunk)
-            if slot is not None:
-                out.append(stuff(slot.fill(unsubscribe, mute), line_start=not slot.mid_line))
-        out.append(b".\r\n")
-        return b"".join(out)
+        return prepare(self.copy.personal(unsubscribe, mute))
 
 
 class Worker:

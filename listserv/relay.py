@@ -53,15 +53,6 @@ class ConnectionLost(RelayError):
     the transaction can go again at once on a new connection."""
 
 
-_DOT_AFTER_NEWLINE = re.compile(rb"(?<=\n)\.")
-
-
-def stuff(piece: bytes, line_start: bool = True) -> bytes:
-    """Dot-stuff one piece of a message (RFC 5321 4.5.2); `line_start` says whether the
-    piece begins a line, so pieces can be stuffed apart and sent together."""
-    return (_DOT if line_start else _DOT_AFTER_NEWLINE).sub(b"..", piece)
-
-
 def prepare(data: bytes) -> bytes:
     """Dot-stuff CRLF message bytes (RFC 5321 4.5.2) and add the end-of-data line."""
     if not data.endswith(b"\r\n"):
