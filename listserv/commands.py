@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import moderation, notices, roster, store, tokens
+from listserv import moderation, notices, policy, roster, store, thread, tokens
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
@@ -41,12 +41,9 @@ log = logging.getLogger("listserv.commands")
 # A reply quoting a whole conversation must not make us read it all as commands.
 MAX_UNKNOWN_LINES = 5
 
-_REPLY_PREFIX = re.compile(r"^\s*(?:(?:re|fwd?|aw|sv|wg|tr)\s*(?:\[\d+\])?\s*:\s*|\[[^\]]*\]\s*)+",
-                           re.IGNORECASE)
 _HIDDEN_HTML = re.compile(r"<(style|script|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
 _HTML_BREAK = re.compile(r"<(?:br|/p|/div|/li|/tr|/h\d)\b[^>]*>", re.IGNORECASE)
 _HTML_TAG = re.compile(r"<[^>]*>")
-_AUTOMATIC_PRECEDENCE = {"bulk", "junk", "list"}
 _DIGEST = {"mime": DeliveryMode.DIGEST_MIME, "plain": DeliveryMode.DIGEST_PLAIN,
            "no": DeliveryMode.REGULAR}
 _CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}
@@ -96,22 +93,6 @@ class Request:
 
 # --- reading what a person typed --------------------------------------------------------
 
-def automatic(message: Message, parsed: Parsed) -> str:
-    """Why a mail must get no answer (RFC 3834 section 2), or "" when a person sent it."""
-    if message.mail_from == "":
-        return "null envelope sender"
-    if parsed.auto_submitted not in ("", "no"):
-        return f"Auto-Submitted: {parsed.auto_submitted}"
-    if parsed.precedence in _AUTOMATIC_PRECEDENCE:
-        return f"Precedence: {parsed.precedence}"
-    return ""
-
-
-def strip_subject(subject: str) -> str:
-    """A subject without "Re:", "Fwd:" and "[List]" tags in front."""
-    return _REPLY_PREFIX.sub("", subject).strip()
-
-
 def _html_text(markup: str) -> str:
     text = _HTML_BREAK.sub("\n", _HIDDEN_HTML.sub("", markup))
     return html.unescape(_HTML_TAG.sub("", text))
@@ -143,7 +124,7 @@ def typed_lines(body: str) -> Iterator[str]:
 
 def first_line(raw: bytes, subject: str) -> str:
     """The answer in a reply to a notice: its first typed line, else its subject."""
-    return next(typed_lines(body_text(raw)), strip_subject(subject))
+    return next(typed_lines(body_text(raw)), thread.strip_prefixes(subject))
 
 
 # --- the domain actions (shared by email and web) ---------------------------------------
@@ -401,7 +382,7 @@ COMMANDS: dict[str, Callable[[Request, list[str]], Outcome]] = {
 
 def command_lines(subject: str, body: str) -> Iterator[str]:
     """The subject, when it is a command, then the lines typed in the body."""
-    subject = strip_subject(subject)
+    subject = thread.strip_prefixes(subject)
     words = subject.split()
     if words and words[0].lower() in {*COMMANDS, "end"}:
         yield subject
@@ -435,12 +416,13 @@ def run(req: Request, lines: Iterator[str]) -> list[Result]:
 def _reply(session: Session, config: Config, mlist: MailingList, to: str,
            results: list[Result], message: Message) -> None:
     """The one reply that says what each command did."""
-    _, help_text = notices.render_mail(
-        "help", mlist=mlist, addresses=store.addresses_of(mlist),
-        base_url=config.web.base_url.rstrip("/"), **_command_addresses(mlist))
-    show_help = not results or any(r.outcome is Outcome.HELP for r in results)
+    help_text = ""
+    if not results or any(r.outcome is Outcome.HELP for r in results):
+        _, help_text = notices.render_mail(
+            "help", mlist=mlist, addresses=store.addresses_of(mlist),
+            base_url=config.web.base_url.rstrip("/"), **_command_addresses(mlist))
     _send(session, config, mlist, to, "command_results", in_reply_to=message.message_id,
-          results=results, address=to, help_text=help_text if show_help else "")
+          results=results, address=to, help_text=help_text)
 
 
 def _request(session: Session, config: Config, mlist: MailingList, sender: str,
@@ -476,7 +458,7 @@ def handle(session: Session, config: Config, mlist: MailingList, target: Route,
            message: Message, parsed: Parsed) -> None:
     """Act on a stored mail to one of the list's command addresses."""
     sender = parsed.from_address or message.mail_from.lower()
-    why = automatic(message, parsed)
+    why = policy.automatic_reason(message.mail_from, parsed)
     if why or not sender:
         log.info("no answer to mail <%s> to %s: %s", message.message_id, message.rcpt_to,
                  why or "no sender address")

@@ -62,16 +62,21 @@ def loop(facts: Facts) -> Verdict | None:
     return None
 
 
-def automatic(facts: Facts) -> Verdict | None:
-    """RFC 3834: vacation replies, bounces and bulk mail are never posted nor answered."""
-    parsed = facts.parsed
+def automatic_reason(mail_from: str, parsed: Parsed) -> str:
+    """Why a mail was sent by a machine (RFC 3834), or "" when a person sent it: such
+    mail is never posted and never answered."""
     if parsed.auto_submitted and parsed.auto_submitted != "no":
-        return Verdict(Action.DISCARD, [f"Auto-Submitted: {parsed.auto_submitted}"])
+        return f"Auto-Submitted: {parsed.auto_submitted}"
     if parsed.precedence in ("bulk", "junk", "list"):
-        return Verdict(Action.DISCARD, [f"Precedence: {parsed.precedence}"])
-    if not facts.mail_from:
-        return Verdict(Action.DISCARD, ["null envelope sender (a bounce or notification)"])
-    return None
+        return f"Precedence: {parsed.precedence}"
+    if not mail_from:
+        return "null envelope sender (a bounce or notification)"
+    return ""
+
+
+def automatic(facts: Facts) -> Verdict | None:
+    why = automatic_reason(facts.mail_from, facts.parsed)
+    return Verdict(Action.DISCARD, [why]) if why else None
 
 
 def denied(facts: Facts) -> Verdict | None:

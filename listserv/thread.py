@@ -42,12 +42,17 @@ class Node:
         self.thread_id = self.thread_id or self.message_id
 
 
-def subject_key(subject: str) -> str:
-    """The subject without reply prefixes and list tags, case-folded."""
+def strip_prefixes(subject: str) -> str:
+    """The subject without reply prefixes ("Re:", "AW:", "Fwd:") and list tags."""
     previous = None
     while previous != subject:
         previous, subject = subject, _PREFIX.sub("", subject, count=1)
-    return " ".join(subject.split()).casefold()
+    return subject.strip()
+
+
+def subject_key(subject: str) -> str:
+    """The subject without reply prefixes and list tags, case-folded."""
+    return " ".join(strip_prefixes(subject).split()).casefold()
 
 
 def own_parent(parsed: Parsed) -> str | None:
