@@ -26,7 +26,7 @@ def import_message(session: Session, mlist: MailingList, raw: bytes) -> bool:
     if store.is_archived(session, mlist.id, message.message_id):
         return False
     store.save(session, message)
-    store.thread_message(session, message, parsed)
+    store.archive(session, mlist, message, parsed)
     session.flush()
     return True
 

@@ -70,12 +70,21 @@ def prefixed_subject(raw_value: bytes, decoded: str, tag: str) -> bytes:
 
 
 def archive_url(base_url: str, addresses: ListAddresses) -> str:
-    return f"{base_url.rstrip('/')}/lists/{addresses.posting}/"
+    return f"{base_url.rstrip('/')}/{addresses.posting}/"
+
+
+def quote_id(message_id: str) -> str:
+    """A Message-ID (or thread id) as one URL path segment: "/" and "%" escaped too."""
+    return quote(message_id, safe="@!$&'()*+,;=:~")
 
 
 def message_url(base_url: str, addresses: ListAddresses, message_id: str) -> str:
     """RFC 5064 Archived-At: keyed by Message-ID, so the URL never changes."""
-    return archive_url(base_url, addresses) + "m/" + quote(message_id, safe="@.-_+=") + "/"
+    return f"{archive_url(base_url, addresses)}message/{quote_id(message_id)}/"
+
+
+def thread_url(base_url: str, addresses: ListAddresses, thread_id: str) -> str:
+    return f"{archive_url(base_url, addresses)}thread/{quote_id(thread_id)}/"
 
 
 def list_headers(addresses: ListAddresses, name: str, base_url: str,

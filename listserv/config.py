@@ -49,6 +49,8 @@ class WebConfig:
     port: int = 8080
     base_url: str = "http://127.0.0.1:8080"
     secret: str = ""
+    # How long the signed link that opens a private archive to a member stays valid.
+    archive_link_days: int = 30
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import event, inspect
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
@@ -113,13 +115,19 @@ def upgrade(engine: Engine) -> None:
                             f"{str(exc).splitlines()[0]}") from exc
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create the schema on first use, so `listserv serve` works on an empty database."""
+def _revision(engine: Engine) -> str | None:
     try:
-        tables = inspect(engine).get_table_names()
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot open database: {str(exc).splitlines()[0]}") from exc
-    if "alembic_version" not in tables:
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create or upgrade the schema on first use, so `listserv serve` works on an empty
+    database and after `pip install` of a newer version alike."""
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    if _revision(engine) != head:
         upgrade(engine)
 
 

@@ -71,6 +71,24 @@ class ArchivePolicy(enum.StrEnum):
     OFF = "off"  # nothing is shown (messages are still stored for moderation and digests)
 
 
+class DigestFrequency(enum.StrEnum):
+    """When a list's digest comes due (at the list's `digest_send_hour`, UTC)."""
+
+    DAILY = "daily"  # every day
+    WEEKLY = "weekly"  # on Mondays
+    MONTHLY = "monthly"  # on the first of the month
+
+
+class VolumeFrequency(enum.StrEnum):
+    """How often the digest volume number goes up (and the issue number restarts at 1)."""
+
+    YEARLY = "yearly"
+    QUARTERLY = "quarterly"
+    MONTHLY = "monthly"
+    WEEKLY = "weekly"
+    DAILY = "daily"
+
+
 class TokenKind(enum.StrEnum):
     SUBSCRIBE = "subscribe"  # the address owner confirms a subscription
     UNSUBSCRIBE = "unsubscribe"  # the address owner confirms leaving
@@ -126,6 +144,15 @@ class MailingList(SQLModel, table=True):
     footer: str | None = None  # jinja2 template; None: templates/mail/footer.txt
     max_message_bytes: int = 1048576  # larger posts are held; 0: no limit
     archive: ArchivePolicy = Field(default=ArchivePolicy.PUBLIC, sa_type=_enum(ArchivePolicy))
+    digest_frequency: DigestFrequency = Field(default=DigestFrequency.DAILY,
+                                              sa_type=_enum(DigestFrequency))
+    digest_send_hour: int = 0  # 0..23, UTC
+    digest_max_bytes: int = 30720  # pending posts larger than this send a digest at once
+    digest_volume_frequency: VolumeFrequency = Field(default=VolumeFrequency.YEARLY,
+                                                     sa_type=_enum(VolumeFrequency))
+    digest_volume: int = 1  # the volume of the last digest sent (1 before any)
+    digest_issue: int = 0  # the number of the last issue sent in that volume (0: none)
+    digest_last_sent_at: datetime | None = None
 
 
 class Member(SQLModel, table=True):
@@ -176,7 +203,9 @@ class ThreadNode(SQLModel, table=True):
     """
 
     __tablename__ = "thread_node"
-    __table_args__ = (UniqueConstraint("list_id", "message_id"),)
+    __table_args__ = (UniqueConstraint("list_id", "message_id"),
+                      Index("ix_thread_node_parent", "list_id", "parent_id"),
+                      Index("ix_thread_node_date", "list_id", "date"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
@@ -189,6 +218,60 @@ class ThreadNode(SQLModel, table=True):
     by_subject: bool = False  # a root that joined its thread by the subject fallback
     subject_key: str = Field(default="", index=True)  # subject without Re:/[tag]
     date: datetime | None = None
+
+
+class DigestIssue(SQLModel, table=True):
+    """One digest as it was sent: numbered per list, and shown in the archive."""
+
+    __tablename__ = "digest_issue"
+    __table_args__ = (UniqueConstraint("list_id", "volume", "number"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    volume: int
+    number: int
+    subject: str  # "Dev Digest, Vol 3, Issue 12"
+    created_at: datetime = Field(default_factory=utcnow)
+    size: int = 0  # bytes of the posts it carries
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the MIME form sent
+
+
+class DigestItem(SQLModel, table=True):
+    """A post waiting for the next digest (`issue_id` None), or item `position` of one.
+
+    Queued when the post is fanned out, so each post is in exactly one digest.
+    """
+
+    __tablename__ = "digest_item"
+    __table_args__ = (Index("ix_digest_item_pending", "list_id", "issue_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", ondelete="CASCADE")
+    message_pk: int = Field(foreign_key="message.id", unique=True, ondelete="CASCADE")
+    issue_id: int | None = Field(default=None, foreign_key="digest_issue.id", index=True,
+                                 ondelete="CASCADE")
+    position: int | None = None  # 1-based item number within its issue
+    size: int = 0  # bytes of the post, for the size trigger
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class ThreadSummary(SQLModel, table=True):
+    """What the archive's list of threads shows, kept up to date as messages are archived
+    so a page of threads is one indexed read, not an aggregate over the whole list."""
+
+    __tablename__ = "thread_summary"
+    __table_args__ = (UniqueConstraint("list_id", "thread_id"),
+                      Index("ix_thread_summary_activity", "list_id", "last_date"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", ondelete="CASCADE")
+    thread_id: str  # Message-ID of the thread's root node
+    subject: str = ""  # of the earliest archived message
+    messages: int = 0  # archived messages in the thread (replies: messages - 1)
+    participants: int = 0  # distinct senders
+    authors: str = ""  # the first few senders' names, one a line
+    first_date: datetime | None = None
+    last_date: datetime | None = None
 
 
 class Token(SQLModel, table=True):

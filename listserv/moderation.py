@@ -72,7 +72,7 @@ def approve(session: Session, config: Config, message: Message) -> int:
         store.set_state(session, message, MessageState.DUPLICATE)
         return 0
     store.set_state(session, message, MessageState.ACCEPTED)
-    store.thread_message(session, message, parsed)
+    store.archive(session, mlist, message, parsed)
     return store.fan_out(session, mlist, message, parsed, config.web.base_url,
                          config.delivery.max_recipients_per_transaction)
 

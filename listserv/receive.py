@@ -103,7 +103,7 @@ def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_
     store.save(session, message)
     jobs = 0
     if message.state is MessageState.ACCEPTED:
-        store.thread_message(session, message, parsed)
+        store.archive(session, mlist, message, parsed)
         jobs = store.fan_out(session, mlist, message, parsed, config.web.base_url,
                              config.delivery.max_recipients_per_transaction)
     elif message.state is MessageState.HELD:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
+from listserv import search
 from listserv.address import parse_mailbox, split, valid_list_local
 from listserv.models import DeliveryMode, MailingList, Member, Role, utcnow
 
@@ -80,6 +81,7 @@ def create_list(session: Session, address: str, *, name: str | None = None,
 
 
 def delete_list(session: Session, mlist: MailingList) -> None:
+    search.forget_list(session, mlist.id)
     session.delete(mlist)
 
 

@@ -16,12 +16,13 @@ from jinja2 import TemplateError
 from sqlalchemy import insert, select, update
 from sqlmodel import Session
 
-from listserv import compose, thread
+from listserv import compose, search, thread, view
 from listserv.address import ListAddresses, Purpose
 from listserv.models import (
     ArchivePolicy,
     Delivery,
     DeliveryMode,
+    DigestItem,
     MailingList,
     Member,
     Message,
@@ -32,6 +33,7 @@ from listserv.models import (
     ReplyTo,
     Role,
     ThreadNode,
+    ThreadSummary,
     utcnow,
 )
 from listserv.parse import Parsed
@@ -108,8 +110,9 @@ def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -
                         .values(thread_id=new))
 
 
-def thread_message(session: Session, message: Message, parsed: Parsed) -> None:
-    """Place a stored message in its thread, creating placeholders for absent parents."""
+def thread_message(session: Session, message: Message, parsed: Parsed) -> set[str]:
+    """Place a stored message in its thread, creating placeholders for absent parents;
+    the ids of the threads it changed (a late parent can merge or rename threads)."""
     rows = _load_threads(session, message.list_id, thread.touched(message.message_id, parsed))
     nodes = {
         mid: thread.Node(mid, real=row.message_pk is not None, parent_id=row.parent_id,
@@ -121,9 +124,9 @@ def thread_message(session: Session, message: Message, parsed: Parsed) -> None:
     if thread.wants_subject_fallback(parsed):
         joined = _subject_thread(session, message)
     changed = thread.link(nodes, message.message_id, parsed, subject_thread=joined)
-    _follow_mutes(session, message.list_id, {
-        (rows[mid].thread_id, nodes[mid].thread_id) for mid in changed
-        if mid in rows and rows[mid].thread_id != nodes[mid].thread_id})
+    moves = {(rows[mid].thread_id, nodes[mid].thread_id) for mid in changed
+             if mid in rows and rows[mid].thread_id != nodes[mid].thread_id}
+    _follow_mutes(session, message.list_id, moves)
     for mid in changed:
         node = nodes[mid]
         row = rows.get(mid) or ThreadNode(list_id=message.list_id, message_id=mid,
@@ -135,6 +138,50 @@ def thread_message(session: Session, message: Message, parsed: Parsed) -> None:
             row.subject_key = thread.subject_key(message.subject)
             row.date = message.date or message.received_at
         session.add(row)
+    return {nodes[message.message_id].thread_id} | {old for old, _ in moves}
+
+
+# How many sender names a thread's summary keeps for the list page.
+SUMMARY_AUTHORS = 4
+
+
+def summarize(session: Session, list_id: int, thread_ids: Iterable[str]) -> None:
+    """Recount what the archive's thread list shows for these threads; a thread that a
+    late parent merged into another has no messages left and loses its summary."""
+    session.flush()
+    for thread_id in thread_ids:
+        rows = session.execute(
+            select(Message.from_name, Message.from_address, Message.subject, ThreadNode.date)
+            .join(Message, Message.id == ThreadNode.message_pk)
+            .where(ThreadNode.list_id == list_id, ThreadNode.thread_id == thread_id)
+            .order_by(ThreadNode.date, Message.id)).all()
+        summary = session.scalars(select(ThreadSummary).where(
+            ThreadSummary.list_id == list_id, ThreadSummary.thread_id == thread_id)).first()
+        if not rows:
+            if summary is not None:
+                session.delete(summary)
+            continue
+        summary = summary or ThreadSummary(list_id=list_id, thread_id=thread_id)
+        authors: dict[str, str] = {}
+        for name, address, _, _ in rows:
+            authors.setdefault(address or name, name or address.partition("@")[0])
+        dates = [r.date for r in rows if r.date is not None]
+        summary.subject, summary.messages = rows[0].subject, len(rows)
+        summary.participants = len(authors)
+        summary.authors = "\n".join(list(authors.values())[:SUMMARY_AUTHORS])
+        summary.first_date = min(dates, default=None)
+        summary.last_date = max(dates, default=None)
+        session.add(summary)
+
+
+def archive(session: Session, mlist: MailingList, message: Message, parsed: Parsed) -> None:
+    """Everything that makes a post part of the archive, in the caller's transaction:
+    its thread, the thread list's counts, and (unless the list keeps no web archive)
+    the search index."""
+    touched = thread_message(session, message, parsed)
+    summarize(session, mlist.id, touched)
+    if mlist.archive is not ArchivePolicy.OFF:
+        search.index(session, message, view.plain_text(message.raw))
 
 
 def recipients(session: Session, list_id: int) -> Iterator[str]:
@@ -211,8 +258,8 @@ def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
             base_url: str, batch: int) -> int:
     """Queue the list copy of an accepted post for every member who gets posts, except
-    those who muted its thread. The copy is composed once, with slots for each member's
-    unsubscribe and mute links."""
+    those who muted its thread, and the post itself for the next digest. The copy is
+    composed once, with slots for each member's unsubscribe and mute links."""
     addresses = addresses_of(mlist)
     copy = compose.list_copy(
         message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
@@ -220,6 +267,7 @@ def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Pars
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
         footer=footer(mlist, base_url))
+    session.add(DigestItem(list_id=mlist.id, message_pk=message.id, size=message.size))
     quiet = muted(session, mlist.id, message.message_id)
     rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
     return queue(session, copy.data, addresses.at(Purpose.BOUNCES), rcpts, batch, message.id,

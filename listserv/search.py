@@ -1,0 +1,118 @@
+"""Full-text search of the archive: written when a message is archived, in the same
+transaction, and read by the archive's search page.
+
+The one place besides db.py where SQLite and PostgreSQL differ, because their full-text
+engines do: SQLite keeps an FTS5 table (`message_fts`, rowid = message id), PostgreSQL a
+table with a generated, GIN-indexed tsvector (`message_search`). Both are made by the
+migrations, not by SQLModel.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+from markupsafe import Markup, escape
+from sqlalchemy import Integer, String, column, text
+from sqlmodel import Session
+
+from listserv.models import Message
+
+# Snippet highlight markers: control characters no mail text keeps (see _clean), so the
+# snippet can be escaped as a whole and only then given its <mark> tags.
+_START, _STOP = "\x02", "\x03"
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_WORD = re.compile(r"\w+", re.UNICODE)
+MAX_TEXT = 65536  # characters of body text indexed per message
+
+
+@dataclass(frozen=True)
+class Hit:
+    message_pk: int
+    message_id: str
+    subject: str
+    from_name: str
+    date: datetime | None
+    snippet: Markup  # escaped text with <mark> around the matched words
+
+
+def _sqlite(session: Session) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _clean(value: str, limit: int = MAX_TEXT) -> str:
+    """PostgreSQL text cannot hold NUL, and the markers must not occur in the text."""
+    return _CONTROL.sub(" ", value[:limit])
+
+
+def index(session: Session, message: Message, body: str) -> None:
+    """Make an archived message findable by subject, sender name and address, and body."""
+    row = {"pk": message.id, "list_id": message.list_id, "subject": _clean(message.subject),
+           "sender": _clean(f"{message.from_name} {message.from_address}"),
+           "body": _clean(body)}
+    if _sqlite(session):
+        session.execute(text("INSERT INTO message_fts (rowid, subject, sender, body, list_id) "
+                             "VALUES (:pk, :subject, :sender, :body, :list_id)"), row)
+    else:
+        session.execute(text("INSERT INTO message_search (message_pk, list_id, subject, "
+                             "sender, body) VALUES (:pk, :list_id, :subject, :sender, :body)"
+                             " ON CONFLICT (message_pk) DO NOTHING"), row)
+
+
+def forget_list(session: Session, list_id: int) -> None:
+    """Drop a deleted list's index rows (an FTS5 table has no foreign keys to cascade)."""
+    if _sqlite(session):
+        session.execute(text("DELETE FROM message_fts WHERE list_id = :list_id"),
+                        {"list_id": list_id})
+
+
+def fts5_query(query: str) -> str:
+    """The words of what a reader typed, each quoted: FTS5 syntax errors cannot happen
+    and every word must match."""
+    return " ".join(f'"{word}"' for word in _WORD.findall(query))
+
+
+def _highlight(snippet: str) -> Markup:
+    return Markup(str(escape(snippet)).replace(_START, "<mark>").replace(_STOP, "</mark>"))
+
+
+# Typed result columns, so dates come back as aware datetimes on both databases.
+_COLUMNS = (column("id", Integer), column("message_id", String), column("subject", String),
+            column("from_name", String), column("date", Message.__table__.c.date.type),
+            column("snippet", String))
+
+_SQLITE_SEARCH = text(f"""
+    SELECT m.id, m.message_id, m.subject, m.from_name, m.date,
+           snippet(message_fts, -1, '{_START}', '{_STOP}', '…', 24)
+    FROM message_fts JOIN message m ON m.id = message_fts.rowid
+    WHERE message_fts MATCH :query AND message_fts.list_id = :list_id
+    ORDER BY coalesce(m.date, m.received_at) DESC LIMIT :limit OFFSET :offset""")
+_SQLITE_SEARCH = _SQLITE_SEARCH.columns(*_COLUMNS)
+
+_POSTGRESQL_SEARCH = text(f"""
+    SELECT hit.id, hit.message_id, hit.subject, hit.from_name, hit.date,
+           ts_headline('english', s.body, websearch_to_tsquery('english', :query),
+                       'StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=12')
+    FROM (SELECT m.id, m.message_id, m.subject, m.from_name, m.date, m.received_at
+          FROM message_search s JOIN message m ON m.id = s.message_pk
+          WHERE s.list_id = :list_id
+            AND s.document @@ websearch_to_tsquery('english', :query)
+          ORDER BY coalesce(m.date, m.received_at) DESC LIMIT :limit OFFSET :offset) hit
+    JOIN message_search s ON s.message_pk = hit.id
+    ORDER BY coalesce(hit.date, hit.received_at) DESC""").columns(*_COLUMNS)
+
+
+def query(session: Session, list_id: int, words: str, limit: int = 20,
+          offset: int = 0) -> list[Hit]:
+    """Messages of one list matching every word, newest first, with snippets."""
+    if _sqlite(session):
+        words, statement = fts5_query(words), _SQLITE_SEARCH
+    else:
+        statement = _POSTGRESQL_SEARCH
+    if not words.strip():
+        return []
+    rows = session.execute(statement, {"query": words, "list_id": list_id, "limit": limit,
+                                       "offset": offset})
+    return [Hit(pk, mid, subject, name, date, _highlight(snippet or ""))
+            for pk, mid, subject, name, date, snippet in rows]
