@@ -108,3 +108,18 @@ def unsubscribe_link(secret: str, list_id: int, address: str) -> str:
 
 def mute_link(secret: str, list_id: int, address: str, message_pk: int) -> str:
     return sign(secret, "mute", str(list_id), address, str(message_pk))
+
+
+def archive_pass(secret: str, list_id: int, address: str, days: int) -> str:
+    """What opens a private archive to a member: the link they are mailed carries it,
+    and the cookie it sets holds the same value, so nothing is stored per member."""
+    expires = int((utcnow() + timedelta(days=days)).timestamp())
+    return sign(secret, "archive", str(list_id), address, str(expires))
+
+
+def archive_pass_holder(secret: str, value: str, list_id: int) -> str | None:
+    """The address a pass was made for, if it is ours, for this list and not expired."""
+    parts = verify(secret, "archive", value)
+    if parts is None or len(parts) != 3 or parts[0] != str(list_id) or not parts[2].isdigit():
+        return None
+    return parts[1] if int(parts[2]) > utcnow().timestamp() else None

@@ -7,20 +7,21 @@ shows a page with a button, because link scanners and previews fetch every URL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from listserv import commands, db, roster, tokens
 from listserv.config import Config
-from listserv.models import MailingList
+from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import render
 
 T = TypeVar("T")
@@ -62,6 +63,27 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
         return None
     thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
+
+
+def archive_cookie(mlist: MailingList) -> str:
+    return f"listserv_archive_{mlist.id}"
+
+
+def readable_list(session: Session, config: Config, address: str,
+                  cookies: Mapping[str, str]) -> MailingList:
+    """The list whose archive a request may read. Unknown lists and lists that keep no
+    web archive are 404; a private list needs the cookie its member link set, and the
+    holder must still be a member (leaving the list closes its archive to them)."""
+    mlist = roster.find_list(session, address)
+    if mlist is None or mlist.archive is ArchivePolicy.OFF:
+        raise HTTPException(404, "There is no archive of that list here.")
+    if mlist.archive is ArchivePolicy.PRIVATE:
+        value = cookies.get(archive_cookie(mlist), "")
+        holder = tokens.archive_pass_holder(tokens.server_secret(session, config), value,
+                                            mlist.id)
+        if holder is None or not commands.is_member(session, mlist.id, holder):
+            raise HTTPException(403, mlist.address)
+    return mlist
 
 
 def make_app(engine: Engine, config: Config) -> Starlette:
@@ -160,9 +182,14 @@ def make_app(engine: Engine, config: Config) -> Starlette:
                         action=f"/{other}/{request.path_params['token']}")
         return form, post
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown pages and closed archives get a page of ours, never a traceback."""
+        assert isinstance(exc, HTTPException)
+        return page("error", exc.status_code, status=exc.status_code, detail=exc.detail)
+
     mute_form, mute_post = mute_routes(on=True)
     unmute_form, unmute_post = mute_routes(on=False)
-    return Starlette(routes=[
+    return Starlette(exception_handlers={HTTPException: http_error}, routes=[
         Route("/", index),
         Route("/confirm/{token}", confirm_form, methods=["GET"]),
         Route("/confirm/{token}", confirm_post, methods=["POST"]),
