@@ -62,10 +62,12 @@ class BounceReport:
 # (Microsoft's 5.7.606). Class 2 is success, and in prose mostly a version number.
 _STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
+# "listed in" is a block list, but Domino's "not listed in Domino Directory" is a
+# dead address.
 _POLICY_TEXT = re.compile(
     r"spam|blocked|block ?list|black ?list|blacklisted|dmarc|dkim|\bspf\b|policy|"
     r"reputation|content rejected|virus|malware|not accepted for delivery|"
-    r"listed (at|in|on)|rbl|junk mail|too large|size limit|message size",
+    r"(?<!not )listed (at|in|on)|\brbl\b|junk mail|too large|size limit|message size",
     re.I)
 _FULL_TEXT = re.compile(
     r"over ?quota|quota exceeded|exceed\w* (the )?(storage|mailbox|disk|quota)|"
@@ -247,8 +249,8 @@ def _embedded_to(part: email.message.Message) -> str:
 
 
 def _fields(part: email.message.Message) -> email.message.Message:
-    """The fields of a report part as one header block (the stdlib parses
-    message/feedback-report as a plain body, message/delivery-status as blocks)."""
+    """The fields of a report part as one header block: the stdlib parses a message/*
+    part into header blocks, but leaves a base64 or quoted-printable one as a body."""
     payload = part.get_payload()
     if isinstance(payload, list):
         merged = email.message.Message()

@@ -230,6 +230,8 @@ def test_original_recipient_is_the_address_the_list_sent_to() -> None:
     ("5.7.1", "", BounceClass.POLICY),
     ("5.7.606", "Access denied, banned sending IP", BounceClass.POLICY),
     ("5.0.0", "rejected by DMARC", BounceClass.POLICY),
+    ("5.0.0", "Client host 192.0.2.1 is listed in zen.spamhaus.org", BounceClass.POLICY),
+    ("", "User bob (bob@example.jp) not listed in Domino Directory", BounceClass.MAILBOX),
     ("4.4.1", "", BounceClass.TRANSIENT),
     ("", "The recipient's mailbox is full", BounceClass.TRANSIENT),
     ("", "This is a permanent error; I've given up.", BounceClass.UNKNOWN),
