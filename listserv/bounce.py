@@ -379,16 +379,15 @@ _ORIGINAL_STARTS = re.compile(
     r"^\s*(?:[-=*_]{2,}.*(?:original|copy of|returned|undelivered|unsent|headers? of|"
     r"message (?:text|headers|follows))|"
     r"(?:-+ ?)?original message\b|(?:---+ )?begin (?:of )?(?:original|returned)|"
-    r"(?:Return-Path|Received):|\s*-+ ?Original Message ?-+)",
+    r"(?:Return-Path|Received):)",
     re.I)
 # The report says something failed; a mail without such words (an auto-reply, a
 # newsletter) is not read for addresses at all.
 _FAILURE_WORDS = re.compile(
-    r"undeliver|could not be delivered|couldn't be delivered|not (?:been )?delivered|"
-    r"delivery (?:has )?failed|delivery failure|failed|failure|permanent error|"
-    r"unable to deliver|did not reach|returned mail|user unknown|unknown user|"
-    r"not yet been delivered|no such|does not exist|rejected|refused|bounced|"
-    r"quota|mailbox (?:is )?full|unknown|not found|invalid|error|no mailbox",
+    r"undeliver|could(?: not|n't) be delivered|not (?:yet )?(?:been )?delivered|fail|"
+    r"unable to deliver|did not reach|returned mail|no such|does not exist|rejected|"
+    r"refused|bounced|quota|mailbox (?:is )?full|unknown|not found|invalid|error|"
+    r"no mailbox",
     re.I)
 _REPORT_SUBJECT = re.compile(
     r"undeliver|delivery (?:status|failure|notification|problem|warning)|returned mail|"
@@ -451,7 +450,8 @@ def _ignored(address: str, line: str, own: set[str]) -> bool:
     local = address.rpartition("@")[0]
     if address.lower() in own or _ROBOTS.match(local):
         return True
-    # A message-id in angle brackets, "<20010101.ABC123@host>", is not an address.
+    # Message-ids look like addresses: skip lines that name one, and "<...$...@host>"
+    # ids (Exchange, smtp32) in angle brackets.
     return bool(re.search(r"message-?id|<[^<>]*\$", line, re.I))
 
 
