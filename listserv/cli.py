@@ -19,7 +19,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, db, moderation, roster, settings
+from listserv import archive, bounce, db, moderation, roster, settings
 from listserv import config as config_mod
 from listserv.models import DeliveryMode, MailingList, Role, SenderAction
 
@@ -37,7 +37,9 @@ app.add_typer(member_app, name="member")
 app.add_typer(held_app, name="held")
 app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
+bounce_app = typer.Typer(no_args_is_help=True, help="Delivery reports (bounces).")
 app.add_typer(sender_app, name="sender")
+app.add_typer(bounce_app, name="bounce")
 
 # Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
 # as rich markup; and a line of output is one line, never wrapped at the terminal width.
@@ -398,6 +400,37 @@ def archive_threads(ctx: typer.Context, list_address: Annotated[str, typer.Argum
     for r in rows:
         table.add_row(r["message_id"], r["parent_id"] or "", r["thread_id"], r["subject"])
     out.print(table)
+
+
+# --- bounce -----------------------------------------------------------------------------
+
+@bounce_app.command("parse")
+def bounce_parse(file: Path, as_json: JsonOpt = False) -> None:
+    """The failed recipients of one bounce as a list would see them: address, RFC 3463
+    status, class (mailbox, policy, transient, unknown) and the server's words."""
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise roster.UserError(f"cannot read {file}: {exc.strerror}") from exc
+    report = bounce.parse_bounce(raw)
+    rows = [{"address": f.address, "status": f.status, "class": f.bounce_class.value,
+             "diagnostic": f.diagnostic} for f in report.failures]
+    if report.complaint:
+        # A spam complaint is not a failure; say so where it cannot spoil --json.
+        c = report.complaint
+        (err if as_json else out).print(f"spam complaint ({c.feedback_type or 'unspecified'}) "
+                                        f"from {c.address}: not a delivery failure")
+    if as_json:
+        return _print_json(rows)
+    if not rows:
+        if not report.complaint:
+            out.print("no failed recipients found")
+        return None
+    table = Table("address", "status", "class", "diagnostic")
+    for r in rows:
+        table.add_row(r["address"], r["status"], r["class"], r["diagnostic"])
+    out.print(table)
+    return None
 
 
 # --- db, serve --------------------------------------------------------------------------

@@ -1,0 +1,527 @@
+"""Bounces in, failed recipients out: who could not be reached, and whose fault it was.
+
+Mail to `LIST-bounces@` is a delivery report about one of our copies. Read it to find
+the recipients that failed, with their RFC 3463 status and a class that says whether the
+member's address is dead (`mailbox`), the copy was refused for what it carried
+(`policy`), or it may still arrive (`transient`). Standard reports (RFC 3464) carry that
+in fields; the rest (qmail, Exim, old Exchange, Yahoo, ...) only in prose, so the prose is
+read with heuristics. Spam complaints (RFC 5965) are a different thing and come back as
+a `Complaint`. Nothing here touches the database, and no input makes it raise.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import enum
+import html
+import re
+from dataclasses import dataclass, field
+
+from listserv.address import parse_mailbox
+
+
+class BounceClass(enum.StrEnum):
+    """Whose fault a failure is, which decides what a later step does to the member."""
+
+    MAILBOX = "mailbox"  # the address is dead (no such user, disabled, moved): counts
+    POLICY = "policy"  # the copy was refused (DMARC, spam, content): the member is innocent
+    TRANSIENT = "transient"  # may still arrive or work later (4.x.x, mailbox full, delayed)
+    UNKNOWN = "unknown"  # a failure we cannot attribute
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One recipient a delivery report says did not get the copy."""
+
+    address: str
+    status: str  # RFC 3463 "5.1.1", or "" when the report gives none
+    diagnostic: str  # the remote server's words, on one line
+    bounce_class: BounceClass
+
+
+@dataclass(frozen=True)
+class Complaint:
+    """An RFC 5965 feedback report: a recipient marked the copy as spam."""
+
+    address: str  # who complained: Original-Rcpt-To, else the reported message's To
+    feedback_type: str  # "abuse", "fraud", ... as the report says, lower case
+
+
+@dataclass
+class BounceReport:
+    """What one mail to the bounces address says."""
+
+    failures: list[Failure] = field(default_factory=list)
+    complaint: Complaint | None = None
+
+
+# --- status codes and classes ---------------------------------------------------------
+
+# RFC 3463 class.subject.detail of a failure (4 or 5); the detail is up to three digits
+# (Microsoft's 5.7.606). Class 2 is success, and in prose mostly a version number.
+_STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+
+# "listed in" is a block list, but Domino's "not listed in Domino Directory" is a
+# dead address.
+_POLICY_TEXT = re.compile(
+    r"spam|blocked|block ?list|black ?list|blacklisted|dmarc|dkim|\bspf\b|policy|"
+    r"reputation|content rejected|virus|malware|not accepted for delivery|"
+    r"(?<!not )listed (at|in|on)|\brbl\b|junk mail|too large|size limit|message size",
+    re.I)
+_FULL_TEXT = re.compile(
+    r"over ?quota|quota exceeded|exceed\w* (the )?(storage|mailbox|disk|quota)|"
+    r"mailbox (is )?full|mailbox size limit|insufficient (disk )?space|"
+    r"would exceed mailbox quota|storage (space )?full|full mailbox|mail ?box full",
+    re.I)
+_MAILBOX_TEXT = re.compile(
+    r"user unknown|unknown user|no such (user|mailbox|recipient|address|account)|"
+    r"(user|mailbox|recipient|address|account)( name)? (is )?(unknown|not found|"
+    r"unavailable|disabled|invalid|inactive|does ?n.?t exist|not (be )?recogni[sz]ed)|"
+    r"does not exist|doesn't exist|not a valid (mailbox|user|recipient)|"
+    r"invalid (recipient|mailbox|address|user)|unknown (recipient|address|local)|"
+    r"no mailbox|not listed in|unrouteable|account (has been )?(disabled|suspended|"
+    r"expired|closed)|no longer (active|valid|exists|in use)|illegal user|"
+    r"host (or domain name )?not found|domain (name )?not found|bad destination",
+    re.I)
+_TRANSIENT_TEXT = re.compile(
+    r"not yet been delivered|will (continue to )?(re)?try|still trying|delayed|"
+    r"temporar|try again later|deferred|warning:? (message|delivery)|"
+    r"delivery attempts will continue|has not been delivered yet",
+    re.I)
+
+# RFC 3463 subjects that blame the address itself (5.1.x addressing, 5.2.1 disabled,
+# 5.4.4 unroutable domain) and the content or security subjects that blame the copy.
+_MAILBOX_STATUS = re.compile(r"5\.(1\.\d+|2\.1|4\.4)$")
+_POLICY_STATUS = re.compile(r"5\.(7\.\d+|6\.\d+|2\.3|3\.4)$")
+
+
+def classify(status: str, text: str) -> BounceClass:
+    """The class of one failure from its RFC 3463 status and the server's words.
+
+    A specific status decides; a generic one (X.0.0, X.Y.0) or none leaves it to the
+    text, because many servers answer "550 5.0.0" to everything from a dead mailbox to
+    a DMARC refusal and only say which in prose.
+    """
+    if status.startswith("4."):
+        return BounceClass.TRANSIENT
+    if status == "5.2.2" or _FULL_TEXT.search(text):
+        return BounceClass.TRANSIENT
+    generic = status == "" or status.endswith(".0")
+    if not generic:
+        if _POLICY_STATUS.match(status):
+            return BounceClass.POLICY
+        if _MAILBOX_STATUS.match(status):
+            return BounceClass.MAILBOX
+    by_text = _classify_text(text)
+    if by_text is not BounceClass.UNKNOWN or not status:
+        return by_text
+    # Generic codes still say which subject went wrong: 5.1.0 is an address problem.
+    if status.startswith("5.1."):
+        return BounceClass.MAILBOX
+    if status.startswith("5.7."):
+        return BounceClass.POLICY
+    return BounceClass.UNKNOWN
+
+
+def _classify_text(text: str) -> BounceClass:
+    if _POLICY_TEXT.search(text):
+        return BounceClass.POLICY
+    if _MAILBOX_TEXT.search(text):
+        return BounceClass.MAILBOX
+    if _TRANSIENT_TEXT.search(text):
+        return BounceClass.TRANSIENT
+    return BounceClass.UNKNOWN
+
+
+def find_status(text: str) -> str:
+    """The most specific RFC 3463 code in a text: "5.1.1" over a "5.0.0" beside it."""
+    codes = [".".join(m.groups()) for m in _STATUS.finditer(text)]
+    specific = [c for c in codes if not c.endswith(".0.0")]
+    return (specific or codes or [""])[0]
+
+
+# --- VERP -----------------------------------------------------------------------------
+
+def verp_recipient(envelope_recipient: str) -> str | None:
+    """The member a VERP bounce address names: LIST-bounces+user=example.com@domain
+    gives user@example.com, so a bounce needs no parsing to find its recipient.
+
+    The `@` of the member's address is written `=` in the detail; the member's own local
+    part may hold `=` too, so the last one is the separator (a domain never has one).
+    None when the address carries no such detail.
+    """
+    local, at, _domain = envelope_recipient.strip().strip("<>").rpartition("@")
+    if not at:
+        return None
+    _list, plus, detail = local.lower().partition("-bounces+")
+    if not plus:
+        return None
+    detail = local[len(local) - len(detail):]  # the member's case, as sent
+    user, eq, domain = detail.rpartition("=")
+    if not (eq and user and "." in domain and "@" not in detail):
+        return None
+    return f"{user}@{domain.lower()}"
+
+
+# --- entry point ----------------------------------------------------------------------
+
+def parse_bounce(raw: bytes) -> BounceReport:
+    """Read a mail that came to the bounces address; never raises, whatever the bytes.
+
+    An RFC 5965 spam complaint is returned as such; a message/delivery-status part is
+    trusted over the prose; with neither, the notification text is read for addresses.
+    """
+    try:
+        message = email.message_from_bytes(raw)
+        if not message.keys():
+            return BounceReport()
+        complaint = _complaint(message)
+        if complaint:
+            return BounceReport(complaint=complaint)
+        dsn = _dsn_failures(message)
+        if dsn is not None:
+            return BounceReport(failures=dsn)
+        return BounceReport(failures=_text_failures(message))
+    except Exception:  # noqa: BLE001  bad mail of any shape (deep nesting, bad charsets)
+        return BounceReport()
+
+
+# --- MIME walking ---------------------------------------------------------------------
+
+_EMBEDDED = {"message/rfc822", "text/rfc822-headers", "message/rfc822-headers"}
+
+
+def _leaves(message: email.message.Message) -> list[email.message.Message]:
+    """Every leaf of the report, never those inside the returned original message,
+    whose own headers and text would otherwise look like the report's."""
+    if message.get_content_type() in _EMBEDDED:
+        return []
+    if message.is_multipart() and message.get_content_type() != _DSN:
+        return [leaf for sub in message.get_payload() for leaf in _leaves(sub)]
+    return [message]
+
+
+def _text(part: email.message.Message) -> str:
+    """A part's payload decoded, in whatever charset it claims or Latin-1 when that is
+    unknown (UTF-7 and "unicode-1-1-utf-7" from old Exchange included)."""
+    payload = part.get_payload(decode=True)
+    if payload is None:
+        payload = str(part.get_payload()).encode("latin-1", "replace")
+    charset = part.get_content_charset() or "latin-1"
+    try:
+        return payload.decode(charset, "replace")
+    except LookupError:
+        return payload.decode("latin-1")
+
+
+# --- RFC 5965 feedback reports --------------------------------------------------------
+
+def _complaint(message: email.message.Message) -> Complaint | None:
+    if message.get_content_type() != "multipart/report":
+        return None
+    if (message.get_param("report-type") or "").lower() != "feedback-report":
+        return None
+    fields: email.message.Message | None = None
+    to = ""
+    for part in message.walk():
+        ctype = part.get_content_type()
+        if ctype == "message/feedback-report":
+            fields = _fields(part)
+        elif ctype in _EMBEDDED and not to:
+            to = _embedded_to(part)
+    if fields is None:
+        return None
+    rcpt = _address_of(fields.get("Original-Rcpt-To", "")) or to
+    if not rcpt:
+        return None
+    return Complaint(rcpt, str(fields.get("Feedback-Type", "")).strip().lower())
+
+
+def _embedded_to(part: email.message.Message) -> str:
+    """The To of the reported copy; providers often redact it, then there is none."""
+    inner = part.get_payload()
+    if isinstance(inner, list) and inner:
+        headers = inner[0]
+    else:
+        headers = email.message_from_string(str(inner))
+    return _address_of(str(headers.get("To", "")))
+
+
+def _fields(part: email.message.Message) -> email.message.Message:
+    """The fields of a report part as one header block: the stdlib parses a message/*
+    part into header blocks, but leaves a base64 or quoted-printable one as a body."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        merged = email.message.Message()
+        for block in payload:
+            for name, value in block.items():
+                merged[name] = value
+        return merged
+    return email.message_from_string(_text(part).lstrip())
+
+
+# --- RFC 3464 delivery status notifications -------------------------------------------
+
+# RFC 3464 2.3.3: these say the copy went on. Every other Action is a failure: the
+# standard "failed" and "delayed", and what some MTAs write instead ("failure", "error").
+_DSN = "message/delivery-status"
+_SUCCESS_ACTIONS = {"delivered", "relayed", "expanded"}
+
+
+def _dsn_failures(message: email.message.Message) -> list[Failure] | None:
+    """Failures from every message/delivery-status part; None when the mail has no
+    per-recipient block at all, so the prose is read instead.
+
+    The part is looked for anywhere, not only in multipart/report: Lotus and some
+    webmail bounces put it in a multipart/mixed.
+    """
+    reports = [p for p in _leaves(message) if p.get_content_type() == _DSN]
+    if not reports:
+        # A bounce forwarded by a person or a relay: the DSN is in an attachment.
+        reports = [p for p in message.walk() if p.get_content_type() == _DSN]
+    blocks = [b for part in reports for b in _dsn_blocks(part)]
+    recipients = [b for b in blocks if b.get("Final-Recipient") or b.get("Original-Recipient")]
+    if not recipients:
+        return None
+    failures: dict[str, Failure] = {}
+    for block in recipients:
+        failure = _dsn_failure(block)
+        if failure and failure.address.lower() not in failures:
+            failures[failure.address.lower()] = failure
+    return list(failures.values())
+
+
+def _dsn_blocks(part: email.message.Message) -> list[email.message.Message]:
+    """The per-message block and the per-recipient blocks (RFC 3464 section 2)."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return [b for b in payload if isinstance(b, email.message.Message)]
+    # Base64 or quoted-printable delivery-status arrives as a body; split it ourselves.
+    text = _text(part).replace("\r\n", "\n")
+    return [email.message_from_string(b.strip() + "\n")
+            for b in re.split(r"\n[ \t]*\n", text) if b.strip()]
+
+
+def _dsn_failure(block: email.message.Message) -> Failure | None:
+    action = str(block.get("Action", "")).strip().lower().split(" ")[0]
+    status = find_status(str(block.get("Status", "")))
+    if action in _SUCCESS_ACTIONS:
+        return None
+    if not action and not status.startswith(("4.", "5.")):
+        return None  # no Action and no failure status: nothing says it failed
+    # Original-Recipient is the address as we sent it (the member's), Final-Recipient
+    # where a forward or alias ended (PMDF, Postfix "expanded from"): prefer ours.
+    address = (_address_of(str(block.get("Original-Recipient", "")))
+               or _address_of(str(block.get("Final-Recipient", ""))))
+    if not address:
+        return None
+    diagnostic = _one_line(_strip_type(str(block.get("Diagnostic-Code", ""))))
+    # A generic Status (5.0.0) next to a precise code in the server's reply: the reply wins.
+    if not status or status.endswith(".0.0"):
+        status = find_status(f"{diagnostic} {status}")
+    bounce_class = (BounceClass.TRANSIENT if action == "delayed"
+                    else classify(status, diagnostic))
+    return Failure(address, status, diagnostic, bounce_class)
+
+
+def _strip_type(value: str) -> str:
+    """RFC 3464 typed values, "rfc822; user@host" or "smtp; 550 ...", without the type."""
+    kind, semi, rest = value.partition(";")
+    return rest if semi and re.fullmatch(r"\s*[\w-]+\s*", kind) else value
+
+
+# --- addresses in prose ---------------------------------------------------------------
+
+_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+")
+# Addresses that write reports, never receive our copies.
+_ROBOTS = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailerdaemon|"
+                     r"daemon|root|abuse|noreply|no-reply|bounces?)$", re.I)
+
+
+def _address_of(value: str) -> str:
+    """A clean address out of a DSN field or a header, or ""."""
+    found = _clean(_strip_type(value))
+    if found:
+        return found
+    mailbox = parse_mailbox(value)
+    return mailbox[1] if mailbox else ""
+
+
+def _clean(text: str) -> str:
+    match = _ADDRESS.search(text)
+    if not match:
+        return ""
+    local, _, domain = match.group(0).rpartition("@")
+    # Old Exchange writes X.400 with the address inside: "dda:SMTP=user@host".
+    local = re.sub(r"^.*\bSMTP=", "", local, flags=re.I)
+    # Prose punctuation that the address grammar allows: "'user@host'", "...user@host".
+    local = local.lstrip(".'`")
+    # A dot-atom (RFC 5322 3.2.3) never ends in "." nor has "..": "david...@gmail.com"
+    # is an address some MTAs shortened, not david@gmail.com.
+    if not local or local.endswith(".") or ".." in local:
+        return ""
+    return f"{local}@{domain.lower()}"
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    return " ".join(text.split())[:limit]
+
+
+# --- non-standard reports -------------------------------------------------------------
+
+# Lines where the returned original begins: what follows is the sender's mail, not
+# the report (qmail "--- Below this line is a copy", Exim "------ This is a copy",
+# smtp32 "Original message follows.", Postfix "Undelivered Message" and friends).
+_ORIGINAL_STARTS = re.compile(
+    r"^\s*(?:[-=*_]{2,}.*(?:original|copy of|returned|undelivered|unsent|headers? of|"
+    r"message (?:text|headers|follows))|"
+    r"(?:-+ ?)?original message\b|(?:---+ )?begin (?:of )?(?:original|returned)|"
+    r"(?:Return-Path|Received):)",
+    re.I)
+# The report says something failed; a mail without such words (an auto-reply, a
+# newsletter) is not read for addresses at all.
+_FAILURE_WORDS = re.compile(
+    r"undeliver|could(?: not|n't) be delivered|not (?:yet )?(?:been )?delivered|fail|"
+    r"unable to deliver|did not reach|returned mail|no such|does not exist|rejected|"
+    r"refused|bounced|quota|mailbox (?:is )?full|unknown|not found|invalid|error|"
+    r"no mailbox",
+    re.I)
+_REPORT_SUBJECT = re.compile(
+    r"undeliver|delivery (?:status|failure|notification|problem|warning)|returned mail|"
+    r"failure notice|mail delivery|delayed mail|non-?delivery|could not be delivered",
+    re.I)
+# Lines that quote the original copy's own header fields or the SMTP envelope sender
+# ("Your message To: the-list@...", "MAIL From:<list-bounces@...>"): never failures.
+_QUOTED_HEADER = re.compile(
+    r"^[\s>*-]*(From|To|Cc|Sender|Reply-To|Return-Path|Subject|Date|Sent|"
+    r"Message-Id|Errors-To|In-Reply-To|References|List-[\w-]+|X-[\w-]+|"
+    r"(?:[<>]{3}\s*)?MAIL FROM|Envelope-From)\s*:",
+    re.I)
+
+
+def _text_failures(message: email.message.Message) -> list[Failure]:
+    """Failures named in the prose of a report that has no delivery-status part."""
+    full = _report_text(message)
+    text = _before_original(full)
+    if not (_FAILURE_WORDS.search(text) or _from_robot(message)):
+        return []
+    ignore = _own_addresses(message)
+    lines = text.splitlines()
+    found = _named(lines, ignore, quoted=False)
+    if not found:
+        # Yahoo and Verizon name the recipient only in the quoted To of the copy.
+        lines = full.splitlines()
+        found = _named(lines, ignore, quoted=True)
+    status = find_status(text) if len(found) == 1 else ""
+    return [_prose_failure(address, lines, numbers, set(found), text, status)
+            for address, numbers in found.values()]
+
+
+def _named(lines: list[str], ignore: set[str], *, quoted: bool
+           ) -> dict[str, tuple[str, list[int]]]:
+    """Addresses in the report's lines (lower case -> as written, line numbers): outside
+    quoted header fields, or, with `quoted`, in the quoted To and Cc only."""
+    found: dict[str, tuple[str, list[int]]] = {}
+    for number, line in enumerate(lines):
+        header = _QUOTED_HEADER.match(line)
+        quoted_to = bool(header) and header.group(1).lower() in {"to", "cc"}
+        if (quoted and not quoted_to) or (header and not quoted):
+            continue
+        for match in _ADDRESS.finditer(line):
+            address = _clean(match.group(0))
+            if address and not _ignored(address, line, ignore):
+                found.setdefault(address.lower(), (address, []))[1].append(number)
+    return found
+
+
+def _from_robot(message: email.message.Message) -> bool:
+    """From a mail system (MAILER-DAEMON, postmaster, "Mail Delivery System") or with
+    a report's Subject: a bounce even when its prose is in a language we cannot read."""
+    sender = str(message.get("From", ""))
+    subject = str(message.get("Subject", ""))
+    return bool(re.search(r"mailer-daemon|postmaster|mail[ ._]delivery", sender, re.I)
+                or _REPORT_SUBJECT.search(subject))
+
+
+def _ignored(address: str, line: str, own: set[str]) -> bool:
+    local = address.rpartition("@")[0]
+    if address.lower() in own or _ROBOTS.match(local):
+        return True
+    # Message-ids look like addresses: skip lines that name one, and "<...$...@host>"
+    # ids (Exchange, smtp32) in angle brackets.
+    return bool(re.search(r"message-?id|<[^<>]*\$", line, re.I))
+
+
+def _own_addresses(message: email.message.Message) -> set[str]:
+    """The report's own From, To and Sender: the reporting robot and the list's bounce
+    address. Neither is a recipient that failed."""
+    own = set()
+    for name in ("From", "To", "Cc", "Sender", "Reply-To", "Return-Path"):
+        for value in message.get_all(name, []):
+            for match in _ADDRESS.finditer(str(value)):
+                own.add(_clean(match.group(0)).lower())
+    return own
+
+
+def _prose_failure(address: str, lines: list[str], numbers: list[int],
+                   addresses: set[str], whole: str, sole_status: str) -> Failure:
+    """One named address, with the status and words around it; `sole_status` is the
+    report's code when it names no other address (Dragonfly and Mimecast put the code
+    paragraphs away from the address)."""
+    chunks = [_chunk(lines, n, addresses) for n in numbers]
+    context = " ".join(" ".join(chunk) for chunk in chunks)
+    status = find_status(context) or sole_status
+    bounce_class = classify(status, context)
+    if bounce_class is BounceClass.UNKNOWN and not status:
+        # qmail and Exim state permanence once for all addresses, in the intro.
+        bounce_class = classify(find_status(whole), whole)
+    return Failure(address, status, _one_line(" ".join(chunks[0])), bounce_class)
+
+
+def _chunk(lines: list[str], start: int, addresses: set[str], most: int = 8) -> list[str]:
+    """The address's line and the lines that explain it: up to the next failed
+    address, or the blank line after the explanation."""
+    own = {a.lower() for a in map(_clean, _ADDRESS.findall(lines[start])) if a}
+    chunk = [lines[start]]
+    explained = bool(_ADDRESS.sub("", lines[start]).strip(" \t<>:,;()[]."))
+    for line in lines[start + 1: start + most]:
+        named = {a.lower() for a in map(_clean, _ADDRESS.findall(line)) if a}
+        if named & (addresses - own):
+            break
+        if not line.strip():
+            if explained:
+                break
+            continue
+        chunk.append(line)
+        explained = True
+    return chunk
+
+
+def _report_text(message: email.message.Message) -> str:
+    """The human-readable report: its text parts (HTML only when there is no plain)."""
+    texts = []
+    for part in _leaves(message):
+        ctype = part.get_content_type()
+        if ctype == "text/plain" or (ctype == "text/html" and not texts):
+            body = _text(part)
+            texts.append(_untag(body) if ctype == "text/html" else body)
+    return "\n".join(texts)
+
+
+def _before_original(text: str) -> str:
+    """The report up to where the returned original begins."""
+    out = []
+    for line in text.splitlines():
+        if _ORIGINAL_STARTS.match(line):
+            break
+        out.append(line)
+    return "\n".join(out)
+
+
+def _untag(markup: str) -> str:
+    """HTML reports (GroupWise, Exchange) as text; "<user@host>" is not a tag."""
+    markup = re.sub(r"(?i)<br\s*/?>|</p>|</div>|</tr>", "\n", markup)
+    return html.unescape(re.sub(r"<(?![^<>]*@)[^<>]*>", " ", markup))
