@@ -84,17 +84,17 @@ def upgrade() -> None:
                     length=32,
                 ),
                 nullable=False,
-                server_default=sa.text("'daily'"),
+                server_default="daily",
             )
         )
         batch_op.add_column(
             sa.Column(
-                "digest_send_hour", sa.Integer(), nullable=False, server_default=sa.text("'0'")
+                "digest_send_hour", sa.Integer(), nullable=False, server_default="0"
             )
         )
         batch_op.add_column(
             sa.Column(
-                "digest_max_bytes", sa.Integer(), nullable=False, server_default=sa.text("'30720'")
+                "digest_max_bytes", sa.Integer(), nullable=False, server_default="30720"
             )
         )
         batch_op.add_column(
@@ -111,14 +111,14 @@ def upgrade() -> None:
                     length=32,
                 ),
                 nullable=False,
-                server_default=sa.text("'yearly'"),
+                server_default="yearly",
             )
         )
         batch_op.add_column(
-            sa.Column("digest_volume", sa.Integer(), nullable=False, server_default=sa.text("'1'"))
+            sa.Column("digest_volume", sa.Integer(), nullable=False, server_default="1")
         )
         batch_op.add_column(
-            sa.Column("digest_issue", sa.Integer(), nullable=False, server_default=sa.text("'0'"))
+            sa.Column("digest_issue", sa.Integer(), nullable=False, server_default="0")
         )
         batch_op.add_column(
             sa.Column("digest_last_sent_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=True)
