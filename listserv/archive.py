@@ -137,8 +137,8 @@ def threads(session: Session, list_id: int, number: int, size: int = 50) -> Thre
 # every message. Only the month arithmetic differs between the databases.
 _MONTHS = """
     WITH RECURSIVE month(d) AS (
-        (SELECT date FROM thread_node WHERE list_id = :list_id AND date IS NOT NULL
-         ORDER BY date LIMIT 1)
+        SELECT (SELECT date FROM thread_node WHERE list_id = :list_id AND date IS NOT NULL
+                ORDER BY date LIMIT 1)
         UNION ALL
         SELECT (SELECT date FROM thread_node WHERE list_id = :list_id AND date >= {next}
                 ORDER BY date LIMIT 1)

@@ -84,6 +84,7 @@ def view(raw: bytes) -> View:
         is_html = part is not None and part.get_content_subtype() == "html"
     except Exception:  # noqa: BLE001
         content, is_html = "", False
+    content = _re.sub("[\ud800-\udfff]", "\ufffd", content)
     if is_html:
         body = _nh3.clean(content, tags=set(_nh3.ALLOWED_TAGS) - {"img"})
     else:
