@@ -12,7 +12,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import column, func, null, select, text
+from sqlalchemy import Row, column, func, select, text
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
@@ -163,31 +164,33 @@ def month_span(year: int, month: int) -> tuple[datetime, datetime]:
     return start, datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
 
 
-def month_threads(session: Session, list_id: int, year: int, month: int
-                  ) -> list[ThreadSummary]:
-    """The threads with a message dated in that month, latest activity first."""
+def month_threads(session: Session, list_id: int, year: int, month: int, number: int,
+                  size: int = 50) -> ThreadPage:
+    """Page `number` of the threads with a message dated in that month, latest activity
+    first."""
     start, end = month_span(year, month)
     active = (select(ThreadNode.thread_id)
               .where(ThreadNode.list_id == list_id, ThreadNode.date >= start,
                      ThreadNode.date < end))
-    return list(session.scalars(
+    rows = list(session.scalars(
         select(ThreadSummary)
         .where(ThreadSummary.list_id == list_id, ThreadSummary.thread_id.in_(active))
-        .order_by(ThreadSummary.last_date.desc(), ThreadSummary.id.desc())))
+        .order_by(ThreadSummary.last_date.desc(), ThreadSummary.id.desc())
+        .limit(size + 1).offset((number - 1) * size)))
+    return ThreadPage(rows[:size], number, len(rows) > size)
 
 
 _POST_COLUMNS = (Message.message_id, Message.subject, Message.from_name,
                  Message.from_address, Message.date)
 
 
-def _skeleton(session: Session, list_id: int, thread_id: str, *, with_raw: bool
+def _skeleton(session: Session, list_id: int, thread_id: str
               ) -> tuple[dict[str, thread.Node], dict[str, Post]]:
     """Every node of a thread (placeholders too, for the links through them) and its
     archived posts, in one query."""
-    raw = Message.raw if with_raw else null()
     rows = session.execute(
         select(ThreadNode.message_id, ThreadNode.parent_id, ThreadNode.date, Message.id,
-               *_POST_COLUMNS[1:], raw)
+               *_POST_COLUMNS[1:], Message.raw)
         .outerjoin(Message, (Message.id == ThreadNode.message_pk)
                    & (Message.kind == MessageKind.POST))
         .where(ThreadNode.list_id == list_id, ThreadNode.thread_id == thread_id))
@@ -234,28 +237,67 @@ def tree_order(nodes: dict[str, thread.Node], posts: dict[str, Post]) -> list[Po
 
 def thread_posts(session: Session, list_id: int, thread_id: str) -> list[Post]:
     """A thread's archived posts in reading order; empty for an unknown thread."""
-    return tree_order(*_skeleton(session, list_id, thread_id, with_raw=True))
+    return tree_order(*_skeleton(session, list_id, thread_id))
+
+
+def _relatives(session: Session, list_id: int, key: InstrumentedAttribute[str | None],
+               ids: list[str]) -> list[Row]:
+    """The nodes whose `key` (message_id or parent_id) is one of `ids`, with the post
+    of each real one."""
+    return list(session.execute(
+        select(ThreadNode.message_id, ThreadNode.parent_id, Message.id, Message.subject,
+               Message.from_name, ThreadNode.date)
+        .outerjoin(Message, (Message.id == ThreadNode.message_pk)
+                   & (Message.kind == MessageKind.POST))
+        .where(ThreadNode.list_id == list_id, key.in_(ids))))
+
+
+def _parent(session: Session, list_id: int, parent_id: str | None) -> Ref | None:
+    """The nearest archived ancestor: one lookup, more only through placeholders."""
+    seen: set[str] = set()
+    while parent_id is not None and parent_id not in seen:
+        seen.add(parent_id)
+        rows = _relatives(session, list_id, ThreadNode.message_id, [parent_id])
+        if not rows:
+            return None
+        mid, parent_id, pk, subject, name, _ = rows[0]
+        if pk is not None:
+            return Ref(mid, subject, name)
+    return None
+
+
+def _replies(session: Session, list_id: int, message_id: str) -> list[Ref]:
+    """The posts whose nearest archived ancestor is this one, oldest first: its children,
+    and through placeholders their children (ix_thread_node_parent, a lookup a level)."""
+    found: list[tuple[datetime, Ref]] = []
+    frontier, seen = [message_id], {message_id}
+    oldest = datetime.min.replace(tzinfo=UTC)
+    while frontier:
+        rows = _relatives(session, list_id, ThreadNode.parent_id, frontier)
+        frontier = []
+        for mid, _, pk, subject, name, date in rows:
+            if mid in seen:
+                continue
+            seen.add(mid)
+            if pk is None:
+                frontier.append(mid)
+            else:
+                found.append((date or oldest, Ref(mid, subject, name)))
+    return [ref for _, ref in sorted(found, key=lambda pair: (pair[0], pair[1].message_id))]
 
 
 def message_page(session: Session, list_id: int, message_id: str) -> MessagePage | None:
-    """An archived post with its parent and replies (found through the thread's nodes,
-    which are few, instead of walking the links query by query)."""
+    """An archived post with its parent and replies, whatever the size of its thread."""
     row = session.execute(
-        select(*_POST_COLUMNS, Message.raw, ThreadNode.thread_id)
+        select(*_POST_COLUMNS, Message.raw, ThreadNode.thread_id, ThreadNode.parent_id)
         .join(ThreadNode, ThreadNode.message_pk == Message.id)
         .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
                Message.kind == MessageKind.POST)).first()
     if row is None:
         return None
-    *fields, thread_id = row
-    nodes, posts = _skeleton(session, list_id, thread_id, with_raw=False)
-    children = _children(nodes, posts)
-    parent = thread.nearest_real_parent(nodes, message_id)
-
-    def ref(mid: str) -> Ref:
-        return Ref(mid, posts[mid].subject, posts[mid].from_name)
-    return MessagePage(Post(*fields), thread_id, ref(parent) if parent else None,
-                       [ref(mid) for mid in children.get(message_id, [])])
+    *fields, thread_id, parent_id = row
+    return MessagePage(Post(*fields), thread_id, _parent(session, list_id, parent_id),
+                       _replies(session, list_id, message_id))
 
 
 def raw_message(session: Session, list_id: int, message_id: str) -> bytes | None:

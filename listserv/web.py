@@ -189,8 +189,9 @@ def archive_routes(engine: Engine, config: Config,
         year, month = request.path_params["year"], request.path_params["month"]
         if not (1 <= month <= 12 and 1 <= year <= 9999):
             raise HTTPException(404, "There is no such month.")
+        number = page_number(request)
         mlist, (threads, months) = await read(request, lambda session, mlist: (
-            archive.month_threads(session, mlist.id, year, month),
+            archive.month_threads(session, mlist.id, year, month, number, THREADS_PER_PAGE),
             archive.months(session, mlist.id)))
         older = [m for m in months if m < (year, month)]
         newer = [m for m in months if m > (year, month)]

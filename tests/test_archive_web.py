@@ -144,6 +144,7 @@ def test_list_page_is_paginated_fifty_threads_a_page(running, make_list, import_
     with web(running) as client:
         first, second, third = (client.get(f"/{LIST}/", params={"page": n}) for n in (1, 2, 3))
         beyond = client.get(f"/{LIST}/?page=9")
+        month, month_end = (client.get(f"/{LIST}/2026/03/", params={"page": n}) for n in (1, 3))
         bad = client.get(f"/{LIST}/?page=two")
     assert [unquote(t) for t in thread_links(first.text)] == [
         f"t{n}@x" for n in range(119, 69, -1)]
@@ -153,6 +154,8 @@ def test_list_page_is_paginated_fifty_threads_a_page(running, make_list, import_
     assert "?page=4" not in third.text
     assert beyond.status_code == 200 and "No messages." in beyond.text
     assert bad.status_code == 400 and "whole number" in bad.text
+    assert thread_links(month.text) == thread_links(first.text)  # months page the same way
+    assert f"/{LIST}/2026/03/?page=2" in month.text and len(thread_links(month_end.text)) == 20
 
 
 def test_month_pages_show_the_threads_active_that_month(running, make_list, import_mbox):
