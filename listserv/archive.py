@@ -1,14 +1,32 @@
 """Reading the store: the threaded archive and the moderation queue, plus importing
 old mail into the archive (stored and threaded, never sent).
+
+The archive's pages read through the functions below: each is one or two indexed
+queries returning plain data, so a page costs the same at 100 or 100,000 messages.
+Only what went through store.archive is shown: a post with a thread node.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Row, column, func, select, text
+from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session
+from sqlmodel.sql.sqltypes import UTCDateTime
 
 from listserv import store, thread
-from listserv.models import MailingList, Message, MessageKind, MessageState, ThreadNode
+from listserv.models import (
+    ArchivePolicy,
+    MailingList,
+    Message,
+    MessageKind,
+    MessageState,
+    ThreadNode,
+    ThreadSummary,
+)
 from listserv.parse import parse
 
 
@@ -43,3 +61,248 @@ def thread_rows(session: Session, mlist: MailingList) -> list[dict]:
         .where(ThreadNode.list_id == mlist.id).order_by(Message.id))
     return [{"message_id": mid, "parent_id": thread.nearest_real_parent(nodes, mid),
              "thread_id": tid, "subject": subject} for mid, tid, subject in result]
+
+
+# --- what the archive's pages read ------------------------------------------------------
+
+@dataclass(frozen=True)
+class ListEntry:
+    """A list on the front page."""
+
+    mlist: MailingList
+    messages: int
+    last_date: datetime | None
+
+
+@dataclass(frozen=True)
+class ThreadPage:
+    threads: list[ThreadSummary]
+    number: int  # 1-based
+    has_next: bool
+
+
+@dataclass(frozen=True)
+class Post:
+    """An archived message as a page shows it; `depth` is its nesting in a thread."""
+
+    message_id: str
+    subject: str
+    from_name: str
+    from_address: str
+    date: datetime | None
+    raw: bytes
+    depth: int = 0
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A link to another message: its parent or a reply."""
+
+    message_id: str
+    subject: str
+    from_name: str
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    post: Post
+    thread_id: str
+    parent: Ref | None
+    replies: list[Ref]
+
+
+def listed(session: Session) -> list[ListEntry]:
+    """The lists whose archive the front page names (private ones as members-only), with
+    their counts summed over the thread summaries rather than counted message by message."""
+    totals = (select(ThreadSummary.list_id, func.sum(ThreadSummary.messages).label("n"),
+                     func.max(ThreadSummary.last_date).label("last"))
+              .group_by(ThreadSummary.list_id).subquery())
+    rows = session.execute(
+        select(MailingList, totals.c.n, totals.c.last)
+        .outerjoin(totals, totals.c.list_id == MailingList.id)
+        .where(MailingList.archive != ArchivePolicy.OFF).order_by(MailingList.address))
+    return [ListEntry(mlist, n or 0, last) for mlist, n, last in rows]
+
+
+def threads(session: Session, list_id: int, number: int, size: int = 50) -> ThreadPage:
+    """Page `number` of the list's threads, latest activity first (one index range)."""
+    rows = list(session.scalars(
+        select(ThreadSummary).where(ThreadSummary.list_id == list_id)
+        .order_by(ThreadSummary.last_date.desc(), ThreadSummary.id.desc())
+        .limit(size + 1).offset((number - 1) * size)))
+    return ThreadPage(rows[:size], number, len(rows) > size)
+
+
+# A loose index scan: each step seeks ix_thread_node_date for the first message dated
+# after the month before, so listing the months costs one seek per month, not a scan of
+# every message. Only the month arithmetic differs between the databases.
+_MONTHS = """
+    WITH RECURSIVE month(d) AS (
+        SELECT (SELECT date FROM thread_node WHERE list_id = :list_id AND date IS NOT NULL
+                ORDER BY date LIMIT 1)
+        UNION ALL
+        SELECT (SELECT date FROM thread_node WHERE list_id = :list_id AND date >= {next}
+                ORDER BY date LIMIT 1)
+        FROM month WHERE month.d IS NOT NULL)
+    SELECT d FROM month WHERE d IS NOT NULL"""
+_NEXT_MONTH = {"sqlite": "date(month.d, 'start of month', '+1 month')",
+               "postgresql": "date_trunc('month', month.d, 'UTC') + interval '1 month'"}
+
+
+def months(session: Session, list_id: int) -> list[tuple[int, int]]:
+    """The (year, month) pairs that have messages, newest first."""
+    dialect = session.get_bind().dialect.name
+    statement = text(_MONTHS.format(next=_NEXT_MONTH[dialect])).columns(
+        column("d", UTCDateTime()))
+    dates = session.scalars(statement, {"list_id": list_id})
+    return sorted({(d.year, d.month) for d in dates}, reverse=True)
+
+
+def month_span(year: int, month: int) -> tuple[datetime, datetime]:
+    """The first instant of the month and of the next one, UTC."""
+    start = datetime(year, month, 1, tzinfo=UTC)
+    return start, datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
+
+
+def month_threads(session: Session, list_id: int, year: int, month: int, number: int,
+                  size: int = 50) -> ThreadPage:
+    """Page `number` of the threads with a message dated in that month, latest activity
+    first."""
+    start, end = month_span(year, month)
+    active = (select(ThreadNode.thread_id)
+              .where(ThreadNode.list_id == list_id, ThreadNode.date >= start,
+                     ThreadNode.date < end))
+    rows = list(session.scalars(
+        select(ThreadSummary)
+        .where(ThreadSummary.list_id == list_id, ThreadSummary.thread_id.in_(active))
+        .order_by(ThreadSummary.last_date.desc(), ThreadSummary.id.desc())
+        .limit(size + 1).offset((number - 1) * size)))
+    return ThreadPage(rows[:size], number, len(rows) > size)
+
+
+_POST_COLUMNS = (Message.message_id, Message.subject, Message.from_name,
+                 Message.from_address, Message.date)
+
+
+def _skeleton(session: Session, list_id: int, thread_id: str
+              ) -> tuple[dict[str, thread.Node], dict[str, Post]]:
+    """Every node of a thread (placeholders too, for the links through them) and its
+    archived posts, in one query."""
+    rows = session.execute(
+        select(ThreadNode.message_id, ThreadNode.parent_id, ThreadNode.date, Message.id,
+               *_POST_COLUMNS[1:], Message.raw)
+        .outerjoin(Message, (Message.id == ThreadNode.message_pk)
+                   & (Message.kind == MessageKind.POST))
+        .where(ThreadNode.list_id == list_id, ThreadNode.thread_id == thread_id))
+    nodes: dict[str, thread.Node] = {}
+    posts: dict[str, Post] = {}
+    for mid, parent_id, node_date, pk, subject, name, address, date, data in rows:
+        nodes[mid] = thread.Node(mid, real=pk is not None, parent_id=parent_id,
+                                 thread_id=thread_id)
+        if pk is not None:
+            posts[mid] = Post(mid, subject, name, address, date or node_date, data or b"")
+    return nodes, posts
+
+
+def _children(nodes: dict[str, thread.Node], posts: dict[str, Post]
+              ) -> dict[str | None, list[str]]:
+    """Each post's replies, re-attached past placeholders, oldest first; None: roots."""
+    children: dict[str | None, list[str]] = defaultdict(list)
+    for mid in posts:
+        children[thread.nearest_real_parent(nodes, mid)].append(mid)
+    oldest = datetime.min.replace(tzinfo=UTC)
+    for replies in children.values():
+        replies.sort(key=lambda m: (posts[m].date or oldest, m))
+    return children
+
+
+def tree_order(nodes: dict[str, thread.Node], posts: dict[str, Post]) -> list[Post]:
+    """The posts depth-first, each reply after its parent, siblings by date; iterative,
+    since a long back-and-forth nests hundreds deep."""
+    children = _children(nodes, posts)
+    ordered: list[Post] = []
+    stack = [(mid, 0) for mid in reversed(children[None])]
+    seen: set[str] = set()
+    while stack:
+        mid, depth = stack.pop()
+        if mid in seen:
+            continue
+        seen.add(mid)
+        post = posts[mid]
+        ordered.append(Post(post.message_id, post.subject, post.from_name, post.from_address,
+                            post.date, post.raw, depth))
+        stack.extend((child, depth + 1) for child in reversed(children.get(mid, [])))
+    return ordered
+
+
+def thread_posts(session: Session, list_id: int, thread_id: str) -> list[Post]:
+    """A thread's archived posts in reading order; empty for an unknown thread."""
+    return tree_order(*_skeleton(session, list_id, thread_id))
+
+
+def _relatives(session: Session, list_id: int, key: InstrumentedAttribute[str | None],
+               ids: list[str]) -> list[Row]:
+    """The nodes whose `key` (message_id or parent_id) is one of `ids`, with the post
+    of each real one."""
+    return list(session.execute(
+        select(ThreadNode.message_id, ThreadNode.parent_id, Message.id, Message.subject,
+               Message.from_name, ThreadNode.date)
+        .outerjoin(Message, (Message.id == ThreadNode.message_pk)
+                   & (Message.kind == MessageKind.POST))
+        .where(ThreadNode.list_id == list_id, key.in_(ids))))
+
+
+def _parent(session: Session, list_id: int, parent_id: str | None) -> Ref | None:
+    """The nearest archived ancestor: one lookup, more only through placeholders."""
+    seen: set[str] = set()
+    while parent_id is not None and parent_id not in seen:
+        seen.add(parent_id)
+        rows = _relatives(session, list_id, ThreadNode.message_id, [parent_id])
+        if not rows:
+            return None
+        mid, parent_id, pk, subject, name, _ = rows[0]
+        if pk is not None:
+            return Ref(mid, subject, name)
+    return None
+
+
+def _replies(session: Session, list_id: int, message_id: str) -> list[Ref]:
+    """The posts whose nearest archived ancestor is this one, oldest first: its children,
+    and through placeholders their children (ix_thread_node_parent, a lookup a level)."""
+    found: list[tuple[datetime, Ref]] = []
+    frontier, seen = [message_id], {message_id}
+    oldest = datetime.min.replace(tzinfo=UTC)
+    while frontier:
+        rows = _relatives(session, list_id, ThreadNode.parent_id, frontier)
+        frontier = []
+        for mid, _, pk, subject, name, date in rows:
+            if mid in seen:
+                continue
+            seen.add(mid)
+            if pk is None:
+                frontier.append(mid)
+            else:
+                found.append((date or oldest, Ref(mid, subject, name)))
+    return [ref for _, ref in sorted(found, key=lambda pair: (pair[0], pair[1].message_id))]
+
+
+def message_page(session: Session, list_id: int, message_id: str) -> MessagePage | None:
+    """An archived post with its parent and replies, whatever the size of its thread."""
+    row = session.execute(
+        select(*_POST_COLUMNS, Message.raw, ThreadNode.thread_id, ThreadNode.parent_id)
+        .join(ThreadNode, ThreadNode.message_pk == Message.id)
+        .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
+               Message.kind == MessageKind.POST)).first()
+    if row is None:
+        return None
+    *fields, thread_id, parent_id = row
+    return MessagePage(Post(*fields), thread_id, _parent(session, list_id, parent_id),
+                       _replies(session, list_id, message_id))
+
+
+def raw_message(session: Session, list_id: int, message_id: str) -> bytes | None:
+    """The stored bytes of an archived post."""
+    return session.scalars(
+        select(Message.raw).join(ThreadNode, ThreadNode.message_pk == Message.id)
+        .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
+               Message.kind == MessageKind.POST)).first()

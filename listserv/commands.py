@@ -23,6 +23,7 @@ from listserv import moderation, notices, policy, roster, store, thread, tokens
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
+    ArchivePolicy,
     DeliveryMode,
     MailingList,
     Member,
@@ -56,6 +57,9 @@ class Outcome(enum.StrEnum):
     SUBSCRIBE_ASKED = "subscribe-asked"  # a confirmation is on its way (or was sent before)
     UNSUBSCRIBE_ASKED = "unsubscribe-asked"
     CLOSED = "closed"  # only admins add members to this list
+    ARCHIVE_ASKED = "archive-asked"  # a private archive's link is on its way to members
+    ARCHIVE_PUBLIC = "archive-public"  # anyone may read it: the reply gives its address
+    ARCHIVE_OFF = "archive-off"  # the list keeps no web archive
     SUBSCRIBED = "subscribed"
     AWAITING_APPROVAL = "awaiting-approval"  # confirmed; a moderator decides now
     UNSUBSCRIBED = "unsubscribed"
@@ -200,6 +204,24 @@ def unsubscribe_url(session: Session, config: Config, mlist: MailingList, addres
     secret = tokens.server_secret(session, config)
     return (f"{config.web.base_url.rstrip('/')}/unsubscribe/"
             f"{tokens.unsubscribe_link(secret, mlist.id, address)}")
+
+
+def archive_access(session: Session, config: Config, mlist: MailingList,
+                   address: str) -> Outcome:
+    """Mail a member the signed link that opens a private archive in their browser; the
+    answer is the same for strangers, who get no mail, so it reveals no one's membership."""
+    if mlist.archive is ArchivePolicy.OFF:
+        return Outcome.ARCHIVE_OFF
+    if mlist.archive is ArchivePolicy.PUBLIC:
+        return Outcome.ARCHIVE_PUBLIC
+    if is_member(session, mlist.id, address):
+        days = config.web.archive_link_days
+        value = tokens.archive_pass(tokens.server_secret(session, config), mlist.id,
+                                    address, days)
+        url = f"{config.web.base_url.rstrip('/')}/{mlist.address}/access/{value}"
+        _send(session, config, mlist, address, "archive_access", address=address, url=url,
+              days=days)
+    return Outcome.ARCHIVE_ASKED
 
 
 def join(session: Session, config: Config, mlist: MailingList, address: str,
@@ -368,6 +390,10 @@ def _unmute_command(req: Request, args: list[str]) -> Outcome:
     return _mute_command(req, args, on=False)
 
 
+def _archive_command(req: Request, args: list[str]) -> Outcome:
+    return archive_access(req.session, req.config, req.mlist, req.sender)
+
+
 def _help_command(req: Request, args: list[str]) -> Outcome:
     return Outcome.HELP
 
@@ -376,7 +402,7 @@ COMMANDS: dict[str, Callable[[Request, list[str]], Outcome]] = {
     "subscribe": _subscribe_command, "join": _subscribe_command,
     "unsubscribe": _unsubscribe_command, "leave": _unsubscribe_command,
     "confirm": _confirm_command, "set": _set_command, "help": _help_command,
-    "mute": _mute_command, "unmute": _unmute_command,
+    "mute": _mute_command, "unmute": _unmute_command, "archive": _archive_command,
 }
 
 

@@ -87,6 +87,18 @@ def thread_url(base_url: str, addresses: ListAddresses, thread_id: str) -> str:
     return f"{archive_url(base_url, addresses)}thread/{quote_id(thread_id)}/"
 
 
+_REPLY_PREFIX = re.compile(r"\s*re\s*:", re.IGNORECASE)
+
+
+def reply_mailto(list_address: str, message_id: str, subject: str) -> str:
+    """An RFC 6068 link that starts a reply to a post in the reader's mail program,
+    threaded under it (In-Reply-To) and with "Re: " added only if it is not there."""
+    if not _REPLY_PREFIX.match(subject):
+        subject = f"Re: {subject}"
+    return (f"mailto:{quote(list_address, safe='@')}?In-Reply-To="
+            f"{quote(f'<{message_id}>', safe='')}&subject={quote(subject, safe='')}")
+
+
 def list_headers(addresses: ListAddresses, name: str, base_url: str,
                  message_id: str) -> list[tuple[str, str]]:
     """The list headers every copy carries (RFC 2369, RFC 2919, RFC 5064); the member's

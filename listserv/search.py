@@ -23,6 +23,7 @@ from listserv.models import Message
 # snippet can be escaped as a whole and only then given its <mark> tags.
 _START, _STOP = "\x02", "\x03"
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _WORD = re.compile(r"\w+", re.UNICODE)
 MAX_TEXT = 65536  # characters of body text indexed per message
 
@@ -42,8 +43,10 @@ def _sqlite(session: Session) -> bool:
 
 
 def _clean(value: str, limit: int = MAX_TEXT) -> str:
-    """PostgreSQL text cannot hold NUL, and the markers must not occur in the text."""
-    return _CONTROL.sub(" ", value[:limit])
+    """PostgreSQL text cannot hold NUL, and the markers must not occur in the text; bytes
+    the declared charset could not decode arrive as lone surrogates, which neither
+    database can store, and become U+FFFD."""
+    return _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", value[:limit]))
 
 
 def index(session: Session, message: Message, body: str) -> None:

@@ -2,24 +2,32 @@
 
 Links in mail (confirm, one-click unsubscribe, mute) only ever act on POST: a GET
 shows a page with a button, because link scanners and previews fetch every URL.
+
+The archive's pages show mail written by anyone. Its content is escaped or sanitised
+(view.py), and every response also carries a Content-Security-Policy that allows no
+script and no remote content at all, so a hole in the sanitising still runs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from listserv import commands, db, roster, tokens
+from listserv import archive, commands, compose, db, roster, search, store, tokens, view
 from listserv.config import Config
 from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import render
@@ -66,6 +74,7 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
 
 
 def archive_cookie(mlist: MailingList) -> str:
+    """The cookie holding a member's pass to one private archive."""
     return f"listserv_archive_{mlist.id}"
 
 
@@ -86,6 +95,221 @@ def readable_list(session: Session, config: Config, address: str,
     return mlist
 
 
+POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+          "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class SecurityHeaders:
+    """Every response: no script, no remote content, no framing, no type sniffing. A
+    response that sets its own policy (attachments: sandbox) keeps it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", POLICY.encode()))
+                if b"x-content-type-options" not in names:
+                    headers.append((b"x-content-type-options", b"nosniff"))
+                message["headers"] = headers
+            await send(message)
+        await self.app(scope, receive, send_with_headers)
+
+
+THREADS_PER_PAGE = 50
+HITS_PER_PAGE = 20
+MAX_QUERY = 500  # characters of a search query kept
+# Attachments a browser may show as themselves (still offered as a download); anything
+# else is application/octet-stream, so no HTML or SVG of a stranger's runs on our origin.
+SHOWN_TYPES = {"image/png", "image/jpeg", "image/gif", "text/plain", "application/pdf"}
+_ATTACHMENT = re.compile(r"(.+)/attachment/(\d+)/[^/]*")
+
+
+def page_number(request: Request) -> int:
+    value = request.query_params.get("page", "1")
+    if not value.isdigit() or int(value) < 1:
+        raise HTTPException(400, "The page number must be a whole number from 1.")
+    return int(value)
+
+
+def raw_response(raw: bytes) -> Response:
+    """The stored bytes unchanged: what was received is the evidence (headers, signatures),
+    so nothing is re-encoded. Only bytes that are UTF-8 are labelled so; older 8-bit mail
+    is left for the browser to guess rather than shown as replacement characters."""
+    try:
+        raw.decode("utf-8")
+        content_type = "text/plain; charset=utf-8"
+    except UnicodeDecodeError:
+        content_type = "text/plain"
+    return Response(raw, headers={"content-type": content_type})
+
+
+def attachment_response(part: view.Attachment, data: bytes) -> Response:
+    """A download, never a page of our origin: safe type, attachment, sandboxed."""
+    content_type = part.content_type if part.content_type in SHOWN_TYPES else (
+        "application/octet-stream")
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", part.filename) or "attachment"
+    return Response(data, headers={
+        "content-type": content_type,
+        "content-disposition": f"attachment; filename=\"{fallback}\"; "
+                               f"filename*=UTF-8''{quote(part.filename, safe='')}",
+        "content-security-policy": "sandbox"})
+
+
+def archive_routes(engine: Engine, config: Config,
+                   page: Callable[..., HTMLResponse]) -> list[Route]:
+    """The web archive: every route reads through readable_list in one read session."""
+    base = config.web.base_url.rstrip("/")
+
+    async def read(request: Request, work: Callable[[Session, MailingList], T]
+                   ) -> tuple[MailingList, T]:
+        def call() -> tuple[MailingList, T]:
+            with db.read_session(engine) as session:
+                mlist = readable_list(session, config, request.path_params["address"],
+                                      request.cookies)
+                return mlist, work(session, mlist)
+        return await asyncio.to_thread(call)
+
+    def archive_page(name: str, mlist: MailingList, **context: Any) -> HTMLResponse:
+        return page(name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
+                    q=compose.quote_id, obfuscate=view.obfuscate, **context)
+
+    async def list_page(request: Request) -> Response:
+        number = page_number(request)
+        mlist, (threads, months) = await read(request, lambda session, mlist: (
+            archive.threads(session, mlist.id, number, THREADS_PER_PAGE),
+            archive.months(session, mlist.id)))
+        return archive_page("list", mlist, threads=threads, months=months)
+
+    async def month_page(request: Request) -> Response:
+        year, month = request.path_params["year"], request.path_params["month"]
+        if not (1 <= month <= 12 and 1 <= year <= 9999):
+            raise HTTPException(404, "There is no such month.")
+        number = page_number(request)
+        mlist, (threads, months) = await read(request, lambda session, mlist: (
+            archive.month_threads(session, mlist.id, year, month, number, THREADS_PER_PAGE),
+            archive.months(session, mlist.id)))
+        older = [m for m in months if m < (year, month)]
+        newer = [m for m in months if m > (year, month)]
+        return archive_page("month", mlist, threads=threads, year=year, month=month,
+                            older=older[0] if older else None,
+                            newer=newer[-1] if newer else None)
+
+    def trailing_slash(request: Request, kind: str) -> str | Response:
+        """A thread or message id from the path without its closing "/"; without one, a
+        redirect to the canonical URL (the path arrives decoded, so it is quoted again)."""
+        value = request.path_params["rest"]
+        if value.endswith("/"):
+            return value[:-1]
+        address = request.path_params["address"]
+        return RedirectResponse(f"{base}/{address}/{kind}/{compose.quote_id(value)}/",
+                                status_code=308)
+
+    async def thread_page(request: Request) -> Response:
+        thread_id = trailing_slash(request, "thread")
+        if isinstance(thread_id, Response):
+            return thread_id
+
+        def work(session: Session, mlist: MailingList) -> list:
+            posts = archive.thread_posts(session, mlist.id, thread_id)
+            return [(post, view.view(post.raw)) for post in posts]
+        mlist, posts = await read(request, work)
+        if not posts:
+            raise HTTPException(404, "There is no such thread in this archive.")
+        return archive_page("thread", mlist, posts=posts, thread_id=thread_id)
+
+    async def message_routes(request: Request) -> Response:
+        """/message/ID/, /message/ID/raw and /message/ID/attachment/N/NAME: one route,
+        since a Message-ID may itself contain "/"."""
+        rest = request.path_params["rest"]
+        if rest.endswith("/raw"):
+            return await raw_page(request, rest.removesuffix("/raw"))
+        found = _ATTACHMENT.fullmatch(rest)
+        if found:
+            return await attachment_page(request, found.group(1), int(found.group(2)))
+        message_id = trailing_slash(request, "message")
+        if isinstance(message_id, Response):
+            return message_id
+        return await message_page(request, message_id)
+
+    def gone() -> HTTPException:
+        return HTTPException(404, "There is no such message in this archive.")
+
+    async def message_page(request: Request, message_id: str) -> Response:
+        def work(session: Session, mlist: MailingList) -> tuple | None:
+            found = archive.message_page(session, mlist.id, message_id)
+            return found and (found, view.view(found.post.raw))
+        mlist, found = await read(request, work)
+        if found is None:
+            raise gone()
+        message, shown = found
+        return archive_page("message", mlist, message=message, view=shown,
+                            reply=compose.reply_mailto(mlist.address, message_id,
+                                                       message.post.subject))
+
+    async def raw_page(request: Request, message_id: str) -> Response:
+        _, raw = await read(request, lambda session, mlist: archive.raw_message(
+            session, mlist.id, message_id))
+        if raw is None:
+            raise gone()
+        return raw_response(raw)
+
+    async def attachment_page(request: Request, message_id: str, index: int) -> Response:
+        def work(session: Session, mlist: MailingList) -> tuple | None:
+            raw = archive.raw_message(session, mlist.id, message_id)
+            return view.attachment(raw, index) if raw is not None else None
+        _, found = await read(request, work)
+        if found is None:
+            raise HTTPException(404, "There is no such attachment.")
+        return attachment_response(*found)
+
+    async def search_page(request: Request) -> Response:
+        words = request.query_params.get("q", "").strip()[:MAX_QUERY]
+        number = page_number(request)
+        mlist, hits = await read(request, lambda session, mlist: search.query(
+            session, mlist.id, words, HITS_PER_PAGE + 1, (number - 1) * HITS_PER_PAGE)
+            if words else [])
+        return archive_page("search", mlist, words=words, hits=hits[:HITS_PER_PAGE],
+                            number=number, has_next=len(hits) > HITS_PER_PAGE)
+
+    async def access(request: Request) -> Response:
+        """The link a member was mailed: keep its pass in a cookie for this list only."""
+        address, value = request.path_params["address"], request.path_params["token"]
+
+        def work() -> MailingList | None:
+            with db.read_session(engine) as session:
+                mlist = roster.find_list(session, address)
+                if mlist is None or mlist.archive is ArchivePolicy.OFF:
+                    raise HTTPException(404, "There is no archive of that list here.")
+                holder = tokens.archive_pass_holder(tokens.server_secret(session, config),
+                                                    value, mlist.id)
+                ok = holder is not None and commands.is_member(session, mlist.id, holder)
+                return mlist if ok else None
+        mlist = await asyncio.to_thread(work)
+        if mlist is None:
+            return page("invalid", 400, kind="archive")
+        response = RedirectResponse(compose.archive_url(base, store.addresses_of(mlist)),
+                                    status_code=303)
+        response.set_cookie(archive_cookie(mlist), value,
+                            max_age=config.web.archive_link_days * 86400,
+                            path=f"{urlsplit(base).path}/{mlist.address}/",
+                            secure=base.startswith("https:"), httponly=True, samesite="lax")
+        return response
+
+    return [
+        Route("/{address}/", list_page),
+        Route("/{address}/search", search_page),
+        Route("/{address}/access/{token}", access),
+        Route("/{address}/{year:int}/{month:int}/", month_page),
+        Route("/{address}/thread/{rest:path}", thread_page),
+        Route("/{address}/message/{rest:path}", message_routes),
+    ]
+
+
 def make_app(engine: Engine, config: Config) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
@@ -97,15 +321,18 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         return await asyncio.to_thread(call)
 
     def page(name: str, status: int = 200, /, **context: Any) -> HTMLResponse:
-        return HTMLResponse(render(f"web/{name}.html", base_url=config.web.base_url,
-                                   **context), status_code=status)
+        return HTMLResponse(render(f"web/{name}.html",
+                                   base_url=config.web.base_url.rstrip("/"), **context),
+                            status_code=status)
 
     def invalid(kind: str, status: int) -> HTMLResponse:
         return page("invalid", status, kind=kind)
 
     async def index(request: Request) -> Response:
-        lists = await in_db(roster.all_lists)
-        return page("index", lists=lists)
+        def work() -> list[archive.ListEntry]:
+            with db.read_session(engine) as session:
+                return archive.listed(session)
+        return page("index", lists=await asyncio.to_thread(work))
 
     async def confirm_form(request: Request) -> Response:
         value = request.path_params["token"]
@@ -189,7 +416,8 @@ def make_app(engine: Engine, config: Config) -> Starlette:
 
     mute_form, mute_post = mute_routes(on=True)
     unmute_form, unmute_post = mute_routes(on=False)
-    return Starlette(exception_handlers={HTTPException: http_error}, routes=[
+    return Starlette(exception_handlers={HTTPException: http_error},
+                     middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/", index),
         Route("/confirm/{token}", confirm_form, methods=["GET"]),
         Route("/confirm/{token}", confirm_post, methods=["POST"]),
@@ -199,4 +427,5 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         Route("/mute/{token}", mute_post, methods=["POST"]),
         Route("/unmute/{token}", unmute_form, methods=["GET"]),
         Route("/unmute/{token}", unmute_post, methods=["POST"]),
+        *archive_routes(engine, config, page),
     ])

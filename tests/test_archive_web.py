@@ -1,0 +1,606 @@
+"""The web archive over real HTTP: what a reader sees of a list, a month, a thread, a
+message and a search, what a stranger's mail can and cannot do to those pages, and who
+may read a members-only archive. Messages arrive by `listserv archive import` of mboxes
+and by real SMTP posts."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import mailbox
+import re
+from email.message import EmailMessage
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from typer.testing import CliRunner
+
+from listserv import compose, db, tokens
+from listserv.cli import app
+from listserv.models import ArchivePolicy, MailingList, Message, ThreadNode, ThreadSummary
+from tests.conftest import CORPUS, mails_to, message
+
+LIST = "dev@lists.example.org"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+STRANGER = "mallory@example.net"
+SECRET = "test-secret"  # [web] secret of the `config` fixture
+NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+# --- helpers ----------------------------------------------------------------------------
+
+@pytest.fixture
+def import_mbox(tmp_path: Path, db_url: str):
+    """import_mbox(path_or_messages): `listserv archive import LIST FILE`, in process."""
+    config_file = tmp_path / "listserv.toml"
+    config_file.write_text(f'[database]\nurl = "{db_url}"\n', encoding="utf-8")
+
+    def run(source: Path | list[bytes], list_address: str = LIST) -> str:
+        if not isinstance(source, Path):
+            path = tmp_path / f"import-{len(list(tmp_path.iterdir()))}.mbox"
+            box = mailbox.mbox(path)
+            for raw in source:
+                box.add(raw)
+            box.close()
+            source = path
+        result = CliRunner().invoke(app, ["--config", str(config_file), "archive", "import",
+                                          list_address, str(source)])
+        assert result.exit_code == 0, result.output
+        return result.output
+    return run
+
+
+def mail(subject: str, message_id: str, *, date: str = "Thu, 26 Nov 2026 10:00:00 +0000",
+         sender: str = "Bob Example <bob@example.com>", body: str = "Hi all.\n",
+         parent: str | None = None, references: str | None = None) -> bytes:
+    lines = [f"From: {sender}", f"To: {LIST}", f"Subject: {subject}",
+             f"Message-ID: <{message_id}>", f"Date: {date}"]
+    if parent:
+        lines.append(f"In-Reply-To: <{parent}>")
+    if references or parent:
+        lines.append(f"References: {references or f'<{parent}>'}")
+    return ("\n".join(lines) + "\n\n" + body).encode()
+
+
+def web(running) -> httpx.Client:
+    return httpx.Client(base_url=running.config.web.base_url, timeout=20)
+
+
+def url(kind: str, value: str) -> str:
+    return f"/{LIST}/{kind}/{compose.quote_id(value)}/"
+
+
+def thread_links(page: str) -> list[str]:
+    return re.findall(r'<a href="[^"]*/thread/([^"/]+)/">', page)
+
+
+def stored_raw(engine, message_id: str) -> bytes:
+    with db.session(engine) as s:
+        return s.scalars(select(Message.raw).where(Message.message_id == message_id)).one()
+
+
+def set_archive(engine, policy: ArchivePolicy, address: str = LIST) -> None:
+    with db.session(engine) as s:
+        s.execute(update(MailingList).where(MailingList.address == address)
+                  .values(archive=policy))
+        s.commit()
+
+
+# --- the front page and the list page ---------------------------------------------------
+
+def test_front_page_lists_public_and_members_only_archives_but_not_off_ones(
+        running, make_list, engine, import_mbox):
+    make_list(LIST)
+    make_list("secret@lists.example.org", name="Secret")
+    make_list("quiet@lists.example.org", name="Quiet")
+    set_archive(engine, ArchivePolicy.PRIVATE, "secret@lists.example.org")
+    set_archive(engine, ArchivePolicy.OFF, "quiet@lists.example.org")
+    import_mbox([mail("One", "1@x", date="Mon, 02 Mar 2026 09:00:00 +0000"),
+                 mail("Two", "2@x", date="Tue, 03 Mar 2026 09:30:00 +0000")])
+    with web(running) as client:
+        page = client.get("/")
+    assert page.status_code == 200
+    assert LIST in page.text and "2 messages" in page.text and "2026-03-03 09:30" in page.text
+    secret = page.text.split("secret@lists.example.org", 1)[1].split("</li>")[0]
+    assert "members only" in secret
+    assert "quiet@lists.example.org" not in page.text
+    assert page.headers["content-security-policy"] == CSP
+
+
+def test_list_page_shows_threads_by_latest_activity_with_counts(running, make_list, engine,
+                                                                 import_mbox):
+    make_list(LIST)
+    import_mbox(NOTMUCH)
+    with db.session(engine) as s:
+        expected = list(s.scalars(select(ThreadSummary).order_by(
+            ThreadSummary.last_date.desc(), ThreadSummary.id.desc())))
+    with web(running) as client:
+        page = client.get(f"/{LIST}/")
+    assert page.status_code == 200
+    assert [unquote(t) for t in thread_links(page.text)] == [t.thread_id for t in expected]
+    busiest = max(expected, key=lambda t: t.messages)
+    entry = page.text.split(f"/thread/{compose.quote_id(busiest.thread_id)}/", 1)[1]
+    entry = entry.split("</li>")[0]
+    assert f"{busiest.messages - 1} replies" in entry
+    assert f"{busiest.participants} participants" in entry
+    assert busiest.authors.splitlines()[0] in entry
+    assert f'href="http://{urlsplit(running.config.web.base_url).netloc}/{LIST}/digest/"' \
+        in page.text
+    assert f'action="{running.config.web.base_url}/{LIST}/search"' in page.text
+    assert f"/{LIST}/2009/11/" in page.text  # the notmuch list's months
+
+
+def test_list_page_is_paginated_fifty_threads_a_page(running, make_list, import_mbox):
+    make_list(LIST)
+    import_mbox([mail(f"Topic {n}", f"t{n}@x", date=f"Mon, 02 Mar 2026 {n // 60:02d}:"
+                      f"{n % 60:02d}:00 +0000") for n in range(120)])
+    with web(running) as client:
+        first, second, third = (client.get(f"/{LIST}/", params={"page": n}) for n in (1, 2, 3))
+        beyond = client.get(f"/{LIST}/?page=9")
+        month, month_end = (client.get(f"/{LIST}/2026/03/", params={"page": n}) for n in (1, 3))
+        bad = client.get(f"/{LIST}/?page=two")
+    assert [unquote(t) for t in thread_links(first.text)] == [
+        f"t{n}@x" for n in range(119, 69, -1)]
+    assert len(thread_links(second.text)) == 50 and len(thread_links(third.text)) == 20
+    assert "?page=2" in first.text and "?page=0" not in first.text
+    assert "?page=1" in second.text and "?page=3" in second.text
+    assert "?page=4" not in third.text
+    assert beyond.status_code == 200 and "No messages." in beyond.text
+    assert bad.status_code == 400 and "whole number" in bad.text
+    assert thread_links(month.text) == thread_links(first.text)  # months page the same way
+    assert f"/{LIST}/2026/03/?page=2" in month.text and len(thread_links(month_end.text)) == 20
+
+
+def test_month_pages_show_the_threads_active_that_month(running, make_list, import_mbox):
+    make_list(LIST)
+    import_mbox([
+        mail("January topic", "jan@x", date="Sat, 10 Jan 2026 12:00:00 +0000"),
+        mail("Re: January topic", "jan-reply@x", parent="jan@x",
+             date="Tue, 03 Mar 2026 08:00:00 +0000"),
+        mail("March topic", "mar@x", date="Tue, 31 Mar 2026 23:59:59 +0000"),
+        mail("April topic", "apr@x", date="Wed, 01 Apr 2026 00:00:00 +0000"),
+    ])
+    with web(running) as client:
+        listing = client.get(f"/{LIST}/").text
+        january, march = client.get(f"/{LIST}/2026/01/"), client.get(f"/{LIST}/2026/03/")
+        february = client.get(f"/{LIST}/2026/02/")
+        missing = [client.get(f"/{LIST}/{path}") for path in
+                   ("2026/13/", "2026/00/", "0000/05/", "2026/ab/", "12345/01/")]
+    assert re.findall(r"/(\d{4}/\d{2})/\">", listing) == ["2026/04", "2026/03", "2026/01"]
+    assert [unquote(t) for t in thread_links(january.text)] == ["jan@x"]
+    assert [unquote(t) for t in thread_links(march.text)] == ["mar@x", "jan@x"]
+    assert f"/{LIST}/2026/01/" in march.text and f"/{LIST}/2026/04/" in march.text
+    assert f"/{LIST}/2026/03/" in january.text  # the next month with messages
+    assert february.status_code == 200 and "No messages." in february.text
+    assert [r.status_code for r in missing] == [404] * 5
+    assert "Not found" in missing[0].text and "All lists" in missing[0].text
+
+
+# --- threads and messages ---------------------------------------------------------------
+
+TREE = [  # (id, parent, date): "x@lost" is referenced but never arrives
+    ("root@x", None, "Mon, 02 Mar 2026 09:00:00 +0000"),
+    ("late@x", "root@x", "Mon, 02 Mar 2026 12:00:00 +0000"),
+    ("early@x", "root@x", "Mon, 02 Mar 2026 10:00:00 +0000"),
+    ("deep@x", "early@x", "Mon, 02 Mar 2026 13:00:00 +0000"),
+    ("via-ghost@x", "x@lost", "Mon, 02 Mar 2026 11:00:00 +0000"),
+]
+
+
+def import_tree(import_mbox) -> None:
+    mails = []
+    for mid, parent, date in TREE:
+        refs = "<root@x> <x@lost>" if parent == "x@lost" else None
+        mails.append(mail("Re: Plans" if parent else "Plans", mid, date=date, parent=parent,
+                          references=refs, body=f"Body of {mid}\n"))
+    import_mbox(mails)
+
+
+def test_thread_page_reads_depth_first_by_date_with_replies_nested(running, make_list,
+                                                                   import_mbox):
+    make_list(LIST)
+    import_tree(import_mbox)
+    with web(running) as client:
+        page = client.get(url("thread", "root@x"))
+        unknown = client.get(url("thread", "nothing@x"))
+    assert page.status_code == 200
+    posts = re.findall(r'<article class="post d(\d)">.*?Body of ([^\s<]+)', page.text, re.S)
+    # A reply through a placeholder hangs from the nearest message we have.
+    assert posts == [("0", "root@x"), ("1", "early@x"), ("2", "deep@x"),
+                     ("1", "via-ghost@x"), ("1", "late@x")]
+    for mid, _, _ in TREE:
+        assert f'href="{running.config.web.base_url}{url("message", mid)}">permalink' \
+            in page.text
+    assert "bob@example.com" not in page.text and "Bob Example" in page.text
+    assert unknown.status_code == 404 and "no such thread" in unknown.text
+
+
+def test_a_deep_thread_nests_no_deeper_than_the_page_allows(running, make_list, import_mbox):
+    make_list(LIST)
+    chain = [mail("Long", "m0@x", date="Mon, 02 Mar 2026 00:00:00 +0000")]
+    chain += [mail("Re: Long", f"m{n}@x", parent=f"m{n - 1}@x",
+                   date=f"Mon, 02 Mar 2026 {n // 60:02d}:{n % 60:02d}:00 +0000")
+              for n in range(1, 40)]
+    import_mbox(chain)
+    with web(running) as client:
+        page = client.get(url("thread", "m0@x"))
+    depths = [int(d) for d in re.findall(r'<article class="post d(\d+)">', page.text)]
+    assert len(depths) == 40 and max(depths) == 6 and depths[:7] == list(range(7))
+
+
+def test_message_page_links_parent_replies_thread_and_a_reply_by_email(
+        running, make_list, engine, import_mbox):
+    make_list(LIST)
+    import_tree(import_mbox)
+    with web(running) as client:
+        page = client.get(url("message", "early@x"))
+        slashless = client.get(url("message", "early@x").rstrip("/"))
+    assert page.status_code == 200
+    text = page.text
+    assert "Body of early@x" in text and "Re: Plans" in text and "2026-03-02 10:00" in text
+    assert "bob@example.com" not in text
+    assert url("message", "root@x") in text.split("In reply to:")[1].split("</li>")[0]
+    assert url("message", "deep@x") in text.split("Reply:")[1].split("</li>")[0]
+    assert url("thread", "root@x") in text
+    [mailto] = re.findall(r'<a class="reply" href="([^"]+)">Reply by email', text)
+    target = urlsplit(mailto.replace("&amp;", "&"))
+    fields = parse_qs(target.query)
+    assert target.scheme == "mailto" and target.path == LIST
+    assert fields["In-Reply-To"] == ["<early@x>"]
+    assert fields["subject"] == ["Re: Plans"]  # already a reply: no second "Re: "
+    assert slashless.status_code == 308
+    assert slashless.headers["location"].endswith(url("message", "early@x"))
+
+
+def test_reply_link_of_a_first_post_adds_re_once(running, make_list, import_mbox):
+    make_list(LIST)
+    import_mbox([mail("Question & <answer>?", "q@x")])
+    with web(running) as client:
+        page = client.get(url("message", "q@x")).text
+    [mailto] = re.findall(r'<a class="reply" href="([^"]+)">', page)
+    assert parse_qs(urlsplit(mailto.replace("&amp;", "&")).query)["subject"] == [
+        "Re: Question & <answer>?"]
+
+
+def test_message_ids_with_slashes_and_percent_signs_have_working_pages(
+        running, make_list, engine, import_mbox):
+    make_list(LIST)
+    odd = "a/b%2Fc/raw@x"
+    import_mbox([mail("Odd id", odd, body="odd body\n")])
+    with web(running) as client:
+        page = client.get(url("message", odd))
+        raw = client.get(url("message", odd) + "raw")
+    assert page.status_code == 200 and "odd body" in page.text
+    assert raw.content == stored_raw(engine, odd)
+
+
+def test_raw_is_the_stored_bytes_as_plain_text(running, make_list, engine, import_mbox):
+    make_list(LIST)
+    latin = mail("Caf\xe9", "latin@x", body="caf\xe9\n").decode().encode("latin-1")
+    import_mbox([mail("Plain", "plain@x", body="h\u00e9llo\n"), latin])
+    with web(running) as client:
+        utf8 = client.get(url("message", "plain@x") + "raw")
+        eight_bit = client.get(url("message", "latin@x") + "raw")
+        unknown = client.get(url("message", "nothing@x") + "raw")
+    assert utf8.content == stored_raw(engine, "plain@x")
+    assert utf8.headers["content-type"] == "text/plain; charset=utf-8"
+    assert eight_bit.content == stored_raw(engine, "latin@x")
+    assert eight_bit.headers["content-type"] == "text/plain"  # not falsely UTF-8
+    for response in (utf8, eight_bit):
+        assert response.headers["x-content-type-options"] == "nosniff"
+    assert unknown.status_code == 404
+
+
+def attachment_mail() -> bytes:
+    post = EmailMessage()
+    post["From"], post["To"], post["Subject"] = BOB, LIST, "Files"
+    post["Message-ID"], post["Date"] = "<files@x>", "Mon, 02 Mar 2026 09:00:00 +0000"
+    post.set_content("See the files.\n")
+    post.add_attachment(b"\x89PNG\r\n\x1a\nnot really", maintype="image", subtype="png",
+                        filename="chart.png")
+    post.add_attachment("<script>alert(1)</script>", subtype="html", filename="page.html")
+    post.add_attachment(b"<svg onload=alert(1)>", maintype="image", subtype="svg+xml",
+                        filename="r\u00e9sum\u00e9 \"x\".svg")
+    return post.as_bytes()
+
+
+def test_attachments_are_downloads_with_a_safe_type(running, make_list, import_mbox):
+    make_list(LIST)
+    import_mbox([attachment_mail()])
+    with web(running) as client:
+        page = client.get(url("message", "files@x")).text
+        links = re.findall(r'href="([^"]*/attachment/\d+/[^"]*)"', page)
+        png, html, svg = (client.get(link) for link in links)
+        missing = client.get(url("message", "files@x") + "attachment/9/x")
+    assert len(links) == 3 and "chart.png" in page
+    assert png.headers["content-type"] == "image/png"
+    assert png.content == b"\x89PNG\r\n\x1a\nnot really"
+    assert html.headers["content-type"] == "application/octet-stream"
+    assert svg.headers["content-type"] == "application/octet-stream"
+    assert svg.content == b"<svg onload=alert(1)>"
+    for response in (png, html, svg):
+        assert response.headers["content-disposition"].startswith("attachment;")
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["content-security-policy"] == "sandbox"
+    assert "filename*=UTF-8''r%C3%A9sum%C3%A9%20%22x%22.svg" in svg.headers[
+        "content-disposition"]
+    assert missing.status_code == 404
+
+
+# --- hostile and odd content ------------------------------------------------------------
+
+HOSTILE_BODY = ('<script>alert("body")</script>\n<img src=x onerror=alert(1)>\n'
+                '<a href="javascript:alert(2)">click</a>\n')
+
+
+def html_only_post(subject: str) -> str:
+    return "\r\n".join([
+        f"From: Eve <{ALICE}>", f"To: {LIST}", f"Subject: {subject}",
+        "Message-ID: <html-only@example.com>", "Date: Mon, 02 Mar 2026 09:00:00 +0000",
+        "MIME-Version: 1.0", "Content-Type: text/html; charset=utf-8", "",
+        '<p onclick="alert(3)">Hello <b>there</b></p><script>alert("html")</script>'
+        '<img src="http://evil.example/track.png"><a href="javascript:alert(4)">x</a>'
+        '<iframe src="http://evil.example/"></iframe>'])
+
+
+class Elements(HTMLParser):
+    """Every element of a page with its attributes, as a browser's parser sees them."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str]]] = []
+        self.chunks: list[str] = []
+        self.feed(page)
+        self.text = "".join(self.chunks)  # what a reader sees, entities decoded
+
+    def handle_data(self, data: str) -> None:
+        self.chunks.append(data)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, {k: v or "" for k, v in attrs}))
+
+
+def no_mail_markup(page: str) -> None:
+    """Nothing on the page can run or fetch: escaped mail text is fine, markup is not."""
+    for tag, attrs in Elements(page).found:
+        assert tag not in {"script", "iframe", "object", "embed", "base"}, tag
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        for name in ("href", "src", "action"):
+            value = attrs.get(name, "").strip().lower()
+            assert not value.startswith(("javascript:", "data:text")), (tag, attrs)
+        if tag == "img":
+            assert not attrs.get("src", "").startswith(("http:", "https:", "//")), attrs
+
+
+def test_hostile_posts_are_shown_inert_on_every_page(running, make_list):
+    make_list(LIST, members=[ALICE, BOB])
+    huge = "<script>alert('subject')</script> " + "x" * 5000
+    running.send(BOB, [LIST], mail(huge, "hostile@example.com", sender=BOB,
+                                   body=HOSTILE_BODY))
+    running.send(ALICE, [LIST], html_only_post("<b onmouseover=alert(5)>Hi</b>"))
+    with web(running) as client:
+        pages = [client.get(p) for p in (
+            "/", f"/{LIST}/", f"/{LIST}/2026/11/", f"/{LIST}/2026/03/",
+            url("thread", "hostile@example.com"), url("message", "hostile@example.com"),
+            url("thread", "html-only@example.com"), url("message", "html-only@example.com"),
+            f"/{LIST}/search?q=alert", f"/{LIST}/search?q=<script>alert(1)</script>")]
+    for page in pages:
+        assert page.status_code == 200, page.url
+        assert page.headers["content-security-policy"] == CSP
+        no_mail_markup(page.text)
+    shown = [Elements(page.text).text for page in pages]
+    assert '<script>alert("body")</script>' in shown[5]  # as text a reader can see
+    assert '<a href="javascript:alert(2)">click</a>' in shown[5]
+    assert huge in shown[5] and huge in shown[1]  # the whole subject, as text
+    assert "<b>there</b>" in pages[7].text  # harmless HTML survives the sanitiser
+    assert "<b onmouseover=alert(5)>Hi</b>" in shown[7]
+    [box] = [a for t, a in Elements(pages[9].text).found if a.get("name") == "q"]
+    assert box["value"] == "<script>alert(1)</script>"  # the query, echoed as a value
+
+
+def corpus_mbox_messages() -> list[bytes]:
+    folder = CORPUS / "messages"
+    return [p.read_bytes() for name in ("cpython", "mailman")
+            for p in sorted((folder / name).glob("*.eml"))]
+
+
+def test_corpus_mail_with_odd_charsets_and_broken_mime_renders(running, make_list, engine,
+                                                              import_mbox):
+    make_list(LIST)
+    import_mbox(corpus_mbox_messages())
+    with db.session(engine) as s:
+        ids = list(s.scalars(select(ThreadNode.message_id)
+                             .where(ThreadNode.message_pk.is_not(None))))
+        threads = set(s.scalars(select(ThreadNode.thread_id)))
+    assert len(ids) > 40
+    with web(running) as client:
+        for mid in ids:
+            page = client.get(url("message", mid))
+            assert page.status_code == 200, mid
+            assert "Traceback" not in page.text
+        for thread_id in threads:
+            assert client.get(url("thread", thread_id)).status_code in (200, 404)
+        koi8 = client.get(url("message", "20160614102505.9OFQ19L1C")).text
+        listing = client.get(f"/{LIST}/?page=1")
+    assert listing.status_code == 200
+    expected = email.message_from_bytes(
+        (CORPUS / "messages/mailman/bad_email.eml").read_bytes(), policy=email.policy.default)
+    assert str(expected["Subject"]) in koi8  # decoded from koi8-r, not mojibake
+
+
+def test_only_archived_posts_are_shown(running, make_list, engine):
+    make_list(LIST, members=[BOB])
+    running.send(STRANGER, [LIST], mail("Held one", "held@example.com", sender=STRANGER,
+                                        body="waiting for a moderator\n"))
+    running.send(BOB, ["dev-request@lists.example.org"], mail("help", "command@example.com",
+                                                              sender=BOB))
+    with web(running) as client:
+        held = client.get(url("message", "held@example.com"))
+        command = client.get(url("message", "command@example.com"))
+        raw = client.get(url("message", "held@example.com") + "raw")
+        listing = client.get(f"/{LIST}/").text
+        found = client.get(f"/{LIST}/search", params={"q": "moderator"}).text
+    assert held.status_code == command.status_code == raw.status_code == 404
+    assert "Held one" not in listing and "Held one" not in found
+
+
+# --- search -----------------------------------------------------------------------------
+
+def test_search_newest_first_with_snippets_and_pages(running, make_list, import_mbox):
+    make_list(LIST)
+    import_mbox([mail(f"Note {n}", f"n{n}@x", body=f"the kumquat harvest, part {n}\n",
+                      date=f"Mon, 02 Mar 2026 10:{n:02d}:00 +0000") for n in range(25)]
+                + [mail("Other", "other@x", body="nothing to see\n")])
+    with web(running) as client:
+        first = client.get(f"/{LIST}/search", params={"q": "kumquat"})
+        second = client.get(f"/{LIST}/search", params={"q": "kumquat", "page": 2})
+        empty = client.get(f"/{LIST}/search", params={"q": ""})
+        none = client.get(f"/{LIST}/search", params={"q": "durian"})
+    hits = re.findall(r'/message/([^"/]+)/">Note', first.text)
+    assert hits == [f"n{n}%40x".replace("%40", "@") for n in range(24, 4, -1)]
+    assert len(re.findall(r'/message/[^"/]+/">Note', second.text)) == 5
+    assert "<mark>kumquat</mark>" in first.text and "Bob Example" in first.text
+    assert "page=2" in first.text and "page=1" in second.text
+    assert 'value="kumquat"' in first.text
+    assert empty.status_code == 200 and 'name="q"' in empty.text
+    assert "No messages match" not in empty.text and "<li" not in empty.text.split("</form>")[1]
+    assert "No messages match" in none.text
+
+
+# --- privacy ----------------------------------------------------------------------------
+
+ROUTES = ["/", "thread/root@x/", "message/root@x/", "message/root@x/raw", "2026/03/",
+          "search?q=plans", "message/root@x/attachment/1/x"]
+
+
+def archive_routes() -> list[str]:
+    return [f"/{LIST}{'/' if r == '/' else '/' + r}" for r in ROUTES]
+
+
+def ask_for_archive(running, sink, sender: str) -> None:
+    running.send(sender, ["dev-request@lists.example.org"], message(
+        "archive", sender=sender, to="dev-request@lists.example.org", body=""))
+
+
+def access_link(mails: list) -> str:
+    for m in mails:
+        found = re.search(r"(http://\S+/access/\S+)", m.get_content())
+        if found:
+            return found.group(1)
+    raise AssertionError("no access link")
+
+
+def test_private_archive_opens_to_a_member_who_asks_by_mail(running, make_list, engine,
+                                                            sink, import_mbox):
+    make_list(LIST, members=[ALICE])
+    set_archive(engine, ArchivePolicy.PRIVATE)
+    import_tree(import_mbox)
+    with web(running) as client:
+        closed = [client.get(r) for r in archive_routes()]
+        ask_for_archive(running, sink, ALICE)
+        mails = mails_to(sink, ALICE, 2)
+        link = access_link(mails)
+        opened = client.get(link)
+        cookie = next(c for c in client.cookies.jar)
+        pages = [client.get(r) for r in archive_routes()[:-1]]
+    assert [r.status_code for r in closed] == [403] * len(ROUTES)
+    assert "members only" in closed[0].text and "dev-request@lists.example.org" in closed[0].text
+    results = next(m for m in mails if m["Subject"].startswith("Results"))
+    assert "is a member of this list, a message with a link" in results.get_content()
+    assert opened.status_code == 303
+    assert opened.headers["location"] == f"{running.config.web.base_url}/{LIST}/"
+    set_cookie = opened.headers["set-cookie"].lower()
+    assert "httponly" in set_cookie and "samesite=lax" in set_cookie
+    assert f"max-age={30 * 86400}" in set_cookie and "secure" not in set_cookie
+    assert cookie.path == f"/{LIST}/"
+    assert [r.status_code for r in pages] == [200] * (len(ROUTES) - 1)
+
+
+def test_a_stranger_asking_for_a_private_archive_learns_nothing_and_gets_no_link(
+        running, make_list, engine, sink):
+    make_list(LIST, members=[ALICE])
+    set_archive(engine, ArchivePolicy.PRIVATE)
+    ask_for_archive(running, sink, STRANGER)
+    [reply] = mails_to(sink, STRANGER)
+    ask_for_archive(running, sink, ALICE)
+    member_reply = next(m for m in mails_to(sink, ALICE, 2)
+                        if m["Subject"].startswith("Results"))
+
+    def said(m: EmailMessage, who: str) -> str:
+        return m.get_content().split("> archive", 1)[1].replace(who, "ADDRESS")
+    assert said(reply, STRANGER) == said(member_reply, ALICE)
+    assert "/access/" not in reply.get_content()
+    assert len(mails_to(sink, STRANGER, 2, timeout=1)) == 1
+
+
+def test_forged_expired_and_other_list_passes_are_refused(running, make_list, engine):
+    mlist = make_list(LIST, members=[ALICE])
+    other = make_list("other@lists.example.org", members=[ALICE])
+    set_archive(engine, ArchivePolicy.PRIVATE)
+    expired = tokens.archive_pass(SECRET, mlist.id, ALICE, -1)
+    forged = tokens.archive_pass("not-our-secret", mlist.id, ALICE, 30)
+    elsewhere = tokens.archive_pass(SECRET, other.id, ALICE, 30)
+    with web(running) as client:
+        for value in (expired, forged, elsewhere, "garbage"):
+            refused = client.get(f"/{LIST}/access/{value}")
+            assert refused.status_code == 400 and "not valid" in refused.text
+            assert "set-cookie" not in refused.headers
+            client.cookies.set(f"listserv_archive_{mlist.id}", value)
+            assert client.get(f"/{LIST}/").status_code == 403
+            client.cookies.clear()
+
+
+def test_a_member_who_leaves_loses_the_archive(running, make_list, engine):
+    mlist = make_list(LIST, members=[ALICE])
+    set_archive(engine, ArchivePolicy.PRIVATE)
+    value = tokens.archive_pass(SECRET, mlist.id, ALICE, 30)
+    with web(running) as client:
+        assert client.get(f"/{LIST}/access/{value}").status_code == 303
+        assert client.get(f"/{LIST}/").status_code == 200
+        with db.session(engine) as s:
+            from listserv import commands
+            commands.leave(s, running.config, s.get(MailingList, mlist.id), ALICE)
+            s.commit()
+        assert client.get(f"/{LIST}/").status_code == 403
+        assert client.get(f"/{LIST}/access/{value}").status_code == 400
+
+
+def test_archive_command_on_a_public_list_replies_with_its_address(running, make_list, sink):
+    make_list(LIST)
+    ask_for_archive(running, sink, STRANGER)
+    [reply] = mails_to(sink, STRANGER)
+    assert f"{running.config.web.base_url}/{LIST}/" in reply.get_content()
+    assert "/access/" not in reply.get_content()
+
+
+def test_off_archives_are_404_everywhere(running, make_list, engine, import_mbox, sink):
+    mlist = make_list(LIST, members=[ALICE])
+    import_tree(import_mbox)
+    set_archive(engine, ArchivePolicy.OFF)
+    value = tokens.archive_pass(SECRET, mlist.id, ALICE, 30)
+    with web(running) as client:
+        client.cookies.set(f"listserv_archive_{mlist.id}", value)
+        responses = [client.get(r) for r in [*archive_routes(), f"/{LIST}/access/{value}"]]
+    assert [r.status_code for r in responses] == [404] * (len(ROUTES) + 1)
+    assert all("Not found" in r.text for r in responses)
+    ask_for_archive(running, sink, ALICE)
+    results = next(m for m in mails_to(sink, ALICE) if m["Subject"].startswith("Results"))
+    assert "keeps no web archive" in results.get_content()
+
+
+def test_unknown_lists_threads_and_messages_are_our_404_page(running, make_list):
+    make_list(LIST)
+    with web(running) as client:
+        for path in ("/nope@lists.example.org/", "/nope@lists.example.org/thread/a@x/",
+                     url("thread", "a@x"), url("message", "a@x"), "/no/such/page"):
+            page = client.get(path)
+            assert page.status_code == 404, path
+            assert "Not found" in page.text and "All lists" in page.text
+            assert page.headers["content-security-policy"] == CSP
