@@ -1,15 +1,19 @@
-"""Reading the store: the threaded archive and the moderation queue, plus importing
-old mail into the archive (stored and threaded, never sent).
+"""Reading the store: the threaded archive, its feed and mbox export, and the
+moderation queue; plus importing old mail into the archive (stored and threaded,
+never sent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlmodel import Session
 
-from listserv import mbox, store, thread
+from listserv import mbox, store, thread, view
 from listserv.models import MailingList, Message, MessageKind, MessageState, ThreadNode
 from listserv.parse import parse
 
@@ -60,3 +64,90 @@ def thread_rows(session: Session, mlist: MailingList) -> list[dict]:
         .where(ThreadNode.list_id == mlist.id).order_by(Message.id))
     return [{"message_id": mid, "parent_id": thread.nearest_real_parent(nodes, mid),
              "thread_id": tid, "subject": subject} for mid, tid, subject in result]
+
+
+# --- export and feed: what went through store.archive, read back -------------------------
+
+@dataclass(frozen=True)
+class Selection:
+    """Which archived messages of a list: all, one thread, or a span of dates (by the
+    message's Date, else when it was received: the date the archive orders by)."""
+
+    list_id: int
+    thread_id: str | None = None
+    start: datetime | None = None  # inclusive
+    end: datetime | None = None  # exclusive
+
+
+def month_span(month: str) -> tuple[datetime, datetime]:
+    """The first instant of YYYY-MM and of the month after; ValueError if it is not one."""
+    if not re.fullmatch(r"\d{4}-\d{2}", month):
+        raise ValueError(month)
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    following = start.replace(year=start.year + start.month // 12, month=start.month % 12 + 1)
+    return start, following
+
+
+def _archived(selection: Selection) -> Select:
+    """Messages with a real thread node are exactly those store.archive took in: held,
+    discarded, looped and duplicate mail never gets one."""
+    query = (select(Message.raw, Message.mail_from, Message.from_address, ThreadNode.date)
+             .join(ThreadNode, ThreadNode.message_pk == Message.id)
+             .where(ThreadNode.list_id == selection.list_id,
+                    Message.kind == MessageKind.POST))
+    if selection.thread_id is not None:
+        query = query.where(ThreadNode.thread_id == selection.thread_id)
+    if selection.start is not None:
+        query = query.where(ThreadNode.date >= selection.start)
+    if selection.end is not None:
+        query = query.where(ThreadNode.date < selection.end)
+    return query
+
+
+def any_archived(session: Session, selection: Selection) -> bool:
+    return session.execute(_archived(selection).with_only_columns(Message.id).limit(1)
+                           ).first() is not None
+
+
+# Rows fetched at a time when exporting: a 100,000-message list is never all in memory.
+EXPORT_ROWS = 200
+
+
+def export_mbox(session: Session, selection: Selection) -> Iterator[bytes]:
+    """The selected messages as mbox entries, oldest first; `listserv archive import`
+    of them stores the same bytes again (see mbox)."""
+    result = session.execute(_archived(selection).order_by(ThreadNode.date, Message.id)
+                             .execution_options(yield_per=EXPORT_ROWS))
+    for raw, mail_from, from_address, date in result:
+        yield mbox.entry(raw, mail_from or from_address, date)
+
+
+@dataclass(frozen=True)
+class Post:
+    """One entry of the list's feed."""
+
+    message_id: str
+    subject: str
+    author: str  # the sender's name, else the part of the address before "@"
+    date: datetime
+    summary: str
+
+
+FEED_SUMMARY = 500  # characters of text per feed entry
+
+
+def latest_posts(session: Session, list_id: int, limit: int = 30) -> list[Post]:
+    """The newest archived posts, newest first, with the start of their text."""
+    rows = session.execute(
+        select(Message.message_id, Message.subject, Message.from_name, Message.from_address,
+               ThreadNode.date, Message.raw)
+        .join(ThreadNode, ThreadNode.message_pk == Message.id)
+        .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST)
+        .order_by(ThreadNode.date.desc(), Message.id.desc()).limit(limit))
+    posts = []
+    for message_id, subject, name, address, date, raw in rows:
+        text = " ".join(view.plain_text(raw, limit=FEED_SUMMARY * 2).split())
+        summary = text if len(text) <= FEED_SUMMARY else text[:FEED_SUMMARY] + "…"
+        posts.append(Post(message_id, subject, name or address.partition("@")[0], date,
+                          summary))
+    return posts

@@ -10,6 +10,7 @@ import logging
 import mailbox
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -400,6 +401,29 @@ def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argume
         bar.update(task, total=read)  # known now that the whole file was read
     out.print(f"{read} messages read: {imported} imported, "
               f"{read - imported} duplicates skipped")
+
+
+def _day(value: str, option: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise roster.UserError(f"{option} {value!r}: not a date (YYYY-MM-DD)") from None
+
+
+@archive_app.command("export")
+def archive_export(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], since: Annotated[str | None, typer.Option(
+            metavar="DATE", help="Only messages dated on or after this day (YYYY-MM-DD, "
+            "UTC).")] = None) -> None:
+    """Write the archived messages to stdout as an mbox (mboxrd), oldest first; `archive
+    import` of it stores the same messages again."""
+    start = _day(since, "--since") if since is not None else None
+    with db.read_session(_state(ctx).engine) as s:
+        mlist = roster.get_list(s, list_address)
+        stdout = sys.stdout.buffer
+        for entry in archive.export_mbox(s, archive.Selection(mlist.id, start=start)):
+            stdout.write(entry)
+        stdout.flush()
 
 
 @archive_app.command("threads")
