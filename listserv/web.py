@@ -7,7 +7,8 @@ shows a page with a button, because link scanners and previews fetch every URL.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,10 +17,10 @@ from sqlmodel import Session
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from listserv import commands, db, roster, tokens
+from listserv import archive, commands, compose, db, roster, store, tokens
 from listserv.config import Config
 from listserv.models import ArchivePolicy, MailingList
 from listserv.templating import render
@@ -86,6 +87,81 @@ def readable_list(session: Session, config: Config, address: str,
     return mlist
 
 
+InDb = Callable[[Callable[[Session], T]], Awaitable[T]]
+
+# About this many bytes of mbox per chunk sent: few thread hops, little memory.
+EXPORT_CHUNK = 256 * 1024
+FEED_POSTS = 30
+
+
+def _mbox_chunks(engine: Engine, selection: archive.Selection) -> Iterator[bytes]:
+    """A plain iterator, which StreamingResponse runs in its thread pool a chunk at a
+    time: the event loop never waits on the database, and a list of any size is never
+    all in memory."""
+    with db.read_session(engine) as session:
+        pending: list[bytes] = []
+        size = 0
+        for entry in archive.export_mbox(session, selection):
+            pending.append(entry)
+            size += len(entry)
+            if size >= EXPORT_CHUNK:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
+
+
+def _file_name(*words: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(words)) + ".mbox"
+
+
+def feed_and_export_routes(engine: Engine, config: Config, in_db: InDb) -> list[Route]:
+    """/LIST/feed.atom (the latest posts) and /LIST/export.mbox (all, ?thread=ID or
+    ?month=YYYY-MM), both behind readable_list like every archive page."""
+
+    async def feed(request: Request) -> Response:
+        def read(session: Session) -> tuple[MailingList, list[archive.Post]]:
+            mlist = readable_list(session, config, request.path_params["address"],
+                                  request.cookies)
+            return mlist, archive.latest_posts(session, mlist.id, FEED_POSTS)
+        mlist, posts = await in_db(read)
+        addresses = store.addresses_of(mlist)
+        entries = [(post, compose.message_url(config.web.base_url, addresses,
+                                              post.message_id)) for post in posts]
+        body = render("web/feed.atom", mlist=mlist, entries=entries,
+                      list_url=compose.archive_url(config.web.base_url, addresses),
+                      updated=posts[0].date if posts else mlist.created_at)
+        return Response(body, media_type="application/atom+xml; charset=utf-8")
+
+    async def export(request: Request) -> Response:
+        thread_id = request.query_params.get("thread")
+        month = request.query_params.get("month")
+        start = end = None
+        if month is not None:
+            try:
+                start, end = archive.month_span(month)
+            except ValueError:
+                raise HTTPException(400, "The month must be written YYYY-MM.") from None
+
+        def check(session: Session) -> tuple[MailingList, archive.Selection]:
+            mlist = readable_list(session, config, request.path_params["address"],
+                                  request.cookies)
+            selection = archive.Selection(mlist.id, thread_id, start, end)
+            if (thread_id is not None or month is not None) and not archive.any_archived(
+                    session, selection):
+                raise HTTPException(404, "The archive has no such thread or month.")
+            return mlist, selection
+        mlist, selection = await in_db(check)
+        local = mlist.address.partition("@")[0]
+        name = _file_name(local, *(["thread"] if thread_id is not None else []),
+                          *([month] if month is not None else []))
+        return StreamingResponse(
+            _mbox_chunks(engine, selection), media_type="application/mbox",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    return [Route("/{address}/feed.atom", feed), Route("/{address}/export.mbox", export)]
+
+
 def make_app(engine: Engine, config: Config) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
@@ -96,9 +172,10 @@ def make_app(engine: Engine, config: Config) -> Starlette:
                 return result
         return await asyncio.to_thread(call)
 
-    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def page(name: str, status_code: int = 200, /, **context: Any) -> HTMLResponse:
+        """Positional-only, so a template may take a `status` (error.html does)."""
         return HTMLResponse(render(f"web/{name}.html", base_url=config.web.base_url,
-                                   **context), status_code=status)
+                                   **context), status_code=status_code)
 
     def invalid(kind: str, status: int) -> HTMLResponse:
         return page("invalid", status, kind=kind)
@@ -199,4 +276,5 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         Route("/mute/{token}", mute_post, methods=["POST"]),
         Route("/unmute/{token}", unmute_form, methods=["GET"]),
         Route("/unmute/{token}", unmute_post, methods=["POST"]),
+        *feed_and_export_routes(engine, config, in_db),
     ])
