@@ -4,11 +4,13 @@ functions the server uses, and print with rich; a user error is one line and exi
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import mailbox
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +21,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, bounce, db, moderation, roster, settings
+from listserv import archive, bounce, db, mbox, moderation, roster, settings
 from listserv import config as config_mod
 from listserv.models import DeliveryMode, MailingList, Role, SenderAction
 
@@ -358,34 +360,72 @@ def sender_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
 
 # --- archive ----------------------------------------------------------------------------
 
-def _read_mailbox(path: Path) -> Iterator[bytes]:
-    if path.is_dir():
-        box: mailbox.Mailbox = mailbox.Maildir(path, factory=None, create=False)
-    elif path.is_file():
-        box = mailbox.mbox(path, create=False)
-    else:
-        raise roster.UserError(f"{path}: no such mbox file or Maildir folder")
+# Messages per transaction of `archive import`: large enough that threads are read and
+# recounted once for many messages, small enough that a batch is a few megabytes.
+IMPORT_BATCH = 1000
+
+
+def _maildir(path: Path) -> Iterator[mbox.Mail]:
+    box = mailbox.Maildir(path, factory=None, create=False)
     for key in box.iterkeys():
-        yield box.get_bytes(key)
+        yield mbox.Mail(box.get_bytes(key))
+
+
+def _mbox_file(path: Path) -> Iterator[mbox.Mail]:
+    with path.open("rb") as stream:
+        yield from mbox.read(stream)
+
+
+def _read_mailbox(path: Path) -> Iterator[mbox.Mail]:
+    """The messages of an mbox file or a Maildir folder, one at a time; a wrong path is
+    an error now, before anything is shown."""
+    if path.is_dir():
+        return _maildir(path)
+    if path.is_file():
+        return _mbox_file(path)
+    raise roster.UserError(f"{path}: no such mbox file or Maildir folder")
 
 
 @archive_app.command("import")
 def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
         metavar="LIST")], file: Path) -> None:
     """Store and thread every message of an mbox or Maildir, sending nothing."""
-    messages = list(_read_mailbox(file))
-    counts = {"imported": 0, "duplicates": 0}
+    read = imported = 0
+    mails = _read_mailbox(file)
     with db.session(_state(ctx).engine) as s, _progress() as bar:
         mlist = roster.get_list(s, list_address)
-        task = bar.add_task("importing", total=len(messages))
-        for i, raw in enumerate(messages, 1):
-            counts["imported" if archive.import_message(s, mlist, raw) else "duplicates"] += 1
-            bar.advance(task)
-            if i % 500 == 0:
-                s.commit()
-        s.commit()
-    out.print(f"{len(messages)} messages read: {counts['imported']} imported, "
-              f"{counts['duplicates']} duplicates skipped")
+        task = bar.add_task("importing", total=None)
+        while batch := list(itertools.islice(mails, IMPORT_BATCH)):
+            imported += archive.import_mail(s, mlist, batch)
+            s.commit()
+            read += len(batch)
+            bar.update(task, completed=read)
+        bar.update(task, total=read)  # known now that the whole file was read
+    out.print(f"{read} messages read: {imported} imported, "
+              f"{read - imported} duplicates skipped")
+
+
+def _day(value: str, option: str) -> datetime:
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+    except ValueError:
+        raise roster.UserError(f"{option} {value!r}: not a date (YYYY-MM-DD)") from None
+
+
+@archive_app.command("export")
+def archive_export(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], since: Annotated[str | None, typer.Option(
+            metavar="DATE", help="Only messages dated on or after this day (YYYY-MM-DD, "
+            "UTC).")] = None) -> None:
+    """Write the archived messages to stdout as an mbox (mboxrd), oldest first; `archive
+    import` of it stores the same messages again."""
+    start = _day(since, "--since") if since is not None else None
+    with db.read_session(_state(ctx).engine) as s:
+        mlist = roster.get_list(s, list_address)
+        stdout = sys.stdout.buffer
+        for entry in archive.export_mbox(s, archive.Selection(mlist.id, start=start)):
+            stdout.write(entry)
+        stdout.flush()
 
 
 @archive_app.command("threads")

@@ -19,6 +19,10 @@ from listserv.address import parse_mailbox
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# Mailman 2's text archives write "alice at example.org"; RFC 822 mail named the sender
+# in a trailing comment: "alice@example.org (Alice)".
+_OBFUSCATED = re.compile(r"(?<![\w.+-])([\w.+-]+) at ([\w-]+(?:\.[\w-]+)+)")
+_COMMENT_NAME = re.compile(r"\(([^()]*)\)\s*$")
 
 
 @dataclass
@@ -80,6 +84,17 @@ def _date(value: str | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def _sender(value: str) -> tuple[str, str]:
+    """(name, address) of a From: field, "" for what cannot be read; also from the two
+    old forms pipermail archives carry."""
+    mailbox = parse_mailbox(value) or parse_mailbox(_OBFUSCATED.sub(r"\1@\2", value))
+    if mailbox is None:
+        return "", ""
+    name, address = mailbox
+    comment = _COMMENT_NAME.search(value) if not name else None
+    return (" ".join(comment[1].split()) if comment else name), address
+
+
 def _headers_flanker(block: bytes) -> dict[str, list[str]]:
     message = mime.from_string(block)
     out: dict[str, list[str]] = {}
@@ -125,14 +140,14 @@ def parse(raw: bytes) -> Parsed:
         values = headers.get(name)
         return values[0] if values else None
 
-    mailbox = parse_mailbox(first("from") or "")
+    from_name, from_address = _sender(first("from") or "")
     return Parsed(
         message_id=_message_id(first("message-id")),
         in_reply_to=msgids(first("in-reply-to")),
         references=msgids(" ".join(headers.get("references", []))),
         subject=" ".join((first("subject") or "").split()),
-        from_name=mailbox[0] if mailbox else "",
-        from_address=mailbox[1] if mailbox else "",
+        from_name=from_name,
+        from_address=from_address,
         date=_date(first("date")),
         list_ids=[i for v in headers.get("list-id", []) for i in _MSGID.findall(v)],
         been_there=[v.strip().lower() for v in headers.get("x-beenthere", [])],

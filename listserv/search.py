@@ -10,6 +10,7 @@ migrations, not by SQLModel.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -49,18 +50,21 @@ def _clean(value: str, limit: int = MAX_TEXT) -> str:
     return _SURROGATE.sub("\ufffd", _CONTROL.sub(" ", value[:limit]))
 
 
-def index(session: Session, message: Message, body: str) -> None:
-    """Make an archived message findable by subject, sender name and address, and body."""
-    row = {"pk": message.id, "list_id": message.list_id, "subject": _clean(message.subject),
-           "sender": _clean(f"{message.from_name} {message.from_address}"),
-           "body": _clean(body)}
+def index(session: Session, entries: Iterable[tuple[Message, str]]) -> None:
+    """Make archived messages findable by subject, sender name and address, and body
+    (the text given with each); one statement for all of them."""
+    rows = [{"pk": message.id, "list_id": message.list_id, "subject": _clean(message.subject),
+             "sender": _clean(f"{message.from_name} {message.from_address}"),
+             "body": _clean(body)} for message, body in entries]
+    if not rows:
+        return
     if _sqlite(session):
         session.execute(text("INSERT INTO message_fts (rowid, subject, sender, body, list_id) "
-                             "VALUES (:pk, :subject, :sender, :body, :list_id)"), row)
+                             "VALUES (:pk, :subject, :sender, :body, :list_id)"), rows)
     else:
         session.execute(text("INSERT INTO message_search (message_pk, list_id, subject, "
                              "sender, body) VALUES (:pk, :list_id, :subject, :sender, :body)"
-                             " ON CONFLICT (message_pk) DO NOTHING"), row)
+                             " ON CONFLICT (message_pk) DO NOTHING"), rows)
 
 
 def forget_list(session: Session, list_id: int) -> None:

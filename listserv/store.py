@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -72,22 +72,67 @@ def new_message(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: Message
     )
 
 
+# Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound values.
+_IN_CHUNK = 1000
+
+
+def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    values = list(values)
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
+
+
+def archived_ids(session: Session, list_id: int, message_ids: Iterable[str]) -> set[str]:
+    """Those of `message_ids` the archive already holds a message for."""
+    found: set[str] = set()
+    for chunk in _chunks(set(message_ids)):
+        found.update(session.scalars(select(ThreadNode.message_id).where(
+            ThreadNode.list_id == list_id, ThreadNode.message_id.in_(chunk),
+            ThreadNode.message_pk.is_not(None))))
+    return found
+
+
 def is_archived(session: Session, list_id: int, message_id: str) -> bool:
     """True when the archive already holds a message with this Message-ID."""
-    pk = session.scalars(select(ThreadNode.message_pk).where(
-        ThreadNode.list_id == list_id, ThreadNode.message_id == message_id)).first()
-    return pk is not None
+    return bool(archived_ids(session, list_id, [message_id]))
 
 
-def _load_threads(session: Session, list_id: int, ids: set[str]) -> dict[str, ThreadNode]:
-    """Every node of every thread that one of `ids` belongs to."""
-    thread_ids = set(session.scalars(select(ThreadNode.thread_id).where(
-        ThreadNode.list_id == list_id, ThreadNode.message_id.in_(ids))))
-    if not thread_ids:
-        return {}
-    rows = session.scalars(select(ThreadNode).where(
-        ThreadNode.list_id == list_id, ThreadNode.thread_id.in_(thread_ids)))
-    return {row.message_id: row for row in rows}
+class Threads:
+    """The nodes of every thread some messages touch, read in two queries and then kept
+    in step as those messages are linked one after the other, so each is linked exactly
+    as if its threads had been read from the database just before (a batch of imported
+    messages costs two queries, not two per message)."""
+
+    def __init__(self, session: Session, list_id: int, message_ids: Iterable[str]) -> None:
+        self.session, self.list_id = session, list_id
+        self.rows: dict[str, ThreadNode] = {}
+        self.members: dict[str, set[str]] = {}  # thread id -> message ids
+        thread_ids: set[str] = set()
+        for chunk in _chunks(set(message_ids)):
+            thread_ids.update(session.scalars(select(ThreadNode.thread_id).where(
+                ThreadNode.list_id == list_id, ThreadNode.message_id.in_(chunk))))
+        self.load(thread_ids)
+
+    def load(self, thread_ids: Iterable[str]) -> None:
+        """Read the threads not read yet (a subject-only reply joins one of those)."""
+        for chunk in _chunks(set(thread_ids) - self.members.keys()):
+            for row in self.session.scalars(select(ThreadNode).where(
+                    ThreadNode.list_id == self.list_id, ThreadNode.thread_id.in_(chunk))):
+                self.put(row, None)
+            for thread_id in chunk:
+                self.members.setdefault(thread_id, set())
+
+    def of(self, message_ids: Iterable[str]) -> dict[str, ThreadNode]:
+        """Every node of every thread that one of `message_ids` belongs to."""
+        thread_ids = {self.rows[mid].thread_id for mid in message_ids if mid in self.rows}
+        return {mid: self.rows[mid] for tid in thread_ids for mid in self.members[tid]}
+
+    def put(self, row: ThreadNode, old_thread_id: str | None) -> None:
+        """A node read, made, or moved to another thread."""
+        if old_thread_id is not None:
+            self.members[old_thread_id].discard(row.message_id)
+        self.rows[row.message_id] = row
+        self.members.setdefault(row.thread_id, set()).add(row.message_id)
 
 
 def _subject_thread(session: Session, message: Message) -> str | None:
@@ -110,10 +155,12 @@ def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -
                         .values(thread_id=new))
 
 
-def thread_message(session: Session, message: Message, parsed: Parsed) -> set[str]:
+def thread_message(session: Session, threads: Threads, message: Message,
+                   parsed: Parsed) -> set[str]:
     """Place a stored message in its thread, creating placeholders for absent parents;
-    the ids of the threads it changed (a late parent can merge or rename threads)."""
-    rows = _load_threads(session, message.list_id, thread.touched(message.message_id, parsed))
+    the ids of the threads it changed (a late parent can merge or rename threads).
+    `threads` must hold the threads of thread.touched(message)."""
+    rows = threads.of(thread.touched(message.message_id, parsed))
     nodes = {
         mid: thread.Node(mid, real=row.message_pk is not None, parent_id=row.parent_id,
                          thread_id=row.thread_id, by_subject=row.by_subject,
@@ -123,14 +170,18 @@ def thread_message(session: Session, message: Message, parsed: Parsed) -> set[st
     joined = None
     if thread.wants_subject_fallback(parsed):
         joined = _subject_thread(session, message)
+        if joined is not None:
+            threads.load([joined])
     changed = thread.link(nodes, message.message_id, parsed, subject_thread=joined)
     moves = {(rows[mid].thread_id, nodes[mid].thread_id) for mid in changed
              if mid in rows and rows[mid].thread_id != nodes[mid].thread_id}
     _follow_mutes(session, message.list_id, moves)
     for mid in changed:
         node = nodes[mid]
-        row = rows.get(mid) or ThreadNode(list_id=message.list_id, message_id=mid,
-                                          thread_id=node.thread_id)
+        row = rows.get(mid)
+        old_thread_id = row.thread_id if row is not None else None
+        row = row or ThreadNode(list_id=message.list_id, message_id=mid,
+                                thread_id=node.thread_id)
         row.parent_id, row.thread_id = node.parent_id, node.thread_id
         row.own_link, row.by_subject = node.own_link, node.by_subject
         if mid == message.message_id:
@@ -138,6 +189,7 @@ def thread_message(session: Session, message: Message, parsed: Parsed) -> set[st
             row.subject_key = thread.subject_key(message.subject)
             row.date = message.date or message.received_at
         session.add(row)
+        threads.put(row, old_thread_id)
     return {nodes[message.message_id].thread_id} | {old for old, _ in moves}
 
 
@@ -145,26 +197,40 @@ def thread_message(session: Session, message: Message, parsed: Parsed) -> set[st
 SUMMARY_AUTHORS = 4
 
 
+def _summary_rows(session: Session, list_id: int, thread_ids: list[str]
+                  ) -> tuple[dict[str, list], dict[str, ThreadSummary]]:
+    """The archived messages of these threads in date order, and their summaries."""
+    messages: dict[str, list] = {tid: [] for tid in thread_ids}
+    summaries: dict[str, ThreadSummary] = {}
+    for chunk in _chunks(thread_ids):
+        for row in session.execute(
+                select(ThreadNode.thread_id, Message.from_name, Message.from_address,
+                       Message.subject, ThreadNode.date)
+                .join(Message, Message.id == ThreadNode.message_pk)
+                .where(ThreadNode.list_id == list_id, ThreadNode.thread_id.in_(chunk))
+                .order_by(ThreadNode.thread_id, ThreadNode.date, Message.id)):
+            messages[row.thread_id].append(row)
+        summaries.update((s.thread_id, s) for s in session.scalars(select(ThreadSummary).where(
+            ThreadSummary.list_id == list_id, ThreadSummary.thread_id.in_(chunk))))
+    return messages, summaries
+
+
 def summarize(session: Session, list_id: int, thread_ids: Iterable[str]) -> None:
     """Recount what the archive's thread list shows for these threads; a thread that a
     late parent merged into another has no messages left and loses its summary."""
     session.flush()
-    for thread_id in thread_ids:
-        rows = session.execute(
-            select(Message.from_name, Message.from_address, Message.subject, ThreadNode.date)
-            .join(Message, Message.id == ThreadNode.message_pk)
-            .where(ThreadNode.list_id == list_id, ThreadNode.thread_id == thread_id)
-            .order_by(ThreadNode.date, Message.id)).all()
-        summary = session.scalars(select(ThreadSummary).where(
-            ThreadSummary.list_id == list_id, ThreadSummary.thread_id == thread_id)).first()
+    messages, summaries = _summary_rows(session, list_id, list(set(thread_ids)))
+    for thread_id, rows in messages.items():
+        summary = summaries.get(thread_id)
         if not rows:
             if summary is not None:
                 session.delete(summary)
             continue
         summary = summary or ThreadSummary(list_id=list_id, thread_id=thread_id)
         authors: dict[str, str] = {}
-        for name, address, _, _ in rows:
-            authors.setdefault(address or name, name or address.partition("@")[0])
+        for row in rows:
+            authors.setdefault(row.from_address or row.from_name,
+                               row.from_name or row.from_address.partition("@")[0])
         dates = [r.date for r in rows if r.date is not None]
         summary.subject, summary.messages = rows[0].subject, len(rows)
         summary.participants = len(authors)
@@ -174,14 +240,27 @@ def summarize(session: Session, list_id: int, thread_ids: Iterable[str]) -> None
         session.add(summary)
 
 
-def archive(session: Session, mlist: MailingList, message: Message, parsed: Parsed) -> None:
-    """Everything that makes a post part of the archive, in the caller's transaction:
-    its thread, the thread list's counts, and (unless the list keeps no web archive)
-    the search index."""
-    touched = thread_message(session, message, parsed)
+def archive_all(session: Session, mlist: MailingList,
+                posts: Sequence[tuple[Message, Parsed]]) -> None:
+    """Everything that makes stored posts part of the archive, in the caller's
+    transaction, in order: their threads, the thread list's counts, and (unless the
+    list keeps no web archive) the search index. Many at once is much faster than one
+    by one (an import): each thread is read and recounted once."""
+    threads = Threads(session, mlist.id, {mid for message, parsed in posts
+                                          for mid in thread.touched(message.message_id,
+                                                                    parsed)})
+    touched: set[str] = set()
+    for message, parsed in posts:
+        touched |= thread_message(session, threads, message, parsed)
     summarize(session, mlist.id, touched)
     if mlist.archive is not ArchivePolicy.OFF:
-        search.index(session, message, view.plain_text(message.raw))
+        search.index(session, [(message, view.plain_text(message.raw))
+                               for message, _ in posts])
+
+
+def archive(session: Session, mlist: MailingList, message: Message, parsed: Parsed) -> None:
+    """One post into the archive (see archive_all)."""
+    archive_all(session, mlist, [(message, parsed)])
 
 
 def recipients(session: Session, list_id: int) -> Iterator[str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -310,6 +310,81 @@ def archive_routes(engine: Engine, config: Config,
     ]
 
 
+InDb = Callable[[Callable[[Session], T]], Awaitable[T]]
+
+# About this many bytes of mbox per chunk sent: few thread hops, little memory.
+EXPORT_CHUNK = 256 * 1024
+FEED_POSTS = 30
+
+
+def _mbox_chunks(engine: Engine, selection: archive.Selection) -> Iterator[bytes]:
+    """A plain iterator, which StreamingResponse runs in its thread pool a chunk at a
+    time: the event loop never waits on the database, and a list of any size is never
+    all in memory."""
+    with db.read_session(engine) as session:
+        pending: list[bytes] = []
+        size = 0
+        for entry in archive.export_mbox(session, selection):
+            pending.append(entry)
+            size += len(entry)
+            if size >= EXPORT_CHUNK:
+                yield b"".join(pending)
+                pending, size = [], 0
+        if pending:
+            yield b"".join(pending)
+
+
+def _file_name(*words: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(words)) + ".mbox"
+
+
+def feed_and_export_routes(engine: Engine, config: Config, in_db: InDb) -> list[Route]:
+    """/LIST/feed.atom (the latest posts) and /LIST/export.mbox (all, ?thread=ID or
+    ?month=YYYY-MM), both behind readable_list like every archive page."""
+
+    async def feed(request: Request) -> Response:
+        def read(session: Session) -> tuple[MailingList, list[archive.FeedEntry]]:
+            mlist = readable_list(session, config, request.path_params["address"],
+                                  request.cookies)
+            return mlist, archive.latest_posts(session, mlist.id, FEED_POSTS)
+        mlist, posts = await in_db(read)
+        addresses = store.addresses_of(mlist)
+        entries = [(post, compose.message_url(config.web.base_url, addresses,
+                                              post.message_id)) for post in posts]
+        body = render("web/feed.atom", mlist=mlist, entries=entries,
+                      list_url=compose.archive_url(config.web.base_url, addresses),
+                      updated=posts[0].date if posts else mlist.created_at)
+        return Response(body, media_type="application/atom+xml; charset=utf-8")
+
+    async def export(request: Request) -> Response:
+        thread_id = request.query_params.get("thread")
+        month = request.query_params.get("month")
+        start = end = None
+        if month is not None:
+            try:
+                start, end = archive.month_of(month)
+            except ValueError:
+                raise HTTPException(400, "The month must be written YYYY-MM.") from None
+
+        def check(session: Session) -> tuple[MailingList, archive.Selection]:
+            mlist = readable_list(session, config, request.path_params["address"],
+                                  request.cookies)
+            selection = archive.Selection(mlist.id, thread_id, start, end)
+            if (thread_id is not None or month is not None) and not archive.any_archived(
+                    session, selection):
+                raise HTTPException(404, "The archive has no such thread or month.")
+            return mlist, selection
+        mlist, selection = await in_db(check)
+        local = mlist.address.partition("@")[0]
+        name = _file_name(local, *(["thread"] if thread_id is not None else []),
+                          *([month] if month is not None else []))
+        return StreamingResponse(
+            _mbox_chunks(engine, selection), media_type="application/mbox",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+    return [Route("/{address}/feed.atom", feed), Route("/{address}/export.mbox", export)]
+
+
 def make_app(engine: Engine, config: Config) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
@@ -427,5 +502,6 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         Route("/mute/{token}", mute_post, methods=["POST"]),
         Route("/unmute/{token}", unmute_form, methods=["GET"]),
         Route("/unmute/{token}", unmute_post, methods=["POST"]),
+        *feed_and_export_routes(engine, config, in_db),
         *archive_routes(engine, config, page),
     ])
