@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from listserv import commands, db, roster, tokens
+from listserv import commands, compose, db, digest, roster, tokens
+from listserv.address import ListAddresses
 from listserv.config import Config
-from listserv.models import ArchivePolicy, MailingList
+from listserv.models import ArchivePolicy, DigestIssue, MailingList
 from listserv.templating import render
 
 T = TypeVar("T")
@@ -86,6 +87,54 @@ def readable_list(session: Session, config: Config, address: str,
     return mlist
 
 
+# --- digests in the archive -----------------------------------------------------------
+
+def digest_routes(engine: Engine, config: Config,
+                  page: Callable[..., HTMLResponse]) -> list[Route]:
+    """/{list}/digest/ (the issues, newest first) and /{list}/digest/{volume}/{issue}/
+    (one issue's posts by thread, each linking to its message page)."""
+
+    async def read(request: Request, work: Callable[[Session, MailingList], T]
+                   ) -> tuple[MailingList, T]:
+        def call() -> tuple[MailingList, T]:
+            with db.read_session(engine) as session:
+                mlist = readable_list(session, config, request.path_params["address"],
+                                      request.cookies)
+                return mlist, work(session, mlist)
+        return await asyncio.to_thread(call)
+
+    def urls(mlist: MailingList) -> dict[str, Any]:
+        addresses = ListAddresses(mlist.address)
+        return {"archive_url": compose.archive_url(config.web.base_url, addresses),
+                "message_url": lambda mid: compose.message_url(config.web.base_url,
+                                                               addresses, mid),
+                "thread_url": lambda tid: compose.thread_url(config.web.base_url, addresses,
+                                                             tid)}
+
+    async def index(request: Request) -> Response:
+        mlist, issues = await read(request, lambda s, m: digest.issues(s, m.id))
+        return page("digest_index", mlist=mlist, issues=issues, **urls(mlist))
+
+    async def issue(request: Request) -> Response:
+        volume, number = request.path_params["volume"], request.path_params["number"]
+
+        def work(session: Session, mlist: MailingList
+                 ) -> tuple[DigestIssue, list[digest.Group]] | None:
+            found = digest.find_issue(session, mlist.id, volume, number)
+            if found is None:
+                return None
+            return found, digest.by_thread(digest.issue_entries(session, found))
+        mlist, found = await read(request, work)
+        if found is None:
+            raise HTTPException(404, f"{mlist.name} has no digest Vol {volume}, "
+                                     f"Issue {number}.")
+        return page("digest_issue", mlist=mlist, issue=found[0], threads=found[1],
+                    **urls(mlist))
+
+    return [Route("/{address}/digest/", index, methods=["GET"]),
+            Route("/{address}/digest/{volume:int}/{number:int}/", issue, methods=["GET"])]
+
+
 def make_app(engine: Engine, config: Config) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
@@ -96,7 +145,7 @@ def make_app(engine: Engine, config: Config) -> Starlette:
                 return result
         return await asyncio.to_thread(call)
 
-    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def page(name: str, status: int = 200, /, **context: Any) -> HTMLResponse:
         return HTMLResponse(render(f"web/{name}.html", base_url=config.web.base_url,
                                    **context), status_code=status)
 
@@ -199,4 +248,5 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         Route("/mute/{token}", mute_post, methods=["POST"]),
         Route("/unmute/{token}", unmute_form, methods=["GET"]),
         Route("/unmute/{token}", unmute_post, methods=["POST"]),
+        *digest_routes(engine, config, page),
     ])
