@@ -266,18 +266,24 @@ def _boundary(parts: Sequence[bytes]) -> bytes:
             return boundary
 
 
+def _eight_bit(data: bytes) -> bytes:
+    """The transfer encoding an entity holding `data` must declare (RFC 2045 6.4)."""
+    return b"" if data.isascii() else b"Content-Transfer-Encoding: 8bit\r\n"
+
+
 def _multipart(kind: str, parts: Sequence[bytes]) -> bytes:
     """A multipart entity (header and body) holding `parts` (each a whole entity)."""
     boundary = _boundary(parts)
     body = b"".join(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts)
-    return (f'Content-Type: multipart/{kind}; boundary="'.encode() + boundary + b'"\r\n\r\n'
-            + body + b"--" + boundary + b"--\r\n")
+    return (f'Content-Type: multipart/{kind}; boundary="'.encode() + boundary + b'"\r\n'
+            + _eight_bit(body) + b"\r\n" + body + b"--" + boundary + b"--\r\n")
 
 
 def mime_body(context: dict, entries: Sequence[Entry]) -> bytes:
     """multipart/mixed: the table of contents, then a multipart/digest of the posts as
     message/rfc822, each the stored bytes (RFC 2046 5.1.5)."""
-    posts = [b"Content-Type: message/rfc822\r\n\r\n" + compose.crlf(e.raw) for e in entries]
+    posts = [b"Content-Type: message/rfc822\r\n" + _eight_bit(e.raw) + b"\r\n"
+             + compose.crlf(e.raw) for e in entries]
     toc = compose.text_part(render("mail/digest_toc.txt", **context))
     return _multipart("mixed", [toc, _multipart("digest", posts)])
 
