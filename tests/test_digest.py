@@ -309,6 +309,12 @@ def test_plain_digest_is_rfc_1153_in_utf8(running, make_list, sink, engine, cli)
     assert f" {HYPHENS_30}\nmehr" in chunks[0]  # a separator inside a post is stuffed
     end = chunks[2].strip("\n").splitlines()
     assert end == ["End of Dev Digest, Vol 1, Issue 1", "*" * 33]
+    # The MIME form carries the 8-bit post as it came, and says it is 8-bit.
+    [mime] = digests_to(sink, MIME)
+    assert stored(engine, first).raw in mime
+    inner = email.message_from_bytes(mime, policy=email.policy.default).get_payload()[1]
+    assert inner["Content-Transfer-Encoding"] == "8bit"
+    assert inner.get_payload()[0]["Content-Transfer-Encoding"] == "8bit"
 
 
 def test_digest_goes_out_when_its_slot_comes(make_server, make_list, sink, engine, config):
