@@ -21,9 +21,9 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, bounce, db, mbox, moderation, roster, settings
+from listserv import archive, bounce, db, digest, mbox, moderation, roster, settings
 from listserv import config as config_mod
-from listserv.models import DeliveryMode, MailingList, Role, SenderAction
+from listserv.models import DeliveryMode, MailingList, Role, SenderAction, utcnow
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
                   help="listserv: a mailing-list server.")
@@ -32,6 +32,7 @@ member_app = typer.Typer(no_args_is_help=True, help="Manage the members of a lis
 held_app = typer.Typer(no_args_is_help=True, help="Messages held for moderation.")
 archive_app = typer.Typer(no_args_is_help=True, help="The stored, threaded messages.")
 db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
+digest_app = typer.Typer(no_args_is_help=True, help="Digests of the posts.")
 sender_app = typer.Typer(no_args_is_help=True,
                          help="Allow and deny lists for senders who are not members.")
 app.add_typer(list_app, name="list")
@@ -40,6 +41,7 @@ app.add_typer(held_app, name="held")
 app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
 bounce_app = typer.Typer(no_args_is_help=True, help="Delivery reports (bounces).")
+app.add_typer(digest_app, name="digest")
 app.add_typer(sender_app, name="sender")
 app.add_typer(bounce_app, name="bounce")
 
@@ -148,7 +150,8 @@ def list_delete(ctx: typer.Context, address: str,
 @list_app.command("set")
 def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
     """Change one setting: subscription, nonmember_action, emergency, reply_to,
-    subject_prefix, footer, max_message_bytes, archive, name, description."""
+    subject_prefix, footer, max_message_bytes, archive, digest_frequency,
+    digest_send_hour, digest_max_bytes, digest_volume_frequency, name, description."""
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         new = settings.set_setting(mlist, key, value)
@@ -471,6 +474,42 @@ def bounce_parse(file: Path, as_json: JsonOpt = False) -> None:
         table.add_row(r["address"], r["status"], r["class"], r["diagnostic"])
     out.print(table)
     return None
+
+
+# --- digest -----------------------------------------------------------------------------
+
+@digest_app.command("send")
+def digest_send(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")]) -> None:
+    """Build the next issue from the pending posts now and queue it for the digest
+    members (`listserv serve` delivers it)."""
+    state = _state(ctx)
+    with db.session(state.engine) as s:
+        mlist = roster.get_list(s, list_address)
+        sent = digest.build(s, state.config, mlist.id, utcnow(), force=True)
+        s.commit()
+    if sent is None:
+        out.print(f"{mlist.address}: nothing pending")
+        return
+    out.print(f"{sent.issue.subject}: {sent.messages} messages, queued for "
+              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members")
+
+
+@digest_app.command("ls")
+def digest_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], as_json: JsonOpt = False) -> None:
+    """The issues sent, newest first."""
+    with db.session(_state(ctx).engine) as s:
+        rows = [{"volume": i.volume, "number": i.number, "subject": i.subject,
+                 "created_at": i.created_at, "messages": n, "size": i.size}
+                for i, n in digest.issues(s, roster.get_list(s, list_address).id)]
+    if as_json:
+        return _print_json(rows)
+    table = Table("volume", "number", "subject", "created_at", "messages", "size")
+    for r in rows:
+        table.add_row(str(r["volume"]), str(r["number"]), r["subject"],
+                      f"{r['created_at']:%Y-%m-%d %H:%M}", str(r["messages"]), str(r["size"]))
+    out.print(table)
 
 
 # --- db, serve --------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.header import Header
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
-from email.policy import compat32
+from email.policy import SMTP, compat32
 from urllib.parse import quote
 
 from listserv.address import ListAddresses, Purpose
@@ -119,6 +119,28 @@ def list_headers(addresses: ListAddresses, name: str, base_url: str,
 
 def render_fields(fields: list[tuple[str, str]]) -> bytes:
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in fields)
+
+
+def unstructured(text: str) -> str:
+    """A header value such as a subject, RFC 2047-encoded when it is not ASCII."""
+    return text if text.isascii() else Header(text, "utf-8").encode(linesep="\r\n")
+
+
+def text_part(text: str) -> bytes:
+    """A text/plain entity in UTF-8, its transfer encoding chosen for its lines."""
+    part = EmailMessage(policy=SMTP)
+    part.set_content(text)
+    del part["MIME-Version"]
+    return part.as_bytes()
+
+
+def with_fields(raw: bytes, drop: set[bytes], add: list[tuple[str, str]]) -> bytes:
+    """The message with the header fields named in `drop` (lower case) taken out and
+    `add` put at the end of the header; the body keeps its bytes."""
+    data = crlf(raw)
+    fields, body_at = _split_head(data)
+    kept = [f for f in fields if field_name(f) not in drop]
+    return b"".join(kept) + render_fields(add) + b"\r\n" + data[body_at:]
 
 
 # --- personal copies --------------------------------------------------------------------

@@ -70,15 +70,13 @@ def compose(mlist: MailingList, to: str, subject: str, body: str, *,
     head["Auto-Submitted"] = auto
     head["X-Auto-Response-Suppress"] = "All"  # keeps Exchange out-of-office answers away
     head["MIME-Version"] = "1.0"
-    text = EmailMessage(policy=SMTP)
-    text.set_content(body)
-    del text["MIME-Version"]
+    text = compose_mod.text_part(body)
     headers = head.as_bytes().rstrip(b"\r\n") + b"\r\n"
     if attach is None:
-        return headers + text.as_bytes()
+        return headers + text
     boundary = b"=_listserv_" + secrets.token_hex(12).encode()
     return (headers + b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
-            + b"--" + boundary + b"\r\n" + text.as_bytes() + b"\r\n--" + boundary
+            + b"--" + boundary + b"\r\n" + text + b"\r\n--" + boundary
             + b"\r\nContent-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\n"
             + compose_mod.crlf(attach).rstrip(b"\r\n") + b"\r\n--" + boundary + b"--\r\n")
 

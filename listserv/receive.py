@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from listserv import commands, db, moderation, notices, policy, roster, store
+from listserv import commands, db, digest, moderation, notices, policy, roster, store
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
 from listserv.models import MailingList, MessageKind, MessageState, Role
@@ -83,6 +83,8 @@ _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: Mess
 
 def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_from: str,
           raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
+    # A reply to a digest as a whole goes into the thread of the item it answers.
+    raw, parsed = digest.rethread(session, mlist, raw, parsed)
     facts = _facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
@@ -164,10 +166,12 @@ class Handler:
     """aiosmtpd handler: the return value of each hook is the SMTP reply."""
 
     def __init__(self, engine: Engine, config: Config,
-                 on_queued: Callable[[], None] = lambda: None) -> None:
+                 on_queued: Callable[[], None] = lambda: None,
+                 on_accepted: Callable[[], None] = lambda: None) -> None:
         self.engine = engine
         self.config = config
         self.on_queued = on_queued
+        self.on_accepted = on_accepted  # a post went in: a digest may have filled up
 
     def _route(self, rcpt: str) -> Route | str:
         with db.read_session(self.engine) as session:
@@ -206,6 +210,8 @@ class Handler:
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
         if any(o.deliveries for o in outcomes):
             self.on_queued()
+        if any(o.state == MessageState.ACCEPTED for o in outcomes):
+            self.on_accepted()
         replies = [f"250 2.0.0 OK <{o.message_id}> {o.state}" for o in outcomes]
         if isinstance(server, LMTP):
             return "\r\n".join(replies)  # LMTP answers once per recipient (RFC 2033)

@@ -13,8 +13,9 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import db, deliver, moderation, receive, tokens, web
+from listserv import db, deliver, digest, moderation, receive, tokens, web
 from listserv.config import Config
+from listserv.models import utcnow
 
 log = logging.getLogger("listserv")
 
@@ -53,6 +54,46 @@ async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
             await asyncio.wait_for(stop.wait(), HOUSEKEEPING_SECONDS)
 
 
+# Digests come due at an hour of the day; a check a minute sends them on time.
+DIGEST_CHECK_SECONDS = 60
+
+
+def _send_digests(engine: Engine, config: Config) -> list[digest.Sent]:
+    """Build every due digest, each list in a transaction of its own."""
+    now = utcnow()
+    with db.read_session(engine) as session:
+        due = digest.due_lists(session, now)
+    sent = []
+    for list_id in due:
+        with db.session(engine) as session:
+            done = digest.build(session, config, list_id, now)
+            session.commit()
+        if done is not None:
+            sent.append(done)
+    return sent
+
+
+async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: asyncio.Event,
+                  wake: Callable[[], None]) -> None:
+    """Send the digests that are due: every minute, and when `check` is set (a post was
+    accepted, so a digest may have reached its size)."""
+    while not stop.is_set():
+        check.clear()
+        try:
+            sent = await asyncio.to_thread(_send_digests, engine, config)
+        except Exception:
+            log.exception("sending digests failed; trying again later")
+        else:
+            for done in sent:
+                log.info("digest %r: %d messages, to %d digest-mime and %d digest-plain "
+                         "members", done.issue.subject, done.messages, done.mime_members,
+                         done.plain_members)
+            if sent:
+                wake()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(check.wait(), DIGEST_CHECK_SECONDS)
+
+
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: `serve` owns SIGTERM and SIGINT."""
 
@@ -69,14 +110,17 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     await asyncio.to_thread(_ensure_secret, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
-    handler = receive.Handler(engine, config, on_queued=worker.wake)
+    digest_check = asyncio.Event()
+    handler = receive.Handler(engine, config, on_queued=worker.wake,
+                              on_accepted=digest_check.set)
     smtp = await loop.create_server(receive.protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)
     http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
                                    port=config.web.port, log_level="warning",
                                    lifespan="off"))
     tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve()),
-             asyncio.create_task(housekeeping(engine, config, stop, worker.wake))]
+             asyncio.create_task(housekeeping(engine, config, stop, worker.wake)),
+             asyncio.create_task(digests(engine, config, stop, digest_check, worker.wake))]
     log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
              config.smtp.protocol.upper(), config.smtp.host, config.smtp.port,
              config.web.host, config.web.port, config.delivery.smarthost_host,
@@ -87,6 +131,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
         await stop.wait()
     finally:
         log.info("stopping")
+        digest_check.set()  # the digest loop sees `stop` at once
         smtp.close()
         http.should_exit = True
         await asyncio.wait(tasks, timeout=10)

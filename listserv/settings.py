@@ -14,10 +14,12 @@ from listserv.address import ListAddresses
 from listserv.compose import render_footer
 from listserv.models import (
     ArchivePolicy,
+    DigestFrequency,
     MailingList,
     NonmemberAction,
     ReplyTo,
     Subscription,
+    VolumeFrequency,
 )
 from listserv.roster import UserError
 
@@ -61,6 +63,17 @@ def _size(text: str) -> int:
     return value
 
 
+def _hour(text: str) -> int:
+    """An hour of the day, UTC (digest_send_hour)."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 23:
+        raise UserError("valid values: an hour from 0 to 23 (UTC)")
+    return value
+
+
 def _text(text: str) -> str:
     return text.strip()
 
@@ -93,6 +106,10 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "footer": _footer,
     "max_message_bytes": _size,
     "archive": _choice(ArchivePolicy),
+    "digest_frequency": _choice(DigestFrequency),
+    "digest_send_hour": _hour,
+    "digest_max_bytes": _size,
+    "digest_volume_frequency": _choice(VolumeFrequency),
 }
 
 

@@ -263,12 +263,14 @@ def archive(session: Session, mlist: MailingList, message: Message, parsed: Pars
     archive_all(session, mlist, [(message, parsed)])
 
 
-def recipients(session: Session, list_id: int) -> Iterator[str]:
-    """Addresses that get each post, streamed from one query (never member by member)."""
+def recipients(session: Session, list_id: int,
+               mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
+    """Addresses that get each post (or, for a digest mode, each digest of that form),
+    streamed from one query (never member by member)."""
     result = session.execute(
         select(Member.address)
         .where(Member.list_id == list_id, Member.role == Role.MEMBER,
-               Member.delivery == DeliveryMode.REGULAR, Member.disabled_by.is_(None))
+               Member.delivery == mode, Member.disabled_by.is_(None))
         .order_by(Member.address)
         .execution_options(yield_per=5000))
     for (address,) in result:

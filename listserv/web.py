@@ -27,9 +27,9 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from listserv import archive, commands, compose, db, roster, search, store, tokens, view
+from listserv import archive, commands, compose, db, digest, roster, search, store, tokens, view
 from listserv.config import Config
-from listserv.models import ArchivePolicy, MailingList
+from listserv.models import ArchivePolicy, DigestIssue, MailingList
 from listserv.templating import render
 
 T = TypeVar("T")
@@ -160,10 +160,13 @@ def attachment_response(part: view.Attachment, data: bytes) -> Response:
         "content-security-policy": "sandbox"})
 
 
-def archive_routes(engine: Engine, config: Config,
-                   page: Callable[..., HTMLResponse]) -> list[Route]:
-    """The web archive: every route reads through readable_list in one read session."""
-    base = config.web.base_url.rstrip("/")
+Reader = Callable[[Request, Callable[[Session, MailingList], T]],
+                  Awaitable[tuple[MailingList, T]]]
+
+
+def archive_reader(engine: Engine, config: Config) -> Reader:
+    """How every archive page reads: through readable_list, in one read session (on
+    SQLite it never waits for a writer), off the event loop."""
 
     async def read(request: Request, work: Callable[[Session, MailingList], T]
                    ) -> tuple[MailingList, T]:
@@ -173,6 +176,15 @@ def archive_routes(engine: Engine, config: Config,
                                       request.cookies)
                 return mlist, work(session, mlist)
         return await asyncio.to_thread(call)
+
+    return read
+
+
+def archive_routes(engine: Engine, config: Config,
+                   page: Callable[..., HTMLResponse]) -> list[Route]:
+    """The web archive: every route reads through readable_list in one read session."""
+    base = config.web.base_url.rstrip("/")
+    read = archive_reader(engine, config)
 
     def archive_page(name: str, mlist: MailingList, **context: Any) -> HTMLResponse:
         return page(name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
@@ -310,8 +322,6 @@ def archive_routes(engine: Engine, config: Config,
     ]
 
 
-InDb = Callable[[Callable[[Session], T]], Awaitable[T]]
-
 # About this many bytes of mbox per chunk sent: few thread hops, little memory.
 EXPORT_CHUNK = 256 * 1024
 FEED_POSTS = 30
@@ -338,16 +348,14 @@ def _file_name(*words: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(words)) + ".mbox"
 
 
-def feed_and_export_routes(engine: Engine, config: Config, in_db: InDb) -> list[Route]:
+def feed_and_export_routes(engine: Engine, config: Config) -> list[Route]:
     """/LIST/feed.atom (the latest posts) and /LIST/export.mbox (all, ?thread=ID or
     ?month=YYYY-MM), both behind readable_list like every archive page."""
+    read = archive_reader(engine, config)
 
     async def feed(request: Request) -> Response:
-        def read(session: Session) -> tuple[MailingList, list[archive.FeedEntry]]:
-            mlist = readable_list(session, config, request.path_params["address"],
-                                  request.cookies)
-            return mlist, archive.latest_posts(session, mlist.id, FEED_POSTS)
-        mlist, posts = await in_db(read)
+        mlist, posts = await read(request, lambda session, mlist: archive.latest_posts(
+            session, mlist.id, FEED_POSTS))
         addresses = store.addresses_of(mlist)
         entries = [(post, compose.message_url(config.web.base_url, addresses,
                                               post.message_id)) for post in posts]
@@ -366,15 +374,13 @@ def feed_and_export_routes(engine: Engine, config: Config, in_db: InDb) -> list[
             except ValueError:
                 raise HTTPException(400, "The month must be written YYYY-MM.") from None
 
-        def check(session: Session) -> tuple[MailingList, archive.Selection]:
-            mlist = readable_list(session, config, request.path_params["address"],
-                                  request.cookies)
+        def check(session: Session, mlist: MailingList) -> archive.Selection:
             selection = archive.Selection(mlist.id, thread_id, start, end)
             if (thread_id is not None or month is not None) and not archive.any_archived(
                     session, selection):
                 raise HTTPException(404, "The archive has no such thread or month.")
-            return mlist, selection
-        mlist, selection = await in_db(check)
+            return selection
+        mlist, selection = await read(request, check)
         local = mlist.address.partition("@")[0]
         name = _file_name(local, *(["thread"] if thread_id is not None else []),
                           *([month] if month is not None else []))
@@ -383,6 +389,47 @@ def feed_and_export_routes(engine: Engine, config: Config, in_db: InDb) -> list[
             headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     return [Route("/{address}/feed.atom", feed), Route("/{address}/export.mbox", export)]
+
+
+# --- digests in the archive -----------------------------------------------------------
+
+def digest_routes(engine: Engine, config: Config,
+                  page: Callable[..., HTMLResponse]) -> list[Route]:
+    """/{list}/digest/ (the issues, newest first) and /{list}/digest/{volume}/{issue}/
+    (one issue's posts by thread, each linking to its message page)."""
+    read = archive_reader(engine, config)
+
+    def urls(mlist: MailingList) -> dict[str, Any]:
+        addresses = store.addresses_of(mlist)
+        return {"archive_url": compose.archive_url(config.web.base_url, addresses),
+                "message_url": lambda mid: compose.message_url(config.web.base_url,
+                                                               addresses, mid),
+                "thread_url": lambda tid: compose.thread_url(config.web.base_url, addresses,
+                                                             tid)}
+
+    async def index(request: Request) -> Response:
+        mlist, issues = await read(request, lambda s, m: digest.issues(s, m.id))
+        return page("digest_index", mlist=mlist, issues=issues, **urls(mlist))
+
+    async def issue(request: Request) -> Response:
+        volume, number = request.path_params["volume"], request.path_params["number"]
+
+        def work(session: Session, mlist: MailingList
+                 ) -> tuple[DigestIssue, list[digest.Group]] | None:
+            found = digest.find_issue(session, mlist.id, volume, number)
+            if found is None:
+                return None
+            return found, digest.by_thread(digest.issue_entries(session, found))
+        mlist, found = await read(request, work)
+        if found is None:
+            raise HTTPException(404, f"{mlist.name} has no digest Vol {volume}, "
+                                     f"Issue {number}.")
+        return page("digest_issue", mlist=mlist, issue=found[0], threads=found[1],
+                    obfuscate=view.obfuscate,
+                    **urls(mlist))
+
+    return [Route("/{address}/digest/", index, methods=["GET"]),
+            Route("/{address}/digest/{volume:int}/{number:int}/", issue, methods=["GET"])]
 
 
 def make_app(engine: Engine, config: Config) -> Starlette:
@@ -502,6 +549,7 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         Route("/mute/{token}", mute_post, methods=["POST"]),
         Route("/unmute/{token}", unmute_form, methods=["GET"]),
         Route("/unmute/{token}", unmute_post, methods=["POST"]),
-        *feed_and_export_routes(engine, config, in_db),
+        *feed_and_export_routes(engine, config),
         *archive_routes(engine, config, page),
+        *digest_routes(engine, config, page),
     ])
