@@ -96,7 +96,7 @@ def make_app(engine: Engine, config: Config) -> Starlette:
                 return result
         return await asyncio.to_thread(call)
 
-    def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def page(name: str, status: int = 200, /, **context: Any) -> HTMLResponse:
         return HTMLResponse(render(f"web/{name}.html", base_url=config.web.base_url,
                                    **context), status_code=status)
 
