@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +42,7 @@ LIST = "dev@lists.bench.example"
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 TARGET_IMPORT_PER_S = 1000.0
 TARGET_UNDER_MS = 20.0
+Target = tuple[str, dict[str, str]]  # path and query of one request
 # (page, public-inbox 1.9 p95 in ms on this machine, HyperKitty 1.3.12 at 20,000 messages)
 PAGES = [("list", 5.6, ""), ("thread", 33.0, "113 ms p95"), ("message", 4.7, ""),
          ("search", 28.0, "1.1 s per search"), ("atom", 11.0, "")]
@@ -63,7 +65,8 @@ def mbox_for(out: Path, messages: int, seed: int) -> tuple[Path, float | None]:
 
 
 @contextlib.contextmanager
-def fresh_database(kind: str, out: Path, pg_url: str, keep: bool):
+def fresh_database(kind: str, out: Path, pg_url: str, keep: bool
+                   ) -> Iterator[tuple[str, str]]:
     """(url, name): an empty SQLite file under OUT, or a PostgreSQL schema of our own."""
     if kind == "sqlite":
         for suffix in ("", "-wal", "-shm"):
@@ -109,7 +112,7 @@ def corpus(url: str) -> Corpus:
 # --- what to ask for --------------------------------------------------------------------
 
 def page_targets(url: str, rng: random.Random, count: int, list_pages: int
-                 ) -> dict[str, list[tuple[str, dict[str, str]]]]:
+                 ) -> dict[str, list[Target]]:
     """(path, query) per page kind, varied: list pages 1..N, threads of every size (the
     largest among them), messages at random and the largest ones, search words from
     common to rare and two-word queries, and the feed."""
@@ -137,7 +140,7 @@ def page_targets(url: str, rng: random.Random, count: int, list_pages: int
     }
 
 
-def _thread_sample(threads: list, rng: random.Random, count: int) -> list[str]:
+def _thread_sample(threads: list[tuple[str, int]], rng: random.Random, count: int) -> list[str]:
     """The ten largest threads, then the same share from each size band, so long threads
     are timed as often as the many short ones."""
     chosen = [t for t, _ in threads[:10]]
@@ -175,7 +178,7 @@ def write_config(out: Path, url: str, web_port: int) -> Path:
 
 
 @contextlib.contextmanager
-def serving(listserv: str, config: Path, web_port: int, log: Path):
+def serving(listserv: str, config: Path, web_port: int, log: Path) -> Iterator[int]:
     """`listserv serve` until the block ends; yields its pid once the web port answers."""
     with log.open("wb") as out:
         proc = subprocess.Popen([listserv, "--config", str(config), "serve"], stdout=out,
@@ -212,7 +215,7 @@ class Timing:
         return statistics.quantiles(self.samples, n=100, method="inclusive")[94]
 
 
-def time_page(client: httpx.Client, page: str, targets: list, requests: int,
+def time_page(client: httpx.Client, page: str, targets: list[Target], requests: int,
               warmup: int) -> Timing:
     """Warm up, then `requests` sequential GETs cycling through the targets. A page whose
     warm-up answers are all 404 is a route not built yet: reported, not timed."""
