@@ -189,3 +189,10 @@ def test_links_in_a_members_copy_unsubscribe_and_mute(running, make_list, sink, 
     # Bob gets all three posts, Carol not the muted reply, Alice only the first post and
     # her goodbye.
     assert [delivered_to(engine, sink, a) for a in (BOB, CAROL, ALICE)] == [3, 2, 2]
+
+
+def test_an_unknown_page_is_our_404_page(running):
+    with web(running) as client:
+        response = client.get("/nobody@lists.example.org/thread/x/")
+    assert response.status_code == 404
+    assert "<h1>Not found</h1>" in response.text
