@@ -18,6 +18,7 @@ from listserv.models import (
     NonmemberAction,
     ReplyTo,
     Subscription,
+    Verp,
 )
 from listserv.roster import UserError
 
@@ -93,6 +94,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "footer": _footer,
     "max_message_bytes": _size,
     "archive": _choice(ArchivePolicy),
+    "verp": _choice(Verp),
 }
 
 
