@@ -38,19 +38,21 @@ def upgrade() -> None:
         batch_op.create_index("ix_bounce_event_member", ["list_id", "address", "created_at"],
                               unique=False)
 
-    # Server defaults, so the rows of an existing database upgrade in place.
+    # Server defaults, so the rows of an existing database upgrade in place. Plain
+    # strings, not sa.text(): with an expression default alembic rebuilds a SQLite table
+    # (copy, DROP, rename), and dropping mailing_list cascades to every member and message.
     with op.batch_alter_table("mailing_list", schema=None) as batch_op:
         batch_op.add_column(sa.Column(
             "verp", sa.Enum("on", "off", name="verp", native_enum=False, length=32),
-            nullable=False, server_default=sa.text("'on'")))
+            nullable=False, server_default="on"))
 
     with op.batch_alter_table("member", schema=None) as batch_op:
         batch_op.add_column(sa.Column("bounce_score", sa.Float(), nullable=False,
-                                      server_default=sa.text("0")))
+                                      server_default="0"))
         batch_op.add_column(sa.Column("last_bounce_at", sqlmodel.sql.sqltypes.UTCDateTime(),
                                       nullable=True))
         batch_op.add_column(sa.Column("warnings_sent", sa.Integer(), nullable=False,
-                                      server_default=sa.text("0")))
+                                      server_default="0"))
         batch_op.add_column(sa.Column("last_warning_at", sqlmodel.sql.sqltypes.UTCDateTime(),
                                       nullable=True))
 
