@@ -100,6 +100,8 @@ def scored(score: float, last_bounce_at: datetime | None, worth: float, now: dat
 
 
 class Step(enum.StrEnum):
+    """What the warning schedule asks for a member disabled for bounces."""
+
     WAIT = "wait"
     WARN = "warn"  # send the next warning now
     REMOVE = "remove"  # every warning went out and the last one's interval passed
