@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 from listserv._quiet import flanker_address
 
@@ -68,11 +69,12 @@ class ListAddresses:
 
     posting: str
 
-    @property
+    # Cached: fan-out builds a VERP sender for every recipient from these.
+    @cached_property
     def local(self) -> str:
         return split(self.posting)[0]
 
-    @property
+    @cached_property
     def domain(self) -> str:
         return split(self.posting)[1]
 
@@ -83,6 +85,13 @@ class ListAddresses:
             return self.posting
         plus = f"+{detail}" if detail else ""
         return f"{self.local}-{purpose.value}{plus}@{self.domain}"
+
+    def verp(self, rcpt: str) -> str:
+        """The envelope sender of `rcpt`'s copy, so a bounce names whose copy failed:
+        LIST-bounces+user=example.com@domain ("@" written "=", read by
+        bounce.verp_recipient)."""
+        local, _, domain = rcpt.rpartition("@")
+        return self.at(Purpose.BOUNCES, f"{local}={domain}")
 
     @property
     def list_id(self) -> str:

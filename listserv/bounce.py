@@ -164,6 +164,32 @@ def verp_recipient(envelope_recipient: str) -> str | None:
     return f"{user}@{domain.lower()}"
 
 
+# --- the returned copy ----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ReturnedCopy:
+    """What a bounce shows of the copy that failed: enough to find the post it carried."""
+
+    message_id: str  # without angle brackets, "" when not shown
+    from_address: str  # the copy's From, lower case, "" when not shown
+
+
+def returned_copy(raw: bytes) -> ReturnedCopy:
+    """The Message-ID and From of the copy a bounce returns, so a refusal for policy
+    (DMARC, spam) can be put down to the post's author rather than the recipient.
+    Never raises; empty fields when the report returns no headers."""
+    try:
+        message = email.message_from_bytes(raw)
+        part = next((p for p in message.walk() if p.get_content_type() in _EMBEDDED), None)
+        if part is None:
+            return ReturnedCopy("", "")
+        headers = _embedded_headers(part)
+        message_id = str(headers.get("Message-ID", "")).strip().strip("<>").strip()
+        return ReturnedCopy(message_id, _address_of(str(headers.get("From", ""))).lower())
+    except Exception:  # noqa: BLE001  bad mail of any shape, as in parse_bounce
+        return ReturnedCopy("", "")
+
+
 # --- entry point ----------------------------------------------------------------------
 
 def parse_bounce(raw: bytes) -> BounceReport:
@@ -240,12 +266,15 @@ def _complaint(message: email.message.Message) -> Complaint | None:
 
 def _embedded_to(part: email.message.Message) -> str:
     """The To of the reported copy; providers often redact it, then there is none."""
+    return _address_of(str(_embedded_headers(part).get("To", "")))
+
+
+def _embedded_headers(part: email.message.Message) -> email.message.Message:
+    """The header fields of a returned copy (message/rfc822 or text/rfc822-headers)."""
     inner = part.get_payload()
     if isinstance(inner, list) and inner:
-        headers = inner[0]
-    else:
-        headers = email.message_from_string(str(inner))
-    return _address_of(str(headers.get("To", "")))
+        return inner[0]
+    return email.message_from_string(str(inner))
 
 
 def _fields(part: email.message.Message) -> email.message.Message:

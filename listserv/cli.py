@@ -10,7 +10,7 @@ import logging
 import mailbox
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +21,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, bounce, db, digest, mbox, moderation, roster, settings
+from listserv import archive, bounce, bouncing, db, digest, mbox, moderation, roster, settings
 from listserv import config as config_mod
 from listserv.models import DeliveryMode, MailingList, Role, SenderAction, utcnow
 
@@ -151,7 +151,7 @@ def list_delete(ctx: typer.Context, address: str,
 def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
     """Change one setting: subscription, nonmember_action, emergency, reply_to,
     subject_prefix, footer, max_message_bytes, archive, digest_frequency,
-    digest_send_hour, digest_max_bytes, digest_volume_frequency, name, description."""
+    digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, name, description."""
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         new = settings.set_setting(mlist, key, value)
@@ -205,16 +205,21 @@ def member_remove(ctx: typer.Context, list_address: Annotated[str, typer.Argumen
 def member_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
         metavar="LIST")], as_json: JsonOpt = False) -> None:
     """Members with their roles and delivery."""
-    with db.session(_state(ctx).engine) as s:
+    state = _state(ctx)
+    now = utcnow()
+    with db.session(state.engine) as s:
         rows = [{"address": m.address, "name": m.display_name, "role": m.role.value,
                  "delivery": m.delivery.value, "moderated": m.moderated,
-                 "disabled_by": m.disabled_by.value if m.disabled_by else None}
+                 "disabled_by": m.disabled_by.value if m.disabled_by else None,
+                 "delivery_status": roster.delivery_status(m),
+                 "bounce_score": bouncing.score_now(m.bounce_score, m.last_bounce_at, now,
+                                                    state.config.bounces)}
                 for m in roster.members(s, roster.get_list(s, list_address))]
     if as_json:
         return _print_json(rows)
-    table = Table("address", "role", "delivery", "name")
+    table = Table("address", "role", "delivery", "status", "name")
     for r in rows:
-        table.add_row(r["address"], r["role"], r["delivery"], r["name"])
+        table.add_row(r["address"], r["role"], r["delivery"], r["delivery_status"], r["name"])
     out.print(table)
 
 
@@ -510,6 +515,38 @@ def digest_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
         table.add_row(str(r["volume"]), str(r["number"]), r["subject"],
                       f"{r['created_at']:%Y-%m-%d %H:%M}", str(r["messages"]), str(r["size"]))
     out.print(table)
+
+
+@bounce_app.command("ls")
+def bounce_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")],
+        days: Annotated[int, typer.Option(min=1, help="How far back.")] = bouncing.HISTORY_DAYS,
+        as_json: JsonOpt = False) -> None:
+    """Recent bounces, newest first: member, class, status and the member's score and
+    state now; refusals for policy name the domain of the post's author."""
+    state = _state(ctx)
+    with db.session(state.engine) as s:
+        mlist = roster.get_list(s, list_address)
+        rows = bouncing.recent(s, state.config, mlist, days=days)
+        policy = bouncing.policy_by_domain(s, mlist.id, utcnow() - timedelta(days=days))
+    if as_json:
+        return _print_json([{"time": r.time, "member": r.member, "class": r.bounce_class,
+                             "status": r.status, "diagnostic": r.diagnostic,
+                             "sender_domain": r.sender_domain, "counted": r.counted,
+                             "score": r.score, "state": r.state} for r in rows])
+    if not rows:
+        out.print(f"no bounces in the last {days} days")
+        return None
+    # One line a bounce, never a wrapped table cell: diagnostics are long, and an
+    # admin greps this for an address.
+    for r in rows:
+        kind = f"{r.bounce_class} ({r.sender_domain})" if r.sender_domain else r.bounce_class
+        score = "" if r.score is None else f" score {r.score:g}"
+        out.print(f"{r.time:%Y-%m-%d %H:%M}  {r.member}  {kind}  {r.status or '-'}  "
+                  f"{r.state}{score}  {r.diagnostic}")
+    for domain, count in policy:
+        out.print(f"refused for policy, posts from {domain}: {count}")
+    return None
 
 
 # --- db, serve --------------------------------------------------------------------------

@@ -61,12 +61,27 @@ class ListsConfig:
 
 
 @dataclass(frozen=True)
+class BouncesConfig:
+    # Delivery is disabled when a member's score reaches this.
+    score_threshold: float = 5.0
+    # What one day's bounce adds: a dead mailbox, or an unexplained failure that repeats.
+    hard_bounce_score: float = 1.0
+    soft_bounce_score: float = 0.5
+    # A score goes back to 0 after this many days without a bounce that counted.
+    stale_after_days: int = 7
+    # Notices to a disabled member, each with a re-enable link, before removal.
+    warnings: int = 3
+    warning_interval_days: int = 7
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
     delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     web: WebConfig = field(default_factory=WebConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
 
 
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
@@ -96,7 +111,7 @@ def _section(cls: type, name: str, values: object) -> object:
         choices = _CHOICES.get((name, key))
         if choices and value not in choices:
             raise ConfigError(f"[{name}] {key} must be one of {', '.join(choices)}")
-        if expected is int and value < 0:
+        if expected in (int, float) and value < 0:
             raise ConfigError(f"[{name}] {key} must not be negative")
         kwargs[key] = value
     return cls(**kwargs)

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,8 +21,17 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from listserv import compose, db, tokens
+from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
-from listserv.models import Delivery, DeliveryState, Outgoing, RecipientFailure, utcnow
+from listserv.models import (
+    Delivery,
+    DeliveryState,
+    MailingList,
+    Outgoing,
+    RecipientFailure,
+    Verp,
+    utcnow,
+)
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
 
 log = logging.getLogger("listserv.deliver")
@@ -240,14 +250,21 @@ class Progress:
 
 class Personal:
     """A list copy with slots; each recipient's own links (signed tokens) are filled in
-    as their transaction goes out."""
+    as their transaction goes out, and with VERP their own envelope sender."""
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
-                 message_pk: int | None) -> None:
+                 message_pk: int | None, verp: ListAddresses | None = None) -> None:
         self.copy = copy
         self.secret = secret
         self.list_id = list_id
         self.message_pk = message_pk
+        self.verp = verp  # the list's addresses when its copies go out with VERP
+
+    def mail_from(self, job: Job) -> Callable[[str], str]:
+        """Each recipient's envelope sender: a bounce to it names the recipient."""
+        if self.verp is None:
+            return lambda rcpt: job.mail_from
+        return self.verp.verp
 
     def prepared_for(self, rcpt: str) -> bytes:
         """The dot-stuffed bytes for one recipient, end-of-data line included."""
@@ -298,15 +315,18 @@ class Worker:
 
     def _load(self, session: Session, outgoing_id: int) -> bytes | Personal:
         row = session.execute(
-            select(Outgoing.data, Outgoing.slots, Outgoing.list_id, Outgoing.message_pk)
+            select(Outgoing.data, Outgoing.slots, Outgoing.list_id, Outgoing.message_pk,
+                   MailingList.address, MailingList.verp)
+            .outerjoin(MailingList, MailingList.id == Outgoing.list_id)
             .where(Outgoing.id == outgoing_id)).one()
         if not row.slots:
             return prepare(row.data)
         if self._secret is None:
             self._secret = tokens.server_secret(session, self.server_config)
             session.commit()  # a secret generated here must be the one the web app reads
+        verp = ListAddresses(row.address) if row.verp is Verp.ON else None
         return Personal(compose.Copy.load(row.data, row.slots), self._secret, row.list_id,
-                        row.message_pk)
+                        row.message_pk, verp)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
@@ -413,7 +433,8 @@ class Worker:
         if not isinstance(data, Personal):
             return await relay.send(job.mail_from, job.recipients, data)
         try:
-            return await relay.send_each(job.mail_from, job.recipients, data.prepared_for,
+            return await relay.send_each(data.mail_from(job), job.recipients,
+                                         data.prepared_for,
                                          lambda rcpt: self.progress.mark(job, rcpt))
         finally:
             self.progress.forget(job)

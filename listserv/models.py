@@ -47,6 +47,13 @@ class DisabledBy(enum.StrEnum):
     MODERATOR = "moderator"  # an owner or moderator switched it off
 
 
+class Verp(enum.StrEnum):
+    """Whether each copy's envelope sender names its recipient (LIST-bounces+u=host@)."""
+
+    ON = "on"  # a bounce says whose copy failed without being parsed
+    OFF = "off"  # one bounce address for all: bounces are parsed for their recipients
+
+
 class Subscription(enum.StrEnum):
     OPEN = "open"  # anyone may join after confirming their address
     MODERATE = "moderate"  # confirm, then an owner or moderator approves
@@ -153,6 +160,7 @@ class MailingList(SQLModel, table=True):
     digest_volume: int = 1  # the volume of the last digest sent (1 before any)
     digest_issue: int = 0  # the number of the last issue sent in that volume (0: none)
     digest_last_sent_at: datetime | None = None
+    verp: Verp = Field(default=Verp.ON, sa_type=_enum(Verp))
 
 
 class Member(SQLModel, table=True):
@@ -170,6 +178,12 @@ class Member(SQLModel, table=True):
     disabled_by: DisabledBy | None = Field(default=None, sa_type=_enum(DisabledBy))
     moderated: bool = False
     created_at: datetime = Field(default_factory=utcnow)
+    # Bounce scoring (see listserv/bouncing.py): the score as of the last bounce that
+    # counted, and, once delivery is disabled for bounces, the warnings sent so far.
+    bounce_score: float = 0.0
+    last_bounce_at: datetime | None = None
+    warnings_sent: int = 0
+    last_warning_at: datetime | None = None
 
 
 class Message(SQLModel, table=True):
@@ -375,6 +389,27 @@ class Delivery(SQLModel, table=True):
     last_error: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     done_at: datetime | None = None
+
+
+class BounceEvent(SQLModel, table=True):
+    """One failed recipient (or spam complaint) a mail to LIST-bounces@ reported."""
+
+    __tablename__ = "bounce_event"
+    __table_args__ = (Index("ix_bounce_event_list_created", "list_id", "created_at"),
+                      Index("ix_bounce_event_member", "list_id", "address", "created_at"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", ondelete="CASCADE")
+    address: str  # the member whose copy failed, lower case
+    status: str = ""  # RFC 3463 "5.1.1", "" when the report gives none
+    bounce_class: str  # a bounce.BounceClass value, or "complaint"
+    diagnostic: str = ""  # the remote server's words (for a complaint: its feedback type)
+    # For `policy` refusals: the domain of the refused post's author, whom they blame.
+    sender_domain: str = ""
+    counted: bool = False  # it raised the member's bounce score
+    message_pk: int | None = Field(default=None, foreign_key="message.id",
+                                   ondelete="CASCADE")  # the stored bounce
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class RecipientFailure(SQLModel, table=True):

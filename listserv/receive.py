@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from listserv import commands, db, digest, moderation, notices, policy, roster, store
+from listserv import bouncing, commands, db, digest, moderation, notices, policy, roster, store
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
 from listserv.models import MailingList, MessageKind, MessageState, Role
@@ -129,6 +129,8 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
     elif target.purpose in _COMMANDS:
         commands.handle(session, config, mlist, target, message, parsed)
         jobs = 1  # replies may be queued: wake the worker
+    elif target.purpose is Purpose.BOUNCES:
+        jobs = bouncing.process(session, config, mlist, message, rcpt)
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 

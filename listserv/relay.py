@@ -204,13 +204,14 @@ class Relay:
             raise RelayError(f"message refused: {final}", final.temporary, final.code)
         return refused
 
-    async def send_each(self, mail_from: str, rcpts: list[str],
+    async def send_each(self, mail_from: Callable[[str], str], rcpts: list[str],
                         prepared_for: Callable[[str], bytes],
                         on_sent: Callable[[str], None] = _nothing
                         ) -> dict[str, Reply]:
-        """A transaction of its own for each recipient, with that recipient's own bytes,
-        on this connection; returns the refusals by recipient. `on_sent` is called for
-        each recipient the smarthost took, as its reply arrives.
+        """A transaction of its own for each recipient, with that recipient's own bytes
+        and envelope sender (VERP), on this connection; returns the refusals by
+        recipient. `on_sent` is called for each recipient the smarthost took, as its
+        reply arrives.
 
         Raises RelayError only when nobody got the mail. If the connection fails after
         someone did, the recipients not done yet are refused with a temporary error, so
@@ -224,13 +225,14 @@ class Relay:
             self.broken = True  # as in send(): only closing the socket is safe now
             raise
 
-    async def _one_by_one(self, mail_from: str, rcpts: list[str],
+    async def _one_by_one(self, mail_from: Callable[[str], str], rcpts: list[str],
                           prepared_for: Callable[[str], bytes],
                           on_sent: Callable[[str], None]) -> dict[str, Reply]:
         refused: dict[str, Reply] = {}
         for index, rcpt in enumerate(rcpts):
             try:
-                refused.update(await self._transaction(mail_from, [rcpt], prepared_for(rcpt)))
+                refused.update(await self._transaction(mail_from(rcpt), [rcpt],
+                                                       prepared_for(rcpt)))
                 if rcpt not in refused:
                     on_sent(rcpt)
             except RelayError as exc:
@@ -242,7 +244,7 @@ class Relay:
                     return refused | dict.fromkeys(rcpts[index:], _refusal(exc, lost=True))
         return refused
 
-    async def _pipelined_each(self, mail_from: str, rcpts: list[str],
+    async def _pipelined_each(self, mail_from: Callable[[str], str], rcpts: list[str],
                               prepared_for: Callable[[str], bytes],
                               on_sent: Callable[[str], None]
                               ) -> dict[str, Reply]:
@@ -255,10 +257,11 @@ class Relay:
         expected: list[str | None] = []  # whose outcome the replies to `ahead` tell
         try:
             for rcpt in [*rcpts, None]:
-                data = prepared_for(rcpt) if rcpt is not None else b""
-                commands = b"" if rcpt is None else (
-                    f"MAIL FROM:<{mail_from}>{self._mail_params(data, [mail_from, rcpt])}\r\n"
-                    f"RCPT TO:<{rcpt}>\r\nDATA\r\n").encode()
+                commands = b""
+                if rcpt is not None:
+                    data, sender = prepared_for(rcpt), mail_from(rcpt)
+                    commands = (f"MAIL FROM:<{sender}>{self._mail_params(data, [sender, rcpt])}"
+                                f"\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n").encode()
                 if not ahead + commands:
                     break
                 self.writer.write(ahead + commands)

@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from listserv import search
 from listserv.address import parse_mailbox, split, valid_list_local
-from listserv.models import DeliveryMode, MailingList, Member, Role, utcnow
+from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Role, utcnow
 
 
 class UserError(Exception):
@@ -147,6 +147,16 @@ def remove_members(session: Session, mlist: MailingList,
 def members(session: Session, mlist: MailingList) -> list[Member]:
     return list(session.scalars(select(Member).where(Member.list_id == mlist.id)
                                 .order_by(Member.address, Member.role)))
+
+
+_DISABLED = {DisabledBy.BOUNCES: "disabled-bounce", DisabledBy.MEMBER: "disabled-member",
+             DisabledBy.MODERATOR: "disabled-moderator"}
+
+
+def delivery_status(member: Member) -> str:
+    """`enabled`, or who switched delivery off: `disabled-bounce`, `disabled-member`,
+    `disabled-moderator` (the delivery mode, such as nomail, is shown apart)."""
+    return _DISABLED[member.disabled_by] if member.disabled_by else "enabled"
 
 
 def roles_of(session: Session, list_id: int, addresses: list[str]) -> list[Member]:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import db, deliver, digest, moderation, receive, tokens, web
+from listserv import bouncing, db, deliver, digest, moderation, receive, tokens, web
 from listserv.config import Config
 from listserv.models import utcnow
 
@@ -38,17 +38,28 @@ def _expire_holds(engine: Engine, config: Config) -> int:
     return count
 
 
+def _bounce_schedule(engine: Engine, config: Config) -> int:
+    """Bounce warnings that are due, and removals after the last one."""
+    with db.session(engine) as session:
+        count = bouncing.housekeep(session, config)
+        session.commit()
+    return count
+
+
 async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
                        wake: Callable[[], None]) -> None:
-    """Expire old holds now and then, telling their authors."""
+    """Expire old holds now and then, telling their authors; warn and remove members
+    whose delivery bounces."""
     while not stop.is_set():
         try:
             expired = await asyncio.to_thread(_expire_holds, engine, config)
+            warned = await asyncio.to_thread(_bounce_schedule, engine, config)
         except Exception:
             log.exception("housekeeping failed; trying again later")
         else:
             if expired:
                 log.info("discarded %d expired held messages", expired)
+            if expired or warned:
                 wake()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), HOUSEKEEPING_SECONDS)

@@ -19,6 +19,7 @@ from listserv.models import (
     NonmemberAction,
     ReplyTo,
     Subscription,
+    Verp,
     VolumeFrequency,
 )
 from listserv.roster import UserError
@@ -110,6 +111,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "digest_send_hour": _hour,
     "digest_max_bytes": _size,
     "digest_volume_frequency": _choice(VolumeFrequency),
+    "verp": _choice(Verp),
 }
 
 

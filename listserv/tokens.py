@@ -106,6 +106,11 @@ def unsubscribe_link(secret: str, list_id: int, address: str) -> str:
     return sign(secret, "unsubscribe", str(list_id), address)
 
 
+def reenable_link(secret: str, list_id: int, address: str) -> str:
+    """For the bounce warnings: turns a member's delivery back on."""
+    return sign(secret, "reenable", str(list_id), address)
+
+
 def mute_link(secret: str, list_id: int, address: str, message_pk: int) -> str:
     return sign(secret, "mute", str(list_id), address, str(message_pk))
 

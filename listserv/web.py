@@ -27,7 +27,19 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from listserv import archive, commands, compose, db, digest, roster, search, store, tokens, view
+from listserv import (
+    archive,
+    bouncing,
+    commands,
+    compose,
+    db,
+    digest,
+    roster,
+    search,
+    store,
+    tokens,
+    view,
+)
 from listserv.config import Config
 from listserv.models import ArchivePolicy, DigestIssue, MailingList
 from listserv.templating import render
@@ -52,13 +64,22 @@ def _signed(session: Session, config: Config, purpose: str, value: str,
     return parts
 
 
-def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
-    """The member an unsubscribe link was made for; None if we did not sign it."""
-    parts = _signed(session, config, "unsubscribe", value, 2)
+def _member_link(session: Session, config: Config, purpose: str, value: str) -> Link | None:
+    parts = _signed(session, config, purpose, value, 2)
     if parts is None:
         return None
     mlist = session.get(MailingList, int(parts[0]))
     return Link(mlist, parts[1]) if mlist else None
+
+
+def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member an unsubscribe link was made for; None if we did not sign it."""
+    return _member_link(session, config, "unsubscribe", value)
+
+
+def reenable_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member a bounce warning's re-enable link was made for."""
+    return _member_link(session, config, "reenable", value)
 
 
 def mute_target(session: Session, config: Config, value: str) -> Link | None:
@@ -531,6 +552,20 @@ def make_app(engine: Engine, config: Config) -> Starlette:
                         action=f"/{other}/{request.path_params['token']}")
         return form, post
 
+    async def reenable(request: Request) -> Response:
+        """/reenable/TOKEN from a bounce warning: GET asks, POST turns delivery back on."""
+        done = request.method == "POST"
+        member: list[bool] = []
+
+        def act(session: Session, link: Link) -> None:
+            change = bouncing.reenable if done else commands.is_member
+            member.append(change(session, link.mlist.id, link.address))
+        link = await signed_link(request, reenable_target, act)
+        if link is None:
+            return invalid("re-enable", 400)
+        return page("reenable", done=done, member=member[0], mlist=link.mlist,
+                    address=link.address, action=request.url.path)
+
     async def http_error(request: Request, exc: Exception) -> Response:
         """Unknown pages and closed archives get a page of ours, never a traceback."""
         assert isinstance(exc, HTTPException)
@@ -549,6 +584,7 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         Route("/mute/{token}", mute_post, methods=["POST"]),
         Route("/unmute/{token}", unmute_form, methods=["GET"]),
         Route("/unmute/{token}", unmute_post, methods=["POST"]),
+        Route("/reenable/{token}", reenable, methods=["GET", "POST"]),
         *feed_and_export_routes(engine, config),
         *archive_routes(engine, config, page),
         *digest_routes(engine, config, page),

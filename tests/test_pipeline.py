@@ -28,7 +28,10 @@ def test_member_post_reaches_every_member_once_with_list_headers(running, make_l
     # owner@example.org is a member too (list create --owner makes it both)
     assert sorted(got) == sorted(MEMBERS + ["owner@example.org"])
     copy = parsed(sink.received[0].data)
-    assert sink.received[0].mail_from == "dev-bounces@lists.example.org"
+    # VERP (on by default): the envelope sender names the copy's recipient.
+    first = sink.received[0]
+    assert first.mail_from == "dev-bounces+{}@lists.example.org".format(
+        first.rcpt_tos[0].replace("@", "="))
     assert copy["List-Id"] == "Dev <dev.lists.example.org>"
     assert copy["List-Post"] == "<mailto:dev@lists.example.org>"
     assert copy["List-Help"].startswith("<mailto:dev-request@lists.example.org")
