@@ -14,6 +14,7 @@ from listserv.address import ListAddresses
 from listserv.compose import render_footer
 from listserv.models import (
     ArchivePolicy,
+    DmarcMode,
     MailingList,
     NonmemberAction,
     ReplyTo,
@@ -93,6 +94,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "footer": _footer,
     "max_message_bytes": _size,
     "archive": _choice(ArchivePolicy),
+    "dmarc": _choice(DmarcMode),
 }
 
 
