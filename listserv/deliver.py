@@ -19,7 +19,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from listserv import compose, db, tokens
+from listserv import compose, db, signing, tokens
 from listserv.config import Config, DeliveryConfig
 from listserv.models import Delivery, DeliveryState, Outgoing, RecipientFailure, utcnow
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
@@ -243,18 +243,24 @@ class Personal:
     as their transaction goes out."""
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
-                 message_pk: int | None) -> None:
+                 message_pk: int | None, signer: signing.Signer | None = None) -> None:
         self.copy = copy
         self.secret = secret
         self.list_id = list_id
         self.message_pk = message_pk
+        self.signer = signer
 
     def prepared_for(self, rcpt: str) -> bytes:
         """The dot-stuffed bytes for one recipient, end-of-data line included."""
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return prepare(self.copy.personal(unsubscribe, mute))
+        return prepare(_signed(self.signer, self.copy.personal(unsubscribe, mute)))
+
+
+def _signed(signer: signing.Signer | None, data: bytes) -> bytes:
+    """Signed last, over the bytes the recipient gets (their own links included)."""
+    return signer.sign(data) if signer is not None else data
 
 
 class Worker:
@@ -267,6 +273,7 @@ class Worker:
         # The whole config, for `[web] secret` that signs the members' links.
         self.server_config = server_config or Config()
         self._secret: str | None = None
+        self.signer = signing.Signer.from_config(self.server_config.dkim)
         self.name = name or worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
@@ -301,12 +308,12 @@ class Worker:
             select(Outgoing.data, Outgoing.slots, Outgoing.list_id, Outgoing.message_pk)
             .where(Outgoing.id == outgoing_id)).one()
         if not row.slots:
-            return prepare(row.data)
+            return prepare(_signed(self.signer, row.data))
         if self._secret is None:
             self._secret = tokens.server_secret(session, self.server_config)
             session.commit()  # a secret generated here must be the one the web app reads
         return Personal(compose.Copy.load(row.data, row.slots), self._secret, row.list_id,
-                        row.message_pk)
+                        row.message_pk, self.signer)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
