@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import mailbox
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, bounce, db, moderation, roster, settings
+from listserv import archive, bounce, db, moderation, roster, settings, signing
 from listserv import config as config_mod
 from listserv.models import DeliveryMode, MailingList, Role, SenderAction
 
@@ -40,6 +41,8 @@ app.add_typer(db_app, name="db")
 bounce_app = typer.Typer(no_args_is_help=True, help="Delivery reports (bounces).")
 app.add_typer(sender_app, name="sender")
 app.add_typer(bounce_app, name="bounce")
+dkim_app = typer.Typer(no_args_is_help=True, help="DKIM keys for signing the mail sent.")
+app.add_typer(dkim_app, name="dkim")
 
 # Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
 # as rich markup; and a line of output is one line, never wrapped at the terminal width.
@@ -431,6 +434,40 @@ def bounce_parse(file: Path, as_json: JsonOpt = False) -> None:
         table.add_row(r["address"], r["status"], r["class"], r["diagnostic"])
     out.print(table)
     return None
+
+
+# --- dkim -------------------------------------------------------------------------------
+
+_DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _dns_name(text: str, what: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    if not _DNS_NAME.fullmatch(name) or len(name) > 253:
+        raise roster.UserError(f"{text!r} is not a valid {what}")
+    return name
+
+
+@dkim_app.command("keygen")
+def dkim_keygen(domain: str,
+                selector: Annotated[str, typer.Option(help="Names the key in DNS.")] = "listserv",
+                folder: Annotated[Path, typer.Option(
+                    "--out", help="Folder for the key files.")] = Path(".")
+                ) -> None:
+    """Write a 2048-bit RSA key pair (SELECTOR.DOMAIN.key, readable by you only, and .pub)
+    and print the DNS record to publish and the config lines that sign with it."""
+    domain, selector = _dns_name(domain, "domain"), _dns_name(selector, "selector")
+    try:
+        key = signing.keygen(domain, selector, folder)
+    except FileExistsError as exc:
+        raise roster.UserError(f"{exc.filename} exists; not overwritten") from exc
+    except OSError as exc:
+        raise roster.UserError(f"cannot write to {folder}: {exc.strerror}") from exc
+    out.print(f"wrote {key.private_file} and {key.public_file}\n\n"
+              "Publish this DNS record (the strings of one TXT record):\n\n"
+              f"{key.record}\n\nand add to the config:\n\n[dkim]\n"
+              f'domain = "{domain}"\nselector = "{selector}"\n'
+              f'private_key_file = "{key.private_file.resolve()}"')
 
 
 # --- db, serve --------------------------------------------------------------------------
