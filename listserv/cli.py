@@ -149,7 +149,7 @@ def list_delete(ctx: typer.Context, address: str,
 @list_app.command("set")
 def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
     """Change one setting: subscription, nonmember_action, emergency, reply_to,
-    subject_prefix, footer, max_message_bytes, archive, name, description."""
+    subject_prefix, footer, max_message_bytes, archive, dmarc, name, description."""
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         new = settings.set_setting(mlist, key, value)

@@ -237,3 +237,15 @@ def test_an_unreadable_key_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match="bad.key: not an unencrypted PEM"):
         signing.Signer.from_config(DkimConfig(domain=DOMAIN, selector="s",
                                               private_key_file=str(bad)))
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"\r\n", b"Hi.\r\n\r\n\r\n", b"no line end", b"tab\tand  spaces \t\r\n",
+    b"bare\rCR\r\r\n", b" \r\n leading\r\n", b"-- \r\nsignature\r\n",
+])
+def test_signatures_verify_whatever_the_white_space(key, dns_server, body):
+    signer = signing.Signer.from_config(DkimConfig(domain=DOMAIN, selector="listserv",
+                                                   private_key_file=str(key)))
+    head = ("From: Bob <bob@example.com>\r\nSubject:  folded\r\n\tsubject \r\n"
+            "To: dev@lists.example.org\r\n\r\n").encode()
+    assert dkim.verify(signer.sign(head + body), dnsfunc=dns_server.txt)
