@@ -490,7 +490,8 @@ def _from_the_list(fields: list[bytes], via: str, posting: str, *, reply_to_list
     value = author[author.index(b":") + 1:]
     value = value if value[:1] in (b" ", b"\t") else b" " + value
     mailbox = f"From: {_encode_phrase(via, quote=True)} <{posting}>\r\n".encode("ascii")
-    out = [mailbox if f is author else f for f in fields]
+    out = [mailbox if f is author else f for f in fields
+           if f is author or field_name(f) != b"from"]
     target = b"cc" if reply_to_list else b"reply-to"
     at = next((i for i, f in enumerate(out) if field_name(f) == target), None)
     if at is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import re
 import time
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from listserv.config import ConfigError, DkimConfig
 from listserv.resolver import LookupFailed, Resolver
+
+log = logging.getLogger("listserv.signing")
 
 # What the signatures cover: the fields a reader sees and trusts, threading, and the
 # list's unsubscribe fields, which RFC 8058 §4 requires be signed.
@@ -166,7 +169,7 @@ class Signer:
         signature like DKIM's, and the seal over every set of the chain. A copy without
         our Authentication-Results, or a chain that ended, gets none."""
         ours = self._our_results(fields)
-        sets = {i: {k: v for k, v in chain if k} for i, chain in _arc_sets(fields).items()}
+        sets = {i: dict(chain) for i, chain in _arc_sets(fields).items()}
         instance = max(sets, default=0) + 1
         if ours is None or instance > MAX_ARC_INSTANCE:
             return b""
@@ -226,9 +229,13 @@ def inbound_results(raw: bytes, authserv_id: str, resolver: Resolver) -> str:
         checker = dkim.DKIM(raw, timeout=5)
         count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
         results = [_dkim_result(checker, i, txt) for i in range(min(count, MAX_VERIFIED))]
-    except dkim.DKIMException:
-        results = ["dkim=permerror"]
-    cv = dkim.arc_verify(raw, dnsfunc=txt)[0].decode()
+        cv = dkim.arc_verify(raw, dnsfunc=txt)[0].decode()
+    except Exception:
+        # dkimpy reads whatever a sender wrote; should it trip over a post, the post must
+        # still go out, unvouched for (no ARC set follows a failed chain at i=1), and
+        # not be refused with 451 at every retry.
+        log.exception("could not check the post's DKIM and ARC; its copies go unsealed")
+        results, cv = ["dkim=permerror"], "fail"
     return "; ".join([authserv_id, *(results or ["dkim=none"]), f"arc={cv}"])
 
 

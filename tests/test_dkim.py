@@ -17,7 +17,7 @@ from listserv import config as config_mod
 from listserv import db, roster, settings, signing
 from listserv.config import ConfigError, DkimConfig
 from tests.conftest import mails_to, message
-from tests.test_cli import run_listserv
+from tests.test_cli import assert_one_line_error, run_listserv, write_config
 
 LIST = "dev@lists.example.org"
 DOMAIN = "lists.example.org"
@@ -231,6 +231,13 @@ def test_a_half_set_dkim_config_stops_listserv(tmp_path):
         config_mod.load(path, environ={})
 
 
+def test_serve_with_a_missing_key_file_stops_with_one_line(tmp_path, db_url):
+    config = write_config(tmp_path / "c.toml", db_url, '[dkim]\ndomain = "lists.example.org"\n'
+                          'selector = "s"\nprivate_key_file = "/nonexistent/s.key"\n')
+    proc = run_listserv("--config", config, "serve", cwd=tmp_path)
+    assert_one_line_error(proc, "/nonexistent/s.key")
+
+
 def test_an_unreadable_key_names_the_file(tmp_path):
     bad = tmp_path / "bad.key"
     bad.write_text("not a key", encoding="utf-8")
@@ -246,6 +253,6 @@ def test_an_unreadable_key_names_the_file(tmp_path):
 def test_signatures_verify_whatever_the_white_space(key, dns_server, body):
     signer = signing.Signer.from_config(DkimConfig(domain=DOMAIN, selector="listserv",
                                                    private_key_file=str(key)))
-    head = ("From: Bob <bob@example.com>\r\nSubject:  folded\r\n\tsubject \r\n"
-            "To: dev@lists.example.org\r\n\r\n").encode()
+    head = (b"From: Bob <bob@example.com>\r\nSubject:  folded\r\n\tsubject \r\n"
+            b"To: dev@lists.example.org\r\n\r\n")
     assert dkim.verify(signer.sign(head + body), dnsfunc=dns_server.txt)
