@@ -1,15 +1,15 @@
 """list setting dmarc (DMARC mitigation: auto, always, off)
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-04 09:00:00.000000
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
@@ -22,7 +22,7 @@ def upgrade() -> None:
                 sa.Enum("auto", "always", "off", name="dmarcmode", native_enum=False,
                         length=32),
                 nullable=False,
-                server_default=sa.text("'auto'"),
+                server_default="auto",
             )
         )
 
