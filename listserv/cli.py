@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import mailbox
+import re
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,18 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import archive, bounce, bouncing, db, digest, mbox, moderation, roster, settings
+from listserv import (
+    archive,
+    bounce,
+    bouncing,
+    db,
+    digest,
+    mbox,
+    moderation,
+    roster,
+    settings,
+    signing,
+)
 from listserv import config as config_mod
 from listserv.models import DeliveryMode, MailingList, Role, SenderAction, utcnow
 
@@ -44,6 +56,8 @@ bounce_app = typer.Typer(no_args_is_help=True, help="Delivery reports (bounces).
 app.add_typer(digest_app, name="digest")
 app.add_typer(sender_app, name="sender")
 app.add_typer(bounce_app, name="bounce")
+dkim_app = typer.Typer(no_args_is_help=True, help="DKIM keys for signing the mail sent.")
+app.add_typer(dkim_app, name="dkim")
 
 # Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
 # as rich markup; and a line of output is one line, never wrapped at the terminal width.
@@ -151,7 +165,8 @@ def list_delete(ctx: typer.Context, address: str,
 def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
     """Change one setting: subscription, nonmember_action, emergency, reply_to,
     subject_prefix, footer, max_message_bytes, archive, digest_frequency,
-    digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, name, description."""
+    digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, dmarc, name,
+    description."""
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         new = settings.set_setting(mlist, key, value)
@@ -547,6 +562,40 @@ def bounce_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
     for domain, count in policy:
         out.print(f"refused for policy, posts from {domain}: {count}")
     return None
+
+
+# --- dkim -------------------------------------------------------------------------------
+
+_DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+
+
+def _dns_name(text: str, what: str) -> str:
+    name = text.strip().lower().rstrip(".")
+    if not _DNS_NAME.fullmatch(name) or len(name) > 253:
+        raise roster.UserError(f"{text!r} is not a valid {what}")
+    return name
+
+
+@dkim_app.command("keygen")
+def dkim_keygen(domain: str,
+                selector: Annotated[str, typer.Option(help="Names the key in DNS.")] = "listserv",
+                folder: Annotated[Path, typer.Option(
+                    "--out", help="Folder for the key files.")] = Path(".")
+                ) -> None:
+    """Write a 2048-bit RSA key pair (SELECTOR.DOMAIN.key, readable by you only, and .pub)
+    and print the DNS record to publish and the config lines that sign with it."""
+    domain, selector = _dns_name(domain, "domain"), _dns_name(selector, "selector")
+    try:
+        key = signing.keygen(domain, selector, folder)
+    except FileExistsError as exc:
+        raise roster.UserError(f"{exc.filename} exists; not overwritten") from exc
+    except OSError as exc:
+        raise roster.UserError(f"cannot write to {folder}: {exc.strerror}") from exc
+    out.print(f"wrote {key.private_file} and {key.public_file}\n\n"
+              "Publish this DNS record (the strings of one TXT record):\n\n"
+              f"{key.record}\n\nand add to the config:\n\n[dkim]\n"
+              f'domain = "{domain}"\nselector = "{selector}"\n'
+              f'private_key_file = "{key.private_file.resolve()}"')
 
 
 # --- db, serve --------------------------------------------------------------------------

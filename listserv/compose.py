@@ -47,12 +47,12 @@ def field_name(line: bytes) -> bytes:
     return match.group(1).lower() if match else b""
 
 
-def _encode_phrase(text: str) -> str:
+def _encode_phrase(text: str, *, quote: bool = False) -> str:
     if text.isascii():
-        if re.search(r'[()<>\[\]:;@\\,."]', text):
+        if quote or re.search(r'[()<>\[\]:;@\\,."]', text):
             return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
         return text
-    return Header(text, "utf-8").encode()
+    return Header(text, "utf-8").encode(linesep="\r\n")
 
 
 def subject_tag(name: str, setting: str | None = None) -> str:
@@ -512,22 +512,87 @@ def unsubscribe_header(addresses: ListAddresses, base_url: str) -> Slot:
                    f" <mailto:{addresses.at(Purpose.LEAVE)}>\n")
 
 
+def _from_the_list(fields: list[bytes], via: str, posting: str, *, reply_to_list: bool
+                   ) -> list[bytes]:
+    """DMARC mitigation: From becomes the list's posting address under the author's name
+    ("Alice via Dev"); the author's own From value goes to Reply-To, or to Cc when the
+    list points Reply-To at itself. An author's own Reply-To already says where replies
+    go, and stays."""
+    author = next((f for f in fields if field_name(f) == b"from"), None)
+    if author is None:
+        return fields
+    value = author[author.index(b":") + 1:]
+    value = value if value[:1] in (b" ", b"\t") else b" " + value
+    mailbox = f"From: {_encode_phrase(via, quote=True)} <{posting}>\r\n".encode("ascii")
+    out = [mailbox if f is author else f for f in fields
+           if f is author or field_name(f) != b"from"]
+    target = b"cc" if reply_to_list else b"reply-to"
+    at = next((i for i, f in enumerate(out) if field_name(f) == target), None)
+    if at is None:
+        out.append((b"Cc:" if reply_to_list else b"Reply-To:") + value)
+    elif reply_to_list:
+        out[at] = out[at].rstrip(b"\r\n") + b",\r\n" + value
+    return out
+
+
+def _authentication(fields: list[bytes], results: str) -> list[bytes]:
+    """Our Authentication-Results on top, and none of the post's that claims to be ours
+    (RFC 8601 §5: a forged one would be sealed into the ARC chain as our word)."""
+    ours = results.partition(";")[0].strip().lower().encode()
+
+    def claimed(f: bytes) -> bytes:
+        return f[f.index(b":") + 1:].partition(b";")[0].strip().lower()
+    kept = [f for f in fields
+            if field_name(f) != b"authentication-results" or claimed(f) != ours]
+    return [f"Authentication-Results: {results}\r\n".encode(), *kept]
+
+
+_H_TAG = re.compile(rb"(?:^|;)\s*h\s*=([^;]*)")
+
+
+def _broken_signatures(before: list[bytes], after: list[bytes], body_changed: bool
+                       ) -> set[bytes]:
+    """The post's DKIM-Signature fields that the copy would fail: all of them when the
+    body changed, else those signing a field the list added, removed or changed. A
+    broken signature hurts delivery more than none (receivers may count it against
+    the author), so these are removed; the rest still verify and are kept."""
+    def instances(fields: list[bytes], name: bytes) -> list[bytes]:
+        return [f for f in fields if field_name(f) == name]
+
+    def survives(signature: bytes) -> bool:
+        found = _H_TAG.search(signature[signature.index(b":") + 1:])
+        names = {n.strip().lower() for n in found.group(1).split(b":")} if found else set()
+        return bool(names) and all(instances(before, n) == instances(after, n)
+                                   for n in names)
+    signatures = instances(after, b"dkim-signature")
+    return set(signatures) if body_changed else {s for s in signatures if not survives(s)}
+
+
 def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               message_id: str, subject: str, add_message_id: bool,
               subject_prefix: str | None = None, reply_to: str | None = None,
-              footer: Footer | None = None) -> Copy:
+              footer: Footer | None = None, via: str | None = None,
+              authentication: str | None = None) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
-    their bytes."""
+    their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
+    Authentication-Results value ARC seals."""
     data = crlf(raw)
-    fields, body_at = _split_head(data)
-    fields = _edit_fields(fields, subject=subject, tag=subject_tag(name, subject_prefix),
+    original, body_at = _split_head(data)
+    fields = _edit_fields(original, subject=subject, tag=subject_tag(name, subject_prefix),
                           reply_to=reply_to)
+    if via is not None:
+        fields = _from_the_list(fields, via, addresses.posting, reply_to_list=bool(reply_to))
+    if authentication is not None:
+        fields = _authentication(fields, authentication)
     edits: list[Edit] = []
     if footer is not None:
         fields, edits = _with_footer(data, fields, body_at, footer)
     if add_message_id:
         fields.append(f"Message-ID: <{message_id}>\r\n".encode())
     headers = render_fields(list_headers(addresses, name, base_url, message_id))
+    added = _split_head(headers + b"List-Unsubscribe: <one per member>\r\n")[0]
+    broken = _broken_signatures(original, fields + added, bool(edits))
+    fields = [f for f in fields if f not in broken]
     head: list[Piece] = [*fields, headers, unsubscribe_header(addresses, base_url), b"\r\n"]
     return _assemble(_apply(data, [(0, body_at, head), *edits]))

@@ -75,6 +75,27 @@ class BouncesConfig:
 
 
 @dataclass(frozen=True)
+class DnsConfig:
+    # The resolver for DMARC policies and DKIM keys; "" uses the system's (resolv.conf).
+    nameserver: str = ""
+    port: int = 53
+
+
+@dataclass(frozen=True)
+class DkimConfig:
+    # All three set: every mail the server sends is signed with this key (d=domain).
+    domain: str = ""
+    selector: str = ""
+    private_key_file: str = ""
+    # Seal list copies with ARC (RFC 8617) as well, with the same key.
+    arc: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.domain and self.selector and self.private_key_file)
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
@@ -82,6 +103,8 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     lists: ListsConfig = field(default_factory=ListsConfig)
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    dkim: DkimConfig = field(default_factory=DkimConfig)
 
 
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
@@ -144,6 +167,7 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     config = from_dict(data)
     _check_database_url(config.database.url, "[database] url")
+    _check_dkim(config.dkim)
     url = env.get("LISTSERV_DATABASE_URL")
     if url:
         _check_database_url(url, "LISTSERV_DATABASE_URL")
@@ -160,3 +184,14 @@ def _check_database_url(url: str, source: str) -> None:
     scheme = url.partition(":")[0]
     if scheme not in _DATABASE_SCHEMES:
         raise ConfigError(f"{source} must be sqlite:///PATH or postgresql://..., not {scheme}:")
+
+
+def _check_dkim(dkim: DkimConfig) -> None:
+    """Half a DKIM setup would send unsigned mail while the owner believes it signed."""
+    keys = ("domain", "selector", "private_key_file")
+    given = [k for k in keys if getattr(dkim, k)]
+    if given and len(given) < len(keys):
+        raise ConfigError(f"[dkim] {', '.join(keys)} must be set together "
+                          f"(only {', '.join(given)} is set)")
+    if dkim.arc and not dkim.enabled:
+        raise ConfigError("[dkim] arc = true needs domain, selector and private_key_file")

@@ -20,7 +20,7 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from listserv import compose, db, tokens
+from listserv import compose, db, signing, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.models import (
@@ -253,11 +253,13 @@ class Personal:
     as their transaction goes out, and with VERP their own envelope sender."""
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
-                 message_pk: int | None, verp: ListAddresses | None = None) -> None:
+                 message_pk: int | None, verp: ListAddresses | None = None,
+                 signer: signing.Signer | None = None) -> None:
         self.copy = copy
         self.secret = secret
         self.list_id = list_id
         self.message_pk = message_pk
+        self.signer = signer
         self.verp = verp  # the list's addresses when its copies go out with VERP
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
@@ -271,7 +273,12 @@ class Personal:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return prepare(self.copy.personal(unsubscribe, mute))
+        return prepare(_signed(self.signer, self.copy.personal(unsubscribe, mute)))
+
+
+def _signed(signer: signing.Signer | None, data: bytes) -> bytes:
+    """Signed last, over the bytes the recipient gets (their own links included)."""
+    return signer.sign(data) if signer is not None else data
 
 
 class Worker:
@@ -284,6 +291,7 @@ class Worker:
         # The whole config, for `[web] secret` that signs the members' links.
         self.server_config = server_config or Config()
         self._secret: str | None = None
+        self.signer = signing.Signer.from_config(self.server_config.dkim)
         self.name = name or worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
@@ -320,13 +328,13 @@ class Worker:
             .outerjoin(MailingList, MailingList.id == Outgoing.list_id)
             .where(Outgoing.id == outgoing_id)).one()
         if not row.slots:
-            return prepare(row.data)
+            return prepare(_signed(self.signer, row.data))
         if self._secret is None:
             self._secret = tokens.server_secret(session, self.server_config)
             session.commit()  # a secret generated here must be the one the web app reads
         verp = ListAddresses(row.address) if row.verp is Verp.ON else None
         return Personal(compose.Copy.load(row.data, row.slots), self._secret, row.list_id,
-                        row.message_pk, verp)
+                        row.message_pk, verp, self.signer)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish

@@ -78,6 +78,14 @@ class ArchivePolicy(enum.StrEnum):
     OFF = "off"  # nothing is shown (messages are still stored for moderation and digests)
 
 
+class DmarcMode(enum.StrEnum):
+    """When a copy's From is rewritten to the list's address (DMARC mitigation)."""
+
+    AUTO = "auto"  # when the author's domain publishes p=quarantine or p=reject
+    ALWAYS = "always"  # for every post
+    OFF = "off"  # never
+
+
 class DigestFrequency(enum.StrEnum):
     """When a list's digest comes due (at the list's `digest_send_hour`, UTC)."""
 
@@ -151,6 +159,7 @@ class MailingList(SQLModel, table=True):
     footer: str | None = None  # jinja2 template; None: templates/mail/footer.txt
     max_message_bytes: int = 1048576  # larger posts are held; 0: no limit
     archive: ArchivePolicy = Field(default=ArchivePolicy.PUBLIC, sa_type=_enum(ArchivePolicy))
+    dmarc: DmarcMode = Field(default=DmarcMode.AUTO, sa_type=_enum(DmarcMode))
     digest_frequency: DigestFrequency = Field(default=DigestFrequency.DAILY,
                                               sa_type=_enum(DigestFrequency))
     digest_send_hour: int = 0  # 0..23, UTC

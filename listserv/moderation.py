@@ -74,7 +74,7 @@ def approve(session: Session, config: Config, message: Message) -> int:
     store.set_state(session, message, MessageState.ACCEPTED)
     store.archive(session, mlist, message, parsed)
     return store.fan_out(session, mlist, message, parsed, config.web.base_url,
-                         config.delivery.max_recipients_per_transaction)
+                         config.delivery.max_recipients_per_transaction, config=config)
 
 
 def reject(session: Session, config: Config, message: Message, reason: str = "") -> None:

@@ -107,7 +107,7 @@ def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_
     if message.state is MessageState.ACCEPTED:
         store.archive(session, mlist, message, parsed)
         jobs = store.fan_out(session, mlist, message, parsed, config.web.base_url,
-                             config.delivery.max_recipients_per_transaction)
+                             config.delivery.max_recipients_per_transaction, config=config)
     elif message.state is MessageState.HELD:
         moderation.hold(session, config, mlist, message, facts.is_member)
         jobs = 1

@@ -15,6 +15,7 @@ from listserv.compose import render_footer
 from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
+    DmarcMode,
     MailingList,
     NonmemberAction,
     ReplyTo,
@@ -112,6 +113,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "digest_max_bytes": _size,
     "digest_volume_frequency": _choice(VolumeFrequency),
     "verp": _choice(Verp),
+    "dmarc": _choice(DmarcMode),
 }
 
 

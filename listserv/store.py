@@ -16,8 +16,9 @@ from jinja2 import TemplateError
 from sqlalchemy import insert, select, update
 from sqlmodel import Session
 
-from listserv import compose, search, thread, view
+from listserv import compose, dmarc, resolver, search, signing, thread, view
 from listserv.address import ListAddresses, Purpose
+from listserv.config import Config
 from listserv.models import (
     ArchivePolicy,
     Delivery,
@@ -336,18 +337,32 @@ def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
         return compose.render_footer(None, **kwargs)
 
 
+def _authenticity(mlist: MailingList, message: Message, config: Config
+                  ) -> tuple[str | None, str | None]:
+    """Asked of DNS once per post, before the copy is composed: the display name of a
+    From rewritten to the list (DMARC), and what we can say of the post's authentication
+    for our ARC set to seal."""
+    dns = resolver.for_config(config.dns)
+    via = (dmarc.via_name(message.from_name, message.from_address, mlist.name)
+           if dmarc.rewrites_from(mlist.dmarc, message.from_address, dns) else None)
+    results = (signing.inbound_results(message.raw, config.dkim.domain, dns)
+               if config.dkim.arc else None)
+    return via, results
+
+
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
-            base_url: str, batch: int) -> int:
+            base_url: str, batch: int, *, config: Config) -> int:
     """Queue the list copy of an accepted post for every member who gets posts, except
     those who muted its thread, and the post itself for the next digest. The copy is
     composed once, with slots for each member's unsubscribe and mute links."""
     addresses = addresses_of(mlist)
+    via, results = _authenticity(mlist, message, config)
     copy = compose.list_copy(
         message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
         message_id=message.message_id, subject=message.subject,
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
-        footer=footer(mlist, base_url))
+        footer=footer(mlist, base_url), via=via, authentication=results)
     session.add(DigestItem(list_id=mlist.id, message_pk=message.id, size=message.size))
     quiet = muted(session, mlist.id, message.message_id)
     rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)

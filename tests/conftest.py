@@ -28,10 +28,12 @@ from listserv.config import (
     Config,
     DatabaseConfig,
     DeliveryConfig,
+    DnsConfig,
     SmtpConfig,
     WebConfig,
 )
 from listserv.models import MailingList, Role
+from tests.dns_server import DnsServer
 
 DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"
@@ -150,10 +152,19 @@ def sink() -> Iterator[SinkHandler]:
     controller.stop()
 
 
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    """The DNS the server asks (DMARC policies, DKIM keys): NXDOMAIN for every name
+    until a test puts records in `dns_server.records`."""
+    server = DnsServer()
+    yield server
+    server.close()
+
+
 # --- the server -------------------------------------------------------------------------
 
 @pytest.fixture
-def config(db_url: str, sink: SinkHandler) -> Config:
+def config(db_url: str, sink: SinkHandler, dns_server: DnsServer) -> Config:
     web_port = free_port()
     return Config(
         database=DatabaseConfig(url=db_url),
@@ -163,6 +174,7 @@ def config(db_url: str, sink: SinkHandler) -> Config:
                                 retry_initial_seconds=1, retry_max_hours=1),
         web=WebConfig(host="127.0.0.1", port=web_port, base_url=f"http://127.0.0.1:{web_port}",
                       secret="test-secret"),
+        dns=DnsConfig(nameserver="127.0.0.1", port=dns_server.port),
     )
 
 

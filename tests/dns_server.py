@@ -1,0 +1,78 @@
+"""A tiny authoritative DNS server on loopback UDP: TXT records from a dict, NXDOMAIN (with
+an SOA, for negative caching) for every other name. Tests point `[dns]` at it, so the
+server's real resolver code asks a real DNS server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+TTL = 300
+
+
+class DnsServer:
+    """records: {"_dmarc.example.com": ["v=DMARC1; p=reject"]}; change it at any time."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, list[str]] = {}
+        self.queries: list[str] = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                wire, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return  # closed
+            try:
+                query = dns.message.from_wire(wire)
+            except dns.exception.DNSException:
+                continue
+            self.sock.sendto(self._answer(query).to_wire(), peer)
+
+    def _answer(self, query: dns.message.Message) -> dns.message.Message:
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        question = query.question[0]
+        name = question.name.to_text().rstrip(".").lower()
+        self.queries.append(name)
+        texts = self.records.get(name)
+        if texts is None:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+            response.authority.append(dns.rrset.from_text(
+                "example.", TTL, "IN", "SOA", "ns.example. admin.example. 1 3600 600 86400 60"))
+        elif question.rdtype == dns.rdatatype.TXT:
+            # Long records go as several strings of at most 255, as zone files hold them.
+            quoted = [" ".join(f'"{t[i:i + 255]}"' for i in range(0, len(t), 255))
+                      for t in texts]
+            response.answer.append(dns.rrset.from_text_list(
+                question.name, TTL, dns.rdataclass.IN, dns.rdatatype.TXT, quoted))
+        return response
+
+    def txt(self, name: bytes, timeout: float = 5) -> bytes | None:
+        """A dnsfunc for dkimpy's verifiers: the record, asked of this server over UDP."""
+        query = dns.message.make_query(name.decode(), "TXT")
+        answer = dns.query.udp(query, "127.0.0.1", timeout=timeout, port=self.port)
+        for rrset in answer.answer:
+            return b"".join(next(iter(rrset)).strings)
+        return None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread in recvfrom
+        self.sock.close()
+        self.thread.join(5)
