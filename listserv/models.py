@@ -228,6 +228,10 @@ class ThreadNode(SQLModel, table=True):
     __tablename__ = "thread_node"
     __table_args__ = (UniqueConstraint("list_id", "message_id"),
                       Index("ix_thread_node_parent", "list_id", "parent_id"),
+                      # A thread's nodes in date order: the thread page and the recount
+                      # of a thread's summary. Without it SQLite may pick the date index
+                      # and walk the whole list for every message archived.
+                      Index("ix_thread_node_thread", "list_id", "thread_id", "date"),
                       Index("ix_thread_node_date", "list_id", "date"))
 
     id: int | None = Field(default=None, primary_key=True)
@@ -237,7 +241,7 @@ class ThreadNode(SQLModel, table=True):
                                    ondelete="CASCADE")  # None: a placeholder
     parent_id: str | None = None  # Message-ID of the parent node
     own_link: bool = False  # the parent came from the message's own headers
-    thread_id: str = Field(index=True)  # Message-ID of the thread's root node
+    thread_id: str  # Message-ID of the thread's root node
     by_subject: bool = False  # a root that joined its thread by the subject fallback
     subject_key: str = Field(default="", index=True)  # subject without Re:/[tag]
     date: datetime | None = None

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from listserv import bouncing, db
 from listserv.bounce import BounceClass, BounceReport, Failure
 from listserv.config import BouncesConfig
-from listserv.models import BounceEvent, DisabledBy, MailingList, Member, Role, Verp, utcnow
+from listserv.models import BounceEvent, DisabledBy, Member, Role, utcnow
 from tests.conftest import CORPUS, delivered_to, mails_to, message
 from tests.test_cli import as_json, cli, config_file, ok  # noqa: F401  (fixtures)
 
@@ -380,29 +380,3 @@ def test_an_unknown_failure_counts_when_it_repeats(running, make_list, engine):
 
 
 # --- the schema -------------------------------------------------------------------------
-
-def test_upgrading_keeps_lists_and_members_and_gives_them_the_defaults(db_url):
-    """Migration 0003 adds columns in place: on SQLite, rebuilding the list table would
-    cascade-delete every member with it."""
-    from alembic import command
-    from sqlalchemy import text
-
-    engine = db.make_engine(db_url)
-    command.upgrade(db._alembic_config(engine), "0002")
-    with engine.begin() as c:
-        c.execute(text(
-            "INSERT INTO mailing_list (address, domain, name, description, created_at, "
-            "subscription, nonmember_action, emergency, reply_to, max_message_bytes, archive) "
-            "VALUES ('dev@lists.example.org', 'lists.example.org', 'Dev', '', "
-            "'2026-01-01 00:00:00', 'open', 'hold', false, 'poster', 0, 'public')"))
-        c.execute(text(
-            "INSERT INTO member (list_id, address, display_name, role, delivery, moderated, "
-            "created_at) SELECT id, 'bob@example.com', '', 'member', 'regular', false, "
-            "'2026-01-01 00:00:00' FROM mailing_list"))
-    db.upgrade(engine)
-    with db.session(engine) as s:
-        [(verp, address, score, warnings)] = s.execute(
-            select(MailingList.verp, Member.address, Member.bounce_score, Member.warnings_sent)
-            .join(Member, Member.list_id == MailingList.id)).all()
-    engine.dispose()
-    assert (verp, address, score, warnings) == (Verp.ON, BOB, 0.0, 0)
