@@ -36,7 +36,12 @@ _CONTENT_FIELD = re.compile(rb"^(content-[!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]
 # "iso-8859-1" and "us-ascii" mail written on Windows holds cp1252 punctuation; like
 # browsers (WHATWG Encoding), read the labels as the superset they mean in practice.
 _CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin-1": "cp1252", "latin1": "cp1252",
-                    "us-ascii": "ascii"}
+                    "us-ascii": "cp1252", "ascii": "cp1252"}
+# Labels clients write by default, whatever they send: bytes that are valid UTF-8 under
+# one are UTF-8 (corpus: clients/luasocket-maven-dev-083, "Hervé" labelled iso-8859-1),
+# since real cp1252 text is almost never also valid UTF-8.
+_WEAK_LABELS = {"", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252",
+                "cp1252"}
 
 _URL = re.compile(r"\b(?:https?://|mailto:)[^\s<>\"'`]+", re.IGNORECASE)
 _URL_TRAILER = ".,;:!?*'\""
@@ -119,7 +124,7 @@ def _read_headers(data: bytes) -> tuple[Message, bytes]:
     headers = Message()
     for name, value in _CONTENT_FIELD.findall(data, 0, end):
         unfolded = value.replace(b"\r", b"").replace(b"\n", b"").strip()
-        headers[name.decode("ascii")] = unfolded.decode("ascii", "surrogateescape")
+        headers[name.decode("ascii")] = _decode(unfolded, None)  # raw 8-bit names happen
     return headers, data[end:]
 
 
@@ -227,14 +232,15 @@ def _attachment_leaves(leaves: list[Leaf]) -> Iterator[_Part]:
 # --- text -------------------------------------------------------------------------------
 
 def _decode(data: bytes, charset: str | None, *, cut: bool = False) -> str:
-    """The declared charset first; mail lies about it often enough that a failure is
-    read again as UTF-8 and then as cp1252, which takes any byte. With `cut`, the data
-    was truncated, so a character cut in half at the end is dropped, not an error."""
-    for name in (_CHARSET_ALIASES.get(charset or "", charset), "utf-8"):
-        if not name:
-            continue
+    """The declared charset first (UTF-8 first under a weak label); mail lies about it
+    often enough that a failure is read again as UTF-8 and then as cp1252, which takes
+    any byte. With `cut`, the data was truncated, so a character cut in half at the end
+    is dropped, not an error."""
+    declared = charset or ""
+    names = ["utf-8", declared] if declared in _WEAK_LABELS else [declared, "utf-8"]
+    for name in filter(None, names):
         try:
-            decoder = codecs.getincrementaldecoder(name)()
+            decoder = codecs.getincrementaldecoder(_CHARSET_ALIASES.get(name, name))()
             return _clean(decoder.decode(data, final=not cut))
         except (LookupError, ValueError, TypeError):  # unknown, lying, or not a text codec
             continue
@@ -381,8 +387,7 @@ def _leaf_html(leaf: _Part, text: str) -> str:
 # --- attachments ------------------------------------------------------------------------
 
 def _header_words(value: str) -> str:
-    """A header value as text: raw 8-bit bytes and RFC 2047 words, each in its charset."""
-    value = _decode(value.encode("utf-8", "surrogateescape"), None)
+    """A header value with its RFC 2047 words decoded, each in its charset."""
     if "=?" not in value:
         return value
     try:
