@@ -4,8 +4,9 @@ and the search index all show the same thing, and a page can be rebuilt at any t
 
 The MIME tree is cut with a boundary search over bytes rather than the stdlib feed
 parser: only each part's Content-* fields go into an `email.message.Message` (compat32,
-the cheap policy), so an attachment is never read line by line, the search index never decodes
-one, and nesting stops at MAX_DEPTH instead of following a hostile message down.
+the cheap policy), so an attachment is never read line by line, the search index never
+decodes one, and nesting and breadth stop at MAX_DEPTH and MAX_PARTS instead of
+following a hostile message wherever it goes.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import nh3
 # Real mail nests three or four levels (signed, mixed, alternative, related); a part
 # deeper than this is shown as the raw text it is.
 MAX_DEPTH = 16
+MAX_PARTS = 1000  # parts of one multipart; the rest is shown raw in the last one
 
 # Header field lines with their continuations (an mbox "From " line may come first).
 _HEADER_LINES = re.compile(rb"(?:From [^\n]*\n)?(?:[!-9;-~]+[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*)*")
@@ -67,6 +69,8 @@ _HTML_ATTRIBUTES = {
 
 @dataclass(frozen=True)
 class Attachment:
+    """What a download link needs to say before anyone fetches the bytes."""
+
     index: int  # position among the message's attachments, 0-based; stable for the same bytes
     filename: str  # safe to offer as a download name; "attachment-N" (N = index + 1) if none
     content_type: str  # as declared, lower case
@@ -75,6 +79,8 @@ class Attachment:
 
 @dataclass(frozen=True)
 class View:
+    """One message as the archive shows it, computed from the stored bytes alone."""
+
     text_html: str  # safe HTML of the body, ready for markupsafe.Markup
     attachments: tuple[Attachment, ...]
     plain: str  # the readable text, for digests and search
@@ -137,12 +143,16 @@ def _chunks(body: bytes, boundary: bytes) -> list[bytes]:
     pos = 0
     while (at := body.find(marker, pos)) >= 0:
         pos = at + len(marker)
+        if at and body[at - 1] != 0x0A:
+            continue  # the boundary text inside a line
         newline = body.find(b"\n", pos)
         line_end = len(body) if newline < 0 else newline + 1
         rest = body[pos:line_end].rstrip()
-        if (at and body[at - 1] != 0x0A) or rest not in (b"", b"--"):
-            continue  # the boundary text inside a line, or a longer boundary
+        if rest not in (b"", b"--"):
+            continue  # a longer boundary
         if start is not None:
+            if len(chunks) == MAX_PARTS - 1:
+                break  # the rest, delimiters and all, is the last part
             chunks.append(_without_line_end(body, start, at))
         if rest == b"--":
             return chunks
@@ -184,14 +194,14 @@ def _tree(data: bytes, depth: int = 0, default_type: str = "text/plain") -> _Par
     return _Part(headers, body, content_type, depth, params, children)
 
 
-Leaf = tuple[bool, _Part]  # (is the body, the part)
+_Leaf = tuple[bool, _Part]  # (is the body, the part)
 
 
 def _is_body(leaf: _Part) -> bool:
     return leaf.content_type.startswith("text/") and leaf.disposition() != "attachment"
 
 
-def _leaves(part: _Part) -> list[Leaf]:
+def _leaves(part: _Part) -> list[_Leaf]:
     """The leaves a reader is shown, in order: body text or attachment. Of the versions
     in a multipart/alternative only the chosen one's text counts; the images and files
     of the others are still offered."""
@@ -203,7 +213,7 @@ def _leaves(part: _Part) -> list[Leaf]:
             if chosen is None or i == chosen or not is_body]
 
 
-def _choose(versions: list[list[Leaf]]) -> int:
+def _choose(versions: list[list[_Leaf]]) -> int:
     """The text/plain version unless it is blank; else the richest (last) with text."""
     texts = [[leaf for is_body, leaf in version if is_body] for version in versions]
     for i, leaves in enumerate(texts):
@@ -213,7 +223,7 @@ def _choose(versions: list[list[Leaf]]) -> int:
     return max((i for i, leaves in enumerate(texts) if leaves), default=0)
 
 
-def _bodies(leaves: list[Leaf]) -> list[_Part]:
+def _bodies(leaves: list[_Leaf]) -> list[_Part]:
     """The text parts shown; a message that is only a forward shows the forwarded one's."""
     bodies = [leaf for is_body, leaf in leaves if is_body]
     if bodies:
@@ -225,7 +235,7 @@ def _bodies(leaves: list[Leaf]) -> list[_Part]:
     return [leaf for is_body, leaf in _leaves(inner) if is_body]
 
 
-def _attachment_leaves(leaves: list[Leaf]) -> Iterator[_Part]:
+def _attachment_leaves(leaves: list[_Leaf]) -> Iterator[_Part]:
     return (leaf for is_body, leaf in leaves if not is_body)
 
 
@@ -318,16 +328,15 @@ def _readable(leaf: _Part, text: str) -> str:
 # --- HTML for the page ------------------------------------------------------------------
 
 def _trim_url(url: str) -> str:
-    """A URL without the punctuation of the sentence around it: "(see http://x/)." """
-    while url and (url[-1] in _URL_TRAILER or _unbalanced(url, url[-1])):
-        url = url[:-1]
-    return url
-
-
-def _unbalanced(url: str, last: str) -> bool:
-    """A closing bracket the URL never opened: "[mailto:a@example.org]" """
-    opening = _BRACKETS.get(last)
-    return opening is not None and url.count(opening) < url.count(last)
+    """A URL without the punctuation of the sentence around it, closing brackets the
+    URL never opened included: "(see http://x/)." and "[mailto:a@example.org]"."""
+    unopened = {close: url.count(close) - url.count(open_) for close, open_ in _BRACKETS.items()}
+    end = len(url)
+    while end and (url[end - 1] in _URL_TRAILER or unopened.get(url[end - 1], 0) > 0):
+        if url[end - 1] in unopened:
+            unopened[url[end - 1]] -= 1
+        end -= 1
+    return url[:end]
 
 
 def _linked(text: str) -> str:

@@ -186,11 +186,11 @@ def test_quoted_runs_are_folded_and_new_text_is_not():
 
 def test_urls_are_links_without_the_sentence_around_them():
     body = ("See https://example.org/a?b=1&c=2. Or (http://example.org/wiki/Foo_(bar)) "
-            "or [mailto:bob@example.org].\n")
+            "or [mailto:bob@example.org]. Then https://example.org/x))).\n")
     links = Elements(view.view(mail(body).as_bytes()).text_html).named("a")
     assert [a["href"] for a in links] == [
         "https://example.org/a?b=1&c=2", "http://example.org/wiki/Foo_(bar)",
-        "mailto:bob@example.org"]
+        "mailto:bob@example.org", "https://example.org/x"]
     assert all(a["rel"] == "nofollow noopener" for a in links)
 
 
@@ -376,6 +376,14 @@ def test_a_thousand_nested_multiparts_do_not_sink_the_page():
     assert [a.filename for a in shown.attachments] == ["beside.pdf"]
     assert "deep down" in view.plain_text(raw)
     assert view.attachment(raw, 0) == (shown.attachments[0], b"%PDF")
+
+
+def test_a_multipart_of_thousands_of_parts_shows_them_all():
+    parts = b"".join(b"--b\r\nContent-Type: text/plain\r\n\r\npart %d\r\n" % n
+                     for n in range(3000))
+    raw = raw_mail("multipart/mixed; boundary=b", parts + b"--b--\r\n")
+    plain = view.view(raw).plain
+    assert "part 0\n" in plain and "part 2999" in plain  # the last ones, raw
 
 
 # --- every corpus message ---------------------------------------------------------------
