@@ -8,9 +8,7 @@ from __future__ import annotations
 import email
 import email.policy
 import enum
-import html
 import logging
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -19,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import moderation, notices, policy, roster, store, thread, tokens
+from listserv import moderation, notices, policy, roster, store, thread, tokens, view
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
@@ -42,9 +40,6 @@ log = logging.getLogger("listserv.commands")
 # A reply quoting a whole conversation must not make us read it all as commands.
 MAX_UNKNOWN_LINES = 5
 
-_HIDDEN_HTML = re.compile(r"<(style|script|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
-_HTML_BREAK = re.compile(r"<(?:br|/p|/div|/li|/tr|/h\d)\b[^>]*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^>]*>")
 _DIGEST = {"mime": DeliveryMode.DIGEST_MIME, "plain": DeliveryMode.DIGEST_PLAIN,
            "no": DeliveryMode.REGULAR}
 _CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}
@@ -97,11 +92,6 @@ class Request:
 
 # --- reading what a person typed --------------------------------------------------------
 
-def _html_text(markup: str) -> str:
-    text = _HTML_BREAK.sub("\n", _HIDDEN_HTML.sub("", markup))
-    return html.unescape(_HTML_TAG.sub("", text))
-
-
 def body_text(raw: bytes) -> str:
     """The text a person typed: the text/plain part, else the HTML part without tags."""
     try:
@@ -113,7 +103,7 @@ def body_text(raw: bytes) -> str:
     except Exception as exc:  # noqa: BLE001  bad charsets and broken MIME raise many kinds
         log.info("cannot read the body of a command mail: %s", exc.__class__.__name__)
         return ""
-    return _html_text(text) if part.get_content_subtype() == "html" else text
+    return view.html_text(text) if part.get_content_subtype() == "html" else text
 
 
 def typed_lines(body: str) -> Iterator[str]:
