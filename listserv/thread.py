@@ -131,10 +131,14 @@ def _thread_id(nodes: dict[str, Node], start: str) -> str:
     subject, the thread of the node it joined, which a late parent may have re-rooted
     since (that node's thread is loaded with it: they shared the thread id)."""
     root = _root(nodes, start)
-    seen = {root.message_id}
-    while root.by_subject and root.thread_id in nodes and root.thread_id not in seen:
+    chain = [root.message_id]
+    while root.by_subject and root.thread_id in nodes:
         root = _root(nodes, root.thread_id)
-        seen.add(root.message_id)
+        if root.message_id in chain:
+            # What it joined now hangs under it (a reply named it as a parent): the
+            # joins go round. Every node of the round trip must name the same thread.
+            return min(chain[chain.index(root.message_id):])
+        chain.append(root.message_id)
     return root.thread_id if root.by_subject else root.message_id
 
 

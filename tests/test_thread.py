@@ -427,6 +427,21 @@ def test_reply_joined_by_subject_follows_its_thread_when_a_late_parent_reroots_i
     assert {row["thread_id"] for row in rows.values()} == {msgid(first)}
 
 
+def test_a_thread_rerooted_under_the_reply_that_joined_it_by_subject_ends(engine,
+                                                                         make_list):
+    """`bare` joins `first`'s thread by subject; then a reply names `bare` as the parent
+    of `first`: the thread hangs from `bare` now, and `bare`'s joined thread leads back
+    to itself. Threading must finish (an import once looped here for ever) and give the
+    whole thread one id."""
+    make_list(LIST)
+    first = post("Plan")
+    bare = post("Re: Plan")
+    late = post("Re: Plan", References=f"<{msgid(bare)}> <{msgid(first)}>")
+    rows = arrive(engine, first, bare, late)
+    assert rows[msgid(first)]["parent_id"] == msgid(bare)
+    assert len({row["thread_id"] for row in rows.values()}) == 1
+
+
 @pytest.mark.parametrize("subject,headers,expected", [
     ("Re: Plan", {}, True),
     ("AW: [Dev] Plan", {}, True),
