@@ -1,0 +1,240 @@
+"""The archive in a real browser: Debian's Chromium, driven by Playwright, against
+`listserv serve`, with mail put in the way users do (`archive import` of an old list's
+mbox, posts over SMTP, `digest send`). A reader on a phone-sized screen clicks from the
+front page to a list, a thread, a message, a search and a digest issue; a stranger's
+hostile posts must run nothing on any of those pages, and read as the text they are."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pytest
+
+from listserv import compose
+from tests.conftest import CORPUS
+from tests.test_cli import cli, ok, write_config
+
+__all__ = ["cli"]  # a fixture, used by name
+
+sync_api = pytest.importorskip("playwright.sync_api",
+                               reason="the browser test needs playwright (the test extras)")
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PHONE = {"width": 390, "height": 844}
+LIST = "dev@lists.example.org"
+ALICE = "alice@example.com"
+BOB = "bob@example.com"
+NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
+MAILDIR_ROOT = "20091117190054.GU3165@dottiness.seas.harvard.edu"
+MAILDIR_REPLY = "20091117203301.GV3165@dottiness.seas.harvard.edu"  # quotes its parent
+
+SCRIPT = '<script>window.__pwned = 1; alert("pwned")</script>'
+HOSTILE_SUBJECT = f"{SCRIPT} Release"
+HOSTILE_TEXT = (f"Hello {SCRIPT}\n<img src=x onerror=\"window.__pwned=1\">\n"
+                '<a href="javascript:window.__pwned=1">click</a>\n')
+HOSTILE_HTML = ('<p onclick="window.__pwned=1">Hello <b>there</b></p>' + SCRIPT +
+                '<img src=x onerror="window.__pwned=1">'
+                '<img src="http://evil.example/track.png">'
+                '<a href="javascript:window.__pwned=1">click</a>')
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    """One Chromium for the module: starting it is the slow part of these tests."""
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"the browser test drives Debian's Chromium at {CHROMIUM}: "
+                    "apt-get install chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, db_url: str, config) -> Path:
+    """The CLI's config names the server's database and public URL (a digest's links)."""
+    return write_config(tmp_path / "listserv.toml", db_url,
+                        f'[web]\nbase_url = "{config.web.base_url}"\n')
+
+
+class Reader:
+    """A fresh browser context on a phone-sized screen. Every page it reaches is checked
+    the same way: served with a Content-Security-Policy, no script from mail ran (no
+    `window.__pwned`, no dialog), and nothing was fetched from anywhere but our server."""
+
+    def __init__(self, browser: sync_api.Browser, origin: str, **options: object) -> None:
+        self.origin = origin
+        self.context = browser.new_context(viewport=PHONE, **options)
+        self.context.set_default_timeout(10_000)  # auto-waiting, but a failure fails soon
+        self.page = self.context.new_page()
+        self.dialogs: list[str] = []
+        self.fetched: list[str] = []
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("request", lambda r: self.fetched.append(r.url))
+
+    def visit(self, path: str) -> sync_api.Page:
+        return self.checked(self.page.goto(self.origin + path))
+
+    def follow(self, target: sync_api.Locator) -> sync_api.Page:
+        """Click a link or a button as a reader does, and check the page it leads to."""
+        with self.page.expect_navigation() as navigation:
+            target.click()
+        return self.checked(navigation.value)
+
+    def checked(self, response: sync_api.Response | None) -> sync_api.Page:
+        assert response is not None and response.status == 200, response
+        assert "default-src 'none'" in response.headers.get("content-security-policy", "")
+        self.assert_inert()
+        return self.page
+
+    def assert_inert(self) -> None:
+        assert self.page.evaluate("() => typeof window.__pwned") == "undefined", self.page.url
+        assert self.dialogs == [], self.page.url
+        assert [u for u in self.fetched if not u.startswith(self.origin)] == []
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def reader(browser: sync_api.Browser, running) -> Iterator[Callable[..., Reader]]:
+    opened: list[Reader] = []
+
+    def open_reader(**options: object) -> Reader:
+        opened.append(Reader(browser, running.config.web.base_url, **options))
+        return opened[-1]
+    yield open_reader
+    for r in opened:
+        r.close()
+
+
+def post(running, subject: str, body: str, sender: str, message_id: str, *,
+         content_type: str = "text/plain; charset=utf-8", parent: str | None = None) -> None:
+    """A post over SMTP as a mail client sends it."""
+    lines = [f"From: {sender}", f"To: {LIST}", f"Subject: {subject}",
+             f"Message-ID: <{message_id}>", "Date: Thu, 26 Nov 2026 10:00:00 +0000",
+             "MIME-Version: 1.0", f"Content-Type: {content_type}"]
+    if parent:
+        lines += [f"In-Reply-To: <{parent}>", f"References: <{parent}>"]
+    running.send(sender, [LIST], ("\r\n".join(lines) + "\r\n\r\n" + body).encode())
+
+
+def message_link(page: sync_api.Page, message_id: str) -> sync_api.Locator:
+    return page.locator(f'a[href$="/message/{compose.quote_id(message_id)}/"]')
+
+
+def test_a_reader_browses_a_thread_a_message_search_and_a_digest(
+        running, make_list, cli, reader, tmp_path):
+    make_list(LIST, members=[ALICE, BOB])
+    ok(cli("archive", "import", LIST, NOTMUCH))
+    post(running, "Release plans", "Shall we tag the tarball on Friday?\n", BOB, "plans@x")
+    post(running, "Re: Release plans", "Friday suits me.\n", ALICE, "plans-re@x",
+         parent="plans@x")
+    ok(cli("digest", "send", LIST))
+    r = reader()
+    page = r.visit("/")
+    sync_api.expect(page.get_by_text(LIST)).to_be_visible()
+
+    page = r.follow(page.get_by_role("link", name="Dev"))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text("Dev")
+    page = r.follow(page.get_by_role("link", name="[notmuch] Working with Maildir storage?",
+                                     exact=True))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(
+        "[notmuch] Working with Maildir storage?")
+    sync_api.expect(page.locator("article.post")).to_have_count(7)
+    root, reply = page.locator("article.post").nth(0), page.locator("article.post.d1").first
+    assert reply.bounding_box()["x"] > root.bounding_box()["x"]  # replies are indented
+    page.screenshot(path=tmp_path / "thread.png", full_page=True)
+
+    page = r.follow(message_link(page, MAILDIR_REPLY).filter(has_text="permalink"))
+    assert unquote(urlsplit(page.url).path) == f"/{LIST}/message/{MAILDIR_REPLY}/"
+    quote = page.locator("details.quote").first
+    quoted = "See the patch just posted here."  # innerText: what is on the screen
+    sync_api.expect(quote).not_to_contain_text(quoted, use_inner_text=True)  # folded
+    quote.locator("summary").click()
+    sync_api.expect(quote).to_contain_text(quoted, use_inner_text=True)
+    page.screenshot(path=tmp_path / "message.png", full_page=True)
+    mailto = urlsplit(page.get_by_role("link", name="Reply by email").get_attribute("href"))
+    fields = parse_qs(mailto.query)
+    assert (mailto.scheme, unquote(mailto.path)) == ("mailto", LIST)
+    assert fields["In-Reply-To"] == [f"<{MAILDIR_REPLY}>"]
+    assert fields["subject"] == ["Re: [notmuch] Working with Maildir storage?"]
+    page = r.follow(page.get_by_role("link", name="The whole thread"))
+    assert unquote(urlsplit(page.url).path) == f"/{LIST}/thread/{MAILDIR_ROOT}/"
+
+    page = r.follow(page.get_by_role("link", name="Dev", exact=True))
+    page.get_by_role("searchbox", name="Search this list").fill("tarball")
+    page = r.follow(page.get_by_role("button", name="Search"))
+    assert parse_qs(urlsplit(page.url).query)["q"] == ["tarball"]
+    hits = page.locator("ul.hits li")
+    sync_api.expect(hits).to_have_count(1)
+    sync_api.expect(hits.locator("mark")).to_have_text("tarball")
+    page = r.follow(hits.get_by_role("link", name="Release plans"))
+    sync_api.expect(page.get_by_text("Shall we tag the tarball on Friday?")).to_be_visible()
+
+    page = r.follow(page.get_by_role("link", name="Dev", exact=True))
+    page = r.follow(page.get_by_role("link", name="Digests"))
+    page = r.follow(page.get_by_role("link", name="Dev Digest, Vol 1, Issue 1"))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(
+        "Dev Digest, Vol 1, Issue 1")
+    page = r.follow(message_link(page, "plans-re@x"))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text("Re: Release plans")
+    sync_api.expect(page.get_by_text("Friday suits me.")).to_be_visible()
+
+
+def click_hostile_link(r: Reader) -> None:
+    """The HTML post's `javascript:` link, clicked: it must lead nowhere and run nothing."""
+    before = r.page.url
+    r.page.locator(".content a").filter(has_text="click").click()  # href gone: no role
+    assert r.page.url == before
+    r.assert_inert()
+
+
+def walk_hostile_pages(r: Reader) -> None:
+    """The front and list pages, the thread, both messages, the digest issue, a search."""
+    page = r.visit("/")
+    page = r.follow(page.get_by_role("link", name="Dev"))
+    page = r.follow(page.get_by_role("link", name=HOSTILE_SUBJECT))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(HOSTILE_SUBJECT)
+    sync_api.expect(page.get_by_text(f"Hello {SCRIPT}")).to_be_visible()  # text, not code
+    sync_api.expect(page.get_by_text('<img src=x onerror="window.__pwned=1">')).to_be_visible()
+    sync_api.expect(page.get_by_text("Hello there")).to_be_visible()  # the HTML, cleaned
+    click_hostile_link(r)
+    thread_url = page.url
+
+    page = r.follow(message_link(page, "hostile-text@x").filter(has_text="permalink"))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(HOSTILE_SUBJECT)
+    sync_api.expect(page.get_by_text(
+        '<a href="javascript:window.__pwned=1">click</a>')).to_be_visible()
+    r.checked(page.goto(thread_url))
+    page = r.follow(message_link(page, "hostile-html@x").filter(has_text="permalink"))
+    sync_api.expect(page.get_by_text("Hello there")).to_be_visible()
+    click_hostile_link(r)
+
+    page = r.visit(f"/{LIST}/digest/1/1/")
+    # The thread's heading and its first item, the subject as text in both.
+    sync_api.expect(page.get_by_role("link", name=HOSTILE_SUBJECT, exact=True)).to_have_count(2)
+    page = r.follow(message_link(page, "hostile-html@x"))
+    sync_api.expect(page.get_by_text("Hello there")).to_be_visible()
+
+    page = r.visit(f"/{LIST}/")
+    page.get_by_role("searchbox", name="Search this list").fill("Release")
+    page = r.follow(page.get_by_role("button", name="Search"))
+    sync_api.expect(page.locator("ul.hits li")).to_have_count(2)
+    sync_api.expect(page.get_by_role("link", name=HOSTILE_SUBJECT, exact=True)).to_be_visible()
+
+
+def test_hostile_mail_runs_nothing_in_a_browser(running, make_list, cli, reader):
+    make_list(LIST, members=[ALICE, BOB])
+    post(running, HOSTILE_SUBJECT, HOSTILE_TEXT, BOB, "hostile-text@x")
+    post(running, f"Re: {HOSTILE_SUBJECT}", HOSTILE_HTML, ALICE, "hostile-html@x",
+         content_type="text/html; charset=utf-8", parent="hostile-text@x")
+    ok(cli("digest", "send", LIST))
+    walk_hostile_pages(reader())
+    # The same pages with the browser ignoring our Content-Security-Policy: the escaping
+    # and the sanitiser alone must keep the mail inert (the policy is a second wall).
+    walk_hostile_pages(reader(bypass_csp=True))
