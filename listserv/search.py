@@ -55,16 +55,26 @@ def index(session: Session, entries: Iterable[tuple[Message, str]]) -> None:
     (the text given with each); one statement for all of them."""
     rows = [{"pk": message.id, "list_id": message.list_id, "subject": _clean(message.subject),
              "sender": _clean(f"{message.from_name} {message.from_address}"),
-             "body": _clean(body)} for message, body in entries]
+             "body": _clean(body), "newest": newest_key(message)} for message, body in entries]
     if not rows:
         return
     if _sqlite(session):
-        session.execute(text("INSERT INTO message_fts (rowid, subject, sender, body, list_id) "
-                             "VALUES (:pk, :subject, :sender, :body, :list_id)"), rows)
+        session.execute(text("INSERT INTO message_fts (rowid, subject, sender, body, list_id, "
+                             "message_pk) VALUES (:newest, :subject, :sender, :body, "
+                             ":list_id, :pk)"), rows)
     else:
         session.execute(text("INSERT INTO message_search (message_pk, list_id, subject, "
-                             "sender, body) VALUES (:pk, :list_id, :subject, :sender, :body)"
-                             " ON CONFLICT (message_pk) DO NOTHING"), rows)
+                             "sender, body, newest) VALUES (:pk, :list_id, :subject, :sender, "
+                             ":body, :newest) ON CONFLICT (message_pk) DO NOTHING"), rows)
+
+
+def newest_key(message: Message) -> int:
+    """A message's place in "newest first": its date in seconds, then its id (low 24
+    bits) to keep keys unique. An FTS5 table walks its rowids in this order and stops at
+    a page's worth of hits, so a common word costs what a rare one does; PostgreSQL gets
+    the same from a b-tree on (list_id, newest)."""
+    when = message.date or message.received_at
+    return (int(when.timestamp()) << 24) | (message.id & 0xFFFFFF)
 
 
 def forget_list(session: Session, list_id: int) -> None:
@@ -92,22 +102,22 @@ _COLUMNS = (column("id", Integer), column("message_id", String), column("subject
 _SQLITE_SEARCH = text(f"""
     SELECT m.id, m.message_id, m.subject, m.from_name, m.date,
            snippet(message_fts, -1, '{_START}', '{_STOP}', '…', 24)
-    FROM message_fts JOIN message m ON m.id = message_fts.rowid
+    FROM message_fts JOIN message m ON m.id = message_fts.message_pk
     WHERE message_fts MATCH :query AND message_fts.list_id = :list_id
-    ORDER BY coalesce(m.date, m.received_at) DESC LIMIT :limit OFFSET :offset""")
+    ORDER BY message_fts.rowid DESC LIMIT :limit OFFSET :offset""")
 _SQLITE_SEARCH = _SQLITE_SEARCH.columns(*_COLUMNS)
 
 _POSTGRESQL_SEARCH = text(f"""
     SELECT hit.id, hit.message_id, hit.subject, hit.from_name, hit.date,
            ts_headline('english', s.body, websearch_to_tsquery('english', :query),
                        'StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=12')
-    FROM (SELECT m.id, m.message_id, m.subject, m.from_name, m.date, m.received_at
+    FROM (SELECT m.id, m.message_id, m.subject, m.from_name, m.date, s.newest
           FROM message_search s JOIN message m ON m.id = s.message_pk
           WHERE s.list_id = :list_id
             AND s.document @@ websearch_to_tsquery('english', :query)
-          ORDER BY coalesce(m.date, m.received_at) DESC LIMIT :limit OFFSET :offset) hit
+          ORDER BY s.newest DESC LIMIT :limit OFFSET :offset) hit
     JOIN message_search s ON s.message_pk = hit.id
-    ORDER BY coalesce(hit.date, hit.received_at) DESC""").columns(*_COLUMNS)
+    ORDER BY hit.newest DESC""").columns(*_COLUMNS)
 
 
 def query(session: Session, list_id: int, words: str, limit: int = 20,

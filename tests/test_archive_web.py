@@ -456,7 +456,8 @@ def test_only_archived_posts_are_shown(running, make_list, engine):
 def test_search_newest_first_with_snippets_and_pages(running, make_list, import_mbox):
     make_list(LIST)
     import_mbox([mail(f"Note {n}", f"n{n}@x", body=f"the kumquat harvest, part {n}\n",
-                      date=f"Mon, 02 Mar 2026 10:{n:02d}:00 +0000") for n in range(25)]
+                      date=f"Mon, 02 Mar 2026 10:{n:02d}:00 +0000")
+                 for n in reversed(range(25))]  # stored oldest last: order is by date
                 + [mail("Other", "other@x", body="nothing to see\n")])
     with web(running) as client:
         first = client.get(f"/{LIST}/search", params={"q": "kumquat"})

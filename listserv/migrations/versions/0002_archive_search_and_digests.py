@@ -132,7 +132,7 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
         op.execute(
             "CREATE VIRTUAL TABLE message_fts USING fts5("
-            "subject, sender, body, list_id UNINDEXED, "
+            "subject, sender, body, list_id UNINDEXED, message_pk UNINDEXED, "
             "tokenize = 'porter unicode61 remove_diacritics 2')"
         )
     else:
@@ -143,12 +143,13 @@ def upgrade() -> None:
                 subject TEXT NOT NULL,
                 sender TEXT NOT NULL,
                 body TEXT NOT NULL,
+                newest BIGINT NOT NULL,
                 document tsvector GENERATED ALWAYS AS (
                     setweight(to_tsvector('english', subject), 'A')
                     || setweight(to_tsvector('simple', sender), 'B')
                     || setweight(to_tsvector('english', body), 'C')) STORED)""")
         op.execute("CREATE INDEX ix_message_search_document ON message_search USING gin (document)")
-        op.execute("CREATE INDEX ix_message_search_list ON message_search (list_id)")
+        op.execute("CREATE INDEX ix_message_search_newest ON message_search (list_id, newest)")
 
 
 def downgrade() -> None:
