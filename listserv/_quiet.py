@@ -10,7 +10,8 @@ import contextlib
 import io
 
 with contextlib.redirect_stderr(io.StringIO()):
-    from flanker import mime
     from flanker.addresslib import address as flanker_address
+    from flanker.mime.message.headers.headers import MimeHeaders
+    from flanker.mime.message.utils import to_unicode
 
-__all__ = ["flanker_address", "mime"]
+__all__ = ["MimeHeaders", "flanker_address", "to_unicode"]
