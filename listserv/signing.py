@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,17 +215,22 @@ def _arc_sets(fields: list[tuple[bytes, bytes]]) -> dict[int, list[tuple[bytes, 
     return sets
 
 
-def inbound_results(raw: bytes, authserv_id: str, resolver: Resolver) -> str:
-    """Authentication-Results (RFC 8601) for a post as it came, which our ARC set seals:
-    each DKIM signature checked, and the ARC chain it carried. SPF is not claimed: behind
-    an MTA the list does not see the host that sent the post."""
+def dnsfunc(resolver: Resolver) -> Callable[..., bytes | None]:
+    """dkimpy's key lookup through our resolver (its cache, `[dns] nameserver`)."""
     def txt(name: bytes, timeout: float = 5) -> bytes | None:
         try:
             records = resolver.txt(name.decode("ascii", "replace"))
         except LookupFailed as exc:
             raise dkim.DnsTimeoutError(str(exc)) from exc
         return records[0] if records else None
+    return txt
 
+
+def inbound_results(raw: bytes, authserv_id: str, resolver: Resolver) -> str:
+    """Authentication-Results (RFC 8601) for a post as it came, which our ARC set seals:
+    each DKIM signature checked, and the ARC chain it carried. SPF is not claimed: behind
+    an MTA the list does not see the host that sent the post."""
+    txt = dnsfunc(resolver)
     try:
         checker = dkim.DKIM(raw, timeout=5)
         count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
