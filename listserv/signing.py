@@ -280,11 +280,22 @@ def keygen(domain: str, selector: str, out: Path) -> NewKey:
         serialization.NoEncryption()), 0o600)
     _create(public_file, public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
-    der = public.public_bytes(serialization.Encoding.DER,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)
-    text = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")
+    return NewKey(private_file, public_file, dns_record(domain, selector, public))
+
+
+def public_key_text(key: rsa.RSAPublicKey) -> str:
+    """The key as the p= of a DKIM record: base64 of its DER SubjectPublicKeyInfo."""
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode("ascii")
+
+
+def dns_record(domain: str, selector: str, key: rsa.RSAPublicKey) -> str:
+    """The TXT record that publishes `key`, in zone-file form, in strings of at most 255
+    characters."""
+    text = "v=DKIM1; k=rsa; p=" + public_key_text(key)
     strings = " ".join(f'"{text[i:i + 255]}"' for i in range(0, len(text), 255))
-    return NewKey(private_file, public_file, f"{selector}._domainkey.{domain}. IN TXT {strings}")
+    return f"{selector}._domainkey.{domain}. IN TXT {strings}"
 
 
 def _create(path: Path, data: bytes, mode: int) -> None:
