@@ -273,7 +273,14 @@ def check_dmarc(d: Deployment) -> Result:
     if value not in dmarc.POLICIES:
         return Result(name, Status.FAIL, f"{record.name}: {key}={value or '(missing)'} is not "
                       "none, quarantine or reject", f"set {key}= in the record at {record.name}")
-    return Result(name, Status.OK, f"{record.name}: {key}={value}")
+    detail = f"{record.name}: {key}={value}"
+    signer = d.config.dkim.domain if d.config.dkim.enabled else ""
+    if value in dmarc.STRICT and dmarc.organizational_domain(signer or ".") != org:
+        return Result(name, Status.WARN, f"{detail}, and no DKIM signature of {org} vouches "
+                      "for copies From the list (DMARC mitigation): only SPF can pass them",
+                      f"set [dkim] domain = \"{d.domain}\" (with `listserv dkim keygen "
+                      f"{d.domain}`)")
+    return Result(name, Status.OK, detail)
 
 
 # --- the smarthost ----------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """A tiny authoritative DNS server on loopback UDP: TXT records from a dict, other types
-(MX, A, AAAA) from another, NXDOMAIN (with an SOA, for negative caching) for every other name. Tests point `[dns]` at it, so the
-server's real resolver code asks a real DNS server."""
+(MX, A, AAAA) from another, NXDOMAIN (with an SOA, for negative caching) for every other
+name. Tests point `[dns]` at it, so the server's real resolver code asks a real DNS server."""
 
 from __future__ import annotations
 

@@ -207,10 +207,17 @@ def test_spf(config, mlist, dns_server, records, status, said):
 
 
 def test_dmarc_falls_back_to_the_organisational_domain(config, mlist, dns_server):
-    dns_server.records["_dmarc.example.org"] = ["v=DMARC1; p=reject; sp=quarantine"]
+    dns_server.records["_dmarc.example.org"] = ["v=DMARC1; p=reject; sp=none"]
     result = check(config, mlist, doctor.check_dmarc)
     assert (result.status, result.detail) == (doctor.Status.OK,
-                                              "_dmarc.example.org: sp=quarantine")
+                                              "_dmarc.example.org: sp=none")
+
+
+def test_a_strict_dmarc_policy_without_a_list_signature_warns(config, mlist, dns_server):
+    dns_server.records[f"_dmarc.{DOMAIN}"] = [DMARC]
+    result = check(config, mlist, doctor.check_dmarc)
+    assert result.status is doctor.Status.WARN and "only SPF can pass them" in result.detail
+    assert result.fix.startswith(f'set [dkim] domain = "{DOMAIN}"')
 
 
 def test_dmarc_without_a_valid_policy_fails(config, mlist, dns_server):
