@@ -28,11 +28,14 @@ from listserv import (
     bouncing,
     db,
     digest,
+    doctor,
     mbox,
     moderation,
+    resolver,
     roster,
     settings,
     signing,
+    tokens,
 )
 from listserv import config as config_mod
 from listserv.models import DeliveryMode, MailingList, Role, SenderAction, utcnow
@@ -596,6 +599,33 @@ def dkim_keygen(domain: str,
               f"{key.record}\n\nand add to the config:\n\n[dkim]\n"
               f'domain = "{domain}"\nselector = "{selector}"\n'
               f'private_key_file = "{key.private_file.resolve()}"')
+
+
+# --- doctor -----------------------------------------------------------------------------
+
+@app.command("doctor")
+def doctor_cmd(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
+        metavar="LIST")], as_json: JsonOpt = False) -> None:
+    """Check the deployment as a postmaster would: the list domain's MX, SPF, DKIM and
+    DMARC records, the smarthost, the web pages and a test copy's headers and signature;
+    print what to fix. Exit 1 when a check fails."""
+    state = _state(ctx)
+    with db.session(state.engine) as s:  # never committed: a test copy leaves no trace
+        mlist = roster.get_list(s, list_address)
+        secret = tokens.server_secret(s, state.config)
+    # A resolver of its own: what DNS says now, not what a cache remembers.
+    deployment = doctor.Deployment(state.config, mlist, resolver.Resolver(state.config.dns),
+                                   secret)
+    results = doctor.run(deployment)
+    if as_json:
+        _print_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            out.print(f"{r.status.upper():<4}  {r.check}: {r.detail}")
+            if r.fix:
+                out.print(f"      fix: {r.fix}")
+    if any(r.status is doctor.Status.FAIL for r in results):
+        raise typer.Exit(1)
 
 
 # --- db, serve --------------------------------------------------------------------------

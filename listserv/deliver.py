@@ -268,12 +268,16 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def prepared_for(self, rcpt: str) -> bytes:
-        """The dot-stuffed bytes for one recipient, end-of-data line included."""
+    def copy_for(self, rcpt: str) -> bytes:
+        """The message one recipient gets: their own links filled in, then signed."""
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return prepare(_signed(self.signer, self.copy.personal(unsubscribe, mute)))
+        return _signed(self.signer, self.copy.personal(unsubscribe, mute))
+
+    def prepared_for(self, rcpt: str) -> bytes:
+        """The dot-stuffed bytes for one recipient, end-of-data line included."""
+        return prepare(self.copy_for(rcpt))
 
 
 def _signed(signer: signing.Signer | None, data: bytes) -> bytes:

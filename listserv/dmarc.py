@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 
 import tld
 
@@ -20,7 +21,7 @@ from listserv.resolver import LookupFailed, Resolver
 log = logging.getLogger("listserv.dmarc")
 
 STRICT = ("quarantine", "reject")  # the policies that make receivers act on a failure
-_POLICIES = ("none", *STRICT)
+POLICIES = ("none", *STRICT)
 _TAG = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([^;]*?)\s*(?:;|$)")
 
 
@@ -46,28 +47,44 @@ def _record(records: list[bytes]) -> dict[str, str] | None:
     return {m.group(1).lower(): m.group(2) for m in _TAG.finditer(found[0])}
 
 
+@dataclass(frozen=True)
+class Record:
+    name: str  # where it was found: _dmarc.DOMAIN, or _dmarc.ORG for a subdomain
+    tags: dict[str, str]  # lower-case names
+    inherited: bool  # the organisation's record: its sp= (else p=) is the policy
+
+
+def lookup(domain: str, resolver: Resolver) -> Record | None:
+    """The DMARC record that governs mail From `domain` (RFC 7489 §6.6.3), None if none;
+    LookupFailed when DNS does not answer."""
+    domain = domain.lower().rstrip(".")
+    tags = _record(resolver.txt(f"_dmarc.{domain}"))
+    if tags is not None:
+        return Record(f"_dmarc.{domain}", tags, inherited=False)
+    org = organizational_domain(domain)
+    if org == domain:
+        return None
+    tags = _record(resolver.txt(f"_dmarc.{org}"))
+    return Record(f"_dmarc.{org}", tags, inherited=True) if tags is not None else None
+
+
 def policy(domain: str, resolver: Resolver) -> str | None:
     """The policy for mail From `domain` (none, quarantine, reject), or None for no record.
 
     A DNS failure is no policy: the post goes out with From as it was, and the log says
     why; waiting for DNS to come back would hold the list up.
     """
-    domain = domain.lower().rstrip(".")
     try:
-        tags = _record(resolver.txt(f"_dmarc.{domain}"))
-        inherited = False
-        org = organizational_domain(domain)
-        if tags is None and org != domain:
-            tags = _record(resolver.txt(f"_dmarc.{org}"))
-            inherited = True  # a subdomain's policy is the organisation's sp=, else p=
+        record = lookup(domain, resolver)
     except LookupFailed as exc:
         log.warning("DMARC policy of %s unknown, From left as it is: %s", domain, exc)
         return None
-    if tags is None:
+    if record is None:
         return None
-    value = (tags.get("sp") or tags.get("p")) if inherited else tags.get("p")
+    tags = record.tags
+    value = (tags.get("sp") or tags.get("p")) if record.inherited else tags.get("p")
     value = (value or "").lower()
-    return value if value in _POLICIES else None
+    return value if value in POLICIES else None
 
 
 def rewrites_from(mode: DmarcMode, from_address: str, resolver: Resolver) -> bool:

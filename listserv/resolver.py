@@ -73,6 +73,21 @@ class Resolver:
         self._store(key, now + ttl, found)
         return list(found)
 
+    def records(self, name: str, rdtype: str) -> list[str]:
+        """The records of any type (MX, A, AAAA) as zone-file text, asked now, not cached:
+        for `listserv doctor`, which must see what DNS says at this moment."""
+        if self._resolver is None:
+            raise LookupFailed("no DNS resolver configured")
+        try:
+            answer = self._resolver.resolve(name, rdtype, search=False,
+                                            raise_on_no_answer=False)
+        except (dns.resolver.NXDOMAIN, dns.name.NameTooLong, dns.name.LabelTooLong,
+                dns.name.EmptyLabel):
+            return []
+        except dns.exception.DNSException as exc:
+            raise LookupFailed(f"{name}: {exc}") from exc
+        return [rdata.to_text() for rdata in answer.rrset or ()]
+
     def _store(self, key: str, expires: float, records: tuple[bytes, ...] | None) -> None:
         with self._lock:
             self._cache[key] = (expires, records)

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,17 +215,22 @@ def _arc_sets(fields: list[tuple[bytes, bytes]]) -> dict[int, list[tuple[bytes, 
     return sets
 
 
-def inbound_results(raw: bytes, authserv_id: str, resolver: Resolver) -> str:
-    """Authentication-Results (RFC 8601) for a post as it came, which our ARC set seals:
-    each DKIM signature checked, and the ARC chain it carried. SPF is not claimed: behind
-    an MTA the list does not see the host that sent the post."""
+def dnsfunc(resolver: Resolver) -> Callable[..., bytes | None]:
+    """dkimpy's key lookup through our resolver (its cache, `[dns] nameserver`)."""
     def txt(name: bytes, timeout: float = 5) -> bytes | None:
         try:
             records = resolver.txt(name.decode("ascii", "replace"))
         except LookupFailed as exc:
             raise dkim.DnsTimeoutError(str(exc)) from exc
         return records[0] if records else None
+    return txt
 
+
+def inbound_results(raw: bytes, authserv_id: str, resolver: Resolver) -> str:
+    """Authentication-Results (RFC 8601) for a post as it came, which our ARC set seals:
+    each DKIM signature checked, and the ARC chain it carried. SPF is not claimed: behind
+    an MTA the list does not see the host that sent the post."""
+    txt = dnsfunc(resolver)
     try:
         checker = dkim.DKIM(raw, timeout=5)
         count = sum(1 for name, _ in checker.headers if name.lower() == b"dkim-signature")
@@ -274,11 +280,22 @@ def keygen(domain: str, selector: str, out: Path) -> NewKey:
         serialization.NoEncryption()), 0o600)
     _create(public_file, public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo), 0o644)
-    der = public.public_bytes(serialization.Encoding.DER,
-                              serialization.PublicFormat.SubjectPublicKeyInfo)
-    text = "v=DKIM1; k=rsa; p=" + base64.b64encode(der).decode("ascii")
+    return NewKey(private_file, public_file, dns_record(domain, selector, public))
+
+
+def public_key_text(key: rsa.RSAPublicKey) -> str:
+    """The key as the p= of a DKIM record: base64 of its DER SubjectPublicKeyInfo."""
+    der = key.public_bytes(serialization.Encoding.DER,
+                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode("ascii")
+
+
+def dns_record(domain: str, selector: str, key: rsa.RSAPublicKey) -> str:
+    """The TXT record that publishes `key`, in zone-file form, in strings of at most 255
+    characters."""
+    text = "v=DKIM1; k=rsa; p=" + public_key_text(key)
     strings = " ".join(f'"{text[i:i + 255]}"' for i in range(0, len(text), 255))
-    return NewKey(private_file, public_file, f"{selector}._domainkey.{domain}. IN TXT {strings}")
+    return f"{selector}._domainkey.{domain}. IN TXT {strings}"
 
 
 def _create(path: Path, data: bytes, mode: int) -> None:

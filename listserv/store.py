@@ -350,19 +350,27 @@ def _authenticity(mlist: MailingList, message: Message, config: Config
     return via, results
 
 
+def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: str, *,
+              config: Config) -> compose.Copy:
+    """The copy of a post that members get, with slots for each member's links; also
+    what `listserv doctor` inspects, so it checks the very headers members see."""
+    addresses = addresses_of(mlist)
+    via, results = _authenticity(mlist, message, config)
+    return compose.list_copy(
+        message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
+        message_id=message.message_id, subject=message.subject,
+        add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
+        reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
+        footer=footer(mlist, base_url), via=via, authentication=results)
+
+
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
             base_url: str, batch: int, *, config: Config) -> int:
     """Queue the list copy of an accepted post for every member who gets posts, except
     those who muted its thread, and the post itself for the next digest. The copy is
     composed once, with slots for each member's unsubscribe and mute links."""
     addresses = addresses_of(mlist)
-    via, results = _authenticity(mlist, message, config)
-    copy = compose.list_copy(
-        message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
-        message_id=message.message_id, subject=message.subject,
-        add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
-        reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
-        footer=footer(mlist, base_url), via=via, authentication=results)
+    copy = list_copy(mlist, message, parsed, base_url, config=config)
     session.add(DigestItem(list_id=mlist.id, message_pk=message.id, size=message.size))
     quiet = muted(session, mlist.id, message.message_id)
     rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)

@@ -1,6 +1,6 @@
-"""A tiny authoritative DNS server on loopback UDP: TXT records from a dict, NXDOMAIN (with
-an SOA, for negative caching) for every other name. Tests point `[dns]` at it, so the
-server's real resolver code asks a real DNS server."""
+"""A tiny authoritative DNS server on loopback UDP: TXT records from a dict, other types
+(MX, A, AAAA) from another, NXDOMAIN (with an SOA, for negative caching) for every other
+name. Tests point `[dns]` at it, so the server's real resolver code asks a real DNS server."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class DnsServer:
 
     def __init__(self) -> None:
         self.records: dict[str, list[str]] = {}
+        # {("lists.example.org", "MX"): ["10 mx.lists.example.org."]}, in zone-file text.
+        self.typed: dict[tuple[str, str], list[str]] = {}
         self.queries: list[str] = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
@@ -51,16 +53,21 @@ class DnsServer:
         name = question.name.to_text().rstrip(".").lower()
         self.queries.append(name)
         texts = self.records.get(name)
-        if texts is None:
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        typed = self.typed.get((name, rdtype))
+        if texts is None and not any(n == name for n, _ in self.typed):
             response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(dns.rrset.from_text(
                 "example.", TTL, "IN", "SOA", "ns.example. admin.example. 1 3600 600 86400 60"))
-        elif question.rdtype == dns.rdatatype.TXT:
+        elif question.rdtype == dns.rdatatype.TXT and texts is not None:
             # Long records go as several strings of at most 255, as zone files hold them.
             quoted = [" ".join(f'"{t[i:i + 255]}"' for i in range(0, len(t), 255))
                       for t in texts]
             response.answer.append(dns.rrset.from_text_list(
                 question.name, TTL, dns.rdataclass.IN, dns.rdatatype.TXT, quoted))
+        elif typed:
+            response.answer.append(dns.rrset.from_text_list(
+                question.name, TTL, dns.rdataclass.IN, question.rdtype, typed))
         return response
 
     def txt(self, name: bytes, timeout: float = 5) -> bytes | None:

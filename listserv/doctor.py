@@ -1,0 +1,448 @@
+"""`listserv doctor LIST`: a deployment checked the way a postmaster would, from outside.
+
+Each check asks what a member's provider will ask (DNS over the configured resolver, the
+smarthost over SMTP, the web pages over HTTP) or builds what members will get (a test
+copy, through the same code as fan-out, never sent), and says what to change when the
+answer is wrong. Checks never raise: a DNS server that does not answer is itself a
+finding.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import enum
+import ipaddress
+import re
+import smtplib
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from email.utils import format_datetime
+from urllib.parse import urlsplit
+
+import dkim
+
+from listserv import compose, deliver, dmarc, parse, signing, store
+from listserv.address import ListAddresses, Purpose
+from listserv.config import Config, ConfigError
+from listserv.models import MailingList, MessageKind, MessageState, Verp, utcnow
+from listserv.resolver import LookupFailed, Resolver
+
+TIMEOUT = 5.0  # seconds for the smarthost and the web pages to answer
+SAMPLE_MEMBER = "member@example.com"  # whose copy is composed; no mail is sent
+
+
+class Status(enum.StrEnum):
+    OK = "ok"
+    WARN = "warn"  # works, but some mail may not arrive or some links not work
+    FAIL = "fail"  # mail will not arrive, or not be trusted
+    SKIP = "skip"  # does not apply to this setup
+
+
+@dataclass(frozen=True)
+class Result:
+    check: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the checks look at: the settings, the list, and the resolver the server uses."""
+
+    config: Config
+    mlist: MailingList
+    resolver: Resolver
+    secret: str  # signs the sample member's links, as in the copies members get
+
+    @property
+    def domain(self) -> str:
+        return self.mlist.domain
+
+    @property
+    def addresses(self) -> ListAddresses:
+        return ListAddresses(self.mlist.address)
+
+
+def _dns_failed(check: str, exc: LookupFailed, deployment: Deployment) -> Result:
+    dns = deployment.config.dns
+    server = f"{dns.nameserver}:{dns.port}" if dns.nameserver else "the system's resolver"
+    return Result(check, Status.FAIL, f"DNS did not answer ({exc}); asked {server}",
+                  "set [dns] nameserver (and port) to a resolver that answers")
+
+
+# --- MX ---------------------------------------------------------------------------------
+
+def _addresses(resolver: Resolver, host: str) -> list[str]:
+    return resolver.records(host, "A") + resolver.records(host, "AAAA")
+
+
+def check_mx(d: Deployment) -> Result:
+    """Where the members' replies and the bounces (LIST-bounces@domain) are delivered."""
+    name = "mx"
+    try:
+        records = d.resolver.records(d.domain, "MX")
+        if not records:
+            if _addresses(d.resolver, d.domain):
+                return Result(name, Status.WARN,
+                              f"no MX record for {d.domain}: mail goes to its A/AAAA "
+                              "record (RFC 5321 §5.1)",
+                              f"publish {d.domain}. IN MX 10 <the host that receives "
+                              "the list's mail>.")
+            return Result(name, Status.FAIL,
+                          f"no MX, A or AAAA record for {d.domain}: no mail to the list "
+                          "or its bounce address can be delivered",
+                          f"publish {d.domain}. IN MX 10 <the host that receives the "
+                          "list's mail>.")
+        hosts = sorted((int(pref), host.rstrip(".")) for pref, host in
+                       (r.split() for r in records))
+        if any(host == "" for _, host in hosts):
+            return Result(name, Status.FAIL,
+                          f"{d.domain} publishes a null MX (RFC 7505): it accepts no mail",
+                          f"replace it with {d.domain}. IN MX 10 <the host that receives "
+                          "the list's mail>.")
+        missing = [host for _, host in hosts if not _addresses(d.resolver, host)]
+    except LookupFailed as exc:
+        return _dns_failed(name, exc, d)
+    shown = ", ".join(f"{pref} {host}" for pref, host in hosts)
+    if missing:
+        return Result(name, Status.FAIL, f"MX {shown}; no A/AAAA record for "
+                      f"{', '.join(missing)}",
+                      f"publish an A (or AAAA) record for {', '.join(missing)}, or remove "
+                      "that MX record")
+    return Result(name, Status.OK, f"MX {shown}")
+
+
+# --- SPF --------------------------------------------------------------------------------
+
+_SPF_TERM = re.compile(
+    r"[+\-~?]?(all|include:\S+|exists:\S+|ptr(:\S+)?|ip4:\S+|ip6:\S+"
+    r"|(a|mx)(:[^/\s]+)?(/\d{1,2})?(//\d{1,3})?)"
+    r"|[A-Za-z][A-Za-z0-9_.-]*=\S*", re.IGNORECASE)  # a modifier: redirect=, exp=, ...
+
+
+def _spf_errors(terms: list[str]) -> list[str]:
+    bad = [t for t in terms if not _SPF_TERM.fullmatch(t)]
+    for term in terms:
+        kind, _, net = term.lstrip("+-~?").partition(":")
+        if kind.lower() in ("ip4", "ip6"):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                bad.append(term)
+    return bad
+
+
+def _smarthost_listed(terms: list[str], smarthost: str) -> str | None:
+    """The term that names the smarthost, when it is an address in an ip4:/ip6: range or
+    a host named in a:; None otherwise (include: and mx need more lookups than a guess
+    is worth, and the smarthost may not be the host that talks to the members' MX)."""
+    try:
+        address = ipaddress.ip_address(smarthost)
+    except ValueError:
+        address = None
+    for term in terms:
+        kind, _, value = term.lstrip("+-~?").partition(":")
+        kind = kind.lower()
+        if address is not None and kind in ("ip4", "ip6"):
+            network = ipaddress.ip_network(value, strict=False)
+            if address.version == network.version and address in network:
+                return term
+        if kind == "a" and value.partition("/")[0].lower() == smarthost.lower():
+            return term
+    return None
+
+
+def _spf_suggestion(d: Deployment) -> str:
+    host = d.config.delivery.smarthost_host
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    sender = "ip4:<the address this host sends from>" if loopback else f"a:{host}"
+    return f'publish {d.domain}. IN TXT "v=spf1 mx {sender} ~all"'
+
+
+def check_spf(d: Deployment) -> Result:
+    """The envelope sender is LIST-bounces@domain: SPF of that domain is what receivers
+    check, and with DMARC what aligns for copies From the list."""
+    name = "spf"
+    try:
+        records = [r.decode("ascii", "replace") for r in d.resolver.txt(d.domain)]
+    except LookupFailed as exc:
+        return _dns_failed(name, exc, d)
+    spf = [r for r in records if re.match(r"v=spf1(\s|$)", r, re.IGNORECASE)]
+    sender = d.addresses.at(Purpose.BOUNCES)
+    if not spf:
+        return Result(name, Status.FAIL, f"no SPF record on {d.domain} (the envelope sender "
+                      f"{sender})", _spf_suggestion(d))
+    if len(spf) > 1:
+        return Result(name, Status.FAIL, f"{len(spf)} SPF records on {d.domain}: receivers "
+                      "treat that as a permanent error (RFC 7208 §4.5)",
+                      "merge them into one TXT record")
+    terms = spf[0].split()[1:]
+    bad = _spf_errors(terms)
+    if bad:
+        return Result(name, Status.FAIL, f'"{spf[0]}" does not parse: {", ".join(bad)}',
+                      f"fix those terms in the TXT record of {d.domain}")
+    last = terms[-1].lower() if terms else ""
+    redirect = any(t.lower().startswith("redirect=") for t in terms)
+    smarthost = d.config.delivery.smarthost_host
+    listed = _smarthost_listed(terms, smarthost)
+    cover = (f"the smarthost {smarthost} is listed ({listed})" if listed else
+             "cannot verify which host sends: make sure the record lists the host that "
+             "hands the list's mail to the members' providers")
+    detail = f'"{spf[0]}"; {cover}'
+    if last in ("-all", "~all") or (redirect and not last.endswith("all")):
+        return Result(name, Status.OK, detail)
+    if last in ("+all", "all"):
+        return Result(name, Status.WARN, f"{detail}; +all lets any host send as {d.domain}",
+                      f"end the TXT record of {d.domain} with ~all (or -all)")
+    return Result(name, Status.WARN, f"{detail}; it does not end with ~all or -all, so "
+                  "unlisted hosts pass as neutral", f"end the TXT record of {d.domain} with "
+                  "~all (or -all)")
+
+
+# --- DKIM -------------------------------------------------------------------------------
+
+def _dkim_tags(record: bytes) -> dict[bytes, bytes]:
+    try:
+        return dict(dkim.util.parse_tag_value(re.sub(rb"\s+", b"", record)))
+    except dkim.util.InvalidTagValueList:
+        return {}
+
+
+def check_dkim(d: Deployment) -> Result:
+    """Copies are changed (subject tag, footer), so the author's signature breaks: the
+    list's own signature is what vouches for them."""
+    name = "dkim"
+    config = d.config.dkim
+    if not config.enabled:
+        return Result(name, Status.WARN, "[dkim] is not set: copies go out unsigned",
+                      f"run `listserv dkim keygen {d.domain}`, publish the record it prints "
+                      "and set [dkim] domain, selector and private_key_file")
+    try:
+        signer = signing.Signer.from_config(config)
+    except ConfigError as exc:
+        return Result(name, Status.FAIL, str(exc),
+                      "set [dkim] private_key_file to the key `listserv dkim keygen` wrote")
+    assert signer is not None
+    public = signer.key.public_key()
+    record_name = f"{config.selector}._domainkey.{config.domain}"
+    publish = f"publish {signing.dns_record(config.domain, config.selector, public)}"
+    try:
+        records = d.resolver.txt(record_name)
+    except LookupFailed as exc:
+        return _dns_failed(name, exc, d)
+    if not records:
+        return Result(name, Status.FAIL, f"no DKIM record at {record_name}", publish)
+    published = _dkim_tags(records[0]).get(b"p", b"").decode("ascii", "replace")
+    if published != signing.public_key_text(public):
+        why = "is revoked (empty p=)" if not published else "is not the one in"
+        return Result(name, Status.FAIL, f"the key at {record_name} {why} "
+                      f"[dkim] private_key_file {config.private_key_file}",
+                      f"{publish} (or set private_key_file to the key it was made from)")
+    return Result(name, Status.OK, f"{record_name} publishes the key of "
+                  f"{config.private_key_file}")
+
+
+# --- DMARC ------------------------------------------------------------------------------
+
+def check_dmarc(d: Deployment) -> Result:
+    """Copies From the list (DMARC mitigation) are judged by the list domain's policy."""
+    name = "dmarc"
+    try:
+        record = dmarc.lookup(d.domain, d.resolver)
+    except LookupFailed as exc:
+        return _dns_failed(name, exc, d)
+    org = dmarc.organizational_domain(d.domain)
+    if record is None:
+        return Result(name, Status.WARN, f"no DMARC record at _dmarc.{d.domain}"
+                      + (f" or _dmarc.{org}" if org != d.domain else ""),
+                      f'publish _dmarc.{d.domain}. IN TXT "v=DMARC1; p=none; '
+                      f'rua=mailto:postmaster@{org}"')
+    key = "sp" if record.inherited and "sp" in record.tags else "p"
+    value = record.tags.get(key, "").lower()
+    if value not in dmarc.POLICIES:
+        return Result(name, Status.FAIL, f"{record.name}: {key}={value or '(missing)'} is not "
+                      "none, quarantine or reject", f"set {key}= in the record at {record.name}")
+    detail = f"{record.name}: {key}={value}"
+    signer = d.config.dkim.domain if d.config.dkim.enabled else ""
+    if value in dmarc.STRICT and dmarc.organizational_domain(signer or ".") != org:
+        return Result(name, Status.WARN, f"{detail}, and no DKIM signature of {org} vouches "
+                      "for copies From the list (DMARC mitigation): only SPF can pass them",
+                      f"set [dkim] domain = \"{d.domain}\" (with `listserv dkim keygen "
+                      f"{d.domain}`)")
+    return Result(name, Status.OK, detail)
+
+
+# --- the smarthost ----------------------------------------------------------------------
+
+_FEATURES = ("pipelining", "size", "starttls", "8bitmime")
+
+
+def check_smarthost(d: Deployment) -> Result:
+    """Every copy goes out through it; a greeting and EHLO is what the server will see."""
+    name = "smarthost"
+    host, port = d.config.delivery.smarthost_host, d.config.delivery.smarthost_port
+    fix = (f"start the MTA on {host}:{port}, or set [delivery] smarthost_host and "
+           "smarthost_port to the relay that sends the list's mail")
+    try:
+        with smtplib.SMTP(host, port, local_hostname=d.domain, timeout=TIMEOUT) as client:
+            code, reply = client.ehlo()
+            if code != 250:
+                return Result(name, Status.FAIL, f"{host}:{port} refused EHLO: {code} "
+                              f"{reply.decode('utf-8', 'replace')}", fix)
+            features = [f"{k.upper()} {client.esmtp_features[k]}".strip()
+                        for k in _FEATURES if k in client.esmtp_features]
+    except (OSError, smtplib.SMTPException) as exc:
+        return Result(name, Status.FAIL, f"cannot talk SMTP to {host}:{port}: "
+                      f"{exc or type(exc).__name__}", fix)
+    return Result(name, Status.OK, f"{host}:{port} answers; EHLO offers "
+                  f"{', '.join(features) or 'none of ' + ', '.join(_FEATURES).upper()}")
+
+
+# --- the web ----------------------------------------------------------------------------
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def check_base_url(d: Deployment) -> Result:
+    """Every copy carries links under base_url: unsubscribe, archive, mute."""
+    name = "base_url"
+    url = d.config.web.base_url
+    parts = urlsplit(url)
+    problems = []
+    if _loopback(parts.hostname or ""):
+        problems.append("points at this machine: links in mail (unsubscribe, archive) "
+                        "do not work for members")
+    if parts.scheme != "https":
+        problems.append("is not https: one-click unsubscribe (RFC 8058) needs https")
+    if not problems:
+        return Result(name, Status.OK, url)
+    return Result(name, Status.WARN, f"[web] base_url {url} " + "; ".join(problems),
+                  f"set [web] base_url to the https address members reach the web pages "
+                  f"at (e.g. https://{d.domain}), behind a proxy that forwards to "
+                  f"{d.config.web.host}:{d.config.web.port}")
+
+
+def check_web(d: Deployment) -> Result:
+    """The links in the copies lead there."""
+    name = "web"
+    url = d.config.web.base_url.rstrip("/") + "/"
+    fix = (f"start `listserv serve`, or make {url} reach it (a proxy to "
+           f"{d.config.web.host}:{d.config.web.port})")
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        return Result(name, Status.FAIL, f"GET {url}: {getattr(exc, 'reason', exc)}", fix)
+    if status >= 500:
+        return Result(name, Status.FAIL, f"GET {url}: HTTP {status}", fix)
+    return Result(name, Status.OK, f"GET {url}: HTTP {status}")
+
+
+# --- a test copy ------------------------------------------------------------------------
+
+def sample_copy(d: Deployment) -> bytes:
+    """The copy SAMPLE_MEMBER would get of a post by the list's owner address, composed
+    and signed by the code fan-out and delivery use, and never sent."""
+    addresses = d.addresses
+    raw = (f"From: listserv doctor <{addresses.at(Purpose.OWNER)}>\r\n"
+           f"To: {addresses.posting}\r\nSubject: listserv doctor test copy\r\n"
+           f"Message-ID: <doctor-{uuid.uuid4().hex}@{d.domain}>\r\n"
+           f"Date: {format_datetime(utcnow())}\r\n\r\nA test copy; never sent.\r\n").encode()
+    parsed = parse.parse(raw)
+    message = store.new_message(d.mlist, raw, parsed, kind=MessageKind.POST,
+                                state=MessageState.ACCEPTED)
+    copy = store.list_copy(d.mlist, message, parsed, d.config.web.base_url, config=d.config)
+    verp = addresses if d.mlist.verp is Verp.ON else None
+    personal = deliver.Personal(copy, d.secret, d.mlist.id, None, verp,
+                                signing.Signer.from_config(d.config.dkim))
+    return personal.copy_for(SAMPLE_MEMBER)
+
+
+def _header_problems(d: Deployment, headers: email.message.Message) -> list[str]:
+    addresses = d.addresses
+    base = d.config.web.base_url.rstrip("/") + "/"
+    archive = compose.archive_url(d.config.web.base_url, addresses)
+    unsubscribe = headers.get("List-Unsubscribe", "")
+    expected = {
+        "List-Id": lambda v: f"<{addresses.list_id}>" in v,
+        "List-Post": lambda v: v == f"<mailto:{addresses.posting}>",
+        "List-Unsubscribe": lambda v: f"<{base}unsubscribe/" in v and "<mailto:" in v,
+        "List-Archive": lambda v: v == f"<{archive}>",
+        "Archived-At": lambda v: v.startswith(f"<{archive}"),
+        "Precedence": lambda v: v.lower() in ("list", "bulk"),
+    }
+    problems = [f"{field}: {headers[field]!r}" if field in headers else f"no {field}"
+                for field, good in expected.items()
+                if not good(" ".join(str(headers.get(field, "")).split()))]
+    one_click = headers.get("List-Unsubscribe-Post", "")
+    if unsubscribe.startswith("<https:") and one_click != "List-Unsubscribe=One-Click":
+        problems.append("no List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    return problems
+
+
+def check_copy_headers(d: Deployment) -> Result:
+    """What members' clients and providers read: the list fields (RFC 2369, 2919, 5064,
+    8058), their links under base_url."""
+    name = "copy headers"
+    try:
+        data = sample_copy(d)
+    except ConfigError as exc:
+        return Result(name, Status.FAIL, f"cannot compose a copy: {exc}", "see the dkim check")
+    headers = email.message_from_bytes(data, policy=email.policy.compat32)
+    problems = _header_problems(d, headers)
+    if problems:
+        return Result(name, Status.FAIL, "; ".join(problems),
+                      "this is a bug in listserv's list copy (or its footer template); "
+                      "report it with `listserv doctor --json`")
+    return Result(name, Status.OK, "List-Id, List-Post, List-Unsubscribe, List-Archive, "
+                  f"Archived-At under {d.config.web.base_url}, Precedence: "
+                  f"{headers['Precedence']}")
+
+
+def check_copy_signature(d: Deployment) -> Result:
+    """The signature checked as a member's provider checks it: dkimpy, the key from DNS."""
+    name = "copy signature"
+    if not d.config.dkim.enabled:
+        return Result(name, Status.SKIP, "copies are not signed ([dkim] is not set)")
+    try:
+        data = sample_copy(d)
+    except ConfigError as exc:
+        return Result(name, Status.FAIL, str(exc), "see the dkim check")
+    try:
+        verified = dkim.verify(data, dnsfunc=signing.dnsfunc(d.resolver))
+    except dkim.DnsTimeoutError as exc:
+        return Result(name, Status.FAIL, f"DNS did not answer: {exc}",
+                      "set [dns] nameserver (and port) to a resolver that answers")
+    if not verified:
+        return Result(name, Status.FAIL, "the test copy's DKIM signature does not verify "
+                      "against the published key", "publish the record the dkim check shows")
+    return Result(name, Status.OK, f"the test copy's signature (d={d.config.dkim.domain}, "
+                  f"s={d.config.dkim.selector}) verifies against the published key")
+
+
+CHECKS: tuple[Callable[[Deployment], Result], ...] = (
+    check_mx, check_spf, check_dkim, check_dmarc, check_smarthost, check_base_url,
+    check_web, check_copy_headers, check_copy_signature)
+
+
+def run(deployment: Deployment) -> list[Result]:
+    """Every check, in order; each one stands alone, so one failing says nothing of
+    the next."""
+    return [check(deployment) for check in CHECKS]
