@@ -100,10 +100,11 @@ def reply_mailto(list_address: str, message_id: str, subject: str) -> str:
 
 
 def list_headers(addresses: ListAddresses, name: str, base_url: str,
-                 message_id: str) -> list[tuple[str, str]]:
+                 message_id: str, *, archived: bool = True) -> list[tuple[str, str]]:
     """The list headers every copy carries (RFC 2369, RFC 2919, RFC 5064); the member's
-    own List-Unsubscribe is a slot (see `unsubscribe_header`)."""
-    return [
+    own List-Unsubscribe is a slot (see `unsubscribe_header`). A list with no web
+    archive points at none (the links would be 404)."""
+    fields = [
         ("List-Id", f"{_encode_phrase(name)} <{addresses.list_id}>"),
         ("List-Post", f"<mailto:{addresses.posting}>"),
         ("List-Help", f"<mailto:{addresses.at(Purpose.REQUEST)}?subject=help>"),
@@ -115,6 +116,9 @@ def list_headers(addresses: ListAddresses, name: str, base_url: str,
         ("Precedence", "list"),
         ("X-BeenThere", addresses.posting),
     ]
+    if archived:
+        return fields
+    return [(k, v) for k, v in fields if k not in ("List-Archive", "Archived-At")]
 
 
 def render_fields(fields: list[tuple[str, str]]) -> bytes:
@@ -572,7 +576,7 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               message_id: str, subject: str, add_message_id: bool,
               subject_prefix: str | None = None, reply_to: str | None = None,
               footer: Footer | None = None, via: str | None = None,
-              authentication: str | None = None) -> Copy:
+              authentication: str | None = None, archived: bool = True) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
     their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
@@ -590,7 +594,8 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
         fields, edits = _with_footer(data, fields, body_at, footer)
     if add_message_id:
         fields.append(f"Message-ID: <{message_id}>\r\n".encode())
-    headers = render_fields(list_headers(addresses, name, base_url, message_id))
+    headers = render_fields(list_headers(addresses, name, base_url, message_id,
+                                         archived=archived))
     added = _split_head(headers + b"List-Unsubscribe: <one per member>\r\n")[0]
     broken = _broken_signatures(original, fields + added, bool(edits))
     fields = [f for f in fields if f not in broken]

@@ -310,8 +310,9 @@ def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: st
               ("To", addresses.posting), ("Reply-To", addresses.posting),
               ("Subject", compose.unstructured(context["subject"])),
               ("Date", format_datetime(date)), ("Message-ID", f"<{message_id}>")]
-    fields += [(k, v) for k, v in compose.list_headers(addresses, mlist.name, base_url,
-                                                       message_id) if k != "Archived-At"]
+    fields += [(k, v) for k, v in compose.list_headers(
+        addresses, mlist.name, base_url, message_id,
+        archived=mlist.archive is not ArchivePolicy.OFF) if k != "Archived-At"]
     if context["issue_url"]:
         fields.append(("Archived-At", f"<{context['issue_url']}>"))
     head = compose.render_fields(fields)

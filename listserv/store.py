@@ -361,7 +361,8 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
         message_id=message.message_id, subject=message.subject,
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
-        footer=footer(mlist, base_url), via=via, authentication=results)
+        footer=footer(mlist, base_url), via=via, authentication=results,
+        archived=mlist.archive is not ArchivePolicy.OFF)
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,

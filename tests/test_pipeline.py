@@ -44,6 +44,29 @@ def test_member_post_reaches_every_member_once_with_list_headers(running, make_l
     assert copy.get_payload().startswith("Hi all.\r\n_____")  # then the list footer
 
 
+@pytest.mark.parametrize("policy", ["public", "private", "off"])
+def test_copies_point_at_the_archive_page_of_the_list_and_of_the_post(
+        running, make_list, sink, engine, policy):
+    """RFC 2369 List-Archive and RFC 5064 Archived-At name the pages a reader opens;
+    a list that keeps no web archive names none (the links would be 404)."""
+    mlist = make_list(members=["bob@example.com"], owner=None)
+    with db.session(engine) as s:
+        s.execute(text("UPDATE mailing_list SET archive = :a WHERE id = :id"),
+                  {"a": policy, "id": mlist.id})
+        s.commit()
+    post = message("Archived?")
+    running.send("bob@example.com", ["dev@lists.example.org"], post)
+    sink.wait_for(1)
+    copy = parsed(sink.received[0].data)
+    msgid = parsed(post.encode())["Message-ID"].strip("<>")
+    base = running.config.web.base_url
+    if policy == "off":
+        assert copy["List-Archive"] is None and copy["Archived-At"] is None
+    else:
+        assert copy["List-Archive"] == f"<{base}/dev@lists.example.org/>"
+        assert copy["Archived-At"] == f"<{base}/dev@lists.example.org/message/{msgid}/>"
+
+
 def test_jobs_respect_max_recipients_per_transaction(running, make_list, sink, engine):
     make_list(members=MEMBERS)  # 4 recipients with the owner, batches of 2
     running.send("bob@example.com", ["dev@lists.example.org"], message())
