@@ -1,0 +1,206 @@
+"""What SECURITY.md promises, each over the real interface an attacker has: SMTP on
+loopback for relaying and mail-borne header injection, the console script for the
+values an owner types, HTTP for the archive."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import smtplib
+
+import pytest
+from sqlalchemy import update
+
+from listserv import db
+from listserv.models import MailingList
+from tests.conftest import mails_to, message
+from tests.test_cli import assert_one_line_error, run_listserv, write_config
+
+LIST = "dev@lists.example.org"
+READER = "reader@example.net"
+
+
+def rcpt(running, address: str) -> tuple[int, bytes]:
+    """The server's answer to one RCPT TO, the argument sent exactly as given."""
+    with running.smtp() as client:
+        client.ehlo("client.example")
+        client.mail("bob@example.com")
+        arg = address if address.startswith("<") else f"<{address}>"
+        return client.docmd(f"RCPT TO:{arg}")
+
+
+# --- not an open relay --------------------------------------------------------------------
+
+@pytest.mark.parametrize("address, code, status", [
+    ("user@foreign.example", 550, b"5.7.1"),
+    ("dev@other.example", 550, b"5.7.1"),  # our list's name, someone else's domain
+    ("dev@lists.example.org.evil.example", 550, b"5.7.1"),
+    ("dev@sub.lists.example.org", 550, b"5.7.1"),
+    ("dev@[127.0.0.1]", 550, b"5.7.1"),  # an address literal is no list domain
+    # The %-hack and bang paths: relays of old read these as "forward to"; to us they
+    # are local parts of no list.
+    ("user%foreign.example@lists.example.org", 550, b"5.1.1"),
+    ("dev%foreign.example@lists.example.org", 550, b"5.1.1"),
+    ("foreign.example!user@lists.example.org", 550, b"5.1.1"),
+    # Source routes (RFC 5321 C): the route is ignored, the mailbox at its end decides.
+    ("<@lists.example.org:user@foreign.example>", 550, b"5.7.1"),
+    ("<@a.example:user@b.example>", 550, b"5.7.1"),
+    # A quoted local part is its content; content with an "@" is no list's name.
+    ('"dev@foreign.example"@lists.example.org', 550, b"5.1.1"),
+    ('"user@foreign.example"@lists.example.org', 550, b"5.1.1"),
+    # RFC 5321's Domain has no trailing dot and an address has one "@": malformed.
+    ("dev@lists.example.org.", 553, b"5.1.3"),
+    ("user@foreign.example@lists.example.org", 553, b"5.1.3"),
+    ("dev@lists.example.org@foreign.example", 553, b"5.1.3"),
+])
+def test_only_our_lists_are_taken_at_rcpt(running, make_list, address, code, status):
+    make_list(LIST, members=["bob@example.com"])
+    got, reply = rcpt(running, address)
+    assert (got, reply[:5]) == (code, status), reply
+
+
+@pytest.mark.parametrize("address", [
+    "Dev@Lists.Example.ORG",  # domains are case-insensitive; list names are made so
+    '"dev"@lists.example.org',  # a quoted string is the same local part (RFC 5322 3.2.4)
+    "<@relay.example:dev@lists.example.org>",  # a source route to us is ignored
+])
+def test_forms_that_mean_our_list_reach_it(running, make_list, sink, address):
+    make_list(LIST, members=["bob@example.com", READER])
+    assert rcpt(running, address)[0] == 250
+    with running.smtp() as client:
+        client.ehlo("client.example")
+        client.mail("bob@example.com")
+        client.docmd(f"RCPT TO:{address if address.startswith('<') else f'<{address}>'}")
+        client.data(message().encode())
+    assert mails_to(sink, READER)
+
+
+def test_a_refused_recipient_gets_no_data_through(running, make_list, sink):
+    make_list(LIST, members=["bob@example.com"])
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        running.send("bob@example.com", ["user%foreign.example@lists.example.org"],
+                     message(to="user@foreign.example"))
+    assert sink.received == []
+
+
+# --- no header injection: what an owner types -----------------------------------------
+
+INJECTED = "Dev\r\nBcc: victim@evil.example"
+
+
+@pytest.fixture
+def config_file(tmp_path, db_url):
+    return write_config(tmp_path / "listserv.toml", db_url)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["list", "create", "new@lists.example.org", "--name", INJECTED], "name"),
+    (["list", "create", "new@lists.example.org", "--name", "Dev\x07"], "name"),
+    (["list", "create", "new@lists.example.org", "--description", "one\ntwo"],
+     "description"),
+    (["list", "create", "new@lists.example.org\r\nBcc: victim@evil.example"], "address"),
+    (["list", "create", "new@lists.example.org", "--owner",
+      "o@example.org\r\nBcc: victim@evil.example"], "owner"),
+    (["list", "set", LIST, "name", INJECTED], "name"),
+    (["list", "set", LIST, "description", "x\ny"], "description"),
+    (["list", "set", LIST, "subject_prefix", "[Dev]\nBcc: victim@evil.example"],
+     "subject_prefix"),
+    (["list", "set", LIST, "subject_prefix", "[Dev]\x1b[31m"], "subject_prefix"),
+    (["list", "set", LIST, "reply_to", "list\r\nBcc: victim@evil.example"], "reply_to"),
+    (["list", "set", LIST, "footer", "ok\rBcc: victim@evil.example"], "footer"),
+    (["list", "set", LIST, "footer", "ok\x07"], "footer"),
+    (["member", "add", LIST, "Bob\r\nBcc: victim@evil.example <bob@example.com>"],
+     "not a valid address"),
+    (["member", "add", LIST, "bob@example.com\nvictim@evil.example"], "not a valid address"),
+    # The same CR LF hidden in an encoded-word of the display name.
+    (["member", "add", LIST, "=?utf-8?q?Bob=0D=0ABcc=3A_victim=40evil=2Eexample?= "
+      "<bob@example.com>"], "not a valid address"),
+])
+def test_control_characters_in_values_that_reach_headers_are_refused(
+        make_list, config_file, args, named):
+    make_list(LIST)
+    assert_one_line_error(run_listserv("--config", config_file, *args), named)
+
+
+def test_a_footer_may_have_lines(make_list, config_file):
+    make_list(LIST)
+    proc = run_listserv("--config", config_file, "list", "set", LIST, "footer",
+                        "Line one\r\nLine two\n\tindented")
+    assert proc.returncode == 0, proc.stderr
+
+
+# --- no header injection: what arrives by mail ----------------------------------------
+
+# "Alice<CR><LF>Bcc: victim@evil.example" as an RFC 2047 encoded-word: legal in a From
+# field, and decoded it would start a header of the sender's choosing.
+EVIL_NAME = "=?utf-8?q?Alice=0D=0ABcc=3A_victim=40evil=2Eexample?="
+EVIL_SUBJECT = "=?utf-8?q?Hello=0D=0ABcc=3A_victim=40evil=2Eexample?="
+
+
+def header_lines(data: bytes) -> list[bytes]:
+    return data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+
+
+def assert_no_injected_field(data: bytes) -> None:
+    """No header line of ours starts a field named by the attacker."""
+    fields = [line for line in header_lines(data) if re.match(rb"(?i)bcc\s*:", line)]
+    assert fields == [], fields
+
+
+def raw_to(sink, address: str) -> list[bytes]:
+    mails_to(sink, address)
+    with sink.lock:
+        return [m.data for m in sink.received if address in m.rcpt_tos]
+
+
+def test_an_authors_name_does_not_split_the_dmarc_from(running, make_list, sink, dns_server):
+    dns_server.records["_dmarc.strict.example"] = ["v=DMARC1; p=reject"]
+    make_list(LIST, members=["alice@strict.example", READER], owner=None)
+    running.send("alice@strict.example", [LIST],
+                 message(sender=f"{EVIL_NAME} <alice@strict.example>"))
+    data = raw_to(sink, READER)[0]
+    assert_no_injected_field(data)
+    copy = email.message_from_bytes(data, policy=email.policy.compat32)
+    assert copy["From"] == '"Alice Bcc: victim@evil.example via Dev" <dev@lists.example.org>'
+
+
+def test_a_subject_does_not_split_the_held_notice(running, make_list, sink, engine):
+    make_list(LIST, members=["alice@example.com", READER])
+    with db.session(engine) as s:
+        s.execute(update(MailingList).values(emergency=True))  # hold every post
+        s.commit()
+    running.send("alice@example.com", [LIST],
+                 message(sender=f"{EVIL_NAME} <alice@example.com>", subject=EVIL_SUBJECT))
+    for data in raw_to(sink, "alice@example.com") + raw_to(sink, "owner@example.org"):
+        assert_no_injected_field(data)
+    notice = mails_to(sink, "alice@example.com")[0]
+    assert notice["Subject"].endswith("awaits a moderator: Hello Bcc: victim@evil.example")
+
+
+def test_a_subscribers_name_does_not_reach_the_confirmation(running, make_list, sink):
+    make_list(LIST)
+    running.send("eve@example.com", ["dev-join@lists.example.org"],
+                 message(sender=f"{EVIL_NAME} <eve@example.com>", to="dev-join@lists.example.org"))
+    data = raw_to(sink, "eve@example.com")[0]
+    assert_no_injected_field(data)
+    assert email.message_from_bytes(data, policy=email.policy.default)["To"] == "eve@example.com"
+
+
+def test_a_list_name_stored_before_the_checks_cannot_split_a_copy(running, make_list, sink,
+                                                                   engine):
+    """Names are refused at the CLI now, but older databases may hold one: every header
+    the server writes from the name is one line all the same."""
+    make_list(LIST, members=["bob@example.com", READER])
+    with db.session(engine) as s:
+        s.execute(update(MailingList).values(name=INJECTED))
+        s.commit()
+    running.send("bob@example.com", [LIST], message())
+    copy = raw_to(sink, READER)[0]
+    assert_no_injected_field(copy)
+    parsed = email.message_from_bytes(copy, policy=email.policy.default)
+    assert parsed["List-Id"] == '"Dev Bcc: victim@evil.example" <dev.lists.example.org>'
+    assert parsed["Subject"] == "[Dev Bcc: victim@evil.example] Hello"
+    running.send("eve@example.com", ["dev-join@lists.example.org"],
+                 message(sender="eve@example.com", to="dev-join@lists.example.org"))
+    assert_no_injected_field(raw_to(sink, "eve@example.com")[0])
