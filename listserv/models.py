@@ -199,7 +199,9 @@ class Message(SQLModel, table=True):
     """Every message the receiver answered 250 for, with its bytes as received."""
 
     __tablename__ = "message"
-    __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),)
+    __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),
+                      # the sender's messages of the last hour (limits.sender_refusal)
+                      Index("ix_message_sender_received", "mail_from", "received_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")

@@ -8,12 +8,14 @@ import email
 import email.policy
 import re
 import smtplib
+import time
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from listserv import db
-from listserv.models import MailingList
+from listserv.models import MailingList, Message, utcnow
 from tests.conftest import mails_to, message
 from tests.test_cli import assert_one_line_error, run_listserv, write_config
 
@@ -204,3 +206,59 @@ def test_a_list_name_stored_before_the_checks_cannot_split_a_copy(running, make_
     running.send("eve@example.com", ["dev-join@lists.example.org"],
                  message(sender="eve@example.com", to="dev-join@lists.example.org"))
     assert_no_injected_field(raw_to(sink, "eve@example.com")[0])
+
+
+# --- rate limits ----------------------------------------------------------------------
+
+def test_a_sender_over_the_hourly_limit_is_put_off_with_451(make_server, make_list, engine):
+    make_list(LIST, members=["bob@example.com", "carol@example.com"])
+    srv = make_server(smtp={"max_messages_per_sender_per_hour": 2})
+    for _ in range(2):
+        srv.send("bob@example.com", [LIST], message())
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        srv.send("bob@example.com", [LIST], message(subject="one too many"))
+    assert refused.value.smtp_code == 451 and b"4.7.1" in refused.value.smtp_error
+    assert b"rate limit" in refused.value.smtp_error
+    assert stored_subjects(engine) == ["Hello", "Hello"]  # a 4xx: the sender's MTA keeps it
+    # Other senders, and bounces (the null sender), are not held up by bob.
+    srv.send("carol@example.com", [LIST], message(sender="carol@example.com"))
+    srv.send("", ["dev-bounces@lists.example.org"], message(to="dev-bounces@lists.example.org"))
+    # An hour later the sender's MTA tries again, and the message goes in.
+    with db.session(engine) as s:
+        s.execute(update(Message).values(received_at=utcnow() - timedelta(hours=1, minutes=1)))
+        s.commit()
+    srv.send("bob@example.com", [LIST], message(subject="one too many"))
+    assert "one too many" in stored_subjects(engine)
+
+
+def stored_subjects(engine) -> list[str]:
+    with db.session(engine) as s:
+        return list(s.scalars(select(Message.subject).where(
+            Message.mail_from == "bob@example.com").order_by(Message.id)))
+
+
+def connect(srv) -> smtplib.SMTP:
+    return smtplib.SMTP(srv.config.smtp.host, srv.config.smtp.port, timeout=10)
+
+
+def test_one_connection_too_many_from_an_address_gets_421(make_server, make_list):
+    make_list(LIST)
+    srv = make_server(smtp={"max_connections_per_ip": 2})
+    first, second = connect(srv), connect(srv)
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        connect(srv)
+    assert refused.value.smtp_code == 421 and b"4.7.0" in refused.value.smtp_error
+    assert second.noop()[0] == 250  # the open ones carry on
+    first.quit()
+    # The server counts the closed connection out as soon as it sees it go.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            third = connect(srv)
+            break
+        except smtplib.SMTPConnectError:
+            assert time.monotonic() < deadline, "a closed connection was never counted out"
+            time.sleep(0.05)
+    assert third.noop()[0] == 250
+    third.quit()
+    second.quit()
