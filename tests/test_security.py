@@ -10,13 +10,17 @@ import re
 import smtplib
 import time
 from datetime import timedelta
+from email.message import EmailMessage
 
+import httpx
 import pytest
 from sqlalchemy import select, update
 
-from listserv import db
-from listserv.models import MailingList, Message, utcnow
+from listserv import db, digest, tokens
+from listserv import web as web_mod
+from listserv.models import ArchivePolicy, MailingList, Message, utcnow
 from tests.conftest import mails_to, message
+from tests.test_archive_web import CSP, Elements, no_mail_markup
 from tests.test_cli import assert_one_line_error, run_listserv, write_config
 
 LIST = "dev@lists.example.org"
@@ -262,3 +266,93 @@ def test_one_connection_too_many_from_an_address_gets_421(make_server, make_list
     assert third.noop()[0] == 250
     third.quit()
     second.quit()
+
+
+# --- the archive: XSS and members-only -------------------------------------------------
+
+HOSTILE_NAME = "<img src=x onerror=alert(1)>"
+SECRET_LIST = "secret@lists.example.org"
+
+
+def web(running) -> httpx.Client:
+    return httpx.Client(base_url=running.config.web.base_url, timeout=20)
+
+
+def post_with_attachment(running, to: str, message_id: str) -> None:
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "bob@example.com", to, "Secret plans"
+    mail["Message-ID"] = f"<{message_id}>"
+    mail["Date"] = "Thu, 26 Nov 2026 10:00:00 +0000"
+    mail.set_content("The plans are secret.\n")
+    mail.add_attachment(b"secret bytes", maintype="application", subtype="octet-stream",
+                        filename="plans.bin")
+    running.send("bob@example.com", [to], mail.as_bytes())
+
+
+def send_digest(engine, config, address: str) -> None:
+    with db.session(engine) as s:
+        mlist = s.scalars(select(MailingList).where(MailingList.address == address)).one()
+        assert digest.build(s, config, mlist.id, utcnow(), force=True) is not None
+        s.commit()
+
+
+def test_list_names_urls_and_error_pages_are_inert(running, make_list, engine, config):
+    """What an owner names a list, and what a visitor puts in a URL, is text on every
+    page: the digest pages, the feed, and the 400, 403 and 404 pages too."""
+    make_list(LIST, name=HOSTILE_NAME, members=["bob@example.com"])
+    make_list(SECRET_LIST, name=HOSTILE_NAME, members=["bob@example.com"])
+    with db.session(engine) as s:
+        s.execute(update(MailingList).values(description="<script>alert(2)</script>"))
+        s.execute(update(MailingList).where(MailingList.address == SECRET_LIST)
+                  .values(archive=ArchivePolicy.PRIVATE))
+        s.commit()
+    running.send("bob@example.com", [LIST], message("<script>alert(3)</script>"))
+    send_digest(engine, config, LIST)
+    with web(running) as client:
+        pages = {path: client.get(path) for path in (
+            "/", f"/{LIST}/", f"/{LIST}/digest/", f"/{LIST}/digest/1/1/",
+            f"/{LIST}/digest/9/9/", f"/{SECRET_LIST}/", f"/{SECRET_LIST}/digest/",
+            "/<script>alert(4)</script>@lists.example.org/",
+            f"/{LIST}/thread/<script>alert(5)</script>/",
+            f"/{LIST}/search?q=<script>alert(6)</script>&page=<script>alert(7)</script>",
+            f"/{LIST}/export.mbox?month=<script>alert(8)</script>")}
+        feed = client.get(f"/{LIST}/feed.atom")
+    statuses = {path: page.status_code for path, page in pages.items()}
+    assert sorted(set(statuses.values())) == [200, 400, 403, 404], statuses
+    for path, page in pages.items():
+        assert page.headers["content-security-policy"] == CSP, path
+        no_mail_markup(page.text)
+        assert "<script>" not in page.text and "<img src=x" not in page.text, path
+    assert HOSTILE_NAME in Elements(pages["/"].text).text  # shown, as text
+    assert "<script>alert(3)</script>" in Elements(pages[f"/{LIST}/digest/1/1/"].text).text
+    assert feed.status_code == 200
+    assert b"<script>" not in feed.content and b"<img" not in feed.content
+
+
+def test_nothing_of_a_private_archive_is_readable_without_the_member_pass(
+        running, make_list, engine, config):
+    mlist = make_list(SECRET_LIST, members=["bob@example.com"])
+    with db.session(engine) as s:
+        s.execute(update(MailingList).values(archive=ArchivePolicy.PRIVATE))
+        s.commit()
+    post_with_attachment(running, SECRET_LIST, "plans@example.com")
+    send_digest(engine, config, SECRET_LIST)
+    base = f"/{SECRET_LIST}/"
+    existing = ["", "2026/11/", "thread/plans@example.com/", "message/plans@example.com/",
+                "message/plans@example.com/raw", "message/plans@example.com/attachment/1/x",
+                "search?q=plans", "feed.atom", "export.mbox",
+                "export.mbox?thread=plans@example.com", "export.mbox?month=2026-11",
+                "digest/", "digest/1/1/"]
+    # What does not exist is refused the same way: a 404 would tell what does.
+    missing = ["2001/01/", "thread/none@example.com/", "message/none@example.com/",
+               "message/none@example.com/raw", "digest/9/9/", "export.mbox?thread=none"]
+    with web(running) as client:
+        refused = {path: client.get(base + path) for path in existing + missing}
+    for path, page in refused.items():
+        assert page.status_code == 403, path
+        assert b"plans" not in page.content.lower() and b"secret bytes" not in page.content
+    member_pass = {web_mod.archive_cookie(mlist):
+                   tokens.archive_pass(config.web.secret, mlist.id, "bob@example.com", 30)}
+    with httpx.Client(base_url=config.web.base_url, cookies=member_pass, timeout=20) as client:
+        opened = {path: client.get(base + path).status_code for path in existing}
+    assert opened == dict.fromkeys(existing, 200)
