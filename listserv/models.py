@@ -305,7 +305,8 @@ class Token(SQLModel, table=True):
     __tablename__ = "token"
 
     id: int | None = Field(default=None, primary_key=True)
-    token: str = Field(unique=True, index=True)
+    token: str = Field(unique=True, index=True)  # the lookup part (tokens.LOOKUP_CHARS)
+    secret_hash: str = ""  # SHA-256 (hex) of the rest; only the mail sent holds that
     kind: TokenKind = Field(sa_type=_enum(TokenKind))
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     address: str = Field(index=True)  # whom it acts for (the subscriber, or the author)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import hashlib
 import re
 import smtplib
 import time
@@ -14,11 +15,11 @@ from email.message import EmailMessage
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from listserv import db, digest, tokens
 from listserv import web as web_mod
-from listserv.models import ArchivePolicy, MailingList, Message, utcnow
+from listserv.models import ArchivePolicy, MailingList, Message, Token, utcnow
 from tests.conftest import mails_to, message
 from tests.test_archive_web import CSP, Elements, no_mail_markup
 from tests.test_cli import assert_one_line_error, run_listserv, write_config
@@ -356,3 +357,55 @@ def test_nothing_of_a_private_archive_is_readable_without_the_member_pass(
     with httpx.Client(base_url=config.web.base_url, cookies=member_pass, timeout=20) as client:
         opened = {path: client.get(base + path).status_code for path in existing}
     assert opened == dict.fromkeys(existing, 200)
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+CONFIRM = re.compile(r"dev-confirm\+([0-9a-f]{32})@lists\.example\.org")
+
+
+def test_a_confirmation_token_needs_its_secret_half(running, make_list, sink, engine):
+    """The first half of a token finds its row; the second must match a hash the row
+    keeps, compared in constant time. The database holds no usable token."""
+    make_list(LIST)
+    running.send("alice@example.com", ["dev-join@lists.example.org"],
+                 message(sender="alice@example.com", to="dev-join@lists.example.org"))
+    [confirmation] = mails_to(sink, "alice@example.com")
+    token = CONFIRM.search(str(confirmation["Reply-To"])).group(1)
+    lookup, secret = token[:16], token[16:]
+    with db.session(engine) as s:
+        [row] = s.scalars(select(Token)).all()
+        assert (row.token, row.secret_hash) == (lookup, hashlib.sha256(secret.encode())
+                                                .hexdigest())
+    wrong = f"{int(secret, 16) ^ 1:016x}"
+    with web(running) as client:
+        for guess in (lookup, lookup + wrong, lookup + secret[:-1], wrong + secret):
+            assert client.get(f"/confirm/{guess}").status_code == 404, guess
+        assert client.get(f"/confirm/{token.upper()}").status_code == 200
+
+
+def test_tokens_in_flight_survive_the_upgrade_that_splits_them(db_url):
+    """Migration 0005 splits the tokens stored whole before it: the confirmation mails
+    already sent keep working."""
+    from alembic import command
+
+    engine = db.make_engine(db_url)
+    command.upgrade(db._alembic_config(engine), "0004")
+    value = "0123456789abcdef" + "fedcba9876543210"
+    with engine.begin() as c:
+        c.execute(text(
+            "INSERT INTO mailing_list (address, domain, name, description, created_at, "
+            "subscription, nonmember_action, emergency, reply_to, max_message_bytes, "
+            "archive) VALUES ('dev@lists.example.org', 'lists.example.org', 'Dev', '', "
+            "'2026-01-01 00:00:00', 'open', 'hold', false, 'poster', 0, 'public')"))
+        c.execute(text(
+            "INSERT INTO token (token, kind, list_id, address, data, created_at, expires_at) "
+            "SELECT :value, 'subscribe', id, 'alice@example.com', '', '2026-01-01 00:00:00', "
+            "'2999-01-01 00:00:00' FROM mailing_list"), {"value": value})
+    db.upgrade(engine)
+    with db.session(engine) as s:
+        found = tokens.find(s, value)
+        assert found is not None and found.address == "alice@example.com"
+        assert tokens.find(s, value[:16] + "0" * 16) is None
+        assert value[16:] not in found.token + found.secret_hash
+    engine.dispose()
