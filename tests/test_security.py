@@ -385,12 +385,12 @@ def test_a_confirmation_token_needs_its_secret_half(running, make_list, sink, en
 
 
 def test_tokens_in_flight_survive_the_upgrade_that_splits_them(db_url):
-    """Migration 0005 splits the tokens stored whole before it: the confirmation mails
+    """Migration 0006 splits the tokens stored whole before it: the confirmation mails
     already sent keep working."""
     from alembic import command
 
     engine = db.make_engine(db_url)
-    command.upgrade(db._alembic_config(engine), "0004")
+    command.upgrade(db._alembic_config(engine), "0005")
     value = "0123456789abcdef" + "fedcba9876543210"
     with engine.begin() as c:
         c.execute(text(

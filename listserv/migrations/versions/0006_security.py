@@ -4,8 +4,8 @@ split into a lookup part and a hashed secret
 Tokens in flight keep working: the 32 characters a member holds are the same, only
 the row now keeps the first 16 as they are and a SHA-256 of the last 16.
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05 09:00:00.000000
 """
 
@@ -14,8 +14,8 @@ import hashlib
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
