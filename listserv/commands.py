@@ -154,10 +154,11 @@ def _ask(session: Session, config: Config, mlist: MailingList, address: str, kin
          template: str, data: str = "") -> None:
     """Send a confirmation that a reply, a `confirm` line or a web click answers."""
     hours = config.lists.confirm_expiry_hours
-    token = tokens.new(session, kind, mlist.id, address, timedelta(hours=hours), data=data)
-    confirm_address = store.addresses_of(mlist).at(Purpose.CONFIRM, token.token)
+    token, value = tokens.new(session, kind, mlist.id, address, timedelta(hours=hours),
+                              data=data)
+    confirm_address = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
     if not _send(session, config, mlist, address, template, reply_to=confirm_address,
-                 token=token.token, confirm_address=confirm_address, address=address,
+                 token=value, confirm_address=confirm_address, address=address,
                  hours=hours):
         session.delete(token)  # never sent: a later attempt must not find it pending
 
@@ -240,9 +241,9 @@ def leave(session: Session, config: Config, mlist: MailingList, address: str) ->
 def _ask_moderators(session: Session, config: Config, mlist: MailingList,
                     token: Token) -> Outcome:
     lifetime = timedelta(days=config.lists.hold_expiry_days)
-    approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
-                          lifetime, data=token.data)
-    reply_to = store.addresses_of(mlist).at(Purpose.CONFIRM, approval.token)
+    _, approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
+                             lifetime, data=token.data)
+    reply_to = store.addresses_of(mlist).at(Purpose.CONFIRM, approval)
     moderators = store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
     if not moderators:
         log.warning("%s waits for approval on %s, which has no owner or moderator",

@@ -21,6 +21,7 @@ from email.header import Header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser
 from email.policy import SMTP, compat32
+from email.utils import formataddr
 from urllib.parse import quote
 
 from listserv.address import ListAddresses, Purpose
@@ -47,7 +48,25 @@ def field_name(line: bytes) -> bytes:
     return match.group(1).lower() if match else b""
 
 
+# What must never reach a header value from data: CR and LF end the field and start a
+# forged one; the other C0 and C1 controls (and the Unicode line separators) confuse
+# the readers that mail passes through.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def has_control(text: str) -> bool:
+    return _CONTROL.search(text) is not None
+
+
+def one_line(text: str) -> str:
+    """Data made safe for a header value: controls become spaces, runs of space one.
+    Every place that writes a header from data (a list name, an author's name, a
+    subject) goes through this, so no value can split a header in two."""
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
 def _encode_phrase(text: str, *, quote: bool = False) -> str:
+    text = one_line(text)
     if text.isascii():
         if quote or re.search(r'[()<>\[\]:;@\\,."]', text):
             return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -55,9 +74,14 @@ def _encode_phrase(text: str, *, quote: bool = False) -> str:
     return Header(text, "utf-8").encode(linesep="\r\n")
 
 
+def mailbox(name: str, address: str) -> str:
+    """A From or To value for a name from data ("Dev", an author), on one line."""
+    return formataddr((one_line(name), address))
+
+
 def subject_tag(name: str, setting: str | None = None) -> str:
     """The list's `subject_prefix`: None means "[name]", "" means none."""
-    return f"[{name}]" if setting is None else setting.strip()
+    return one_line(f"[{name}]" if setting is None else setting)
 
 
 def prefixed_subject(raw_value: bytes, decoded: str, tag: str) -> bytes:
@@ -127,6 +151,7 @@ def render_fields(fields: list[tuple[str, str]]) -> bytes:
 
 def unstructured(text: str) -> str:
     """A header value such as a subject, RFC 2047-encoded when it is not ASCII."""
+    text = one_line(text)
     return text if text.isascii() else Header(text, "utf-8").encode(linesep="\r\n")
 
 

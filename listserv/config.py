@@ -29,6 +29,10 @@ class SmtpConfig:
     max_message_bytes: int = 10485760
     # "lmtp" when Postfix hands mail over with lmtp:inet:host:port.
     protocol: str = "smtp"
+    # Posting rate limits (0 = none): messages stored from one envelope sender in the
+    # last hour, and SMTP connections open at once from one IP address (per process).
+    max_messages_per_sender_per_hour: int = 100
+    max_connections_per_ip: int = 20
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import format_datetime, formataddr
+from email.utils import format_datetime
 from urllib.parse import quote
 
 from sqlalchemy import and_, func, select, update
@@ -146,7 +146,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
         entry = Entry(
             position=row.position or 0, message_id=row.message_id, subject=row.subject,
             author=name or address,
-            from_header=formataddr((name, address)) if address else name,
+            from_header=compose.mailbox(name, address) if address else compose.one_line(name),
             date=row.date or row.received_at, thread_id=row.thread_id or row.message_id,
             thread_subject=row.thread_subject or row.subject,
             raw=row.raw if with_raw else b"")
@@ -306,7 +306,7 @@ def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: st
          date: datetime) -> Form:
     addresses = context["addresses"]
     message_id = digest_message_id(addresses, context["volume"], context["number"], kind)
-    fields = [("From", formataddr((mlist.name, addresses.at(Purpose.REQUEST)))),
+    fields = [("From", compose.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
               ("To", addresses.posting), ("Reply-To", addresses.posting),
               ("Subject", compose.unstructured(context["subject"])),
               ("Date", format_datetime(date)), ("Message-ID", f"<{message_id}>")]

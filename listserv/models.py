@@ -199,7 +199,9 @@ class Message(SQLModel, table=True):
     """Every message the receiver answered 250 for, with its bytes as received."""
 
     __tablename__ = "message"
-    __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),)
+    __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),
+                      # the sender's messages of the last hour (limits.sender_refusal)
+                      Index("ix_message_sender_received", "mail_from", "received_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
@@ -307,7 +309,8 @@ class Token(SQLModel, table=True):
     __tablename__ = "token"
 
     id: int | None = Field(default=None, primary_key=True)
-    token: str = Field(unique=True, index=True)
+    token: str = Field(unique=True, index=True)  # the lookup part (tokens.LOOKUP_CHARS)
+    secret_hash: str = ""  # SHA-256 (hex) of the rest; only the mail sent holds that
     kind: TokenKind = Field(sa_type=_enum(TokenKind))
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     address: str = Field(index=True)  # whom it acts for (the subscriber, or the author)

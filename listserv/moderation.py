@@ -42,13 +42,13 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
          author_is_member: bool) -> None:
     """Tell the moderators about a post just held, with a reply address to act on it."""
     lifetime = timedelta(days=config.lists.hold_expiry_days)
-    token = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
-                       lifetime, message_pk=message.id)
-    reply = store.addresses_of(mlist).at(Purpose.CONFIRM, token.token)
+    token, value = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
+                              lifetime, message_pk=message.id)
+    reply = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
     for moderator in store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
         notices.send(session, config, mlist, moderator, "held_notice", limit=False,
                      auto="auto-generated", reply_to=reply, attach=message.raw,
-                     message=message, reasons=message.reasons.splitlines(), token=token.token,
+                     message=message, reasons=message.reasons.splitlines(), token=value,
                      expires=token.expires_at)
     # Only members hear that their post waits: telling non-members would send
     # backscatter to every forged From of every spam run.

@@ -10,7 +10,7 @@ import secrets
 from datetime import timedelta
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formataddr, formatdate, make_msgid
+from email.utils import formatdate, make_msgid
 from typing import Any
 
 from sqlalchemy import delete, func, select
@@ -57,9 +57,9 @@ def compose(mlist: MailingList, to: str, subject: str, body: str, *,
     """A notice as bytes; an attached post goes in verbatim as message/rfc822."""
     addresses = store.addresses_of(mlist)
     head = EmailMessage(policy=SMTP)
-    head["From"] = formataddr((mlist.name, addresses.at(from_purpose)))
+    head["From"] = compose_mod.mailbox(mlist.name, addresses.at(from_purpose))
     head["To"] = to
-    head["Subject"] = subject
+    head["Subject"] = compose_mod.one_line(subject)
     head["Date"] = formatdate(localtime=False)
     head["Message-ID"] = make_msgid("listserv", addresses.domain)
     if in_reply_to:

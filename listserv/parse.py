@@ -17,6 +17,7 @@ from email.utils import parsedate_to_datetime
 
 from listserv._quiet import MimeHeaders, to_unicode
 from listserv.address import parse_mailbox
+from listserv.compose import one_line
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -93,7 +94,9 @@ def _sender(value: str) -> tuple[str, str]:
         return "", ""
     name, address = mailbox
     comment = _COMMENT_NAME.search(value) if not name else None
-    return (" ".join(comment[1].split()) if comment else name), address
+    # On one line: an encoded-word may hide a CR LF, and the name goes into headers we
+    # write ("Alice via Dev", digests).
+    return one_line(comment[1] if comment else name), address
 
 
 def _headers_flanker(block: bytes) -> dict[str, list[str]]:

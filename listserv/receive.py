@@ -18,7 +18,18 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
-from listserv import bouncing, commands, db, digest, moderation, notices, policy, roster, store
+from listserv import (
+    bouncing,
+    commands,
+    db,
+    digest,
+    limits,
+    moderation,
+    notices,
+    policy,
+    roster,
+    store,
+)
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
 from listserv.models import MailingList, MessageKind, MessageState, Role
@@ -175,6 +186,26 @@ class Handler:
         self.on_queued = on_queued
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
 
+    def _sender_refusal(self, mail_from: str) -> str | None:
+        with db.read_session(self.engine) as session:
+            return limits.sender_refusal(session, mail_from,
+                                         self.config.smtp.max_messages_per_sender_per_hour)
+
+    async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.config.smtp.max_messages_per_sender_per_hour:
+            try:
+                refusal = await asyncio.to_thread(self._sender_refusal, address)
+            except Exception:
+                log.exception("rate limit lookup failed for %s", address)
+                return "451 4.3.0 temporary failure checking the sender; try again later"
+            if refusal:
+                log.info("refused from=%s: %s", address, refusal)
+                return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
+
     def _route(self, rcpt: str) -> Route | str:
         with db.read_session(self.engine) as session:
             return route(session, rcpt)
@@ -220,21 +251,50 @@ class Handler:
         return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
 
 
-class ListSMTP(SMTP):
+class _Limited(SMTP):
+    """One connection too many from an address is greeted with 421 and closed
+    (`[smtp] max_connections_per_ip`, counted in this process)."""
+
+    connections = limits.Connections(0)  # the factory gives each server its own
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        self._admitted = self.connections.admit(self._ip)
+        super().connection_made(transport)
+
+    async def _handle_client(self) -> None:
+        if self._admitted:
+            return await super()._handle_client()
+        log.info("refused connection from %s: %d open", self._ip,
+                 self.connections.open[self._ip] - 1)
+        await self.push("421 4.7.0 too many connections from your address; try again later")
+        self.transport.close()
+        return None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.connections.release(self._ip)
+        super().connection_lost(error)
+
+
+class ListSMTP(_Limited):
     # RFC 5321 allows 998 octets a line, but real clients send longer lines and
     # Postfix takes them; refusing those posts would lose mail for no one's benefit.
     line_length_limit = 1 << 16
 
 
-class ListLMTP(LMTP):
+class ListLMTP(_Limited, LMTP):
     line_length_limit = 1 << 16
 
 
 def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
     """A factory for loop.create_server: one SMTP (or LMTP) protocol per connection."""
     cls = ListLMTP if config.smtp.protocol == "lmtp" else ListSMTP
+    connections = limits.Connections(config.smtp.max_connections_per_ip)
 
     def make() -> SMTP:
-        return cls(handler, data_size_limit=config.smtp.max_message_bytes,
-                   enable_SMTPUTF8=True, decode_data=False, ident="listserv")
+        protocol = cls(handler, data_size_limit=config.smtp.max_message_bytes,
+                       enable_SMTPUTF8=True, decode_data=False, ident="listserv")
+        protocol.connections = connections
+        return protocol
     return make

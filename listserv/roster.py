@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from listserv import search
 from listserv.address import parse_mailbox, split, valid_list_local
+from listserv.compose import has_control
 from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Role, utcnow
 
 
@@ -31,10 +32,22 @@ def normalize(text: str) -> tuple[str, str] | None:
     text = text.strip()
     if _SIMPLE.match(text):
         return "", text.lower()
+    if has_control(text):
+        return None  # a CR or LF here would end up splitting a header
     mailbox = parse_mailbox(text)
-    if mailbox is None or "." not in split(mailbox[1])[1]:
-        return None
+    if mailbox is None or "." not in split(mailbox[1])[1] or has_control(mailbox[0]):
+        return None  # the name may hide a control in an encoded-word
     return mailbox
+
+
+def header_text(value: str, what: str) -> str:
+    """A value that goes into the headers of list mail (name, description, subject
+    prefix): refused whole when it holds a control character, since a CR or LF would
+    start a header of the user's choosing in every copy."""
+    if has_control(value):
+        raise UserError(f"invalid {what} {value!r}: it must be one line, without control "
+                        "characters")
+    return value
 
 
 def get_list(session: Session, address: str) -> MailingList:
@@ -70,6 +83,8 @@ def create_list(session: Session, address: str, *, name: str | None = None,
         raise UserError(f"list {local}@{domain} already exists")
     if owner is not None and normalize(owner) is None:
         raise UserError(f"invalid owner address {owner!r}")
+    header_text(name or "", "name")
+    header_text(description, "description")
     mlist = MailingList(address=f"{local}@{domain}", domain=domain,
                         name=name or local.capitalize(), description=description)
     session.add(mlist)

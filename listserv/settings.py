@@ -11,7 +11,7 @@ from typing import Any
 from jinja2 import TemplateError
 
 from listserv.address import ListAddresses
-from listserv.compose import render_footer
+from listserv.compose import has_control, render_footer
 from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
@@ -76,17 +76,27 @@ def _hour(text: str) -> int:
     return value
 
 
+_ONE_LINE = "it must be one line, without control characters"
+
+
 def _text(text: str) -> str:
+    """A value that reaches headers (name, description): a CR or LF in it would let
+    it write header fields of its own into every copy."""
+    if has_control(text.strip()):
+        raise UserError(_ONE_LINE)
     return text.strip()
 
 
 def _optional_text(text: str) -> str | None:
-    return None if text.strip().lower() == DEFAULT else text
+    return None if text.strip().lower() == DEFAULT else _text(text)
 
 
 def _footer(text: str) -> str | None:
-    """A footer must render now, with sample values, not fail on the next post."""
-    value = _optional_text(text)
+    """A footer must render now, with sample values, not fail on the next post. It is
+    body text, so it has lines, but no other control character (a bare CR, a NUL)."""
+    value = None if text.strip().lower() == DEFAULT else text.replace("\r\n", "\n")
+    if value and has_control(value.replace("\n", "").replace("\t", "")):
+        raise UserError("a footer may have lines and tabs but no other control characters")
     if value:
         try:
             render_footer(value, name="Sample", addresses=ListAddresses("sample@example.org"),

@@ -1,6 +1,10 @@
 """Secrets that let a mail reply or a web click act for someone.
 
-Confirmation and moderation tokens are random, stored, single-use and expiring.
+Confirmation and moderation tokens are random, stored, single-use and expiring. Each
+is 32 hex characters: the first 16 find its row, the last 16 are a secret of which the
+row keeps only a SHA-256, compared in constant time. So neither the index lookup (a
+B-tree compares the value it is given byte by byte) nor a copy of the database tells
+anyone a usable token.
 Unsubscribe and mute links are signed instead (HMAC with the server secret), so a
 copy can carry one for each member without a row per member per post.
 """
@@ -34,16 +38,25 @@ def server_secret(session: Session, config: Config) -> str:
     return row.value
 
 
+LOOKUP_CHARS = 16  # of a token's 32: the part stored as it is, that finds the row
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
 def new(session: Session, kind: TokenKind, list_id: int, address: str, lifetime: timedelta,
-        *, message_pk: int | None = None, data: str = "") -> Token:
+        *, message_pk: int | None = None, data: str = "") -> tuple[Token, str]:
+    """The stored row and the token to send, which only the mail it goes in holds."""
     # Lower-case hex: the token travels in a local part (LIST-confirm+TOKEN@), and
     # mail systems may change the case of local parts.
-    token = Token(token=secrets.token_hex(16), kind=kind, list_id=list_id,
-                  address=address, message_pk=message_pk, data=data,
-                  expires_at=utcnow() + lifetime)
+    value = secrets.token_hex(16)
+    token = Token(token=value[:LOOKUP_CHARS], secret_hash=secret_hash(value[LOOKUP_CHARS:]),
+                  kind=kind, list_id=list_id, address=address, message_pk=message_pk,
+                  data=data, expires_at=utcnow() + lifetime)
     session.add(token)
     session.flush()
-    return token
+    return token, value
 
 
 def pending(session: Session, kind: TokenKind, list_id: int, address: str) -> Token | None:
@@ -55,8 +68,12 @@ def pending(session: Session, kind: TokenKind, list_id: int, address: str) -> To
 
 def find(session: Session, value: str) -> Token | None:
     """The token if it can still be used; None when unknown, used or expired."""
-    token = session.scalars(select(Token).where(Token.token == value.strip().lower())).first()
-    if token is None or token.used_at is not None or token.expires_at <= utcnow():
+    value = value.strip().lower()
+    token = session.scalars(select(Token).where(Token.token == value[:LOOKUP_CHARS])).first()
+    if token is None or not hmac.compare_digest(token.secret_hash,
+                                                secret_hash(value[LOOKUP_CHARS:])):
+        return None
+    if token.used_at is not None or token.expires_at <= utcnow():
         return None
     return token
 
