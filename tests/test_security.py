@@ -340,7 +340,7 @@ def test_nothing_of_a_private_archive_is_readable_without_the_member_pass(
     send_digest(engine, config, SECRET_LIST)
     base = f"/{SECRET_LIST}/"
     existing = ["", "2026/11/", "thread/plans@example.com/", "message/plans@example.com/",
-                "message/plans@example.com/raw", "message/plans@example.com/attachment/1/x",
+                "message/plans@example.com/raw", "message/plans@example.com/attachment/0/plans.bin",
                 "search?q=plans", "feed.atom", "export.mbox",
                 "export.mbox?thread=plans@example.com", "export.mbox?month=2026-11",
                 "digest/", "digest/1/1/"]
