@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -34,6 +35,11 @@ _KIND = {
 
 
 _COMMANDS = {Purpose.REQUEST, Purpose.JOIN, Purpose.LEAVE, Purpose.CONFIRM}
+
+# No address holds control characters (a bare CR or a NUL would reach logs, the database
+# and the headers of notices) or lone surrogates: aiosmtpd's stand-ins for bytes that are
+# not UTF-8.
+_BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def route(session: Session, rcpt: str) -> Route | str:
@@ -179,8 +185,18 @@ class Handler:
         with db.read_session(self.engine) as session:
             return route(session, rcpt)
 
+    async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if _BAD_ADDRESS.search(address):
+            return "553 5.1.7 the sender address has control characters or is not UTF-8"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        if _BAD_ADDRESS.search(address):
+            return "553 5.1.3 the recipient address has control characters or is not UTF-8"
         try:
             target = await asyncio.to_thread(self._route, address)
         except Exception:
@@ -220,14 +236,28 @@ class Handler:
         return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
 
 
-class ListSMTP(SMTP):
+class _Edge:
+    """What ListSMTP and ListLMTP change in aiosmtpd's protocol."""
+
     # RFC 5321 allows 998 octets a line, but real clients send longer lines and
     # Postfix takes them; refusing those posts would lose mail for no one's benefit.
     line_length_limit = 1 << 16
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd 1.4.6 fails on "RCPT TO:<" with an IndexError, logged as a session
+        # exception and answered with its text; it is a malformed address (553).
+        try:
+            return super()._getaddr(arg)  # type: ignore[misc]
+        except IndexError:
+            return None, None
 
-class ListLMTP(LMTP):
-    line_length_limit = 1 << 16
+
+class ListSMTP(_Edge, SMTP):
+    pass
+
+
+class ListLMTP(_Edge, LMTP):
+    pass
 
 
 def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
