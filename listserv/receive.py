@@ -239,9 +239,15 @@ class Handler:
 class _Edge:
     """What ListSMTP and ListLMTP change in aiosmtpd's protocol."""
 
-    # RFC 5321 allows 998 octets a line, but real clients send longer lines and
-    # Postfix takes them; refusing those posts would lose mail for no one's benefit.
-    line_length_limit = 1 << 16
+    line_length_limit = 1 << 16  # when [smtp] max_message_bytes is 0 (no limit)
+
+    def __init__(self, handler: Handler, *, data_size_limit: int, **options: object) -> None:
+        # RFC 5321 allows 998 octets a line, but real clients send longer lines (a whole
+        # base64 attachment in one) and Postfix takes them; refusing a message that fits
+        # max_message_bytes would lose mail for no one's benefit. aiosmtpd buffers no
+        # more of a line than this, so memory stays bounded by the message size.
+        self.line_length_limit = data_size_limit or self.line_length_limit
+        super().__init__(handler, data_size_limit=data_size_limit, **options)  # type: ignore[call-arg]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # aiosmtpd 1.4.6 fails on "RCPT TO:<" with an IndexError, logged as a session
