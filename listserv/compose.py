@@ -310,12 +310,22 @@ def _encodes(text: str, charset: str, cte: str) -> bool:
     return same and (cte != "7bit" or encoded.isascii())
 
 
+def _boundary(part: _Part) -> bytes | None:
+    """The boundary as it is in the bytes; None when there is none, or when the parser
+    turned bytes of it into U+FFFD: its delimiter cannot be found, the part is left be."""
+    boundary = part.head.get_boundary()
+    try:
+        return boundary.encode("ascii", "surrogateescape") if boundary else None
+    except UnicodeEncodeError:
+        return None
+
+
 def _parts(data: bytes, part: _Part) -> tuple[list[_Part], int | None]:
     """The body parts of a multipart and where its close delimiter starts (RFC 2046 5.1.1)."""
-    boundary = part.head.get_boundary()
+    boundary = _boundary(part)
     if not boundary:
         return [], None
-    delimiter = b"\r\n--" + re.escape(boundary.encode("ascii", "surrogateescape"))
+    delimiter = b"\r\n--" + re.escape(boundary)
     pattern = re.compile(delimiter + rb"(--)?[ \t]*(?:\r\n|\Z)")
     # A body starts after a CRLF, which may be the one that opens the first delimiter.
     start = part.body - 2 if data[part.body - 2:part.body] == b"\r\n" else part.body
@@ -361,7 +371,7 @@ def _edits(data: bytes, part: _Part, footer: Footer) -> list[Edit] | None:
     if inside or ctype == "multipart/related" or close is None:
         return inside
     # multipart/mixed whose first part cannot take it: a part of its own at the end.
-    marker = b"\r\n--" + part.head.get_boundary().encode("ascii", "surrogateescape") + b"\r\n"
+    marker = b"\r\n--" + _boundary(part) + b"\r\n"
     return [(close, close, [marker, *_footer_part(footer)])]
 
 

@@ -417,3 +417,13 @@ def test_rfc2047_bombs_are_kept_exactly_and_render(fuzz_server, errors):
         accepted_post(fuzz_server, raw, message_id)
     renders(fuzz_server)
     still_answers(fuzz_server, errors)
+
+
+def test_a_boundary_with_a_byte_that_is_not_ascii_is_posted(fuzz_server, errors):
+    """Found by bench/fuzz.py: the footer could not be placed and the post got 451."""
+    raw = post_bytes(b'Subject: boundary\r\nMIME-Version: 1.0\r\n'
+                     b'Content-Type: multipart/mixed; boundary=\xa2b"\r\n',
+                     b'--\xa2b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--\xa2b--\r\n',
+                     "boundary@example.com")
+    accepted_post(fuzz_server, raw, "boundary@example.com")
+    still_answers(fuzz_server, errors)
