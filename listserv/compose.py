@@ -126,10 +126,15 @@ def unstructured(text: str) -> str:
     return text if text.isascii() else Header(text, "utf-8").encode(linesep="\r\n")
 
 
+# Text taken from posts may hold lone surrogates (a charset such as unicode-escape makes
+# them), which UTF-8 cannot carry.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def text_part(text: str) -> bytes:
     """A text/plain entity in UTF-8, its transfer encoding chosen for its lines."""
     part = EmailMessage(policy=SMTP)
-    part.set_content(text)
+    part.set_content(_SURROGATE.sub("\ufffd", text))
     del part["MIME-Version"]
     return part.as_bytes()
 

@@ -427,3 +427,12 @@ def test_a_boundary_with_a_byte_that_is_not_ascii_is_posted(fuzz_server, errors)
                      "boundary@example.com")
     accepted_post(fuzz_server, raw, "boundary@example.com")
     still_answers(fuzz_server, errors)
+
+
+def test_a_charset_that_decodes_to_lone_surrogates_still_makes_a_digest(fuzz_server, errors):
+    """Found by bench/fuzz.py: the digest could not be built, again and again."""
+    raw = post_bytes(b"Subject: escapes\r\nContent-Type: text/plain; charset=unicode-escape\r\n",
+                     b"\\udd19 and \\ud800\r\n", "escapes@example.com")
+    accepted_post(fuzz_server, raw, "escapes@example.com")
+    renders(fuzz_server)
+    still_answers(fuzz_server, errors)
