@@ -125,6 +125,16 @@ class Item:
     entry: Entry
 
 
+def _from_line(name: str, address: str) -> str:
+    """The author as a From line shows it; formataddr refuses addresses that are not
+    ASCII, which mail under RFC 6532 has."""
+    if not address:
+        return name
+    if address.isascii():
+        return formataddr((name, address))
+    return f"{name} <{address}>" if name else address
+
+
 def _items(session: Session, list_id: int, where: object, order: object,
            with_raw: bool) -> list[Item]:
     """The items `where` selects, with their posts and threads."""
@@ -146,7 +156,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
         entry = Entry(
             position=row.position or 0, message_id=row.message_id, subject=row.subject,
             author=name or address,
-            from_header=formataddr((name, address)) if address else name,
+            from_header=_from_line(name, address),
             date=row.date or row.received_at, thread_id=row.thread_id or row.message_id,
             thread_subject=row.thread_subject or row.subject,
             raw=row.raw if with_raw else b"")

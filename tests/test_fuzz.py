@@ -436,3 +436,15 @@ def test_a_charset_that_decodes_to_lone_surrogates_still_makes_a_digest(fuzz_ser
     accepted_post(fuzz_server, raw, "escapes@example.com")
     renders(fuzz_server)
     still_answers(fuzz_server, errors)
+
+
+def test_a_post_from_an_address_that_is_not_ascii_still_makes_a_digest(make_list,
+                                                                       make_server, errors):
+    """Found by bench/fuzz.py: formataddr refused the address and digests stopped."""
+    make_list(members=[MEMBER, "jörg@example.com"])
+    server = make_server()
+    raw = post_bytes(b"Subject: eai\r\n", b"hello\r\n", "eai@example.com").replace(
+        b"From: Bob <bob@example.com>", "From: Jörg <jörg@example.com>".encode())
+    accepted_post(server, raw, "eai@example.com")
+    renders(server)
+    still_answers(server, errors)
