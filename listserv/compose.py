@@ -75,8 +75,11 @@ def _encode_phrase(text: str, *, quote: bool = False) -> str:
 
 
 def mailbox(name: str, address: str) -> str:
-    """A From or To value for a name from data ("Dev", an author), on one line."""
-    return formataddr((one_line(name), address))
+    """A From or To value for a name from data ("Dev", an author), on one line.
+    formataddr refuses addresses that are not ASCII, which mail under RFC 6532 has."""
+    if address.isascii():
+        return formataddr((one_line(name), address))
+    return f"{one_line(name)} <{address}>" if name.strip() else address
 
 
 def subject_tag(name: str, setting: str | None = None) -> str:
@@ -155,10 +158,15 @@ def unstructured(text: str) -> str:
     return text if text.isascii() else Header(text, "utf-8").encode(linesep="\r\n")
 
 
+# Text taken from posts may hold lone surrogates (a charset such as unicode-escape makes
+# them), which UTF-8 cannot carry.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def text_part(text: str) -> bytes:
     """A text/plain entity in UTF-8, its transfer encoding chosen for its lines."""
     part = EmailMessage(policy=SMTP)
-    part.set_content(text)
+    part.set_content(_SURROGATE.sub("\ufffd", text))
     del part["MIME-Version"]
     return part.as_bytes()
 
@@ -339,12 +347,22 @@ def _encodes(text: str, charset: str, cte: str) -> bool:
     return same and (cte != "7bit" or encoded.isascii())
 
 
+def _boundary(part: _Part) -> bytes | None:
+    """The boundary as it is in the bytes; None when there is none, or when the parser
+    turned bytes of it into U+FFFD: its delimiter cannot be found, the part is left be."""
+    boundary = part.head.get_boundary()
+    try:
+        return boundary.encode("ascii", "surrogateescape") if boundary else None
+    except UnicodeEncodeError:
+        return None
+
+
 def _parts(data: bytes, part: _Part) -> tuple[list[_Part], int | None]:
     """The body parts of a multipart and where its close delimiter starts (RFC 2046 5.1.1)."""
-    boundary = part.head.get_boundary()
+    boundary = _boundary(part)
     if not boundary:
         return [], None
-    delimiter = b"\r\n--" + re.escape(boundary.encode("ascii", "surrogateescape"))
+    delimiter = b"\r\n--" + re.escape(boundary)
     pattern = re.compile(delimiter + rb"(--)?[ \t]*(?:\r\n|\Z)")
     # A body starts after a CRLF, which may be the one that opens the first delimiter.
     start = part.body - 2 if data[part.body - 2:part.body] == b"\r\n" else part.body
@@ -390,7 +408,7 @@ def _edits(data: bytes, part: _Part, footer: Footer) -> list[Edit] | None:
     if inside or ctype == "multipart/related" or close is None:
         return inside
     # multipart/mixed whose first part cannot take it: a part of its own at the end.
-    marker = b"\r\n--" + part.head.get_boundary().encode("ascii", "surrogateescape") + b"\r\n"
+    marker = b"\r\n--" + _boundary(part) + b"\r\n"
     return [(close, close, [marker, *_footer_part(footer)])]
 
 

@@ -25,6 +25,9 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # in a trailing comment: "alice@example.org (Alice)".
 _OBFUSCATED = re.compile(r"(?<![\w.+-])([\w.+-]+) at ([\w-]+(?:\.[\w-]+)+)")
 _COMMENT_NAME = re.compile(r"\(([^()]*)\)\s*$")
+# PostgreSQL text cannot hold NUL, and neither database stores lone surrogates (how
+# undecodable bytes come out of a parser): the fields get U+FFFD, the raw bytes keep all.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 @dataclass
@@ -132,7 +135,8 @@ def read_headers(raw: bytes) -> tuple[dict[str, list[str]], str]:
         # Both parsers take any bytes as a body with no headers; mail has at least
         # From and Date (RFC 5322 3.6), so no header field at all means not mail.
         if headers:
-            return headers, ""
+            return {name: [_UNSTORABLE.sub("\ufffd", v) for v in values]
+                    for name, values in headers.items()}, ""
         errors.append(f"{name}: no header fields")
     return {}, "unparseable message (" + "; ".join(errors) + ")"
 

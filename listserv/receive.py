@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,6 +46,11 @@ _KIND = {
 
 
 _COMMANDS = {Purpose.REQUEST, Purpose.JOIN, Purpose.LEAVE, Purpose.CONFIRM}
+
+# No address holds control characters (a bare CR or a NUL would reach logs, the database
+# and the headers of notices) or lone surrogates: aiosmtpd's stand-ins for bytes that are
+# not UTF-8.
+_BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
 def route(session: Session, rcpt: str) -> Route | str:
@@ -193,6 +199,8 @@ class Handler:
 
     async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
+        if _BAD_ADDRESS.search(address):
+            return "553 5.1.7 the sender address has control characters or is not UTF-8"
         if self.config.smtp.max_messages_per_sender_per_hour:
             try:
                 refusal = await asyncio.to_thread(self._sender_refusal, address)
@@ -212,6 +220,8 @@ class Handler:
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
+        if _BAD_ADDRESS.search(address):
+            return "553 5.1.3 the recipient address has control characters or is not UTF-8"
         try:
             target = await asyncio.to_thread(self._route, address)
         except Exception:
@@ -251,6 +261,28 @@ class Handler:
         return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
 
 
+class _Edge:
+    """What ListSMTP and ListLMTP change in aiosmtpd's protocol."""
+
+    line_length_limit = 1 << 16  # when [smtp] max_message_bytes is 0 (no limit)
+
+    def __init__(self, handler: Handler, *, data_size_limit: int, **options: object) -> None:
+        # RFC 5321 allows 998 octets a line, but real clients send longer lines (a whole
+        # base64 attachment in one) and Postfix takes them; refusing a message that fits
+        # max_message_bytes would lose mail for no one's benefit. aiosmtpd buffers no
+        # more of a line than this, so memory stays bounded by the message size.
+        self.line_length_limit = data_size_limit or self.line_length_limit
+        super().__init__(handler, data_size_limit=data_size_limit, **options)  # type: ignore[call-arg]
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # aiosmtpd 1.4.6 fails on "RCPT TO:<" with an IndexError, logged as a session
+        # exception and answered with its text; it is a malformed address (553).
+        try:
+            return super()._getaddr(arg)  # type: ignore[misc]
+        except IndexError:
+            return None, None
+
+
 class _Limited(SMTP):
     """One connection too many from an address is greeted with 421 and closed
     (`[smtp] max_connections_per_ip`, counted in this process)."""
@@ -277,14 +309,12 @@ class _Limited(SMTP):
         super().connection_lost(error)
 
 
-class ListSMTP(_Limited):
-    # RFC 5321 allows 998 octets a line, but real clients send longer lines and
-    # Postfix takes them; refusing those posts would lose mail for no one's benefit.
-    line_length_limit = 1 << 16
+class ListSMTP(_Edge, _Limited):
+    pass
 
 
-class ListLMTP(_Limited, LMTP):
-    line_length_limit = 1 << 16
+class ListLMTP(_Edge, _Limited, LMTP):
+    pass
 
 
 def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:

@@ -299,6 +299,8 @@ class Serve:
 [smtp]
 host = "127.0.0.1"
 port = {self.smtp_port}
+# The crash tests post hundreds of messages from one sender.
+max_messages_per_sender_per_hour = 0
 
 [delivery]
 smarthost_host = "127.0.0.1"
