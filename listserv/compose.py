@@ -26,7 +26,6 @@ from urllib.parse import quote
 from listserv.address import ListAddresses, Purpose
 from listserv.templating import environment
 
-_LINE_END = re.compile(rb"\r?\n")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 # Headers a list replaces on every copy: ours must be the only ones (RFC 2369, 2919).
@@ -38,8 +37,10 @@ REPLACED = {
 
 
 def crlf(data: bytes) -> bytes:
-    """Normalise line ends to CRLF (mbox files and some clients use bare LF)."""
-    return _LINE_END.sub(b"\r\n", data)
+    """Normalise line ends to CRLF (mbox files and some clients use bare LF). Two
+    replaces do what the regular expression r"\r?\n" would, several times faster: this
+    runs on every line that carries a member's link, for every member."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def field_name(line: bytes) -> bytes:

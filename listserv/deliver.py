@@ -8,8 +8,10 @@ a job twice. A job is marked done in its own commit right after the smarthost's 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import os
+import re
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from listserv.models import (
     Verp,
     utcnow,
 )
-from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
+from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
 
 log = logging.getLogger("listserv.deliver")
 
@@ -250,7 +252,10 @@ class Progress:
 
 class Personal:
     """A list copy with slots; each recipient's own links (signed tokens) are filled in
-    as their transaction goes out, and with VERP their own envelope sender."""
+    as their transaction goes out, and with VERP their own envelope sender.
+
+    The copy is cut and dot-stuffed once, when loaded: without DKIM, a recipient's
+    bytes are two signatures joined with bytes prepared for everyone."""
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
                  message_pk: int | None, verp: ListAddresses | None = None,
@@ -261,6 +266,7 @@ class Personal:
         self.message_pk = message_pk
         self.signer = signer
         self.verp = verp  # the list's addresses when its copies go out with VERP
+        self.pieces = _stuffed_pieces(copy)
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -273,12 +279,82 @@ class Personal:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return prepare(_signed(self.signer, self.copy.personal(unsubscribe, mute)))
+        if self.signer is not None:
+            return prepare(self.signer.sign(self.copy.personal(unsubscribe, mute)))
+        return b"".join(p if isinstance(p, bytes) else p.fill(unsubscribe, mute)
+                        for p in self.pieces)
 
 
-def _signed(signer: signing.Signer | None, data: bytes) -> bytes:
-    """Signed last, over the bytes the recipient gets (their own links included)."""
-    return signer.sign(data) if signer is not None else data
+@dataclass(frozen=True)
+class _Line:
+    """A line of a slot that holds a member's token: the only bytes of a copy encoded
+    and dot-stuffed for each recipient (a quoted-printable line may break anywhere in
+    the token, and a soft break can put a "." at the start of a line)."""
+
+    text: str
+    charset: str
+    qp: bool
+    line_start: bool
+
+    def fill(self, unsubscribe: str, mute: str) -> bytes:
+        raw = self.text.replace(compose.UNSUBSCRIBE, unsubscribe).replace(
+            compose.MUTE, mute).encode(self.charset)
+        return stuff(compose.crlf(binascii.b2a_qp(raw) if self.qp else raw),
+                     line_start=self.line_start)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """A slot filled whole for each recipient: base64 cannot be cut at lines."""
+
+    slot: compose.Slot
+    line_start: bool
+
+    def fill(self, unsubscribe: str, mute: str) -> bytes:
+        return stuff(self.slot.fill(unsubscribe, mute), line_start=self.line_start)
+
+
+Piece = bytes | _Line | _Whole
+
+
+def _slot_pieces(slot: compose.Slot, line_start: bool) -> list[Piece]:
+    """A slot as its lines: those without a token encoded and stuffed once (as
+    compose.Slot.fill encodes them: line by line), the others left for each recipient."""
+    if slot.encoding not in ("7bit", "8bit", "binary", "quoted-printable"):
+        return [_Whole(slot, line_start)]
+    qp = slot.encoding == "quoted-printable"
+    pieces: list[Piece] = []
+    for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
+        first = line_start or index > 0
+        if compose.UNSUBSCRIBE in line or compose.MUTE in line:
+            pieces.append(_Line(line, slot.charset, qp, first))
+        else:
+            raw = line.encode(slot.charset)
+            pieces.append(stuff(compose.crlf(binascii.b2a_qp(raw) if qp else raw),
+                                line_start=first))
+    return pieces
+
+
+def _stuffed_pieces(copy: compose.Copy) -> list[Piece]:
+    """The copy cut at its tokens' lines, dot-stuffed, with the end-of-data line. The
+    shared bytes begin lines (they open the copy or follow a slot, and fills end
+    lines); a slot begins one when the bytes before it end one."""
+    pieces: list[Piece] = []
+    chunks = list(copy.chunks())
+    for index, (chunk, slot) in enumerate(chunks):
+        if index == len(chunks) - 1 and chunk and not chunk.endswith(b"\r\n"):
+            chunk += b"\r\n"
+        pieces.append(stuff(chunk))
+        if slot is not None:
+            pieces += _slot_pieces(slot, not chunk or chunk.endswith(b"\n"))
+    pieces.append(b".\r\n")
+    merged: list[Piece] = []
+    for piece in pieces:  # one bytes object between two recipient lines
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return merged
 
 
 class Worker:
@@ -328,7 +404,7 @@ class Worker:
             .outerjoin(MailingList, MailingList.id == Outgoing.list_id)
             .where(Outgoing.id == outgoing_id)).one()
         if not row.slots:
-            return prepare(_signed(self.signer, row.data))
+            return prepare(self.signer.sign(row.data) if self.signer else row.data)
         if self._secret is None:
             self._secret = tokens.server_secret(session, self.server_config)
             session.commit()  # a secret generated here must be the one the web app reads
