@@ -252,6 +252,11 @@ class Footer:
     text: str  # "\n" line ends, ends with "\n"
 
     @property
+    def personal(self) -> bool:
+        """Whether it links to a member's own pages (unsubscribe_url, mute_url)."""
+        return UNSUBSCRIBE in self.text or MUTE in self.text
+
+    @property
     def html(self) -> str:
         escaped = html.escape(self.text.rstrip("\n"), quote=False)
         linked = _URL.sub(r'<a href="\1">\1</a>', escaped)
@@ -573,11 +578,12 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               message_id: str, subject: str, add_message_id: bool,
               subject_prefix: str | None = None, reply_to: str | None = None,
               footer: Footer | None = None, via: str | None = None,
-              authentication: str | None = None) -> Copy:
+              authentication: str | None = None, one_click: bool = True) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
     their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
-    Authentication-Results value ARC seals."""
+    Authentication-Results value ARC seals. Without `one_click`, List-Unsubscribe is
+    the list's leave address alone, the same for everyone (a shared copy)."""
     data = crlf(raw)
     original, body_at = _split_head(data)
     fields = _edit_fields(original, subject=subject, tag=subject_tag(name, subject_prefix),
@@ -591,9 +597,14 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
         fields, edits = _with_footer(data, fields, body_at, footer)
     if add_message_id:
         fields.append(f"Message-ID: <{message_id}>\r\n".encode())
-    headers = render_fields(list_headers(addresses, name, base_url, message_id))
+    headers = render_fields([(k, v) for k, v in list_headers(addresses, name, base_url,
+                                                             message_id)
+                             if one_click or k != "List-Unsubscribe-Post"])
+    unsubscribe: Piece = (unsubscribe_header(addresses, base_url) if one_click else
+                          f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n"
+                          .encode())
     added = _split_head(headers + b"List-Unsubscribe: <one per member>\r\n")[0]
     broken = _broken_signatures(original, fields + added, bool(edits))
     fields = [f for f in fields if f not in broken]
-    head: list[Piece] = [*fields, headers, unsubscribe_header(addresses, base_url), b"\r\n"]
+    head: list[Piece] = [*fields, headers, unsubscribe, b"\r\n"]
     return _assemble(_apply(data, [(0, body_at, head), *edits]))

@@ -35,6 +35,7 @@ from listserv.models import (
     Role,
     ThreadNode,
     ThreadSummary,
+    Verp,
     utcnow,
 )
 from listserv.parse import Parsed
@@ -350,22 +351,38 @@ def _authenticity(mlist: MailingList, message: Message, config: Config
     return via, results
 
 
+def shared_copies(mlist: MailingList, list_footer: compose.Footer | None) -> bool:
+    """Whether every member gets the same copy of a post: only when nothing in it is
+    the member's own, that is `verp` off (one envelope sender) and a footer without
+    `unsubscribe_url` or `mute_url`. The copy then goes to up to
+    `max_recipients_per_transaction` members at once, and its List-Unsubscribe is the
+    list's leave address alone: members lose the one-click unsubscribe (RFC 8058), the
+    mute link and bounces that name them without parsing."""
+    return mlist.verp is Verp.OFF and not (list_footer and list_footer.personal)
+
+
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
             base_url: str, batch: int, *, config: Config) -> int:
     """Queue the list copy of an accepted post for every member who gets posts, except
     those who muted its thread, and the post itself for the next digest. The copy is
-    composed once, with slots for each member's unsubscribe and mute links."""
+    composed once, with slots for each member's unsubscribe and mute links, or shared
+    (see shared_copies)."""
     addresses = addresses_of(mlist)
     via, results = _authenticity(mlist, message, config)
+    list_footer = footer(mlist, base_url)
+    shared = shared_copies(mlist, list_footer)
     copy = compose.list_copy(
         message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
         message_id=message.message_id, subject=message.subject,
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
-        footer=footer(mlist, base_url), via=via, authentication=results)
+        footer=list_footer, via=via, authentication=results, one_click=not shared)
     session.add(DigestItem(list_id=mlist.id, message_pk=message.id, size=message.size))
     quiet = muted(session, mlist.id, message.message_id)
     rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
+    if shared:  # a footer without links is still a slot: filled once, for everyone
+        return queue(session, copy.personal("", ""), addresses.at(Purpose.BOUNCES), rcpts,
+                     batch, message.id, list_id=mlist.id)
     return queue(session, copy.data, addresses.at(Purpose.BOUNCES), rcpts, batch, message.id,
                  slots=copy.slots_json(), list_id=mlist.id)
 

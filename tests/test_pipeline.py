@@ -7,10 +7,10 @@ import email.policy
 import smtplib
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from listserv import db
-from listserv.models import Delivery, Message, MessageState
+from listserv.models import Delivery, MailingList, Message, MessageState, Verp
 from tests.conftest import message
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
@@ -53,6 +53,32 @@ def test_jobs_respect_max_recipients_per_transaction(running, make_list, sink, e
     assert len(jobs) == 2
     # Each member's copy carries their own links, so each goes in its own transaction.
     assert [len(m.rcpt_tos) for m in sink.received] == [1, 1, 1, 1]
+
+
+def _set(engine, address: str, **values) -> None:
+    with db.session(engine) as s:
+        s.execute(update(MailingList).where(MailingList.address == address).values(**values))
+        s.commit()
+
+
+def test_copies_are_shared_only_when_nothing_in_them_is_the_members_own(
+        running, make_list, sink, engine):
+    make_list(members=MEMBERS)  # 4 recipients with the owner, batches of 2
+    _set(engine, "dev@lists.example.org", verp=Verp.OFF, footer="-- {{ name }}: {{ address }}")
+    running.send("bob@example.com", ["dev@lists.example.org"], message())
+    sink.wait_for(4)
+    assert [len(m.rcpt_tos) for m in sink.received] == [2, 2]
+    copy = parsed(sink.received[0].data)
+    assert copy["List-Unsubscribe"] == "<mailto:dev-leave@lists.example.org>"
+    assert copy["List-Unsubscribe-Post"] is None  # RFC 8058 one-click needs an https URI
+    assert sink.received[0].data == sink.received[1].data
+    assert copy.get_payload().endswith("-- Dev: dev@lists.example.org\r\n")
+    # A footer with the member's own unsubscribe link makes every copy personal again.
+    _set(engine, "dev@lists.example.org", footer="Leave: {{ unsubscribe_url }}")
+    running.send("bob@example.com", ["dev@lists.example.org"], message("Again"))
+    sink.wait_for(8)
+    assert [len(m.rcpt_tos) for m in sink.received[2:]] == [1, 1, 1, 1]
+    assert "/unsubscribe/" in parsed(sink.received[2].data)["List-Unsubscribe"]
 
 
 @pytest.mark.parametrize("subject,expected", [
