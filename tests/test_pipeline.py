@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import threading
 
 import pytest
 from sqlalchemy import select, text, update
@@ -222,3 +223,46 @@ def test_database_failure_answers_451_and_stores_nothing(running, make_list, eng
     with running.smtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
         client.sendmail("bob@example.com", ["dev@lists.example.org"], message())
     assert info.value.smtp_code == 451
+
+
+def test_concurrent_clients_each_get_250_only_for_a_stored_message(running, make_list,
+                                                                   engine):
+    """Posts that arrive together share a commit; one client's refused transaction (a
+    list that is not there any more) does not take the others' with it."""
+    make_list(members=MEMBERS)
+    make_list("gone@lists.example.org", name="Gone", members=MEMBERS)
+    replies: dict[str, tuple[int, bytes]] = {}
+
+    def client(i: int) -> None:
+        with running.smtp() as smtp:
+            smtp.ehlo()
+            for j in range(5):
+                post = message(f"post {i}-{j}")
+                mid = parsed(post.encode())["Message-ID"].strip("<>")
+                smtp.mail("bob@example.com")
+                smtp.rcpt("dev@lists.example.org")
+                replies[mid] = smtp.data(post)
+
+    with db.session(engine) as s:  # refused after RCPT: the list is gone at DATA
+        s.execute(text("DELETE FROM member WHERE list_id = "
+                       "(SELECT id FROM mailing_list WHERE address = 'gone@lists.example.org')"))
+        s.commit()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    with running.smtp() as smtp:
+        smtp.ehlo()
+        smtp.mail("bob@example.com")
+        smtp.rcpt("gone@lists.example.org")
+        with db.session(engine) as s:
+            s.execute(text("DELETE FROM mailing_list WHERE address = 'gone@lists.example.org'"))
+            s.commit()
+        code, _ = smtp.data(message("to a list that went away", to="gone@lists.example.org"))
+    for t in threads:
+        t.join()
+    assert code == 550
+    with db.session(engine) as s:
+        stored = set(s.scalars(select(Message.message_id).where(
+            Message.state == MessageState.ACCEPTED)))
+    assert len(replies) == 40 and all(code == 250 for code, _ in replies.values())
+    assert set(replies) <= stored
