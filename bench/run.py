@@ -259,12 +259,13 @@ class Setup:
     source: str
     smtp_port: int = field(default_factory=free_port)
     web_port: int = field(default_factory=free_port)
+    smtp_extra: str = ""  # more [smtp] lines (bench/load.py lifts rate limits)
 
     def config_path(self, concurrency: int) -> Path:
         path = self.workdir / f"listserv-c{concurrency}.toml"
         path.write_text(
             f'[database]\nurl = "{self.database_url}"\n\n'
-            f'[smtp]\nhost = "127.0.0.1"\nport = {self.smtp_port}\n\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {self.smtp_port}\n{self.smtp_extra}\n'
             f'[delivery]\nsmarthost_host = "127.0.0.1"\nsmarthost_port = {self.sink.port}\n'
             f"concurrency = {concurrency}\n"
             f"max_recipients_per_transaction = {RCPTS_PER_TRANSACTION}\n\n"
