@@ -140,10 +140,22 @@ def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
     return min(timedelta(seconds=seconds), MAX_BACKOFF)
 
 
+Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals, its error
+
+
+def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
+               ) -> list[DeliveryState]:
+    """Write the outcomes of several attempts in one commit (senders that finish jobs
+    at about the same time share it)."""
+    states = [record(session, config, *attempt) for attempt in attempts]
+    session.commit()
+    return states
+
+
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
            error: RelayError | None) -> DeliveryState:
     """Write the outcome of one attempt: done, retry later (only the recipients that
-    still need it), or failed for good."""
+    still need it), or failed for good. The caller commits."""
     now = utcnow()
     temporary, permanent = _outcome(job, refused, error)
     values: dict = {"worker": None, "lease_until": None}
@@ -166,7 +178,6 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
-    session.commit()
     return values["state"]
 
 
@@ -375,6 +386,8 @@ class Worker:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 4)
         self._data: OrderedDict[int, bytes | Personal] = OrderedDict()
         self.progress = Progress(self)
+        self._outcomes: list[tuple[Attempt, asyncio.Future[DeliveryState]]] = []
+        self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
 
     def wake(self) -> None:
@@ -424,6 +437,8 @@ class Worker:
         finally:
             unsent = [job.id for job in self._drain()]
             await self._stop_senders(senders)
+            while self._recording is not None:  # outcomes being written
+                await asyncio.shield(self._recording)
             await self.progress.flush()
             released = await self._db(release, self.name, unsent)
             if released:
@@ -523,13 +538,35 @@ class Worker:
         finally:
             self.progress.forget(job)
 
+    async def _record_all(self) -> None:
+        """Write the outcomes that wait, together; those that come meanwhile go next."""
+        try:
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    states = await self._db(record_all, self.config, [a for a, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), state in zip(batch, states, strict=True):
+                    if not future.done():
+                        future.set_result(state)
+        finally:
+            self._recording = None
+
     async def _connect(self) -> Relay:
         return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
 
     async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
                       ) -> None:
+        future: asyncio.Future[DeliveryState] = asyncio.get_running_loop().create_future()
+        self._outcomes.append(((job, refused, error), future))
+        if self._recording is None:
+            self._recording = asyncio.create_task(self._record_all())
         try:
-            state = await self._db(record, self.config, job, refused, error)
+            state = await future
         except Exception:
             log.exception("delivery job=%d: the outcome could not be recorded", job.id)
             return

@@ -134,14 +134,25 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 
-def _ingest_one(session: Session, config: Config, mail_from: str, rcpts: list[str],
-                raw: bytes, parsed: Parsed) -> list[Outcome]:
-    outcomes = []
-    for rcpt in rcpts:
+# The lists a group's recipients are for, by recipient: looked up once per group, since
+# the posts of a group mostly go to the same few lists.
+Targets = dict[str, tuple[Route, MailingList]]
+
+
+def _target(session: Session, rcpt: str, targets: Targets) -> tuple[Route, MailingList]:
+    if rcpt not in targets:
         target = route(session, rcpt)
         if isinstance(target, str):
             raise LookupError(target)  # the list went away since RCPT
-        mlist = roster.get_list(session, target.list_address)
+        targets[rcpt] = (target, roster.get_list(session, target.list_address))
+    return targets[rcpt]
+
+
+def _ingest_one(session: Session, config: Config, mail_from: str, rcpts: list[str],
+                raw: bytes, parsed: Parsed, targets: Targets) -> list[Outcome]:
+    outcomes = []
+    for rcpt in rcpts:
+        target, mlist = _target(session, rcpt, targets)
         if target.purpose is Purpose.POST:
             outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw, parsed,
                                   alone=len(rcpts) == 1))
@@ -173,7 +184,9 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     for attempt in range(attempts):
         try:
             with db.session(engine) as session:
-                results = [_in_savepoint(session, config, incoming) for incoming in group]
+                targets: Targets = {}
+                results = [_in_savepoint(session, config, incoming, targets)
+                           for incoming in group]
                 session.commit()
                 return results
         except OperationalError:
@@ -183,13 +196,14 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     raise AssertionError("unreachable")
 
 
-def _in_savepoint(session: Session, config: Config, incoming: Incoming) -> Result:
+def _in_savepoint(session: Session, config: Config, incoming: Incoming,
+                  targets: Targets) -> Result:
     attempts = 3
     for attempt in range(attempts):
         try:
             with session.begin_nested():
                 return _ingest_one(session, config, incoming.mail_from, incoming.rcpts,
-                                   incoming.raw, incoming.parsed)
+                                   incoming.raw, incoming.parsed, targets)
         except IntegrityError as exc:
             # Two receivers threading into the same thread at once (PostgreSQL): this
             # transaction is redone from its savepoint.
