@@ -295,7 +295,8 @@ def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
     now = utcnow()
     # Core inserts, not ORM objects: nothing reads them back in this transaction, and
     # an ORM flush costs more than the insert (this runs for every post received).
-    outgoing_id = session.execute(insert(Outgoing).values(
+    connection = session.connection()  # Core: no ORM bulk-insert machinery either
+    outgoing_id = connection.execute(insert(Outgoing.__table__).values(
         message_pk=message_pk, list_id=list_id, slots=slots,
         data=data if slots else compose.crlf(data), created_at=now)
         .returning(Outgoing.id)).scalar_one()
@@ -309,7 +310,7 @@ def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
     if chunk:
         jobs.append(chunk)
     if jobs:
-        session.execute(insert(Delivery), [
+        connection.execute(insert(Delivery.__table__), [
             {"outgoing_id": outgoing_id, "mail_from": mail_from, "recipients": "\n".join(j),
              "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
              "created_at": now}
@@ -379,8 +380,8 @@ def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Pars
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
         footer=list_footer, via=via, authentication=results, one_click=not shared)
-    session.execute(insert(DigestItem).values(list_id=mlist.id, message_pk=message.id,
-                                              size=message.size, created_at=utcnow()))
+    session.connection().execute(insert(DigestItem.__table__).values(
+        list_id=mlist.id, message_pk=message.id, size=message.size, created_at=utcnow()))
     quiet = muted(session, mlist.id, message.message_id)
     rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
     if shared:  # a footer without links is still a slot: filled once, for everyone
