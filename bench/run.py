@@ -900,7 +900,7 @@ def measure(setup: Setup, args: argparse.Namespace, results: Results) -> None:
         shared_lists[n], _, _ = make_list(setup, f"shared{n}", n)
         # Nothing of the member's own in a copy: one copy for up to 100 recipients.
         setup.cli("list", "set", shared_lists[n], "verp", "off")
-        setup.cli("list", "set", shared_lists[n], "footer", "-- {{ name }}: {{ address }}")
+        setup.cli("list", "set", shared_lists[n], "footer", "{{ name }} list: {{ address }}")
     probe = Probe(setup.database_url)
     for c in concurrencies:
         serve = Serve(setup, c)

@@ -10,11 +10,11 @@ delayed ACKs). Connections stay open and are reused for the next transaction.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
 
@@ -85,6 +85,32 @@ def _refusal(error: RelayError, lost: bool = False) -> Reply:
     return Reply(error.code or (451 if error.temporary else 554), str(error))
 
 
+class _Deadline:
+    """One timeout for the replies read inside, and a failure to read one breaks the
+    connection. wait_for, or a timeout per reply, costs more than reading the reply (a
+    pipelined copy reads four); a class, not contextlib's generator, for the same
+    reason."""
+
+    def __init__(self, relay: Relay, seconds: float) -> None:
+        self.relay = relay
+        self.timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self.timeout.__aenter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            await self.timeout.__aexit__(kind, exc, tb)
+        except TimeoutError as timeout:
+            exc = timeout
+        if isinstance(exc, RelayError):
+            self.relay.broken = True
+        elif isinstance(exc, OSError | TimeoutError | ValueError):
+            self.relay.broken = True
+            raise RelayError(f"bad or no reply from smarthost: {exc!r}") from exc
+
+
 class Relay:
     """One open connection to the smarthost."""
 
@@ -152,20 +178,8 @@ class Relay:
                 break
         return Reply(int(text[:3]), " ".join(lines).strip()), lines
 
-    @contextlib.asynccontextmanager
-    async def _deadline(self, timeout: float | None = None) -> AsyncIterator[None]:
-        """One timeout for the replies read inside, and a failure to read one breaks
-        the connection: wait_for, or a timeout per reply, costs more than reading the
-        reply (a pipelined copy reads four)."""
-        try:
-            async with asyncio.timeout(timeout or self.timeout):
-                yield
-        except (OSError, TimeoutError, ValueError) as exc:
-            self.broken = True
-            raise RelayError(f"bad or no reply from smarthost: {exc!r}") from exc
-        except RelayError:
-            self.broken = True
-            raise
+    def _deadline(self, timeout: float | None = None) -> _Deadline:
+        return _Deadline(self, timeout or self.timeout)
 
     async def _replies(self, count: int, timeout: float | None = None
                        ) -> list[tuple[Reply, list[str]]]:
@@ -180,6 +194,8 @@ class Relay:
         return (await self._replies(1, timeout))[0][0]
 
     async def _flush(self) -> None:
+        if not self.writer.transport.get_write_buffer_size():
+            return  # all written already (a lost connection shows in the reply)
         try:
             async with asyncio.timeout(self.timeout):
                 await self.writer.drain()
