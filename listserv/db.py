@@ -5,6 +5,7 @@ The differences between SQLite (the embedded default) and PostgreSQL live here o
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,15 +116,51 @@ def _release(info: dict) -> None:
 # How long a writer waits for the others of its process before it leaves the wait to
 # SQLite's own busy handler (a thread that nests two write sessions would wait forever).
 WRITER_WAIT = 30.0
-_writer_locks: dict[str, threading.Lock] = {}
+
+
+class FairLock:
+    """A lock handed to its waiters in the order they came. threading.Lock is not fair:
+    the receiver, which always has the next group ready, took it again and again while
+    the delivery bookkeeping waited."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+
+    def acquire(self, timeout: float) -> bool:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return True
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        if baton.acquire(timeout=timeout):
+            return True  # handed over by release()
+        with self._guard:
+            if baton in self._waiters:
+                self._waiters.remove(baton)
+                return False
+        return True  # handed over as the wait ran out
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by that waiter
+            else:
+                self._held = False
+
+
+_writer_locks: dict[str, FairLock] = {}
 _writer_locks_guard = threading.Lock()
 
 
-def _writer_lock(database: str) -> threading.Lock:
+def _writer_lock(database: str) -> FairLock:
     """One lock per SQLite file, shared by every engine of this process on it."""
     key = str(Path(database).resolve()) if database and database != ":memory:" else database
     with _writer_locks_guard:
-        return _writer_locks.setdefault(key, threading.Lock())
+        return _writer_locks.setdefault(key, FairLock())
 
 
 @contextmanager
