@@ -15,6 +15,7 @@ import re
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -386,6 +387,7 @@ class Worker:
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 4)
         self._data: OrderedDict[int, bytes | Personal] = OrderedDict()
         self.progress = Progress(self)
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delivery-db")
         self._outcomes: list[tuple[Attempt, asyncio.Future[DeliveryState]]] = []
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
@@ -399,7 +401,10 @@ class Worker:
             return fn(session, *args)
 
     async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(self._session_call, fn, *args)
+        # Threads of its own: in the loop's default pool, bookkeeping queued behind the
+        # receiver's work of hundreds of clients, and deliveries stalled under load.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self._session_call, fn, *args)
 
     async def _prepared(self, outgoing_id: int) -> bytes | Personal:
         """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
@@ -443,6 +448,7 @@ class Worker:
             released = await self._db(release, self.name, unsent)
             if released:
                 log.info("gave back %d deliveries not sent", released)
+            self._threads.shutdown(wait=False)
 
     async def _claim_until(self, stop: asyncio.Event, poll: float) -> None:
         lease = timedelta(seconds=self.config.lease_seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiosmtpd.lmtp import LMTP
@@ -239,6 +240,13 @@ class GroupCommit:
         self.limit = limit
         self.waiting: list[tuple[Incoming, asyncio.Future[Result]]] = []
         self.writer: asyncio.Task | None = None
+        # A thread of its own: in the loop's default pool, a group waited behind the
+        # parsing and RCPT lookups of every client.
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-writer")
+
+    def close(self) -> None:
+        """Let the writer thread end once the group under way is stored."""
+        self.thread.shutdown(wait=False)
 
     async def store(self, incoming: Incoming) -> list[Outcome]:
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
@@ -255,8 +263,9 @@ class GroupCommit:
             while self.waiting:
                 group, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
                 try:
-                    results = await asyncio.to_thread(
-                        ingest_group, self.engine, self.config, [i for i, _ in group])
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self.thread, ingest_group, self.engine, self.config,
+                        [i for i, _ in group])
                 except Exception as exc:
                     results = [exc] * len(group)
                 for (_, future), result in zip(group, results, strict=True):
