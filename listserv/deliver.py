@@ -400,6 +400,10 @@ class Worker:
         with db.session(self.engine) as session:
             return fn(session, *args)
 
+    def _read_call(self, fn, *args):  # type: ignore[no-untyped-def]
+        with db.read_session(self.engine) as session:
+            return fn(session, *args)
+
     async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
         # Threads of its own: in the loop's default pool, bookkeeping queued behind the
         # receiver's work of hundreds of clients, and deliveries stalled under load.
@@ -409,7 +413,11 @@ class Worker:
     async def _prepared(self, outgoing_id: int) -> bytes | Personal:
         """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
         if outgoing_id not in self._data:
-            self._data[outgoing_id] = await self._db(self._load, outgoing_id)
+            # Once the secret is known this only reads, and a read needs no turn at the
+            # write lock (a receiver under load holds it most of the time).
+            call = self._session_call if self._secret is None else self._read_call
+            self._data[outgoing_id] = await asyncio.get_running_loop().run_in_executor(
+                self._threads, call, self._load, outgoing_id)
             while len(self._data) > 32:
                 self._data.popitem(last=False)
         self._data.move_to_end(outgoing_id)
