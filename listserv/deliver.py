@@ -384,11 +384,11 @@ class Worker:
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
         # None tells a sender to stop.
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 4)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 8)
         self._data: OrderedDict[int, bytes | Personal] = OrderedDict()
         self.progress = Progress(self)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delivery-db")
-        self._outcomes: list[tuple[Attempt, asyncio.Future[DeliveryState]]] = []
+        self._outcomes: list[Attempt] = []
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
 
@@ -536,7 +536,7 @@ class Worker:
             # lease runs out; this sender goes on with the next one.
             log.exception("delivery job=%d could not be sent", job.id)
             return relay
-        await self._record(job, refused, error)
+        self._record(job, refused, error)
         return relay
 
     async def _transmit(self, relay: Relay, job: Job, data: bytes | Personal
@@ -552,38 +552,36 @@ class Worker:
         finally:
             self.progress.forget(job)
 
+    async def _connect(self) -> Relay:
+        return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
+
+    def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
+                ) -> None:
+        """Queue the outcome for the next shared commit and go on with the next job: a
+        sender that waited for its commit waited for the receiver's turn at the write
+        lock too. Until the commit, the job stays claimed (a crash resends at most it,
+        as with any job in flight)."""
+        self._outcomes.append((job, refused, error))
+        if self._recording is None:
+            self._recording = asyncio.create_task(self._record_all())
+
     async def _record_all(self) -> None:
         """Write the outcomes that wait, together; those that come meanwhile go next."""
         try:
             while self._outcomes:
                 batch, self._outcomes = self._outcomes, []
                 try:
-                    states = await self._db(record_all, self.config, [a for a, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                    states = await self._db(record_all, self.config, batch)
+                except Exception:
+                    log.exception("%d delivery outcomes could not be recorded", len(batch))
                     continue
-                for (_, future), state in zip(batch, states, strict=True):
-                    if not future.done():
-                        future.set_result(state)
+                for (job, refused, error), state in zip(batch, states, strict=True):
+                    self._log(job, refused, error, state)
         finally:
             self._recording = None
 
-    async def _connect(self) -> Relay:
-        return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
-
-    async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
-                      ) -> None:
-        future: asyncio.Future[DeliveryState] = asyncio.get_running_loop().create_future()
-        self._outcomes.append(((job, refused, error), future))
-        if self._recording is None:
-            self._recording = asyncio.create_task(self._record_all())
-        try:
-            state = await future
-        except Exception:
-            log.exception("delivery job=%d: the outcome could not be recorded", job.id)
-            return
+    def _log(self, job: Job, refused: dict[str, Reply], error: RelayError | None,
+             state: DeliveryState) -> None:
         delivered = len(job.recipients) - len(refused) if error is None else 0
         self.sent += delivered
         log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,

@@ -234,7 +234,7 @@ class GroupCommit:
     commit. A lone client waits for nobody; many clients share fsyncs (SQLite writes
     one at a time anyway). Each waits for the commit that holds its message."""
 
-    def __init__(self, engine: Engine, config: Config, limit: int = 64) -> None:
+    def __init__(self, engine: Engine, config: Config, limit: int = 16) -> None:
         self.engine = engine
         self.config = config
         self.limit = limit
