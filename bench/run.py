@@ -5,7 +5,7 @@ Everything runs on loopback high ports in a temporary directory: the real `lists
 serve` (the console script, as a user runs it), Postfix's `smtp-sink` as the smarthost,
 and `smtp-source` driving the same sink with the same recipients per transaction and
 the same number of connections, as the ceiling. The figures, the machine and each
-target with pass or miss go to bench/RESULTS.md. See bench/README.md.
+target with pass or miss go to bench/out/run.md. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -819,8 +819,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "own is made and dropped); default: a SQLite file in a temp directory")
     p.add_argument("--profile", action="store_true", help="after the figures, profile one "
                    "fan-out to the largest list with py-spy and add the summary")
-    p.add_argument("--output", type=Path, default=HERE / "RESULTS.md",
-                   help="where to write the results (bench/RESULTS.md)")
+    p.add_argument("--output", type=Path, default=HERE / "out" / "run.md",
+                   help="where to write the results (bench/out/run.md; RESULTS.md keeps "
+                   "dated sections written from these by hand)")
     p.add_argument("--keep", action="store_true",
                    help="keep the temp directory (logs, database, profile)")
     p.add_argument("--commit", help="measure listserv as committed at this git revision "
@@ -945,6 +946,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     results = run(args, argv)
     report = render(results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report, encoding="utf-8")
     say(f"\nwrote {args.output}\n")
     say(report)
