@@ -5,7 +5,7 @@ Everything runs on loopback high ports in a temporary directory: the real `lists
 serve` (the console script, as a user runs it), Postfix's `smtp-sink` as the smarthost,
 and `smtp-source` driving the same sink with the same recipients per transaction and
 the same number of connections, as the ceiling. The figures, the machine and each
-target with pass or miss go to bench/RESULTS.md. See bench/README.md.
+target with pass or miss go to bench/out/run.md. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -259,12 +259,13 @@ class Setup:
     source: str
     smtp_port: int = field(default_factory=free_port)
     web_port: int = field(default_factory=free_port)
+    smtp_extra: str = ""  # more [smtp] lines (bench/load.py lifts rate limits)
 
     def config_path(self, concurrency: int) -> Path:
         path = self.workdir / f"listserv-c{concurrency}.toml"
         path.write_text(
             f'[database]\nurl = "{self.database_url}"\n\n'
-            f'[smtp]\nhost = "127.0.0.1"\nport = {self.smtp_port}\n\n'
+            f'[smtp]\nhost = "127.0.0.1"\nport = {self.smtp_port}\n{self.smtp_extra}\n'
             f'[delivery]\nsmarthost_host = "127.0.0.1"\nsmarthost_port = {self.sink.port}\n'
             f"concurrency = {concurrency}\n"
             f"max_recipients_per_transaction = {RCPTS_PER_TRANSACTION}\n\n"
@@ -477,10 +478,19 @@ class FanOut:
     sink_cpu: float
     peak_rss_mb: float
     message_id: str
+    shared: bool = False  # a list whose copies are the same for everyone
 
     @property
     def rate(self) -> float:
         return self.recipients / self.last_s
+
+    @property
+    def key(self) -> tuple[int, int, bool]:
+        return (self.members, self.concurrency, self.shared)
+
+    @property
+    def label(self) -> str:
+        return f"{_n(self.members)} ({'shared' if self.shared else 'personal'} copies)"
 
     @property
     def per_transaction(self) -> int:
@@ -625,8 +635,8 @@ class Results:
     imports: dict[int, tuple[float, float]] = field(default_factory=dict)
     ingests: list[Ingest] = field(default_factory=list)
     fanouts: list[FanOut] = field(default_factory=list)
-    raws: dict[tuple[int, int], Raw] = field(default_factory=dict)
-    raws100: dict[tuple[int, int], Raw] = field(default_factory=dict)
+    raws: dict[tuple[int, int, bool], Raw] = field(default_factory=dict)
+    raws100: dict[tuple[int, int, bool], Raw] = field(default_factory=dict)
     serve_peaks: dict[int, float] = field(default_factory=dict)
     profile: tuple[FanOut, list, list, int] | None = None
     elapsed: float = 0.0
@@ -643,16 +653,16 @@ def _verdict(ok: bool, miss: str) -> str:
 def target_rows(r: Results) -> list[tuple[str, str, str]]:
     rows = []
     for f in r.fanouts:
-        raw = r.raws[(f.members, f.concurrency)]
+        raw = r.raws[f.key]
         share = f.rate / raw.rate
-        rows.append((f"fan-out to {_n(f.members)} over {f.concurrency} connections "
+        rows.append((f"fan-out to {f.label} over {f.concurrency} connections "
                      f">= {TARGET_FANOUT_SHARE:.0%} of raw smtp-sink rate",
                      f"{_n(f.rate)}/s = {share:.0%} of {_n(raw.rate)}/s",
                      _verdict(share >= TARGET_FANOUT_SHARE,
                               f"{(TARGET_FANOUT_SHARE - share) * 100:.0f} points short; "
                               f"needs {TARGET_FANOUT_SHARE / share:.1f}x")))
     for f in r.fanouts:
-        rows.append((f"first delivery to {_n(f.members)} (c={f.concurrency}) within "
+        rows.append((f"first delivery to {f.label} (c={f.concurrency}) within "
                      f"{TARGET_FIRST_DELIVERY_S:.0f} s of the 250", f"{f.first_s:.3f} s",
                      _verdict(f.first_s <= TARGET_FIRST_DELIVERY_S,
                               f"{f.first_s - TARGET_FIRST_DELIVERY_S:.2f} s late")))
@@ -691,7 +701,7 @@ def bounds(r: Results) -> list[str]:
             why = "smtp-sink is CPU-bound"
         else:
             why = "neither process fills a core: waiting (round trips, commits, polling)"
-        lines.append(f"- Fan-out to {_n(f.members)} over {f.concurrency} connections: serve "
+        lines.append(f"- Fan-out to {f.label} over {f.concurrency} connections: serve "
                      f"used {serve:.2f} cores and smtp-sink {sink:.2f} over {f.last_s:.2f} s "
                      f"({f.serve_cpu / f.transactions * 1000:.2f} ms of serve CPU per "
                      f"{f.per_transaction}-recipient "
@@ -736,9 +746,9 @@ def render(r: Results) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in r.fanouts:
-        raw = r.raws[(f.members, f.concurrency)]
+        raw = r.raws[f.key]
         runs = ", ".join(f"{s:.2f}" for s in raw.runs)
-        out.append(f"| {_n(f.members)} | {f.concurrency} | {_n(f.transactions)} "
+        out.append(f"| {f.label} | {f.concurrency} | {_n(f.transactions)} "
                    f"({f.per_transaction}) | {f.accept_s:.3f} | {f.first_s:.3f} | "
                    f"{f.last_s:.2f} | {_n(f.rate)} | {_n(raw.rate)} ({runs}) | "
                    f"{f.rate / raw.rate:.0%} | {f.serve_cpu / f.last_s:.2f} | "
@@ -749,9 +759,9 @@ def render(r: Results) -> str:
                 "of the ceiling quoted in the targets), same copy and connections:", "",
                 "| members | connections | raw deliveries/s at 100 per transaction (runs, s) "
                 "| fan-out as a share of it |", "|---|---|---|---|"]
-        out += [f"| {_n(f.members)} | {f.concurrency} | {_n(raw.rate)} "
+        out += [f"| {f.label} | {f.concurrency} | {_n(raw.rate)} "
                 f"({', '.join(f'{s:.2f}' for s in raw.runs)}) | {f.rate / raw.rate:.1%} |"
-                for f in r.fanouts if (raw := r.raws100.get((f.members, f.concurrency)))]
+                for f in r.fanouts if (raw := r.raws100.get(f.key))]
     out += ["", "## Ingest", "",
             "Posts of about 2.5 KB from a member to a list of three members, over "
             "persistent smtplib connections (threads in the benchmark process); posts/s is "
@@ -794,6 +804,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--members", default="10000,100000",
                    help="list sizes for fan-out, comma-separated (default 10000,100000)")
+    p.add_argument("--shared", default="10000",
+                   help="list sizes for fan-out of shared copies (verp off, a footer "
+                   "without member links), comma-separated; '' for none (default 10000)")
     p.add_argument("--concurrency", default="4,8",
                    help="delivery connections, comma-separated (default 4,8)")
     p.add_argument("--posts", type=int, default=2000, help="posts per ingest run (2000)")
@@ -806,8 +819,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    "own is made and dropped); default: a SQLite file in a temp directory")
     p.add_argument("--profile", action="store_true", help="after the figures, profile one "
                    "fan-out to the largest list with py-spy and add the summary")
-    p.add_argument("--output", type=Path, default=HERE / "RESULTS.md",
-                   help="where to write the results (bench/RESULTS.md)")
+    p.add_argument("--output", type=Path, default=HERE / "out" / "run.md",
+                   help="where to write the results (bench/out/run.md; RESULTS.md keeps "
+                   "dated sections written from these by hand)")
     p.add_argument("--keep", action="store_true",
                    help="keep the temp directory (logs, database, profile)")
     p.add_argument("--commit", help="measure listserv as committed at this git revision "
@@ -818,7 +832,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="do not apt-get install postfix when smtp-sink is missing")
     args = p.parse_args(argv)
     if args.quick:
-        args.members, args.posts, args.concurrency = "2000", 200, "4"
+        args.members, args.shared, args.posts, args.concurrency = "2000", "2000", 200, "4"
     return args
 
 
@@ -882,6 +896,12 @@ def measure(setup: Setup, args: argparse.Namespace, results: Results) -> None:
         lists[n], seconds, rss = make_list(setup, f"fan{n}", n)
         results.imports[n] = (seconds, rss)
         say(f"  import of {n:,}: {seconds:.2f} s")
+    shared_sizes, shared_lists = _ints(args.shared), {}
+    for n in shared_sizes:
+        shared_lists[n], _, _ = make_list(setup, f"shared{n}", n)
+        # Nothing of the member's own in a copy: one copy for up to 100 recipients.
+        setup.cli("list", "set", shared_lists[n], "verp", "off")
+        setup.cli("list", "set", shared_lists[n], "footer", "{{ name }} list: {{ address }}")
     probe = Probe(setup.database_url)
     for c in concurrencies:
         serve = Serve(setup, c)
@@ -891,20 +911,23 @@ def measure(setup: Setup, args: argparse.Namespace, results: Results) -> None:
                     result = ingest(setup, serve, probe, ingest_list, args.posts, clients)
                     results.ingests.append(result)
                     say(f"  ingest, {clients} client(s): {result.rate:.0f} posts/s")
-            for n in sizes:
-                f = fan_out(setup, serve, probe, lists[n], n, c, timeout=600)
+            for n, shared in [(n, False) for n in sizes] + [(n, True) for n in shared_sizes]:
+                f = fan_out(setup, serve, probe, (shared_lists if shared else lists)[n], n, c,
+                            timeout=600)
+                f.shared = shared
                 results.fanouts.append(f)
                 copy = probe.copy_of(f.message_id)
                 raw = raw_rate(setup, copy, c, f.transactions, f.per_transaction,
                                args.raw_repeat)
-                results.raws[(n, c)] = raw
+                results.raws[f.key] = raw
                 if f.per_transaction != RCPTS_PER_TRANSACTION:
                     # The ceiling the issue quotes: 100 recipients per transaction.
-                    results.raws100[(n, c)] = raw_rate(
+                    results.raws100[f.key] = raw_rate(
                         setup, copy, c, math.ceil(f.recipients / RCPTS_PER_TRANSACTION),
                         RCPTS_PER_TRANSACTION, args.raw_repeat)
-                say(f"  fan-out {n:,}, c={c}: first {f.first_s:.3f} s, last {f.last_s:.2f} s, "
-                    f"{f.rate:,.0f}/s; raw {raw.rate:,.0f}/s ({f.rate / raw.rate:.0%})")
+                say(f"  fan-out {f.label}, c={c}: first {f.first_s:.3f} s, last "
+                    f"{f.last_s:.2f} s, {f.rate:,.0f}/s; raw {raw.rate:,.0f}/s "
+                    f"({f.rate / raw.rate:.0%})")
             if args.profile and c == concurrencies[-1]:
                 n = max(sizes)
                 f, path = profile_fan_out(setup, serve, probe, lists[n], n, c,
@@ -923,6 +946,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     results = run(args, argv)
     report = render(results)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report, encoding="utf-8")
     say(f"\nwrote {args.output}\n")
     say(report)

@@ -27,7 +27,6 @@ from urllib.parse import quote
 from listserv.address import ListAddresses, Purpose
 from listserv.templating import environment
 
-_LINE_END = re.compile(rb"\r?\n")
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
 # Headers a list replaces on every copy: ours must be the only ones (RFC 2369, 2919).
@@ -39,8 +38,10 @@ REPLACED = {
 
 
 def crlf(data: bytes) -> bytes:
-    """Normalise line ends to CRLF (mbox files and some clients use bare LF)."""
-    return _LINE_END.sub(b"\r\n", data)
+    """Normalise line ends to CRLF (mbox files and some clients use bare LF). Two
+    replaces do what the regular expression r"\r?\n" would, several times faster: this
+    runs on every line that carries a member's link, for every member."""
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
 def field_name(line: bytes) -> bytes:
@@ -286,6 +287,11 @@ class Footer:
     """The list's footer for one post, rendered once with UNSUBSCRIBE and MUTE in it."""
 
     text: str  # "\n" line ends, ends with "\n"
+
+    @property
+    def personal(self) -> bool:
+        """Whether it links to a member's own pages (unsubscribe_url, mute_url)."""
+        return UNSUBSCRIBE in self.text or MUTE in self.text
 
     @property
     def html(self) -> str:
@@ -619,11 +625,13 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               message_id: str, subject: str, add_message_id: bool,
               subject_prefix: str | None = None, reply_to: str | None = None,
               footer: Footer | None = None, via: str | None = None,
-              authentication: str | None = None, archived: bool = True) -> Copy:
+              authentication: str | None = None, archived: bool = True,
+              one_click: bool = True) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
     their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
-    Authentication-Results value ARC seals."""
+    Authentication-Results value ARC seals. Without `one_click`, List-Unsubscribe is
+    the list's leave address alone, the same for everyone (a shared copy)."""
     data = crlf(raw)
     original, body_at = _split_head(data)
     fields = _edit_fields(original, subject=subject, tag=subject_tag(name, subject_prefix),
@@ -637,10 +645,14 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
         fields, edits = _with_footer(data, fields, body_at, footer)
     if add_message_id:
         fields.append(f"Message-ID: <{message_id}>\r\n".encode())
-    headers = render_fields(list_headers(addresses, name, base_url, message_id,
-                                         archived=archived))
+    headers = render_fields([(k, v) for k, v in list_headers(addresses, name, base_url,
+                                                             message_id, archived=archived)
+                             if one_click or k != "List-Unsubscribe-Post"])
+    unsubscribe: Piece = (unsubscribe_header(addresses, base_url) if one_click else
+                          f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n"
+                          .encode())
     added = _split_head(headers + b"List-Unsubscribe: <one per member>\r\n")[0]
     broken = _broken_signatures(original, fields + added, bool(edits))
     fields = [f for f in fields if f not in broken]
-    head: list[Piece] = [*fields, headers, unsubscribe_header(addresses, base_url), b"\r\n"]
+    head: list[Piece] = [*fields, headers, unsubscribe, b"\r\n"]
     return _assemble(_apply(data, [(0, body_at, head), *edits]))

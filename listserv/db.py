@@ -5,6 +5,8 @@ The differences between SQLite (the embedded default) and PostgreSQL live here o
 
 from __future__ import annotations
 
+import collections
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,14 +77,90 @@ def _tune_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
+    lock = _writer_lock(engine.url.database or "")
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # type: ignore[no-untyped-def]
         # A deferred transaction that reads and then writes fails at once with
         # SQLITE_BUSY when another thread wrote meanwhile; IMMEDIATE waits its turn.
         # Read-only sessions (RCPT lookups, pages) need no write lock: in WAL mode they
         # read a snapshot and never queue behind writers.
-        readonly = conn.get_execution_options().get("readonly")
-        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("readonly"):
+            conn.exec_driver_sql("BEGIN")
+            return
+        # Writers of this process queue on a lock of ours first: SQLite's busy handler
+        # sleeps up to 100 ms between tries, so with many short writers (delivery
+        # bookkeeping next to a receiver that always has a group to write) a waiter
+        # slept through the gaps and starved. Other processes still meet SQLite's. The
+        # lock is given back when the connection returns to the pool, after its COMMIT
+        # (the "commit" event comes before it).
+        if "writer_lock" not in conn.info and lock.acquire(timeout=WRITER_WAIT):
+            conn.info["writer_lock"] = lock
+        try:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            _release(conn.info)
+            raise
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection, record) -> None:  # type: ignore[no-untyped-def]
+        _release(record.info)
+
+
+def _release(info: dict) -> None:
+    held = info.pop("writer_lock", None)
+    if held is not None:
+        held.release()
+
+
+# How long a writer waits for the others of its process before it leaves the wait to
+# SQLite's own busy handler (a thread that nests two write sessions would wait forever).
+WRITER_WAIT = 30.0
+
+
+class FairLock:
+    """A lock handed to its waiters in the order they came. threading.Lock is not fair:
+    the receiver, which always has the next group ready, took it again and again while
+    the delivery bookkeeping waited."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._held = False
+        self._waiters: collections.deque[threading.Lock] = collections.deque()
+
+    def acquire(self, timeout: float) -> bool:
+        with self._guard:
+            if not self._held:
+                self._held = True
+                return True
+            baton = threading.Lock()
+            baton.acquire()
+            self._waiters.append(baton)
+        if baton.acquire(timeout=timeout):
+            return True  # handed over by release()
+        with self._guard:
+            if baton in self._waiters:
+                self._waiters.remove(baton)
+                return False
+        return True  # handed over as the wait ran out
+
+    def release(self) -> None:
+        with self._guard:
+            if self._waiters:
+                self._waiters.popleft().release()  # still held: now by that waiter
+            else:
+                self._held = False
+
+
+_writer_locks: dict[str, FairLock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def _writer_lock(database: str) -> FairLock:
+    """One lock per SQLite file, shared by every engine of this process on it."""
+    key = str(Path(database).resolve()) if database and database != ":memory:" else database
+    with _writer_locks_guard:
+        return _writer_locks.setdefault(key, FairLock())
 
 
 @contextmanager

@@ -8,11 +8,14 @@ a job twice. A job is marked done in its own commit right after the smarthost's 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import logging
 import os
+import re
 import socket
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -32,7 +35,7 @@ from listserv.models import (
     Verp,
     utcnow,
 )
-from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare
+from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
 
 log = logging.getLogger("listserv.deliver")
 
@@ -138,10 +141,22 @@ def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
     return min(timedelta(seconds=seconds), MAX_BACKOFF)
 
 
+Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals, its error
+
+
+def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
+               ) -> list[DeliveryState]:
+    """Write the outcomes of several attempts in one commit (senders that finish jobs
+    at about the same time share it)."""
+    states = [record(session, config, *attempt) for attempt in attempts]
+    session.commit()
+    return states
+
+
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
            error: RelayError | None) -> DeliveryState:
     """Write the outcome of one attempt: done, retry later (only the recipients that
-    still need it), or failed for good."""
+    still need it), or failed for good. The caller commits."""
     now = utcnow()
     temporary, permanent = _outcome(job, refused, error)
     values: dict = {"worker": None, "lease_until": None}
@@ -164,7 +179,6 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
-    session.commit()
     return values["state"]
 
 
@@ -250,7 +264,10 @@ class Progress:
 
 class Personal:
     """A list copy with slots; each recipient's own links (signed tokens) are filled in
-    as their transaction goes out, and with VERP their own envelope sender."""
+    as their transaction goes out, and with VERP their own envelope sender.
+
+    The copy is cut and dot-stuffed once, when loaded: without DKIM, a recipient's
+    bytes are two signatures joined with bytes prepared for everyone."""
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
                  message_pk: int | None, verp: ListAddresses | None = None,
@@ -261,6 +278,7 @@ class Personal:
         self.message_pk = message_pk
         self.signer = signer
         self.verp = verp  # the list's addresses when its copies go out with VERP
+        self.pieces = _stuffed_pieces(copy)
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -268,21 +286,96 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def copy_for(self, rcpt: str) -> bytes:
-        """The message one recipient gets: their own links filled in, then signed."""
+    def _links(self, rcpt: str) -> tuple[str, str]:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return _signed(self.signer, self.copy.personal(unsubscribe, mute))
+        return unsubscribe, mute
+
+    def copy_for(self, rcpt: str) -> bytes:
+        """The message one recipient gets: their own links filled in, then signed."""
+        data = self.copy.personal(*self._links(rcpt))
+        return self.signer.sign(data) if self.signer is not None else data
 
     def prepared_for(self, rcpt: str) -> bytes:
         """The dot-stuffed bytes for one recipient, end-of-data line included."""
-        return prepare(self.copy_for(rcpt))
+        if self.signer is not None:
+            return prepare(self.copy_for(rcpt))
+        unsubscribe, mute = self._links(rcpt)
+        return b"".join(p if isinstance(p, bytes) else p.fill(unsubscribe, mute)
+                        for p in self.pieces)
 
 
-def _signed(signer: signing.Signer | None, data: bytes) -> bytes:
-    """Signed last, over the bytes the recipient gets (their own links included)."""
-    return signer.sign(data) if signer is not None else data
+@dataclass(frozen=True)
+class _Line:
+    """A line of a slot that holds a member's token: the only bytes of a copy encoded
+    and dot-stuffed for each recipient (a quoted-printable line may break anywhere in
+    the token, and a soft break can put a "." at the start of a line)."""
+
+    text: str
+    charset: str
+    qp: bool
+    line_start: bool
+
+    def fill(self, unsubscribe: str, mute: str) -> bytes:
+        raw = self.text.replace(compose.UNSUBSCRIBE, unsubscribe).replace(
+            compose.MUTE, mute).encode(self.charset)
+        return stuff(compose.crlf(binascii.b2a_qp(raw) if self.qp else raw),
+                     line_start=self.line_start)
+
+
+@dataclass(frozen=True)
+class _Whole:
+    """A slot filled whole for each recipient: base64 cannot be cut at lines."""
+
+    slot: compose.Slot
+    line_start: bool
+
+    def fill(self, unsubscribe: str, mute: str) -> bytes:
+        return stuff(self.slot.fill(unsubscribe, mute), line_start=self.line_start)
+
+
+Piece = bytes | _Line | _Whole
+
+
+def _slot_pieces(slot: compose.Slot, line_start: bool) -> list[Piece]:
+    """A slot as its lines: those without a token encoded and stuffed once (as
+    compose.Slot.fill encodes them: line by line), the others left for each recipient."""
+    if slot.encoding not in ("7bit", "8bit", "binary", "quoted-printable"):
+        return [_Whole(slot, line_start)]
+    qp = slot.encoding == "quoted-printable"
+    pieces: list[Piece] = []
+    for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
+        first = line_start or index > 0
+        if compose.UNSUBSCRIBE in line or compose.MUTE in line:
+            pieces.append(_Line(line, slot.charset, qp, first))
+        else:
+            raw = line.encode(slot.charset)
+            pieces.append(stuff(compose.crlf(binascii.b2a_qp(raw) if qp else raw),
+                                line_start=first))
+    return pieces
+
+
+def _stuffed_pieces(copy: compose.Copy) -> list[Piece]:
+    """The copy cut at its tokens' lines, dot-stuffed, with the end-of-data line. The
+    shared bytes begin lines (they open the copy or follow a slot, and fills end
+    lines); a slot begins one when the bytes before it end one."""
+    pieces: list[Piece] = []
+    chunks = list(copy.chunks())
+    for index, (chunk, slot) in enumerate(chunks):
+        if index == len(chunks) - 1 and chunk and not chunk.endswith(b"\r\n"):
+            chunk += b"\r\n"
+        pieces.append(stuff(chunk))
+        if slot is not None:
+            pieces += _slot_pieces(slot, not chunk or chunk.endswith(b"\n"))
+    pieces.append(b".\r\n")
+    merged: list[Piece] = []
+    for piece in pieces:  # one bytes object between two recipient lines
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return merged
 
 
 class Worker:
@@ -300,9 +393,12 @@ class Worker:
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
         # None tells a sender to stop.
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 4)
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 8)
         self._data: OrderedDict[int, bytes | Personal] = OrderedDict()
         self.progress = Progress(self)
+        self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delivery-db")
+        self._outcomes: list[Attempt] = []
+        self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
 
     def wake(self) -> None:
@@ -313,13 +409,24 @@ class Worker:
         with db.session(self.engine) as session:
             return fn(session, *args)
 
+    def _read_call(self, fn, *args):  # type: ignore[no-untyped-def]
+        with db.read_session(self.engine) as session:
+            return fn(session, *args)
+
     async def _db(self, fn, *args):  # type: ignore[no-untyped-def]
-        return await asyncio.to_thread(self._session_call, fn, *args)
+        # Threads of its own: in the loop's default pool, bookkeeping queued behind the
+        # receiver's work of hundreds of clients, and deliveries stalled under load.
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self._session_call, fn, *args)
 
     async def _prepared(self, outgoing_id: int) -> bytes | Personal:
         """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
         if outgoing_id not in self._data:
-            self._data[outgoing_id] = await self._db(self._load, outgoing_id)
+            # Once the secret is known this only reads, and a read needs no turn at the
+            # write lock (a receiver under load holds it most of the time).
+            call = self._session_call if self._secret is None else self._read_call
+            self._data[outgoing_id] = await asyncio.get_running_loop().run_in_executor(
+                self._threads, call, self._load, outgoing_id)
             while len(self._data) > 32:
                 self._data.popitem(last=False)
         self._data.move_to_end(outgoing_id)
@@ -332,7 +439,7 @@ class Worker:
             .outerjoin(MailingList, MailingList.id == Outgoing.list_id)
             .where(Outgoing.id == outgoing_id)).one()
         if not row.slots:
-            return prepare(_signed(self.signer, row.data))
+            return prepare(self.signer.sign(row.data) if self.signer else row.data)
         if self._secret is None:
             self._secret = tokens.server_secret(session, self.server_config)
             session.commit()  # a secret generated here must be the one the web app reads
@@ -352,10 +459,13 @@ class Worker:
         finally:
             unsent = [job.id for job in self._drain()]
             await self._stop_senders(senders)
+            while self._recording is not None:  # outcomes being written
+                await asyncio.shield(self._recording)
             await self.progress.flush()
             released = await self._db(release, self.name, unsent)
             if released:
                 log.info("gave back %d deliveries not sent", released)
+            self._threads.shutdown(wait=False)
 
     async def _claim_until(self, stop: asyncio.Event, poll: float) -> None:
         lease = timedelta(seconds=self.config.lease_seconds)
@@ -435,7 +545,7 @@ class Worker:
             # lease runs out; this sender goes on with the next one.
             log.exception("delivery job=%d could not be sent", job.id)
             return relay
-        await self._record(job, refused, error)
+        self._record(job, refused, error)
         return relay
 
     async def _transmit(self, relay: Relay, job: Job, data: bytes | Personal
@@ -454,13 +564,33 @@ class Worker:
     async def _connect(self) -> Relay:
         return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
 
-    async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
-                      ) -> None:
+    def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
+                ) -> None:
+        """Queue the outcome for the next shared commit and go on with the next job: a
+        sender that waited for its commit waited for the receiver's turn at the write
+        lock too. Until the commit, the job stays claimed (a crash resends at most it,
+        as with any job in flight)."""
+        self._outcomes.append((job, refused, error))
+        if self._recording is None:
+            self._recording = asyncio.create_task(self._record_all())
+
+    async def _record_all(self) -> None:
+        """Write the outcomes that wait, together; those that come meanwhile go next."""
         try:
-            state = await self._db(record, self.config, job, refused, error)
-        except Exception:
-            log.exception("delivery job=%d: the outcome could not be recorded", job.id)
-            return
+            while self._outcomes:
+                batch, self._outcomes = self._outcomes, []
+                try:
+                    states = await self._db(record_all, self.config, batch)
+                except Exception:
+                    log.exception("%d delivery outcomes could not be recorded", len(batch))
+                    continue
+                for (job, refused, error), state in zip(batch, states, strict=True):
+                    self._log(job, refused, error, state)
+        finally:
+            self._recording = None
+
+    def _log(self, job: Job, refused: dict[str, Reply], error: RelayError | None,
+             state: DeliveryState) -> None:
         delivered = len(job.recipients) - len(refused) if error is None else 0
         self.sent += delivered
         log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,

@@ -368,7 +368,8 @@ def sample_copy(d: Deployment) -> bytes:
     parsed = parse.parse(raw)
     message = store.new_message(d.mlist, raw, parsed, kind=MessageKind.POST,
                                 state=MessageState.ACCEPTED)
-    copy = store.list_copy(d.mlist, message, parsed, d.config.web.base_url, config=d.config)
+    copy, _ = store.list_copy(d.mlist, message, parsed, d.config.web.base_url,
+                              config=d.config)
     verp = addresses if d.mlist.verp is Verp.ON else None
     personal = deliver.Personal(copy, d.secret, d.mlist.id, None, verp,
                                 signing.Signer.from_config(d.config.dkim))

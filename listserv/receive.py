@@ -10,6 +10,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from aiosmtpd.lmtp import LMTP
@@ -151,34 +152,144 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 
-def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
-           raw: bytes) -> list[Outcome]:
-    """Store one SMTP transaction for all its recipients, in one database transaction."""
-    parsed = parse(raw)  # once, and outside the write transaction
+# The lists a group's recipients are for, by recipient: looked up once per group, since
+# the posts of a group mostly go to the same few lists.
+Targets = dict[str, tuple[Route, MailingList]]
+
+
+def _target(session: Session, rcpt: str, targets: Targets) -> tuple[Route, MailingList]:
+    if rcpt not in targets:
+        target = route(session, rcpt)
+        if isinstance(target, str):
+            raise LookupError(target)  # the list went away since RCPT
+        targets[rcpt] = (target, roster.get_list(session, target.list_address))
+    return targets[rcpt]
+
+
+def _ingest_one(session: Session, config: Config, mail_from: str, rcpts: list[str],
+                raw: bytes, parsed: Parsed, targets: Targets) -> list[Outcome]:
+    outcomes = []
+    for rcpt in rcpts:
+        target, mlist = _target(session, rcpt, targets)
+        if target.purpose is Purpose.POST:
+            outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw, parsed,
+                                  alone=len(rcpts) == 1))
+        else:
+            outcomes.append(_other(session, config, mlist, target, rcpt, mail_from, raw,
+                                   parsed))
+    return outcomes
+
+
+@dataclass
+class Incoming:
+    """One SMTP transaction waiting to be stored."""
+
+    mail_from: str
+    rcpts: list[str]
+    raw: bytes
+    parsed: Parsed
+
+
+# What one SMTP transaction of a group came to: its outcomes, or why it was refused.
+Result = list[Outcome] | Exception
+
+
+def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[Result]:
+    """Store several SMTP transactions in one database transaction, each in a savepoint
+    of its own, so one refused or failing transaction does not take the others with it;
+    one commit (one fsync) for them all. Nothing is answered before that commit."""
     attempts = 3
     for attempt in range(attempts):
         try:
             with db.session(engine) as session:
-                outcomes = []
-                for rcpt in rcpts:
-                    target = route(session, rcpt)
-                    if isinstance(target, str):
-                        raise LookupError(target)  # the list went away since RCPT
-                    mlist = roster.get_list(session, target.list_address)
-                    if target.purpose is Purpose.POST:
-                        outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw,
-                                              parsed, alone=len(rcpts) == 1))
-                    else:
-                        outcomes.append(_other(session, config, mlist, target, rcpt,
-                                               mail_from, raw, parsed))
+                targets: Targets = {}
+                results = [_in_savepoint(session, config, incoming, targets)
+                           for incoming in group]
                 session.commit()
-                return outcomes
-        except (IntegrityError, OperationalError):
-            # Two receivers threading into the same thread at once, or a busy database:
-            # the whole transaction is redone from the start.
+                return results
+        except OperationalError:
+            # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _in_savepoint(session: Session, config: Config, incoming: Incoming,
+                  targets: Targets) -> Result:
+    attempts = 3
+    for attempt in range(attempts):
+        try:
+            with session.begin_nested():
+                return _ingest_one(session, config, incoming.mail_from, incoming.rcpts,
+                                   incoming.raw, incoming.parsed, targets)
+        except IntegrityError as exc:
+            # Two receivers threading into the same thread at once (PostgreSQL): this
+            # transaction is redone from its savepoint.
+            if attempt == attempts - 1:
+                return exc
+        except (LookupError, Rejected) as exc:
+            return exc
+        except OperationalError:
+            raise  # the group as a whole
+        except Exception as exc:
+            return exc  # its client gets a 451 (and the log the traceback)
+    raise AssertionError("unreachable")
+
+
+def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
+           raw: bytes) -> list[Outcome]:
+    """Store one SMTP transaction for all its recipients, in one database transaction."""
+    result = ingest_group(engine, config, [Incoming(mail_from, rcpts, raw, parse(raw))])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+class GroupCommit:
+    """One writer for the receiver: the SMTP transactions that reach their end of data
+    while a group is being stored wait and go together in the next group, sharing its
+    commit. A lone client waits for nobody; many clients share fsyncs (SQLite writes
+    one at a time anyway). Each waits for the commit that holds its message."""
+
+    def __init__(self, engine: Engine, config: Config, limit: int = 16) -> None:
+        self.engine = engine
+        self.config = config
+        self.limit = limit
+        self.waiting: list[tuple[Incoming, asyncio.Future[Result]]] = []
+        self.writer: asyncio.Task | None = None
+        # A thread of its own: in the loop's default pool, a group waited behind the
+        # parsing and RCPT lookups of every client.
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-writer")
+
+    def close(self) -> None:
+        """Let the writer thread end once the group under way is stored."""
+        self.thread.shutdown(wait=False)
+
+    async def store(self, incoming: Incoming) -> list[Outcome]:
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self.waiting.append((incoming, future))
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write())
+        result = await future
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def _write(self) -> None:
+        try:
+            while self.waiting:
+                group, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
+                try:
+                    results = await asyncio.get_running_loop().run_in_executor(
+                        self.thread, ingest_group, self.engine, self.config,
+                        [i for i, _ in group])
+                except Exception as exc:
+                    results = [exc] * len(group)
+                for (_, future), result in zip(group, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self.writer = None
 
 
 class Handler:
@@ -191,6 +302,7 @@ class Handler:
         self.config = config
         self.on_queued = on_queued
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
+        self.group = GroupCommit(engine, config)
 
     def _sender_refusal(self, mail_from: str) -> str | None:
         with db.read_session(self.engine) as session:
@@ -240,8 +352,10 @@ class Handler:
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
         try:
-            outcomes = await asyncio.to_thread(ingest, self.engine, self.config, mail_from,
-                                               list(envelope.rcpt_tos), raw)
+            # Parsed here, in parallel with the group being written.
+            parsed = await asyncio.to_thread(parse, raw)
+            outcomes = await self.group.store(Incoming(mail_from, list(envelope.rcpt_tos),
+                                                       raw, parsed))
         except (LookupError, Rejected) as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)

@@ -14,6 +14,7 @@ import re
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
 
@@ -53,11 +54,24 @@ class ConnectionLost(RelayError):
     the transaction can go again at once on a new connection."""
 
 
+# The longest reply line we wait for: a smarthost sending more without a line end is broken.
+MAX_LINE = 1 << 20
+
+
+def stuff(data: bytes, *, line_start: bool = True) -> bytes:
+    """Dot-stuff a piece of CRLF message bytes (RFC 5321 4.5.2); `line_start` says
+    whether the piece begins a line, so pieces stuffed apart join into a stuffed whole."""
+    if b"\n." not in data and not data.startswith(b"."):
+        return data  # most lines: no regular expression needed
+    stuffed = _DOT.sub(b"..", data)
+    return stuffed if line_start or not data.startswith(b".") else stuffed[1:]
+
+
 def prepare(data: bytes) -> bytes:
-    """Dot-stuff CRLF message bytes (RFC 5321 4.5.2) and add the end-of-data line."""
+    """Dot-stuff CRLF message bytes and add the end-of-data line."""
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
-    return _DOT.sub(b"..", data) + b".\r\n"
+    return stuff(data) + b".\r\n"
 
 
 def _nothing(rcpt: str) -> None:
@@ -71,6 +85,32 @@ def _refusal(error: RelayError, lost: bool = False) -> Reply:
     return Reply(error.code or (451 if error.temporary else 554), str(error))
 
 
+class _Deadline:
+    """One timeout for the replies read inside, and a failure to read one breaks the
+    connection. wait_for, or a timeout per reply, costs more than reading the reply (a
+    pipelined copy reads four); a class, not contextlib's generator, for the same
+    reason."""
+
+    def __init__(self, relay: Relay, seconds: float) -> None:
+        self.relay = relay
+        self.timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> None:
+        await self.timeout.__aenter__()
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            await self.timeout.__aexit__(kind, exc, tb)
+        except TimeoutError as timeout:
+            exc = timeout
+        if isinstance(exc, RelayError):
+            self.relay.broken = True
+        elif isinstance(exc, OSError | TimeoutError | ValueError):
+            self.relay.broken = True
+            raise RelayError(f"bad or no reply from smarthost: {exc!r}") from exc
+
+
 class Relay:
     """One open connection to the smarthost."""
 
@@ -81,6 +121,9 @@ class Relay:
         self.timeout = timeout
         self.extensions: dict[str, str] = {}
         self.broken = False
+        # Replies are cut into lines here rather than by StreamReader.readline: a
+        # pipelined copy reads four replies, mostly from one segment.
+        self._buffer = bytearray()
 
     @classmethod
     async def connect(cls, host: str, port: int, helo: str | None = None,
@@ -114,33 +157,45 @@ class Relay:
             keyword, _, param = line.partition(" ")
             self.extensions[keyword.upper()] = param
 
-    async def _reply_lines(self, timeout: float | None = None) -> tuple[Reply, list[str]]:
+    async def _line(self) -> bytes:
+        while (end := self._buffer.find(b"\n")) < 0:
+            if len(self._buffer) > MAX_LINE:
+                raise RelayError("smarthost sent a reply line too long")
+            chunk = await self.reader.read(1 << 16)
+            if not chunk:
+                raise RelayError("smarthost closed the connection")
+            self._buffer += chunk
+        line = bytes(self._buffer[:end + 1])
+        del self._buffer[:end + 1]
+        return line
+
+    async def _read_reply(self) -> tuple[Reply, list[str]]:
         lines = []
-        try:
-            # asyncio.timeout, not wait_for: wait_for makes a task per line, and a
-            # pipelined fan-out reads four replies per copy.
-            async with asyncio.timeout(timeout or self.timeout):
-                while True:
-                    line = await self.reader.readline()
-                    if not line:
-                        raise RelayError("smarthost closed the connection")
-                    text = line.decode("utf-8", "replace").rstrip("\r\n")
-                    lines.append(text[4:])
-                    if len(text) < 4 or text[3] != "-":
-                        break
-            code = int(text[:3])
-        except (OSError, TimeoutError, ValueError) as exc:
-            self.broken = True
-            raise RelayError(f"bad or no reply from smarthost: {exc!r}") from exc
-        except RelayError:
-            self.broken = True
-            raise
-        return Reply(code, " ".join(lines).strip()), lines
+        while True:
+            text = (await self._line()).decode("utf-8", "replace").rstrip("\r\n")
+            lines.append(text[4:])
+            if len(text) < 4 or text[3] != "-":
+                break
+        return Reply(int(text[:3]), " ".join(lines).strip()), lines
+
+    def _deadline(self, timeout: float | None = None) -> _Deadline:
+        return _Deadline(self, timeout or self.timeout)
+
+    async def _replies(self, count: int, timeout: float | None = None
+                       ) -> list[tuple[Reply, list[str]]]:
+        """The next `count` replies, under one timeout for them all."""
+        async with self._deadline(timeout):
+            return [await self._read_reply() for _ in range(count)]
+
+    async def _reply_lines(self, timeout: float | None = None) -> tuple[Reply, list[str]]:
+        return (await self._replies(1, timeout))[0]
 
     async def _reply(self, timeout: float | None = None) -> Reply:
-        return (await self._reply_lines(timeout))[0]
+        return (await self._replies(1, timeout))[0][0]
 
     async def _flush(self) -> None:
+        if not self.writer.transport.get_write_buffer_size():
+            return  # all written already (a lost connection shows in the reply)
         try:
             async with asyncio.timeout(self.timeout):
                 await self.writer.drain()
@@ -179,8 +234,7 @@ class Relay:
         data_reply = None
         if "PIPELINING" in self.extensions:
             mail_reply = await self._open(mail + b"".join(commands) + b"DATA\r\n")
-            rcpt_replies = [await self._reply() for _ in commands]
-            data_reply = await self._reply()
+            *rcpt_replies, data_reply = [r for r, _ in await self._replies(len(commands) + 1)]
         else:
             mail_reply = await self._open(mail)
             rcpt_replies = [await self._command(c) for c in commands] if mail_reply.ok else []
@@ -266,17 +320,18 @@ class Relay:
                     break
                 self.writer.write(ahead + commands)
                 await self._flush()
-                for who in expected:
-                    reply = await self._reply(DATA_TIMEOUT)
-                    if who is not None:
-                        finished.add(who)
-                        if not reply.ok:
-                            refused[who] = reply
-                        else:
-                            on_sent(who)
-                if rcpt is None:
-                    break
-                replies = [await self._reply() for _ in range(3)]
+                async with self._deadline(DATA_TIMEOUT if expected else None):
+                    for who in expected:  # the replies to what went ahead
+                        reply = (await self._read_reply())[0]
+                        if who is not None:
+                            finished.add(who)
+                            if not reply.ok:
+                                refused[who] = reply
+                            else:
+                                on_sent(who)
+                    if rcpt is None:
+                        break
+                    replies = [(await self._read_reply())[0] for _ in range(3)]
                 ahead, expected = self._next_group(rcpt, data, replies, refused, finished)
         except RelayError as exc:
             self.broken = True
@@ -340,8 +395,8 @@ class Relay:
             if not self.broken:
                 self.writer.write(b"QUIT\r\n")
                 await asyncio.wait_for(self.writer.drain(), 5)
-                await asyncio.wait_for(self.reader.readline(), 5)
-        except (OSError, TimeoutError):
+                await self._reply(5)
+        except (OSError, TimeoutError, RelayError):
             pass  # the connection is going away either way
         finally:
             self.writer.close()

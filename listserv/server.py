@@ -146,6 +146,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
         smtp.close()
         http.should_exit = True
         await asyncio.wait(tasks, timeout=10)
+        handler.group.close()
         # Python 3.12+ waits here for open client connections; do not hang on them.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(smtp.wait_closed(), 2)

@@ -35,6 +35,7 @@ from listserv.models import (
     Role,
     ThreadNode,
     ThreadSummary,
+    Verp,
     utcnow,
 )
 from listserv.parse import Parsed
@@ -291,11 +292,14 @@ def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
     `slots` (see compose.Copy) makes the copy personal: the worker then fills each
     recipient's links into `data` and sends every recipient a transaction of their own.
     """
-    outgoing = Outgoing(message_pk=message_pk, list_id=list_id, slots=slots,
-                        data=data if slots else compose.crlf(data))
-    session.add(outgoing)
-    session.flush()
     now = utcnow()
+    # Core inserts, not ORM objects: nothing reads them back in this transaction, and
+    # an ORM flush costs more than the insert (this runs for every post received).
+    connection = session.connection()  # Core: no ORM bulk-insert machinery either
+    outgoing_id = connection.execute(insert(Outgoing.__table__).values(
+        message_pk=message_pk, list_id=list_id, slots=slots,
+        data=data if slots else compose.crlf(data), created_at=now)
+        .returning(Outgoing.id)).scalar_one()
     jobs = []
     chunk: list[str] = []
     for rcpt in rcpts:
@@ -306,8 +310,8 @@ def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
     if chunk:
         jobs.append(chunk)
     if jobs:
-        session.execute(insert(Delivery), [
-            {"outgoing_id": outgoing.id, "mail_from": mail_from, "recipients": "\n".join(j),
+        connection.execute(insert(Delivery.__table__), [
+            {"outgoing_id": outgoing_id, "mail_from": mail_from, "recipients": "\n".join(j),
              "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
              "created_at": now}
             for j in jobs])
@@ -350,31 +354,49 @@ def _authenticity(mlist: MailingList, message: Message, config: Config
     return via, results
 
 
+def shared_copies(mlist: MailingList, list_footer: compose.Footer | None) -> bool:
+    """Whether every member gets the same copy of a post: only when nothing in it is
+    the member's own, that is `verp` off (one envelope sender) and a footer without
+    `unsubscribe_url` or `mute_url`. The copy then goes to up to
+    `max_recipients_per_transaction` members at once, and its List-Unsubscribe is the
+    list's leave address alone: members lose the one-click unsubscribe (RFC 8058), the
+    mute link and bounces that name them without parsing."""
+    return mlist.verp is Verp.OFF and not (list_footer and list_footer.personal)
+
+
 def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: str, *,
-              config: Config) -> compose.Copy:
-    """The copy of a post that members get, with slots for each member's links; also
-    what `listserv doctor` inspects, so it checks the very headers members see."""
+              config: Config) -> tuple[compose.Copy, bool]:
+    """The copy of a post that members get, with slots for each member's links, and
+    whether it is shared (see shared_copies); also what `listserv doctor` inspects, so
+    it checks the very headers members see."""
     addresses = addresses_of(mlist)
     via, results = _authenticity(mlist, message, config)
+    list_footer = footer(mlist, base_url)
+    shared = shared_copies(mlist, list_footer)
     return compose.list_copy(
         message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
         message_id=message.message_id, subject=message.subject,
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
-        footer=footer(mlist, base_url), via=via, authentication=results,
-        archived=mlist.archive is not ArchivePolicy.OFF)
+        footer=list_footer, via=via, authentication=results,
+        archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared), shared
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
             base_url: str, batch: int, *, config: Config) -> int:
     """Queue the list copy of an accepted post for every member who gets posts, except
     those who muted its thread, and the post itself for the next digest. The copy is
-    composed once, with slots for each member's unsubscribe and mute links."""
+    composed once, with slots for each member's unsubscribe and mute links, or shared
+    (see shared_copies)."""
     addresses = addresses_of(mlist)
-    copy = list_copy(mlist, message, parsed, base_url, config=config)
-    session.add(DigestItem(list_id=mlist.id, message_pk=message.id, size=message.size))
+    copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
+    session.connection().execute(insert(DigestItem.__table__).values(
+        list_id=mlist.id, message_pk=message.id, size=message.size, created_at=utcnow()))
     quiet = muted(session, mlist.id, message.message_id)
     rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
+    if shared:  # a footer without links is still a slot: filled once, for everyone
+        return queue(session, copy.personal("", ""), addresses.at(Purpose.BOUNCES), rcpts,
+                     batch, message.id, list_id=mlist.id)
     return queue(session, copy.data, addresses.at(Purpose.BOUNCES), rcpts, batch, message.id,
                  slots=copy.slots_json(), list_id=mlist.id)
 

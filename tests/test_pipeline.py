@@ -5,12 +5,13 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
+import threading
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 
 from listserv import db
-from listserv.models import Delivery, Message, MessageState
+from listserv.models import Delivery, MailingList, Message, MessageState, Verp
 from tests.conftest import message
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
@@ -76,6 +77,32 @@ def test_jobs_respect_max_recipients_per_transaction(running, make_list, sink, e
     assert len(jobs) == 2
     # Each member's copy carries their own links, so each goes in its own transaction.
     assert [len(m.rcpt_tos) for m in sink.received] == [1, 1, 1, 1]
+
+
+def _set(engine, address: str, **values) -> None:
+    with db.session(engine) as s:
+        s.execute(update(MailingList).where(MailingList.address == address).values(**values))
+        s.commit()
+
+
+def test_copies_are_shared_only_when_nothing_in_them_is_the_members_own(
+        running, make_list, sink, engine):
+    make_list(members=MEMBERS)  # 4 recipients with the owner, batches of 2
+    _set(engine, "dev@lists.example.org", verp=Verp.OFF, footer="-- {{ name }}: {{ address }}")
+    running.send("bob@example.com", ["dev@lists.example.org"], message())
+    sink.wait_for(4)
+    assert [len(m.rcpt_tos) for m in sink.received] == [2, 2]
+    copy = parsed(sink.received[0].data)
+    assert copy["List-Unsubscribe"] == "<mailto:dev-leave@lists.example.org>"
+    assert copy["List-Unsubscribe-Post"] is None  # RFC 8058 one-click needs an https URI
+    assert sink.received[0].data == sink.received[1].data
+    assert copy.get_payload().endswith("-- Dev: dev@lists.example.org\r\n")
+    # A footer with the member's own unsubscribe link makes every copy personal again.
+    _set(engine, "dev@lists.example.org", footer="Leave: {{ unsubscribe_url }}")
+    running.send("bob@example.com", ["dev@lists.example.org"], message("Again"))
+    sink.wait_for(8)
+    assert [len(m.rcpt_tos) for m in sink.received[2:]] == [1, 1, 1, 1]
+    assert "/unsubscribe/" in parsed(sink.received[2].data)["List-Unsubscribe"]
 
 
 @pytest.mark.parametrize("subject,expected", [
@@ -219,3 +246,46 @@ def test_database_failure_answers_451_and_stores_nothing(running, make_list, eng
     with running.smtp() as client, pytest.raises(smtplib.SMTPDataError) as info:
         client.sendmail("bob@example.com", ["dev@lists.example.org"], message())
     assert info.value.smtp_code == 451
+
+
+def test_concurrent_clients_each_get_250_only_for_a_stored_message(running, make_list,
+                                                                   engine):
+    """Posts that arrive together share a commit; one client's refused transaction (a
+    list that is not there any more) does not take the others' with it."""
+    make_list(members=MEMBERS)
+    make_list("gone@lists.example.org", name="Gone", members=MEMBERS)
+    replies: dict[str, tuple[int, bytes]] = {}
+
+    def client(i: int) -> None:
+        with running.smtp() as smtp:
+            smtp.ehlo()
+            for j in range(5):
+                post = message(f"post {i}-{j}")
+                mid = parsed(post.encode())["Message-ID"].strip("<>")
+                smtp.mail("bob@example.com")
+                smtp.rcpt("dev@lists.example.org")
+                replies[mid] = smtp.data(post)
+
+    with db.session(engine) as s:  # refused after RCPT: the list is gone at DATA
+        s.execute(text("DELETE FROM member WHERE list_id = "
+                       "(SELECT id FROM mailing_list WHERE address = 'gone@lists.example.org')"))
+        s.commit()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    with running.smtp() as smtp:
+        smtp.ehlo()
+        smtp.mail("bob@example.com")
+        smtp.rcpt("gone@lists.example.org")
+        with db.session(engine) as s:
+            s.execute(text("DELETE FROM mailing_list WHERE address = 'gone@lists.example.org'"))
+            s.commit()
+        code, _ = smtp.data(message("to a list that went away", to="gone@lists.example.org"))
+    for t in threads:
+        t.join()
+    assert code == 550
+    with db.session(engine) as s:
+        stored = set(s.scalars(select(Message.message_id).where(
+            Message.state == MessageState.ACCEPTED)))
+    assert len(replies) == 40 and all(code == 250 for code, _ in replies.values())
+    assert set(replies) <= stored
