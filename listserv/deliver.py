@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from listserv import compose, db, signing, tokens
@@ -147,10 +148,13 @@ Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals
 def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
                ) -> list[DeliveryState]:
     """Write the outcomes of several attempts in one commit (senders that finish jobs
-    at about the same time share it)."""
-    states = [record(session, config, *attempt) for attempt in attempts]
+    at about the same time share it), in job id order (see mark_sent)."""
+    order = sorted(range(len(attempts)), key=lambda i: attempts[i][0].id)
+    states: dict[int, DeliveryState] = {}
+    for i in order:
+        states[i] = record(session, config, *attempts[i])
     session.commit()
-    return states
+    return [states[i] for i in range(len(attempts))]
 
 
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
@@ -196,8 +200,10 @@ def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
 
 def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
     """Keep only the recipients still to send in each job, so a worker killed in the
-    middle of a job does not send anyone their copy twice."""
-    for job_id, rcpts in remaining.items():
+    middle of a job does not send anyone their copy twice. Rows are updated in id order,
+    as record_all does: two transactions that lock delivery rows in one order cannot
+    deadlock (PostgreSQL detected exactly that when the orders differed)."""
+    for job_id, rcpts in sorted(remaining.items()):
         session.execute(update(Delivery).where(
             Delivery.id == job_id, Delivery.worker == worker,
             Delivery.state == DeliveryState.SENDING).values(recipients="\n".join(rcpts)))
@@ -398,6 +404,7 @@ class Worker:
         self.progress = Progress(self)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delivery-db")
         self._outcomes: list[Attempt] = []
+        self._written: list[asyncio.Future[None]] = []  # one per outcome waiting
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
 
@@ -545,7 +552,7 @@ class Worker:
             # lease runs out; this sender goes on with the next one.
             log.exception("delivery job=%d could not be sent", job.id)
             return relay
-        self._record(job, refused, error)
+        await self._record(job, refused, error)
         return relay
 
     async def _transmit(self, relay: Relay, job: Job, data: bytes | Personal
@@ -564,30 +571,52 @@ class Worker:
     async def _connect(self) -> Relay:
         return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
 
-    def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
-                ) -> None:
-        """Queue the outcome for the next shared commit and go on with the next job: a
-        sender that waited for its commit waited for the receiver's turn at the write
-        lock too. Until the commit, the job stays claimed (a crash resends at most it,
-        as with any job in flight)."""
+    async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
+                      ) -> None:
+        """Write the outcome in the next shared commit (senders that finish together
+        share one), and wait for it before the next job: then a kill resends at most the
+        one job each sender has in flight, the bound the crash tests hold."""
+        written = asyncio.get_running_loop().create_future()
         self._outcomes.append((job, refused, error))
+        self._written.append(written)
         if self._recording is None:
             self._recording = asyncio.create_task(self._record_all())
+        await written
 
     async def _record_all(self) -> None:
         """Write the outcomes that wait, together; those that come meanwhile go next."""
         try:
             while self._outcomes:
                 batch, self._outcomes = self._outcomes, []
-                try:
-                    states = await self._db(record_all, self.config, batch)
-                except Exception:
-                    log.exception("%d delivery outcomes could not be recorded", len(batch))
+                waiting, self._written = self._written, []
+                states = await self._recorded(batch)
+                for written in waiting:
+                    written.set_result(None)
+                if states is None:
                     continue
                 for (job, refused, error), state in zip(batch, states, strict=True):
                     self._log(job, refused, error, state)
         finally:
             self._recording = None
+            for written in self._written:  # stopped before their turn: let senders go
+                if not written.done():
+                    written.set_result(None)
+            self._written = []
+
+    async def _recorded(self, batch: list[Attempt], tries: int = 3
+                        ) -> list[DeliveryState] | None:
+        """The batch written, tried again when the database refused it for a moment (a
+        deadlock or a busy SQLite); given up only after `tries`, when the jobs stay
+        claimed and their lease brings them back."""
+        for attempt in range(tries):
+            try:
+                return await self._db(record_all, self.config, batch)
+            except Exception as exc:
+                if not isinstance(exc, OperationalError) or attempt == tries - 1:
+                    log.exception("%d delivery outcomes could not be recorded", len(batch))
+                    return None
+                await asyncio.sleep(0.05 * (attempt + 1))
+        return None
 
     def _log(self, job: Job, refused: dict[str, Reply], error: RelayError | None,
              state: DeliveryState) -> None:
