@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import dataclasses
 import datetime
 import email.utils
 import random
@@ -29,12 +28,9 @@ from pathlib import Path
 import run
 from sqlalchemy import text
 
-from listserv.config import SmtpConfig
-
 DOMAIN = run.DOMAIN
 # The server's per-IP and per-sender limits, when this version has them: every client
 # here is 127.0.0.1, and one poster per list sends thousands of posts.
-LIMITS = {"max_connections_per_ip": 100_000, "max_messages_per_sender_per_hour": 10_000_000}
 
 
 @dataclass
@@ -161,12 +157,6 @@ def check(probe: run.Probe, tally: Tally, members: int, copies: int) -> dict[str
     return figures
 
 
-def lifted_limits() -> str:
-    """[smtp] lines lifting the server's per-IP and per-sender limits, if it has them."""
-    known = {f.name for f in dataclasses.fields(SmtpConfig)}
-    return "".join(f"{k} = {v}\n" for k, v in LIMITS.items() if k in known)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--clients", type=int, default=200)
@@ -190,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with run.database(args.database_url, workdir, args.keep) as (url, db_name):
             setup = run.Setup(workdir, url, listserv_bin, sink, source_bin,
-                              smtp_extra=lifted_limits())
+                              smtp_extra=run.lifted_limits())
             machine = run.machine()
             lists, posters = [], {}
             for i in range(args.lists):
