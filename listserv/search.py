@@ -18,6 +18,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import Integer, String, column, text
 from sqlmodel import Session
 
+from listserv import db
 from listserv.models import Message
 
 # Snippet highlight markers: control characters no mail text keeps (see _clean), so the
@@ -40,7 +41,7 @@ class Hit:
 
 
 def _sqlite(session: Session) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
+    return db.is_sqlite(session.get_bind())
 
 
 def _clean(value: str, limit: int = MAX_TEXT) -> str:
