@@ -141,6 +141,19 @@ class SinkHandler:
             time.sleep(0.05)
         return self.recipients()
 
+    def copies_to(self, rcpt: str, count: int = 1, timeout: float = 15.0) -> list[bytes]:
+        """Block until `count` copies to `rcpt` have arrived (or time out); their bytes.
+
+        Waiting for a total count is not enough when several recipients are sent at once:
+        the one a test looks at may be the last to arrive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.lock:
+                got = [m.data for m in self.received if rcpt in m.rcpt_tos]
+            if len(got) >= count or time.monotonic() > deadline:
+                return got
+            time.sleep(0.05)
+
 
 @pytest.fixture
 def sink() -> Iterator[SinkHandler]:
@@ -278,13 +291,8 @@ def mails_to(sink: SinkHandler, address: str, count: int = 1, timeout: float = 1
     import email
     import email.policy
 
-    deadline = time.monotonic() + timeout
-    while True:
-        with sink.lock:
-            got = [m.data for m in sink.received if address in m.rcpt_tos]
-        if len(got) >= count or time.monotonic() > deadline:
-            return [email.message_from_bytes(d, policy=email.policy.default) for d in got]
-        time.sleep(0.05)
+    return [email.message_from_bytes(d, policy=email.policy.default)
+            for d in sink.copies_to(address, count, timeout)]
 
 
 def delivered_to(engine: Engine, sink: SinkHandler, address: str,

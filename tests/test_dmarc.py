@@ -19,9 +19,7 @@ READER = "reader@example.net"
 
 
 def copy_for(sink, rcpt: str) -> email.message.Message:
-    sink.wait_for(1)
-    data = next(m.data for m in sink.received if rcpt in m.rcpt_tos)
-    return email.message_from_bytes(data, policy=email.policy.compat32)
+    return email.message_from_bytes(sink.copies_to(rcpt)[0], policy=email.policy.compat32)
 
 
 def set_list(engine, key: str, value: str) -> None:
