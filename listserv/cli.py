@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 import mailbox
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -391,6 +392,11 @@ def sender_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
 IMPORT_BATCH = 1000
 
 
+def _parsing_processes() -> int:
+    """One core stores while the others parse; on one core, parsing stays in-process."""
+    return min(4, (os.cpu_count() or 1) - 1)
+
+
 def _maildir(path: Path) -> Iterator[mbox.Mail]:
     box = mailbox.Maildir(path, factory=None, create=False)
     for key in box.iterkeys():
@@ -421,7 +427,8 @@ def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argume
     with db.session(_state(ctx).engine) as s, _progress() as bar:
         mlist = roster.get_list(s, list_address)
         task = bar.add_task("importing", total=None)
-        while batch := list(itertools.islice(mails, IMPORT_BATCH)):
+        parsed = archive.parsed_mails(mails, workers=_parsing_processes())
+        while batch := list(itertools.islice(parsed, IMPORT_BATCH)):
             imported += archive.import_mail(s, mlist, batch)
             s.commit()
             read += len(batch)

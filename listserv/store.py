@@ -10,10 +10,11 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from jinja2 import TemplateError
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlmodel import Session
 
 from listserv import compose, dmarc, resolver, search, signing, thread, view
@@ -62,16 +63,24 @@ def generated_message_id(raw: bytes, domain: str) -> str:
     return f"listserv-{hashlib.sha256(raw).hexdigest()[:32]}@{domain}"
 
 
+def message_values(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: MessageKind,
+                   state: MessageState, mail_from: str = "", rcpt_to: str = "",
+                   reasons: Iterable[str] = ()) -> dict:
+    """A message row's columns: for a Message, or for the Core insert of an import."""
+    return {
+        "list_id": mlist.id, "kind": kind, "state": state, "reasons": "\n".join(reasons),
+        "message_id": parsed.message_id or generated_message_id(raw, mlist.domain),
+        "mail_from": mail_from, "rcpt_to": rcpt_to, "from_address": parsed.from_address,
+        "from_name": parsed.from_name, "subject": parsed.subject, "date": parsed.date,
+        "received_at": utcnow(), "size": len(raw), "raw": raw,
+    }
+
+
 def new_message(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: MessageKind,
                 state: MessageState, mail_from: str = "", rcpt_to: str = "",
                 reasons: Iterable[str] = ()) -> Message:
-    return Message(
-        list_id=mlist.id, kind=kind, state=state, reasons="\n".join(reasons),
-        message_id=parsed.message_id or generated_message_id(raw, mlist.domain),
-        mail_from=mail_from, rcpt_to=rcpt_to, from_address=parsed.from_address,
-        from_name=parsed.from_name, subject=parsed.subject, date=parsed.date,
-        size=len(raw), raw=raw,
-    )
+    return Message(**message_values(mlist, raw, parsed, kind=kind, state=state,
+                                    mail_from=mail_from, rcpt_to=rcpt_to, reasons=reasons))
 
 
 # Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound values.
@@ -99,55 +108,108 @@ def is_archived(session: Session, list_id: int, message_id: str) -> bool:
     return bool(archived_ids(session, list_id, [message_id]))
 
 
+@dataclass
+class _Row:
+    """A thread_node row in memory. Plain data: making an ORM object per node cost more
+    than writing it (an import makes one or two per message)."""
+
+    node: thread.Node
+    message_pk: int | None = None
+    subject_key: str = ""
+    date: datetime | None = None
+    stored: bool = True  # in the table already (else inserted at the next write)
+
+    def values(self) -> dict:
+        node = self.node
+        return {"message_pk": self.message_pk, "parent_id": node.parent_id,
+                "own_link": node.own_link, "thread_id": node.thread_id,
+                "by_subject": node.by_subject, "subject_key": self.subject_key,
+                "date": self.date}
+
+
+_NODE = ThreadNode.__table__.c
+_UPDATE_NODE = update(ThreadNode.__table__).where(
+    _NODE.list_id == bindparam("w_list_id"), _NODE.message_id == bindparam("w_message_id"))
+
+
 class Threads:
     """The nodes of every thread some messages touch, read in two queries and then kept
     in step as those messages are linked one after the other, so each is linked exactly
     as if its threads had been read from the database just before (a batch of imported
-    messages costs two queries, not two per message)."""
+    messages costs two queries, not two per message). What changed goes to the table
+    in one statement per kind at `write`."""
 
     def __init__(self, session: Session, list_id: int, message_ids: Iterable[str]) -> None:
         self.session, self.list_id = session, list_id
-        self.rows: dict[str, ThreadNode] = {}
+        self.rows: dict[str, _Row] = {}
         self.members: dict[str, set[str]] = {}  # thread id -> message ids
+        self.changed: set[str] = set()  # message ids whose rows the table does not have yet
         thread_ids: set[str] = set()
         for chunk in _chunks(set(message_ids)):
-            thread_ids.update(session.scalars(select(ThreadNode.thread_id).where(
-                ThreadNode.list_id == list_id, ThreadNode.message_id.in_(chunk))))
+            thread_ids.update(session.scalars(select(_NODE.thread_id).where(
+                _NODE.list_id == list_id, _NODE.message_id.in_(chunk))))
         self.load(thread_ids)
 
     def load(self, thread_ids: Iterable[str]) -> None:
         """Read the threads not read yet (a subject-only reply joins one of those)."""
         for chunk in _chunks(set(thread_ids) - self.members.keys()):
-            for row in self.session.scalars(select(ThreadNode).where(
-                    ThreadNode.list_id == self.list_id, ThreadNode.thread_id.in_(chunk))):
-                self.put(row, None)
+            for r in self.session.execute(select(ThreadNode.__table__).where(
+                    _NODE.list_id == self.list_id, _NODE.thread_id.in_(chunk))):
+                if r.message_id not in self.rows:
+                    node = thread.Node(r.message_id, real=r.message_pk is not None,
+                                       parent_id=r.parent_id, thread_id=r.thread_id,
+                                       by_subject=r.by_subject, own_link=r.own_link)
+                    self.rows[r.message_id] = _Row(node, r.message_pk, r.subject_key, r.date)
+                    self.members.setdefault(r.thread_id, set()).add(r.message_id)
             for thread_id in chunk:
                 self.members.setdefault(thread_id, set())
 
-    def of(self, message_ids: Iterable[str]) -> dict[str, ThreadNode]:
+    def of(self, message_ids: Iterable[str]) -> dict[str, thread.Node]:
         """Every node of every thread that one of `message_ids` belongs to."""
-        thread_ids = {self.rows[mid].thread_id for mid in message_ids if mid in self.rows}
-        return {mid: self.rows[mid] for tid in thread_ids for mid in self.members[tid]}
+        thread_ids = {self.rows[mid].node.thread_id for mid in message_ids if mid in self.rows}
+        return {mid: self.rows[mid].node for tid in thread_ids for mid in self.members[tid]}
 
-    def put(self, row: ThreadNode, old_thread_id: str | None) -> None:
-        """A node read, made, or moved to another thread."""
+    def put(self, node: thread.Node, old_thread_id: str | None) -> _Row:
+        """A node made, changed, or moved to another thread."""
+        row = self.rows.get(node.message_id)
+        if row is None:
+            row = self.rows[node.message_id] = _Row(node, stored=False)
         if old_thread_id is not None:
-            self.members[old_thread_id].discard(row.message_id)
-        self.rows[row.message_id] = row
-        self.members.setdefault(row.thread_id, set()).add(row.message_id)
+            self.members[old_thread_id].discard(node.message_id)
+        self.members.setdefault(node.thread_id, set()).add(node.message_id)
+        self.changed.add(node.message_id)
+        return row
+
+    def write(self) -> None:
+        """Bring the table up to date: what reads threads from it (the subject fallback,
+        the summaries, mutes, the pages) must see the links made so far."""
+        rows = [self.rows[mid] for mid in sorted(self.changed)]
+        self.changed.clear()
+        connection = self.session.connection()
+        new = [{"list_id": self.list_id, "message_id": r.node.message_id, **r.values()}
+               for r in rows if not r.stored]
+        if new:
+            connection.execute(insert(ThreadNode.__table__), new)
+        old = [{"w_list_id": self.list_id, "w_message_id": r.node.message_id, **r.values()}
+               for r in rows if r.stored]
+        if old:
+            connection.execute(_UPDATE_NODE, old)
+        for r in rows:
+            r.stored = True
 
 
-def _subject_thread(session: Session, message: Message) -> str | None:
+def _subject_thread(threads: Threads, message: Message) -> str | None:
     key = thread.subject_key(message.subject)
     if not key:
         return None
+    threads.write()
     since = (message.date or utcnow()) - SUBJECT_FALLBACK_WINDOW
-    return session.scalars(
-        select(ThreadNode.thread_id)
-        .where(ThreadNode.list_id == message.list_id, ThreadNode.subject_key == key,
-               ThreadNode.message_pk.is_not(None), ThreadNode.date >= since,
-               ThreadNode.message_id != message.message_id)
-        .order_by(ThreadNode.date.desc()).limit(1)).first()
+    return threads.session.scalars(
+        select(_NODE.thread_id)
+        .where(_NODE.list_id == message.list_id, _NODE.subject_key == key,
+               _NODE.message_pk.is_not(None), _NODE.date >= since,
+               _NODE.message_id != message.message_id)
+        .order_by(_NODE.date.desc()).limit(1)).first()
 
 
 def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -> None:
@@ -157,107 +219,122 @@ def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -
                         .values(thread_id=new))
 
 
-def thread_message(session: Session, threads: Threads, message: Message,
+def thread_message(session: Session, threads: Threads, message: Archivable,
                    parsed: Parsed) -> set[str]:
     """Place a stored message in its thread, creating placeholders for absent parents;
     the ids of the threads it changed (a late parent can merge or rename threads).
     `threads` must hold the threads of thread.touched(message)."""
-    rows = threads.of(thread.touched(message.message_id, parsed))
-    nodes = {
-        mid: thread.Node(mid, real=row.message_pk is not None, parent_id=row.parent_id,
-                         thread_id=row.thread_id, by_subject=row.by_subject,
-                         own_link=row.own_link)
-        for mid, row in rows.items()
-    }
+    nodes = threads.of(thread.touched(message.message_id, parsed))
+    before = {mid: node.thread_id for mid, node in nodes.items()}
     joined = None
     if thread.wants_subject_fallback(parsed):
-        joined = _subject_thread(session, message)
+        joined = _subject_thread(threads, message)
         if joined is not None:
             threads.load([joined])
     changed = thread.link(nodes, message.message_id, parsed, subject_thread=joined)
-    moves = {(rows[mid].thread_id, nodes[mid].thread_id) for mid in changed
-             if mid in rows and rows[mid].thread_id != nodes[mid].thread_id}
+    moves = {(before[mid], nodes[mid].thread_id) for mid in changed
+             if mid in before and before[mid] != nodes[mid].thread_id}
     _follow_mutes(session, message.list_id, moves)
     for mid in changed:
-        node = nodes[mid]
-        row = rows.get(mid)
-        old_thread_id = row.thread_id if row is not None else None
-        row = row or ThreadNode(list_id=message.list_id, message_id=mid,
-                                thread_id=node.thread_id)
-        row.parent_id, row.thread_id = node.parent_id, node.thread_id
-        row.own_link, row.by_subject = node.own_link, node.by_subject
-        if mid == message.message_id:
-            row.message_pk = message.id
-            row.subject_key = thread.subject_key(message.subject)
-            row.date = message.date or message.received_at
-        session.add(row)
-        threads.put(row, old_thread_id)
+        threads.put(nodes[mid], before.get(mid))
+    row = threads.put(nodes[message.message_id], None)
+    row.message_pk = message.id
+    row.subject_key = thread.subject_key(message.subject)
+    row.date = message.date or message.received_at
     return {nodes[message.message_id].thread_id} | {old for old, _ in moves}
 
 
 # How many sender names a thread's summary keeps for the list page.
 SUMMARY_AUTHORS = 4
+_SUMMARY = ThreadSummary.__table__.c
+_UPDATE_SUMMARY = update(ThreadSummary.__table__).where(_SUMMARY.id == bindparam("w_id"))
 
 
 def _summary_rows(session: Session, list_id: int, thread_ids: list[str]
-                  ) -> tuple[dict[str, list], dict[str, ThreadSummary]]:
-    """The archived messages of these threads in date order, and their summaries."""
+                  ) -> tuple[dict[str, list], dict[str, int]]:
+    """The archived messages of these threads in date order, and their summaries' ids."""
     messages: dict[str, list] = {tid: [] for tid in thread_ids}
-    summaries: dict[str, ThreadSummary] = {}
+    summaries: dict[str, int] = {}
     for chunk in _chunks(thread_ids):
         for row in session.execute(
-                select(ThreadNode.thread_id, Message.from_name, Message.from_address,
-                       Message.subject, ThreadNode.date)
-                .join(Message, Message.id == ThreadNode.message_pk)
-                .where(ThreadNode.list_id == list_id, ThreadNode.thread_id.in_(chunk))
-                .order_by(ThreadNode.thread_id, ThreadNode.date, Message.id)):
+                select(_NODE.thread_id, Message.from_name, Message.from_address,
+                       Message.subject, _NODE.date)
+                .join(Message, Message.id == _NODE.message_pk)
+                .where(_NODE.list_id == list_id, _NODE.thread_id.in_(chunk))
+                .order_by(_NODE.thread_id, _NODE.date, Message.id)):
             messages[row.thread_id].append(row)
-        summaries.update((s.thread_id, s) for s in session.scalars(select(ThreadSummary).where(
-            ThreadSummary.list_id == list_id, ThreadSummary.thread_id.in_(chunk))))
+        summaries.update((tid, pk) for tid, pk in session.execute(
+            select(_SUMMARY.thread_id, _SUMMARY.id).where(
+                _SUMMARY.list_id == list_id, _SUMMARY.thread_id.in_(chunk))))
     return messages, summaries
+
+
+def _summary(rows: list) -> dict:
+    """What the list page shows of a thread, from its messages in date order."""
+    authors: dict[str, str] = {}
+    for row in rows:
+        authors.setdefault(row.from_address or row.from_name,
+                           row.from_name or row.from_address.partition("@")[0])
+    dates = [r.date for r in rows if r.date is not None]
+    return {"subject": rows[0].subject, "messages": len(rows), "participants": len(authors),
+            "authors": "\n".join(list(authors.values())[:SUMMARY_AUTHORS]),
+            "first_date": min(dates, default=None), "last_date": max(dates, default=None)}
 
 
 def summarize(session: Session, list_id: int, thread_ids: Iterable[str]) -> None:
     """Recount what the archive's thread list shows for these threads; a thread that a
     late parent merged into another has no messages left and loses its summary."""
     session.flush()
-    messages, summaries = _summary_rows(session, list_id, list(set(thread_ids)))
-    for thread_id, rows in messages.items():
-        summary = summaries.get(thread_id)
-        if not rows:
-            if summary is not None:
-                session.delete(summary)
-            continue
-        summary = summary or ThreadSummary(list_id=list_id, thread_id=thread_id)
-        authors: dict[str, str] = {}
-        for row in rows:
-            authors.setdefault(row.from_address or row.from_name,
-                               row.from_name or row.from_address.partition("@")[0])
-        dates = [r.date for r in rows if r.date is not None]
-        summary.subject, summary.messages = rows[0].subject, len(rows)
-        summary.participants = len(authors)
-        summary.authors = "\n".join(list(authors.values())[:SUMMARY_AUTHORS])
-        summary.first_date = min(dates, default=None)
-        summary.last_date = max(dates, default=None)
-        session.add(summary)
+    messages, summaries = _summary_rows(session, list_id, sorted(set(thread_ids)))
+    connection = session.connection()
+    gone = [summaries[tid] for tid, rows in messages.items() if not rows and tid in summaries]
+    for chunk in _chunks(gone):
+        connection.execute(delete(ThreadSummary.__table__).where(_SUMMARY.id.in_(chunk)))
+    new = [{"list_id": list_id, "thread_id": tid, **_summary(rows)}
+           for tid, rows in messages.items() if rows and tid not in summaries]
+    if new:
+        connection.execute(insert(ThreadSummary.__table__), new)
+    old = [{"w_id": summaries[tid], **_summary(rows)}
+           for tid, rows in messages.items() if rows and tid in summaries]
+    if old:
+        connection.execute(_UPDATE_SUMMARY, old)
+
+
+class Archivable(Protocol):
+    """What archiving reads of a stored message: a Message, or an imported one's row."""
+
+    id: int | None
+    list_id: int
+    message_id: str
+    from_address: str
+    from_name: str
+    subject: str
+    date: datetime | None
+    received_at: datetime
+    raw: bytes
 
 
 def archive_all(session: Session, mlist: MailingList,
-                posts: Sequence[tuple[Message, Parsed]]) -> None:
+                posts: Sequence[tuple[Archivable, Parsed]],
+                texts: Sequence[str] | None = None) -> None:
     """Everything that makes stored posts part of the archive, in the caller's
     transaction, in order: their threads, the thread list's counts, and (unless the
-    list keeps no web archive) the search index. Many at once is much faster than one
-    by one (an import): each thread is read and recounted once."""
+    list keeps no web archive) the search index of their `texts` (view.plain_text of
+    each, made here unless the caller made them elsewhere: an import does that in
+    other processes). Many at once is much faster than one by one (an import): each
+    thread is read and recounted once."""
     threads = Threads(session, mlist.id, {mid for message, parsed in posts
                                           for mid in thread.touched(message.message_id,
                                                                     parsed)})
     touched: set[str] = set()
     for message, parsed in posts:
         touched |= thread_message(session, threads, message, parsed)
+    threads.write()
     summarize(session, mlist.id, touched)
     if mlist.archive is not ArchivePolicy.OFF:
-        search.index(session, [(message, view.plain_text(message.raw))
-                               for message, _ in posts])
+        if texts is None:
+            texts = [view.plain_text(message.raw) for message, _ in posts]
+        search.index(session, zip([message for message, _ in posts], texts, strict=True))
 
 
 def archive(session: Session, mlist: MailingList, message: Message, parsed: Parsed) -> None:

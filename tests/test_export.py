@@ -49,7 +49,8 @@ def day(month: int, number: int, year: int = 2026) -> datetime:
 
 def import_raws(engine: Engine, raws: list[bytes], address: str = LIST) -> None:
     with db.session(engine) as s:
-        archive.import_mail(s, roster.get_list(s, address), [mbox.Mail(r) for r in raws])
+        archive.import_mail(s, roster.get_list(s, address),
+                            archive.parsed_mails(mbox.Mail(r) for r in raws))
         s.commit()
 
 

@@ -131,3 +131,19 @@ def test_date_becomes_aware_utc(value, expected):
 
 def test_missing_date_is_none():
     assert parse(headers("Subject: x")).date is None
+
+
+def test_only_the_fields_before_the_body_are_read_even_past_fields_it_skips():
+    """parse reads only the fields it uses; what it skips must not change where the
+    header ends: a non-field line starts the body, and a field after it is body text."""
+    raw = (b"Received: from a\r\n\tby b\r\nX-Weird: =?utf-8?q?caf=C3=A9?=\r\n"
+           b"Subject: first\r\n continued\r\nthis line is not a field\r\n"
+           b"Message-ID: <late@example.org>\r\n\r\nbody\r\n")
+    parsed = parse(raw)
+    assert parsed.subject == "first continued"
+    assert parsed.message_id is None and not parsed.error
+
+
+def test_a_header_of_fields_it_does_not_read_is_still_mail():
+    parsed = parse(b"X-Mailer: something\r\nReceived: from a\r\n\r\nbody\r\n")
+    assert not parsed.error and parsed.subject == "" and parsed.message_id is None
