@@ -144,6 +144,7 @@ class Threads:
         self.rows: dict[str, _Row] = {}
         self.members: dict[str, set[str]] = {}  # thread id -> message ids
         self.changed: set[str] = set()  # message ids whose rows the table does not have yet
+        self.subjects: dict[str, list[_Row]] = {}  # subject key -> rows made real here
         thread_ids: set[str] = set()
         for chunk in _chunks(set(message_ids)):
             thread_ids.update(session.scalars(select(_NODE.thread_id).where(
@@ -198,18 +199,31 @@ class Threads:
             r.stored = True
 
 
-def _subject_thread(threads: Threads, message: Message) -> str | None:
+def _subject_thread(threads: Threads, message: Archivable) -> str | None:
+    """The thread of the latest message with the same subject in the window before this
+    one: the best of those archived before (the table) and of those just linked (here,
+    not written yet: writing them for every subject-only reply cost a statement each)."""
     key = thread.subject_key(message.subject)
     if not key:
         return None
-    threads.write()
     since = (message.date or utcnow()) - SUBJECT_FALLBACK_WINDOW
-    return threads.session.scalars(
-        select(_NODE.thread_id)
+    candidates = [(row.date, row.node.message_id) for row in threads.subjects.get(key, ())
+                  if row.date is not None and row.date >= since
+                  and row.node.message_id != message.message_id]
+    found = threads.session.execute(
+        select(_NODE.date, _NODE.message_id, _NODE.thread_id)
         .where(_NODE.list_id == message.list_id, _NODE.subject_key == key,
                _NODE.message_pk.is_not(None), _NODE.date >= since,
                _NODE.message_id != message.message_id)
         .order_by(_NODE.date.desc()).limit(1)).first()
+    if found is not None:
+        candidates.append((found.date, found.message_id))
+    if not candidates:
+        return None
+    _, best = max(candidates)
+    if best in threads.rows:  # linked here since: its thread may have changed
+        return threads.rows[best].node.thread_id
+    return found.thread_id  # type: ignore[union-attr]  (best came from the table)
 
 
 def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -> None:
@@ -241,6 +255,7 @@ def thread_message(session: Session, threads: Threads, message: Archivable,
     row.message_pk = message.id
     row.subject_key = thread.subject_key(message.subject)
     row.date = message.date or message.received_at
+    threads.subjects.setdefault(row.subject_key, []).append(row)
     return {nodes[message.message_id].thread_id} | {old for old, _ in moves}
 
 
