@@ -237,6 +237,14 @@ class Timing:
         return statistics.quantiles(self.samples, n=100, method="inclusive")[94]
 
 
+def http_client(port: int) -> httpx.Client:
+    """The one client setup both servers get. It asks for identity encoding: listserv
+    never compresses, public-inbox gzips whatever a client accepts (httpx accepts gzip
+    by default), and that would add to the peer's time work listserv does not do."""
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
+                        headers={"Accept-Encoding": "identity"})
+
+
 def time_page(client: httpx.Client, page: str, targets: list[Target], requests: int,
               warmup: int) -> Timing:
     """Warm up, then `requests` sequential GETs cycling through the targets. A page whose
@@ -494,8 +502,9 @@ def render(r: Report) -> str:
                           if peer else "") + ". Everything on loopback: the real `listserv "
         "archive import` and `listserv serve` (console script)" +
         (", `public-inbox-httpd` (one worker, its default)" if peer else "") +
-        "; one httpx client per server with keep-alive, sequential requests after a "
-        "warm-up, each page kind timed on listserv and then on public-inbox.", "",
+        "; one httpx client per server with keep-alive and `Accept-Encoding: identity` "
+        "(public-inbox would gzip otherwise; listserv never does), sequential requests "
+        "after a warm-up, each page kind timed on listserv and then on public-inbox.", "",
         "| machine | |", "|---|---|",
         *[f"| {k} | {v} |" for k, v in r.machine.items()], "",
         f"Mbox: `{r.mbox.name}` ({mbox_mb:,.0f} MB{made}) by bench/mbox_gen.py: "
@@ -592,14 +601,12 @@ def measure(args: argparse.Namespace, listserv: str, report: Report, url: str,
     targets = page_targets(chosen)
     with contextlib.ExitStack() as stack:
         pid = stack.enter_context(serving(listserv, config, web_port, args.out / "serve.log"))
-        client = stack.enter_context(
-            httpx.Client(base_url=f"http://127.0.0.1:{web_port}", timeout=60))
+        client = stack.enter_context(http_client(web_port))
         if report.peer:
             peer_port = run.free_port()
             peer_pid = stack.enter_context(serving_peer(
                 peer_config, peer_port, args.out / "public-inbox-httpd.log"))
-            peer_client = stack.enter_context(
-                httpx.Client(base_url=f"http://127.0.0.1:{peer_port}", timeout=60))
+            peer_client = stack.enter_context(http_client(peer_port))
             peer_pages, report.peer.skipped_ids = peer_targets(chosen, peer_client)
         for page, _, _ in PAGES:
             timing = time_page(client, page, targets[page], args.requests, args.warmup)
