@@ -76,16 +76,25 @@ def find_postfix_tools(install: bool) -> tuple[str, str]:
         sys.exit("smtp-sink/smtp-source not found; install Debian's postfix package "
                  "or run without --no-install")
     was_running = _postfix_master_running()
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    sudo = [] if os.geteuid() == 0 else ["sudo"]
-    subprocess.run([*sudo, "apt-get", "update", "-q"], check=True, env=env)
-    subprocess.run([*sudo, "apt-get", "install", "-y", "-q", "postfix"], check=True, env=env)
+    apt_install("postfix")
     if _postfix_master_running() and not was_running:
-        subprocess.run([*sudo, "postfix", "stop"], check=False)
+        subprocess.run([*_sudo(), "postfix", "stop"], check=False)
     found = _which_postfix_tools()
     if not found:
         sys.exit("postfix installed but smtp-sink/smtp-source still not found")
     return found
+
+
+def apt_install(*packages: str) -> None:
+    """Debian's packages, the way an admin installs them (with sudo when not root)."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run([*_sudo(), "apt-get", "update", "-q"], check=True, env=env)
+    subprocess.run([*_sudo(), "apt-get", "install", "-y", "-q", *packages], check=True,
+                   env=env)
+
+
+def _sudo() -> list[str]:
+    return [] if os.geteuid() == 0 else ["sudo"]
 
 
 def _which_postfix_tools() -> tuple[str, str] | None:
