@@ -234,7 +234,10 @@ class ThreadNode(SQLModel, table=True):
                       # of a thread's summary. Without it SQLite may pick the date index
                       # and walk the whole list for every message archived.
                       Index("ix_thread_node_thread", "list_id", "thread_id", "date"),
-                      Index("ix_thread_node_date", "list_id", "date"))
+                      Index("ix_thread_node_date", "list_id", "date"),
+                      # The subject fallback: the latest message with a subject in a
+                      # window of dates, found by one seek.
+                      Index("ix_thread_node_subject", "list_id", "subject_key", "date"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
@@ -245,7 +248,7 @@ class ThreadNode(SQLModel, table=True):
     own_link: bool = False  # the parent came from the message's own headers
     thread_id: str  # Message-ID of the thread's root node
     by_subject: bool = False  # a root that joined its thread by the subject fallback
-    subject_key: str = Field(default="", index=True)  # subject without Re:/[tag]
+    subject_key: str = ""  # subject without Re:/[tag]
     date: datetime | None = None
 
 

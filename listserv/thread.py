@@ -16,6 +16,7 @@ changed. Rules, strict as public-inbox and notmuch are:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from listserv.parse import Parsed
@@ -126,20 +127,45 @@ def _root(nodes: dict[str, Node], start: str) -> Node:
     return node
 
 
-def _thread_id(nodes: dict[str, Node], start: str) -> str:
+def _roots(nodes: dict[str, Node]) -> Callable[[str], Node]:
+    """_root for many nodes of one set, each chain walked once: a node's root is its
+    parent's, so a walk stops at the first node whose root is known (a thread of 200
+    messages was walked to its root from every node, for every message added). A walk
+    that ends in a loop (bad data) is not remembered: where it stops depends on where
+    it started."""
+    known: dict[str, Node] = {}
+
+    def root(start: str) -> Node:
+        path: set[str] = set()
+        node = nodes[start]
+        while node.message_id not in known:
+            path.add(node.message_id)
+            if node.parent_id is None or node.parent_id not in nodes:
+                known[node.message_id] = node
+                break
+            node = nodes[node.parent_id]
+            if node.message_id in path:
+                return _root(nodes, start)
+        found = known[node.message_id]
+        known.update(dict.fromkeys(path, found))
+        return found
+    return root
+
+
+def _thread_id(nodes: dict[str, Node], start: str, root: Callable[[str], Node]) -> str:
     """The id of the thread `start` is in: its root's id, or for a root that joined by
     subject, the thread of the node it joined, which a late parent may have re-rooted
     since (that node's thread is loaded with it: they shared the thread id)."""
-    root = _root(nodes, start)
-    chain = [root.message_id]
-    while root.by_subject and root.thread_id in nodes:
-        root = _root(nodes, root.thread_id)
-        if root.message_id in chain:
+    root_node = root(start)
+    chain = [root_node.message_id]
+    while root_node.by_subject and root_node.thread_id in nodes:
+        root_node = root(root_node.thread_id)
+        if root_node.message_id in chain:
             # What it joined now hangs under it (a reply named it as a parent): the
             # joins go round. Every node of the round trip must name the same thread.
-            return min(chain[chain.index(root.message_id):])
-        chain.append(root.message_id)
-    return root.thread_id if root.by_subject else root.message_id
+            return min(chain[chain.index(root_node.message_id):])
+        chain.append(root_node.message_id)
+    return root_node.thread_id if root_node.by_subject else root_node.message_id
 
 
 def _state(node: Node) -> tuple:
@@ -177,7 +203,8 @@ def link(nodes: dict[str, Node], message_id: str, parsed: Parsed,
     if me.by_subject:
         me.thread_id = subject_thread
 
-    threads = {mid: _thread_id(nodes, mid) for mid in nodes}
+    root = _roots(nodes)
+    threads = {mid: _thread_id(nodes, mid, root) for mid in nodes}
     for mid, node in nodes.items():
         node.thread_id = threads[mid]
     return {k for k, n in nodes.items()
