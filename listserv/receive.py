@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -303,25 +304,35 @@ class Handler:
         self.on_queued = on_queued
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
         self.group = GroupCommit(engine, config)
+        self.headroom = limits.Headroom(config.smtp.max_messages_per_sender_per_hour)
 
-    def _sender_refusal(self, mail_from: str) -> str | None:
+    def _count(self, mail_from: str) -> tuple[float, int]:
+        read_at = time.monotonic()
         with db.read_session(self.engine) as session:
-            return limits.sender_refusal(session, mail_from,
-                                         self.config.smtp.max_messages_per_sender_per_hour)
+            return read_at, limits.sent_recently(session, mail_from, self.headroom.limit)
+
+    async def _sender_refusal(self, mail_from: str) -> str | None:
+        limit = self.headroom.limit
+        if not limit or mail_from in ("", "<>") or self.headroom.take(mail_from):
+            return None
+        read_at, count = await asyncio.to_thread(self._count, mail_from)
+        if count >= limit:
+            return limits.refusal(mail_from, limit)
+        self.headroom.counted(mail_from, read_at, count)
+        return None
 
     async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         if _BAD_ADDRESS.search(address):
             return "553 5.1.7 the sender address has control characters or is not UTF-8"
-        if self.config.smtp.max_messages_per_sender_per_hour:
-            try:
-                refusal = await asyncio.to_thread(self._sender_refusal, address)
-            except Exception:
-                log.exception("rate limit lookup failed for %s", address)
-                return "451 4.3.0 temporary failure checking the sender; try again later"
-            if refusal:
-                log.info("refused from=%s: %s", address, refusal)
-                return refusal
+        try:
+            refusal = await self._sender_refusal(address)
+        except Exception:
+            log.exception("rate limit lookup failed for %s", address)
+            return "451 4.3.0 temporary failure checking the sender; try again later"
+        if refusal:
+            log.info("refused from=%s: %s", address, refusal)
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
