@@ -8,14 +8,14 @@ count and a restart forgets nothing. Connections are counted in memory, per proc
 
 from __future__ import annotations
 
-import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlmodel import Session
 
 from listserv.models import Message, utcnow
+from listserv.recent import Recent
 
 HOUR = timedelta(hours=1)
 
@@ -40,8 +40,6 @@ def refusal(mail_from: str, limit: int) -> str:
 
 # How long a count of a sender's messages is trusted (see Headroom).
 HEADROOM_SECONDS = 1.0
-# Senders remembered at most; older counts are forgotten first.
-HEADROOM_SENDERS = 10_000
 
 
 class Headroom:
@@ -57,23 +55,20 @@ class Headroom:
     same database stored in the last second; that bounds the overshoot."""
 
     def __init__(self, limit: int, seconds: float = HEADROOM_SECONDS) -> None:
-        self.limit, self.seconds = limit, seconds
-        self._left: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self.limit = limit
+        self._left: Recent[str, int] = Recent(seconds)
 
     def take(self, mail_from: str) -> bool:
         """True (and one message less left) when a recent count leaves room for one more."""
         entry = self._left.get(mail_from)
-        if entry is None or entry[1] <= 0 or time.monotonic() - entry[0] > self.seconds:
+        if entry is None or entry[1] <= 0:
             return False
-        self._left[mail_from] = (entry[0], entry[1] - 1)
+        self._left.put(mail_from, entry[0], entry[1] - 1)
         return True
 
     def counted(self, mail_from: str, read_at: float, count: int) -> None:
         """A count read at `read_at` (time.monotonic()), for a MAIL now admitted."""
-        self._left[mail_from] = (read_at, self.limit - count - 1)
-        self._left.move_to_end(mail_from)
-        while len(self._left) > HEADROOM_SENDERS:
-            self._left.popitem(last=False)
+        self._left.put(mail_from, read_at, self.limit - count - 1)
 
 
 class Connections:

@@ -37,6 +37,7 @@ from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
 from listserv.models import MailingList, MessageKind, MessageState, Role
 from listserv.parse import Parsed, parse
+from listserv.recent import Recent
 
 log = logging.getLogger("listserv.receive")
 
@@ -293,6 +294,10 @@ class GroupCommit:
             self.writer = None
 
 
+# How long a recipient found to be ours is taken as ours without asking again.
+ROUTE_SECONDS = 1.0
+
+
 class Handler:
     """aiosmtpd handler: the return value of each hook is the SMTP reply."""
 
@@ -305,6 +310,13 @@ class Handler:
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
         self.group = GroupCommit(engine, config)
         self.headroom = limits.Headroom(config.smtp.max_messages_per_sender_per_hour)
+        # Recipients found to be ours lately, so RCPT needs no thread hop and no query
+        # for a busy list. Only found routes are kept, and for a second: a list an
+        # admin just created is looked up (and found) at once, never refused from here.
+        # A list deleted meanwhile still gets its 250 at RCPT for up to that second, but
+        # the writer looks every recipient up again in the transaction that stores the
+        # message (_target), so its DATA is refused with the 550 and nothing is stored.
+        self.routes: Recent[str, Route] = Recent(ROUTE_SECONDS)
 
     def _count(self, mail_from: str) -> tuple[float, int]:
         read_at = time.monotonic()
@@ -341,12 +353,22 @@ class Handler:
         with db.read_session(self.engine) as session:
             return route(session, rcpt)
 
+    async def _cached_route(self, rcpt: str) -> Route | str:
+        found = self.routes.get(rcpt)
+        if found is not None:
+            return found[1]
+        read_at = time.monotonic()
+        target = await asyncio.to_thread(self._route, rcpt)
+        if not isinstance(target, str):
+            self.routes.put(rcpt, read_at, target)
+        return target
+
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if _BAD_ADDRESS.search(address):
             return "553 5.1.3 the recipient address has control characters or is not UTF-8"
         try:
-            target = await asyncio.to_thread(self._route, address)
+            target = await self._cached_route(address)
         except Exception:
             log.exception("recipient lookup failed for %s", address)
             return "451 4.3.0 temporary failure looking up the recipient; try again later"

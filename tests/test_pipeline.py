@@ -13,6 +13,9 @@ from sqlalchemy import select, text, update
 from listserv import db
 from listserv.models import Delivery, MailingList, Message, MessageState, Verp
 from tests.conftest import message
+from tests.test_cli import cli, config_file, ok
+
+__all__ = ["cli", "config_file"]  # fixtures, used by name
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
 
@@ -289,3 +292,27 @@ def test_concurrent_clients_each_get_250_only_for_a_stored_message(running, make
             Message.state == MessageState.ACCEPTED)))
     assert len(replies) == 40 and all(code == 250 for code, _ in replies.values())
     assert set(replies) <= stored
+
+
+def _refusal_code(exc: smtplib.SMTPException) -> int:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return next(iter(exc.recipients.values()))[0]
+    return exc.smtp_code
+
+
+def test_the_receiver_sees_at_once_a_list_an_admin_created_or_deleted(running, make_list,
+                                                                     engine, cli):
+    """The receiver remembers lately found recipients; the CLI, another process on the
+    same database, creates and deletes lists under it."""
+    make_list(members=MEMBERS)
+    running.send("bob@example.com", ["dev@lists.example.org"], message("before"))
+    ok(cli("list", "delete", "dev@lists.example.org", "--yes"))
+    with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)) as refused:
+        running.send("bob@example.com", ["dev@lists.example.org"], message("after"))
+    assert _refusal_code(refused.value) == 550  # at RCPT, or at DATA if RCPT remembered
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        running.send("bob@example.com", ["new@lists.example.org"], message("too early"))
+    ok(cli("list", "create", "new@lists.example.org", "--owner", "bob@example.com"))
+    running.send("bob@example.com", ["new@lists.example.org"], message("new"))
+    with db.session(engine) as s:
+        assert set(s.scalars(select(Message.subject))) == {"new"}
