@@ -35,7 +35,7 @@ from listserv import (
 )
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
-from listserv.models import MailingList, MessageKind, MessageState, Role
+from listserv.models import MailingList, Message, MessageKind, MessageState, Role, SenderAction
 from listserv.parse import Parsed, parse
 from listserv.recent import Recent
 
@@ -87,25 +87,110 @@ class Rejected(Exception):
     """Policy refused the post: the SMTP client gets this 5xx reply."""
 
 
-def _facts(session: Session, mlist: MailingList, parsed: Parsed, mail_from: str,
-           size: int) -> policy.Facts:
-    senders = [a for a in (parsed.from_address, mail_from.lower()) if a]
-    rows = roster.roles_of(session, mlist.id, senders)
-    return policy.Facts(
-        mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed, mail_from=mail_from,
-        size=size, is_member=bool(rows), moderated=any(m.moderated for m in rows),
-        sender_rule=moderation.sender_rule(session, mlist.id, parsed.from_address))
+# Whether an address may post to a list: (holds a role, is moderated, its sender rule).
+Standing = tuple[bool, bool, SenderAction | None]
+
+
+def _standing(session: Session, list_id: int, from_address: str, mail_from: str) -> Standing:
+    senders = [a for a in (from_address, mail_from.lower()) if a]
+    rows = roster.roles_of(session, list_id, senders)
+    return (bool(rows), any(m.moderated for m in rows),
+            moderation.sender_rule(session, list_id, from_address))
+
+
+@dataclass
+class Accepted:
+    """A post accepted in a group, waiting to be archived and fanned out."""
+
+    mlist: MailingList
+    message: Message
+    parsed: Parsed
+    outcome: Outcome
+
+
+class Batch:
+    """What the SMTP transactions of one group share, all in its database transaction:
+    the lists their recipients are for, who may post and who gets posts (read once per
+    group: its posts mostly go to the same few lists, often from the same senders), and
+    the accepted posts waiting to be archived and fanned out together when the group's
+    transactions are done (`publish`: each list's threads and summaries are read and
+    written once per group, not once per post). With `inline`, each post is archived
+    and fanned out at once, in its own transaction's savepoint (see ingest_group).
+
+    What it read holds for the whole database transaction: on SQLite nobody else
+    writes meanwhile; on PostgreSQL the group's posts are taken as all arriving at the
+    moment of the first read, as they would be in one transaction. Mail to a command
+    address (a subscription confirmed) can change the members, so it forgets them."""
+
+    def __init__(self, *, inline: bool) -> None:
+        self.inline = inline
+        self.targets: dict[str, tuple[Route, MailingList]] = {}
+        self.accepted: list[Accepted] = []
+        self._standing: dict[tuple[int, str, str], Standing] = {}
+        self._members: dict[int, list[str]] = {}
+
+    def target(self, session: Session, rcpt: str) -> tuple[Route, MailingList]:
+        if rcpt not in self.targets:
+            target = route(session, rcpt)
+            if isinstance(target, str):
+                raise LookupError(target)  # the list went away since RCPT
+            self.targets[rcpt] = (target, roster.get_list(session, target.list_address))
+        return self.targets[rcpt]
+
+    def facts(self, session: Session, mlist: MailingList, parsed: Parsed, mail_from: str,
+              size: int) -> policy.Facts:
+        key = (mlist.id, parsed.from_address, mail_from)
+        if key not in self._standing:
+            self._standing[key] = _standing(session, mlist.id, parsed.from_address, mail_from)
+        is_member, moderated, rule = self._standing[key]
+        return policy.Facts(
+            mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed,
+            mail_from=mail_from, size=size, is_member=is_member, moderated=moderated,
+            sender_rule=rule)
+
+    def forget_members(self) -> None:
+        self._standing.clear()
+        self._members.clear()
+
+    def is_duplicate(self, session: Session, mlist: MailingList, message_id: str) -> bool:
+        """Whether the archive, or a post of this group waiting for it, has this id."""
+        return any(a.mlist.id == mlist.id and a.message.message_id == message_id
+                   for a in self.accepted) or store.is_archived(session, mlist.id, message_id)
+
+    def accept(self, session: Session, config: Config, post: Accepted) -> None:
+        self.accepted.append(post)
+        if self.inline:
+            self.publish(session, config)
+
+    def publish(self, session: Session, config: Config) -> None:
+        """Archive the accepted posts, each list's together, then queue their copies."""
+        posts, self.accepted = self.accepted, []
+        by_list: dict[int, list[Accepted]] = {}
+        for post in posts:
+            by_list.setdefault(post.mlist.id, []).append(post)
+        for same in by_list.values():
+            store.archive_all(session, same[0].mlist, [(p.message, p.parsed) for p in same])
+        for post in posts:
+            post.outcome.deliveries = store.fan_out(
+                session, post.mlist, post.message, post.parsed, config.web.base_url,
+                config.delivery.max_recipients_per_transaction, config=config,
+                members=self._members_of(session, post.mlist.id))
+
+    def _members_of(self, session: Session, list_id: int) -> list[str]:
+        if list_id not in self._members:
+            self._members[list_id] = list(store.recipients(session, list_id))
+        return self._members[list_id]
 
 
 _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,
            policy.Action.DISCARD: MessageState.DISCARDED, policy.Action.LOOP: MessageState.LOOP}
 
 
-def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_from: str,
-          raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
+def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rcpt: str,
+          mail_from: str, raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
     raw, parsed = digest.rethread(session, mlist, raw, parsed)
-    facts = _facts(session, mlist, parsed, mail_from, len(raw))
+    facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
         reason = "; ".join(verdict.reasons)
@@ -118,26 +203,25 @@ def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_
     message = store.new_message(mlist, raw, parsed, kind=MessageKind.POST,
                                 state=_STATES[verdict.action], mail_from=mail_from,
                                 rcpt_to=rcpt, reasons=verdict.reasons)
-    if message.state is MessageState.ACCEPTED and store.is_archived(session, mlist.id,
-                                                                   message.message_id):
+    if message.state is MessageState.ACCEPTED and batch.is_duplicate(session, mlist,
+                                                                     message.message_id):
         message.state = MessageState.DUPLICATE
         message.reasons = "this Message-ID was posted to the list before"
     store.save(session, message)
-    jobs = 0
+    outcome = Outcome(rcpt, message.message_id, message.state.value, 0,
+                      message.reasons.splitlines())
     if message.state is MessageState.ACCEPTED:
-        store.archive(session, mlist, message, parsed)
-        jobs = store.fan_out(session, mlist, message, parsed, config.web.base_url,
-                             config.delivery.max_recipients_per_transaction, config=config)
+        batch.accept(session, config, Accepted(mlist, message, parsed, outcome))
     elif message.state is MessageState.HELD:
         moderation.hold(session, config, mlist, message, facts.is_member)
-        jobs = 1
-    return Outcome(rcpt, message.message_id, message.state.value, jobs,
-                   message.reasons.splitlines())
+        outcome.deliveries = 1
+    return outcome
 
 
-def _other(session: Session, config: Config, mlist: MailingList, target: Route, rcpt: str,
-           mail_from: str, raw: bytes, parsed: Parsed) -> Outcome:
+def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, target: Route,
+           rcpt: str, mail_from: str, raw: bytes, parsed: Parsed) -> Outcome:
     """Mail to the list's other addresses: kept, and forwarded where that is its purpose."""
+    batch.forget_members()
     message = store.save(session, store.new_message(
         mlist, raw, parsed, kind=_KIND.get(target.purpose, MessageKind.REQUEST),
         state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
@@ -154,31 +238,17 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 
-# The lists a group's recipients are for, by recipient: looked up once per group, since
-# the posts of a group mostly go to the same few lists.
-Targets = dict[str, tuple[Route, MailingList]]
-
-
-def _target(session: Session, rcpt: str, targets: Targets) -> tuple[Route, MailingList]:
-    if rcpt not in targets:
-        target = route(session, rcpt)
-        if isinstance(target, str):
-            raise LookupError(target)  # the list went away since RCPT
-        targets[rcpt] = (target, roster.get_list(session, target.list_address))
-    return targets[rcpt]
-
-
-def _ingest_one(session: Session, config: Config, mail_from: str, rcpts: list[str],
-                raw: bytes, parsed: Parsed, targets: Targets) -> list[Outcome]:
+def _ingest_one(session: Session, config: Config, batch: Batch, incoming: Incoming
+                ) -> list[Outcome]:
     outcomes = []
-    for rcpt in rcpts:
-        target, mlist = _target(session, rcpt, targets)
+    for rcpt in incoming.rcpts:
+        target, mlist = batch.target(session, rcpt)
+        args = (rcpt, incoming.mail_from, incoming.raw, incoming.parsed)
         if target.purpose is Purpose.POST:
-            outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw, parsed,
-                                  alone=len(rcpts) == 1))
+            outcomes.append(_post(session, config, batch, mlist, *args,
+                                  alone=len(incoming.rcpts) == 1))
         else:
-            outcomes.append(_other(session, config, mlist, target, rcpt, mail_from, raw,
-                                   parsed))
+            outcomes.append(_other(session, config, batch, mlist, target, *args))
     return outcomes
 
 
@@ -196,19 +266,28 @@ class Incoming:
 Result = list[Outcome] | Exception
 
 
+class PublishFailed(Exception):
+    """Archiving or fanning out a group's accepted posts together failed."""
+
+
 def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[Result]:
     """Store several SMTP transactions in one database transaction, each in a savepoint
     of its own, so one refused or failing transaction does not take the others with it;
-    one commit (one fsync) for them all. Nothing is answered before that commit."""
+    one commit (one fsync) for them all. Nothing is answered before that commit.
+
+    The accepted posts are archived and fanned out together after the savepoints (see
+    Batch). Should that fail, no savepoint holds the post that made it fail, so the
+    group is stored again from the start with each post archived and fanned out in its
+    own savepoint: then only that post's transaction fails."""
     attempts = 3
     for attempt in range(attempts):
         try:
-            with db.session(engine) as session:
-                targets: Targets = {}
-                results = [_in_savepoint(session, config, incoming, targets)
-                           for incoming in group]
-                session.commit()
-                return results
+            try:
+                return _write_group(engine, config, group, Batch(inline=False))
+            except PublishFailed as exc:
+                log.warning("archiving a group of %d together failed (%r); storing it "
+                            "again post by post", len(group), exc.__cause__)
+                return _write_group(engine, config, group, Batch(inline=True))
         except OperationalError:
             # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:
@@ -216,14 +295,26 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     raise AssertionError("unreachable")
 
 
+def _write_group(engine: Engine, config: Config, group: list[Incoming], batch: Batch
+                 ) -> list[Result]:
+    with db.session(engine) as session:
+        results = [_in_savepoint(session, config, incoming, batch) for incoming in group]
+        try:
+            batch.publish(session, config)
+        except OperationalError:
+            raise
+        except Exception as exc:
+            raise PublishFailed() from exc
+        session.commit()
+        return results
+
+
 def _in_savepoint(session: Session, config: Config, incoming: Incoming,
-                  targets: Targets) -> Result:
+                  batch: Batch) -> Result:
     attempts = 3
     for attempt in range(attempts):
         try:
-            with session.begin_nested():
-                return _ingest_one(session, config, incoming.mail_from, incoming.rcpts,
-                                   incoming.raw, incoming.parsed, targets)
+            return _savepoint(session, config, incoming, batch)
         except IntegrityError as exc:
             # Two receivers threading into the same thread at once (PostgreSQL): this
             # transaction is redone from its savepoint.
@@ -236,6 +327,19 @@ def _in_savepoint(session: Session, config: Config, incoming: Incoming,
         except Exception as exc:
             return exc  # its client gets a 451 (and the log the traceback)
     raise AssertionError("unreachable")
+
+
+def _savepoint(session: Session, config: Config, incoming: Incoming, batch: Batch
+               ) -> list[Outcome]:
+    """One SMTP transaction in a savepoint: if it fails, the posts it left waiting in
+    the batch are rolled back with it."""
+    waiting = len(batch.accepted)
+    try:
+        with session.begin_nested():
+            return _ingest_one(session, config, batch, incoming)
+    except Exception:
+        del batch.accepted[waiting:]
+        raise
 
 
 def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],

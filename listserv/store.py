@@ -383,17 +383,20 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
-            base_url: str, batch: int, *, config: Config) -> int:
+            base_url: str, batch: int, *, config: Config,
+            members: Iterable[str] | None = None) -> int:
     """Queue the list copy of an accepted post for every member who gets posts, except
     those who muted its thread, and the post itself for the next digest. The copy is
     composed once, with slots for each member's unsubscribe and mute links, or shared
-    (see shared_copies)."""
+    (see shared_copies). `members` is `recipients` of the list when the caller read
+    them once for several posts."""
     addresses = addresses_of(mlist)
     copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
     session.connection().execute(insert(DigestItem.__table__).values(
         list_id=mlist.id, message_pk=message.id, size=message.size, created_at=utcnow()))
     quiet = muted(session, mlist.id, message.message_id)
-    rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
+    members = recipients(session, mlist.id) if members is None else members
+    rcpts = (a for a in members if a not in quiet)
     if shared:  # a footer without links is still a slot: filled once, for everyone
         return queue(session, copy.personal("", ""), addresses.at(Purpose.BOUNCES), rcpts,
                      batch, message.id, list_id=mlist.id)

@@ -8,10 +8,11 @@ import smtplib
 import threading
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
-from listserv import db
-from listserv.models import Delivery, MailingList, Message, MessageState, Verp
+from listserv import db, receive, store
+from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
+from listserv.parse import parse
 from tests.conftest import message
 from tests.test_cli import cli, config_file, ok
 
@@ -316,3 +317,39 @@ def test_the_receiver_sees_at_once_a_list_an_admin_created_or_deleted(running, m
     running.send("bob@example.com", ["new@lists.example.org"], message("new"))
     with db.session(engine) as s:
         assert set(s.scalars(select(Message.subject))) == {"new"}
+
+
+def _group(*posts: str) -> list[receive.Incoming]:
+    return [receive.Incoming("bob@example.com", ["dev@lists.example.org"], p.encode(),
+                             parse(p.encode())) for p in posts]
+
+
+def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine, config,
+                                                               monkeypatch):
+    """The group's posts are archived and fanned out together; when that fails, the
+    group is stored again post by post and only the failing one is refused."""
+    make_list(members=MEMBERS)
+    fan_out = store.fan_out
+
+    def failing(session, mlist, message, *args, **kwargs):  # noqa: ANN001, ANN202
+        if message.subject == "boom":
+            raise RuntimeError("cannot compose this one")
+        return fan_out(session, mlist, message, *args, **kwargs)
+    monkeypatch.setattr(store, "fan_out", failing)
+    results = receive.ingest_group(engine, config, _group(
+        message("one"), message("boom"), message("Re: one")))
+    assert isinstance(results[1], RuntimeError)
+    assert [r[0].state for r in (results[0], results[2])] == ["accepted", "accepted"]
+    assert all(r[0].deliveries for r in (results[0], results[2]))
+    with db.session(engine) as s:
+        assert sorted(s.scalars(select(Message.subject))) == ["Re: one", "one"]
+        assert s.scalar(select(func.count()).select_from(ThreadNode)) == 2
+
+
+def test_the_second_post_of_a_group_with_the_same_message_id_is_a_duplicate(make_list,
+                                                                            engine, config):
+    make_list(members=MEMBERS)
+    post = message("twice")
+    first, second = receive.ingest_group(engine, config, _group(post, post))
+    assert (first[0].state, second[0].state) == ("accepted", "duplicate")
+    assert first[0].deliveries and not second[0].deliveries
