@@ -10,8 +10,9 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from aiosmtpd.lmtp import LMTP
@@ -87,6 +88,10 @@ class Rejected(Exception):
     """Policy refused the post: the SMTP client gets this 5xx reply."""
 
 
+class NoRoute(LookupError):
+    """The recipient is not ours (any more): the SMTP client gets this 5xx reply."""
+
+
 # Whether an address may post to a list: (holds a role, is moderated, its sender rule).
 Standing = tuple[bool, bool, SenderAction | None]
 
@@ -133,7 +138,7 @@ class Batch:
         if rcpt not in self.targets:
             target = route(session, rcpt)
             if isinstance(target, str):
-                raise LookupError(target)  # the list went away since RCPT
+                raise NoRoute(target)  # the list went away since RCPT
             self.targets[rcpt] = (target, roster.get_list(session, target.list_address))
         return self.targets[rcpt]
 
@@ -240,9 +245,12 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
 
 def _ingest_one(session: Session, config: Config, batch: Batch, incoming: Incoming
                 ) -> list[Outcome]:
+    """One SMTP transaction for all its recipients. Its refusals (NoRoute, Rejected) are
+    raised before it writes anything: every recipient is looked up first, and a post
+    is rejected only when it has no other recipient."""
+    targets = [batch.target(session, rcpt) for rcpt in incoming.rcpts]
     outcomes = []
-    for rcpt in incoming.rcpts:
-        target, mlist = batch.target(session, rcpt)
+    for rcpt, (target, mlist) in zip(incoming.rcpts, targets, strict=True):
         args = (rcpt, incoming.mail_from, incoming.raw, incoming.parsed)
         if target.purpose is Purpose.POST:
             outcomes.append(_post(session, config, batch, mlist, *args,
@@ -264,30 +272,36 @@ class Incoming:
 
 # What one SMTP transaction of a group came to: its outcomes, or why it was refused.
 Result = list[Outcome] | Exception
+_REFUSALS = (NoRoute, Rejected)
 
 
-class PublishFailed(Exception):
-    """Archiving or fanning out a group's accepted posts together failed."""
+class Redo(Exception):
+    """A group written straight failed where only a savepoint could take one SMTP
+    transaction back alone: it is written again carefully."""
 
 
 def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[Result]:
-    """Store several SMTP transactions in one database transaction, each in a savepoint
-    of its own, so one refused or failing transaction does not take the others with it;
-    one commit (one fsync) for them all. Nothing is answered before that commit.
+    """Store several SMTP transactions in one database transaction: one commit (one
+    fsync) for them all, and nothing is answered before it. One refused or failing
+    transaction must not take the others with it, and savepoints cost two statements
+    and a good part of a millisecond each, so:
 
-    The accepted posts are archived and fanned out together after the savepoints (see
-    Batch). Should that fail, no savepoint holds the post that made it fail, so the
-    group is stored again from the start with each post archived and fanned out in its
-    own savepoint: then only that post's transaction fails."""
+    - first the group is written straight, without savepoints, its accepted posts
+      archived and fanned out together at the end (see Batch). Refusals need no
+      savepoint: they come before their transaction wrote anything (_ingest_one);
+    - anything else failing there (a post that cannot be composed, two receivers
+      threading into one thread at once on PostgreSQL) rolls the whole group back, and
+      it is written again carefully: each transaction in a savepoint of its own, its
+      posts archived and fanned out in it, so that only that transaction fails."""
     attempts = 3
     for attempt in range(attempts):
         try:
             try:
-                return _write_group(engine, config, group, Batch(inline=False))
-            except PublishFailed as exc:
-                log.warning("archiving a group of %d together failed (%r); storing it "
-                            "again post by post", len(group), exc.__cause__)
-                return _write_group(engine, config, group, Batch(inline=True))
+                return _write_group(engine, config, group, careful=False)
+            except Redo as exc:
+                log.warning("a group of %d failed written straight (%r); writing it again "
+                            "transaction by transaction", len(group), exc.__cause__)
+                return _write_group(engine, config, group, careful=True)
         except OperationalError:
             # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:
@@ -295,18 +309,37 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     raise AssertionError("unreachable")
 
 
-def _write_group(engine: Engine, config: Config, group: list[Incoming], batch: Batch
+def _write_group(engine: Engine, config: Config, group: list[Incoming], *, careful: bool
                  ) -> list[Result]:
+    batch = Batch(inline=careful)
     with db.session(engine) as session:
-        results = [_in_savepoint(session, config, incoming, batch) for incoming in group]
-        try:
-            batch.publish(session, config)
-        except OperationalError:
-            raise
-        except Exception as exc:
-            raise PublishFailed() from exc
+        if careful:
+            results = [_in_savepoint(session, config, incoming, batch) for incoming in group]
+        else:
+            results = [_straight(session, config, incoming, batch) for incoming in group]
+            with _or_redo():
+                batch.publish(session, config)
         session.commit()
         return results
+
+
+@contextmanager
+def _or_redo() -> Iterator[None]:
+    """Refusals and the database's own failures pass; any other failure means Redo."""
+    try:
+        yield
+    except (*_REFUSALS, OperationalError):
+        raise
+    except Exception as exc:
+        raise Redo() from exc
+
+
+def _straight(session: Session, config: Config, incoming: Incoming, batch: Batch) -> Result:
+    try:
+        with _or_redo():
+            return _ingest_one(session, config, batch, incoming)
+    except _REFUSALS as exc:
+        return exc  # nothing of it was written
 
 
 def _in_savepoint(session: Session, config: Config, incoming: Incoming,
@@ -314,32 +347,20 @@ def _in_savepoint(session: Session, config: Config, incoming: Incoming,
     attempts = 3
     for attempt in range(attempts):
         try:
-            return _savepoint(session, config, incoming, batch)
+            with session.begin_nested():
+                return _ingest_one(session, config, batch, incoming)
         except IntegrityError as exc:
             # Two receivers threading into the same thread at once (PostgreSQL): this
             # transaction is redone from its savepoint.
             if attempt == attempts - 1:
                 return exc
-        except (LookupError, Rejected) as exc:
+        except _REFUSALS as exc:
             return exc
         except OperationalError:
             raise  # the group as a whole
         except Exception as exc:
             return exc  # its client gets a 451 (and the log the traceback)
     raise AssertionError("unreachable")
-
-
-def _savepoint(session: Session, config: Config, incoming: Incoming, batch: Batch
-               ) -> list[Outcome]:
-    """One SMTP transaction in a savepoint: if it fails, the posts it left waiting in
-    the batch are rolled back with it."""
-    waiting = len(batch.accepted)
-    try:
-        with session.begin_nested():
-            return _ingest_one(session, config, batch, incoming)
-    except Exception:
-        del batch.accepted[waiting:]
-        raise
 
 
 def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
@@ -493,7 +514,7 @@ class Handler:
             parsed = await asyncio.to_thread(parse, raw)
             outcomes = await self.group.store(Incoming(mail_from, list(envelope.rcpt_tos),
                                                        raw, parsed))
-        except (LookupError, Rejected) as exc:
+        except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)
             return str(exc)

@@ -346,6 +346,17 @@ def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine
         assert s.scalar(select(func.count()).select_from(ThreadNode)) == 2
 
 
+def test_a_refused_transaction_takes_nothing_of_its_group_with_it(make_list, engine, config):
+    """Refusals come before their transaction writes anything: no savepoint needed."""
+    make_list(members=MEMBERS)
+    group = _group(message("one"), message("nowhere"), message("two"))
+    group[1].rcpts = ["dev@lists.example.org", "gone@lists.example.org"]
+    results = receive.ingest_group(engine, config, group)
+    assert isinstance(results[1], receive.NoRoute) and str(results[1]).startswith("550")
+    with db.session(engine) as s:
+        assert sorted(s.scalars(select(Message.subject))) == ["one", "two"]
+
+
 def test_the_second_post_of_a_group_with_the_same_message_id_is_a_duplicate(make_list,
                                                                             engine, config):
     make_list(members=MEMBERS)
