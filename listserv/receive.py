@@ -132,7 +132,6 @@ class Batch:
         self.targets: dict[str, tuple[Route, MailingList]] = {}
         self.accepted: list[Accepted] = []
         self._standing: dict[tuple[int, str, str], Standing] = {}
-        self._members: dict[int, list[str]] = {}
 
     def target(self, session: Session, rcpt: str) -> tuple[Route, MailingList]:
         if rcpt not in self.targets:
@@ -155,7 +154,6 @@ class Batch:
 
     def forget_members(self) -> None:
         self._standing.clear()
-        self._members.clear()
 
     def is_duplicate(self, session: Session, mlist: MailingList, message_id: str) -> bool:
         """Whether the archive, or a post of this group waiting for it, has this id."""
@@ -168,23 +166,19 @@ class Batch:
             self.publish(session, config)
 
     def publish(self, session: Session, config: Config) -> None:
-        """Archive the accepted posts, each list's together, then queue their copies."""
+        """Archive the accepted posts and queue their copies, each list's together."""
         posts, self.accepted = self.accepted, []
         by_list: dict[int, list[Accepted]] = {}
         for post in posts:
             by_list.setdefault(post.mlist.id, []).append(post)
         for same in by_list.values():
-            store.archive_all(session, same[0].mlist, [(p.message, p.parsed) for p in same])
-        for post in posts:
-            post.outcome.deliveries = store.fan_out(
-                session, post.mlist, post.message, post.parsed, config.web.base_url,
-                config.delivery.max_recipients_per_transaction, config=config,
-                members=self._members_of(session, post.mlist.id))
-
-    def _members_of(self, session: Session, list_id: int) -> list[str]:
-        if list_id not in self._members:
-            self._members[list_id] = list(store.recipients(session, list_id))
-        return self._members[list_id]
+            pairs = [(p.message, p.parsed) for p in same]
+            store.archive_all(session, same[0].mlist, pairs)
+            jobs = store.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
+                                     config.delivery.max_recipients_per_transaction,
+                                     config=config)
+            for post, count in zip(same, jobs, strict=True):
+                post.outcome.deliveries = count
 
 
 _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,

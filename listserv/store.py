@@ -101,13 +101,14 @@ _node, _mute = ThreadNode.__table__.c, Mute.__table__.c
 _ARCHIVED = select(_node.id).where(
     _node.list_id == bindparam("list_id"), _node.message_id == bindparam("message_id"),
     _node.message_pk.is_not(None)).limit(1)
-_MUTED = select(_mute.address).where(
-    _mute.list_id == bindparam("list_id"), _mute.thread_id == select(_node.thread_id).where(
-        _node.list_id == bindparam("list_id"),
-        _node.message_id == bindparam("message_id")).scalar_subquery())
+_MUTED = select(_node.message_id, _mute.address).join(
+    Mute.__table__, (_mute.list_id == _node.list_id) & (_mute.thread_id == _node.thread_id)).where(
+    _node.list_id == bindparam("list_id"),
+    _node.message_id.in_(bindparam("message_ids", expanding=True)))
 _INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id)
 _MESSAGE_COLUMNS = [c.name for c in Message.__table__.c if c.name != "id"]
-_INSERT_OUTGOING = insert(Outgoing.__table__).returning(Outgoing.__table__.c.id)
+_INSERT_OUTGOING = insert(Outgoing.__table__).returning(Outgoing.__table__.c.id,
+                                                       sort_by_parameter_order=True)
 _INSERT_DELIVERY = insert(Delivery.__table__)
 _INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
 
@@ -304,44 +305,75 @@ def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> lis
         Member.list_id == list_id, Member.role.in_(list(roles))))))
 
 
-def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
-          batch: int, message_pk: int | None = None, *, slots: str = "",
-          list_id: int | None = None) -> int:
-    """Store one outgoing copy and a delivery job per `batch` recipients; the count.
+@dataclass(frozen=True)
+class Send:
+    """One outgoing copy and who gets it. `slots` (see compose.Copy) makes the copy
+    personal: the worker then fills each recipient's links into `data` and sends every
+    recipient a transaction of their own."""
 
-    `slots` (see compose.Copy) makes the copy personal: the worker then fills each
-    recipient's links into `data` and sends every recipient a transaction of their own.
-    """
-    now = utcnow()
-    # Core inserts, not ORM objects: nothing reads them back in this transaction, and
-    # an ORM flush costs more than the insert (this runs for every post received).
-    connection = session.connection()  # Core: no ORM bulk-insert machinery either
-    outgoing_id = connection.execute(_INSERT_OUTGOING, {
-        "message_pk": message_pk, "list_id": list_id, "slots": slots,
-        "data": data if slots else compose.crlf(data), "created_at": now}).scalar_one()
-    jobs = []
-    chunk: list[str] = []
+    data: bytes
+    mail_from: str
+    rcpts: Iterable[str]
+    message_pk: int | None = None
+    slots: str = ""
+    list_id: int | None = None
+
+
+def _jobs(rcpts: Iterable[str], batch: int) -> list[str]:
+    """The recipients of each delivery job: `batch` at most, one per line."""
+    jobs, chunk = [], []
     for rcpt in rcpts:
         chunk.append(rcpt)
         if len(chunk) == batch:
-            jobs.append(chunk)
+            jobs.append("\n".join(chunk))
             chunk = []
     if chunk:
-        jobs.append(chunk)
-    if jobs:
-        connection.execute(_INSERT_DELIVERY, [
-            {"outgoing_id": outgoing_id, "mail_from": mail_from, "recipients": "\n".join(j),
+        jobs.append("\n".join(chunk))
+    return jobs
+
+
+def queue_all(session: Session, sends: Sequence[Send], batch: int) -> list[int]:
+    """Store outgoing copies and a delivery job per `batch` recipients of each, in two
+    statements however many there are; the count of jobs of each."""
+    if not sends:
+        return []
+    now = utcnow()
+    # Core inserts, not ORM objects: nothing reads them back in this transaction, and
+    # an ORM flush costs more than the insert (this runs for every post received).
+    connection = session.connection()
+    ids = connection.execute(_INSERT_OUTGOING, [
+        {"message_pk": s.message_pk, "list_id": s.list_id, "slots": s.slots,
+         "data": s.data if s.slots else compose.crlf(s.data), "created_at": now}
+        for s in sends]).scalars().all()
+    jobs = [_jobs(s.rcpts, batch) for s in sends]
+    rows = [{"outgoing_id": outgoing_id, "mail_from": send.mail_from, "recipients": job,
              "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
              "created_at": now}
-            for j in jobs])
-    return len(jobs)
+            for outgoing_id, send, its in zip(ids, sends, jobs, strict=True) for job in its]
+    if rows:
+        connection.execute(_INSERT_DELIVERY, rows)
+    return [len(its) for its in jobs]
 
 
-def muted(session: Session, list_id: int, message_id: str) -> set[str]:
-    """The members who muted the thread this message belongs to, in one query."""
-    session.flush()  # the message's node may still be in the ORM's hands
-    return set(session.connection().execute(_MUTED, {
-        "list_id": list_id, "message_id": message_id}).scalars())
+def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
+          batch: int, message_pk: int | None = None, *, slots: str = "",
+          list_id: int | None = None) -> int:
+    """Store one outgoing copy and a delivery job per `batch` recipients; the count
+    (see Send)."""
+    return queue_all(session, [Send(data, mail_from, rcpts, message_pk, slots, list_id)],
+                     batch)[0]
+
+
+def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The members who muted the thread each of these messages belongs to, by message,
+    in one query per thousand."""
+    session.flush()  # the messages' nodes may still be in the ORM's hands
+    found: dict[str, set[str]] = {}
+    for chunk in _chunks(set(message_ids)):
+        for message_id, address in session.connection().execute(_MUTED, {
+                "list_id": list_id, "message_ids": chunk}):
+            found.setdefault(message_id, set()).add(address)
+    return found
 
 
 def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
@@ -401,26 +433,37 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
-            base_url: str, batch: int, *, config: Config,
-            members: Iterable[str] | None = None) -> int:
-    """Queue the list copy of an accepted post for every member who gets posts, except
-    those who muted its thread, and the post itself for the next digest. The copy is
-    composed once, with slots for each member's unsubscribe and mute links, or shared
-    (see shared_copies). `members` is `recipients` of the list when the caller read
-    them once for several posts."""
-    addresses = addresses_of(mlist)
-    copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
-    session.connection().execute(_INSERT_DIGEST_ITEM, {
-        "list_id": mlist.id, "message_pk": message.id, "size": message.size,
-        "created_at": utcnow()})
-    quiet = muted(session, mlist.id, message.message_id)
-    members = recipients(session, mlist.id) if members is None else members
-    rcpts = (a for a in members if a not in quiet)
-    if shared:  # a footer without links is still a slot: filled once, for everyone
-        return queue(session, copy.personal("", ""), addresses.at(Purpose.BOUNCES), rcpts,
-                     batch, message.id, list_id=mlist.id)
-    return queue(session, copy.data, addresses.at(Purpose.BOUNCES), rcpts, batch, message.id,
-                 slots=copy.slots_json(), list_id=mlist.id)
+            base_url: str, batch: int, *, config: Config) -> int:
+    """One post (see fan_out_all); its jobs."""
+    return fan_out_all(session, mlist, [(message, parsed)], base_url, batch, config=config)[0]
+
+
+def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Message, Parsed]],
+                base_url: str, batch: int, *, config: Config) -> list[int]:
+    """Queue the list copy of each accepted post for every member who gets posts, except
+    those who muted its thread, and the post itself for the next digest; the jobs of
+    each. Each copy is composed once, with slots for each member's unsubscribe and
+    mute links, or shared (see shared_copies). The members, the mutes and each table's
+    rows are read and written once for all the posts (a group of the receiver)."""
+    connection = session.connection()
+    connection.execute(_INSERT_DIGEST_ITEM, [
+        {"list_id": mlist.id, "message_pk": message.id, "size": message.size,
+         "created_at": utcnow()} for message, _ in posts])
+    members = list(recipients(session, mlist.id))
+    quiet = muted(session, mlist.id, [message.message_id for message, _ in posts])
+    bounces = addresses_of(mlist).at(Purpose.BOUNCES)
+    sends = []
+    for message, parsed in posts:
+        copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
+        mutes = quiet.get(message.message_id, set())
+        rcpts = [a for a in members if a not in mutes] if mutes else members
+        if shared:  # a footer without links is still a slot: filled once, for everyone
+            sends.append(Send(copy.personal("", ""), bounces, rcpts, message.id,
+                              list_id=mlist.id))
+        else:
+            sends.append(Send(copy.data, bounces, rcpts, message.id, copy.slots_json(),
+                              mlist.id))
+    return queue_all(session, sends, batch)
 
 
 def save(session: Session, message: Message) -> Message:

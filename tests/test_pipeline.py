@@ -329,13 +329,13 @@ def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine
     """The group's posts are archived and fanned out together; when that fails, the
     group is stored again post by post and only the failing one is refused."""
     make_list(members=MEMBERS)
-    fan_out = store.fan_out
+    list_copy = store.list_copy
 
-    def failing(session, mlist, message, *args, **kwargs):  # noqa: ANN001, ANN202
+    def failing(mlist, message, *args, **kwargs):  # noqa: ANN001, ANN202
         if message.subject == "boom":
             raise RuntimeError("cannot compose this one")
-        return fan_out(session, mlist, message, *args, **kwargs)
-    monkeypatch.setattr(store, "fan_out", failing)
+        return list_copy(mlist, message, *args, **kwargs)
+    monkeypatch.setattr(store, "list_copy", failing)
     results = receive.ingest_group(engine, config, _group(
         message("one"), message("boom"), message("Re: one")))
     assert isinstance(results[1], RuntimeError)
