@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
@@ -36,7 +37,16 @@ from listserv import (
 )
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
-from listserv.models import MailingList, Message, MessageKind, MessageState, Role, SenderAction
+from listserv.models import (
+    MailingList,
+    Member,
+    Message,
+    MessageKind,
+    MessageState,
+    Role,
+    SenderAction,
+    SenderRule,
+)
 from listserv.parse import Parsed, parse
 from listserv.recent import Recent
 
@@ -57,11 +67,19 @@ _COMMANDS = {Purpose.REQUEST, Purpose.JOIN, Purpose.LEAVE, Purpose.CONFIRM}
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
+def _found(session: Session, rcpt: str) -> tuple[Route, MailingList] | None:
+    for candidate in candidates(rcpt):
+        mlist = roster.find_list(session, candidate.list_address)
+        if mlist is not None:
+            return candidate, mlist
+    return None
+
+
 def route(session: Session, rcpt: str) -> Route | str:
     """The list and purpose of a recipient, or the 550 reply that refuses it."""
-    for candidate in candidates(rcpt):
-        if roster.find_list(session, candidate.list_address):
-            return candidate
+    found = _found(session, rcpt)
+    if found is not None:
+        return found[0]
     _, domain = split(rcpt)
     if domain and roster.hosts_domain(session, domain):
         return f"550 5.1.1 <{rcpt}>: no such list or list address here"
@@ -96,11 +114,23 @@ class NoRoute(LookupError):
 Standing = tuple[bool, bool, SenderAction | None]
 
 
+_member, _rule = Member.__table__.c, SenderRule.__table__.c
+# Built once, one query: the roles of the senders (members, moderators and owners may all
+# post; roster.roles_of) and the list's allow/deny entry for the From (moderation.sender_rule).
+_STANDING = select(
+    select(func.count()).where(_member.list_id == bindparam("list_id"), _member.address.in_(
+        bindparam("senders", expanding=True))).scalar_subquery(),
+    select(func.count()).where(_member.list_id == bindparam("list_id"), _member.address.in_(
+        bindparam("senders", expanding=True)), _member.moderated).scalar_subquery(),
+    select(_rule.action).where(_rule.list_id == bindparam("list_id"),
+                               _rule.address == bindparam("from_address")).scalar_subquery())
+
+
 def _standing(session: Session, list_id: int, from_address: str, mail_from: str) -> Standing:
     senders = [a for a in (from_address, mail_from.lower()) if a]
-    rows = roster.roles_of(session, list_id, senders)
-    return (bool(rows), any(m.moderated for m in rows),
-            moderation.sender_rule(session, list_id, from_address))
+    roles, moderated, rule = session.connection().execute(_STANDING, {
+        "list_id": list_id, "senders": senders, "from_address": from_address}).one()
+    return bool(roles), bool(moderated), SenderAction(rule) if rule else None
 
 
 @dataclass
@@ -135,10 +165,10 @@ class Batch:
 
     def target(self, session: Session, rcpt: str) -> tuple[Route, MailingList]:
         if rcpt not in self.targets:
-            target = route(session, rcpt)
-            if isinstance(target, str):
-                raise NoRoute(target)  # the list went away since RCPT
-            self.targets[rcpt] = (target, roster.get_list(session, target.list_address))
+            found = _found(session, rcpt)
+            if found is None:
+                raise NoRoute(route(session, rcpt))  # the list went away since RCPT
+            self.targets[rcpt] = found
         return self.targets[rcpt]
 
     def facts(self, session: Session, mlist: MailingList, parsed: Parsed, mail_from: str,

@@ -6,6 +6,7 @@ receiver commits a whole SMTP transaction at once and only then answers 250.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -105,6 +106,13 @@ _MUTED = select(_node.message_id, _mute.address).join(
     Mute.__table__, (_mute.list_id == _node.list_id) & (_mute.thread_id == _node.thread_id)).where(
     _node.list_id == bindparam("list_id"),
     _node.message_id.in_(bindparam("message_ids", expanding=True)))
+_RECIPIENTS = (select(Member.__table__.c.address)
+               .where(Member.__table__.c.list_id == bindparam("list_id"),
+                      Member.__table__.c.role == Role.MEMBER,
+                      Member.__table__.c.delivery == bindparam("mode"),
+                      Member.__table__.c.disabled_by.is_(None))
+               .order_by(Member.__table__.c.address)
+               .execution_options(yield_per=5000))
 _INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id)
 _MESSAGE_COLUMNS = [c.name for c in Message.__table__.c if c.name != "id"]
 _INSERT_OUTGOING = insert(Outgoing.__table__).returning(Outgoing.__table__.c.id,
@@ -290,14 +298,9 @@ def recipients(session: Session, list_id: int,
                mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
     """Addresses that get each post (or, for a digest mode, each digest of that form),
     streamed from one query (never member by member)."""
-    result = session.execute(
-        select(Member.address)
-        .where(Member.list_id == list_id, Member.role == Role.MEMBER,
-               Member.delivery == mode, Member.disabled_by.is_(None))
-        .order_by(Member.address)
-        .execution_options(yield_per=5000))
-    for (address,) in result:
-        yield address
+    session.flush()  # members the ORM still holds count too
+    yield from session.connection().execute(_RECIPIENTS, {
+        "list_id": list_id, "mode": mode}).scalars()
 
 
 def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:
@@ -381,14 +384,23 @@ def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
     posts still go out (and the log says why)."""
     if mlist.footer == "":
         return None
-    kwargs = {"name": mlist.name, "addresses": addresses_of(mlist), "base_url": base_url,
-              "archive": mlist.archive is not ArchivePolicy.OFF}
+    key = (mlist.name, mlist.address, base_url, mlist.archive is not ArchivePolicy.OFF)
     try:
-        return compose.render_footer(mlist.footer, **kwargs)
+        return _rendered_footer(mlist.footer, *key)
     except TemplateError as exc:
         log.warning("list %s: footer template failed (%s); using the default", mlist.address,
                     exc)
-        return compose.render_footer(None, **kwargs)
+        return _rendered_footer(None, *key)
+
+
+@functools.lru_cache(maxsize=256)
+def _rendered_footer(template: str | None, name: str, address: str, base_url: str,
+                     archive: bool) -> compose.Footer | None:
+    """A list's footer is the same for all its posts until its settings change, and
+    those are the key: rendering made a Jinja environment and compiled the template
+    again for every post. (A template that fails raises, and is not remembered.)"""
+    return compose.render_footer(template, name=name, addresses=ListAddresses(address),
+                                 base_url=base_url, archive=archive)
 
 
 def _authenticity(mlist: MailingList, message: Message, config: Config
