@@ -18,7 +18,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Row, Select, column, func, insert, select, text
+from sqlalchemy import Row, Select, column, func, select, text
 from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
@@ -78,10 +78,7 @@ def import_mail(session: Session, mlist: MailingList, mails: Iterable[Read]) -> 
     new = [(values, read) for mid, (values, read) in rows.items() if mid not in known]
     if not new:
         return 0
-    ids = session.connection().execute(
-        insert(Message.__table__).returning(Message.__table__.c.id,
-                                            sort_by_parameter_order=True),
-        [values for values, _ in new]).scalars().all()
+    ids = store.insert_messages(session, [values for values, _ in new])
     posts = [(_Imported(**{f: values[f] for f in _IMPORTED_FIELDS}, id=pk), read.parsed)
              for pk, (values, read) in zip(ids, new, strict=True)]
     store.archive_all(session, mlist, posts, [read.text for _, read in new])

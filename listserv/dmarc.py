@@ -9,6 +9,7 @@ munges From; compose puts the author in Reply-To (or Cc), so no one loses sight 
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -25,12 +26,14 @@ POLICIES = ("none", *STRICT)
 _TAG = re.compile(r"\s*([A-Za-z][A-Za-z0-9_]*)\s*=\s*([^;]*?)\s*(?:;|$)")
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: one label below the domain's public suffix.
 
     The Public Suffix List is the one `tld` ships (already installed with flanker, and
     kept up to date with the list upstream); a TLD it does not know is a suffix of one
-    label, as the list's own default rule "*" says.
+    label, as the list's own default rule "*" says. Remembered: the list changes only
+    with the package, and looking it up was a good part of a post's DMARC check.
     """
     try:
         return tld.get_fld(domain, fix_protocol=True)

@@ -15,24 +15,60 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from listserv.models import Message, utcnow
+from listserv.recent import Recent
 
 HOUR = timedelta(hours=1)
 
 
-def sender_refusal(session: Session, mail_from: str, limit: int) -> str | None:
-    """The 451 that puts off a sender who reached the hourly limit, or None.
-
-    A 4xx, not a 5xx: the sender's MTA keeps the message and tries again later, so a
-    burst is slowed down, never lost. The null sender (bounces) is not limited.
-    """
-    if not limit or mail_from in ("", "<>"):
-        return None
+def sent_recently(session: Session, mail_from: str, limit: int) -> int:
+    """How many messages from this sender were stored in the last hour, counted up to
+    `limit` (an index scan of at most that many rows)."""
     recent = select(Message.id).where(Message.mail_from == mail_from,
                                       Message.received_at >= utcnow() - HOUR).limit(limit)
-    if session.scalar(select(func.count()).select_from(recent.subquery())) < limit:
-        return None
+    return session.scalar(select(func.count()).select_from(recent.subquery())) or 0
+
+
+def refusal(mail_from: str, limit: int) -> str:
+    """The 451 that puts off a sender who reached the hourly limit.
+
+    A 4xx, not a 5xx: the sender's MTA keeps the message and tries again later, so a
+    burst is slowed down, never lost. The null sender (bounces) is never limited.
+    """
     return (f"451 4.7.1 <{mail_from}>: rate limit of {limit} messages an hour reached; "
             "try again later")
+
+
+# How long a count of a sender's messages is trusted (see Headroom).
+HEADROOM_SECONDS = 1.0
+
+
+class Headroom:
+    """What is left of each sender's hourly allowance, from a count read from the store
+    less than HEADROOM_SECONDS ago minus the MAIL commands this process admitted since,
+    so a busy sender is counted about once a second rather than at every MAIL (the count
+    is an index scan of up to `limit` rows, run in a worker thread).
+
+    Only admissions are answered from it: a sender without headroom left is counted
+    again before being refused, so nobody is put off on a stale count. Admitted MAILs
+    whose message never got stored count against the sender until the next count
+    (stricter, never looser). What the count cannot see is mail another process on the
+    same database stored in the last second; that bounds the overshoot."""
+
+    def __init__(self, limit: int, seconds: float = HEADROOM_SECONDS) -> None:
+        self.limit = limit
+        self._left: Recent[str, int] = Recent(seconds)
+
+    def take(self, mail_from: str) -> bool:
+        """True (and one message less left) when a recent count leaves room for one more."""
+        entry = self._left.get(mail_from)
+        if entry is None or entry[1] <= 0:
+            return False
+        self._left.put(mail_from, entry[0], entry[1] - 1)
+        return True
+
+    def counted(self, mail_from: str, read_at: float, count: int) -> None:
+        """A count read at `read_at` (time.monotonic()), for a MAIL now admitted."""
+        self._left.put(mail_from, read_at, self.limit - count - 1)
 
 
 class Connections:

@@ -200,7 +200,7 @@ class Message(SQLModel, table=True):
 
     __tablename__ = "message"
     __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),
-                      # the sender's messages of the last hour (limits.sender_refusal)
+                      # the sender's messages of the last hour (limits.sent_recently)
                       Index("ix_message_sender_received", "mail_from", "received_at"))
 
     id: int | None = Field(default=None, primary_key=True)

@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
@@ -34,8 +37,18 @@ from listserv import (
 )
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config
-from listserv.models import MailingList, MessageKind, MessageState, Role
+from listserv.models import (
+    MailingList,
+    Member,
+    Message,
+    MessageKind,
+    MessageState,
+    Role,
+    SenderAction,
+    SenderRule,
+)
 from listserv.parse import Parsed, parse
+from listserv.recent import Recent
 
 log = logging.getLogger("listserv.receive")
 
@@ -54,11 +67,19 @@ _COMMANDS = {Purpose.REQUEST, Purpose.JOIN, Purpose.LEAVE, Purpose.CONFIRM}
 _BAD_ADDRESS = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
+def _found(session: Session, rcpt: str) -> tuple[Route, MailingList] | None:
+    for candidate in candidates(rcpt):
+        mlist = roster.find_list(session, candidate.list_address)
+        if mlist is not None:
+            return candidate, mlist
+    return None
+
+
 def route(session: Session, rcpt: str) -> Route | str:
     """The list and purpose of a recipient, or the 550 reply that refuses it."""
-    for candidate in candidates(rcpt):
-        if roster.find_list(session, candidate.list_address):
-            return candidate
+    found = _found(session, rcpt)
+    if found is not None:
+        return found[0]
     _, domain = split(rcpt)
     if domain and roster.hosts_domain(session, domain):
         return f"550 5.1.1 <{rcpt}>: no such list or list address here"
@@ -85,25 +106,120 @@ class Rejected(Exception):
     """Policy refused the post: the SMTP client gets this 5xx reply."""
 
 
-def _facts(session: Session, mlist: MailingList, parsed: Parsed, mail_from: str,
-           size: int) -> policy.Facts:
-    senders = [a for a in (parsed.from_address, mail_from.lower()) if a]
-    rows = roster.roles_of(session, mlist.id, senders)
-    return policy.Facts(
-        mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed, mail_from=mail_from,
-        size=size, is_member=bool(rows), moderated=any(m.moderated for m in rows),
-        sender_rule=moderation.sender_rule(session, mlist.id, parsed.from_address))
+class NoRoute(LookupError):
+    """The recipient is not ours (any more): the SMTP client gets this 5xx reply."""
+
+
+# Whether an address may post to a list: (holds a role, is moderated, its sender rule).
+Standing = tuple[bool, bool, SenderAction | None]
+
+
+_member, _rule = Member.__table__.c, SenderRule.__table__.c
+# Built once, one query: the roles of the senders (members, moderators and owners may all
+# post; roster.roles_of) and the list's allow/deny entry for the From (moderation.sender_rule).
+_STANDING = select(
+    select(func.count()).where(_member.list_id == bindparam("list_id"), _member.address.in_(
+        bindparam("senders", expanding=True))).scalar_subquery(),
+    select(func.count()).where(_member.list_id == bindparam("list_id"), _member.address.in_(
+        bindparam("senders", expanding=True)), _member.moderated).scalar_subquery(),
+    select(_rule.action).where(_rule.list_id == bindparam("list_id"),
+                               _rule.address == bindparam("from_address")).scalar_subquery())
+
+
+def _standing(session: Session, list_id: int, from_address: str, mail_from: str) -> Standing:
+    senders = [a for a in (from_address, mail_from.lower()) if a]
+    roles, moderated, rule = session.connection().execute(_STANDING, {
+        "list_id": list_id, "senders": senders, "from_address": from_address}).one()
+    return bool(roles), bool(moderated), SenderAction(rule) if rule else None
+
+
+@dataclass
+class Accepted:
+    """A post accepted in a group, waiting to be archived and fanned out."""
+
+    mlist: MailingList
+    message: Message
+    parsed: Parsed
+    outcome: Outcome
+
+
+class Batch:
+    """What the SMTP transactions of one group share, all in its database transaction:
+    the lists their recipients are for, who may post and who gets posts (read once per
+    group: its posts mostly go to the same few lists, often from the same senders), and
+    the accepted posts waiting to be archived and fanned out together when the group's
+    transactions are done (`publish`: each list's threads and summaries are read and
+    written once per group, not once per post). With `inline`, each post is archived
+    and fanned out at once, in its own transaction's savepoint (see ingest_group).
+
+    What it read holds for the whole database transaction: on SQLite nobody else
+    writes meanwhile; on PostgreSQL the group's posts are taken as all arriving at the
+    moment of the first read, as they would be in one transaction. Mail to a command
+    address (a subscription confirmed) can change the members, so it forgets them."""
+
+    def __init__(self, *, inline: bool) -> None:
+        self.inline = inline
+        self.targets: dict[str, tuple[Route, MailingList]] = {}
+        self.accepted: list[Accepted] = []
+        self._standing: dict[tuple[int, str, str], Standing] = {}
+
+    def target(self, session: Session, rcpt: str) -> tuple[Route, MailingList]:
+        if rcpt not in self.targets:
+            found = _found(session, rcpt)
+            if found is None:
+                raise NoRoute(route(session, rcpt))  # the list went away since RCPT
+            self.targets[rcpt] = found
+        return self.targets[rcpt]
+
+    def facts(self, session: Session, mlist: MailingList, parsed: Parsed, mail_from: str,
+              size: int) -> policy.Facts:
+        key = (mlist.id, parsed.from_address, mail_from)
+        if key not in self._standing:
+            self._standing[key] = _standing(session, mlist.id, parsed.from_address, mail_from)
+        is_member, moderated, rule = self._standing[key]
+        return policy.Facts(
+            mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed,
+            mail_from=mail_from, size=size, is_member=is_member, moderated=moderated,
+            sender_rule=rule)
+
+    def forget_members(self) -> None:
+        self._standing.clear()
+
+    def is_duplicate(self, session: Session, mlist: MailingList, message_id: str) -> bool:
+        """Whether the archive, or a post of this group waiting for it, has this id."""
+        return any(a.mlist.id == mlist.id and a.message.message_id == message_id
+                   for a in self.accepted) or store.is_archived(session, mlist.id, message_id)
+
+    def accept(self, session: Session, config: Config, post: Accepted) -> None:
+        self.accepted.append(post)
+        if self.inline:
+            self.publish(session, config)
+
+    def publish(self, session: Session, config: Config) -> None:
+        """Archive the accepted posts and queue their copies, each list's together."""
+        posts, self.accepted = self.accepted, []
+        by_list: dict[int, list[Accepted]] = {}
+        for post in posts:
+            by_list.setdefault(post.mlist.id, []).append(post)
+        for same in by_list.values():
+            pairs = [(p.message, p.parsed) for p in same]
+            store.archive_all(session, same[0].mlist, pairs)
+            jobs = store.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
+                                     config.delivery.max_recipients_per_transaction,
+                                     config=config)
+            for post, count in zip(same, jobs, strict=True):
+                post.outcome.deliveries = count
 
 
 _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,
            policy.Action.DISCARD: MessageState.DISCARDED, policy.Action.LOOP: MessageState.LOOP}
 
 
-def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_from: str,
-          raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
+def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rcpt: str,
+          mail_from: str, raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
     raw, parsed = digest.rethread(session, mlist, raw, parsed)
-    facts = _facts(session, mlist, parsed, mail_from, len(raw))
+    facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
         reason = "; ".join(verdict.reasons)
@@ -116,26 +232,25 @@ def _post(session: Session, config: Config, mlist: MailingList, rcpt: str, mail_
     message = store.new_message(mlist, raw, parsed, kind=MessageKind.POST,
                                 state=_STATES[verdict.action], mail_from=mail_from,
                                 rcpt_to=rcpt, reasons=verdict.reasons)
-    if message.state is MessageState.ACCEPTED and store.is_archived(session, mlist.id,
-                                                                   message.message_id):
+    if message.state is MessageState.ACCEPTED and batch.is_duplicate(session, mlist,
+                                                                     message.message_id):
         message.state = MessageState.DUPLICATE
         message.reasons = "this Message-ID was posted to the list before"
     store.save(session, message)
-    jobs = 0
+    outcome = Outcome(rcpt, message.message_id, message.state.value, 0,
+                      message.reasons.splitlines())
     if message.state is MessageState.ACCEPTED:
-        store.archive(session, mlist, message, parsed)
-        jobs = store.fan_out(session, mlist, message, parsed, config.web.base_url,
-                             config.delivery.max_recipients_per_transaction, config=config)
+        batch.accept(session, config, Accepted(mlist, message, parsed, outcome))
     elif message.state is MessageState.HELD:
         moderation.hold(session, config, mlist, message, facts.is_member)
-        jobs = 1
-    return Outcome(rcpt, message.message_id, message.state.value, jobs,
-                   message.reasons.splitlines())
+        outcome.deliveries = 1
+    return outcome
 
 
-def _other(session: Session, config: Config, mlist: MailingList, target: Route, rcpt: str,
-           mail_from: str, raw: bytes, parsed: Parsed) -> Outcome:
+def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, target: Route,
+           rcpt: str, mail_from: str, raw: bytes, parsed: Parsed) -> Outcome:
     """Mail to the list's other addresses: kept, and forwarded where that is its purpose."""
+    batch.forget_members()
     message = store.save(session, store.new_message(
         mlist, raw, parsed, kind=_KIND.get(target.purpose, MessageKind.REQUEST),
         state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
@@ -152,31 +267,20 @@ def _other(session: Session, config: Config, mlist: MailingList, target: Route, 
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 
-# The lists a group's recipients are for, by recipient: looked up once per group, since
-# the posts of a group mostly go to the same few lists.
-Targets = dict[str, tuple[Route, MailingList]]
-
-
-def _target(session: Session, rcpt: str, targets: Targets) -> tuple[Route, MailingList]:
-    if rcpt not in targets:
-        target = route(session, rcpt)
-        if isinstance(target, str):
-            raise LookupError(target)  # the list went away since RCPT
-        targets[rcpt] = (target, roster.get_list(session, target.list_address))
-    return targets[rcpt]
-
-
-def _ingest_one(session: Session, config: Config, mail_from: str, rcpts: list[str],
-                raw: bytes, parsed: Parsed, targets: Targets) -> list[Outcome]:
+def _ingest_one(session: Session, config: Config, batch: Batch, incoming: Incoming
+                ) -> list[Outcome]:
+    """One SMTP transaction for all its recipients. Its refusals (NoRoute, Rejected) are
+    raised before it writes anything: every recipient is looked up first, and a post
+    is rejected only when it has no other recipient."""
+    targets = [batch.target(session, rcpt) for rcpt in incoming.rcpts]
     outcomes = []
-    for rcpt in rcpts:
-        target, mlist = _target(session, rcpt, targets)
+    for rcpt, (target, mlist) in zip(incoming.rcpts, targets, strict=True):
+        args = (rcpt, incoming.mail_from, incoming.raw, incoming.parsed)
         if target.purpose is Purpose.POST:
-            outcomes.append(_post(session, config, mlist, rcpt, mail_from, raw, parsed,
-                                  alone=len(rcpts) == 1))
+            outcomes.append(_post(session, config, batch, mlist, *args,
+                                  alone=len(incoming.rcpts) == 1))
         else:
-            outcomes.append(_other(session, config, mlist, target, rcpt, mail_from, raw,
-                                   parsed))
+            outcomes.append(_other(session, config, batch, mlist, target, *args))
     return outcomes
 
 
@@ -192,21 +296,36 @@ class Incoming:
 
 # What one SMTP transaction of a group came to: its outcomes, or why it was refused.
 Result = list[Outcome] | Exception
+_REFUSALS = (NoRoute, Rejected)
+
+
+class Redo(Exception):
+    """A group written straight failed where only a savepoint could take one SMTP
+    transaction back alone: it is written again carefully."""
 
 
 def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[Result]:
-    """Store several SMTP transactions in one database transaction, each in a savepoint
-    of its own, so one refused or failing transaction does not take the others with it;
-    one commit (one fsync) for them all. Nothing is answered before that commit."""
+    """Store several SMTP transactions in one database transaction: one commit (one
+    fsync) for them all, and nothing is answered before it. One refused or failing
+    transaction must not take the others with it, and savepoints cost two statements
+    and a good part of a millisecond each, so:
+
+    - first the group is written straight, without savepoints, its accepted posts
+      archived and fanned out together at the end (see Batch). Refusals need no
+      savepoint: they come before their transaction wrote anything (_ingest_one);
+    - anything else failing there (a post that cannot be composed, two receivers
+      threading into one thread at once on PostgreSQL) rolls the whole group back, and
+      it is written again carefully: each transaction in a savepoint of its own, its
+      posts archived and fanned out in it, so that only that transaction fails."""
     attempts = 3
     for attempt in range(attempts):
         try:
-            with db.session(engine) as session:
-                targets: Targets = {}
-                results = [_in_savepoint(session, config, incoming, targets)
-                           for incoming in group]
-                session.commit()
-                return results
+            try:
+                return _write_group(engine, config, group, careful=False)
+            except Redo as exc:
+                log.warning("a group of %d failed written straight (%r); writing it again "
+                            "transaction by transaction", len(group), exc.__cause__)
+                return _write_group(engine, config, group, careful=True)
         except OperationalError:
             # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:
@@ -214,20 +333,52 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     raise AssertionError("unreachable")
 
 
+def _write_group(engine: Engine, config: Config, group: list[Incoming], *, careful: bool
+                 ) -> list[Result]:
+    batch = Batch(inline=careful)
+    with db.session(engine) as session:
+        if careful:
+            results = [_in_savepoint(session, config, incoming, batch) for incoming in group]
+        else:
+            results = [_straight(session, config, incoming, batch) for incoming in group]
+            with _or_redo():
+                batch.publish(session, config)
+        session.commit()
+        return results
+
+
+@contextmanager
+def _or_redo() -> Iterator[None]:
+    """Refusals and the database's own failures pass; any other failure means Redo."""
+    try:
+        yield
+    except (*_REFUSALS, OperationalError):
+        raise
+    except Exception as exc:
+        raise Redo() from exc
+
+
+def _straight(session: Session, config: Config, incoming: Incoming, batch: Batch) -> Result:
+    try:
+        with _or_redo():
+            return _ingest_one(session, config, batch, incoming)
+    except _REFUSALS as exc:
+        return exc  # nothing of it was written
+
+
 def _in_savepoint(session: Session, config: Config, incoming: Incoming,
-                  targets: Targets) -> Result:
+                  batch: Batch) -> Result:
     attempts = 3
     for attempt in range(attempts):
         try:
             with session.begin_nested():
-                return _ingest_one(session, config, incoming.mail_from, incoming.rcpts,
-                                   incoming.raw, incoming.parsed, targets)
+                return _ingest_one(session, config, batch, incoming)
         except IntegrityError as exc:
             # Two receivers threading into the same thread at once (PostgreSQL): this
             # transaction is redone from its savepoint.
             if attempt == attempts - 1:
                 return exc
-        except (LookupError, Rejected) as exc:
+        except _REFUSALS as exc:
             return exc
         except OperationalError:
             raise  # the group as a whole
@@ -292,6 +443,10 @@ class GroupCommit:
             self.writer = None
 
 
+# How long a recipient found to be ours is taken as ours without asking again.
+ROUTE_SECONDS = 1.0
+
+
 class Handler:
     """aiosmtpd handler: the return value of each hook is the SMTP reply."""
 
@@ -303,25 +458,42 @@ class Handler:
         self.on_queued = on_queued
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
         self.group = GroupCommit(engine, config)
+        self.headroom = limits.Headroom(config.smtp.max_messages_per_sender_per_hour)
+        # Recipients found to be ours lately, so RCPT needs no thread hop and no query
+        # for a busy list. Only found routes are kept, and for a second: a list an
+        # admin just created is looked up (and found) at once, never refused from here.
+        # A list deleted meanwhile still gets its 250 at RCPT for up to that second, but
+        # the writer looks every recipient up again in the transaction that stores the
+        # message (_target), so its DATA is refused with the 550 and nothing is stored.
+        self.routes: Recent[str, Route] = Recent(ROUTE_SECONDS)
 
-    def _sender_refusal(self, mail_from: str) -> str | None:
+    def _count(self, mail_from: str) -> tuple[float, int]:
+        read_at = time.monotonic()
         with db.read_session(self.engine) as session:
-            return limits.sender_refusal(session, mail_from,
-                                         self.config.smtp.max_messages_per_sender_per_hour)
+            return read_at, limits.sent_recently(session, mail_from, self.headroom.limit)
+
+    async def _sender_refusal(self, mail_from: str) -> str | None:
+        limit = self.headroom.limit
+        if not limit or mail_from in ("", "<>") or self.headroom.take(mail_from):
+            return None
+        read_at, count = await asyncio.to_thread(self._count, mail_from)
+        if count >= limit:
+            return limits.refusal(mail_from, limit)
+        self.headroom.counted(mail_from, read_at, count)
+        return None
 
     async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, mail_options: list[str]) -> str:
         if _BAD_ADDRESS.search(address):
             return "553 5.1.7 the sender address has control characters or is not UTF-8"
-        if self.config.smtp.max_messages_per_sender_per_hour:
-            try:
-                refusal = await asyncio.to_thread(self._sender_refusal, address)
-            except Exception:
-                log.exception("rate limit lookup failed for %s", address)
-                return "451 4.3.0 temporary failure checking the sender; try again later"
-            if refusal:
-                log.info("refused from=%s: %s", address, refusal)
-                return refusal
+        try:
+            refusal = await self._sender_refusal(address)
+        except Exception:
+            log.exception("rate limit lookup failed for %s", address)
+            return "451 4.3.0 temporary failure checking the sender; try again later"
+        if refusal:
+            log.info("refused from=%s: %s", address, refusal)
+            return refusal
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -330,12 +502,22 @@ class Handler:
         with db.read_session(self.engine) as session:
             return route(session, rcpt)
 
+    async def _cached_route(self, rcpt: str) -> Route | str:
+        found = self.routes.get(rcpt)
+        if found is not None:
+            return found[1]
+        read_at = time.monotonic()
+        target = await asyncio.to_thread(self._route, rcpt)
+        if not isinstance(target, str):
+            self.routes.put(rcpt, read_at, target)
+        return target
+
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope,
                           address: str, rcpt_options: list[str]) -> str:
         if _BAD_ADDRESS.search(address):
             return "553 5.1.3 the recipient address has control characters or is not UTF-8"
         try:
-            target = await asyncio.to_thread(self._route, address)
+            target = await self._cached_route(address)
         except Exception:
             log.exception("recipient lookup failed for %s", address)
             return "451 4.3.0 temporary failure looking up the recipient; try again later"
@@ -356,7 +538,7 @@ class Handler:
             parsed = await asyncio.to_thread(parse, raw)
             outcomes = await self.group.store(Incoming(mail_from, list(envelope.rcpt_tos),
                                                        raw, parsed))
-        except (LookupError, Rejected) as exc:
+        except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)
             return str(exc)

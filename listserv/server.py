@@ -67,6 +67,9 @@ async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
 
 # Digests come due at an hour of the day; a check a minute sends them on time.
 DIGEST_CHECK_SECONDS = 60
+# Under a stream of posts `check` is set all the time, and each check aggregates every
+# pending digest item: a digest that filled up may wait this long, not every post.
+DIGEST_SIZE_CHECK_SECONDS = 1.0
 
 
 def _send_digests(engine: Engine, config: Config) -> list[digest.Sent]:
@@ -87,7 +90,8 @@ def _send_digests(engine: Engine, config: Config) -> list[digest.Sent]:
 async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: asyncio.Event,
                   wake: Callable[[], None]) -> None:
     """Send the digests that are due: every minute, and when `check` is set (a post was
-    accepted, so a digest may have reached its size)."""
+    accepted, so a digest may have reached its size), at most once a
+    DIGEST_SIZE_CHECK_SECONDS."""
     while not stop.is_set():
         check.clear()
         try:
@@ -103,6 +107,8 @@ async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: as
                 wake()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(check.wait(), DIGEST_CHECK_SECONDS)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), DIGEST_SIZE_CHECK_SECONDS)
 
 
 class _Uvicorn(uvicorn.Server):

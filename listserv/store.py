@@ -6,6 +6,7 @@ receiver commits a whole SMTP transaction at once and only then answers 250.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -103,9 +104,38 @@ def archived_ids(session: Session, list_id: int, message_ids: Iterable[str]) -> 
     return found
 
 
+# The statements run for every post received, built once: building one (and its cache
+# key) cost more than running it. Core, on the session's connection: they read and
+# write nothing the ORM holds.
+_node, _mute = ThreadNode.__table__.c, Mute.__table__.c
+_ARCHIVED = select(_node.id).where(
+    _node.list_id == bindparam("list_id"), _node.message_id == bindparam("message_id"),
+    _node.message_pk.is_not(None)).limit(1)
+_MUTED = select(_node.message_id, _mute.address).join(
+    Mute.__table__, (_mute.list_id == _node.list_id) & (_mute.thread_id == _node.thread_id)).where(
+    _node.list_id == bindparam("list_id"),
+    _node.message_id.in_(bindparam("message_ids", expanding=True)))
+_RECIPIENTS = (select(Member.__table__.c.address)
+               .where(Member.__table__.c.list_id == bindparam("list_id"),
+                      Member.__table__.c.role == Role.MEMBER,
+                      Member.__table__.c.delivery == bindparam("mode"),
+                      Member.__table__.c.disabled_by.is_(None))
+               .order_by(Member.__table__.c.address)
+               .execution_options(yield_per=5000))
+_INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id,
+                                                     sort_by_parameter_order=True)
+_MESSAGE_COLUMNS = [c.name for c in Message.__table__.c if c.name != "id"]
+_INSERT_OUTGOING = insert(Outgoing.__table__).returning(Outgoing.__table__.c.id,
+                                                       sort_by_parameter_order=True)
+_INSERT_DELIVERY = insert(Delivery.__table__)
+_INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
+
+
 def is_archived(session: Session, list_id: int, message_id: str) -> bool:
     """True when the archive already holds a message with this Message-ID."""
-    return bool(archived_ids(session, list_id, [message_id]))
+    session.flush()  # nodes the ORM still holds count too
+    return session.connection().execute(_ARCHIVED, {
+        "list_id": list_id, "message_id": message_id}).first() is not None
 
 
 @dataclass
@@ -361,14 +391,9 @@ def recipients(session: Session, list_id: int,
                mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
     """Addresses that get each post (or, for a digest mode, each digest of that form),
     streamed from one query (never member by member)."""
-    result = session.execute(
-        select(Member.address)
-        .where(Member.list_id == list_id, Member.role == Role.MEMBER,
-               Member.delivery == mode, Member.disabled_by.is_(None))
-        .order_by(Member.address)
-        .execution_options(yield_per=5000))
-    for (address,) in result:
-        yield address
+    session.flush()  # members the ORM still holds count too
+    yield from session.connection().execute(_RECIPIENTS, {
+        "list_id": list_id, "mode": mode}).scalars()
 
 
 def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:
@@ -376,46 +401,75 @@ def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> lis
         Member.list_id == list_id, Member.role.in_(list(roles))))))
 
 
-def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
-          batch: int, message_pk: int | None = None, *, slots: str = "",
-          list_id: int | None = None) -> int:
-    """Store one outgoing copy and a delivery job per `batch` recipients; the count.
+@dataclass(frozen=True)
+class Send:
+    """One outgoing copy and who gets it. `slots` (see compose.Copy) makes the copy
+    personal: the worker then fills each recipient's links into `data` and sends every
+    recipient a transaction of their own."""
 
-    `slots` (see compose.Copy) makes the copy personal: the worker then fills each
-    recipient's links into `data` and sends every recipient a transaction of their own.
-    """
-    now = utcnow()
-    # Core inserts, not ORM objects: nothing reads them back in this transaction, and
-    # an ORM flush costs more than the insert (this runs for every post received).
-    connection = session.connection()  # Core: no ORM bulk-insert machinery either
-    outgoing_id = connection.execute(insert(Outgoing.__table__).values(
-        message_pk=message_pk, list_id=list_id, slots=slots,
-        data=data if slots else compose.crlf(data), created_at=now)
-        .returning(Outgoing.id)).scalar_one()
-    jobs = []
-    chunk: list[str] = []
+    data: bytes
+    mail_from: str
+    rcpts: Iterable[str]
+    message_pk: int | None = None
+    slots: str = ""
+    list_id: int | None = None
+
+
+def _jobs(rcpts: Iterable[str], batch: int) -> list[str]:
+    """The recipients of each delivery job: `batch` at most, one per line."""
+    jobs, chunk = [], []
     for rcpt in rcpts:
         chunk.append(rcpt)
         if len(chunk) == batch:
-            jobs.append(chunk)
+            jobs.append("\n".join(chunk))
             chunk = []
     if chunk:
-        jobs.append(chunk)
-    if jobs:
-        connection.execute(insert(Delivery.__table__), [
-            {"outgoing_id": outgoing_id, "mail_from": mail_from, "recipients": "\n".join(j),
+        jobs.append("\n".join(chunk))
+    return jobs
+
+
+def queue_all(session: Session, sends: Sequence[Send], batch: int) -> list[int]:
+    """Store outgoing copies and a delivery job per `batch` recipients of each, in two
+    statements however many there are; the count of jobs of each."""
+    if not sends:
+        return []
+    now = utcnow()
+    # Core inserts, not ORM objects: nothing reads them back in this transaction, and
+    # an ORM flush costs more than the insert (this runs for every post received).
+    connection = session.connection()
+    ids = connection.execute(_INSERT_OUTGOING, [
+        {"message_pk": s.message_pk, "list_id": s.list_id, "slots": s.slots,
+         "data": s.data if s.slots else compose.crlf(s.data), "created_at": now}
+        for s in sends]).scalars().all()
+    jobs = [_jobs(s.rcpts, batch) for s in sends]
+    rows = [{"outgoing_id": outgoing_id, "mail_from": send.mail_from, "recipients": job,
              "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
              "created_at": now}
-            for j in jobs])
-    return len(jobs)
+            for outgoing_id, send, its in zip(ids, sends, jobs, strict=True) for job in its]
+    if rows:
+        connection.execute(_INSERT_DELIVERY, rows)
+    return [len(its) for its in jobs]
 
 
-def muted(session: Session, list_id: int, message_id: str) -> set[str]:
-    """The members who muted the thread this message belongs to, in one query."""
-    thread_id = select(ThreadNode.thread_id).where(
-        ThreadNode.list_id == list_id, ThreadNode.message_id == message_id).scalar_subquery()
-    return set(session.scalars(select(Mute.address).where(
-        Mute.list_id == list_id, Mute.thread_id == thread_id)))
+def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
+          batch: int, message_pk: int | None = None, *, slots: str = "",
+          list_id: int | None = None) -> int:
+    """Store one outgoing copy and a delivery job per `batch` recipients; the count
+    (see Send)."""
+    return queue_all(session, [Send(data, mail_from, rcpts, message_pk, slots, list_id)],
+                     batch)[0]
+
+
+def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The members who muted the thread each of these messages belongs to, by message,
+    in one query per thousand."""
+    session.flush()  # the messages' nodes may still be in the ORM's hands
+    found: dict[str, set[str]] = {}
+    for chunk in _chunks(set(message_ids)):
+        for message_id, address in session.connection().execute(_MUTED, {
+                "list_id": list_id, "message_ids": chunk}):
+            found.setdefault(message_id, set()).add(address)
+    return found
 
 
 def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
@@ -423,14 +477,23 @@ def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
     posts still go out (and the log says why)."""
     if mlist.footer == "":
         return None
-    kwargs = {"name": mlist.name, "addresses": addresses_of(mlist), "base_url": base_url,
-              "archive": mlist.archive is not ArchivePolicy.OFF}
+    key = (mlist.name, mlist.address, base_url, mlist.archive is not ArchivePolicy.OFF)
     try:
-        return compose.render_footer(mlist.footer, **kwargs)
+        return _rendered_footer(mlist.footer, *key)
     except TemplateError as exc:
         log.warning("list %s: footer template failed (%s); using the default", mlist.address,
                     exc)
-        return compose.render_footer(None, **kwargs)
+        return _rendered_footer(None, *key)
+
+
+@functools.lru_cache(maxsize=256)
+def _rendered_footer(template: str | None, name: str, address: str, base_url: str,
+                     archive: bool) -> compose.Footer | None:
+    """A list's footer is the same for all its posts until its settings change, and
+    those are the key: rendering made a Jinja environment and compiled the template
+    again for every post. (A template that fails raises, and is not remembered.)"""
+    return compose.render_footer(template, name=name, addresses=ListAddresses(address),
+                                 base_url=base_url, archive=archive)
 
 
 def _authenticity(mlist: MailingList, message: Message, config: Config
@@ -476,27 +539,50 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
             base_url: str, batch: int, *, config: Config) -> int:
-    """Queue the list copy of an accepted post for every member who gets posts, except
-    those who muted its thread, and the post itself for the next digest. The copy is
-    composed once, with slots for each member's unsubscribe and mute links, or shared
-    (see shared_copies)."""
-    addresses = addresses_of(mlist)
-    copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
-    session.connection().execute(insert(DigestItem.__table__).values(
-        list_id=mlist.id, message_pk=message.id, size=message.size, created_at=utcnow()))
-    quiet = muted(session, mlist.id, message.message_id)
-    rcpts = (a for a in recipients(session, mlist.id) if a not in quiet)
-    if shared:  # a footer without links is still a slot: filled once, for everyone
-        return queue(session, copy.personal("", ""), addresses.at(Purpose.BOUNCES), rcpts,
-                     batch, message.id, list_id=mlist.id)
-    return queue(session, copy.data, addresses.at(Purpose.BOUNCES), rcpts, batch, message.id,
-                 slots=copy.slots_json(), list_id=mlist.id)
+    """One post (see fan_out_all); its jobs."""
+    return fan_out_all(session, mlist, [(message, parsed)], base_url, batch, config=config)[0]
+
+
+def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Message, Parsed]],
+                base_url: str, batch: int, *, config: Config) -> list[int]:
+    """Queue the list copy of each accepted post for every member who gets posts, except
+    those who muted its thread, and the post itself for the next digest; the jobs of
+    each. Each copy is composed once, with slots for each member's unsubscribe and
+    mute links, or shared (see shared_copies). The members, the mutes and each table's
+    rows are read and written once for all the posts (a group of the receiver)."""
+    connection = session.connection()
+    connection.execute(_INSERT_DIGEST_ITEM, [
+        {"list_id": mlist.id, "message_pk": message.id, "size": message.size,
+         "created_at": utcnow()} for message, _ in posts])
+    members = list(recipients(session, mlist.id))
+    quiet = muted(session, mlist.id, [message.message_id for message, _ in posts])
+    bounces = addresses_of(mlist).at(Purpose.BOUNCES)
+    sends = []
+    for message, parsed in posts:
+        copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
+        mutes = quiet.get(message.message_id, set())
+        rcpts = [a for a in members if a not in mutes] if mutes else members
+        if shared:  # a footer without links is still a slot: filled once, for everyone
+            sends.append(Send(copy.personal("", ""), bounces, rcpts, message.id,
+                              list_id=mlist.id))
+        else:
+            sends.append(Send(copy.data, bounces, rcpts, message.id, copy.slots_json(),
+                              mlist.id))
+    return queue_all(session, sends, batch)
 
 
 def save(session: Session, message: Message) -> Message:
-    session.add(message)
-    session.flush()
+    """Insert a message just received and give it its id. A Core insert: the ORM's
+    flush cost more than the insert, for every mail. The object stays out of the
+    session (nothing changes it after this; `set_state` writes by id)."""
+    (message.id,) = insert_messages(session, [{c: getattr(message, c)
+                                                for c in _MESSAGE_COLUMNS}])
     return message
+
+
+def insert_messages(session: Session, rows: list[dict]) -> list[int]:
+    """Insert message rows (message_values) in one statement; their ids, in order."""
+    return list(session.connection().execute(_INSERT_MESSAGE, rows).scalars())
 
 
 def set_state(session: Session, message: Message, state: MessageState) -> None:

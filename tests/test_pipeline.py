@@ -8,11 +8,15 @@ import smtplib
 import threading
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 
-from listserv import db
-from listserv.models import Delivery, MailingList, Message, MessageState, Verp
+from listserv import db, receive, store
+from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
+from listserv.parse import parse
 from tests.conftest import message
+from tests.test_cli import cli, config_file, ok
+
+__all__ = ["cli", "config_file"]  # fixtures, used by name
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
 
@@ -289,3 +293,74 @@ def test_concurrent_clients_each_get_250_only_for_a_stored_message(running, make
             Message.state == MessageState.ACCEPTED)))
     assert len(replies) == 40 and all(code == 250 for code, _ in replies.values())
     assert set(replies) <= stored
+
+
+def _refusal_code(exc: smtplib.SMTPException) -> int:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return next(iter(exc.recipients.values()))[0]
+    return exc.smtp_code
+
+
+def test_the_receiver_sees_at_once_a_list_an_admin_created_or_deleted(running, make_list,
+                                                                     engine, cli):
+    """The receiver remembers lately found recipients; the CLI, another process on the
+    same database, creates and deletes lists under it."""
+    make_list(members=MEMBERS)
+    running.send("bob@example.com", ["dev@lists.example.org"], message("before"))
+    ok(cli("list", "delete", "dev@lists.example.org", "--yes"))
+    with pytest.raises((smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)) as refused:
+        running.send("bob@example.com", ["dev@lists.example.org"], message("after"))
+    assert _refusal_code(refused.value) == 550  # at RCPT, or at DATA if RCPT remembered
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        running.send("bob@example.com", ["new@lists.example.org"], message("too early"))
+    ok(cli("list", "create", "new@lists.example.org", "--owner", "bob@example.com"))
+    running.send("bob@example.com", ["new@lists.example.org"], message("new"))
+    with db.session(engine) as s:
+        assert set(s.scalars(select(Message.subject))) == {"new"}
+
+
+def _group(*posts: str) -> list[receive.Incoming]:
+    return [receive.Incoming("bob@example.com", ["dev@lists.example.org"], p.encode(),
+                             parse(p.encode())) for p in posts]
+
+
+def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine, config,
+                                                               monkeypatch):
+    """The group's posts are archived and fanned out together; when that fails, the
+    group is stored again post by post and only the failing one is refused."""
+    make_list(members=MEMBERS)
+    list_copy = store.list_copy
+
+    def failing(mlist, message, *args, **kwargs):  # noqa: ANN001, ANN202
+        if message.subject == "boom":
+            raise RuntimeError("cannot compose this one")
+        return list_copy(mlist, message, *args, **kwargs)
+    monkeypatch.setattr(store, "list_copy", failing)
+    results = receive.ingest_group(engine, config, _group(
+        message("one"), message("boom"), message("Re: one")))
+    assert isinstance(results[1], RuntimeError)
+    assert [r[0].state for r in (results[0], results[2])] == ["accepted", "accepted"]
+    assert all(r[0].deliveries for r in (results[0], results[2]))
+    with db.session(engine) as s:
+        assert sorted(s.scalars(select(Message.subject))) == ["Re: one", "one"]
+        assert s.scalar(select(func.count()).select_from(ThreadNode)) == 2
+
+
+def test_a_refused_transaction_takes_nothing_of_its_group_with_it(make_list, engine, config):
+    """Refusals come before their transaction writes anything: no savepoint needed."""
+    make_list(members=MEMBERS)
+    group = _group(message("one"), message("nowhere"), message("two"))
+    group[1].rcpts = ["dev@lists.example.org", "gone@lists.example.org"]
+    results = receive.ingest_group(engine, config, group)
+    assert isinstance(results[1], receive.NoRoute) and str(results[1]).startswith("550")
+    with db.session(engine) as s:
+        assert sorted(s.scalars(select(Message.subject))) == ["one", "two"]
+
+
+def test_the_second_post_of_a_group_with_the_same_message_id_is_a_duplicate(make_list,
+                                                                            engine, config):
+    make_list(members=MEMBERS)
+    post = message("twice")
+    first, second = receive.ingest_group(engine, config, _group(post, post))
+    assert (first[0].state, second[0].state) == ("accepted", "duplicate")
+    assert first[0].deliveries and not second[0].deliveries

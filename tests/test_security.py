@@ -17,7 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select, text, update
 
-from listserv import db, digest, tokens
+from listserv import db, digest, limits, tokens
 from listserv import web as web_mod
 from listserv.models import ArchivePolicy, MailingList, Message, Token, utcnow
 from tests.conftest import mails_to, message
@@ -409,3 +409,14 @@ def test_tokens_in_flight_survive_the_upgrade_that_splits_them(db_url):
         assert tokens.find(s, value[:16] + "0" * 16) is None
         assert value[16:] not in found.token + found.secret_hash
     engine.dispose()
+
+
+def test_headroom_admits_from_a_recent_count_and_asks_again_when_used_up():
+    room = limits.Headroom(3)
+    assert not room.take("bob@example.com")  # never counted: ask the store
+    room.counted("bob@example.com", time.monotonic(), 1)  # 1 stored, this MAIL the 2nd
+    assert room.take("bob@example.com")  # the 3rd
+    assert not room.take("bob@example.com")  # the 4th: counted again before any refusal
+    stale = limits.Headroom(3, seconds=0)
+    stale.counted("bob@example.com", time.monotonic() - 1, 0)
+    assert not stale.take("bob@example.com")  # a count older than `seconds` is not used
