@@ -424,7 +424,8 @@ def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argume
     """Store and thread every message of an mbox or Maildir, sending nothing."""
     read = imported = 0
     mails = _read_mailbox(file)
-    with db.session(_state(ctx).engine) as s, _progress() as bar:
+    engine = _state(ctx).engine
+    with db.session(engine) as s, _progress() as bar:
         mlist = roster.get_list(s, list_address)
         task = bar.add_task("importing", total=None)
         parsed = archive.parsed_mails(mails, workers=_parsing_processes())
@@ -434,6 +435,7 @@ def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argume
             read += len(batch)
             bar.update(task, completed=read)
         bar.update(task, total=read)  # known now that the whole file was read
+    db.refresh_statistics(engine)
     out.print(f"{read} messages read: {imported} imported, "
               f"{read - imported} duplicates skipped")
 

@@ -15,7 +15,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
@@ -207,6 +207,18 @@ def ensure_schema(engine: Engine) -> None:
     head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
     if _revision(engine) != head:
         upgrade(engine)
+
+
+def refresh_statistics(engine: Engine) -> None:
+    """After a bulk load (an archive import), on PostgreSQL: its planner reads the
+    tables' statistics, and until autovacuum came round it planned a 100,000-message
+    archive as an empty one (a page of threads sorted every thread). SQLite's planner
+    keeps no statistics here."""
+    if is_sqlite(engine):
+        return
+    with engine.connect() as connection:
+        connection.execute(text("ANALYZE message, thread_node, thread_summary, message_search"))
+        connection.commit()
 
 
 def open_database(url: str) -> Engine:

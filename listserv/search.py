@@ -108,29 +108,48 @@ _SQLITE_SEARCH = text(f"""
     ORDER BY message_fts.rowid DESC LIMIT :limit OFFSET :offset""")
 _SQLITE_SEARCH = _SQLITE_SEARCH.columns(*_COLUMNS)
 
-_POSTGRESQL_SEARCH = text(f"""
-    SELECT hit.id, hit.message_id, hit.subject, hit.from_name, hit.date,
+# PostgreSQL plans "matches, newest first, a page of them" as a walk down the (list_id,
+# newest) index that stops after a page of matches: right for a common word, but for a
+# rare one (its frequency unknown to the statistics) the walk read the whole list, and
+# checking a row's tsvector is the costly part. So the walk is first bounded to the
+# newest WINDOW messages per page asked for; when that does not fill the page, the
+# matches are taken from the GIN index (few, for such a word) and sorted.
+WINDOW = 1000
+_POSTGRESQL_MATCHES = """
+    SELECT s.message_pk, s.newest FROM message_search s
+    WHERE s.list_id = :list_id AND s.document @@ websearch_to_tsquery('english', :query)"""
+_POSTGRESQL_PAGE = {
+    "recent": f"""{_POSTGRESQL_MATCHES} AND s.newest >= coalesce((
+                    SELECT newest FROM message_search WHERE list_id = :list_id
+                    ORDER BY newest DESC LIMIT 1 OFFSET :window), 0)
+                  ORDER BY s.newest DESC LIMIT :limit OFFSET :offset""",
+    "all": f"""WITH m AS MATERIALIZED ({_POSTGRESQL_MATCHES})
+               SELECT * FROM m ORDER BY newest DESC LIMIT :limit OFFSET :offset""",
+}
+_POSTGRESQL_SEARCH = {kind: text(f"""
+    SELECT m.id, m.message_id, m.subject, m.from_name, m.date,
            ts_headline('english', s.body, websearch_to_tsquery('english', :query),
                        'StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=12')
-    FROM (SELECT m.id, m.message_id, m.subject, m.from_name, m.date, s.newest
-          FROM message_search s JOIN message m ON m.id = s.message_pk
-          WHERE s.list_id = :list_id
-            AND s.document @@ websearch_to_tsquery('english', :query)
-          ORDER BY s.newest DESC LIMIT :limit OFFSET :offset) hit
-    JOIN message_search s ON s.message_pk = hit.id
-    ORDER BY hit.newest DESC""").columns(*_COLUMNS)
+    FROM ({page}) hit
+    JOIN message m ON m.id = hit.message_pk
+    JOIN message_search s ON s.message_pk = hit.message_pk
+    ORDER BY hit.newest DESC""").columns(*_COLUMNS) for kind, page in _POSTGRESQL_PAGE.items()}
 
 
 def query(session: Session, list_id: int, words: str, limit: int = 20,
           offset: int = 0) -> list[Hit]:
     """Messages of one list matching every word, newest first, with snippets."""
     if _sqlite(session):
-        words, statement = fts5_query(words), _SQLITE_SEARCH
-    else:
-        statement = _POSTGRESQL_SEARCH
+        words = fts5_query(words)
     if not words.strip():
         return []
-    rows = session.execute(statement, {"query": words, "list_id": list_id, "limit": limit,
-                                       "offset": offset})
+    params = {"query": words, "list_id": list_id, "limit": limit, "offset": offset,
+              "window": WINDOW * (1 + offset // max(limit, 1))}
+    if _sqlite(session):
+        rows = list(session.execute(_SQLITE_SEARCH, params))
+    else:
+        rows = list(session.execute(_POSTGRESQL_SEARCH["recent"], params))
+        if len(rows) < limit:
+            rows = list(session.execute(_POSTGRESQL_SEARCH["all"], params))
     return [Hit(pk, mid, subject, name, date, _highlight(snippet or ""))
             for pk, mid, subject, name, date, snippet in rows]

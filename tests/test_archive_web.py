@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select, update
 from typer.testing import CliRunner
 
-from listserv import compose, db, tokens
+from listserv import compose, db, search, tokens
 from listserv.cli import app
 from listserv.models import ArchivePolicy, MailingList, Message, ThreadNode, ThreadSummary
 from tests.conftest import CORPUS, mails_to, message
@@ -453,7 +453,12 @@ def test_only_archived_posts_are_shown(running, make_list, engine):
 
 # --- search -----------------------------------------------------------------------------
 
-def test_search_newest_first_with_snippets_and_pages(running, make_list, import_mbox):
+@pytest.mark.parametrize("window", [search.WINDOW, 3])
+def test_search_newest_first_with_snippets_and_pages(running, make_list, import_mbox,
+                                                     monkeypatch, window):
+    """Also when the hits are not among the newest `window` messages (PostgreSQL then
+    takes them from the GIN index instead of walking the newest first)."""
+    monkeypatch.setattr(search, "WINDOW", window)
     make_list(LIST)
     import_mbox([mail(f"Note {n}", f"n{n}@x", body=f"the kumquat harvest, part {n}\n",
                       date=f"Mon, 02 Mar 2026 10:{n:02d}:00 +0000")

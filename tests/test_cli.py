@@ -324,6 +324,21 @@ def test_archive_import_threads_like_notmuch_and_skips_duplicates(make_list, cli
     assert as_json(cli("archive", "threads", LIST, "--json")) == rows
 
 
+def test_archive_import_leaves_postgresql_its_statistics(make_list, cli, engine):
+    """PostgreSQL planned a freshly imported archive as an empty one until autovacuum came
+    round; the import runs ANALYZE itself."""
+    if db.is_sqlite(engine):
+        pytest.skip("SQLite's planner keeps no statistics here")
+    make_list(LIST)
+    ok(cli("archive", "import", LIST, NOTMUCH))
+    with engine.connect() as connection:
+        analyzed = connection.execute(text(
+            "SELECT relname, reltuples FROM pg_class WHERE relnamespace = "
+            "current_schema()::regnamespace AND relname IN ('message', 'thread_node', "
+            "'thread_summary', 'message_search')")).all()
+    assert len(analyzed) == 4 and all(tuples > 0 for _, tuples in analyzed), analyzed
+
+
 # --- db, serve ----------------------------------------------------------------------------
 
 def test_db_upgrade_on_a_fresh_database_and_again(cli, db_url):
