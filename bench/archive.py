@@ -200,6 +200,16 @@ def write_config(out: Path, url: str, web_port: int) -> Path:
 
 
 @contextlib.contextmanager
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, as an admin stops a server; killed if it is not gone in 30 s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def serving(listserv: str, config: Path, web_port: int, log: Path) -> Iterator[int]:
     """`listserv serve` until the block ends; yields its pid once the web port answers."""
     with log.open("wb") as out:
@@ -209,12 +219,7 @@ def serving(listserv: str, config: Path, web_port: int, log: Path) -> Iterator[i
             run.wait_port(web_port, 60, lambda: proc.poll() is None)
             yield proc.pid
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 @dataclass
@@ -365,12 +370,7 @@ def serving_peer(config: Path, port: int, log: Path) -> Iterator[int]:
             run.wait_port(port, 60, lambda: proc.poll() is None)
             yield _httpd_worker(proc.pid)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop(proc)
 
 
 def _httpd_worker(master: int) -> int:

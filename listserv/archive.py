@@ -42,24 +42,7 @@ def held(session: Session, mlist: MailingList) -> list[Message]:
         .order_by(Message.id)))
 
 
-@dataclass
-class _Imported:
-    """An imported message as archiving reads it (store.Archivable): imports write
-    their rows with one insert per batch, since making a Message each cost more than
-    storing it."""
-
-    list_id: int
-    message_id: str
-    from_address: str
-    from_name: str
-    subject: str
-    date: datetime | None
-    received_at: datetime
-    raw: bytes
-    id: int | None = None
-
-
-_IMPORTED_FIELDS = [f for f in _Imported.__dataclass_fields__ if f != "id"]
+_IMPORTED_FIELDS = [f for f in store.Imported.__dataclass_fields__ if f != "id"]
 
 
 def import_mail(session: Session, mlist: MailingList, mails: Iterable[Read]) -> int:
@@ -79,7 +62,7 @@ def import_mail(session: Session, mlist: MailingList, mails: Iterable[Read]) -> 
     if not new:
         return 0
     ids = store.insert_messages(session, [values for values, _ in new])
-    posts = [(_Imported(**{f: values[f] for f in _IMPORTED_FIELDS}, id=pk), read.parsed)
+    posts = [(store.Imported(id=pk, **{f: values[f] for f in _IMPORTED_FIELDS}), read.parsed)
              for pk, (values, read) in zip(ids, new, strict=True)]
     store.archive_all(session, mlist, posts, [read.text for _, read in new])
     return len(posts)

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from jinja2 import TemplateError
 from sqlalchemy import bindparam, delete, insert, select, update
@@ -345,10 +344,13 @@ def summarize(session: Session, list_id: int, thread_ids: Iterable[str]) -> None
         connection.execute(_UPDATE_SUMMARY, old)
 
 
-class Archivable(Protocol):
-    """What archiving reads of a stored message: a Message, or an imported one's row."""
+@dataclass
+class Imported:
+    """An imported message as archiving reads it: imports write their rows with one
+    insert per batch (insert_messages), since making a Message each cost more than
+    storing it."""
 
-    id: int | None
+    id: int
     list_id: int
     message_id: str
     from_address: str
@@ -357,6 +359,10 @@ class Archivable(Protocol):
     date: datetime | None
     received_at: datetime
     raw: bytes
+
+
+# What archiving reads of a stored message: a Message, or an imported one's row.
+Archivable = Message | Imported
 
 
 def archive_all(session: Session, mlist: MailingList,
