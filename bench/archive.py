@@ -199,7 +199,6 @@ def write_config(out: Path, url: str, web_port: int) -> Path:
     return path
 
 
-@contextlib.contextmanager
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM, as an admin stops a server; killed if it is not gone in 30 s."""
     proc.send_signal(signal.SIGTERM)
@@ -210,6 +209,7 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@contextlib.contextmanager
 def serving(listserv: str, config: Path, web_port: int, log: Path) -> Iterator[int]:
     """`listserv serve` until the block ends; yields its pid once the web port answers."""
     with log.open("wb") as out:
