@@ -429,11 +429,18 @@ def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argume
         mlist = roster.get_list(s, list_address)
         task = bar.add_task("importing", total=None)
         parsed = archive.parsed_mails(mails, workers=_parsing_processes())
+        analyzed_at = 0
         while batch := list(itertools.islice(parsed, IMPORT_BATCH)):
             imported += archive.import_mail(s, mlist, batch)
             s.commit()
             read += len(batch)
             bar.update(task, completed=read)
+            if imported >= 2 * analyzed_at + IMPORT_BATCH:
+                # Each time the archive has doubled: PostgreSQL planned the batch's
+                # lookups by the statistics of a smaller table, and a plan for an empty
+                # one (a scan of every node per batch) took seconds at 50,000.
+                db.refresh_statistics(engine)
+                analyzed_at = imported
         bar.update(task, total=read)  # known now that the whole file was read
     db.refresh_statistics(engine)
     out.print(f"{read} messages read: {imported} imported, "
