@@ -141,11 +141,6 @@ def expire_holds(session: Session, config: Config) -> int:
     return len(expired)
 
 
-def sender_rule(session: Session, list_id: int, address: str) -> SenderAction | None:
-    return session.scalars(select(SenderRule.action).where(
-        SenderRule.list_id == list_id, SenderRule.address == address)).first()
-
-
 def set_sender(session: Session, mlist: MailingList, address: str,
                action: SenderAction) -> str:
     mailbox = roster.normalize(address)

@@ -116,7 +116,7 @@ Standing = tuple[bool, bool, SenderAction | None]
 
 _member, _rule = Member.__table__.c, SenderRule.__table__.c
 # Built once, one query: the roles of the senders (members, moderators and owners may all
-# post; roster.roles_of) and the list's allow/deny entry for the From (moderation.sender_rule).
+# post; roster.roles_of) and the list's allow/deny entry for the From (moderation.senders).
 _STANDING = select(
     select(func.count()).where(_member.list_id == bindparam("list_id"), _member.address.in_(
         bindparam("senders", expanding=True))).scalar_subquery(),
@@ -464,7 +464,7 @@ class Handler:
         # admin just created is looked up (and found) at once, never refused from here.
         # A list deleted meanwhile still gets its 250 at RCPT for up to that second, but
         # the writer looks every recipient up again in the transaction that stores the
-        # message (_target), so its DATA is refused with the 550 and nothing is stored.
+        # message (Batch.target), so its DATA is refused with the 550 and nothing is stored.
         self.routes: Recent[str, Route] = Recent(ROUTE_SECONDS)
 
     def _count(self, mail_from: str) -> tuple[float, int]:
