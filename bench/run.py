@@ -309,6 +309,7 @@ class Serve:
             [setup.listserv, "--config", str(setup.config_path(concurrency)), "serve"],
             stdout=self.log, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
+        self.concurrency = concurrency
         self.peak = 0.0
         wait_port(setup.smtp_port, 60, lambda: self.proc.poll() is None)
 
@@ -585,22 +586,21 @@ def raw_rate(setup: Setup, copy: bytes, concurrency: int, messages: int,
 
 # --- profiling --------------------------------------------------------------------------
 
-def profile_fan_out(setup: Setup, serve: Serve, probe: Probe, list_address: str,
-                    members: int, concurrency: int, out: Path) -> tuple[FanOut, Path]:
-    """One more fan-out with py-spy sampling the server; its collapsed stacks go to `out`."""
+@contextlib.contextmanager
+def profiled(serve: Serve, out: Path) -> Iterator[Path]:
+    """py-spy samples the server for the duration of the block; collapsed stacks to `out`."""
     pyspy = shutil.which("py-spy")
     if pyspy is None:
         raise RuntimeError("--profile needs py-spy: pip install py-spy")
     spy = subprocess.Popen([pyspy, "record", "--pid", str(serve.pid), "--format", "raw",
                             "--rate", "200", "--nonblocking", "--output", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # let py-spy attach before the post
+    time.sleep(1.0)  # let py-spy attach before the work starts
     try:
-        result = fan_out(setup, serve, probe, list_address, members, concurrency, 600)
+        yield out
     finally:
         spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
         spy.wait(30)
-    return result, out
 
 
 # Frames under which every sample sits: they say nothing about where the time goes.
@@ -660,7 +660,7 @@ class Results:
     raws: dict[tuple[int, int, bool], Raw] = field(default_factory=dict)
     raws100: dict[tuple[int, int, bool], Raw] = field(default_factory=dict)
     serve_peaks: dict[int, float] = field(default_factory=dict)
-    profile: tuple[FanOut, list, list, int] | None = None
+    profiles: list[tuple[str, list, list, int]] = field(default_factory=list)
     elapsed: float = 0.0
 
 
@@ -802,17 +802,16 @@ def render(r: Results) -> str:
     out += [f"| peak RSS (VmHWM) of `listserv serve`, concurrency {c}, whole run | {mb:.0f} MB |"
             for c, mb in r.serve_peaks.items()]
     out += ["", "## What bounds the figures", "", *bounds(r)]
-    if r.profile:
-        out += _render_profile(*r.profile)
+    for profile in r.profiles:
+        out += _render_profile(*profile)
     return "\n".join(out) + "\n"
 
 
-def _render_profile(f: FanOut, own: list, inclusive: list, samples: int) -> list[str]:
+def _render_profile(what: str, own: list, inclusive: list, samples: int) -> list[str]:
     return [
-        "", "## Profile of one fan-out", "",
-        f"`py-spy record --nonblocking --rate 200` on `listserv serve` during one more "
-        f"fan-out to {_n(f.members)} over {f.concurrency} connections ({_n(f.rate)}/s under "
-        f"the profiler, {samples} samples of threads on CPU).", "",
+        "", f"## Profile of {what}", "",
+        f"`py-spy record --nonblocking --rate 200` on `listserv serve` during {what} "
+        f"({samples} samples of threads on CPU).", "",
         "| function (own time) | share |", "|---|---|",
         *[f"| `{name}` | {share:.1%} |" for name, share in own], "",
         "| listserv function (inclusive) | share |", "|---|---|",
@@ -840,7 +839,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--database-url", help="an empty PostgreSQL database (a schema of its "
                    "own is made and dropped); default: a SQLite file in a temp directory")
     p.add_argument("--profile", action="store_true", help="after the figures, profile one "
-                   "fan-out to the largest list with py-spy and add the summary")
+                   "more fan-out to the largest list and one more ingest with py-spy and "
+                   "add the summaries")
     p.add_argument("--output", type=Path, default=HERE / "out" / "run.md",
                    help="where to write the results (bench/out/run.md; RESULTS.md keeps "
                    "dated sections written from these by hand)")
@@ -952,12 +952,25 @@ def measure(setup: Setup, args: argparse.Namespace, results: Results) -> None:
                     f"{f.last_s:.2f} s, {f.rate:,.0f}/s; raw {raw.rate:,.0f}/s "
                     f"({f.rate / raw.rate:.0%})")
             if args.profile and c == concurrencies[-1]:
-                n = max(sizes)
-                f, path = profile_fan_out(setup, serve, probe, lists[n], n, c,
-                                          setup.workdir / "profile.txt")
-                results.profile = (f, *summarize_profile(path))
+                profile_more(setup, serve, probe, args, lists, ingest_list, results)
         finally:
             results.serve_peaks[c] = serve.stop()
+
+
+def profile_more(setup: Setup, serve: Serve, probe: Probe, args: argparse.Namespace,
+                 lists: dict[int, str], ingest_list: str, results: Results) -> None:
+    """One more fan-out to the largest list and one more ingest, each under py-spy."""
+    n, c = max(lists), serve.concurrency
+    with profiled(serve, setup.workdir / "profile-fan-out.txt") as path:
+        f = fan_out(setup, serve, probe, lists[n], n, c, 600)
+    results.profiles.append((f"one fan-out to {_n(n)} over {c} connections "
+                             f"({_n(f.rate)}/s under the profiler)", *summarize_profile(path)))
+    clients = max(_ints(args.clients))
+    with profiled(serve, setup.workdir / "profile-ingest.txt") as path:
+        i = ingest(setup, serve, probe, ingest_list, args.posts, clients)
+    results.profiles.append((f"one ingest of {args.posts} posts with {clients} clients "
+                             f"({i.rate:.0f} posts/s under the profiler)",
+                             *summarize_profile(path)))
 
 
 def say(text: str) -> None:

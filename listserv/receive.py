@@ -557,6 +557,14 @@ class Handler:
         return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
 
 
+# "<dot-atom@dot-atom>", then nothing or blanks and parameters (no comment: those and
+# every other shape are left to aiosmtpd's parser).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<(?P<address>(?P<local>{_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    r"(?:[ \t]+(?P<rest>[^\s(][^(]*))?[ \t]*\Z")
+
+
 class _Edge:
     """What ListSMTP and ListLMTP change in aiosmtpd's protocol."""
 
@@ -571,6 +579,13 @@ class _Edge:
         super().__init__(handler, data_size_limit=data_size_limit, **options)  # type: ignore[call-arg]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # Nearly every client sends "<local@domain>" with dot-atoms, maybe followed by
+        # parameters; aiosmtpd's general parser (it declares a class on every call) cost
+        # a twentieth of the ingest CPU on it. Anything else still goes to that parser.
+        plain = _PLAIN_PATH.match(arg)
+        limit = self.local_part_limit  # type: ignore[attr-defined]
+        if plain and (not limit or len(plain["local"]) <= limit):
+            return plain["address"], plain["rest"] or ""
         # aiosmtpd 1.4.6 fails on "RCPT TO:<" with an IndexError, logged as a session
         # exception and answered with its text; it is a malformed address (553).
         try:

@@ -283,10 +283,14 @@ def test_plain_digest_is_rfc_1153_in_utf8(running, make_list, sink, engine, cli)
     four_modes(make_list, engine)
     first = post(running, "=?utf-8?q?Gr=C3=BC=C3=9Fe?=",
                  f"Ein schöner Tag.\n{HYPHENS_30}\nmehr\n")
-    second = post(running, "Plans", "Tuesday.\n")
+    unwrapped = "Tuesday," + " and then some more words" * 8  # a client that does not wrap
+    second = post(running, "Plans", unwrapped + "\n")
     ok(cli("digest", "send", LIST))
     [raw] = digests_to(sink, PLAIN)
     mail = email.message_from_bytes(raw, policy=email.policy.default)
+    # Lines as their authors wrote them: 8-bit text, no quoted-printable soft breaks.
+    assert mail["Content-Transfer-Encoding"] == "8bit"
+    assert f"\r\n{unwrapped}\r\n".encode() in raw
     assert mail["Subject"] == "Dev Digest, Vol 1, Issue 1"
     assert mail.get_content_type() == "text/plain"
     assert mail.get_content_charset() == "utf-8"
