@@ -13,18 +13,19 @@ import logging
 import os
 import re
 import socket
-from collections import OrderedDict
+import threading
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import compose, db, signing, tokens
+from listserv import compose, db, signing, store, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.models import (
@@ -43,6 +44,9 @@ log = logging.getLogger("listserv.deliver")
 # Postfix's maximal_backoff_time is 4000 s; waiting longer between tries only delays
 # mail once the smarthost is back.
 MAX_BACKOFF = timedelta(hours=1)
+
+# Copies kept after their last queued job went: the next claim may bring more of them.
+SENT_COPIES_KEPT = 8
 
 # How long a stopping worker lets its transactions under way finish: less than the
 # seconds `serve` allows for the whole shutdown.
@@ -63,36 +67,31 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _ready(now: datetime):  # type: ignore[no-untyped-def]
-    return or_(
-        and_(Delivery.state == DeliveryState.QUEUED, Delivery.next_attempt_at <= now),
-        and_(Delivery.state == DeliveryState.SENDING, Delivery.lease_until < now),
-    )
+_d = Delivery.__table__.c
+# Ready jobs are queued ones whose time has come, or claimed ones whose lease ran out.
+_READY = or_(and_(_d.state == DeliveryState.QUEUED, _d.next_attempt_at <= bindparam("now")),
+             and_(_d.state == DeliveryState.SENDING, _d.lease_until < bindparam("now")))
+# One statement, built once: the WHERE repeats the readiness test of the subquery, which
+# stops two claimers taking the same job where there are no row locks (SQLite); on
+# PostgreSQL the subquery locks the rows it picks and skips those others hold.
+_CLAIM = (update(Delivery.__table__)
+          .where(_d.id.in_(select(_d.id).where(_READY).order_by(_d.id)
+                           .limit(bindparam("room")).with_for_update(skip_locked=True)
+                           .scalar_subquery()), _READY)
+          .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
+                  lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
+          .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
+                     _d.created_at))
 
 
 def claim(session: Session, worker: str, limit: int, lease: timedelta) -> list[Job]:
     """Reserve up to `limit` ready jobs for this worker and commit the reservation."""
     now = utcnow()
-    ids = list(session.scalars(
-        select(Delivery.id).where(_ready(now)).order_by(Delivery.id).limit(limit)
-        .with_for_update(skip_locked=True)))
-    if not ids:
-        session.rollback()
-        return []
-    # The WHERE repeats the readiness test: without row locks (SQLite) it is what stops
-    # two claimers taking the same job.
-    session.execute(
-        update(Delivery).where(Delivery.id.in_(ids), _ready(now))
-        .values(state=DeliveryState.SENDING, worker=worker, lease_until=now + lease,
-                attempts=Delivery.attempts + 1))
-    rows = session.execute(
-        select(Delivery.id, Delivery.outgoing_id, Delivery.mail_from, Delivery.recipients,
-               Delivery.attempts, Delivery.created_at)
-        .where(Delivery.id.in_(ids), Delivery.worker == worker,
-               Delivery.state == DeliveryState.SENDING)).all()
+    rows = session.connection().execute(_CLAIM, {
+        "now": now, "room": limit, "worker": worker, "lease_until": now + lease}).all()
     session.commit()
     return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,
-                r.created_at) for r in rows]
+                r.created_at) for r in sorted(rows, key=lambda r: r.id)]
 
 
 def recover_dead_workers(session: Session, host: str) -> int:
@@ -151,10 +150,30 @@ def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
     at about the same time share it), in job id order (see mark_sent)."""
     order = sorted(range(len(attempts)), key=lambda i: attempts[i][0].id)
     states: dict[int, DeliveryState] = {}
+    done: list[dict] = []  # nearly every outcome: one statement for a run of them
     for i in order:
-        states[i] = record(session, config, *attempts[i])
+        job, refused, error = attempts[i]
+        if refused or error is not None:
+            _mark_done(session, done)
+            states[i] = record(session, config, *attempts[i])
+        else:
+            done.append({"job_id": job.id, "done_at": utcnow()})
+            states[i] = DeliveryState.DONE
+    _mark_done(session, done)
     session.commit()
     return [states[i] for i in range(len(attempts))]
+
+
+def _mark_done(session: Session, done: list[dict]) -> None:
+    """What record writes for a job that went to everyone, for several in one statement
+    (record's update is built and compiled anew for each job)."""
+    if done:
+        session.connection().execute(_DONE, done)
+        done.clear()
+
+
+_DONE = update(Delivery.__table__).where(_d.id == bindparam("job_id")).values(
+    state=DeliveryState.DONE, done_at=bindparam("done_at"), worker=None, lease_until=None)
 
 
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
@@ -384,6 +403,55 @@ def _stuffed_pieces(copy: compose.Copy) -> list[Piece]:
     return merged
 
 
+def _copies(session: Session, outgoing_ids: list[int]) -> dict[int, store.CopyOf]:
+    rows = session.execute(
+        select(Outgoing.id, Outgoing.data, Outgoing.slots, Outgoing.list_id,
+               Outgoing.message_pk, MailingList.address, MailingList.verp)
+        .outerjoin(MailingList, MailingList.id == Outgoing.list_id)
+        .where(Outgoing.id.in_(outgoing_ids)))
+    return {r.id: store.CopyOf(r.data, r.slots, r.list_id, r.message_pk,
+                               r.address if r.verp is Verp.ON else None) for r in rows}
+
+
+class Room:
+    """How many more jobs the worker's queue takes: reserved by the receiver of the
+    same process (in its writer thread) for the jobs it hands over (store.Handoff),
+    taken by the claim loop for what it claimed, given back as senders take jobs.
+    Closed when the worker stops, so that nothing more is handed to it.
+
+    A claim does not reserve while it runs: then every group written meanwhile found
+    no room, its jobs were left for a claim, which woke the claim loop again, and so
+    on. Instead a claim asks for what is free and takes its jobs after, which may go
+    over the size by what a group reserved meanwhile."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.used = 0
+        self._lock = threading.Lock()
+
+    @property
+    def free(self) -> int:
+        return max(0, self.size - self.used)
+
+    def reserve(self, wanted: int) -> int:
+        with self._lock:
+            granted = min(wanted, self.free)
+            self.used += granted
+            return granted
+
+    def take(self, count: int) -> None:
+        with self._lock:
+            self.used += count
+
+    def release(self, count: int) -> None:
+        with self._lock:
+            self.used -= count
+
+    def close(self) -> None:
+        with self._lock:
+            self.size = 0
+
+
 class Worker:
     """Claims jobs and keeps `concurrency` connections to the smarthost busy."""
 
@@ -393,14 +461,20 @@ class Worker:
         self.config = config
         # The whole config, for `[web] secret` that signs the members' links.
         self.server_config = server_config or Config()
-        self._secret: str | None = None
+        self._secret = ""  # [web] secret, for the members' links: read when run starts
         self.signer = signing.Signer.from_config(self.server_config.dkim)
         self.name = name or worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
-        # None tells a sender to stop.
-        self.queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=config.concurrency * 8)
+        # None tells a sender to stop. The room bounds the jobs in it.
+        self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
+        self.room = Room(config.concurrency * 8)
+        self._behind = False  # the last claim filled the room: more may be ready
+        # The prepared copies: those of the jobs queued or being sent (counted in
+        # _using), and a few more that were sent last. An LRU of the copies alone threw
+        # out the copies of the jobs next in line, FIFO being its worst case.
         self._data: OrderedDict[int, bytes | Personal] = OrderedDict()
+        self._using: Counter[int] = Counter()
         self.progress = Progress(self)
         self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="delivery-db")
         self._outcomes: list[Attempt] = []
@@ -411,6 +485,25 @@ class Worker:
     def wake(self) -> None:
         """Called by the receiver after it queued jobs: claim now, not at the next poll."""
         self.wakeup.set()
+
+    def handoff(self) -> store.Handoff:
+        """For a receiving transaction of this process: the jobs it queues that this
+        worker has room for are claimed for it there, and sent once it commits (take)."""
+        return store.Handoff(self.name, timedelta(seconds=self.config.lease_seconds),
+                             self.room.reserve, self.room.release)
+
+    def take(self, handoff: store.Handoff) -> None:
+        """The jobs of a committed handoff: into the queue (their room is reserved),
+        their copies prepared from the bytes the receiver had; a claim for the rest."""
+        for outgoing_id, stored in handoff.copies.items():
+            if outgoing_id not in self._data:
+                self._remember(outgoing_id, self._prepare(stored))
+        for row in handoff.jobs:
+            self._enqueue(Job(row["id"], row["outgoing_id"], row["mail_from"],
+                                      row["recipients"].split("\n"), row["attempts"],
+                                      row["created_at"]))
+        if handoff.queued:
+            self.wake()
 
     def _session_call(self, fn, *args):  # type: ignore[no-untyped-def]
         with db.session(self.engine) as session:
@@ -429,34 +522,61 @@ class Worker:
     async def _prepared(self, outgoing_id: int) -> bytes | Personal:
         """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
         if outgoing_id not in self._data:
-            # Once the secret is known this only reads, and a read needs no turn at the
-            # write lock (a receiver under load holds it most of the time).
-            call = self._session_call if self._secret is None else self._read_call
-            self._data[outgoing_id] = await asyncio.get_running_loop().run_in_executor(
-                self._threads, call, self._load, outgoing_id)
-            while len(self._data) > 32:
-                self._data.popitem(last=False)
+            # A read: it needs no turn at the write lock (a receiver under load holds it
+            # most of the time).
+            self._remember(outgoing_id, await asyncio.get_running_loop().run_in_executor(
+                self._threads, self._read_call, self._load, outgoing_id))
         self._data.move_to_end(outgoing_id)
         return self._data[outgoing_id]
 
+    async def _load_missing(self, jobs: list[Job]) -> None:
+        """The copies of claimed jobs, read in one query (with a backlog, each job of a
+        claim is often a post of its own)."""
+        missing = {job.outgoing_id for job in jobs} - set(self._data)
+        if missing:
+            found = await asyncio.get_running_loop().run_in_executor(
+                self._threads, self._read_call, _copies, sorted(missing))
+            for outgoing_id, stored in found.items():
+                self._remember(outgoing_id, self._prepare(stored))
+
+    def _remember(self, outgoing_id: int, data: bytes | Personal) -> None:
+        self._data[outgoing_id] = data
+        self._trim()
+
+    def _trim(self) -> None:
+        while len(self._data) - len(self._using) > SENT_COPIES_KEPT:
+            oldest = next(i for i in self._data if i not in self._using)
+            del self._data[oldest]
+
+    def _enqueue(self, job: Job) -> None:
+        self._using[job.outgoing_id] += 1
+        self.queue.put_nowait(job)
+
+    def _done_with(self, job: Job) -> None:
+        self._using[job.outgoing_id] -= 1
+        if not self._using[job.outgoing_id]:
+            del self._using[job.outgoing_id]
+            self._trim()
+
+    def _server_secret(self, session: Session) -> str:
+        secret = tokens.server_secret(session, self.server_config)
+        session.commit()  # a secret generated here must be the one the web app reads
+        return secret
+
     def _load(self, session: Session, outgoing_id: int) -> bytes | Personal:
-        row = session.execute(
-            select(Outgoing.data, Outgoing.slots, Outgoing.list_id, Outgoing.message_pk,
-                   MailingList.address, MailingList.verp)
-            .outerjoin(MailingList, MailingList.id == Outgoing.list_id)
-            .where(Outgoing.id == outgoing_id)).one()
-        if not row.slots:
-            return prepare(self.signer.sign(row.data) if self.signer else row.data)
-        if self._secret is None:
-            self._secret = tokens.server_secret(session, self.server_config)
-            session.commit()  # a secret generated here must be the one the web app reads
-        verp = ListAddresses(row.address) if row.verp is Verp.ON else None
-        return Personal(compose.Copy.load(row.data, row.slots), self._secret, row.list_id,
-                        row.message_pk, verp, self.signer)
+        return self._prepare(_copies(session, [outgoing_id])[outgoing_id])
+
+    def _prepare(self, stored: store.CopyOf) -> bytes | Personal:
+        if not stored.slots:
+            return prepare(self.signer.sign(stored.data) if self.signer else stored.data)
+        verp = ListAddresses(stored.verp) if stored.verp else None
+        return Personal(compose.Copy.load(stored.data, stored.slots), self._secret,
+                        stored.list_id or 0, stored.message_pk, verp, self.signer)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
         and give back every job not sent, so no job waits for its lease to run out."""
+        self._secret = await self._db(self._server_secret)
         recovered = await self._db(recover_dead_workers, socket.gethostname())
         if recovered:
             log.info("requeued %d deliveries left by stopped workers", recovered)
@@ -464,6 +584,7 @@ class Worker:
         try:
             await self._claim_until(stop, poll)
         finally:
+            self.room.close()
             unsent = [job.id for job in self._drain()]
             await self._stop_senders(senders)
             while self._recording is not None:  # outcomes being written
@@ -479,12 +600,18 @@ class Worker:
         while not stop.is_set():
             # Cleared before claiming, so a wake() during the claim is not lost.
             self.wakeup.clear()
-            room = self.queue.maxsize - self.queue.qsize()
+            room = self.room.free
             jobs = await self._db(claim, self.name, room, lease) if room else []
+            self.room.take(len(jobs))
+            await self._load_missing(jobs)
             for job in jobs:
-                self.queue.put_nowait(job)  # only this loop puts, and there was room
-            if len(jobs) == room and room:
-                continue  # more may be ready: claim again once senders make room
+                self._enqueue(job)
+            # A full claim (or no room for one) may have left ready jobs behind: claim
+            # again now, or when senders have made room (not for every job they take:
+            # jobs handed over by the receiver need no claim).
+            self._behind = len(jobs) == room
+            if self._behind and room:
+                continue
             waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wakeup.wait())]
             _, pending = await asyncio.wait(waiters, timeout=poll,
                                             return_when=asyncio.FIRST_COMPLETED)
@@ -522,9 +649,13 @@ class Worker:
                     continue
                 if job is None:
                     return
-                if self.queue.qsize() <= self.queue.maxsize // 2:
+                self.room.release(1)
+                if self._behind and self.room.used <= self.room.size // 2:
                     self.wakeup.set()  # room for more: the claimer should not wait its poll
-                relay = await self._send(relay, job)
+                try:
+                    relay = await self._send(relay, job)
+                finally:
+                    self._done_with(job)
         finally:
             if relay is not None:
                 await asyncio.shield(relay.close())

@@ -7,6 +7,7 @@ worker thread through `ingest`, one transaction per SMTP transaction.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import re
 import time
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
@@ -49,6 +51,9 @@ from listserv.models import (
 )
 from listserv.parse import Parsed, parse
 from listserv.recent import Recent
+
+if TYPE_CHECKING:
+    from listserv.deliver import Worker
 
 log = logging.getLogger("listserv.receive")
 
@@ -304,7 +309,8 @@ class Redo(Exception):
     transaction back alone: it is written again carefully."""
 
 
-def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[Result]:
+def ingest_group(engine: Engine, config: Config, group: list[Incoming],
+                 handoff: store.Handoff | None = None) -> list[Result]:
     """Store several SMTP transactions in one database transaction: one commit (one
     fsync) for them all, and nothing is answered before it. One refused or failing
     transaction must not take the others with it, and savepoints cost two statements
@@ -316,16 +322,21 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     - anything else failing there (a post that cannot be composed, two receivers
       threading into one thread at once on PostgreSQL) rolls the whole group back, and
       it is written again carefully: each transaction in a savepoint of its own, its
-      posts archived and fanned out in it, so that only that transaction fails."""
+      posts archived and fanned out in it, so that only that transaction fails.
+
+    With `handoff`, the jobs of the posts are claimed for the worker of this process as
+    far as it has room (written straight only: a savepoint rolled back would take
+    back jobs already handed)."""
     attempts = 3
     for attempt in range(attempts):
         try:
             try:
-                return _write_group(engine, config, group, careful=False)
+                return _write_group(engine, config, group, handoff, careful=False)
             except Redo as exc:
                 log.warning("a group of %d failed written straight (%r); writing it again "
                             "transaction by transaction", len(group), exc.__cause__)
-                return _write_group(engine, config, group, careful=True)
+                unclaimed = handoff and dataclasses.replace(handoff, reserve=lambda n: 0)
+                return _write_group(engine, config, group, unclaimed, careful=True)
         except OperationalError:
             # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:
@@ -333,18 +344,25 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[
     raise AssertionError("unreachable")
 
 
-def _write_group(engine: Engine, config: Config, group: list[Incoming], *, careful: bool
-                 ) -> list[Result]:
+def _write_group(engine: Engine, config: Config, group: list[Incoming],
+                 handoff: store.Handoff | None, *, careful: bool) -> list[Result]:
     batch = Batch(inline=careful)
-    with db.session(engine) as session:
-        if careful:
-            results = [_in_savepoint(session, config, incoming, batch) for incoming in group]
-        else:
-            results = [_straight(session, config, incoming, batch) for incoming in group]
-            with _or_redo():
-                batch.publish(session, config)
-        session.commit()
-        return results
+    try:
+        with db.session(engine) as session:
+            session.info[store.HANDOFF] = handoff
+            if careful:
+                results = [_in_savepoint(session, config, incoming, batch)
+                           for incoming in group]
+            else:
+                results = [_straight(session, config, incoming, batch) for incoming in group]
+                with _or_redo():
+                    batch.publish(session, config)
+            session.commit()
+            return results
+    except BaseException:
+        if handoff is not None:
+            handoff.abandon()
+        raise
 
 
 @contextmanager
@@ -402,10 +420,12 @@ class GroupCommit:
     commit. A lone client waits for nobody; many clients share fsyncs (SQLite writes
     one at a time anyway). Each waits for the commit that holds its message."""
 
-    def __init__(self, engine: Engine, config: Config, limit: int = 16) -> None:
+    def __init__(self, engine: Engine, config: Config, limit: int = 16,
+                 worker: Worker | None = None) -> None:
         self.engine = engine
         self.config = config
         self.limit = limit
+        self.worker = worker  # the delivery worker of this process, handed the jobs
         self.waiting: list[tuple[Incoming, asyncio.Future[Result]]] = []
         self.writer: asyncio.Task | None = None
         # A thread of its own: in the loop's default pool, a group waited behind the
@@ -430,12 +450,16 @@ class GroupCommit:
         try:
             while self.waiting:
                 group, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
+                handoff = self.worker.handoff() if self.worker is not None else None
                 try:
                     results = await asyncio.get_running_loop().run_in_executor(
                         self.thread, ingest_group, self.engine, self.config,
-                        [i for i, _ in group])
+                        [i for i, _ in group], handoff)
                 except Exception as exc:
                     results = [exc] * len(group)
+                else:
+                    if self.worker is not None and handoff is not None:
+                        self.worker.take(handoff)
                 for (_, future), result in zip(group, results, strict=True):
                     if not future.done():
                         future.set_result(result)
@@ -450,14 +474,13 @@ ROUTE_SECONDS = 1.0
 class Handler:
     """aiosmtpd handler: the return value of each hook is the SMTP reply."""
 
-    def __init__(self, engine: Engine, config: Config,
-                 on_queued: Callable[[], None] = lambda: None,
+    def __init__(self, engine: Engine, config: Config, worker: Worker | None = None,
                  on_accepted: Callable[[], None] = lambda: None) -> None:
         self.engine = engine
         self.config = config
-        self.on_queued = on_queued
+        self.worker = worker  # of this process: woken for jobs queued, handed posts' jobs
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
-        self.group = GroupCommit(engine, config)
+        self.group = GroupCommit(engine, config, worker=worker)
         self.headroom = limits.Headroom(config.smtp.max_messages_per_sender_per_hour)
         # Recipients found to be ours lately, so RCPT needs no thread hop and no query
         # for a busy list. Only found routes are kept, and for a second: a list an
@@ -547,8 +570,11 @@ class Handler:
             return "451 4.3.0 message not stored, please try again later"
         for outcome in outcomes:
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
-        if any(o.deliveries for o in outcomes):
-            self.on_queued()
+        # The jobs of accepted posts were handed to the worker, or it was woken for
+        # those it had no room for (GroupCommit); anything else queued wakes it here.
+        if self.worker is not None and any(
+                o.deliveries for o in outcomes if o.state != MessageState.ACCEPTED):
+            self.worker.wake()
         if any(o.state == MessageState.ACCEPTED for o in outcomes):
             self.on_accepted()
         replies = [f"250 2.0.0 OK <{o.message_id}> {o.state}" for o in outcomes]

@@ -128,8 +128,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
-    handler = receive.Handler(engine, config, on_queued=worker.wake,
-                              on_accepted=digest_check.set)
+    handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
     smtp = await loop.create_server(receive.protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)
     http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from jinja2 import TemplateError
 from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
 from listserv import compose, dmarc, resolver, search, signing, thread, view
@@ -127,6 +128,8 @@ _MESSAGE_COLUMNS = [c.name for c in Message.__table__.c if c.name != "id"]
 _INSERT_OUTGOING = insert(Outgoing.__table__).returning(Outgoing.__table__.c.id,
                                                        sort_by_parameter_order=True)
 _INSERT_DELIVERY = insert(Delivery.__table__)
+_INSERT_HANDED = insert(Delivery.__table__).returning(Delivery.__table__.c.id,
+                                                      sort_by_parameter_order=True)
 _INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
 
 
@@ -434,27 +437,89 @@ def _jobs(rcpts: Iterable[str], batch: int) -> list[str]:
     return jobs
 
 
-def queue_all(session: Session, sends: Sequence[Send], batch: int) -> list[int]:
+@dataclass(frozen=True)
+class CopyOf:
+    """An outgoing copy as the delivery worker needs it to send its jobs: `verp` is the
+    list's address when its personal copies go out with VERP."""
+
+    data: bytes
+    slots: str
+    list_id: int | None
+    message_pk: int | None
+    verp: str | None
+
+
+@dataclass
+class Handoff:
+    """Jobs claimed for the delivery worker of this process in the transaction that
+    queues them, as far as its queue has room (`reserve` says how many): once it
+    commits, the worker sends them with what it already has here, instead of finding
+    them with a claim of its own and reading their copy back. They are stored claimed
+    (state sending, this worker's name and lease), so a crash before they go out
+    leaves them to the same recovery as any claimed job. `queued` counts the jobs left
+    for a claim, for which the worker must be woken."""
+
+    worker: str
+    lease: timedelta
+    reserve: Callable[[int], int]
+    release: Callable[[int], None]
+    jobs: list[dict] = field(default_factory=list)  # the delivery rows, with their ids
+    copies: dict[int, CopyOf] = field(default_factory=dict)
+    queued: int = 0
+
+    def abandon(self) -> None:
+        """The transaction did not commit: nothing was handed."""
+        self.release(len(self.jobs))
+        self.jobs, self.copies, self.queued = [], {}, 0
+
+
+# session.info key: the Handoff of a receiving transaction, when it has one.
+HANDOFF = "listserv.handoff"
+
+
+def queue_all(session: Session, sends: Sequence[Send], batch: int, *,
+              verp: str | None = None, handoff: Handoff | None = None) -> list[int]:
     """Store outgoing copies and a delivery job per `batch` recipients of each, in two
-    statements however many there are; the count of jobs of each."""
+    statements however many there are; the count of jobs of each. With `handoff`, the
+    jobs its worker has room for are stored claimed by it (the copies' `verp` must
+    then be given: the worker will not read it back)."""
     if not sends:
         return []
     now = utcnow()
     # Core inserts, not ORM objects: nothing reads them back in this transaction, and
     # an ORM flush costs more than the insert (this runs for every post received).
     connection = session.connection()
+    datas = [s.data if s.slots else compose.crlf(s.data) for s in sends]
     ids = connection.execute(_INSERT_OUTGOING, [
-        {"message_pk": s.message_pk, "list_id": s.list_id, "slots": s.slots,
-         "data": s.data if s.slots else compose.crlf(s.data), "created_at": now}
-        for s in sends]).scalars().all()
+        {"message_pk": s.message_pk, "list_id": s.list_id, "slots": s.slots, "data": data,
+         "created_at": now} for s, data in zip(sends, datas, strict=True)]).scalars().all()
     jobs = [_jobs(s.rcpts, batch) for s in sends]
     rows = [{"outgoing_id": outgoing_id, "mail_from": send.mail_from, "recipients": job,
              "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
              "created_at": now}
             for outgoing_id, send, its in zip(ids, sends, jobs, strict=True) for job in its]
-    if rows:
-        connection.execute(_INSERT_DELIVERY, rows)
+    handed = handoff.reserve(len(rows)) if handoff is not None else 0
+    if handed:
+        _hand(connection, handoff, rows[:handed], now)
+        wanted = {row["outgoing_id"] for row in rows[:handed]}
+        handoff.copies.update((i, CopyOf(data, s.slots, s.list_id, s.message_pk, verp))
+                              for i, s, data in zip(ids, sends, datas, strict=True)
+                              if i in wanted)
+    if rows[handed:]:
+        connection.execute(_INSERT_DELIVERY, rows[handed:])
+        if handoff is not None:
+            handoff.queued += len(rows) - handed
     return [len(its) for its in jobs]
+
+
+def _hand(connection: Connection, handoff: Handoff, rows: list[dict], now: datetime) -> None:
+    """Insert `rows` as claimed by the handoff's worker (deliver.claim's values: the
+    attempt counts from the claim) and hand them over with their ids."""
+    for row in rows:
+        row.update(state="sending", worker=handoff.worker, lease_until=now + handoff.lease,
+                   attempts=1)
+    ids = connection.execute(_INSERT_HANDED, rows).scalars().all()
+    handoff.jobs += [row | {"id": i} for row, i in zip(rows, ids, strict=True)]
 
 
 def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
@@ -563,6 +628,7 @@ def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Mess
     members = list(recipients(session, mlist.id))
     quiet = muted(session, mlist.id, [message.message_id for message, _ in posts])
     bounces = addresses_of(mlist).at(Purpose.BOUNCES)
+    verp = mlist.address if mlist.verp is Verp.ON else None
     sends = []
     for message, parsed in posts:
         copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
@@ -574,7 +640,7 @@ def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Mess
         else:
             sends.append(Send(copy.data, bounces, rcpts, message.id, copy.slots_json(),
                               mlist.id))
-    return queue_all(session, sends, batch)
+    return queue_all(session, sends, batch, verp=verp, handoff=session.info.get(HANDOFF))
 
 
 def save(session: Session, message: Message) -> Message:
