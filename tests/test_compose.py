@@ -11,9 +11,11 @@ from email.message import Message
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from listserv import db, store, tokens
+from listserv import compose, db, store, tokens
 from listserv.models import MailingList, RecipientFailure, ReplyTo
 from listserv.models import Message as Stored
 from tests.conftest import CORPUS, message
@@ -233,3 +235,23 @@ def test_a_broken_footer_template_falls_back_to_the_default():
     assert "Mute this thread" in store.footer(mlist, "http://x").text
     mlist.footer = ""
     assert store.footer(mlist, "http://x") is None
+
+
+@given(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300)
+       | st.lists(st.sampled_from(["a", "ü", " ", "\n", "\r\n", "x" * 120, "é" * 600]),
+                  max_size=8).map("".join))
+@settings(max_examples=500, derandomize=True, database=None)
+def test_a_text_the_server_writes_reads_back_as_written(text):
+    """Notices and digests: what a mail client decodes from the entity is the text, its
+    line breaks made CRLF, and no line of the entity is longer than 998 octets."""
+    part = compose.text_part(text)
+    assert max(len(line) for line in part.split(b"\r\n")) <= 998
+    read = email.message_from_bytes(part, policy=email.policy.default)
+    assert read.get_content_type() == "text/plain"
+    assert read["Content-Transfer-Encoding"] != "7bit" or part.isascii()  # RFC 2045 2.7
+    assert read.get_content().replace("\r\n", "\n") == _email_lines(text)
+
+
+def _email_lines(text: str) -> str:
+    """The text as the email package splits its lines (on CR, LF and CRLF only)."""
+    return "".join(line.decode() + "\n" for line in text.encode().splitlines())
