@@ -500,8 +500,8 @@ class Worker:
                 self._remember(outgoing_id, self._prepare(stored))
         for row in handoff.jobs:
             self._enqueue(Job(row["id"], row["outgoing_id"], row["mail_from"],
-                                      row["recipients"].split("\n"), row["attempts"],
-                                      row["created_at"]))
+                              row["recipients"].split("\n"), row["attempts"],
+                              row["created_at"]))
         if handoff.queued:
             self.wake()
 

@@ -7,7 +7,6 @@ worker thread through `ingest`, one transaction per SMTP transaction.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import re
 import time
@@ -335,8 +334,10 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming],
             except Redo as exc:
                 log.warning("a group of %d failed written straight (%r); writing it again "
                             "transaction by transaction", len(group), exc.__cause__)
-                unclaimed = handoff and dataclasses.replace(handoff, reserve=lambda n: 0)
-                return _write_group(engine, config, group, unclaimed, careful=True)
+                if handoff is not None:
+                    # The same handoff, so that the worker is still woken for the jobs.
+                    handoff.claiming = False
+                return _write_group(engine, config, group, handoff, careful=True)
         except OperationalError:
             # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:

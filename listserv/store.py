@@ -457,12 +457,14 @@ class Handoff:
     them with a claim of its own and reading their copy back. They are stored claimed
     (state sending, this worker's name and lease), so a crash before they go out
     leaves them to the same recovery as any claimed job. `queued` counts the jobs left
-    for a claim, for which the worker must be woken."""
+    for a claim, for which the worker must be woken. With `claiming` off, every job is
+    left for a claim (and counted there)."""
 
     worker: str
     lease: timedelta
     reserve: Callable[[int], int]
     release: Callable[[int], None]
+    claiming: bool = True
     jobs: list[dict] = field(default_factory=list)  # the delivery rows, with their ids
     copies: dict[int, CopyOf] = field(default_factory=dict)
     queued: int = 0
@@ -498,7 +500,7 @@ def queue_all(session: Session, sends: Sequence[Send], batch: int, *,
              "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
              "created_at": now}
             for outgoing_id, send, its in zip(ids, sends, jobs, strict=True) for job in its]
-    handed = handoff.reserve(len(rows)) if handoff is not None else 0
+    handed = handoff.reserve(len(rows)) if handoff is not None and handoff.claiming else 0
     if handed:
         _hand(connection, handoff, rows[:handed], now)
         wanted = {row["outgoing_id"] for row in rows[:handed]}
