@@ -1,9 +1,10 @@
 """Posting rate limits: how many messages one envelope sender may have stored in an
 hour, and how many SMTP connections one IP address may hold open at once.
 
-The sender count is read from the `message` table (an index on mail_from and
-received_at), so every `listserv serve` process sharing a database sees the same
-count and a restart forgets nothing. Connections are counted in memory, per process.
+The sender count is read from the `message` table (an index on sender_key, the
+envelope sender in lower case, and received_at: `Alice@` and `alice@` share one
+allowance), so every `listserv serve` process sharing a database sees the same count
+and a restart forgets nothing. Connections are counted in memory, per process.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ HOUR = timedelta(hours=1)
 
 
 def sent_recently(session: Session, mail_from: str, limit: int) -> int:
-    """How many messages from this sender were stored in the last hour, counted up to
-    `limit` (an index scan of at most that many rows)."""
-    recent = select(Message.id).where(Message.mail_from == mail_from,
+    """How many messages from this sender, in any letter case, were stored in the last
+    hour, counted up to `limit` (an index scan of at most that many rows)."""
+    recent = select(Message.id).where(Message.sender_key == mail_from.lower(),
                                       Message.received_at >= utcnow() - HOUR).limit(limit)
     return session.scalar(select(func.count()).select_from(recent.subquery())) or 0
 

@@ -201,7 +201,7 @@ class Message(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),
                       # the sender's messages of the last hour (limits.sent_recently)
-                      Index("ix_message_sender_received", "mail_from", "received_at"))
+                      Index("ix_message_sender_received", "sender_key", "received_at"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
@@ -210,6 +210,7 @@ class Message(SQLModel, table=True):
     reasons: str = ""  # why it was held or discarded, one reason per line
     message_id: str  # without angle brackets; generated when the mail had none
     mail_from: str = ""  # envelope sender, "" for the null sender <>
+    sender_key: str = ""  # mail_from in lower case: what the hourly limit counts by
     rcpt_to: str = ""  # the envelope recipient that routed it here
     from_address: str = ""  # addr-spec of the From: header, lower case
     from_name: str = ""

@@ -498,12 +498,13 @@ class Handler:
 
     async def _sender_refusal(self, mail_from: str) -> str | None:
         limit = self.headroom.limit
-        if not limit or mail_from in ("", "<>") or self.headroom.take(mail_from):
+        key = mail_from.lower()
+        if not limit or key in ("", "<>") or self.headroom.take(key):
             return None
-        read_at, count = await asyncio.to_thread(self._count, mail_from)
+        read_at, count = await asyncio.to_thread(self._count, key)
         if count >= limit:
             return limits.refusal(mail_from, limit)
-        self.headroom.counted(mail_from, read_at, count)
+        self.headroom.counted(key, read_at, count)
         return None
 
     async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope,

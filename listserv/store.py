@@ -71,8 +71,9 @@ def message_values(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: Mess
     return {
         "list_id": mlist.id, "kind": kind, "state": state, "reasons": "\n".join(reasons),
         "message_id": parsed.message_id or generated_message_id(raw, mlist.domain),
-        "mail_from": mail_from, "rcpt_to": rcpt_to, "from_address": parsed.from_address,
-        "from_name": parsed.from_name, "subject": parsed.subject, "date": parsed.date,
+        "mail_from": mail_from, "sender_key": mail_from.lower(), "rcpt_to": rcpt_to,
+        "from_address": parsed.from_address, "from_name": parsed.from_name,
+        "subject": parsed.subject, "date": parsed.date,
         "received_at": utcnow(), "size": len(raw), "raw": raw,
     }
 

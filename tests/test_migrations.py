@@ -38,17 +38,19 @@ def test_upgrading_a_database_from_the_first_schema_keeps_its_rows(db_url):
         c.execute(text(
             "INSERT INTO message (list_id, kind, state, reasons, message_id, mail_from, "
             "rcpt_to, from_address, from_name, subject, received_at, size, raw) "
-            "SELECT id, 'post', 'accepted', '', 'a@example.com', '', '', '', '', 'Hi', "
+            "SELECT id, 'post', 'accepted', '', 'a@example.com', 'Bob@Example.com', '', '', "
+            "'', 'Hi', "
             "'2026-01-01 00:00:00', 2, :raw FROM mailing_list"), {"raw": b"x\n"})
     db.ensure_schema(engine)  # what `listserv serve` does on start
     with db.session(engine) as s:
         [(frequency, verp, address)] = s.execute(
             select(MailingList.digest_frequency, MailingList.verp, Member.address)
             .join(Member, Member.list_id == MailingList.id)).all()
-        subjects = s.scalars(select(Message.subject)).all()
+        messages = s.execute(select(Message.subject, Message.sender_key)).all()
     engine.dispose()
-    assert (frequency, verp, address, subjects) == (DigestFrequency.DAILY, Verp.ON,
-                                                    "bob@example.com", ["Hi"])
+    assert (frequency, verp, address) == (DigestFrequency.DAILY, Verp.ON, "bob@example.com")
+    # the rate limit counts an older message by its sender in lower case
+    assert [tuple(m) for m in messages] == [("Hi", "bob@example.com")]
 
 
 def test_the_migrations_build_what_the_models_describe(engine):

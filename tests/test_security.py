@@ -221,7 +221,8 @@ def test_a_sender_over_the_hourly_limit_is_put_off_with_451(make_server, make_li
     for _ in range(2):
         srv.send("bob@example.com", [LIST], message())
     with pytest.raises(smtplib.SMTPSenderRefused) as refused:
-        srv.send("bob@example.com", [LIST], message(subject="one too many"))
+        # The same sender in other letters: one allowance, not one per spelling.
+        srv.send("Bob@Example.COM", [LIST], message(subject="one too many"))
     assert refused.value.smtp_code == 451 and b"4.7.1" in refused.value.smtp_error
     assert b"rate limit" in refused.value.smtp_error
     assert stored_subjects(engine) == ["Hello", "Hello"]  # a 4xx: the sender's MTA keeps it
