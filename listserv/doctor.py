@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from email.utils import format_datetime
 from urllib.parse import urlsplit
 
@@ -140,10 +140,10 @@ def _spf_errors(terms: list[str]) -> list[str]:
     return bad
 
 
-def _smarthost_listed(terms: list[str], smarthost: str) -> str | None:
-    """The term that names the smarthost, when it is an address in an ip4:/ip6: range or
-    a host named in a:; None otherwise (include: and mx need more lookups than a guess
-    is worth, and the smarthost may not be the host that talks to the members' MX)."""
+def _smarthost_term(terms: list[str], smarthost: str) -> str | None:
+    """The term of one record that names the smarthost: an address in an ip4:/ip6:
+    range, or a host named in a:. mx is not followed (the smarthost may not be the host
+    that receives the list's mail), nor are macros."""
     try:
         address = ipaddress.ip_address(smarthost)
     except ValueError:
@@ -158,6 +158,70 @@ def _smarthost_listed(terms: list[str], smarthost: str) -> str | None:
         if kind == "a" and value.partition("/")[0].lower() == smarthost.lower():
             return term
     return None
+
+
+# RFC 7208 §4.6.4: a record whose evaluation needs more DNS lookups than this is a
+# permanent error, and receivers treat the mail as if it had no SPF at all.
+SPF_LOOKUP_LIMIT = 10
+_SPF_LOOKUP_TERMS = ("include", "a", "mx", "ptr", "exists", "redirect")
+
+
+def _spf_records(resolver: Resolver, domain: str) -> list[str]:
+    records = [r.decode("ascii", "replace") for r in resolver.txt(domain)]
+    return [r for r in records if re.match(r"v=spf1(\s|$)", r, re.IGNORECASE)]
+
+
+@dataclass
+class SpfTree:
+    """A domain's SPF record with every include: and redirect= it names, followed as a
+    receiver follows them: how many DNS lookups it costs, which records it reached
+    (domain, terms), and what makes it a permanent error."""
+
+    lookups: int = 0
+    records: list[tuple[str, list[str]]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def follow(self, resolver: Resolver, domain: str, terms: list[str],
+               path: tuple[str, ...] = ()) -> None:
+        self.records.append((domain, terms))
+        path = (*path, domain.lower())
+        has_all = any(t.lstrip("+-~?").lower() == "all" for t in terms)
+        for term in terms:
+            kind, sep, value = term.lstrip("+-~?").partition("=" if "=" in term else ":")
+            kind = kind.lower()
+            if kind in _SPF_LOOKUP_TERMS:
+                self.lookups += 1
+            if kind == "redirect" and has_all:
+                continue  # ignored beside an all mechanism (RFC 7208 §6.1)
+            if kind in ("include", "redirect") and sep and "%" not in value:
+                self._include(resolver, value.rstrip(".").lower(), path)
+
+    def _include(self, resolver: Resolver, domain: str, path: tuple[str, ...]) -> None:
+        if domain in path:
+            self.errors.append(f"{domain} includes itself ({' > '.join((*path, domain))})")
+            return
+        if self.lookups > SPF_LOOKUP_LIMIT:
+            return  # already a permanent error; no need to ask further
+        spf = _spf_records(resolver, domain)
+        if len(spf) != 1:
+            self.errors.append(f"{domain} (named by {path[-1]}) has "
+                               f"{'no' if not spf else len(spf)} SPF records")
+            return
+        terms = spf[0].split()[1:]
+        bad = _spf_errors(terms)
+        if bad:
+            self.errors.append(f'"{spf[0]}" of {domain} does not parse: {", ".join(bad)}')
+            return
+        self.follow(resolver, domain, terms, path)
+
+    def smarthost_listed(self, smarthost: str) -> str | None:
+        """Where the smarthost is listed: the term, and the record it is in when that is
+        an included one."""
+        for i, (domain, terms) in enumerate(self.records):
+            term = _smarthost_term(terms, smarthost)
+            if term:
+                return term if i == 0 else f"{term} in the record of {domain}"
+        return None
 
 
 def _spf_suggestion(d: Deployment) -> str:
@@ -175,10 +239,9 @@ def check_spf(d: Deployment) -> Result:
     check, and with DMARC what aligns for copies From the list."""
     name = "spf"
     try:
-        records = [r.decode("ascii", "replace") for r in d.resolver.txt(d.domain)]
+        spf = _spf_records(d.resolver, d.domain)
     except LookupFailed as exc:
         return _dns_failed(name, exc, d)
-    spf = [r for r in records if re.match(r"v=spf1(\s|$)", r, re.IGNORECASE)]
     sender = d.addresses.at(Purpose.BOUNCES)
     if not spf:
         return Result(name, Status.FAIL, f"no SPF record on {d.domain} (the envelope sender "
@@ -192,10 +255,24 @@ def check_spf(d: Deployment) -> Result:
     if bad:
         return Result(name, Status.FAIL, f'"{spf[0]}" does not parse: {", ".join(bad)}',
                       f"fix those terms in the TXT record of {d.domain}")
+    tree = SpfTree()
+    try:
+        tree.follow(d.resolver, d.domain, terms)
+    except LookupFailed as exc:
+        return _dns_failed(name, exc, d)
+    if tree.errors:
+        return Result(name, Status.FAIL, f'"{spf[0]}": {"; ".join(tree.errors)}: receivers '
+                      "treat that as a permanent error (RFC 7208 §5.2)",
+                      "fix or remove those include: (or redirect=) terms")
+    if tree.lookups > SPF_LOOKUP_LIMIT:
+        return Result(name, Status.FAIL, f'"{spf[0]}" needs {tree.lookups} DNS lookups with '
+                      f"its includes, over the limit of {SPF_LOOKUP_LIMIT}: receivers treat "
+                      "that as a permanent error (RFC 7208 §4.6.4)",
+                      "replace some include: terms by the ip4:/ip6: ranges they list")
     last = terms[-1].lower() if terms else ""
     redirect = any(t.lower().startswith("redirect=") for t in terms)
     smarthost = d.config.delivery.smarthost_host
-    listed = _smarthost_listed(terms, smarthost)
+    listed = tree.smarthost_listed(smarthost)
     cover = (f"the smarthost {smarthost} is listed ({listed})" if listed else
              "cannot verify which host sends: make sure the record lists the host that "
              "hands the list's mail to the members' providers")

@@ -198,9 +198,30 @@ def test_mx(config, mlist, dns_server, typed, status, said):
     (["v=spf1 include:_spf.example.net ~all"], "ok", "cannot verify which host sends"),
     (["v=spf1 redirect=_spf.example.net"], "ok", "cannot verify which host sends"),
     (["v=spf1 ip6:2001:db8::/32 a:127.0.0.1 -all"], "ok", "is listed (a:127.0.0.1)"),
+    # include: and redirect= are followed as a receiver follows them
+    (["v=spf1 include:relay.example.net -all"], "ok",
+     "is listed (ip4:127.0.0.0/8 in the record of relay.example.net)"),
+    (["v=spf1 redirect=relay.example.net"], "ok", "in the record of relay.example.net"),
+    (["v=spf1 include:nothing.example.net -all"], "fail",
+     f"nothing.example.net (named by {DOMAIN}) has no SPF records"),
+    (["v=spf1 include:loop.example.net -all"], "fail",
+     f"{DOMAIN} includes itself ({DOMAIN} > loop.example.net > {DOMAIN})"),
+    (["v=spf1 include:broken.example.net -all"], "fail",
+     '"v=spf1 ip4:1.2.3 -all" of broken.example.net does not parse: ip4:1.2.3'),
+    (["v=spf1 mx a include:wide.example.net -all"], "fail",
+     "needs 11 DNS lookups with its includes, over the limit of 10"),
+    # a redirect= beside all is not used, and so not counted or searched
+    (["v=spf1 redirect=relay.example.net -all"], "ok", "cannot verify which host sends"),
 ])
 def test_spf(config, mlist, dns_server, records, status, said):
-    dns_server.records[DOMAIN] = records
+    dns_server.records.update({
+        "_spf.example.net": ["v=spf1 ip4:192.0.2.0/24 -all"],
+        "relay.example.net": ["v=spf1 ip4:127.0.0.0/8 -all"],
+        "loop.example.net": [f"v=spf1 include:{DOMAIN} -all"],
+        "broken.example.net": ["v=spf1 ip4:1.2.3 -all"],
+        "wide.example.net": ["v=spf1 " + " ".join(f"a:h{i}.example.net" for i in range(7))
+                             + " include:_spf.example.net -all"],
+        DOMAIN: records})
     result = check(config, mlist, doctor.check_spf)
     assert (result.status, said in result.detail) == (status, True), result
     assert bool(result.fix) == (status != "ok")
