@@ -33,6 +33,10 @@ class SmtpConfig:
     # last hour, and SMTP connections open at once from one IP address (per process).
     max_messages_per_sender_per_hour: int = 100
     max_connections_per_ip: int = 20
+    # PEM files of a certificate (with its chain) and its key: set both and EHLO offers
+    # STARTTLS (RFC 3207). Never required: a public MX must take plain mail too.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
     config = from_dict(data)
     _check_database_url(config.database.url, "[database] url")
     _check_dkim(config.dkim)
+    _check_tls(config.smtp)
     url = env.get("LISTSERV_DATABASE_URL")
     if url:
         _check_database_url(url, "LISTSERV_DATABASE_URL")
@@ -199,3 +204,11 @@ def _check_dkim(dkim: DkimConfig) -> None:
                           f"(only {', '.join(given)} is set)")
     if dkim.arc and not dkim.enabled:
         raise ConfigError("[dkim] arc = true needs domain, selector and private_key_file")
+
+
+def _check_tls(smtp: SmtpConfig) -> None:
+    """A certificate without its key (or the other way round) would quietly offer no TLS."""
+    if bool(smtp.tls_cert_file) != bool(smtp.tls_key_file):
+        given = "tls_cert_file" if smtp.tls_cert_file else "tls_key_file"
+        raise ConfigError(f"[smtp] tls_cert_file and tls_key_file must be set together "
+                          f"(only {given} is set)")

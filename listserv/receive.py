@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ from listserv import (
     store,
 )
 from listserv.address import Purpose, Route, candidates, split
-from listserv.config import Config
+from listserv.config import Config, ConfigError, SmtpConfig
 from listserv.models import (
     MailingList,
     Member,
@@ -627,11 +628,15 @@ class _Limited(SMTP):
     (`[smtp] max_connections_per_ip`, counted in this process)."""
 
     connections = limits.Connections(0)  # the factory gives each server its own
+    _ip: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self._ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-        self._admitted = self.connections.admit(self._ip)
+        # aiosmtpd calls this again with the TLS transport after STARTTLS: one connection
+        # all the same, counted once.
+        if self._ip is None:
+            peer = transport.get_extra_info("peername")
+            self._ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            self._admitted = self.connections.admit(self._ip)
         super().connection_made(transport)
 
     async def _handle_client(self) -> None:
@@ -656,14 +661,31 @@ class ListLMTP(_Edge, _Limited, LMTP):
     pass
 
 
+def tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
+    """What STARTTLS offers, loaded once at start so a bad certificate stops the server
+    with its reason rather than failing each client's handshake."""
+    if not smtp.tls_cert_file:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(smtp.tls_cert_file, smtp.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"[smtp] cannot load tls_cert_file {smtp.tls_cert_file} with "
+                          f"tls_key_file {smtp.tls_key_file}: "
+                          f"{getattr(exc, 'strerror', None) or exc}") from exc
+    return context
+
+
 def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
     """A factory for loop.create_server: one SMTP (or LMTP) protocol per connection."""
     cls = ListLMTP if config.smtp.protocol == "lmtp" else ListSMTP
     connections = limits.Connections(config.smtp.max_connections_per_ip)
+    tls = tls_context(config.smtp)
 
     def make() -> SMTP:
         protocol = cls(handler, data_size_limit=config.smtp.max_message_bytes,
-                       enable_SMTPUTF8=True, decode_data=False, ident="listserv")
+                       enable_SMTPUTF8=True, decode_data=False, ident="listserv",
+                       tls_context=tls)
         protocol.connections = connections
         return protocol
     return make
