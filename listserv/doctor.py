@@ -265,9 +265,9 @@ def check_spf(d: Deployment) -> Result:
                       "treat that as a permanent error (RFC 7208 §5.2)",
                       "fix or remove those include: (or redirect=) terms")
     if tree.lookups > SPF_LOOKUP_LIMIT:
-        return Result(name, Status.FAIL, f'"{spf[0]}" needs {tree.lookups} DNS lookups with '
-                      f"its includes, over the limit of {SPF_LOOKUP_LIMIT}: receivers treat "
-                      "that as a permanent error (RFC 7208 §4.6.4)",
+        return Result(name, Status.FAIL, f'"{spf[0]}" needs more than {SPF_LOOKUP_LIMIT} DNS '
+                      f"lookups with its includes ({tree.lookups} counted before stopping): "
+                      "receivers treat that as a permanent error (RFC 7208 §4.6.4)",
                       "replace some include: terms by the ip4:/ip6: ranges they list")
     last = terms[-1].lower() if terms else ""
     redirect = any(t.lower().startswith("redirect=") for t in terms)
