@@ -5,9 +5,7 @@
 from __future__ import annotations
 
 import datetime
-import smtplib
 import ssl
-import time
 from pathlib import Path
 
 import pytest
@@ -18,12 +16,13 @@ from cryptography.x509.oid import NameOID
 
 from tests.conftest import mails_to, message
 from tests.test_cli import assert_one_line_error, run_listserv, write_config
+from tests.test_security import connect_when_counted_out
 
 LIST = "dev@lists.example.org"
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, as PEM files."""
+    """A self-signed certificate and its key, as PEM files."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lists.example.org")])
     now = datetime.datetime.now(datetime.UTC)
@@ -55,15 +54,7 @@ def test_a_post_sent_over_starttls_is_stored_and_delivered(tmp_path, make_server
     srv = make_server(smtp={"tls_cert_file": str(cert_file), "tls_key_file": str(key_file),
                             "max_connections_per_ip": 1})
     for _ in range(2):  # a TLS connection is counted once, and counted out when it closes
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                client = srv.smtp()
-                break
-            except smtplib.SMTPConnectError:
-                assert time.monotonic() < deadline, "the TLS connection was never counted out"
-                time.sleep(0.05)
-        with client:
+        with connect_when_counted_out(srv) as client:
             client.ehlo("client.example")
             assert client.has_extn("starttls")
             assert client.starttls(context=trusting_nothing())[0] == 220
