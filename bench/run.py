@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import email.utils
 import io
+import itertools
 import math
 import os
 import platform
@@ -197,18 +198,23 @@ def reset_peak_rss(pid: int) -> None:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
-def run_timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, output) of a command that must succeed."""
+def run_child(cmd: list[str]) -> tuple[float, resource.struct_rusage, str]:
+    """(wall seconds, resource usage, output) of a command that must succeed."""
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     with proc.stdout:
         output = proc.stdout.read().decode(errors="replace")
-    # wait4 rather than wait: it also gives this child's own peak RSS (in KB on Linux).
+    # wait4 rather than wait: it gives this child's own usage (peak RSS in KB on Linux).
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
+    if os.waitstatus_to_exitcode(status):
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{output}")
+    return elapsed, usage, output
+
+
+def run_timed(cmd: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS in MB, output) of a command that must succeed."""
+    elapsed, usage, output = run_child(cmd)
     return elapsed, usage.ru_maxrss / 1024, output
 
 
@@ -351,6 +357,11 @@ class Probe:
             return conn.execute(text(
                 "SELECT count(*) FROM delivery WHERE state IN ('queued', 'sending')")).scalar()
 
+    def accepted(self) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT count(*) FROM message WHERE state = 'accepted'")).scalar()
+
     def deliveries_of(self, message_id: str) -> tuple[int, Counter]:
         """(jobs, jobs by state) of the list copy of one post."""
         with self.engine.connect() as conn:
@@ -435,6 +446,7 @@ def make_list(setup: Setup, local: str, members: int) -> tuple[str, float, float
 
 @dataclass
 class Ingest:
+    client: str  # what posted: one of INGEST_CLIENTS
     clients: int
     posts: int
     seconds: float
@@ -455,9 +467,36 @@ def _post_many(port: int, list_address: str, count: int, tag: str) -> None:
             client.sendmail(POSTER, [list_address], raw)
 
 
+# The posting clients: Python's smtplib in threads of the benchmark (each post its own
+# message, built as a mail client would), or Postfix's smtp-source, a C program whose
+# own CPU stays small, so that on two cores it does not take the server's second core.
+INGEST_CLIENTS = ("smtp-source", "smtplib")
+
+
 def ingest(setup: Setup, serve: Serve, probe: Probe, list_address: str, posts: int,
-           clients: int) -> Ingest:
-    """`posts` posts over `clients` concurrent connections; time to the last 250."""
+           clients: int, client: str) -> Ingest:
+    """`posts` posts over `clients` concurrent connections; time to the last 250. Every
+    post must have been stored as accepted."""
+    before = probe.accepted()
+    serve.start_phase()
+    cpu0 = serve.cpu()
+    if client == "smtplib":
+        seconds, bench_cpu = _ingest_smtplib(setup, list_address, posts, clients)
+    else:
+        seconds, bench_cpu = _ingest_source(setup, list_address, posts, clients)
+    serve_cpu = serve.cpu() - cpu0
+    stored = probe.accepted() - before
+    if stored != posts:
+        raise RuntimeError(f"ingest with {clients} {client} clients: {posts} posts sent, "
+                           f"{stored} stored as accepted")
+    drain = probe.wait_drained(600)
+    return Ingest(client, clients, posts, seconds, serve_cpu, bench_cpu, drain,
+                  serve.phase_peak())
+
+
+def _ingest_smtplib(setup: Setup, list_address: str, posts: int, clients: int
+                    ) -> tuple[float, float]:
+    """(seconds, CPU seconds of the benchmark's own threads)."""
     shares = [posts // clients + (i < posts % clients) for i in range(clients)]
     errors: list[BaseException] = []
 
@@ -468,18 +507,26 @@ def ingest(setup: Setup, serve: Serve, probe: Probe, list_address: str, posts: i
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-    serve.start_phase()
-    cpu0, bench0, start = serve.cpu(), _own_cpu(), time.monotonic()
+    bench0, start = _own_cpu(), time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.monotonic() - start
-    serve_cpu, bench_cpu = serve.cpu() - cpu0, _own_cpu() - bench0
+    seconds, bench_cpu = time.monotonic() - start, _own_cpu() - bench0
     if errors:
         raise RuntimeError(f"ingest with {clients} clients failed: {errors[0]!r}")
-    drain = probe.wait_drained(600)
-    return Ingest(clients, posts, seconds, serve_cpu, bench_cpu, drain, serve.phase_peak())
+    return seconds, bench_cpu
+
+
+def _ingest_source(setup: Setup, list_address: str, posts: int, clients: int
+                   ) -> tuple[float, float]:
+    """smtp-source: persistent connections (-d), its own post of about 2.5 KB each with a
+    Message-Id of its own (process id, session, message number); (seconds, its CPU)."""
+    cmd = [setup.source, "-d", "-s", str(clients), "-m", str(posts), "-l", "2500",
+           "-S", "Benchmark post", "-f", POSTER, "-t", list_address,
+           f"127.0.0.1:{setup.smtp_port}"]
+    seconds, usage, _ = run_child(cmd)
+    return seconds, usage.ru_utime + usage.ru_stime
 
 
 def _own_cpu() -> float:
@@ -691,7 +738,8 @@ def target_rows(r: Results) -> list[tuple[str, str, str]]:
     for i in r.ingests:
         if i.clients == 16:
             sqlite = r.database == "SQLite"
-            rows.append((f"ingest with 16 clients >= {TARGET_INGEST_PER_S:.0f} posts/s"
+            rows.append((f"ingest with 16 {i.client} clients >= {TARGET_INGEST_PER_S:.0f} "
+                         "posts/s"
                          + ("" if sqlite else " (target is for SQLite; this run is PostgreSQL)"),
                          f"{i.rate:.0f} posts/s",
                          _verdict(i.rate >= TARGET_INGEST_PER_S,
@@ -730,9 +778,9 @@ def bounds(r: Results) -> list[str]:
                      f"transaction); {why}.")
     for i in r.ingests:
         serve = i.serve_cpu / i.seconds
-        lines.append(f"- Ingest with {i.clients} client(s): serve used {serve:.2f} cores "
-                     f"({i.serve_cpu / i.posts * 1000:.2f} ms CPU per post), the benchmark's "
-                     f"own smtplib clients {i.bench_cpu / i.seconds:.2f} cores"
+        lines.append(f"- Ingest with {i.clients} {i.client} client(s): serve used "
+                     f"{serve:.2f} cores ({i.serve_cpu / i.posts * 1000:.2f} ms CPU per "
+                     f"post), the clients {i.bench_cpu / i.seconds:.2f} cores"
                      + ("; serve is CPU-bound." if serve >= 0.85 else
                         "; serve is not CPU-bound, so per-post latency (commit fsync, thread "
                         "hand-offs, round trips) bounds it."))
@@ -786,12 +834,16 @@ def render(r: Results) -> str:
                 for f in r.fanouts if (raw := r.raws100.get(f.key))]
     out += ["", "## Ingest", "",
             "Posts of about 2.5 KB from a member to a list of three members, over "
-            "persistent smtplib connections (threads in the benchmark process); posts/s is "
-            "posts over the time to the last 250. Drain is the time after that until every "
-            "delivery job was done.", "",
-            "| clients | posts | seconds | posts/s | serve CPU (cores) | client CPU (cores) "
-            "| drain (s) | serve peak RSS (MB) |", "|---|---|---|---|---|---|---|---|"]
-    out += [f"| {i.clients} | {i.posts} | {i.seconds:.2f} | {i.rate:.0f} | "
+            "persistent connections: from Postfix's `smtp-source -d -s CLIENTS -l 2500` "
+            "(in C; its own generated posts, each with its own Message-Id), or from "
+            "smtplib (threads in the benchmark process, posts built with `email`). "
+            "Posts/s is posts over the time to the last 250; every post was checked to be "
+            "stored as accepted. Drain is the time after that until every delivery job "
+            "was done.", "",
+            "| client | clients | posts | seconds | posts/s | serve CPU (cores) "
+            "| client CPU (cores) "
+            "| drain (s) | serve peak RSS (MB) |", "|---|---|---|---|---|---|---|---|---|"]
+    out += [f"| {i.client} | {i.clients} | {i.posts} | {i.seconds:.2f} | {i.rate:.0f} | "
             f"{i.serve_cpu / i.seconds:.2f} | {i.bench_cpu / i.seconds:.2f} | "
             f"{i.drain_seconds:.2f} | {i.peak_rss_mb:.0f} |" for i in r.ingests]
     out += ["", "## Member import and memory", "",
@@ -832,6 +884,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="delivery connections, comma-separated (default 4,8)")
     p.add_argument("--posts", type=int, default=2000, help="posts per ingest run (2000)")
     p.add_argument("--clients", default="1,16", help="ingest client counts (default 1,16)")
+    p.add_argument("--ingest-clients", default=",".join(INGEST_CLIENTS),
+                   help="what posts in the ingest runs, comma-separated: smtp-source "
+                   "(Postfix's, in C) and/or smtplib (threads of the benchmark) "
+                   f"(default {','.join(INGEST_CLIENTS)})")
     p.add_argument("--raw-repeat", type=int, default=3,
                    help="smtp-source runs per figure; the median is kept (3)")
     p.add_argument("--quick", action="store_true",
@@ -853,6 +909,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-install", action="store_true",
                    help="do not apt-get install postfix when smtp-sink is missing")
     args = p.parse_args(argv)
+    args.ingest_clients = [c for c in args.ingest_clients.split(",") if c]
+    if not args.ingest_clients or set(args.ingest_clients) - set(INGEST_CLIENTS):
+        p.error(f"--ingest-clients: one or more of {', '.join(INGEST_CLIENTS)}")
     if args.quick:
         args.members, args.shared, args.posts, args.concurrency = "2000", "2000", 200, "4"
     return args
@@ -930,10 +989,12 @@ def measure(setup: Setup, args: argparse.Namespace, results: Results) -> None:
         serve = Serve(setup, c)
         try:
             if c == concurrencies[0]:
-                for clients in _ints(args.clients):
-                    result = ingest(setup, serve, probe, ingest_list, args.posts, clients)
+                for client, clients in itertools.product(args.ingest_clients,
+                                                         _ints(args.clients)):
+                    result = ingest(setup, serve, probe, ingest_list, args.posts, clients,
+                                    client)
                     results.ingests.append(result)
-                    say(f"  ingest, {clients} client(s): {result.rate:.0f} posts/s")
+                    say(f"  ingest, {clients} {client} client(s): {result.rate:.0f} posts/s")
             for n, shared in [(n, False) for n in sizes] + [(n, True) for n in shared_sizes]:
                 f = fan_out(setup, serve, probe, (shared_lists if shared else lists)[n], n, c,
                             timeout=600)
@@ -965,10 +1026,11 @@ def profile_more(setup: Setup, serve: Serve, probe: Probe, args: argparse.Namesp
         f = fan_out(setup, serve, probe, lists[n], n, c, 600)
     results.profiles.append((f"one fan-out to {_n(n)} over {c} connections "
                              f"({_n(f.rate)}/s under the profiler)", *summarize_profile(path)))
-    clients = max(_ints(args.clients))
+    clients, client = max(_ints(args.clients)), args.ingest_clients[0]
     with profiled(serve, setup.workdir / "profile-ingest.txt") as path:
-        i = ingest(setup, serve, probe, ingest_list, args.posts, clients)
-    results.profiles.append((f"one ingest of {args.posts} posts with {clients} clients "
+        i = ingest(setup, serve, probe, ingest_list, args.posts, clients, client)
+    results.profiles.append((f"one ingest of {args.posts} posts with {clients} {client} "
+                             "clients "
                              f"({i.rate:.0f} posts/s under the profiler)",
                              *summarize_profile(path)))
 
