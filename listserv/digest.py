@@ -360,7 +360,6 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
     entries = [i.entry for i in found]
     context = _context(mlist, base_url, volume, number, entries)
     mime = form(mlist, base_url, context, mime_body(context, entries), "mime", now)
-    plain = form(mlist, base_url, context, plain_body(context), "plain", now)
     issue = DigestIssue(list_id=list_id, volume=volume, number=number,
                         subject=context["subject"], created_at=now, size=size,
                         data=mime.archived)
@@ -370,18 +369,23 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
                                           "position": i.entry.position} for i in found])
     mlist.digest_volume, mlist.digest_issue, mlist.digest_last_sent_at = volume, number, now
     session.add(mlist)
-    counts = [_queue(session, config, mlist, f, mode) for f, mode in
-              ((mime, DeliveryMode.DIGEST_MIME), (plain, DeliveryMode.DIGEST_PLAIN))]
+    counts = [_queue(session, config, mlist, mode, make) for mode, make in (
+        (DeliveryMode.DIGEST_MIME, lambda: mime),
+        (DeliveryMode.DIGEST_PLAIN,
+         lambda: form(mlist, base_url, context, plain_body(context), "plain", now)))]
     return Sent(issue, len(entries), *counts)
 
 
-def _queue(session: Session, config: Config, mlist: MailingList, copy: Form,
-           mode: DeliveryMode) -> int:
+def _queue(session: Session, config: Config, mlist: MailingList, mode: DeliveryMode,
+           make: Callable[[], Form]) -> int:
+    """Queue the form for the members who take it; made only if somebody does (the
+    archive keeps the MIME form, and a busy list makes an issue a second)."""
     rcpts = list(store.recipients(session, mlist.id, mode))
     if rcpts:
-        store.queue(session, copy.copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
+        copy = make().copy
+        store.queue(session, copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
                     rcpts, config.delivery.max_recipients_per_transaction,
-                    slots=copy.copy.slots_json(), list_id=mlist.id)
+                    slots=copy.slots_json(), list_id=mlist.id)
     return len(rcpts)
 
 
