@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from aiosmtpd.lmtp import LMTP
@@ -296,7 +297,13 @@ class Incoming:
     mail_from: str
     rcpts: list[str]
     raw: bytes
-    parsed: Parsed
+
+    @cached_property
+    def parsed(self) -> Parsed:
+        """Read in the writer's thread as its group is stored (parse never raises): a
+        thread hop of its own per message cost the event loop more than the parse, and
+        a writer busy parsing lets more transactions gather for the next group."""
+        return parse(self.raw)
 
 
 # What one SMTP transaction of a group came to: its outcomes, or why it was refused.
@@ -410,7 +417,7 @@ def _in_savepoint(session: Session, config: Config, incoming: Incoming,
 def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
            raw: bytes) -> list[Outcome]:
     """Store one SMTP transaction for all its recipients, in one database transaction."""
-    result = ingest_group(engine, config, [Incoming(mail_from, rcpts, raw, parse(raw))])[0]
+    result = ingest_group(engine, config, [Incoming(mail_from, rcpts, raw)])[0]
     if isinstance(result, Exception):
         raise result
     return result
@@ -560,10 +567,8 @@ class Handler:
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
         try:
-            # Parsed here, in parallel with the group being written.
-            parsed = await asyncio.to_thread(parse, raw)
             outcomes = await self.group.store(Incoming(mail_from, list(envelope.rcpt_tos),
-                                                       raw, parsed))
+                                                       raw))
         except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)

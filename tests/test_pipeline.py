@@ -12,7 +12,6 @@ from sqlalchemy import func, select, text, update
 
 from listserv import db, receive, store
 from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
-from listserv.parse import parse
 from tests.conftest import message
 from tests.test_cli import cli, config_file, ok
 
@@ -320,8 +319,8 @@ def test_the_receiver_sees_at_once_a_list_an_admin_created_or_deleted(running, m
 
 
 def _group(*posts: str) -> list[receive.Incoming]:
-    return [receive.Incoming("bob@example.com", ["dev@lists.example.org"], p.encode(),
-                             parse(p.encode())) for p in posts]
+    return [receive.Incoming("bob@example.com", ["dev@lists.example.org"], p.encode())
+            for p in posts]
 
 
 def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine, config,
