@@ -239,7 +239,7 @@ def _context(mlist: MailingList, base_url: str, volume: int, number: int,
             "subject": subject_of(mlist.name, volume, number),
             "threads": [{"subject": g.subject, "entries": [item(e) for e in g.entries]}
                         for g in groups],
-            "items": [item(e) | {"text": _item_text(e.raw)} for e in entries],
+            "items": [item(e) for e in entries],
             "separator": _SEPARATOR,
             "issue_url": issue_url(base_url, addresses, volume, number) if web else ""}
 
@@ -288,9 +288,12 @@ def mime_body(context: dict, entries: Sequence[Entry]) -> bytes:
     return _multipart("mixed", [toc, _multipart("digest", posts)])
 
 
-def plain_body(context: dict) -> bytes:
-    """RFC 1153: one text/plain body in UTF-8."""
-    return compose.text_part(render("mail/digest_plain.txt", **context))
+def plain_body(context: dict, entries: Sequence[Entry]) -> bytes:
+    """RFC 1153: one text/plain body in UTF-8, each post as its readable text (made
+    here: only this form has it)."""
+    items = [item | {"text": _item_text(e.raw)}
+             for item, e in zip(context["items"], entries, strict=True)]
+    return compose.text_part(render("mail/digest_plain.txt", **context | {"items": items}))
 
 
 @dataclass(frozen=True)
@@ -372,7 +375,8 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
     counts = [_queue(session, config, mlist, mode, make) for mode, make in (
         (DeliveryMode.DIGEST_MIME, lambda: mime),
         (DeliveryMode.DIGEST_PLAIN,
-         lambda: form(mlist, base_url, context, plain_body(context), "plain", now)))]
+         lambda: form(mlist, base_url, context, plain_body(context, entries), "plain",
+                      now)))]
     return Sent(issue, len(entries), *counts)
 
 
