@@ -423,17 +423,27 @@ def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
     return result
 
 
+# A busy receiver waits this long before storing a group short of its limit, so that
+# the transactions ending meanwhile share its commit: a group costs a commit and a dozen
+# statements whatever its size, and without the wait groups of 16 clients averaged 7
+# (PostgreSQL's commit_delay is the same trade). Measured best of 0, 1, 3 and 6 ms.
+GATHER_SECONDS = 0.001
+
+
 class GroupCommit:
     """One writer for the receiver: the SMTP transactions that reach their end of data
     while a group is being stored wait and go together in the next group, sharing its
-    commit. A lone client waits for nobody; many clients share fsyncs (SQLite writes
-    one at a time anyway). Each waits for the commit that holds its message."""
+    commit. A lone client waits for nobody; when several are waiting, the writer first
+    gives others `gather` seconds to join (GATHER_SECONDS), and many clients share
+    fsyncs (SQLite writes one at a time anyway). Each waits for the commit that holds
+    its message."""
 
     def __init__(self, engine: Engine, config: Config, limit: int = 16,
-                 worker: Worker | None = None) -> None:
+                 worker: Worker | None = None, gather: float = GATHER_SECONDS) -> None:
         self.engine = engine
         self.config = config
         self.limit = limit
+        self.gather = gather
         self.worker = worker  # the delivery worker of this process, handed the jobs
         self.waiting: list[tuple[Incoming, asyncio.Future[Result]]] = []
         self.writer: asyncio.Task | None = None
@@ -458,6 +468,8 @@ class GroupCommit:
     async def _write(self) -> None:
         try:
             while self.waiting:
+                if 1 < len(self.waiting) < self.limit:
+                    await asyncio.sleep(self.gather)
                 group, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
                 handoff = self.worker.handoff() if self.worker is not None else None
                 try:

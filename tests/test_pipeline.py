@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import smtplib
@@ -363,3 +364,49 @@ def test_the_second_post_of_a_group_with_the_same_message_id_is_a_duplicate(make
     first, second = receive.ingest_group(engine, config, _group(post, post))
     assert (first[0].state, second[0].state) == ("accepted", "duplicate")
     assert first[0].deliveries and not second[0].deliveries
+
+
+def _grouping(engine, config, monkeypatch, **options) -> tuple[receive.GroupCommit, list]:  # noqa: ANN001
+    """A GroupCommit on the real database, and the size of each group it stores."""
+    sizes: list[int] = []
+    ingest_group = receive.ingest_group
+
+    def counted(engine, config, group, handoff=None):  # noqa: ANN001, ANN202
+        sizes.append(len(group))
+        return ingest_group(engine, config, group, handoff)
+    monkeypatch.setattr(receive, "ingest_group", counted)
+    return receive.GroupCommit(engine, config, **options), sizes
+
+
+def test_a_busy_receiver_lets_transactions_ending_a_moment_later_share_the_commit(
+        make_list, engine, config, monkeypatch):
+    """Two transactions waiting: the writer gives a third, ending just after, the
+    chance to join their group (one commit for all three)."""
+    make_list(members=MEMBERS)
+    group, sizes = _grouping(engine, config, monkeypatch, gather=0.5)
+
+    async def main() -> list:
+        first = [asyncio.create_task(group.store(i)) for i in _group(message("one"),
+                                                                      message("two"))]
+        await asyncio.sleep(0.05)  # the writer has started and is waiting for more
+        later = asyncio.create_task(group.store(_group(message("three"))[0]))
+        return await asyncio.gather(*first, later)
+    try:
+        results = asyncio.run(main())
+    finally:
+        group.close()
+    assert sizes == [3]
+    assert [r[0].state for r in results] == ["accepted"] * 3
+
+
+def test_a_lone_transaction_does_not_wait_for_others(make_list, engine, config, monkeypatch):
+    make_list(members=MEMBERS)
+    group, sizes = _grouping(engine, config, monkeypatch, gather=600)
+
+    async def main() -> list:
+        return await asyncio.wait_for(group.store(_group(message("alone"))[0]), 30)
+    try:
+        assert asyncio.run(main())[0].state == "accepted"
+    finally:
+        group.close()
+    assert sizes == [1]
