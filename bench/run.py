@@ -467,12 +467,6 @@ def _post_many(port: int, list_address: str, count: int, tag: str) -> None:
             client.sendmail(POSTER, [list_address], raw)
 
 
-# The posting clients: Python's smtplib in threads of the benchmark (each post its own
-# message, built as a mail client would), or Postfix's smtp-source, a C program whose
-# own CPU stays small, so that on two cores it does not take the server's second core.
-INGEST_CLIENTS = ("smtp-source", "smtplib")
-
-
 def ingest(setup: Setup, serve: Serve, probe: Probe, list_address: str, posts: int,
            clients: int, client: str) -> Ingest:
     """`posts` posts over `clients` concurrent connections; time to the last 250. Every
@@ -480,10 +474,7 @@ def ingest(setup: Setup, serve: Serve, probe: Probe, list_address: str, posts: i
     before = probe.accepted()
     serve.start_phase()
     cpu0 = serve.cpu()
-    if client == "smtplib":
-        seconds, bench_cpu = _ingest_smtplib(setup, list_address, posts, clients)
-    else:
-        seconds, bench_cpu = _ingest_source(setup, list_address, posts, clients)
+    seconds, bench_cpu = INGEST_CLIENTS[client](setup, list_address, posts, clients)
     serve_cpu = serve.cpu() - cpu0
     stored = probe.accepted() - before
     if stored != posts:
@@ -527,6 +518,14 @@ def _ingest_source(setup: Setup, list_address: str, posts: int, clients: int
            f"127.0.0.1:{setup.smtp_port}"]
     seconds, usage, _ = run_child(cmd)
     return seconds, usage.ru_utime + usage.ru_stime
+
+
+# The posting clients, each giving (seconds, its CPU seconds): Postfix's smtp-source, a
+# C program whose own CPU stays small, so that on two cores it does not take the
+# server's second core, or Python's smtplib in threads of the benchmark (each post its
+# own message, built as a mail client would).
+INGEST_CLIENTS: dict[str, Callable[[Setup, str, int, int], tuple[float, float]]] = {
+    "smtp-source": _ingest_source, "smtplib": _ingest_smtplib}
 
 
 def _own_cpu() -> float:

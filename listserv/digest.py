@@ -372,25 +372,21 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
                                           "position": i.entry.position} for i in found])
     mlist.digest_volume, mlist.digest_issue, mlist.digest_last_sent_at = volume, number, now
     session.add(mlist)
-    counts = [_queue(session, config, mlist, mode, make) for mode, make in (
-        (DeliveryMode.DIGEST_MIME, lambda: mime),
-        (DeliveryMode.DIGEST_PLAIN,
-         lambda: form(mlist, base_url, context, plain_body(context, entries), "plain",
-                      now)))]
-    return Sent(issue, len(entries), *counts)
+    mime_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
+    plain_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
+    _queue(session, config, mlist, mime_rcpts, mime)
+    if plain_rcpts:  # made only for those who take it: the archive keeps the MIME form
+        _queue(session, config, mlist, plain_rcpts,
+               form(mlist, base_url, context, plain_body(context, entries), "plain", now))
+    return Sent(issue, len(entries), len(mime_rcpts), len(plain_rcpts))
 
 
-def _queue(session: Session, config: Config, mlist: MailingList, mode: DeliveryMode,
-           make: Callable[[], Form]) -> int:
-    """Queue the form for the members who take it; made only if somebody does (the
-    archive keeps the MIME form, and a busy list makes an issue a second)."""
-    rcpts = list(store.recipients(session, mlist.id, mode))
+def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],
+           copy: Form) -> None:
     if rcpts:
-        copy = make().copy
-        store.queue(session, copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
+        store.queue(session, copy.copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
                     rcpts, config.delivery.max_recipients_per_transaction,
-                    slots=copy.slots_json(), list_id=mlist.id)
-    return len(rcpts)
+                    slots=copy.copy.slots_json(), list_id=mlist.id)
 
 
 def due_lists(session: Session, now: datetime) -> list[int]:
