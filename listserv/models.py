@@ -139,6 +139,7 @@ class DeliveryState(enum.StrEnum):
     SENDING = "sending"  # claimed by a worker (see worker and lease_until)
     DONE = "done"  # the smarthost took every recipient it did not refuse for good
     FAILED = "failed"  # gave up: retry_max_hours passed with only temporary failures
+    CANCELLED = "cancelled"  # an admin took it out of the queue (`listserv queue cancel`)
 
 
 class MailingList(SQLModel, table=True):

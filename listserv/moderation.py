@@ -152,6 +152,17 @@ def set_sender(session: Session, mlist: MailingList, address: str,
     return mailbox[1]
 
 
+def remove_sender(session: Session, mlist: MailingList, address: str) -> str:
+    """Drop an allow or deny entry: the address is a non-member like any other again."""
+    mailbox = roster.normalize(address)
+    key = mailbox[1] if mailbox else address.strip().lower()
+    gone = session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
+                                                    SenderRule.address == key))
+    if not gone.rowcount:
+        raise roster.UserError(f"{key} is not on the allow or deny list of {mlist.address}")
+    return key
+
+
 def senders(session: Session, mlist: MailingList) -> list[SenderRule]:
     return list(session.scalars(select(SenderRule).where(SenderRule.list_id == mlist.id)
                                 .order_by(SenderRule.action, SenderRule.address)))
