@@ -68,7 +68,7 @@ def test_mailman3_members_csv_and_list_keep_names_and_delivery(make_list, config
 
 
 def test_any_csv_name_and_delivery_columns_count_and_a_bad_delivery_is_refused(
-        make_list, config_file, tmp_path):  # noqa: F811
+        make_list, tmp_path, config_file):  # noqa: F811
     make_list(LIST, owner=None)
     path = tmp_path / "members.csv"
     path.write_text("Name;Address;Delivery\nAnn;ann@example.org;digest-plain\n"
@@ -79,8 +79,8 @@ def test_any_csv_name_and_delivery_columns_count_and_a_bad_delivery_is_refused(
     assert members(config_file) == {"ann@example.org": ("Ann", "digest-plain")}
 
 
-def test_import_welcome_sends_each_new_member_the_welcome(make_list, config_file, running,
-                                                          sink, tmp_path):  # noqa: F811
+def test_import_welcome_sends_each_new_member_the_welcome(make_list, running, sink, tmp_path,
+                                                          config_file):  # noqa: F811
     make_list(LIST, owner=None, members=["old@example.org"])
     path = tmp_path / "members.txt"
     path.write_text("old@example.org\nnew@example.org\n")
@@ -127,8 +127,8 @@ def test_sender_remove_undoes_a_deny_entry(make_list, config_file, engine):  # n
                                        "spam@example.net"), "spam@example.net")
 
 
-def test_held_ls_without_a_list_shows_every_lists_held_posts(make_list, config_file,
-                                                            engine):  # noqa: F811
+def test_held_ls_without_a_list_shows_every_lists_held_posts(make_list, engine,
+                                                            config_file):  # noqa: F811
     make_list(LIST)
     make_list(OTHER)
     config = config_mod.load(config_file)
