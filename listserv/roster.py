@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
-from listserv import search
 from listserv.address import parse_mailbox, split, valid_list_local
-from listserv.compose import has_control
 from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Role, utcnow
 
 
@@ -30,6 +28,10 @@ def normalize(text: str) -> tuple[str, str] | None:
     text = text.strip()
     if _SIMPLE.match(text):
         return "", text.lower()
+    # Imported here: compose loads jinja2 and the email package, which a command line
+    # adding plain addresses does not need.
+    from listserv.compose import has_control
+
     if has_control(text):
         return None  # a CR or LF here would end up splitting a header
     mailbox = parse_mailbox(text)
@@ -42,6 +44,8 @@ def header_text(value: str, what: str) -> str:
     """A value that goes into the headers of list mail (name, description, subject
     prefix): refused whole when it holds a control character, since a CR or LF would
     start a header of the user's choosing in every copy."""
+    from listserv.compose import has_control
+
     if has_control(value):
         raise UserError(f"invalid {what} {value!r}: it must be one line, without control "
                         "characters")
@@ -94,6 +98,8 @@ def create_list(session: Session, address: str, *, name: str | None = None,
 
 
 def delete_list(session: Session, mlist: MailingList) -> None:
+    from listserv import search  # the search index's engine, only for this
+
     search.forget_list(session, mlist.id)
     session.delete(mlist)
 
