@@ -57,3 +57,19 @@ def test_the_migrations_build_what_the_models_describe(engine):
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
     assert [d for d in diff if _outside_search(d)] == []
+
+
+def test_the_quick_revision_check_agrees_with_alembic(db_url):
+    """Commands skip loading alembic when the stored revision is the newest migration
+    file's: that must be alembic's head, and an older database must still be upgraded."""
+    from alembic.script import ScriptDirectory
+
+    engine = db.make_engine(db_url)
+    head = ScriptDirectory.from_config(db._alembic_config(engine)).get_current_head()
+    assert db.newest_migration() == head
+    command.upgrade(db._alembic_config(engine), "0001")
+    db.ensure_schema(engine)
+    with engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    engine.dispose()
+    assert versions == [(head,)]
