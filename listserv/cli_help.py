@@ -46,24 +46,27 @@ def _plain(param: Any) -> Any:
     return param
 
 
-class _Command(TyperCommand):
+class _PlainParams:
+    """For a command or a group: its parameters, and the --help option click adds
+    later, are shown as described above."""
+
+    params: list[Any]
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         for param in self.params:
             _plain(param)
 
     def get_help_option(self, ctx: Any) -> Any:
-        return _plain(super().get_help_option(ctx))
+        return _plain(super().get_help_option(ctx))  # type: ignore[misc]
 
 
-class _Group(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        for param in self.params:
-            _plain(param)
+class _Command(_PlainParams, TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        return _plain(super().get_help_option(ctx))
+
+class _Group(_PlainParams, TyperGroup):
+    pass
 
 
 class Typer(typer.Typer):
