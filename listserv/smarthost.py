@@ -6,6 +6,7 @@ Until this, the first sign of a smarthost that is down or misnamed was a copy st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from listserv.relay import Relay, RelayError
@@ -34,12 +35,14 @@ class Smarthost:
         return relay
 
     async def probe(self) -> bool:
-        """Connect and QUIT: at start, and for /healthz."""
+        """At start, and for /healthz: the smarthost greets with 220, and we QUIT (no
+        EHLO: an MTA logs nothing more than a client that changed its mind)."""
         try:
-            relay = await self.connect(PROBE_TIMEOUT)
-        except RelayError:
+            await asyncio.wait_for(_greeted(self.host, self.port), PROBE_TIMEOUT)
+        except (OSError, TimeoutError, RelayError) as exc:
+            self._saw(False, str(exc) or exc.__class__.__name__)
             return False
-        await relay.close()
+        self._saw(True)
         return True
 
     def _saw(self, ok: bool, error: str = "") -> None:
@@ -49,3 +52,15 @@ class Smarthost:
         elif ok and self.reachable is False:
             log.info("smarthost %s:%d can be reached again", self.host, self.port)
         self.reachable = ok
+
+
+async def _greeted(host: str, port: int) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        greeting = await reader.readline()
+        if not greeting.startswith(b"220"):
+            raise RelayError(f"smarthost greeting: {greeting.decode('ascii', 'replace')!r}")
+        writer.write(b"QUIT\r\n")
+        await writer.drain()
+    finally:
+        writer.close()
