@@ -23,6 +23,7 @@ from listserv import (
     moderation,
     preflight,
     receive,
+    retention,
     tokens,
     web,
 )
@@ -61,16 +62,21 @@ def _bounce_schedule(engine: Engine, config: Config) -> int:
 async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
                        wake: Callable[[], None]) -> None:
     """Expire old holds now and then, telling their authors; warn and remove members
-    whose delivery bounces."""
+    whose delivery bounces; delete old bookkeeping ([retention])."""
     while not stop.is_set():
         try:
             expired = await asyncio.to_thread(_expire_holds, engine, config)
             warned = await asyncio.to_thread(_bounce_schedule, engine, config)
+            swept = await asyncio.to_thread(retention.sweep, engine, config.retention)
         except Exception:
             log.exception("housekeeping failed; trying again later")
         else:
             if expired:
                 log.info("discarded %d expired held messages", expired)
+            if swept:
+                log.info("retention: deleted %d finished delivery jobs, %d copies and %d "
+                         "tokens, emptied %d old bounces", swept.deliveries, swept.copies,
+                         swept.tokens, swept.bounce_raw)
             if expired or warned:
                 wake()
         with contextlib.suppress(TimeoutError):

@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import smtplib
+from datetime import timedelta
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select
 
 from listserv import db, health, web
+from listserv.models import BounceEvent, Delivery, Message, Outgoing, Token, utcnow
 from listserv.smarthost import Smarthost
 from tests.conftest import delivered_to, free_port, message
+from tests.test_bounces import MAILBOX, dsn
+from tests.test_deliver import wait_until
 from tests.test_web import web as web_client
 
 LIST = "dev@lists.example.org"
@@ -136,3 +141,51 @@ def test_base_url_that_breaks_mailed_links_is_a_warning_at_start(
     else:
         [line] = found
         assert warned in line and "lists.python.org" in line
+
+
+# --- retention ----------------------------------------------------------------------------
+
+def _age_everything(engine, days: int) -> None:
+    """Move every timestamp retention reads `days` back, as if that time had passed."""
+    delta = timedelta(days=days)
+    with db.session(engine) as s:
+        for model, column in ((Delivery, "done_at"), (Outgoing, "created_at"),
+                              (Message, "received_at"), (Token, "expires_at")):
+            for row in s.scalars(select(model)):
+                if getattr(row, column) is not None:
+                    setattr(row, column, getattr(row, column) - delta)
+        s.commit()
+
+
+def _rows(engine, model) -> list:
+    with db.session(engine) as s:
+        return list(s.scalars(select(model)))
+
+
+def test_housekeeping_deletes_old_bookkeeping_and_keeps_the_archive(
+        running, make_server, make_list, engine, sink, caplog):
+    make_list(LIST, members=["bob@example.com"])
+    caplog.set_level(logging.INFO)
+    running.send("bob@example.com", [LIST], message("Old post", sender="bob@example.com"))
+    running.send("", ["dev-bounces+bob=example.com@lists.example.org"],
+                 dsn(MAILBOX, "bob@example.com"))
+    running.send("carol@example.net", ["dev-join@lists.example.org"],
+                 message("", sender="carol@example.net", to="dev-join@lists.example.org"))
+    assert delivered_to(engine, sink, "carol@example.net") == 1  # her confirmation
+    _age_everything(engine, 91)
+    running.send("bob@example.com", [LIST], message("New post", sender="bob@example.com"))
+    assert delivered_to(engine, sink, "bob@example.com") == 2
+    # another server process starts: its housekeeping runs at once
+    make_server(smtp={"port": free_port()}, web={"port": free_port()})
+    wait_until(lambda: not _rows(engine, Token), "the expired token to go")
+    # only the new post's jobs and copy are left; the old ones went
+    recent = utcnow() - timedelta(days=1)
+    jobs, copies = _rows(engine, Delivery), _rows(engine, Outgoing)
+    assert jobs and all(d.done_at > recent for d in jobs)
+    assert copies and all(o.created_at > recent for o in copies)
+    messages = {m.kind.value + ":" + m.subject: m for m in _rows(engine, Message)}
+    assert messages["post:Old post"].raw.startswith(b"From: bob@example.com")  # archived
+    [bounce] = [m for key, m in messages.items() if key.startswith("bounce:")]
+    assert bounce.raw == b""  # read long ago: its bytes went ...
+    assert [e.address for e in _rows(engine, BounceEvent)] == ["bob@example.com"]  # ... not this
+    assert any("retention: deleted" in r.getMessage() for r in caplog.records)
