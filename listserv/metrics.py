@@ -34,7 +34,7 @@ STORED = Counter("listserv_messages_stored",
 REFUSED = Counter("listserv_smtp_refused",
                   "SMTP replies refusing a connection, sender, recipient or message, by "
                   "enhanced status code (5.7.1 policy, 4.7.1 rate limit, 5.1.1 no such "
-                  "list, 5.3.4 too big, 4.3.0 not stored, ...).", ["reason"],
+                  "list, 4.3.0 not stored; without one, by the code: 552 too big).", ["reason"],
                   registry=REGISTRY)
 INGEST_COMMIT = Histogram("listserv_ingest_commit_seconds",
                           "Time to commit a group of received messages (the fsync before "
