@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from alembic import command
@@ -19,8 +16,13 @@ from sqlmodel import SQLModel
 
 from listserv import db
 from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
-from tests.conftest import free_port
-from tests.test_cli import assert_one_line_error, run_listserv, wait_for_smtp, write_config
+from tests.test_cli import (
+    assert_one_line_error,
+    run_listserv,
+    start_serve,
+    wait_for_smtp,
+    write_config,
+)
 
 # Made by the migrations with each database's own full-text engine, not by the models.
 SEARCH_TABLES = {"message_fts", "message_search"}
@@ -125,19 +127,7 @@ def test_serve_creates_an_empty_database_and_upgrades_with_upgrade(db_url, tmp_p
                                                                    revision, args, logged):
     if revision:
         _at_revision(db_url, revision)
-    smtp_port, web_port = free_port(), free_port()
-    config = write_config(tmp_path / "serve.toml", db_url, f"""
-[smtp]
-port = {smtp_port}
-[delivery]
-smarthost_port = {sink.port}
-[web]
-port = {web_port}
-""")
-    script = Path(sys.executable).parent / "listserv"
-    proc = subprocess.Popen([str(script), "--config", str(config), "serve", *args],
-                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc, smtp_port = start_serve(tmp_path, db_url, sink.port, *args)
     try:
         wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
     finally:
