@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, Delete, Update, delete, exists, func, or_, select, update
+from sqlalchemy import Delete, Update, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
@@ -70,7 +70,7 @@ def _bounce_raw(cutoff: datetime) -> Update:
 
 
 def _spent_tokens(cutoff: datetime) -> Delete:
-    spent: ColumnElement[bool] = or_(Token.used_at < cutoff, Token.expires_at < cutoff)
+    spent = or_(Token.used_at < cutoff, Token.expires_at < cutoff)
     return delete(Token).where(Token.id.in_(select(Token.id).where(spent).limit(BATCH)))
 
 

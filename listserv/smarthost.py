@@ -14,7 +14,7 @@ from listserv.relay import Relay, RelayError
 log = logging.getLogger("listserv.smarthost")
 
 # A probe is a connection, a greeting and EHLO: seconds, even for a slow MTA.
-PROBE_TIMEOUT = 10.0
+PROBE_TIMEOUT = 5.0
 
 
 class Smarthost:
