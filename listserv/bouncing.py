@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import bounce, notices, roster, store, tokens
+from listserv import bounce, metrics, notices, roster, store, tokens
 from listserv.address import split
 from listserv.bounce import BounceClass, BounceReport, Failure
 from listserv.config import BouncesConfig, Config
@@ -165,6 +165,7 @@ def _record(session: Session, config: Config, mlist: MailingList, message: Messa
             if score >= cfg.score_threshold and member.disabled_by is None:
                 queued = _disable(session, config, mlist, member, now)
     session.add(event)
+    metrics.BOUNCES.labels(event.bounce_class).inc()
     log.info("bounce list=%s rcpt=%s class=%s status=%s counted=%s", mlist.address,
              failure.address, failure.bounce_class.value, failure.status or "-", event.counted)
     return queued
@@ -210,6 +211,7 @@ def _complaint(session: Session, mlist: MailingList, message: Message,
                             message_pk=message.id, created_at=now))
     if member is not None:
         session.delete(member)
+    metrics.BOUNCES.labels(COMPLAINT).inc()
     log.info("spam complaint list=%s from=%s (%s): %s", mlist.address, address,
              complaint.feedback_type or "unspecified",
              "unsubscribed" if member else "not a member")

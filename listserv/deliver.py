@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import compose, db, signing, store, tokens
+from listserv import compose, db, metrics, signing, store, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.models import (
@@ -38,6 +38,7 @@ from listserv.models import (
     utcnow,
 )
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
+from listserv.smarthost import Smarthost
 
 log = logging.getLogger("listserv.deliver")
 
@@ -215,6 +216,16 @@ def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
         return (everyone, {}) if error.temporary else ({}, everyone)
     return ({r: rep for r, rep in refused.items() if rep.temporary},
             {r: rep for r, rep in refused.items() if not rep.temporary})
+
+
+def _undelivered(job: Job, refused: dict[str, Reply], error: RelayError | None,
+                 state: DeliveryState) -> tuple[int, int]:
+    """How many recipients of an attempt wait for another (deferred), and how many
+    never get their copy (failed): all that were left, once the job gave up."""
+    temporary, permanent = _outcome(job, refused, error)
+    if state is DeliveryState.FAILED:
+        return 0, len(temporary) + len(permanent)
+    return len(temporary), len(permanent)
 
 
 def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
@@ -481,6 +492,7 @@ class Worker:
         self._written: list[asyncio.Future[None]] = []  # one per outcome waiting
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
+        self.smarthost = Smarthost(config.smarthost_host, config.smarthost_port)
 
     def wake(self) -> None:
         """Called by the receiver after it queued jobs: claim now, not at the next poll."""
@@ -700,7 +712,7 @@ class Worker:
             self.progress.forget(job)
 
     async def _connect(self) -> Relay:
-        return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
+        return await self.smarthost.connect()
 
     async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
                       ) -> None:
@@ -753,6 +765,7 @@ class Worker:
              state: DeliveryState) -> None:
         delivered = len(job.recipients) - len(refused) if error is None else 0
         self.sent += delivered
+        metrics.copies(delivered, *_undelivered(job, refused, error, state))
         log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
                  len(job.recipients), delivered, len(refused) if error is None else 0,
                  state.value, f" error={error}" if error else "")

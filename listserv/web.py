@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -453,7 +453,7 @@ def digest_routes(engine: Engine, config: Config,
             Route("/{address}/digest/{volume:int}/{number:int}/", issue, methods=["GET"])]
 
 
-def make_app(engine: Engine, config: Config) -> Starlette:
+def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ()) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
         def call() -> T:
@@ -576,6 +576,7 @@ def make_app(engine: Engine, config: Config) -> Starlette:
     return Starlette(exception_handlers={HTTPException: http_error},
                      middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/", index),
+        *extra_routes,
         Route("/confirm/{token}", confirm_form, methods=["GET"]),
         Route("/confirm/{token}", confirm_post, methods=["POST"]),
         Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),
