@@ -141,6 +141,15 @@ def find_status(text: str) -> str:
     return (specific or codes or [""])[0]
 
 
+def refusal(address: str, code: int, text: str) -> Failure:
+    """A smarthost's SMTP refusal of `address`, read as a DSN carrying that reply would
+    be: its enhanced status code when it gives one, else the reply code's class as
+    "5.0.0" (what Postfix writes in Status), and the class from both as for any report."""
+    diagnostic = _one_line(f"{code} {text}")
+    status = find_status(diagnostic) or f"{code // 100}.0.0"
+    return Failure(address, status, diagnostic, classify(status, diagnostic))
+
+
 # --- VERP -----------------------------------------------------------------------------
 
 def verp_recipient(envelope_recipient: str) -> str | None:

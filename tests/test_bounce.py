@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from listserv.bounce import BounceClass, classify, parse_bounce, verp_recipient
+from listserv.bounce import BounceClass, classify, parse_bounce, refusal, verp_recipient
+from listserv.relay import MAIL_REFUSED, Reply, refuses_recipient
 from tests.conftest import CORPUS, corpus_path
 from tests.test_cli import assert_one_line_error, run_listserv
 
@@ -239,6 +240,27 @@ def test_original_recipient_is_the_address_the_list_sent_to() -> None:
 ])
 def test_classify(status: str, text: str, expected: BounceClass) -> None:
     assert classify(status, text) is expected
+
+
+@pytest.mark.parametrize(("code", "text", "status", "expected"), [
+    (550, "5.1.1 <b@example.com>: Recipient address rejected: User unknown in local "
+          "recipient table", "5.1.1", BounceClass.MAILBOX),
+    (550, "Requested action not taken: mailbox unavailable", "5.0.0", BounceClass.MAILBOX),
+    (554, "5.7.1 Message rejected as spam", "5.7.1", BounceClass.POLICY),
+])
+def test_a_smarthost_refusal_reads_as_a_dsn_with_its_reply(
+        code: int, text: str, status: str, expected: BounceClass) -> None:
+    failure = refusal("b@example.com", code, text)
+    assert (failure.status, failure.bounce_class) == (status, expected)
+    assert failure.diagnostic == f"{code} {text}"
+
+
+def test_only_a_recipients_permanent_refusal_is_a_bounce() -> None:
+    assert refuses_recipient(Reply(550, "5.1.1 no such user"))
+    assert refuses_recipient(Reply(554, "message refused: 554 5.7.1 spam"))
+    assert not refuses_recipient(Reply(450, "4.2.1 try later"))
+    # Our envelope sender refused says nothing of the member's address.
+    assert not refuses_recipient(Reply(553, f"{MAIL_REFUSED}: 553 5.1.8 bad sender domain"))
 
 
 # --- prose reports ----------------------------------------------------------------------

@@ -221,6 +221,40 @@ def test_an_out_of_office_reply_to_the_verp_address_is_no_bounce(running, make_l
     assert events(engine) == []
 
 
+# --- refusals by the smarthost ---------------------------------------------------------
+
+# What Postfix answers for a local user that does not exist (smtpd's default).
+UNKNOWN_LOCAL = ("550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown "
+                 "in local recipient table")
+
+
+def test_a_smarthost_refusal_counts_as_a_dsn_would(running, make_list, engine, sink, cli):  # noqa: F811
+    make_list(members=[BOB, CAROL])
+    near_threshold(engine)
+    sink.rcpt_replies[BOB] = [UNKNOWN_LOCAL]  # the post's copy; the warning goes through
+    running.send(CAROL, [LIST], message("Hello", sender=CAROL))
+    [warning] = mails_to(sink, BOB)
+    assert "bouncing" in warning["Subject"]
+    state = status_of(cli)
+    assert (state["delivery_status"], state["bounce_score"]) == ("disabled-bounce", 5.0)
+    [row] = as_json(cli("bounce", "ls", LIST, "--json"))
+    assert (row["member"], row["class"], row["status"], row["counted"]) == (
+        BOB, "mailbox", "5.1.1", True)
+    assert "User unknown in local recipient table" in row["diagnostic"]
+
+
+def test_a_smarthost_refusal_of_the_content_blames_the_author(running, make_list, engine,
+                                                               sink, cli):  # noqa: F811
+    make_list(members=[BOB], owner=None)
+    sink.data_replies = ["554 5.7.1 Message rejected as spam"]
+    running.send(BOB, [LIST], message("Hello", sender=BOB))
+    assert delivered_to(running.engine, sink, BOB) == 0
+    [row] = as_json(cli("bounce", "ls", LIST, "--json"))
+    assert (row["class"], row["sender_domain"], row["counted"]) == ("policy", "example.com",
+                                                                    False)
+    assert member(engine).bounce_score == 0.0
+
+
 # --- warnings, re-enabling, removal -----------------------------------------------------
 
 def reenable_link(mail) -> str:
