@@ -273,6 +273,8 @@ def test_the_reenable_link_turns_delivery_back_on(running, make_list, engine, si
         assert member(engine).disabled_by is DisabledBy.BOUNCES  # a GET changes nothing
         done = client.post(link)
         assert done.status_code == 200 and "Delivery is on again" in done.text
+        for shown in (page, done):  # the site's layout: fits a phone, leads to the lists
+            assert '<meta name="viewport"' in shown.text and ">All lists</a>" in shown.text
         forged = client.post(link[:-3] + "xyz")
         assert forged.status_code == 400
     state = status_of(cli)
