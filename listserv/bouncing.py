@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from listserv import bounce, notices, roster, store, tokens
@@ -142,17 +143,27 @@ def refused(session: Session, config: Config, outgoing_id: int, failures: list[F
     """The smarthost refused these recipients of a copy for good (5xx at RCPT or DATA):
     the same evidence as a DSN with that status and text, so it is counted the same way.
     Postfix refuses a local user that does not exist there, and no report ever comes
-    back for it. The notices queued."""
+    back for it. The notices queued.
+
+    It runs in a savepoint in the delivery worker's transaction: a fault here is logged
+    and undone alone, since a delivery outcome left unwritten sends the job again."""
     if not failures:
         return 0
     now = now or utcnow()
-    copy = session.execute(select(Outgoing.list_id, Outgoing.message_pk)
-                           .where(Outgoing.id == outgoing_id)).first()
-    mlist = session.get(MailingList, copy.list_id) if copy and copy.list_id else None
-    if mlist is None:
-        return 0  # not a list's copy: no member to score
-    source = _Source(None, lambda: _author_domain(session, copy.message_pk))
-    return _act(session, config, mlist, BounceReport(failures), None, source, now)
+    try:
+        with session.begin_nested():
+            copy = session.execute(select(Outgoing.list_id, Outgoing.message_pk)
+                                   .where(Outgoing.id == outgoing_id)).first()
+            mlist = session.get(MailingList, copy.list_id) if copy and copy.list_id else None
+            if mlist is None:
+                return 0  # not a list's copy: no member to score
+            source = _Source(None, lambda: _author_domain(session, copy.message_pk))
+            return _act(session, config, mlist, BounceReport(failures), None, source, now)
+    except OperationalError:
+        raise  # the database itself: the whole outcome is retried
+    except Exception:
+        log.exception("smarthost refusals of outgoing=%d not counted as bounces", outgoing_id)
+        return 0
 
 
 @dataclass(frozen=True)

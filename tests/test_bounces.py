@@ -18,7 +18,16 @@ from sqlalchemy import select, update
 from listserv import bouncing, db
 from listserv.bounce import BounceClass, BounceReport, Failure
 from listserv.config import BouncesConfig
-from listserv.models import BounceEvent, DisabledBy, Member, Role, utcnow
+from listserv.models import (
+    BounceEvent,
+    Delivery,
+    DeliveryState,
+    DisabledBy,
+    Member,
+    RecipientFailure,
+    Role,
+    utcnow,
+)
 from tests.conftest import CORPUS, delivered_to, mails_to, message
 from tests.test_cli import as_json, cli, config_file, ok  # noqa: F401  (fixtures)
 
@@ -253,6 +262,22 @@ def test_a_smarthost_refusal_of_the_content_blames_the_author(running, make_list
     assert (row["class"], row["sender_domain"], row["counted"]) == ("policy", "example.com",
                                                                     False)
     assert member(engine).bounce_score == 0.0
+
+
+def test_a_fault_counting_a_refusal_still_records_the_delivery(running, make_list, engine,
+                                                               sink, monkeypatch):
+    make_list(members=[BOB, CAROL])
+
+    def fault(*args: object) -> int:
+        raise RuntimeError("a bug in bounce handling")
+    monkeypatch.setattr(bouncing, "_act", fault)
+    sink.rcpt_replies[BOB] = [UNKNOWN_LOCAL]
+    running.send(CAROL, [LIST], message("Hello", sender=CAROL))
+    assert delivered_to(running.engine, sink, CAROL) == 1
+    with db.session(engine) as s:  # written, not left to go out again after its lease
+        assert set(s.scalars(select(Delivery.state))) == {DeliveryState.DONE}
+        assert s.scalars(select(RecipientFailure.address)).all() == [BOB]
+    assert events(engine) == []
 
 
 # --- warnings, re-enabling, removal -----------------------------------------------------
