@@ -1,14 +1,14 @@
 """What a list does about its bounces: blame the right party, score, disable, warn, remove.
 
 `bounce` reads a report and knows nothing of lists; this module acts on what it read,
-inside the receiver's transaction that stores the bounce (or the delivery worker's
-that records a smarthost's refusal). Only a dead mailbox (and an
-unexplained failure that keeps coming back) counts against a member: a refusal for
-policy (DMARC, spam filters) is put down to the post's author's domain, and a temporary
-failure to nobody. A member whose score reaches `[bounces] score_threshold` stops
-getting posts, is warned `warnings` times with a link that turns delivery back on, and
-is then removed, and the owners are told. The decisions about numbers and dates are
-pure functions of `now`, so the schedule is tested without waiting for days.
+inside the receiver's transaction that stores the bounce, or the delivery worker's that
+records a smarthost's refusal. Only a dead mailbox (and an unexplained failure that
+keeps coming back) counts against a member: a refusal for policy (DMARC, spam filters)
+is put down to the post's author's domain, and a temporary failure to nobody. A member
+whose score reaches `[bounces] score_threshold` stops getting posts, is warned
+`warnings` times with a link that turns delivery back on, and is then removed, and the
+owners are told. The decisions about numbers and dates are pure functions of `now`, so
+the schedule is tested without waiting for days.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from listserv.models import (
     Role,
     utcnow,
 )
+from listserv.relay import Reply, refuses_recipient
 
 log = logging.getLogger("listserv.bouncing")
 
@@ -138,15 +139,17 @@ def process(session: Session, config: Config, mlist: MailingList, message: Messa
     return _act(session, config, mlist, report, verp, source, now)
 
 
-def refused(session: Session, config: Config, outgoing_id: int, failures: list[Failure],
+def refused(session: Session, config: Config, outgoing_id: int, refusals: dict[str, Reply],
             now: datetime | None = None) -> int:
-    """The smarthost refused these recipients of a copy for good (5xx at RCPT or DATA):
-    the same evidence as a DSN with that status and text, so it is counted the same way.
-    Postfix refuses a local user that does not exist there, and no report ever comes
-    back for it. The notices queued.
+    """The smarthost refused these recipients of a copy for good: one at RCPT or DATA
+    (not of our MAIL FROM) is the same evidence as a DSN with that status and text, so
+    it is counted the same way. Postfix refuses a local user that does not exist there,
+    and no report ever comes back for it. The notices queued.
 
     It runs in a savepoint in the delivery worker's transaction: a fault here is logged
     and undone alone, since a delivery outcome left unwritten sends the job again."""
+    failures = [bounce.refusal(address, reply.code, reply.text)
+                for address, reply in refusals.items() if refuses_recipient(reply)]
     if not failures:
         return 0
     now = now or utcnow()

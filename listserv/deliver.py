@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import bounce, bouncing, compose, db, signing, store, tokens
+from listserv import bouncing, compose, db, signing, store, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.models import (
@@ -37,15 +37,7 @@ from listserv.models import (
     Verp,
     utcnow,
 )
-from listserv.relay import (
-    ConnectionLost,
-    Relay,
-    RelayError,
-    Reply,
-    prepare,
-    refuses_recipient,
-    stuff,
-)
+from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
 
 log = logging.getLogger("listserv.deliver")
 
@@ -211,9 +203,7 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         session.execute(insert(RecipientFailure), [
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
-        bouncing.refused(session, server, job.outgoing_id, [
-            bounce.refusal(r, rep.code, rep.text) for r, rep in permanent.items()
-            if refuses_recipient(rep)], now)
+        bouncing.refused(session, server, job.outgoing_id, permanent, now)
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     return values["state"]
 
