@@ -89,9 +89,9 @@ _FULL_TEXT = re.compile(
 # "Recipient address rejected: Access denied" (5.4.1) for a user its tenant lacks.
 _MAILBOX_TEXT = re.compile(
     r"user unknown|unknown user|no such (user|mailbox|recipient|address|account|person|"
-    r"domain)|(user|mailbox|recipient|address|addressee|account)( name)? (is )?(unknown|"
-    r"not found|unavailable|disabled|invalid|inactive|does ?n.?t exist|frozen|"
-    r"deactivated|not (be )?recogni[sz]ed)|"
+    r"domain)|(user|mailbox|recipient|address|addressee|account)( name)? (is |was |has "
+    r"been )?(unknown|not found|unavailable|disabled|invalid|inactive|does ?n.?t exist|"
+    r"frozen|deactivated|suspended|closed|terminated|deleted|not (be )?recogni[sz]ed)|"
     r"does not exist|doesn't exist|not a valid (mailbox|user|recipient)|"
     r"invalid (recipient|mailbox|address|user|final delivery userid)|"
     r"unknown (recipient|address|local)|no valid recipients?|"
@@ -100,7 +100,8 @@ _MAILBOX_TEXT = re.compile(
     r"does ?n.?t have an? [\w.-]+ account|tried to reach is (disabled|inactive)|"
     r"could ?n.?o?t be found|recipient address rejected: access denied|host unknown|"
     r"unknown host|could ?n.?t find any host|"
-    r"host (or domain name )?not found|domain (name )?not found|bad destination",
+    r"host (or domain name )?not found|domain (name )?not found|bad destination|"
+    r"name or service not known|nxdomain|no mx (or a )?records?",
     re.I)
 _TRANSIENT_TEXT = re.compile(
     r"not yet been delivered|will (continue to )?(re)?try|still trying|delayed|"
