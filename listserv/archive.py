@@ -23,7 +23,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from listserv import mbox, store, thread, view
+from listserv import mbox, privacy, store, thread, view
 from listserv.models import (
     ArchivePolicy,
     MailingList,
@@ -205,13 +205,16 @@ def any_archived(session: Session, selection: Selection) -> bool:
 EXPORT_ROWS = 200
 
 
-def export_mbox(session: Session, selection: Selection) -> Iterator[bytes]:
+def export_mbox(session: Session, selection: Selection, *, public: bool = False
+                ) -> Iterator[bytes]:
     """The selected messages as mbox entries, oldest first; `listserv archive import`
-    of them stores the same bytes again (see mbox)."""
+    of them stores the same bytes again (see mbox). A `public` export, as the web
+    serves it, leaves out the fields that show where a poster was (see privacy)."""
     result = session.execute(_archived(selection).order_by(ThreadNode.date, Message.id)
                              .execution_options(yield_per=EXPORT_ROWS))
     for raw, mail_from, from_address, date in result:
-        yield mbox.entry(raw, mail_from or from_address, date)
+        yield mbox.entry(privacy.public(raw) if public else raw, mail_from or from_address,
+                         date)
 
 
 @dataclass(frozen=True)

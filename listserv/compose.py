@@ -24,6 +24,7 @@ from email.policy import SMTP, compat32
 from email.utils import formataddr
 from urllib.parse import quote
 
+from listserv import privacy
 from listserv.address import ListAddresses, Purpose
 from listserv.templating import environment
 
@@ -556,7 +557,7 @@ def _edit_fields(fields: list[bytes], *, subject: str, tag: str, reply_to: str |
     out: list[bytes] = []
     for line in fields:
         key = field_name(line)
-        if key in REPLACED or (reply_to and key == b"reply-to"):
+        if key in REPLACED or key in privacy.POSTER_ADDRESS or (reply_to and key == b"reply-to"):
             continue
         if key == b"subject":
             colon = line.index(b":")

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import compose, db, metrics, signing, store, tokens
+from listserv import bouncing, compose, db, metrics, signing, store, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.models import (
@@ -145,10 +145,11 @@ def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
 Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals, its error
 
 
-def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
-               ) -> list[DeliveryState]:
+def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt],
+               server: Config) -> list[DeliveryState]:
     """Write the outcomes of several attempts in one commit (senders that finish jobs
-    at about the same time share it), in job id order (see mark_sent)."""
+    at about the same time share it), in job id order (see mark_sent). `server` is the
+    whole config, for what a refusal does to a member (`[bounces]`)."""
     order = sorted(range(len(attempts)), key=lambda i: attempts[i][0].id)
     states: dict[int, DeliveryState] = {}
     done: list[dict] = []  # nearly every outcome: one statement for a run of them
@@ -156,7 +157,7 @@ def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
         job, refused, error = attempts[i]
         if refused or error is not None:
             _mark_done(session, done)
-            states[i] = record(session, config, *attempts[i])
+            states[i] = record(session, config, *attempts[i], server)
         else:
             done.append({"job_id": job.id, "done_at": utcnow()})
             states[i] = DeliveryState.DONE
@@ -178,9 +179,10 @@ _DONE = update(Delivery.__table__).where(_d.id == bindparam("job_id")).values(
 
 
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
-           error: RelayError | None) -> DeliveryState:
+           error: RelayError | None, server: Config) -> DeliveryState:
     """Write the outcome of one attempt: done, retry later (only the recipients that
-    still need it), or failed for good. The caller commits."""
+    still need it), or failed for good, a recipient refused for good counted as a
+    bounce. The caller commits."""
     now = utcnow()
     temporary, permanent = _outcome(job, refused, error)
     values: dict = {"worker": None, "lease_until": None}
@@ -202,6 +204,7 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         session.execute(insert(RecipientFailure), [
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
+        bouncing.refused(session, server, job.outgoing_id, permanent, now)
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     return values["state"]
 
@@ -753,7 +756,7 @@ class Worker:
         claimed and their lease brings them back."""
         for attempt in range(tries):
             try:
-                return await self._db(record_all, self.config, batch)
+                return await self._db(record_all, self.config, batch, self.server_config)
             except Exception as exc:
                 if not isinstance(exc, OperationalError) or attempt == tries - 1:
                     log.exception("%d delivery outcomes could not be recorded", len(batch))

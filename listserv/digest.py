@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import compose, store, thread, view
+from listserv import compose, privacy, store, thread, view
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -281,9 +281,10 @@ def _multipart(kind: str, parts: Sequence[bytes]) -> bytes:
 
 def mime_body(context: dict, entries: Sequence[Entry]) -> bytes:
     """multipart/mixed: the table of contents, then a multipart/digest of the posts as
-    message/rfc822, each the stored bytes (RFC 2046 5.1.5)."""
+    message/rfc822, each the stored bytes (RFC 2046 5.1.5) less the fields that show
+    where its poster was (see privacy)."""
     posts = [b"Content-Type: message/rfc822\r\n" + _eight_bit(e.raw) + b"\r\n"
-             + compose.crlf(e.raw) for e in entries]
+             + compose.crlf(privacy.public(e.raw)) for e in entries]
     toc = compose.text_part(render("mail/digest_toc.txt", **context))
     return _multipart("mixed", [toc, _multipart("digest", posts)])
 

@@ -34,6 +34,7 @@ from listserv import (
     compose,
     db,
     digest,
+    privacy,
     roster,
     search,
     store,
@@ -289,7 +290,7 @@ def archive_routes(engine: Engine, config: Config,
             session, mlist.id, message_id))
         if raw is None:
             raise gone()
-        return raw_response(raw)
+        return raw_response(privacy.public(raw))
 
     async def attachment_page(request: Request, message_id: str, index: int) -> Response:
         def work(session: Session, mlist: MailingList) -> tuple | None:
@@ -355,7 +356,7 @@ def _mbox_chunks(engine: Engine, selection: archive.Selection) -> Iterator[bytes
     with db.read_session(engine) as session:
         pending: list[bytes] = []
         size = 0
-        for entry in archive.export_mbox(session, selection):
+        for entry in archive.export_mbox(session, selection, public=True):
             pending.append(entry)
             size += len(entry)
             if size >= EXPORT_CHUNK:

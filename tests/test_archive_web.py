@@ -311,6 +311,30 @@ def attachment_mail() -> bytes:
     return post.as_bytes()
 
 
+# What webmail services add: the poster's own address, which SpamAssassin also reads as
+# a relay without reverse DNS.
+POSTER_IP = {"X-Originating-IP": "[203.0.113.7]", "X-SenderIP": "203.0.113.7",
+             "X-Forwarded-For": "203.0.113.7,\r\n\t10.0.0.1"}
+
+
+def test_the_posters_ip_address_is_kept_but_never_shown(running, make_list, engine, sink):
+    make_list(LIST, members=["bob@example.com", "carol@example.net"])
+    post = message("From the web", headers={**POSTER_IP, "X-Mailer": "Webmail 1.0"})
+    message_id = re.search(r"Message-ID: <([^>]+)>", post).group(1)
+    running.send("bob@example.com", [LIST], post)
+    [copy] = sink.copies_to("carol@example.net")
+    stored = stored_raw(engine, message_id)
+    with web(running) as client:
+        raw = client.get(url("message", message_id) + "raw").content
+        box = client.get(f"/{LIST}/export.mbox").content
+    for shown in (copy, raw, box):
+        assert b"X-Mailer: Webmail 1.0" in shown
+        assert b"203.0.113.7" not in shown and b"10.0.0.1" not in shown
+    fields = b"".join(f"{name}: {value}\r\n".encode() for name, value in POSTER_IP.items())
+    assert fields in stored
+    assert raw == stored.replace(fields, b"")  # every other byte as received
+
+
 def test_attachments_are_downloads_with_a_safe_type(running, make_list, import_mbox):
     make_list(LIST)
     import_mbox([attachment_mail()])

@@ -266,6 +266,16 @@ def test_mime_digest_is_a_toc_and_a_multipart_digest_of_the_stored_bytes(
     assert "joins its" in text and "thread" in text  # how to reply without breaking it
 
 
+def test_the_mime_digest_leaves_out_the_posters_ip_address(running, make_list, sink, engine,
+                                                             cli):  # noqa: F811
+    four_modes(make_list, engine)
+    webmail = post(running, "Hello", "From the web.\n", **{"X-Originating-IP": "[203.0.113.7]"})
+    ok(cli("digest", "send", LIST))
+    [raw] = digests_to(sink, MIME)
+    assert b"From the web." in raw and b"203.0.113.7" not in raw
+    assert b"X-Originating-IP: [203.0.113.7]" in stored(engine, webmail).raw
+
+
 def content(part: email.message.EmailMessage) -> str:
     """A text part's decoded text with "\n" line ends (it travels with CRLF)."""
     return part.get_content().replace("\r\n", "\n")
