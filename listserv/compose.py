@@ -15,7 +15,7 @@ import html
 import json
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.header import Header
 from email.message import EmailMessage
@@ -127,6 +127,14 @@ def reply_mailto(list_address: str, message_id: str, subject: str) -> str:
             f"{quote(f'<{message_id}>', safe='')}&subject={quote(subject, safe='')}")
 
 
+def answer_fields(parent: str, references: list[str], subject: str) -> list[tuple[str, str]]:
+    """The fields of a reply to `parent`: what the copies of a reply to a whole digest
+    carry instead of its own, so readers see it under the item it answers."""
+    return [("In-Reply-To", f"<{parent}>"),
+            ("References", "\r\n ".join(f"<{m}>" for m in references)),
+            ("Subject", unstructured(subject))]
+
+
 def list_headers(addresses: ListAddresses, name: str, base_url: str,
                  message_id: str, *, archived: bool = True) -> list[tuple[str, str]]:
     """The list headers every copy carries (RFC 2369, RFC 2919, RFC 5064); the member's
@@ -149,7 +157,7 @@ def list_headers(addresses: ListAddresses, name: str, base_url: str,
     return [(k, v) for k, v in fields if k not in ("List-Archive", "Archived-At")]
 
 
-def render_fields(fields: list[tuple[str, str]]) -> bytes:
+def render_fields(fields: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in fields)
 
 
@@ -181,15 +189,6 @@ def text_part(text: str) -> bytes:
     part.set_content(text)
     del part["MIME-Version"]
     return part.as_bytes()
-
-
-def with_fields(raw: bytes, drop: set[bytes], add: list[tuple[str, str]]) -> bytes:
-    """The message with the header fields named in `drop` (lower case) taken out and
-    `add` put at the end of the header; the body keeps its bytes."""
-    data = crlf(raw)
-    fields, body_at = _split_head(data)
-    kept = [f for f in fields if field_name(f) not in drop]
-    return b"".join(kept) + render_fields(add) + b"\r\n" + data[body_at:]
 
 
 # --- personal copies --------------------------------------------------------------------
@@ -503,6 +502,14 @@ def _line(field: bytes) -> bytes:
     return field if field.endswith(b"\r\n") else field + b"\r\n"
 
 
+def _replace_fields(fields: list[bytes], replaced: Sequence[tuple[str, str]]) -> list[bytes]:
+    if not replaced:
+        return fields
+    names = {name.lower().encode() for name, _ in replaced}
+    return [f for f in fields if field_name(f) not in names] + _split_head(
+        render_fields(replaced))[0]
+
+
 def _edit_fields(fields: list[bytes], *, subject: str, tag: str, reply_to: str | None
                  ) -> list[bytes]:
     out: list[bytes] = []
@@ -589,15 +596,17 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               subject_prefix: str | None = None, reply_to: str | None = None,
               footer: Footer | None = None, via: str | None = None,
               authentication: str | None = None, archived: bool = True,
-              one_click: bool = True) -> Copy:
+              one_click: bool = True, replaced: Sequence[tuple[str, str]] = ()) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
     their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
     Authentication-Results value ARC seals. Without `one_click`, List-Unsubscribe is
-    the list's leave address alone, the same for everyone (a shared copy)."""
+    the list's leave address alone, the same for everyone (a shared copy). `replaced`
+    fields take the place of the post's own of the same names (see answer_fields)."""
     data = crlf(raw)
     original, body_at = _split_head(data)
-    fields = _edit_fields(original, subject=subject, tag=subject_tag(name, subject_prefix),
+    fields = _replace_fields(original, replaced)
+    fields = _edit_fields(fields, subject=subject, tag=subject_tag(name, subject_prefix),
                           reply_to=reply_to)
     if via is not None:
         fields = _from_the_list(fields, via, addresses.posting, reply_to_list=bool(reply_to))
