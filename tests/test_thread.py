@@ -184,6 +184,17 @@ def test_two_messages_answering_each_other_make_one_thread_with_a_root(order):
     assert {nodes[root].thread_id, nodes[reply].thread_id} == {root}
 
 
+def test_a_post_with_5000_references_links_only_its_nearest_ancestors():
+    # Each placeholder linked checked the chain above it for a loop: 5,000 References
+    # held the writer for 4 s, and every page walked what they made.
+    references = " ".join(f"<ghost{n}@x>" for n in range(5000))
+    bomb = parsed(b"Message-ID: <bomb@x>\nReferences: " + references.encode() + b"\n\nHi\n")
+    nodes: dict[str, thread.Node] = {}
+    thread.link(nodes, "bomb@x", bomb)
+    assert len(nodes) == thread.MAX_CHAIN + 1 and nodes["bomb@x"].parent_id == "ghost4999@x"
+    assert nodes[f"ghost{5000 - thread.MAX_CHAIN}@x"].parent_id is None
+
+
 class CountedNodes(dict):
     """Nodes that count how often a walk looks one up."""
 
