@@ -262,9 +262,9 @@ random_mail = st.lists(st.one_of(_PIECES, st.binary(max_size=40)), max_size=60).
 
 # Mail nested deeper than any limit: the footer and the view must stop, not recurse.
 nested_mail = st.builds(
-    lambda depth, kind, junk: post_bytes(
+    lambda depth, kind, unique: post_bytes(
         b"Subject: deep\r\nContent-Type: multipart/" + kind + b"; boundary=b0\r\n",
-        nested_body(depth, kind), f"deep-{junk}@example.com"),
+        nested_body(depth, kind), f"deep-{unique}@example.com"),
     st.one_of(st.integers(1, 40), st.integers(1100, 1500)),
     st.sampled_from([b"related", b"alternative", b"mixed"]),
     st.uuids())
