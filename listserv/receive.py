@@ -225,7 +225,7 @@ _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: Mess
 def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rcpt: str,
           mail_from: str, raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
-    raw, parsed = digest.rethread(session, mlist, raw, parsed)
+    parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
