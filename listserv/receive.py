@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, AnyStr
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
@@ -32,6 +32,7 @@ from listserv import (
     db,
     digest,
     limits,
+    metrics,
     moderation,
     notices,
     policy,
@@ -224,7 +225,7 @@ _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: Mess
 def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rcpt: str,
           mail_from: str, raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
-    raw, parsed = digest.rethread(session, mlist, raw, parsed)
+    parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
@@ -366,7 +367,8 @@ def _write_group(engine: Engine, config: Config, group: list[Incoming],
                 results = [_straight(session, config, incoming, batch) for incoming in group]
                 with _or_redo():
                     batch.publish(session, config)
-            session.commit()
+            with metrics.INGEST_COMMIT.time():
+                session.commit()
             return results
     except BaseException:
         if handoff is not None:
@@ -576,6 +578,7 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: SmtpSession,
                           envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        metrics.RECEIVED.inc()
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
         try:
@@ -589,6 +592,7 @@ class Handler:
             log.exception("could not store a message from %s", mail_from or "<>")
             return "451 4.3.0 message not stored, please try again later"
         for outcome in outcomes:
+            metrics.STORED.labels(outcome.state).inc()
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
         # The jobs of accepted posts were handed to the worker, or it was woken for
         # those it had no room for (GroupCommit); anything else queued wakes it here.
@@ -638,6 +642,10 @@ class _Edge:
             return super()._getaddr(arg)  # type: ignore[misc]
         except IndexError:
             return None, None
+
+    async def push(self, status: AnyStr) -> None:
+        metrics.replied(status)
+        await super().push(status)  # type: ignore[misc]
 
 
 class _Limited(SMTP):
