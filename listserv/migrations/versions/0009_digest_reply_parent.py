@@ -1,6 +1,6 @@
 """message.inferred_parent: a digest reply's parent as derived data, its bytes as received
 
-Revision ID: 0009_digest_reply_parent
+Revision ID: 0009
 Revises: 0008
 Create Date: 2026-12-06
 
@@ -13,7 +13,7 @@ Rows stored before keep the rewritten bytes they have (what was received is gone
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_digest_reply_parent"
+revision = "0009"
 down_revision = "0008"
 branch_labels = None
 depends_on = None
