@@ -9,13 +9,14 @@ import dataclasses
 import json
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from listserv import config as config_mod
-from listserv import db, receive
-from listserv.models import Delivery
+from listserv import db, receive, retention
+from listserv.models import Delivery, utcnow
 from tests.conftest import RunningServer, mails_to, message
 from tests.test_cli import assert_one_line_error, config_file, run_listserv  # noqa: F401
 
@@ -109,3 +110,18 @@ def test_failed_and_deferred_jobs_are_shown_and_sent_again(make_list, engine, co
 def test_retry_needs_ids_or_failed(config_file):  # noqa: F811
     assert_one_line_error(run_listserv("--config", config_file, "queue", "retry"), "--failed")
     assert_one_line_error(run_listserv("--config", config_file, "queue", "retry", "7"), "7")
+
+
+def test_a_cancelled_job_goes_with_retention_like_a_sent_one(make_list, engine,
+                                                              config_file):  # noqa: F811
+    make_list(LIST, owner=None, members=[ANN])
+    post(engine, config_file)
+    [job] = queue(config_file, LIST)["jobs"]
+    listserv(config_file, "queue", "cancel", str(job["id"]))
+    config = config_mod.load(config_file)
+    with db.session(engine) as s:
+        s.execute(update(Delivery).values(
+            done_at=utcnow() - timedelta(days=config.retention.delivered_days + 1)))
+        s.commit()
+    assert retention.sweep(engine, config.retention).deliveries == 1
+    assert states(engine) == Counter()
