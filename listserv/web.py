@@ -65,11 +65,13 @@ def _signed(session: Session, config: Config, purpose: str, value: str,
 
 
 def _member_link(session: Session, config: Config, purpose: str, value: str) -> Link | None:
-    parts = _signed(session, config, purpose, value, 2)
+    parts = _signed(session, config, purpose, value, 3)
     if parts is None:
         return None
     mlist = session.get(MailingList, int(parts[0]))
-    return Link(mlist, parts[1]) if mlist else None
+    if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[2]):
+        return None
+    return Link(mlist, parts[1])
 
 
 def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
@@ -84,11 +86,11 @@ def reenable_target(session: Session, config: Config, value: str) -> Link | None
 
 def mute_target(session: Session, config: Config, value: str) -> Link | None:
     """The member and thread a mute link was made for; None if forged or gone."""
-    parts = _signed(session, config, "mute", value, 3)
+    parts = _signed(session, config, "mute", value, 4)
     if parts is None or not parts[2].isdigit():
         return None
     mlist = session.get(MailingList, int(parts[0]))
-    if mlist is None:
+    if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[3]):
         return None
     thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
@@ -103,15 +105,16 @@ def readable_list(session: Session, config: Config, address: str,
                   cookies: Mapping[str, str]) -> MailingList:
     """The list whose archive a request may read. Unknown lists and lists that keep no
     web archive are 404; a private list needs the cookie its member link set, and the
-    holder must still be a member (leaving the list closes its archive to them)."""
+    holder must still be the member it was made for (leaving the list, or leaving and
+    joining again, closes its archive to that pass)."""
     mlist = roster.find_list(session, address)
     if mlist is None or mlist.archive is ArchivePolicy.OFF:
         raise HTTPException(404, "There is no archive of that list here.")
     if mlist.archive is ArchivePolicy.PRIVATE:
         value = cookies.get(archive_cookie(mlist), "")
-        holder = tokens.archive_pass_holder(tokens.server_secret(session, config), value,
-                                            mlist.id)
-        if holder is None or not commands.is_member(session, mlist.id, holder):
+        holder = tokens.archive_pass_holder(session, tokens.server_secret(session, config),
+                                            value, mlist.id)
+        if holder is None:
             raise HTTPException(403, mlist.address)
     return mlist
 
@@ -318,10 +321,9 @@ def archive_routes(engine: Engine, config: Config,
                 mlist = roster.find_list(session, address)
                 if mlist is None or mlist.archive is ArchivePolicy.OFF:
                     raise HTTPException(404, "There is no archive of that list here.")
-                holder = tokens.archive_pass_holder(tokens.server_secret(session, config),
-                                                    value, mlist.id)
-                ok = holder is not None and commands.is_member(session, mlist.id, holder)
-                return mlist if ok else None
+                holder = tokens.archive_pass_holder(
+                    session, tokens.server_secret(session, config), value, mlist.id)
+                return mlist if holder is not None else None
         mlist = await asyncio.to_thread(work)
         if mlist is None:
             return page("invalid", 400, kind="archive")
