@@ -66,6 +66,13 @@ class ListsConfig:
     confirm_expiry_hours: int = 72
     hold_expiry_days: int = 14
     max_autoreplies_per_day: int = 10
+    # A sender's next post to one thread is held after this many in thread_rate_minutes
+    # (0 = no limit): what stops an autoresponder loop.
+    max_posts_per_sender_per_thread: int = 5
+    thread_rate_minutes: int = 10
+    # Requests by mail (-join, -leave, -request) answered per list and per client IP in
+    # an hour (0 = no limit); beyond it they are stored unanswered, the owners told once.
+    max_confirmations_per_hour: int = 50
 
 
 @dataclass(frozen=True)
