@@ -32,7 +32,6 @@ from listserv import (
     db,
     digest,
     limits,
-    loops,
     moderation,
     notices,
     policy,
@@ -41,6 +40,7 @@ from listserv import (
 )
 from listserv.address import Purpose, Route, candidates, split
 from listserv.config import Config, ConfigError, SmtpConfig
+from listserv.loops import thread_rate
 from listserv.models import (
     MailingList,
     Member,
@@ -227,7 +227,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     # A reply to a digest as a whole goes into the thread of the item it answers.
     raw, parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
-    facts.thread_rate = loops.thread_rate(session, config.lists, mlist.id, mail_from, parsed)
+    facts.thread_rate = thread_rate(session, config.lists, mlist.id, mail_from, parsed)
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
         reason = "; ".join(verdict.reasons)
