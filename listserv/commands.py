@@ -259,9 +259,8 @@ def _ask_moderators(session: Session, config: Config, mlist: MailingList,
 
 
 def find_confirmable(session: Session, value: str) -> tuple[Token, MailingList] | None:
-    """A usable subscribe or unsubscribe token and its list (what a web link may act on),
-    spelled as sent."""
-    token = tokens.find(session, value) if tokens.as_sent(value) else None
+    """A usable subscribe or unsubscribe token and its list (what a web link may act on)."""
+    token = tokens.find(session, value)
     if token is None or token.kind not in _CONFIRMABLE:
         return None
     return token, session.get(MailingList, token.list_id)

@@ -20,7 +20,6 @@ import binascii
 import functools
 import hashlib
 import hmac
-import re
 import secrets
 from datetime import datetime, timedelta
 
@@ -71,16 +70,6 @@ def pending(session: Session, kind: TokenKind, list_id: int, address: str) -> To
     return session.scalars(select(Token).where(
         Token.kind == kind, Token.list_id == list_id, Token.address == address,
         Token.used_at.is_(None), Token.expires_at > utcnow())).first()
-
-
-_SPELLING = re.compile("[0-9a-f]{32}")
-
-
-def as_sent(value: str) -> bool:
-    """Whether a token is spelled as we send it. A mail's local part may come back in
-    other letters, so `find` forgives case and blanks; a web link must not: it has one
-    spelling."""
-    return _SPELLING.fullmatch(value) is not None
 
 
 def find(session: Session, value: str) -> Token | None:
