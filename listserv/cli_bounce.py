@@ -84,7 +84,7 @@ def _print_members(entries: list[dict]) -> None:
 @bounce_app.command("ls")
 def bounce_ls(ctx: typer.Context, list_address: ListArg,
               days: Annotated[int | None, typer.Option(
-                  min=1, metavar="DAYS",
+                  min=1, max=36_500, metavar="DAYS",
                   help="How far back; default: as long as bounces are kept.")] = None,
               by_member: Annotated[bool, typer.Option(
                   "--by-member", help="One line a member: bounces, score, last class and "
