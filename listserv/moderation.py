@@ -12,9 +12,8 @@ from sqlmodel import Session
 
 from listserv import digest, notices, roster, store, tokens
 from listserv.address import Purpose
-from listserv.config import Config
+from listserv.config import MAX_INT, Config
 from listserv.models import (
-    MAX_INT,
     MailingList,
     Message,
     MessageState,

@@ -13,8 +13,8 @@ from jinja2 import TemplateError
 
 from listserv.address import ListAddresses
 from listserv.compose import has_control, render_footer, subject_tag
+from listserv.config import MAX_INT
 from listserv.models import (
-    MAX_INT,
     ArchivePolicy,
     DigestFrequency,
     DmarcMode,

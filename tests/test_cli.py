@@ -158,6 +158,16 @@ def test_each_command_shows_an_example_and_rewraps_its_docstring():
         assert all(len(line) > 30 for line in description[:-1]), (path, description)
 
 
+def test_the_command_line_loads_no_server_part_before_a_command_runs():
+    """`listserv --help` took 1.7 s when the CLI imported the whole server; each command
+    now imports what it needs (bench/cli_start.py measures the time)."""
+    heavy = {"sqlalchemy", "sqlmodel", "alembic", "flanker", "jinja2", "aiosmtpd", "rich"}
+    proc = subprocess.run([sys.executable, "-c", "import sys, listserv.cli; print(' '.join("
+                           "sorted({m.split('.')[0] for m in sys.modules})))"],
+                          capture_output=True, text=True, check=True)
+    assert heavy.isdisjoint(proc.stdout.split()), proc.stdout
+
+
 # --- list ---------------------------------------------------------------------------------
 
 def test_schema_is_created_on_first_use(cli):
