@@ -275,19 +275,26 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
 
 def _ingest_one(session: Session, config: Config, batch: Batch, incoming: Incoming
                 ) -> list[Outcome]:
-    """One SMTP transaction for all its recipients. Its refusals (NoRoute, Rejected) are
-    raised before it writes anything: every recipient is looked up first, and a post
-    is rejected only when it has no other recipient."""
-    targets = [batch.target(session, rcpt) for rcpt in incoming.rcpts]
-    outcomes = []
-    for rcpt, (target, mlist) in zip(incoming.rcpts, targets, strict=True):
+    """One SMTP transaction for all its recipients, an outcome for each. Its refusals
+    (NoRoute, Rejected) are raised before it writes anything: every recipient is looked
+    up first, and a post is rejected only when it has no other recipient.
+
+    Recipients that route to the same list and purpose (the same RCPT repeated, or dev@
+    and DEV@) are one: the message is stored, and sent on, once for them all; else one
+    transaction naming a list a thousand times stored a thousand copies."""
+    targets: dict[Route, tuple[str, MailingList]] = {}
+    for rcpt in incoming.rcpts:
+        target, mlist = batch.target(session, rcpt)
+        targets.setdefault(target, (rcpt, mlist))
+    outcomes: dict[Route, Outcome] = {}
+    for target, (rcpt, mlist) in targets.items():
         args = (rcpt, incoming.mail_from, incoming.raw, incoming.parsed)
         if target.purpose is Purpose.POST:
-            outcomes.append(_post(session, config, batch, mlist, *args,
-                                  alone=len(incoming.rcpts) == 1))
+            outcomes[target] = _post(session, config, batch, mlist, *args,
+                                     alone=len(targets) == 1)
         else:
-            outcomes.append(_other(session, config, batch, mlist, target, *args))
-    return outcomes
+            outcomes[target] = _other(session, config, batch, mlist, target, *args)
+    return [outcomes[batch.target(session, rcpt)[0]] for rcpt in incoming.rcpts]
 
 
 @dataclass
@@ -569,6 +576,9 @@ class Handler:
         if isinstance(target, str):
             log.info("refused rcpt=%s from=%s: %s", address, envelope.mail_from, target)
             return target
+        most = self.config.smtp.max_recipients
+        if most and len(envelope.rcpt_tos) >= most:
+            return f"452 4.5.3 too many recipients; at most {most} in one transaction"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(rcpt_options)
         return "250 2.1.5 OK"
@@ -584,11 +594,15 @@ class Handler:
         except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)
-            return str(exc)
+            # LMTP answers once per recipient (RFC 2033), a refusal too.
+            return "\r\n".join([str(exc)] * len(envelope.rcpt_tos)) if isinstance(
+                server, LMTP) else str(exc)
         except Exception:
             log.exception("could not store a message from %s", mail_from or "<>")
             return "451 4.3.0 message not stored, please try again later"
-        for outcome in outcomes:
+        # Recipients of one list address share one outcome (_ingest_one).
+        distinct = list({id(o): o for o in outcomes}.values())
+        for outcome in distinct:
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
         # The jobs of accepted posts were handed to the worker, or it was woken for
         # those it had no room for (GroupCommit); anything else queued wakes it here.
@@ -600,7 +614,7 @@ class Handler:
         replies = [f"250 2.0.0 OK <{o.message_id}> {o.state}" for o in outcomes]
         if isinstance(server, LMTP):
             return "\r\n".join(replies)  # LMTP answers once per recipient (RFC 2033)
-        return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
+        return replies[0] if len(distinct) == 1 else "250 2.0.0 OK"
 
 
 # "<dot-atom@dot-atom>", then nothing or blanks and parameters (no comment: those and
