@@ -52,6 +52,7 @@ from listserv.models import (
 )
 from listserv.parse import Parsed, parse
 from listserv.recent import Recent
+from listserv.spool import SpooledData
 
 if TYPE_CHECKING:
     from listserv.deliver import Worker
@@ -626,17 +627,10 @@ _PLAIN_PATH = re.compile(
 
 
 class _Edge:
-    """What ListSMTP and ListLMTP change in aiosmtpd's protocol."""
-
-    line_length_limit = 1 << 16  # when [smtp] max_message_bytes is 0 (no limit)
-
-    def __init__(self, handler: Handler, *, data_size_limit: int, **options: object) -> None:
-        # RFC 5321 allows 998 octets a line, but real clients send longer lines (a whole
-        # base64 attachment in one) and Postfix takes them; refusing a message that fits
-        # max_message_bytes would lose mail for no one's benefit. aiosmtpd buffers no
-        # more of a line than this, so memory stays bounded by the message size.
-        self.line_length_limit = data_size_limit or self.line_length_limit
-        super().__init__(handler, data_size_limit=data_size_limit, **options)  # type: ignore[call-arg]
+    """What ListSMTP and ListLMTP change in aiosmtpd's protocol. (RFC 5321 allows 998
+    octets a line, but real clients send longer lines, a whole base64 attachment in
+    one, and Postfix takes them: spool.SpooledData takes any line that fits
+    max_message_bytes, in pieces.)"""
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         # Nearly every client sends "<local@domain>" with dot-atoms, maybe followed by
@@ -655,8 +649,9 @@ class _Edge:
 
 
 class _Limited(SMTP):
-    """One connection too many from an address is greeted with 421 and closed
-    (`[smtp] max_connections_per_ip`, counted in this process)."""
+    """One connection too many, from an address or in all, is greeted with 421 and
+    closed (`[smtp] max_connections_per_ip` and `max_connections`, counted in this
+    process)."""
 
     connections = limits.Connections(0)  # the factory gives each server its own
     _ip: str | None = None
@@ -667,15 +662,15 @@ class _Limited(SMTP):
         if self._ip is None:
             peer = transport.get_extra_info("peername")
             self._ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-            self._admitted = self.connections.admit(self._ip)
+            self._refusal = self.connections.admit(self._ip)
         super().connection_made(transport)
 
     async def _handle_client(self) -> None:
-        if self._admitted:
+        if not self._refusal:
             return await super()._handle_client()
-        log.info("refused connection from %s: %d open", self._ip,
-                 self.connections.open[self._ip] - 1)
-        await self.push("421 4.7.0 too many connections from your address; try again later")
+        log.info("refused connection from %s: %d open from it, %d in all", self._ip,
+                 self.connections.open[self._ip] - 1, self.connections.total - 1)
+        await self.push(self._refusal)
         self.transport.close()
         return None
 
@@ -684,11 +679,11 @@ class _Limited(SMTP):
         super().connection_lost(error)
 
 
-class ListSMTP(_Edge, _Limited):
+class ListSMTP(_Edge, SpooledData, _Limited):
     pass
 
 
-class ListLMTP(_Edge, _Limited, LMTP):
+class ListLMTP(_Edge, SpooledData, _Limited, LMTP):
     pass
 
 
@@ -710,7 +705,8 @@ def tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
 def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
     """A factory for loop.create_server: one SMTP (or LMTP) protocol per connection."""
     cls = ListLMTP if config.smtp.protocol == "lmtp" else ListSMTP
-    connections = limits.Connections(config.smtp.max_connections_per_ip)
+    connections = limits.Connections(config.smtp.max_connections_per_ip,
+                                     config.smtp.max_connections)
     tls = tls_context(config.smtp)
 
     def make() -> SMTP:
@@ -718,5 +714,6 @@ def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
                        enable_SMTPUTF8=True, decode_data=False, ident="listserv",
                        tls_context=tls)
         protocol.connections = connections
+        protocol.max_header_bytes = config.smtp.max_header_bytes
         return protocol
     return make

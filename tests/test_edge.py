@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import smtplib
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, update
 
 from listserv import db
 from listserv.models import MailingList, Message, NonmemberAction
-from tests.conftest import delivered_to, message
+from tests.conftest import delivered_to, mails_to, message
+from tests.test_security import connect, connect_when_counted_out
 
 LIST = "dev@lists.example.org"
 OWNER_ADDRESS = "dev-owner@lists.example.org"
@@ -18,6 +25,12 @@ OWNER_ADDRESS = "dev-owner@lists.example.org"
 def stored(engine) -> int:
     with db.session(engine) as s:
         return s.scalar(select(func.count()).select_from(Message))
+
+
+def reject_non_members(engine) -> None:
+    with db.session(engine) as s:
+        s.execute(update(MailingList).values(nonmember_action=NonmemberAction.REJECT))
+        s.commit()
 
 
 # --- recipients (issue 14 item 5) -------------------------------------------------------
@@ -35,9 +48,7 @@ def test_a_list_named_many_times_in_one_transaction_is_stored_and_sent_once(
 def test_a_non_member_naming_the_list_twice_is_refused_as_naming_it_once(
         make_server, make_list, engine):
     make_list(LIST, members=["bob@example.com"])
-    with db.session(engine) as s:
-        s.execute(update(MailingList).values(nonmember_action=NonmemberAction.REJECT))
-        s.commit()
+    reject_non_members(engine)
     srv = make_server()
     with pytest.raises(smtplib.SMTPDataError) as refused:
         srv.send("eve@example.org", [LIST, LIST], message(sender="eve@example.org"))
@@ -53,3 +64,94 @@ def test_recipients_past_max_recipients_get_452(make_server, make_list, engine):
     assert list(refused.values()) == [(452, refused[OWNER_ADDRESS][1])]
     assert refused[OWNER_ADDRESS][1].startswith(b"4.5.3")
     assert stored(engine) == 2
+
+
+# --- long header lines (issue 14 item 6) ------------------------------------------------
+
+def test_a_header_block_over_max_header_bytes_is_refused_at_data_with_552(
+        make_server, make_list, engine):
+    make_list(LIST, members=["bob@example.com"])
+    srv = make_server(smtp={"max_header_bytes": 10_000})
+    with srv.smtp() as client:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("bob@example.com", [LIST], message("x" * 20_000))
+        assert refused.value.smtp_code == 552
+        assert b"5.3.4 header block too big" in refused.value.smtp_error
+        # The same connection goes on, and a long line in the body is no header.
+        assert client.sendmail("bob@example.com", [LIST],
+                               message(body="y" * 20_000 + "\n")) == {}
+    with db.session(engine) as s:
+        assert [len(raw) > 20_000 for raw in s.scalars(select(Message.raw))] == [True]
+        assert s.scalar(select(Message.subject)) == "Hello"
+
+
+def test_a_notice_carries_a_one_word_subject_of_100_kb_cut_short(running, make_list, sink,
+                                                                 engine):
+    """The email package folds one long word in quadratic time: an 8 MB subject held
+    the writer, and every other client, for a minute while a notice was written."""
+    make_list(LIST, members=["bob@example.com"])
+    reject_non_members(engine)
+    running.send("eve@example.org", [LIST, OWNER_ADDRESS],
+                 message("z" * 100_000, sender="eve@example.org"))
+    notice = mails_to(sink, "eve@example.org")[0]  # rejected, the owner's copy taken
+    assert notice["Subject"].startswith("Your post to Dev was rejected: zzz")
+    assert len(notice["Subject"]) == 200 and notice["Subject"].endswith("z...")
+
+
+# --- connections and memory (issue 14 item 9) -------------------------------------------
+
+def test_one_connection_more_than_max_connections_in_all_gets_421(make_server, make_list):
+    make_list(LIST)
+    srv = make_server(smtp={"max_connections": 5, "max_connections_per_ip": 0})
+    open_ = [connect(srv) for _ in range(5)]
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        connect(srv)
+    assert refused.value.smtp_code == 421 and b"4.3.2" in refused.value.smtp_error
+    assert open_[-1].noop()[0] == 250  # the open ones carry on
+    open_.pop(0).quit()
+    open_.append(connect_when_counted_out(srv))
+    for client in open_:
+        assert client.noop()[0] == 250
+        client.quit()
+
+
+def spooled_files() -> set[str]:
+    """The temporary files this process (the server's, in the test's) holds open."""
+    fds = Path("/proc/self/fd")
+    found = set()
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(tempfile.gettempdir()):
+                found.add(target)
+    return found
+
+
+def wait_until(condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + 10
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return condition()
+
+
+def test_an_unfinished_data_waits_on_disk_and_is_stored_as_sent(make_server, make_list, engine):
+    make_list(LIST, members=["bob@example.com"])
+    srv = make_server(smtp={"max_message_bytes": 2_000_000})
+    before = spooled_files()
+    # Long lines, and lines that start with a dot (sent doubled, RFC 5321 §4.5.2).
+    body = "\n".join([".dot", "x" * 150_000, "..two", "y" * 900_000, "."]) + "\n"
+    post = message("Spooled", body=body).encode()
+    with connect(srv) as client:
+        client.ehlo()
+        client.mail("bob@example.com")
+        client.rcpt(LIST)
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        sent = post.replace(b"\r\n.", b"\r\n..")
+        client.send(sent[:-1000])
+        assert wait_until(lambda: spooled_files() - before), "the DATA was not spooled"
+        client.send(sent[-1000:] + b".\r\n")
+        assert client.getreply()[0] == 250
+    with db.session(engine) as s:
+        assert s.scalars(select(Message.raw)).one() == post
+    assert wait_until(lambda: not spooled_files() - before)
