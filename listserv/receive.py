@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from listserv import (
+    authenticity,
     bouncing,
     commands,
     db,
@@ -39,6 +40,7 @@ from listserv import (
     store,
 )
 from listserv.address import Purpose, Route, candidates, split
+from listserv.authenticity import Asked
 from listserv.config import Config, ConfigError, SmtpConfig
 from listserv.models import (
     MailingList,
@@ -148,6 +150,7 @@ class Accepted:
     message: Message
     parsed: Parsed
     outcome: Outcome
+    asked: Asked | None  # what DNS said of it, asked before the transaction
 
 
 class Batch:
@@ -213,7 +216,7 @@ class Batch:
             store.archive_all(session, same[0].mlist, pairs)
             jobs = store.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
                                      config.delivery.max_recipients_per_transaction,
-                                     config=config)
+                                     config=config, asked=[p.asked for p in same])
             for post, count in zip(same, jobs, strict=True):
                 post.outcome.deliveries = count
 
@@ -223,7 +226,8 @@ _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: Mess
 
 
 def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rcpt: str,
-          mail_from: str, raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
+          mail_from: str, raw: bytes, parsed: Parsed, alone: bool, asked: Asked | None
+          ) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
     raw, parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
@@ -247,7 +251,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     outcome = Outcome(rcpt, message.message_id, message.state.value, 0,
                       message.reasons.splitlines())
     if message.state is MessageState.ACCEPTED:
-        batch.accept(session, config, Accepted(mlist, message, parsed, outcome))
+        batch.accept(session, config, Accepted(mlist, message, parsed, outcome, asked))
     elif message.state is MessageState.HELD:
         moderation.hold(session, config, mlist, message, facts.is_member)
         outcome.deliveries = 1
@@ -292,7 +296,7 @@ def _ingest_one(session: Session, config: Config, batch: Batch, incoming: Incomi
         args = (rcpt, incoming.mail_from, incoming.raw, incoming.parsed)
         if target.purpose is Purpose.POST:
             outcomes[target] = _post(session, config, batch, mlist, *args,
-                                     alone=len(targets) == 1)
+                                     alone=len(targets) == 1, asked=incoming.asked)
         else:
             outcomes[target] = _other(session, config, batch, mlist, target, *args)
     return [outcomes[batch.target(session, rcpt)[0]] for rcpt in incoming.rcpts]
@@ -305,6 +309,7 @@ class Incoming:
     mail_from: str
     rcpts: list[str]
     raw: bytes
+    asked: Asked | None = None  # by the receiver before the transaction (see ask)
 
     @cached_property
     def parsed(self) -> Parsed:
@@ -312,6 +317,15 @@ class Incoming:
         thread hop of its own per message cost the event loop more than the parse, and
         a writer busy parsing lets more transactions gather for the next group."""
         return parse(self.raw)
+
+    def ask(self, config: Config) -> None:
+        """What DNS says of the post, asked in a thread of its own before the group's
+        transaction (authenticity): a slow name server must not hold the writer. A
+        failure here leaves it to be asked in the transaction, as before."""
+        try:
+            self.asked = authenticity.ask(self.raw, self.parsed.from_address, config)
+        except Exception:
+            log.exception("could not ask DNS about a post before storing it")
 
 
 # What one SMTP transaction of a group came to: its outcomes, or why it was refused.
@@ -584,14 +598,22 @@ class Handler:
         envelope.rcpt_options.append(rcpt_options)
         return "250 2.1.5 OK"
 
+    def _may_post(self, rcpts: list[str]) -> bool:
+        """Whether a recipient may be a list's posting address, whose copies need what
+        DNS says of the post: one not seen at RCPT a moment ago may."""
+        routes = [self.routes.get(rcpt) for rcpt in rcpts]
+        return any(found is None or found[1].purpose is Purpose.POST for found in routes)
+
     async def handle_DATA(self, server: SMTP, session: SmtpSession,
                           envelope: Envelope) -> str:
         raw = envelope.original_content or b""
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
+        incoming = Incoming(mail_from, list(envelope.rcpt_tos), raw)
+        if self._may_post(incoming.rcpts):
+            await asyncio.to_thread(incoming.ask, self.config)
         try:
-            outcomes = await self.group.store(Incoming(mail_from, list(envelope.rcpt_tos),
-                                                       raw))
+            outcomes = await self.group.store(incoming)
         except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)

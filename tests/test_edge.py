@@ -6,6 +6,7 @@ import contextlib
 import os
 import smtplib
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,3 +156,31 @@ def test_an_unfinished_data_waits_on_disk_and_is_stored_as_sent(make_server, mak
     with db.session(engine) as s:
         assert s.scalars(select(Message.raw)).one() == post
     assert wait_until(lambda: not spooled_files() - before)
+
+
+# --- DNS (issue 14 item 15) -------------------------------------------------------------
+
+def test_a_slow_name_server_holds_up_only_the_post_it_answers_for(running, make_list, sink,
+                                                                  dns_server):
+    """The DMARC lookups are made before the post's transaction: the other client's 250
+    comes while the slow domain's answer is still on its way."""
+    make_list(LIST, members=["alice@slow.example", "bob@example.com", "carol@example.com"])
+    dns_server.records["_dmarc.slow.example"] = ["v=DMARC1; p=reject"]
+    dns_server.delays["_dmarc.slow.example"] = 1.5
+    slow_done = threading.Event()
+
+    def slow_post() -> None:
+        running.send("alice@slow.example", [LIST], message(sender="alice@slow.example"))
+        slow_done.set()
+
+    slow = threading.Thread(target=slow_post)
+    slow.start()
+    assert wait_until(lambda: "_dmarc.slow.example" in dns_server.queries)
+    running.send("bob@example.com", [LIST], message(sender="bob@example.com"))
+    assert not slow_done.is_set()  # bob's 250 came first
+    slow.join(10)
+    assert slow_done.is_set()
+    # Alice's copy still went out From the list, as her domain's policy asks.
+    carols = mails_to(sink, "carol@example.com", 2)
+    assert sorted(m["From"] for m in carols) == [
+        '"alice at slow.example via Dev" <dev@lists.example.org>', "bob@example.com"]
