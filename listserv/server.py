@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import bouncing, db, deliver, digest, moderation, receive, tokens, web
+from listserv import bouncing, db, deliver, descriptors, digest, moderation, receive, tokens, web
 from listserv.config import Config
 from listserv.models import utcnow
 
@@ -123,6 +123,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
                 ready: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (by a signal when run from the command line)."""
     loop = asyncio.get_running_loop()
+    descriptors.install(loop)
     stop = stop or asyncio.Event()
     await asyncio.to_thread(_ensure_secret, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)

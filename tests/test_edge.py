@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import smtplib
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -16,7 +20,8 @@ from sqlalchemy import func, select, update
 
 from listserv import db
 from listserv.models import MailingList, Message, NonmemberAction
-from tests.conftest import delivered_to, mails_to, message
+from tests.conftest import delivered_to, free_port, mails_to, message
+from tests.test_cli import wait_for_smtp, write_config
 from tests.test_security import connect, connect_when_counted_out
 
 LIST = "dev@lists.example.org"
@@ -184,3 +189,44 @@ def test_a_slow_name_server_holds_up_only_the_post_it_answers_for(running, make_
     carols = mails_to(sink, "carol@example.com", 2)
     assert sorted(m["From"] for m in carols) == [
         '"alice at slow.example via Dev" <dev@lists.example.org>', "bob@example.com"]
+
+
+# --- out of file descriptors (issue 14 item 9) ------------------------------------------
+
+def test_running_out_of_descriptors_is_logged_once_not_per_accept(make_list, tmp_path, db_url):
+    make_list(LIST)
+    smtp_port, web_port = free_port(), free_port()
+    config = write_config(tmp_path / "serve.toml", db_url, f"""
+[smtp]
+port = {smtp_port}
+max_connections = 0
+max_connections_per_ip = 0
+[web]
+port = {web_port}
+""")
+    log_file = tmp_path / "serve.log"
+    script = Path(sys.executable).parent / "listserv"
+    with log_file.open("w") as log:
+        proc = subprocess.Popen(
+            [str(script), "--config", str(config), "serve"], cwd=tmp_path,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    clients = []
+    try:
+        wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
+        for _ in range(400):
+            if "out of system resource" in log_file.read_text():
+                break
+            with contextlib.suppress(OSError):  # its backlog full: the kernel refuses
+                clients.append(socket.create_connection(("127.0.0.1", smtp_port), 1))
+        assert wait_until(lambda: "out of system resource" in log_file.read_text())
+        time.sleep(3)  # asyncio retries every second, each time for every waiting client
+    finally:
+        for client in clients:
+            client.close()
+        proc.terminate()
+        proc.wait(60)
+    logged = log_file.read_text()
+    assert "Traceback" not in logged
+    assert logged.count("out of system resource") == 1
+    assert "raise the open-file limit" in logged
