@@ -56,6 +56,3 @@ def _late_retry(context: dict[str, Any]) -> bool:
     return (isinstance(context.get("exception"), ValueError)
             and "_start_serving" in str(context.get("message", "")))
 
-
-def install(loop: asyncio.AbstractEventLoop) -> None:
-    loop.set_exception_handler(ExhaustionLog())

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import bouncing, db, deliver, descriptors, digest, moderation, receive, tokens, web
+from listserv import bouncing, db, deliver, digest, moderation, receive, tokens, web
 from listserv.config import Config
+from listserv.descriptors import ExhaustionLog
 from listserv.models import utcnow
+from listserv.protocol import protocol_factory
 
 log = logging.getLogger("listserv")
 
@@ -123,14 +125,14 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
                 ready: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (by a signal when run from the command line)."""
     loop = asyncio.get_running_loop()
-    descriptors.install(loop)
+    loop.set_exception_handler(ExhaustionLog())
     stop = stop or asyncio.Event()
     await asyncio.to_thread(_ensure_secret, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
-    smtp = await loop.create_server(receive.protocol_factory(handler, config),
+    smtp = await loop.create_server(protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)
     http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
                                    port=config.web.port, log_level="warning",
