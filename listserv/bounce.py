@@ -63,26 +63,45 @@ class BounceReport:
 _STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
 # "listed in" is a block list, but Domino's "not listed in Domino Directory" is a
-# dead address.
+# dead address. A refusal of the list's own sender ("sender rejected", Cox's 5.1.0) or
+# of the list's server (relaying, authentication) blames nobody among the members.
 _POLICY_TEXT = re.compile(
     r"spam|blocked|block ?list|black ?list|blacklisted|dmarc|dkim|\bspf\b|policy|"
     r"reputation|content rejected|virus|malware|not accepted for delivery|"
-    r"(?<!not )listed (at|in|on)|\brbl\b|junk mail|too large|size limit|message size",
+    r"(?<!not )listed (at|in|on)|\brbl\b|junk mail|too large|size limit|message size|"
+    r"sender (address )?(rejected|refused|denied|blocked)|"
+    r"(host|network|ip|sender|client|relay(ing)?) (is )?not allowed|"
+    r"not permitted to relay|relay(ing)? (access )?(denied|not permitted)|"
+    r"authentication required|smtp authentication|unsolicited|bulk mail|"
+    r"not accepting mail from",
     re.I)
 _FULL_TEXT = re.compile(
-    r"over ?quota|quota exceeded|exceed\w* (the )?(storage|mailbox|disk|quota)|"
-    r"mailbox (is )?full|mailbox size limit|insufficient (disk )?space|"
-    r"would exceed mailbox quota|storage (space )?full|full mailbox|mail ?box full",
+    r"over ?quota|quota (exceeded|violation)|exceed\w* (the |their |its )?(storage|mailbox|"
+    r"disk|quota)|(mailbox|mail ?folder|inbox) (is )?full|mailbox size limit|"
+    r"insufficient (disk )?space|would exceed mailbox quota|storage (space )?full|"
+    r"full mailbox|mail ?box full|out of (disk|storage) space",
     re.I)
+# What providers and MTAs say for a user or a domain that does not exist, and for a
+# mailbox that was closed: Gmail ("does not exist", "tried to reach is disabled"),
+# Microsoft ("couldn't be found", "mailbox unavailable"), Yahoo and AT&T ("doesn't have
+# a yahoo.com account"), Sendmail ("Host unknown"), qmail ("couldn't find any host"),
+# Verizon ("No valid recipients"), i.ua ("Mailbox is frozen"), and Microsoft 365's
+# "Recipient address rejected: Access denied" (5.4.1) for a user its tenant lacks.
 _MAILBOX_TEXT = re.compile(
-    r"user unknown|unknown user|no such (user|mailbox|recipient|address|account)|"
-    r"(user|mailbox|recipient|address|account)( name)? (is )?(unknown|not found|"
-    r"unavailable|disabled|invalid|inactive|does ?n.?t exist|not (be )?recogni[sz]ed)|"
+    r"user unknown|unknown user|no such (user|mailbox|recipient|address|account|person|"
+    r"domain)|(user|mailbox|recipient|address|addressee|account)( name)? (is |was |has "
+    r"been )?(unknown|not found|unavailable|disabled|invalid|inactive|does ?n.?t exist|"
+    r"frozen|deactivated|suspended|closed|terminated|deleted|not (be )?recogni[sz]ed)|"
     r"does not exist|doesn't exist|not a valid (mailbox|user|recipient)|"
-    r"invalid (recipient|mailbox|address|user)|unknown (recipient|address|local)|"
+    r"invalid (recipient|mailbox|address|user|final delivery userid)|"
+    r"unknown (recipient|address|local)|no valid recipients?|"
     r"no mailbox|not listed in|unrouteable|account (has been )?(disabled|suspended|"
     r"expired|closed)|no longer (active|valid|exists|in use)|illegal user|"
-    r"host (or domain name )?not found|domain (name )?not found|bad destination",
+    r"does ?n.?t have an? [\w.-]+ account|tried to reach is (disabled|inactive)|"
+    r"could ?n.?o?t be found|recipient address rejected: access denied|host unknown|"
+    r"unknown host|could ?n.?t find any host|"
+    r"host (or domain name )?not found|domain (name )?not found|bad destination|"
+    r"name or service not known|nxdomain|no mx (or a )?records?",
     re.I)
 _TRANSIENT_TEXT = re.compile(
     r"not yet been delivered|will (continue to )?(re)?try|still trying|delayed|"
@@ -103,6 +122,7 @@ def classify(status: str, text: str) -> BounceClass:
     text, because many servers answer "550 5.0.0" to everything from a dead mailbox to
     a DMARC refusal and only say which in prose.
     """
+    text = " ".join(text.split())  # a reason folded over lines reads as one
     if status.startswith("4."):
         return BounceClass.TRANSIENT
     if status == "5.2.2" or _FULL_TEXT.search(text):
@@ -139,6 +159,15 @@ def find_status(text: str) -> str:
     codes = [".".join(m.groups()) for m in _STATUS.finditer(text)]
     specific = [c for c in codes if not c.endswith(".0.0")]
     return (specific or codes or [""])[0]
+
+
+def refusal(address: str, code: int, text: str) -> Failure:
+    """A smarthost's SMTP refusal of `address`, read as a DSN carrying that reply would
+    be: its enhanced status code when it gives one, else the reply code's class as
+    "5.0.0" (what Postfix writes in Status), and the class from both as for any report."""
+    diagnostic = _one_line(f"{code} {text}")
+    status = find_status(diagnostic) or f"{code // 100}.0.0"
+    return Failure(address, status, diagnostic, classify(status, diagnostic))
 
 
 # --- VERP -----------------------------------------------------------------------------

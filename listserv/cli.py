@@ -75,18 +75,28 @@ class State:
     def __init__(self, config_path: Path | None) -> None:
         self.config = config_mod.load(config_path)
         self._engine: Engine | None = None
+        self.upgrade = False  # `serve --upgrade`: the one command that may migrate
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = db.open_database(self.config.database.url)
+            self._engine = db.open_database(self.config.database.url, self.upgrade)
         return self._engine
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"listserv {db.version()}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _global(ctx: typer.Context, config: Annotated[Path | None, typer.Option(
         "--config", help="TOML config file (default: $LISTSERV_CONFIG, else built-in "
-        "defaults).")] = None) -> None:
+        "defaults).")] = None,
+        _version: Annotated[bool, typer.Option(
+            "--version", is_eager=True, callback=_print_version,
+            help="Print the version and exit.")] = False) -> None:
     ctx.obj = State(config)
 
 
@@ -648,18 +658,28 @@ def doctor_cmd(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
-    """Run the schema migrations."""
-    state = _state(ctx)
-    db.upgrade(db.make_engine(state.config.database.url))
-    out.print("database is up to date")
+    """Migrate the database schema to this version's (back the database up first)."""
+    engine = db.make_engine(_state(ctx).config.database.url)
+    out.print(db.upgraded(db.ensure_schema(engine, upgrade_existing=True)))
+
+
+@db_app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """The database's schema revision and this version's; exit 1 when they differ."""
+    found = db.revisions(db.make_engine(_state(ctx).config.database.url))
+    out.print(db.status(found))
+    if not found.current:
+        raise typer.Exit(1)
 
 
 @app.command("serve")
-def serve(ctx: typer.Context) -> None:
+def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
+        "--upgrade", help="Migrate an older database schema first.")] = False) -> None:
     """Receive, deliver and serve the web pages in one process until SIGTERM or Ctrl-C."""
     from listserv import server
 
     state = _state(ctx)
+    state.upgrade = upgrade
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema creation is not news

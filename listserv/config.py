@@ -110,6 +110,15 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Days housekeeping keeps finished delivery jobs (and their copies' bytes), the raw
+    # bytes of bounces it has read, and spent or expired tokens; 0 keeps them forever.
+    delivered_days: int = 30
+    bounce_raw_days: int = 90
+    tokens_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
@@ -119,6 +128,7 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}

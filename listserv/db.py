@@ -6,9 +6,12 @@ The differences between SQLite (the embedded default) and PostgreSQL live here o
 from __future__ import annotations
 
 import collections
+import importlib.metadata
+import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -21,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("listserv.db")
 
 
 class DatabaseError(Exception):
@@ -201,12 +205,89 @@ def _revision(engine: Engine) -> str | None:
         raise DatabaseError(f"cannot open database: {str(exc).splitlines()[0]}") from exc
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create or upgrade the schema on first use, so `listserv serve` works on an empty
-    database and after `pip install` of a newer version alike."""
-    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
-    if _revision(engine) != head:
-        upgrade(engine)
+@dataclass(frozen=True)
+class Revisions:
+    """Where the database's schema is, next to where this code's migrations end."""
+
+    database: str | None  # None: an empty database, no schema yet
+    code: str
+    known: frozenset[str]  # every revision this code has a migration for
+
+    @property
+    def current(self) -> bool:
+        return self.database == self.code
+
+    @property
+    def code_is_older(self) -> bool:
+        """The database was migrated by a newer listserv: this code cannot use it."""
+        return self.database is not None and self.database not in self.known
+
+
+def revisions(engine: Engine) -> Revisions:
+    """Read only: neither creates nor upgrades anything (`listserv db status`)."""
+    script = ScriptDirectory.from_config(_alembic_config(engine))
+    known = frozenset(r.revision for r in script.walk_revisions())
+    return Revisions(_revision(engine), script.get_current_head() or "", known)
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def ensure_schema(engine: Engine, upgrade_existing: bool = False) -> Revisions:
+    """Create the schema in an empty database, so a first `listserv serve` just works;
+    but upgrade an existing one only when asked (`db upgrade`, `serve --upgrade`): on a
+    shared PostgreSQL the first process of a newer version would otherwise migrate the
+    schema under the older ones still running, without a backup or a word."""
+    found = revisions(engine)
+    if found.current:
+        return found
+    if found.code_is_older:
+        raise DatabaseError(
+            f"the database schema is at revision {found.database}, newer than this "
+            f"listserv {version()} knows (up to {found.code}): upgrade listserv")
+    if found.database is not None and not upgrade_existing:
+        raise DatabaseError(
+            f"the database schema is at revision {found.database}, this listserv needs "
+            f"{found.code}: back it up and run `listserv db upgrade`")
+    upgrade(engine)
+    if found.database is None:
+        log.info("created the database schema (revision %s) in %s", found.code, _where(engine))
+    else:
+        log.warning("upgraded the database schema of %s from revision %s to %s",
+                    _where(engine), found.database, found.code)
+    return found
+
+
+def status(found: Revisions) -> str:
+    """Both revisions and what to do, so an operator can tell before restarting."""
+    if found.current:
+        verdict = "up to date"
+    elif found.database is None:
+        verdict = "empty database: the first command or `listserv serve` creates the schema"
+    elif found.code_is_older:
+        verdict = "the database is newer than this listserv: upgrade listserv"
+    else:
+        verdict = "the database is older: back it up and run `listserv db upgrade`"
+    return (f"database revision: {found.database or 'none'}\n"
+            f"code revision: {found.code}\n{verdict}")
+
+
+def upgraded(before: Revisions) -> str:
+    """One line for `db upgrade`: what it did, from which revision to which."""
+    if before.current:
+        return f"database is up to date (revision {before.code})"
+    if before.database is None:
+        return f"created the database schema (revision {before.code})"
+    return f"upgraded the database schema from revision {before.database} to {before.code}"
+
+
+def version() -> str:
+    """This listserv's version, as installed."""
+    try:
+        return importlib.metadata.version("listserv")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def refresh_statistics(engine: Engine) -> None:
@@ -221,8 +302,12 @@ def refresh_statistics(engine: Engine) -> None:
         connection.commit()
 
 
-def open_database(url: str) -> Engine:
+def open_database(url: str, upgrade_existing: bool = False) -> Engine:
     """The engine every command uses: connected, with the schema in place."""
     engine = make_engine(url)
-    ensure_schema(engine)
+    try:
+        ensure_schema(engine, upgrade_existing)
+    except DatabaseError:
+        engine.dispose()
+        raise
     return engine

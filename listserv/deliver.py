@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import compose, db, signing, store, tokens
+from listserv import bouncing, compose, db, metrics, signing, store, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.models import (
@@ -38,6 +38,7 @@ from listserv.models import (
     utcnow,
 )
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
+from listserv.smarthost import Smarthost
 
 log = logging.getLogger("listserv.deliver")
 
@@ -144,10 +145,11 @@ def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
 Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals, its error
 
 
-def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
-               ) -> list[DeliveryState]:
+def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt],
+               server: Config) -> list[DeliveryState]:
     """Write the outcomes of several attempts in one commit (senders that finish jobs
-    at about the same time share it), in job id order (see mark_sent)."""
+    at about the same time share it), in job id order (see mark_sent). `server` is the
+    whole config, for what a refusal does to a member (`[bounces]`)."""
     order = sorted(range(len(attempts)), key=lambda i: attempts[i][0].id)
     states: dict[int, DeliveryState] = {}
     done: list[dict] = []  # nearly every outcome: one statement for a run of them
@@ -155,7 +157,7 @@ def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
         job, refused, error = attempts[i]
         if refused or error is not None:
             _mark_done(session, done)
-            states[i] = record(session, config, *attempts[i])
+            states[i] = record(session, config, *attempts[i], server)
         else:
             done.append({"job_id": job.id, "done_at": utcnow()})
             states[i] = DeliveryState.DONE
@@ -177,9 +179,10 @@ _DONE = update(Delivery.__table__).where(_d.id == bindparam("job_id")).values(
 
 
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
-           error: RelayError | None) -> DeliveryState:
+           error: RelayError | None, server: Config) -> DeliveryState:
     """Write the outcome of one attempt: done, retry later (only the recipients that
-    still need it), or failed for good. The caller commits."""
+    still need it), or failed for good, a recipient refused for good counted as a
+    bounce. The caller commits."""
     now = utcnow()
     temporary, permanent = _outcome(job, refused, error)
     values: dict = {"worker": None, "lease_until": None}
@@ -201,6 +204,7 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         session.execute(insert(RecipientFailure), [
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
+        bouncing.refused(session, server, job.outgoing_id, permanent, now)
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     return values["state"]
 
@@ -215,6 +219,16 @@ def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
         return (everyone, {}) if error.temporary else ({}, everyone)
     return ({r: rep for r, rep in refused.items() if rep.temporary},
             {r: rep for r, rep in refused.items() if not rep.temporary})
+
+
+def _undelivered(job: Job, refused: dict[str, Reply], error: RelayError | None,
+                 state: DeliveryState) -> tuple[int, int]:
+    """How many recipients of an attempt wait for another (deferred), and how many
+    never get their copy (failed): all that were left, once the job gave up."""
+    temporary, permanent = _outcome(job, refused, error)
+    if state is DeliveryState.FAILED:
+        return 0, len(temporary) + len(permanent)
+    return len(temporary), len(permanent)
 
 
 def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
@@ -481,6 +495,7 @@ class Worker:
         self._written: list[asyncio.Future[None]] = []  # one per outcome waiting
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
+        self.smarthost = Smarthost(config.smarthost_host, config.smarthost_port)
 
     def wake(self) -> None:
         """Called by the receiver after it queued jobs: claim now, not at the next poll."""
@@ -700,7 +715,7 @@ class Worker:
             self.progress.forget(job)
 
     async def _connect(self) -> Relay:
-        return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
+        return await self.smarthost.connect()
 
     async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
                       ) -> None:
@@ -741,7 +756,7 @@ class Worker:
         claimed and their lease brings them back."""
         for attempt in range(tries):
             try:
-                return await self._db(record_all, self.config, batch)
+                return await self._db(record_all, self.config, batch, self.server_config)
             except Exception as exc:
                 if not isinstance(exc, OperationalError) or attempt == tries - 1:
                     log.exception("%d delivery outcomes could not be recorded", len(batch))
@@ -753,6 +768,7 @@ class Worker:
              state: DeliveryState) -> None:
         delivered = len(job.recipients) - len(refused) if error is None else 0
         self.sent += delivered
+        metrics.copies(delivered, *_undelivered(job, refused, error, state))
         log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
                  len(job.recipients), delivered, len(refused) if error is None else 0,
                  state.value, f" error={error}" if error else "")

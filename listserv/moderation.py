@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import notices, roster, store, tokens
+from listserv import digest, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -24,7 +24,6 @@ from listserv.models import (
     TokenKind,
     utcnow,
 )
-from listserv.parse import parse
 
 log = logging.getLogger("listserv.moderation")
 
@@ -67,7 +66,7 @@ def approve(session: Session, config: Config, message: Message) -> int:
     """Send a held post on as if it had just been accepted; returns the jobs queued."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
-    parsed = parse(message.raw)
+    parsed = digest.stored_fields(session, message)
     if store.is_archived(session, mlist.id, message.message_id):
         store.set_state(session, message, MessageState.DUPLICATE)
         return 0

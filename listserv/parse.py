@@ -46,6 +46,9 @@ class Parsed:
     auto_submitted: str = ""  # lower case, "" when absent
     precedence: str = ""  # lower case, "" when absent
     error: str = ""  # set when no parser could read the message
+    # Set by digest.rethread for a reply to a whole digest, whose in_reply_to,
+    # references and subject are then the item's it answers, not its own headers'.
+    inferred_parent: str = ""
 
 
 def msgids(value: str | None) -> list[str]:

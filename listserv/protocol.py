@@ -11,11 +11,12 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
+from typing import AnyStr
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
-from listserv import limits
+from listserv import limits, metrics
 from listserv.config import Config, ConfigError, SmtpConfig
 from listserv.receive import Handler
 from listserv.spool import SpooledData
@@ -51,6 +52,10 @@ class _Edge:
             return super()._getaddr(arg)  # type: ignore[misc]
         except IndexError:
             return None, None
+
+    async def push(self, status: AnyStr) -> None:
+        metrics.replied(status)
+        await super().push(status)  # type: ignore[misc]
 
 
 class _Limited(SMTP):

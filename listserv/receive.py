@@ -32,6 +32,7 @@ from listserv import (
     db,
     digest,
     limits,
+    metrics,
     moderation,
     notices,
     policy,
@@ -227,7 +228,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
           mail_from: str, raw: bytes, parsed: Parsed, alone: bool, asked: Asked | None
           ) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
-    raw, parsed = digest.rethread(session, mlist, raw, parsed)
+    parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
@@ -386,7 +387,8 @@ def _write_group(engine: Engine, config: Config, group: list[Incoming],
                 results = [_straight(session, config, incoming, batch) for incoming in group]
                 with _or_redo():
                     batch.publish(session, config)
-            session.commit()
+            with metrics.INGEST_COMMIT.time():
+                session.commit()
             return results
     except BaseException:
         if handoff is not None:
@@ -605,6 +607,7 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: SmtpSession,
                           envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        metrics.RECEIVED.inc()
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
         incoming = Incoming(mail_from, list(envelope.rcpt_tos), raw)
@@ -624,6 +627,7 @@ class Handler:
         # Recipients of one list address share one outcome (_ingest_one).
         distinct = list({id(o): o for o in outcomes}.values())
         for outcome in distinct:
+            metrics.STORED.labels(outcome.state).inc()
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
         # The jobs of accepted posts were handed to the worker, or it was woken for
         # those it had no room for (GroupCommit); anything else queued wakes it here.

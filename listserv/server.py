@@ -13,7 +13,20 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import bouncing, db, deliver, digest, moderation, receive, tokens, web
+from listserv import (
+    bouncing,
+    db,
+    deliver,
+    digest,
+    health,
+    metrics,
+    moderation,
+    preflight,
+    receive,
+    retention,
+    tokens,
+    web,
+)
 from listserv.config import Config
 from listserv.descriptors import ExhaustionLog
 from listserv.models import utcnow
@@ -51,16 +64,21 @@ def _bounce_schedule(engine: Engine, config: Config) -> int:
 async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
                        wake: Callable[[], None]) -> None:
     """Expire old holds now and then, telling their authors; warn and remove members
-    whose delivery bounces."""
+    whose delivery bounces; delete old bookkeeping ([retention])."""
     while not stop.is_set():
         try:
             expired = await asyncio.to_thread(_expire_holds, engine, config)
             warned = await asyncio.to_thread(_bounce_schedule, engine, config)
+            swept = await asyncio.to_thread(retention.sweep, engine, config.retention)
         except Exception:
             log.exception("housekeeping failed; trying again later")
         else:
             if expired:
                 log.info("discarded %d expired held messages", expired)
+            if swept:
+                log.info("retention: deleted %d finished delivery jobs, %d copies and %d "
+                         "tokens, emptied %d old bounces", swept.deliveries, swept.copies,
+                         swept.tokens, swept.bounce_raw)
             if expired or warned:
                 wake()
         with contextlib.suppress(TimeoutError):
@@ -102,6 +120,7 @@ async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: as
             log.exception("sending digests failed; trying again later")
         else:
             for done in sent:
+                metrics.DIGESTS.inc()
                 log.info("digest %r: %d messages, to %d digest-mime and %d digest-plain "
                          "members", done.issue.subject, done.messages, done.mime_members,
                          done.plain_members)
@@ -128,18 +147,25 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     loop.set_exception_handler(ExhaustionLog())
     stop = stop or asyncio.Event()
     await asyncio.to_thread(_ensure_secret, engine, config)
+    await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
     smtp = await loop.create_server(protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)
-    http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
+    loops = health.Loops()
+    app = web.make_app(engine, config, health.routes(engine, loops, worker.smarthost))
+    http = _Uvicorn(uvicorn.Config(app, host=config.web.host,
                                    port=config.web.port, log_level="warning",
                                    lifespan="off"))
-    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve()),
-             asyncio.create_task(housekeeping(engine, config, stop, worker.wake)),
-             asyncio.create_task(digests(engine, config, stop, digest_check, worker.wake))]
+    tasks = [loops.watch("delivery", asyncio.create_task(worker.run(stop))),
+             loops.watch("web", asyncio.create_task(http.serve())),
+             loops.watch("housekeeping", asyncio.create_task(
+                 housekeeping(engine, config, stop, worker.wake))),
+             loops.watch("digests", asyncio.create_task(
+                 digests(engine, config, stop, digest_check, worker.wake))),
+             asyncio.create_task(worker.smarthost.probe())]  # logs if it cannot be reached
     log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
              config.smtp.protocol.upper(), config.smtp.host, config.smtp.port,
              config.web.host, config.web.port, config.delivery.smarthost_host,

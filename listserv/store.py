@@ -74,7 +74,8 @@ def message_values(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: Mess
         "message_id": parsed.message_id or generated_message_id(raw, mlist.domain),
         "mail_from": mail_from, "sender_key": mail_from.lower(), "rcpt_to": rcpt_to,
         "from_address": parsed.from_address, "from_name": parsed.from_name,
-        "subject": parsed.subject, "date": parsed.date,
+        "subject": parsed.subject, "inferred_parent": parsed.inferred_parent,
+        "date": parsed.date,
         "received_at": utcnow(), "size": len(raw), "raw": raw,
     }
 
@@ -597,7 +598,10 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
         footer=list_footer, via=via, authentication=results,
-        archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared), shared
+        archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared,
+        replaced=compose.answer_fields(parsed.inferred_parent, parsed.references,
+                                       parsed.subject) if parsed.inferred_parent else []
+    ), shared
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -34,6 +34,7 @@ from listserv import (
     compose,
     db,
     digest,
+    privacy,
     roster,
     search,
     store,
@@ -207,16 +208,19 @@ def archive_routes(engine: Engine, config: Config,
     base = config.web.base_url.rstrip("/")
     read = archive_reader(engine, config)
 
-    def archive_page(name: str, mlist: MailingList, **context: Any) -> HTMLResponse:
-        return page(name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
-                    q=compose.quote_id, obfuscate=view.obfuscate, **context)
+    async def archive_page(name: str, mlist: MailingList, **context: Any) -> HTMLResponse:
+        """Rendered in a worker thread: a thread of a thousand posts is CPU work that
+        would hold up every other request on the event loop meanwhile."""
+        return await asyncio.to_thread(
+            page, name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
+            q=compose.quote_id, obfuscate=view.obfuscate, **context)
 
     async def list_page(request: Request) -> Response:
         number = page_number(request)
         mlist, (threads, months) = await read(request, lambda session, mlist: (
             archive.threads(session, mlist.id, number, THREADS_PER_PAGE),
             archive.months(session, mlist.id)))
-        return archive_page("list", mlist, threads=threads, months=months)
+        return await archive_page("list", mlist, threads=threads, months=months)
 
     async def month_page(request: Request) -> Response:
         year, month = request.path_params["year"], request.path_params["month"]
@@ -228,7 +232,7 @@ def archive_routes(engine: Engine, config: Config,
             archive.months(session, mlist.id)))
         older = [m for m in months if m < (year, month)]
         newer = [m for m in months if m > (year, month)]
-        return archive_page("month", mlist, threads=threads, year=year, month=month,
+        return await archive_page("month", mlist, threads=threads, year=year, month=month,
                             older=older[0] if older else None,
                             newer=newer[-1] if newer else None)
 
@@ -253,7 +257,7 @@ def archive_routes(engine: Engine, config: Config,
         mlist, posts = await read(request, work)
         if not posts:
             raise HTTPException(404, "There is no such thread in this archive.")
-        return archive_page("thread", mlist, posts=posts, thread_id=thread_id)
+        return await archive_page("thread", mlist, posts=posts, thread_id=thread_id)
 
     async def message_routes(request: Request) -> Response:
         """/message/ID/, /message/ID/raw and /message/ID/attachment/N/NAME: one route,
@@ -280,7 +284,7 @@ def archive_routes(engine: Engine, config: Config,
         if found is None:
             raise gone()
         message, shown = found
-        return archive_page("message", mlist, message=message, view=shown,
+        return await archive_page("message", mlist, message=message, view=shown,
                             reply=compose.reply_mailto(mlist.address, message_id,
                                                        message.post.subject))
 
@@ -289,7 +293,7 @@ def archive_routes(engine: Engine, config: Config,
             session, mlist.id, message_id))
         if raw is None:
             raise gone()
-        return raw_response(raw)
+        return raw_response(privacy.public(raw))
 
     async def attachment_page(request: Request, message_id: str, index: int) -> Response:
         def work(session: Session, mlist: MailingList) -> tuple | None:
@@ -306,7 +310,7 @@ def archive_routes(engine: Engine, config: Config,
         mlist, hits = await read(request, lambda session, mlist: search.query(
             session, mlist.id, words, HITS_PER_PAGE + 1, (number - 1) * HITS_PER_PAGE)
             if words else [])
-        return archive_page("search", mlist, words=words, hits=hits[:HITS_PER_PAGE],
+        return await archive_page("search", mlist, words=words, hits=hits[:HITS_PER_PAGE],
                             number=number, has_next=len(hits) > HITS_PER_PAGE)
 
     async def access(request: Request) -> Response:
@@ -355,7 +359,7 @@ def _mbox_chunks(engine: Engine, selection: archive.Selection) -> Iterator[bytes
     with db.read_session(engine) as session:
         pending: list[bytes] = []
         size = 0
-        for entry in archive.export_mbox(session, selection):
+        for entry in archive.export_mbox(session, selection, public=True):
             pending.append(entry)
             size += len(entry)
             if size >= EXPORT_CHUNK:
@@ -453,7 +457,7 @@ def digest_routes(engine: Engine, config: Config,
             Route("/{address}/digest/{volume:int}/{number:int}/", issue, methods=["GET"])]
 
 
-def make_app(engine: Engine, config: Config) -> Starlette:
+def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ()) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
         def call() -> T:
@@ -576,6 +580,7 @@ def make_app(engine: Engine, config: Config) -> Starlette:
     return Starlette(exception_handlers={HTTPException: http_error},
                      middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/", index),
+        *extra_routes,
         Route("/confirm/{token}", confirm_form, methods=["GET"]),
         Route("/confirm/{token}", confirm_post, methods=["POST"]),
         Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),

@@ -369,22 +369,29 @@ def wait_for_smtp(port: int, proc: subprocess.Popen, deadline: float) -> None:
     raise AssertionError("listserv serve did not start")
 
 
-def test_serve_receives_and_delivers_until_sigterm(make_list, sink, tmp_path, db_url):
-    make_list(LIST, members=["ann@example.org"])
+def start_serve(tmp_path: Path, db_url: str, smarthost_port: int, *args: str
+                ) -> tuple[subprocess.Popen, int]:
+    """`listserv serve ARGS` as a user starts it, on free ports; and its SMTP port."""
     smtp_port, web_port = free_port(), free_port()
     config = write_config(tmp_path / "serve.toml", db_url, f"""
 [smtp]
 port = {smtp_port}
 [delivery]
-smarthost_port = {sink.port}
+smarthost_port = {smarthost_port}
 [web]
 port = {web_port}
 base_url = "http://127.0.0.1:{web_port}"
 """)
     script = Path(sys.executable).parent / "listserv"
-    proc = subprocess.Popen([str(script), "--config", str(config), "serve"], cwd=tmp_path,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(script), "--config", str(config), "serve", *args],
+                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    return proc, smtp_port
+
+
+def test_serve_receives_and_delivers_until_sigterm(make_list, sink, tmp_path, db_url):
+    make_list(LIST, members=["ann@example.org"])
+    proc, smtp_port = start_serve(tmp_path, db_url, sink.port)
     try:
         wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
