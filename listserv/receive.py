@@ -450,6 +450,8 @@ def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
 # statements whatever its size, and without the wait groups of 16 clients averaged 7
 # (PostgreSQL's commit_delay is the same trade). Measured best of 0, 1, 3 and 6 ms.
 GATHER_SECONDS = 0.001
+# Posts whose DNS is asked at once; each waits at most the resolver's timeout per name.
+ASK_THREADS = 16
 
 
 class GroupCommit:
@@ -472,13 +474,23 @@ class GroupCommit:
         # A thread of its own: in the loop's default pool, a group waited behind the
         # parsing and RCPT lookups of every client.
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-writer")
+        # And DNS its own threads: posts from a few slow domains in the default pool
+        # would hold up every client's RCPT lookups.
+        self.asking = ThreadPoolExecutor(max_workers=ASK_THREADS,
+                                         thread_name_prefix="receive-dns")
 
     def close(self) -> None:
         """Let the writer thread end once the group under way is stored."""
         self.thread.shutdown(wait=False)
+        self.asking.shutdown(wait=False)
 
-    async def store(self, incoming: Incoming) -> list[Outcome]:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    async def store(self, incoming: Incoming, *, ask: bool = False) -> list[Outcome]:
+        """Store one transaction with the next group; with `ask`, what DNS says of its
+        post is asked first, outside the writer (Incoming.ask)."""
+        loop = asyncio.get_running_loop()
+        if ask:
+            await loop.run_in_executor(self.asking, incoming.ask, self.config)
+        future: asyncio.Future[Result] = loop.create_future()
         self.waiting.append((incoming, future))
         if self.writer is None:
             self.writer = asyncio.create_task(self._write())
@@ -611,10 +623,8 @@ class Handler:
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
         incoming = Incoming(mail_from, list(envelope.rcpt_tos), raw)
-        if self._may_post(incoming.rcpts):
-            await asyncio.to_thread(incoming.ask, self.config)
         try:
-            outcomes = await self.group.store(incoming)
+            outcomes = await self.group.store(incoming, ask=self._may_post(incoming.rcpts))
         except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)
