@@ -18,6 +18,7 @@ import re
 import tempfile
 from typing import BinaryIO
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, syntax
 
 log = logging.getLogger("listserv.spool")
@@ -102,8 +103,10 @@ class SpooledData(SMTP):
                 return  # the client went away
             if spool.refusal:
                 log.info("refused DATA from %s: %s", self.envelope.mail_from, spool.refusal)
+                # LMTP answers once per recipient (RFC 2033), a refusal too.
+                replies = len(self.envelope.rcpt_tos) if isinstance(self, LMTP) else 1
                 self._set_post_data_state()
-                await self.push(spool.refusal)
+                await self.push("\r\n".join([spool.refusal] * replies))
                 return
             self.envelope.original_content = self.envelope.content = spool.content()
         status = await self._call_handler_hook("DATA")

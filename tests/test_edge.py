@@ -72,6 +72,51 @@ def test_recipients_past_max_recipients_get_452(make_server, make_list, engine):
     assert stored(engine) == 2
 
 
+
+class Lmtp:
+    """An LMTP client that reads as many replies as the server owes (RFC 2033: one per
+    accepted recipient after DATA), which smtplib.LMTP does not."""
+
+    def __init__(self, srv) -> None:
+        self.sock = socket.create_connection((srv.config.smtp.host, srv.config.smtp.port), 10)
+        self.file = self.sock.makefile("rb")
+        self.replies(1)
+
+    def replies(self, count: int) -> list[bytes]:
+        got = []
+        while len(got) < count:
+            line = self.file.readline()
+            if line[3:4] != b"-":
+                got.append(line)
+        return got
+
+    def command(self, line: bytes, count: int = 1) -> list[bytes]:
+        self.sock.sendall(line + b"\r\n")
+        return self.replies(count)
+
+    def send(self, mail_from: str, rcpts: list[str], data: str) -> list[bytes]:
+        self.command(b"LHLO client.example")
+        self.command(f"MAIL FROM:<{mail_from}>".encode())
+        for rcpt in rcpts:
+            self.command(f"RCPT TO:<{rcpt}>".encode())
+        self.command(b"DATA")
+        return self.command(data.encode() + b"\r\n.", len(rcpts))
+
+
+def test_lmtp_answers_each_recipient_after_data_duplicates_and_refusals_too(
+        make_server, make_list, engine):
+    make_list(LIST, members=["bob@example.com"])
+    srv = make_server(smtp={"protocol": "lmtp", "max_message_bytes": 5000})
+    client = Lmtp(srv)
+    rcpts = [LIST, LIST, OWNER_ADDRESS]
+    assert [r[:3] for r in client.send("bob@example.com", rcpts, message())] == [b"250"] * 3
+    assert stored(engine) == 2
+    too_big = client.send("bob@example.com", rcpts, message(body="x" * 6000))
+    assert [r[:9] for r in too_big] == [b"552 5.3.4"] * 3
+    assert client.command(b"NOOP") == [b"250 OK\r\n"]  # nothing left unread
+    client.sock.close()
+
+
 # --- long header lines (issue 14 item 6) ------------------------------------------------
 
 def test_a_header_block_over_max_header_bytes_is_refused_at_data_with_552(
