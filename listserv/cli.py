@@ -564,7 +564,8 @@ def digest_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
 @bounce_app.command("ls")
 def bounce_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
         metavar="LIST")],
-        days: Annotated[int, typer.Option(min=1, help="How far back.")] = bouncing.HISTORY_DAYS,
+        days: Annotated[int, typer.Option(min=1, max=36_500, help="How far back.")
+                        ] = bouncing.HISTORY_DAYS,
         as_json: JsonOpt = False) -> None:
     """Recent bounces, newest first: member, class, status and the member's score and
     state now; refusals for policy name the domain of the post's author."""

@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from listserv import mime, privacy
 from listserv.address import ListAddresses, Purpose
-from listserv.templating import environment
+from listserv.templating import environment, owner_environment
 
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
@@ -323,9 +323,8 @@ def render_footer(template: str | None, *, name: str, addresses: ListAddresses,
         "unsubscribe_url": f"{base}/unsubscribe/{UNSUBSCRIBE}",
         "mute_url": f"{base}/mute/{MUTE}",
     }
-    env = environment()
-    compiled = env.get_template("mail/footer.txt") if template is None else env.from_string(
-        template)
+    compiled = (environment().get_template("mail/footer.txt") if template is None
+                else owner_environment().from_string(template))
     text = compiled.render(**context)
     text = text.replace("\r\n", "\n").rstrip()
     return Footer(text + "\n") if text else None

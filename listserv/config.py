@@ -1,16 +1,20 @@
 """Typed settings, loaded once from TOML and passed explicitly to whatever needs them.
 
 Defaults are defined here only; `config.example.toml` documents the same keys and a
-test keeps the two in step. Unknown keys and wrong types stop startup with one line.
+test keeps the two in step. Unknown keys, wrong types and numbers out of range stop
+startup with one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from listserv.models import MAX_INT
 
 
 class ConfigError(Exception):
@@ -72,6 +76,13 @@ class ListsConfig:
     confirm_expiry_hours: int = 72
     hold_expiry_days: int = 14
     max_autoreplies_per_day: int = 10
+    # A sender's next post to one thread is held after this many in thread_rate_minutes
+    # (0 = no limit): what stops an autoresponder loop.
+    max_posts_per_sender_per_thread: int = 5
+    thread_rate_minutes: int = 10
+    # Requests by mail (-join, -leave, -request) answered per list and per client IP in
+    # an hour (0 = no limit); beyond it they are stored unanswered, the owners told once.
+    max_confirmations_per_hour: int = 50
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,33 @@ class Config:
 
 
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
+# What a number may be, checked at start so a value that cannot work stops the server
+# with its name rather than failing later (a port that cannot be bound, no delivery
+# worker, a date past the year 9999). Any other number: 0 to MAX_INT, and finite.
+_DAYS = 36_500  # 100 years: longer than any expiry or retry means anything
+_PORT = (1, 65_535)
+_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("smtp", "port"): _PORT, ("web", "port"): _PORT, ("dns", "port"): _PORT,
+    ("delivery", "smarthost_port"): _PORT,
+    ("delivery", "concurrency"): (1, 1000),
+    ("delivery", "max_recipients_per_transaction"): (1, 100_000),
+    ("delivery", "retry_initial_seconds"): (1, _DAYS * 86_400),
+    ("delivery", "retry_max_hours"): (0, _DAYS * 24),
+    ("delivery", "lease_seconds"): (1, _DAYS * 86_400),
+    ("web", "archive_link_days"): (1, _DAYS),
+    ("lists", "confirm_expiry_hours"): (1, _DAYS * 24),
+    ("lists", "hold_expiry_days"): (1, _DAYS),
+    ("lists", "thread_rate_minutes"): (1, _DAYS * 1440),
+    ("bounces", "stale_after_days"): (0, _DAYS),
+    ("bounces", "warning_interval_days"): (0, _DAYS),
+}
+_NUMBER = (0, MAX_INT)
+
+
+def _check_number(name: str, key: str, value: float) -> None:
+    low, high = _RANGES.get((name, key), _NUMBER)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"[{name}] {key} must be from {low} to {high}, not {value}")
 # Named as TOML names them, since the user wrote TOML.
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", float: "a float",
                dict: "a table", list: "an array"}
@@ -158,8 +196,8 @@ def _section(cls: type, name: str, values: object) -> object:
         choices = _CHOICES.get((name, key))
         if choices and value not in choices:
             raise ConfigError(f"[{name}] {key} must be one of {', '.join(choices)}")
-        if expected in (int, float) and value < 0:
-            raise ConfigError(f"[{name}] {key} must not be negative")
+        if expected in (int, float):
+            _check_number(name, key, value)
         kwargs[key] = value
     return cls(**kwargs)
 

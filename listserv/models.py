@@ -13,6 +13,10 @@ from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+# The largest value of an integer column on PostgreSQL (and so of an id or a per-list
+# number): anything larger typed on the command line or in a URL names nothing.
+MAX_INT = 2**31 - 1
+
 
 def utcnow() -> datetime:
     """Aware UTC: the column type refuses naive datetimes, so no local time sneaks in."""

@@ -14,6 +14,7 @@ from listserv import digest, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.models import (
+    MAX_INT,
     MailingList,
     Message,
     MessageState,
@@ -31,7 +32,8 @@ ACTIONS = ("approve", "reject", "discard")
 
 
 def held_message(session: Session, message_pk: int) -> Message:
-    message = session.get(Message, message_pk)
+    # An id no row can have is asked of no database (it would refuse the number).
+    message = session.get(Message, message_pk) if 0 < message_pk <= MAX_INT else None
     if message is None or message.state is not MessageState.HELD:
         raise roster.UserError(f"no held message {message_pk}")
     return message

@@ -42,6 +42,7 @@ from listserv import (
 from listserv.address import Purpose, Route, candidates, split
 from listserv.authenticity import Asked
 from listserv.config import Config
+from listserv.loops import thread_rate
 from listserv.models import (
     MailingList,
     Member,
@@ -230,6 +231,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     # A reply to a digest as a whole goes into the thread of the item it answers.
     parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
+    facts.thread_rate = thread_rate(session, config.lists, mlist.id, mail_from, parsed)
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
         reason = "; ".join(verdict.reasons)
@@ -537,6 +539,7 @@ class Handler:
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
         self.group = GroupCommit(engine, config, worker=worker)
         self.headroom = limits.Headroom(config.smtp.max_messages_per_sender_per_hour)
+        self.requests = limits.PerHour(config.lists.max_confirmations_per_hour)
         # Recipients found to be ours lately, so RCPT needs no thread hop and no query
         # for a busy list. Only found routes are kept, and for a second: a list an
         # admin just created is looked up (and found) at once, never refused from here.
@@ -606,6 +609,11 @@ class Handler:
         most = self.config.smtp.max_recipients
         if most and len(envelope.rcpt_tos) >= most:
             return f"452 4.5.3 too many recipients; at most {most} in one transaction"
+        if target.purpose in limits.REQUEST_PURPOSES:
+            ip = str(session.peer[0] if isinstance(session.peer, tuple) else session.peer)
+            if not self.requests.admit(ip):
+                log.info("refused rcpt=%s from %s: too many requests", address, ip)
+                return limits.request_refusal(ip, self.requests.limit)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(rcpt_options)
         return "250 2.1.5 OK"

@@ -13,6 +13,7 @@ from jinja2 import TemplateError
 from listserv.address import ListAddresses
 from listserv.compose import has_control, render_footer
 from listserv.models import (
+    MAX_INT,
     ArchivePolicy,
     DigestFrequency,
     DmarcMode,
@@ -56,13 +57,13 @@ def parse_bool(text: str, name: str) -> bool:
 
 
 def _size(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise UserError("valid values: a number of bytes, 0 for no limit") from None
-    if value < 0:
-        raise UserError("valid values: a number of bytes, 0 for no limit")
-    return value
+    """A number of bytes the list's row can hold (MAX_INT, 2 GB: more is no limit)."""
+    valid = f"valid values: a number of bytes up to {MAX_INT}, 0 for no limit"
+    text = text.strip()
+    if (not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_INT))
+            or int(text) > MAX_INT):
+        raise UserError(valid)
+    return int(text)
 
 
 def _hour(text: str) -> int:
