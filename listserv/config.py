@@ -37,6 +37,12 @@ class SmtpConfig:
     # last hour, and SMTP connections open at once from one IP address (per process).
     max_messages_per_sender_per_hour: int = 100
     max_connections_per_ip: int = 20
+    # SMTP connections open at once in all (per process): one more gets 421.
+    max_connections: int = 500
+    # The header block of a message taken at all (552 above it).
+    max_header_bytes: int = 1048576
+    # RCPTs taken in one transaction; one more gets 452 4.5.3 (RFC 5321 §4.5.3.1.10).
+    max_recipients: int = 100
     # PEM files of a certificate (with its chain) and its key: set both and EHLO offers
     # STARTTLS (RFC 3207). Never required: a public MX must take plain mail too.
     tls_cert_file: str = ""

@@ -28,7 +28,9 @@ from listserv import (
     web,
 )
 from listserv.config import Config
+from listserv.descriptors import ExhaustionLog
 from listserv.models import utcnow
+from listserv.protocol import protocol_factory
 
 log = logging.getLogger("listserv")
 
@@ -142,6 +144,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
                 ready: asyncio.Event | None = None) -> None:
     """Run until `stop` is set (by a signal when run from the command line)."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(ExhaustionLog())
     stop = stop or asyncio.Event()
     await asyncio.to_thread(_ensure_secret, engine, config)
     await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
@@ -149,7 +152,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
-    smtp = await loop.create_server(receive.protocol_factory(handler, config),
+    smtp = await loop.create_server(protocol_factory(handler, config),
                                     host=config.smtp.host, port=config.smtp.port)
     loops = health.Loops()
     app = web.make_app(engine, config, health.routes(engine, loops, worker.smarthost))
