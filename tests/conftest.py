@@ -106,13 +106,13 @@ class SinkHandler:
     pipelining: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             scripted = self.rcpt_replies.get(address)
             reply = scripted.pop(0) if scripted else None
@@ -121,7 +121,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             reply = self.data_replies.pop(0) if self.data_replies else None
             if reply and not reply.startswith("2"):

@@ -63,11 +63,11 @@ class Smarthost(SinkHandler):
     gate: threading.Event = field(default_factory=threading.Event)
     transactions: int = 0
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.connections += 1
         return await super().handle_EHLO(server, session, envelope, hostname, responses)
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope):
         self.transactions += 1
         if self.hold_data_after is not None and self.transactions > self.hold_data_after:
             self.parked.set()

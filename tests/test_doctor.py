@@ -53,7 +53,7 @@ def toml(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def doctor_json(tmp_path: Path, config: Config, *args: str):  # noqa: ANN201
+def doctor_json(tmp_path: Path, config: Config, *args: str):
     path = tmp_path / "listserv.toml"
     path.write_text(toml(config), encoding="utf-8")
     proc = run_listserv("--config", path, "doctor", LIST, "--json", *args)
@@ -62,11 +62,11 @@ def doctor_json(tmp_path: Path, config: Config, *args: str):  # noqa: ANN201
 
 
 @pytest.fixture
-def mlist(make_list):  # noqa: ANN001, ANN201
+def mlist(make_list):
     return make_list(owner=None)
 
 
-def check(config: Config, mlist, which):  # noqa: ANN001, ANN201
+def check(config: Config, mlist, which):
     """One check on its own."""
     return which(doctor.Deployment(config, mlist, Resolver(config.dns), "test-secret"))
 
