@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import bouncing, db, deliver, digest, moderation, receive, tokens, web
+from listserv import bouncing, db, deliver, digest, listeners, moderation, receive, tokens, web
 from listserv.config import Config
 from listserv.models import utcnow
 
@@ -120,21 +120,24 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (by a signal when run from the command line)."""
+                ready: Callable[[Config], None] | None = None) -> None:
+    """Run until `stop` is set (by a signal when run from the command line). `ready` is
+    called once listening, with the config naming the ports bound (port 0: any free one)."""
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+    smtp_socket = listeners.bind(config.smtp.host, config.smtp.port)
+    web_socket = listeners.bind(config.web.host, config.web.port)
+    config = listeners.bound(config, smtp_socket, web_socket)
     await asyncio.to_thread(_ensure_secret, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
-    smtp = await loop.create_server(receive.protocol_factory(handler, config),
-                                    host=config.smtp.host, port=config.smtp.port)
+    smtp = await loop.create_server(receive.protocol_factory(handler, config), sock=smtp_socket)
     http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
                                    port=config.web.port, log_level="warning",
                                    lifespan="off"))
-    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve()),
+    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve([web_socket])),
              asyncio.create_task(housekeeping(engine, config, stop, worker.wake)),
              asyncio.create_task(digests(engine, config, stop, digest_check, worker.wake))]
     log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
@@ -142,7 +145,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
              config.web.host, config.web.port, config.delivery.smarthost_host,
              config.delivery.smarthost_port)
     if ready is not None:
-        ready.set()
+        ready(config)
     try:
         await stop.wait()
     finally:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import smtplib
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from typer.testing import CliRunner, Result
 from listserv import config as config_mod
 from listserv import db, receive
 from listserv.cli import app
-from tests.conftest import CORPUS, free_port, message
+from tests.conftest import CORPUS, message
 
 LIST = "dev@lists.example.org"
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
@@ -357,39 +357,39 @@ def test_db_upgrade_on_a_fresh_database_and_again(cli, db_url):
     assert [r["address"] for r in as_json(cli("list", "ls", "--json"))] == [LIST]
 
 
-def wait_for_smtp(port: int, proc: subprocess.Popen, deadline: float) -> None:
-    """Block until the server answers on its SMTP port (or has died)."""
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-                client.noop()
-                return
-        except OSError:
-            time.sleep(0.1)
+def ports_logged(proc: subprocess.Popen) -> tuple[int, int]:
+    """Block until the server logs that it listens; the SMTP and web ports it names."""
+    for line in proc.stderr:
+        if found := re.search(r" listening: \w+ on [^ ]+:(\d+), web on http://[^/]+:(\d+)/",
+                              line):
+            return int(found[1]), int(found[2])
     raise AssertionError("listserv serve did not start")
 
 
+@pytest.mark.slow
 def test_serve_receives_and_delivers_until_sigterm(make_list, sink, tmp_path, db_url):
     make_list(LIST, members=["ann@example.org"])
-    smtp_port, web_port = free_port(), free_port()
     config = write_config(tmp_path / "serve.toml", db_url, f"""
 [smtp]
-port = {smtp_port}
+port = 0
 [delivery]
 smarthost_port = {sink.port}
 [web]
-port = {web_port}
-base_url = "http://127.0.0.1:{web_port}"
+port = 0
+base_url = "http://127.0.0.1:0"
 """)
     script = Path(sys.executable).parent / "listserv"
     proc = subprocess.Popen([str(script), "--config", str(config), "serve"], cwd=tmp_path,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
+        smtp_port, web_port = ports_logged(proc)  # port 0: any free port, as logged
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
             client.sendmail("ann@example.org", [LIST], message("Hi", sender="ann@example.org"))
         assert sorted(sink.wait_for(2)) == ["ann@example.org", "owner@example.org"]
+        # base_url named port 0 too: the links in a copy name the port the web got.
+        [copy] = sink.copies_to("ann@example.org")
+        assert f"<http://127.0.0.1:{web_port}/unsubscribe/".encode() in copy
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)

@@ -30,7 +30,7 @@ from listserv import db, store
 from listserv.config import DeliveryConfig
 from listserv.deliver import backoff
 from listserv.models import Delivery, DeliveryState, RecipientFailure, utcnow
-from tests.conftest import SinkHandler, free_port, message
+from tests.conftest import SinkController, SinkHandler, free_port, message
 
 LIST = "dev@lists.example.org"
 MEMBERS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
@@ -88,7 +88,7 @@ class _HangupCountingSMTP(SMTP):
         self.event_handler.hangups += 1
 
 
-class _SmarthostController(Controller):
+class _SmarthostController(SinkController):
     def factory(self) -> SMTP:
         return _HangupCountingSMTP(self.handler, **self.SMTP_kwargs)
 
@@ -101,8 +101,7 @@ def make_sink() -> Iterator[Callable[..., Smarthost]]:
 
     def make(port: int | None = None, **smtp_options: object) -> Smarthost:
         handler = Smarthost()
-        controller = _SmarthostController(handler, hostname="127.0.0.1",
-                                          port=port or free_port(), **smtp_options)
+        controller = _SmarthostController(handler, port=port or 0, **smtp_options)
         controller.start()
         controllers.append(controller)
         handler.port = controller.port  # type: ignore[attr-defined]
@@ -371,6 +370,7 @@ def recorded(engine: Engine, addresses: list[str]) -> bool:
     return not still & set(addresses)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_fan_out_then_restart_delivers_every_member_exactly_once(
         make_serve, make_list, sink, engine):
     """A copy the smarthost took is recorded within deliver.MARK_INTERVAL; a kill inside
@@ -396,6 +396,7 @@ def test_kill_9_mid_fan_out_then_restart_delivers_every_member_exactly_once(
     assert "requeued" in srv.log()
 
 
+@pytest.mark.slow
 def test_sigterm_exits_cleanly_and_a_restart_finishes_the_fan_out(make_serve, make_list,
                                                                   sink, engine):
     members = many_members(40)
@@ -421,6 +422,7 @@ def test_sigterm_exits_cleanly_and_a_restart_finishes_the_fan_out(make_serve, ma
     assert srv.signal(signal.SIGTERM) == 0
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_database_and_send_each_job_once(make_serve, make_list, sink,
                                                                engine):
     members = many_members(40)

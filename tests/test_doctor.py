@@ -78,9 +78,8 @@ def test_a_healthy_deployment_passes_and_exits_0(tmp_path, make_server, make_lis
     healthy_zone(dns_server, key)
     sink.pipelining = True
     make_list()
-    config = with_dkim(config, key)
-    make_server(dkim=dataclasses.asdict(config.dkim))  # the web pages answer
-    proc, results = doctor_json(tmp_path, config)
+    served = make_server(dkim=dataclasses.asdict(with_dkim(config, key).dkim))
+    proc, results = doctor_json(tmp_path, served.config)  # the web pages answer
     assert proc.returncode == 0, proc.stdout
     assert list(results) == ["mx", "spf", "dkim", "dmarc", "smarthost", "base_url", "web",
                              "copy headers", "copy signature"]

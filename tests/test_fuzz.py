@@ -33,6 +33,8 @@ from listserv.compose import quote_id
 from listserv.models import DigestIssue, Message, utcnow
 from tests.conftest import CORPUS, RunningServer, message
 
+pytestmark = pytest.mark.slow  # thousands of generated mails, 100 MB lines
+
 LIST = "dev@lists.example.org"
 MEMBER = "bob@example.com"
 # Every kind of address a list has (address.Purpose), VERP and confirmation detail too.
