@@ -353,7 +353,7 @@ class Relay:
             return data, [rcpt]
         refused[rcpt] = next((r for r in replies if not r.ok), data_reply)
         finished.add(rcpt)
-        ahead, expected = b"", []
+        ahead, expected = b"", list[str | None]()
         if data_reply.code == 354:
             ahead, expected = b".\r\n", [None]  # a server that said 354 anyway
         if mail.ok:
