@@ -68,6 +68,15 @@ def free_port() -> int:
 
 
 @pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port that refuses connections for the whole test: bound, never listening, so no
+    server a parallel test starts on port 0 can be given it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+@pytest.fixture
 def db_url(tmp_path: Path) -> Iterator[str]:
     """A database of its own for each test: a SQLite file, or a fresh PostgreSQL schema."""
     if not PG_URL:

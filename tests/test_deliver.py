@@ -291,8 +291,7 @@ class Serve:
 
     def __init__(self, tmp_path: Path, db_url: str, smarthost_port: int, name: str,
                  concurrency: int) -> None:
-        self.smtp_port = free_port()
-        web_port = free_port()
+        self.smtp_port = free_port()  # kept across restarts: the clients of test_crash
         config = tmp_path / f"{name}.toml"
         config.write_text(f"""
 [smtp]
@@ -311,8 +310,8 @@ retry_max_hours = 1
 
 [web]
 host = "127.0.0.1"
-port = {web_port}
-base_url = "http://127.0.0.1:{web_port}"
+port = 0
+base_url = "http://127.0.0.1:0"
 secret = "test-secret"
 """)
         self.env = {**os.environ, "LISTSERV_CONFIG": str(config),

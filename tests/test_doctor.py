@@ -13,7 +13,6 @@ import pytest
 from listserv import doctor, signing
 from listserv.config import Config, DeliveryConfig, DkimConfig, WebConfig
 from listserv.resolver import Resolver
-from tests.conftest import free_port
 from tests.test_cli import assert_one_line_error, run_listserv
 from tests.test_dkim import published
 
@@ -96,7 +95,7 @@ def test_a_healthy_deployment_passes_and_exits_0(tmp_path, make_server, make_lis
 
 
 def test_a_broken_deployment_says_what_to_fix_and_exits_1(tmp_path, make_list, config,
-                                                          dns_server, key):
+                                                          dns_server, key, closed_port):
     healthy_zone(dns_server)
     del dns_server.records[DOMAIN]  # no SPF
     del dns_server.records[f"_dmarc.{DOMAIN}"]
@@ -105,7 +104,7 @@ def test_a_broken_deployment_says_what_to_fix_and_exits_1(tmp_path, make_list, c
     make_list()
     config = dataclasses.replace(
         with_dkim(config, key),
-        delivery=DeliveryConfig(smarthost_host="127.0.0.1", smarthost_port=free_port()))
+        delivery=DeliveryConfig(smarthost_host="127.0.0.1", smarthost_port=closed_port))
     proc, results = doctor_json(tmp_path, config)
     assert proc.returncode == 1
     status = {c: r["status"] for c, r in results.items()}
@@ -163,8 +162,8 @@ def test_smarthost_reports_its_ehlo_features(config, mlist, sink):
     assert "PIPELINING" in result.detail and "SIZE" in result.detail
 
 
-def test_smarthost_on_a_closed_port_fails(config, mlist):
-    port = free_port()
+def test_smarthost_on_a_closed_port_fails(config, mlist, closed_port):
+    port = closed_port
     closed = dataclasses.replace(config, delivery=DeliveryConfig(smarthost_port=port))
     result = check(closed, mlist, doctor.check_smarthost)
     assert result.status is doctor.Status.FAIL
