@@ -13,6 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from listserv.models import MAX_INT
 
@@ -204,12 +205,13 @@ def _section(cls: type, name: str, values: object) -> object:
 
 def from_dict(data: dict) -> Config:
     """Build a Config from parsed TOML, refusing anything we would silently ignore."""
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    kwargs = {}
+    defaults = Config()
+    sections = [f.name for f in dataclasses.fields(Config)]
+    kwargs: dict[str, Any] = {}  # each a section of its dataclass, as _section makes it
     for name, values in data.items():
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; valid sections: {', '.join(sections)}")
-        kwargs[name] = _section(sections[name].default_factory, name, values)
+        kwargs[name] = _section(type(getattr(defaults, name)), name, values)
     return Config(**kwargs)
 
 

@@ -433,7 +433,7 @@ def _in_savepoint(session: Session, config: Config, incoming: Incoming,
             return exc
         except OperationalError:
             raise  # the group as a whole
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  one transaction's failure, not the group's
             return exc  # its client gets a 451 (and the log the traceback)
     raise AssertionError("unreachable")
 
@@ -512,7 +512,7 @@ class GroupCommit:
                     results = await asyncio.get_running_loop().run_in_executor(
                         self.thread, ingest_group, self.engine, self.config,
                         [i for i, _ in group], handoff)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001  each client of the group gets its 451
                     results = [exc] * len(group)
                 else:
                     if self.worker is not None and handoff is not None:

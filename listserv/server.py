@@ -19,6 +19,7 @@ from listserv import (
     deliver,
     digest,
     health,
+    listeners,
     metrics,
     moderation,
     preflight,
@@ -141,26 +142,29 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (by a signal when run from the command line)."""
+                ready: Callable[[Config], None] | None = None) -> None:
+    """Run until `stop` is set (by a signal when run from the command line). `ready` is
+    called once listening, with the config naming the ports bound (port 0: any free one)."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(ExhaustionLog())
     stop = stop or asyncio.Event()
+    smtp_socket = listeners.bind(config.smtp.host, config.smtp.port)
+    web_socket = listeners.bind(config.web.host, config.web.port)
+    config = listeners.bound(config, smtp_socket, web_socket)
     await asyncio.to_thread(_ensure_secret, engine, config)
     await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
-    smtp = await loop.create_server(protocol_factory(handler, config),
-                                    host=config.smtp.host, port=config.smtp.port)
+    smtp = await loop.create_server(protocol_factory(handler, config), sock=smtp_socket)
     loops = health.Loops()
     app = web.make_app(engine, config, health.routes(engine, loops, worker.smarthost))
     http = _Uvicorn(uvicorn.Config(app, host=config.web.host,
                                    port=config.web.port, log_level="warning",
                                    lifespan="off"))
     tasks = [loops.watch("delivery", asyncio.create_task(worker.run(stop))),
-             loops.watch("web", asyncio.create_task(http.serve())),
+             loops.watch("web", asyncio.create_task(http.serve([web_socket]))),
              loops.watch("housekeeping", asyncio.create_task(
                  housekeeping(engine, config, stop, worker.wake))),
              loops.watch("digests", asyncio.create_task(
@@ -171,7 +175,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
              config.web.host, config.web.port, config.delivery.smarthost_host,
              config.delivery.smarthost_port)
     if ready is not None:
-        ready.set()
+        ready(config)
     try:
         await stop.wait()
     finally:

@@ -34,6 +34,8 @@ from listserv.models import DigestIssue, Message, utcnow
 from listserv.protocol import ListSMTP
 from tests.conftest import CORPUS, RunningServer, message
 
+pytestmark = pytest.mark.slow  # thousands of generated mails, 100 MB lines
+
 LIST = "dev@lists.example.org"
 MEMBER = "bob@example.com"
 # Every kind of address a list has (address.Purpose), VERP and confirmation detail too.
