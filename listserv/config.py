@@ -149,8 +149,9 @@ _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
 # worker, a date past the year 9999). Any other number: 0 to MAX_INT, and finite.
 _DAYS = 36_500  # 100 years: longer than any expiry or retry means anything
 _PORT = (1, 65_535)
+_LISTEN = (0, 65_535)  # 0: any free port, named in the "listening" log line
 _RANGES: dict[tuple[str, str], tuple[int, int]] = {
-    ("smtp", "port"): _PORT, ("web", "port"): _PORT, ("dns", "port"): _PORT,
+    ("smtp", "port"): _LISTEN, ("web", "port"): _LISTEN, ("dns", "port"): _PORT,
     ("delivery", "smarthost_port"): _PORT,
     ("delivery", "concurrency"): (1, 1000),
     ("delivery", "max_recipients_per_transaction"): (1, 100_000),
