@@ -557,13 +557,18 @@ class Worker:
         """_db, through any outage of the database (see supervise.retrying)."""
         return await supervise.retrying(self.outage, lambda: self._db(fn, *args), self._stop)
 
+    async def _read(self, fn, *args):  # type: ignore[no-untyped-def]
+        # A read: it needs no turn at the write lock (a receiver under load holds it
+        # most of the time).
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self._read_call, fn, *args)
+
     async def _prepared(self, outgoing_id: int) -> bytes | Personal:
-        """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
+        """The dot-stuffed copy, read once (through an outage) and kept while jobs of
+        that copy are sent."""
         if outgoing_id not in self._data:
-            # A read: it needs no turn at the write lock (a receiver under load holds it
-            # most of the time).
-            self._remember(outgoing_id, await asyncio.get_running_loop().run_in_executor(
-                self._threads, self._read_call, self._load, outgoing_id))
+            self._remember(outgoing_id, await supervise.retrying(
+                self.outage, lambda: self._read(self._load, outgoing_id), self._stop))
         self._data.move_to_end(outgoing_id)
         return self._data[outgoing_id]
 
@@ -572,8 +577,7 @@ class Worker:
         claim is often a post of its own)."""
         missing = {job.outgoing_id for job in jobs} - set(self._data)
         if missing:
-            found = await asyncio.get_running_loop().run_in_executor(
-                self._threads, self._read_call, _copies, sorted(missing))
+            found = await self._read(_copies, sorted(missing))
             for outgoing_id, stored in found.items():
                 self._remember(outgoing_id, self._prepare(stored))
 
@@ -716,8 +720,7 @@ class Worker:
         refused: dict[str, Reply] = {}
         error: RelayError | None = None
         try:
-            data = await supervise.retrying(
-                self.outage, lambda: self._prepared(job.outgoing_id), self._stop)
+            data = await self._prepared(job.outgoing_id)
             try:
                 relay = relay or await self._connect()
                 refused = await self._transmit(relay, job, data)

@@ -47,11 +47,14 @@ class Outage:
     def __init__(self, name: str) -> None:
         self.name = name
         self.since: float | None = None
+        self.back = 0.0  # when the database was last seen back
         self.delay = 0.0
 
-    def failed(self, exc: BaseException) -> float:
-        """Note a failed try; the seconds to wait before the next."""
-        if self.since is None:
+    def failed(self, exc: BaseException, started: float) -> float:
+        """Note a try begun at `started` failed; the seconds to wait before the next. A
+        try begun before the database was seen back (several tasks share an Outage)
+        is the old outage, not a new one."""
+        if self.since is None and started >= self.back:
             self.since = time.monotonic()
             log.error("%s: database unavailable, retrying until it is back (%s)",
                       self.name, reason(exc))
@@ -60,8 +63,8 @@ class Outage:
 
     def recovered(self) -> None:
         if self.since is not None:
-            log.info("%s: database back after %.1f s", self.name,
-                     time.monotonic() - self.since)
+            self.back = time.monotonic()
+            log.info("%s: database back after %.1f s", self.name, self.back - self.since)
         self.since = None
         self.delay = 0.0
 
@@ -80,12 +83,13 @@ async def retrying(outage: Outage, call: Callable[[], Awaitable[T]],
     """`call()` tried until the database answers. Once `stop` is set a failure is
     raised instead: a stopping server does not wait for the database to come back."""
     while True:
+        started = time.monotonic()
         try:
             result = await call()
         except SQLAlchemyError as exc:
             if stop is not None and stop.is_set():
                 raise
-            await pause(outage.failed(exc), stop)
+            await pause(outage.failed(exc, started), stop)
         else:
             outage.recovered()
             return result
