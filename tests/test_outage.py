@@ -31,6 +31,7 @@ from tests.test_crash import import_members
 from tests.test_deliver import LIST, Serve, Smarthost, post, settled, wait_until
 
 make_sink = test_deliver.make_sink
+make_serve = test_deliver.make_serve
 sink = test_deliver.sink
 
 CONCURRENCY = 2
@@ -120,24 +121,30 @@ def fill(directory: Path) -> Path:
 
 # --- servers ------------------------------------------------------------------------------
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    """`listserv serve` processes on a database URL of the test's choosing, with
-    [delivery] values added; all killed at the end."""
-    started: list[Serve] = []
+def serve_on(make_serve: Callable[..., Serve], url: str, smarthost_port: int, name: str,
+             **delivery: int) -> Serve:
+    """test_deliver's `listserv serve` on a database of the test's choosing, with
+    [delivery] values added."""
+    srv = make_serve(smarthost_port, name, concurrency=CONCURRENCY)
+    srv.env["LISTSERV_DATABASE_URL"] = url
+    path = Path(srv.env["LISTSERV_CONFIG"])
+    added = "".join(f"{key} = {value}\n" for key, value in delivery.items())
+    path.write_text(path.read_text().replace("[delivery]\n", "[delivery]\n" + added))
+    return srv
 
-    def make(url: str, smarthost_port: int, name: str, **delivery: int) -> Serve:
-        srv = Serve(tmp_path, url, smarthost_port, name, CONCURRENCY)
-        path = Path(srv.env["LISTSERV_CONFIG"])
-        added = "".join(f"{key} = {value}\n" for key, value in delivery.items())
-        path.write_text(path.read_text().replace("[delivery]\n", "[delivery]\n" + added))
-        started.append(srv)
-        return srv
-    yield make
-    for srv in started:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
+
+def two_fanning_out(tmp_path: Path, make_serve: Callable[..., Serve], url: str,
+                    sink: Smarthost, count: int, **delivery: int
+                    ) -> tuple[Serve, Serve, list[str]]:
+    """Two servers on one database, and a post to a list of `count` members received by
+    the first (its jobs are handed to the first's worker as far as it has room)."""
+    first, second = (serve_on(make_serve, url, sink.port, name, **delivery)
+                     for name in ("first", "second"))
+    members = import_members(first, tmp_path, count)
+    first.start()
+    second.start()
+    first.send([LIST], post())
+    return first, second, members
 
 
 def web_get(srv: Serve, path: str = "/") -> tuple[int, Message, str]:
@@ -162,15 +169,10 @@ def still_running(*procs: Serve) -> bool:
 # --- PostgreSQL stopped and started in the middle of a fan-out --------------------------
 
 def test_postgresql_stopped_mid_fan_out_delivers_everyone_once_after_it_is_back(
-        tmp_path, postgres, servers, sink):
+        tmp_path, postgres, make_serve, sink):
     engine = db.open_database(postgres.url)
     sink.data_delay = 0.02  # the fan-out lasts long enough to be cut in the middle
-    first = servers(postgres.url, sink.port, "first")
-    second = servers(postgres.url, sink.port, "second")
-    members = import_members(first, tmp_path, 400)
-    first.start()
-    second.start()
-    first.send([LIST], post())
+    first, second, members = two_fanning_out(tmp_path, make_serve, postgres.url, sink, 400)
     wait_until(lambda: len(sink.recipients()) >= 60, "the fan-out to be under way")
     postgres.stop()
     stopped_at = len(sink.recipients())
@@ -207,11 +209,11 @@ def test_postgresql_stopped_mid_fan_out_delivers_everyone_once_after_it_is_back(
 # --- SQLite on a full disk --------------------------------------------------------------
 
 def test_sqlite_on_a_full_disk_resumes_delivery_once_there_is_room(tmp_path, small_disk,
-                                                                    servers, sink):
+                                                                    make_serve, sink):
     url = f"sqlite:///{small_disk / 'listserv.db'}"
     engine = db.open_database(url)
     sink.data_delay = 0.02
-    srv = servers(url, sink.port, "serve")
+    srv = serve_on(make_serve, url, sink.port, "serve")
     members = import_members(srv, tmp_path, 300)
     srv.start()
     srv.send([LIST], post())
@@ -237,17 +239,13 @@ def test_sqlite_on_a_full_disk_resumes_delivery_once_there_is_room(tmp_path, sma
 # --- leases -----------------------------------------------------------------------------
 
 def test_a_worker_renews_the_leases_of_jobs_it_holds_longer_than_a_lease(
-        tmp_path, db_url, engine, servers, sink):
+        tmp_path, db_url, engine, make_serve, sink):
     """Each worker holds up to concurrency x 8 jobs, sent one after the other at 0.2 s a
     transaction: the last waits longer than the 1 s lease, and without renewal the other
     worker's claim would take it over and send it again."""
     sink.data_delay = 0.2
-    first = servers(db_url, sink.port, "first", lease_seconds=1)
-    second = servers(db_url, sink.port, "second", lease_seconds=1)
-    members = import_members(first, tmp_path, 80)
-    first.start()
-    second.start()
-    first.send([LIST], post())
+    first, second, members = two_fanning_out(tmp_path, make_serve, db_url, sink, 80,
+                                             lease_seconds=1)
     wait_until(lambda: len(set(sink.recipients())) == len(members), "a copy for every member")
     settled(engine)
     assert duplicates(sink) == 0
@@ -255,14 +253,10 @@ def test_a_worker_renews_the_leases_of_jobs_it_holds_longer_than_a_lease(
 
 
 def test_a_dead_workers_jobs_are_taken_over_after_its_lease_and_logged(
-        tmp_path, db_url, engine, servers, sink):
+        tmp_path, db_url, engine, make_serve, sink):
     sink.data_delay = 0.05
-    first = servers(db_url, sink.port, "first", lease_seconds=2)
-    second = servers(db_url, sink.port, "second", lease_seconds=2)
-    members = import_members(first, tmp_path, 80)
-    first.start()
-    second.start()
-    first.send([LIST], post())  # its jobs are handed to the first worker as it stores it
+    first, second, members = two_fanning_out(tmp_path, make_serve, db_url, sink, 80,
+                                             lease_seconds=2)
     wait_until(lambda: len(sink.recipients()) >= 4, "the fan-out to be under way")
     dead = first.proc.pid
     assert first.signal(signal.SIGKILL) == -signal.SIGKILL
