@@ -17,7 +17,7 @@ from functools import partial
 
 from sqlalchemy import update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from listserv import supervise
 from listserv.models import Delivery, DeliveryState, utcnow
@@ -29,11 +29,11 @@ def renew(session: Session, worker: str, ids: list[int], lease: timedelta) -> se
     """Extend the lease of the jobs `worker` still holds among `ids`; those it still
     holds (a job recorded meanwhile, or taken over after an outage, is not among them)."""
     kept = session.scalars(
-        update(Delivery).where(Delivery.id.in_(ids), Delivery.worker == worker,
-                               Delivery.state == DeliveryState.SENDING)
-        .values(lease_until=utcnow() + lease).returning(Delivery.id)).all()
+        update(Delivery).where(col(Delivery.id).in_(ids), col(Delivery.worker) == worker,
+                               col(Delivery.state) == DeliveryState.SENDING)
+        .values(lease_until=utcnow() + lease).returning(col(Delivery.id))).all()
     session.commit()
-    return set(kept)
+    return {job_id for job_id in kept if job_id is not None}
 
 
 class Leases:
