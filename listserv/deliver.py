@@ -637,10 +637,19 @@ class Worker:
             while self._recording is not None:  # outcomes being written
                 await asyncio.shield(self._recording)
             await self.progress.flush()
-            released = await self._db(release, self.name, unsent)
-            if released:
-                log.info("gave back %d deliveries not sent", released)
+            await self._give_back(unsent)
             self._threads.shutdown(wait=False)
+
+    async def _give_back(self, unsent: list[int]) -> None:
+        try:
+            released = await self._db(release, self.name, unsent)
+        except SQLAlchemyError as exc:
+            log.warning("could not give back the deliveries held here (%s): they resume "
+                        "when their lease runs out, or at the next start on this host",
+                        supervise.reason(exc))
+            return
+        if released:
+            log.info("gave back %d deliveries not sent", released)
 
     async def _claim_until(self, stop: asyncio.Event, poll: float) -> None:
         lease = timedelta(seconds=self.config.lease_seconds)
