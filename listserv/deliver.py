@@ -29,7 +29,7 @@ from sqlmodel import Session
 from listserv import bouncing, compose, db, metrics, signing, store, supervise, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
-from listserv.lease import Leases
+from listserv.lease import Leases, log_takeovers, past_lease
 from listserv.models import (
     Delivery,
     DeliveryState,
@@ -85,24 +85,17 @@ _CLAIM = (update(Delivery.__table__)
                   lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
           .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
                      _d.created_at))
-# The claimed jobs whose lease ran out, and who held them: a takeover is logged. (No
-# RETURNING gives a row's old values, and SQLite's RETURNING cannot name an UPDATE's
-# FROM.) Only jobs being sent are read: the few in flight, found by the ready index.
-_EXPIRED = select(_d.id, _d.worker).where(_d.state == DeliveryState.SENDING,
-                                          _d.lease_until < bindparam("now"))
 
 
 def claim(session: Session, worker: str, limit: int, lease: timedelta) -> list[Job]:
     """Reserve up to `limit` ready jobs for this worker and commit the reservation."""
     now = utcnow()
     connection = session.connection()
-    expired = {r.id: r.worker for r in connection.execute(_EXPIRED, {"now": now})}
+    expired = past_lease(connection, now)
     rows = connection.execute(_CLAIM, {
         "now": now, "room": limit, "worker": worker, "lease_until": now + lease}).all()
     session.commit()
-    for previous, count in Counter(expired[r.id] for r in rows if r.id in expired).items():
-        log.warning("took over %d deliveries from worker %s, whose lease ran out",
-                    count, previous)
+    log_takeovers(expired, [r.id for r in rows])
     return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,
                 r.created_at) for r in sorted(rows, key=lambda r: r.id)]
 

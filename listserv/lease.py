@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col
 
@@ -23,6 +25,27 @@ from listserv import supervise
 from listserv.models import Delivery, DeliveryState, utcnow
 
 log = logging.getLogger("listserv.deliver")
+
+
+# Jobs whose lease ran out, and who held them, read by a claim before it takes them: a
+# takeover is logged. (No RETURNING gives a row's old values, and SQLite's RETURNING
+# cannot name an UPDATE's FROM.) Only jobs being sent are read: the few in flight.
+_EXPIRED = select(col(Delivery.id), col(Delivery.worker)).where(
+    col(Delivery.state) == DeliveryState.SENDING, col(Delivery.lease_until) < bindparam("now"))
+
+
+def past_lease(connection: Connection, now: datetime) -> dict[int, str]:
+    """The jobs whose lease ran out by `now`, and their workers: read in the claim's
+    transaction, before its UPDATE."""
+    return {r.id: r.worker for r in connection.execute(_EXPIRED, {"now": now})}
+
+
+def log_takeovers(expired: dict[int, str], claimed: list[int]) -> None:
+    """One line per worker whose jobs a claim took over: a worker died, or was cut off
+    from the database for longer than a lease."""
+    for previous, count in Counter(expired[i] for i in claimed if i in expired).items():
+        log.warning("took over %d deliveries from worker %s, whose lease ran out",
+                    count, previous)
 
 
 def renew(session: Session, worker: str, ids: list[int], lease: timedelta) -> set[int]:
