@@ -149,8 +149,7 @@ def two_fanning_out(tmp_path: Path, make_serve: Callable[..., Serve], url: str,
 
 def web_get(srv: Serve, path: str = "/") -> tuple[int, Message, str]:
     """A page of `srv`'s web app: its status, headers and text, whatever the status."""
-    config = Path(srv.env["LISTSERV_CONFIG"]).read_text()
-    base = re.search(r'base_url = "([^"]+)"', config).group(1)
+    base = re.findall(r" web on (http://[^/]+)/", srv.log())[-1]  # the port it bound
     try:
         with urllib.request.urlopen(base + path, timeout=30) as response:
             return response.status, response.headers, response.read().decode()
