@@ -167,6 +167,7 @@ def still_running(*procs: Serve) -> bool:
 
 # --- PostgreSQL stopped and started in the middle of a fan-out --------------------------
 
+@pytest.mark.slow  # `listserv serve` processes
 def test_postgresql_stopped_mid_fan_out_delivers_everyone_once_after_it_is_back(
         tmp_path, postgres, make_serve, sink):
     engine = db.open_database(postgres.url)
@@ -207,6 +208,7 @@ def test_postgresql_stopped_mid_fan_out_delivers_everyone_once_after_it_is_back(
 
 # --- SQLite on a full disk --------------------------------------------------------------
 
+@pytest.mark.slow  # `listserv serve` processes
 def test_sqlite_on_a_full_disk_resumes_delivery_once_there_is_room(tmp_path, small_disk,
                                                                     make_serve, sink):
     url = f"sqlite:///{small_disk / 'listserv.db'}"
@@ -237,6 +239,7 @@ def test_sqlite_on_a_full_disk_resumes_delivery_once_there_is_room(tmp_path, sma
 
 # --- leases -----------------------------------------------------------------------------
 
+@pytest.mark.slow  # `listserv serve` processes
 def test_a_worker_renews_the_leases_of_jobs_it_holds_longer_than_a_lease(
         tmp_path, db_url, engine, make_serve, sink):
     """Each worker holds up to concurrency x 8 jobs, sent one after the other at 0.2 s a
@@ -251,6 +254,7 @@ def test_a_worker_renews_the_leases_of_jobs_it_holds_longer_than_a_lease(
     assert "took over" not in first.log() + second.log()
 
 
+@pytest.mark.slow  # `listserv serve` processes
 def test_a_dead_workers_jobs_are_taken_over_after_its_lease_and_logged(
         tmp_path, db_url, engine, make_serve, sink):
     sink.data_delay = 0.05
