@@ -58,8 +58,9 @@ class DeliveryConfig:
     concurrency: int = 4
     retry_initial_seconds: int = 60
     retry_max_hours: int = 72
-    # How long a claimed job stays reserved for a worker that stopped answering.
-    lease_seconds: int = 300
+    # How long a claimed job stays reserved for a worker that stopped answering; a live
+    # worker renews its leases every third of this.
+    lease_seconds: int = 30
 
 
 @dataclass(frozen=True)
