@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.utils
 import enum
 import html
 import re
@@ -253,15 +254,24 @@ def _leaves(message: email.message.Message) -> list[email.message.Message]:
     if message.get_content_type() in _EMBEDDED:
         return []
     if message.is_multipart() and message.get_content_type() != _DSN:
-        return [leaf for sub in message.get_payload() for leaf in _leaves(sub)]
+        return [leaf for sub in _parts(message) for leaf in _leaves(sub)]
     return [message]
+
+
+def _parts(message: email.message.Message) -> list[email.message.Message]:
+    """The parts of a multipart or message/* part (none of any other): the stdlib types
+    a payload loosely, as a list of parts or text."""
+    payload = message.get_payload()
+    if not isinstance(payload, list):
+        return []
+    return [p for p in payload if isinstance(p, email.message.Message)]
 
 
 def _text(part: email.message.Message) -> str:
     """A part's payload decoded, in whatever charset it claims or Latin-1 when that is
     unknown (UTF-7 and "unicode-1-1-utf-7" from old Exchange included)."""
     payload = part.get_payload(decode=True)
-    if payload is None:
+    if not isinstance(payload, bytes):  # None for a multipart
         payload = str(part.get_payload()).encode("latin-1", "replace")
     charset = part.get_content_charset() or "latin-1"
     try:
@@ -275,7 +285,8 @@ def _text(part: email.message.Message) -> str:
 def _complaint(message: email.message.Message) -> Complaint | None:
     if message.get_content_type() != "multipart/report":
         return None
-    if (message.get_param("report-type") or "").lower() != "feedback-report":
+    report_type = email.utils.collapse_rfc2231_value(message.get_param("report-type") or "")
+    if report_type.lower() != "feedback-report":
         return None
     fields: email.message.Message | None = None
     to = ""
@@ -300,19 +311,16 @@ def _embedded_to(part: email.message.Message) -> str:
 
 def _embedded_headers(part: email.message.Message) -> email.message.Message:
     """The header fields of a returned copy (message/rfc822 or text/rfc822-headers)."""
-    inner = part.get_payload()
-    if isinstance(inner, list) and inner:
-        return inner[0]
-    return email.message_from_string(str(inner))
+    inner = _parts(part)
+    return inner[0] if inner else email.message_from_string(str(part.get_payload()))
 
 
 def _fields(part: email.message.Message) -> email.message.Message:
     """The fields of a report part as one header block: the stdlib parses a message/*
     part into header blocks, but leaves a base64 or quoted-printable one as a body."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
+    if part.is_multipart():
         merged = email.message.Message()
-        for block in payload:
+        for block in _parts(part):
             for name, value in block.items():
                 merged[name] = value
         return merged
@@ -485,7 +493,7 @@ def _named(lines: list[str], ignore: set[str], *, quoted: bool
     found: dict[str, tuple[str, list[int]]] = {}
     for number, line in enumerate(lines):
         header = _QUOTED_HEADER.match(line)
-        quoted_to = bool(header) and header.group(1).lower() in {"to", "cc"}
+        quoted_to = header is not None and header.group(1).lower() in {"to", "cc"}
         if (quoted and not quoted_to) or (header and not quoted):
             continue
         for match in _ADDRESS.finditer(line):
@@ -560,7 +568,7 @@ def _chunk(lines: list[str], start: int, addresses: set[str], most: int = 8) -> 
 
 def _report_text(message: email.message.Message) -> str:
     """The human-readable report: its text parts (HTML only when there is no plain)."""
-    texts = []
+    texts: list[str] = []
     for part in _leaves(message):
         ctype = part.get_content_type()
         if ctype == "text/plain" or (ctype == "text/html" and not texts):

@@ -13,6 +13,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The largest value of an integer column on PostgreSQL (and so of an id or a per-list
 # number): anything larger typed on the command line or in a URL names nothing. Kept
@@ -40,6 +41,12 @@ class SmtpConfig:
     # last hour, and SMTP connections open at once from one IP address (per process).
     max_messages_per_sender_per_hour: int = 100
     max_connections_per_ip: int = 20
+    # SMTP connections open at once in all (per process): one more gets 421.
+    max_connections: int = 500
+    # The header block of a message taken at all (552 above it).
+    max_header_bytes: int = 1048576
+    # RCPTs taken in one transaction; one more gets 452 4.5.3 (RFC 5321 §4.5.3.1.10).
+    max_recipients: int = 100
     # PEM files of a certificate (with its chain) and its key: set both and EHLO offers
     # STARTTLS (RFC 3207). Never required: a public MX must take plain mail too.
     tls_cert_file: str = ""
@@ -54,8 +61,9 @@ class DeliveryConfig:
     concurrency: int = 4
     retry_initial_seconds: int = 60
     retry_max_hours: int = 72
-    # How long a claimed job stays reserved for a worker that stopped answering.
-    lease_seconds: int = 300
+    # How long a claimed job stays reserved for a worker that stopped answering; a live
+    # worker renews its leases every third of this.
+    lease_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -145,8 +153,9 @@ _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
 # worker, a date past the year 9999). Any other number: 0 to MAX_INT, and finite.
 _DAYS = 36_500  # 100 years: longer than any expiry or retry means anything
 _PORT = (1, 65_535)
+_LISTEN = (0, 65_535)  # 0: any free port, named in the "listening" log line
 _RANGES: dict[tuple[str, str], tuple[int, int]] = {
-    ("smtp", "port"): _PORT, ("web", "port"): _PORT, ("dns", "port"): _PORT,
+    ("smtp", "port"): _LISTEN, ("web", "port"): _LISTEN, ("dns", "port"): _PORT,
     ("delivery", "smarthost_port"): _PORT,
     ("delivery", "concurrency"): (1, 1000),
     ("delivery", "max_recipients_per_transaction"): (1, 100_000),
@@ -201,12 +210,13 @@ def _section(cls: type, name: str, values: object) -> object:
 
 def from_dict(data: dict) -> Config:
     """Build a Config from parsed TOML, refusing anything we would silently ignore."""
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    kwargs = {}
+    defaults = Config()
+    sections = [f.name for f in dataclasses.fields(Config)]
+    kwargs: dict[str, Any] = {}  # each a section of its dataclass, as _section makes it
     for name, values in data.items():
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; valid sections: {', '.join(sections)}")
-        kwargs[name] = _section(sections[name].default_factory, name, values)
+        kwargs[name] = _section(type(getattr(defaults, name)), name, values)
     return Config(**kwargs)
 
 

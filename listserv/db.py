@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, create_engine
 
 if TYPE_CHECKING:
@@ -32,6 +33,11 @@ log = logging.getLogger("listserv.db")
 
 class DatabaseError(Exception):
     """The database cannot be reached or is not in a usable state; the text says why."""
+
+
+# How the drivers report a database that is away (stopped, unreachable, its disk full)
+# rather than a query that is wrong: the web answers these with 503, not 500.
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def normalize_url(url: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,7 +45,7 @@ async def _read_queue(engine: Engine) -> metrics.Queue | None:
     """None when the database cannot be reached: that is what /healthz is asked."""
     try:
         return await asyncio.to_thread(_queue, engine)
-    except Exception:
+    except SQLAlchemyError:
         return None
 
 

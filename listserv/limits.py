@@ -1,6 +1,7 @@
 """Posting rate limits: how many messages one envelope sender may have stored in an
-hour, and how many SMTP connections one IP address may hold open at once; and how many
-requests (to -join, -leave, -request) a list answers, and a client IP may send, an hour.
+hour, how many SMTP connections may be open at once, in all and from one IP address;
+and how many requests (to -join, -leave, -request) a list answers, and a client IP may
+send, an hour.
 
 The sender count is read from the `message` table (an index on sender_key, the
 envelope sender in lower case, and received_at: `Alice@` and `alice@` share one
@@ -76,19 +77,28 @@ class Headroom:
 
 
 class Connections:
-    """The SMTP connections open from each IP address in this process."""
+    """The SMTP connections open in this process, in all and from each IP address."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit  # 0: no limit
+    def __init__(self, limit: int, total_limit: int = 0) -> None:
+        self.limit = limit  # per address; 0: no limit
+        self.total_limit = total_limit  # in all; 0: no limit
         self.open: Counter[str] = Counter()
+        self.total = 0
 
-    def admit(self, ip: str) -> bool:
-        """Count a new connection; False when it is one too many (it is counted all the
-        same, and `release` is called for it when it closes)."""
+    def admit(self, ip: str) -> str:
+        """Count a new connection; the 421 that turns it away when it is one too many,
+        else "" (it is counted all the same, and `release` is called when it closes)."""
         self.open[ip] += 1
-        return not self.limit or self.open[ip] <= self.limit
+        self.total += 1
+        if self.total_limit and self.total > self.total_limit:
+            return (f"421 4.3.2 too many connections ({self.total_limit} open); "
+                    "try again later")
+        if self.limit and self.open[ip] > self.limit:
+            return "421 4.7.0 too many connections from your address; try again later"
+        return ""
 
     def release(self, ip: str) -> None:
+        self.total -= 1
         self.open[ip] -= 1
         if self.open[ip] <= 0:
             del self.open[ip]

@@ -366,7 +366,7 @@ class Relay:
         first = next((r for r in replies if not r.ok), data_reply)
         refused[rcpt] = first if mail.ok else Reply(mail.code, f"{MAIL_REFUSED}: {mail}")
         finished.add(rcpt)
-        ahead, expected = b"", []
+        ahead, expected = b"", list[str | None]()
         if data_reply.code == 354:
             ahead, expected = b".\r\n", [None]  # a server that said 354 anyway
         if mail.ok:

@@ -207,7 +207,7 @@ def link(nodes: dict[str, Node], message_id: str, parsed: Parsed,
     # else: no parent of its own (or one that would close a loop, as two messages
     # answering each other do): keep whatever References chains gave it.
     me.by_subject = me.parent_id is None and subject_thread is not None
-    if me.by_subject:
+    if me.by_subject and subject_thread is not None:
         me.thread_id = subject_thread
 
     root = _roots(nodes)

@@ -490,6 +490,9 @@ def digest_routes(engine: Engine, config: Config,
                   methods=["GET"])]
 
 
+UNAVAILABLE_TEXT = "The archive is unavailable for a moment. Please try again in a minute."
+
+
 def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ()) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
@@ -616,9 +619,17 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ())
         response.headers.update({k.decode(): v.decode() for k, v in SECURITY_HEADERS.items()})
         return response
 
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        """The database is away (stopped, its disk full): a page saying so, with the
+        headers of every page, not a traceback; it comes back by itself."""
+        response = page("error", 503, status=503, detail=UNAVAILABLE_TEXT)
+        response.headers["retry-after"] = "60"
+        return response
+
     mute_form, mute_post = mute_routes(on=True)
     unmute_form, unmute_post = mute_routes(on=False)
-    return Starlette(exception_handlers={HTTPException: http_error, Exception: server_error},
+    return Starlette(exception_handlers={HTTPException: http_error, Exception: server_error,
+                                         **dict.fromkeys(db.UNAVAILABLE, unavailable)},
                      middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/", index),
         *extra_routes,

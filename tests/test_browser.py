@@ -22,6 +22,8 @@ __all__ = ["cli"]  # a fixture, used by name
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the browser test needs playwright (the test extras)")
 
+pytestmark = pytest.mark.slow  # a real Chromium
+
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PHONE = {"width": 390, "height": 844}
@@ -55,10 +57,10 @@ def browser() -> Iterator[sync_api.Browser]:
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, db_url: str, config) -> Path:
+def config_file(tmp_path: Path, db_url: str, running) -> Path:
     """The CLI's config names the server's database and public URL (a digest's links)."""
     return write_config(tmp_path / "listserv.toml", db_url,
-                        f'[web]\nbase_url = "{config.web.base_url}"\n')
+                        f'[web]\nbase_url = "{running.config.web.base_url}"\n')
 
 
 class Reader:

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import typer
@@ -27,7 +28,7 @@ from typer.testing import CliRunner, Result
 from listserv import config as config_mod
 from listserv import db, receive
 from listserv.cli import app
-from tests.conftest import CORPUS, free_port, message
+from tests.conftest import CORPUS, message
 
 LIST = "dev@lists.example.org"
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
@@ -416,34 +417,54 @@ def wait_for_smtp(port: int, proc: subprocess.Popen, deadline: float) -> None:
     raise AssertionError("listserv serve did not start")
 
 
+class Started(NamedTuple):
+    smtp_port: int
+    web_port: int
+    log: str  # what the server logged up to and with its "listening" line
+
+
+def ports_logged(proc: subprocess.Popen) -> Started:
+    """Block until the server logs that it listens; the SMTP and web ports it names."""
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if found := re.search(r" listening: \w+ on [^ ]+:(\d+), web on http://[^/]+:(\d+)/",
+                              line):
+            return Started(int(found[1]), int(found[2]), "".join(lines))
+    raise AssertionError("listserv serve did not start: " + "".join(lines))
+
+
 def start_serve(tmp_path: Path, db_url: str, smarthost_port: int, *args: str
-                ) -> tuple[subprocess.Popen, int]:
-    """`listserv serve ARGS` as a user starts it, on free ports; and its SMTP port."""
-    smtp_port, web_port = free_port(), free_port()
+                ) -> subprocess.Popen:
+    """`listserv serve ARGS` as a user starts it, on ports 0 (any free ones: see
+    ports_logged)."""
     config = write_config(tmp_path / "serve.toml", db_url, f"""
 [smtp]
-port = {smtp_port}
+port = 0
 [delivery]
 smarthost_port = {smarthost_port}
 [web]
-port = {web_port}
-base_url = "http://127.0.0.1:{web_port}"
+port = 0
+base_url = "http://127.0.0.1:0"
 """)
     script = Path(sys.executable).parent / "listserv"
-    proc = subprocess.Popen([str(script), "--config", str(config), "serve", *args],
+    return subprocess.Popen([str(script), "--config", str(config), "serve", *args],
                             cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    return proc, smtp_port
 
 
+@pytest.mark.slow
 def test_serve_receives_and_delivers_until_sigterm(make_list, sink, tmp_path, db_url):
     make_list(LIST, members=["ann@example.org"])
-    proc, smtp_port = start_serve(tmp_path, db_url, sink.port)
+    proc = start_serve(tmp_path, db_url, sink.port)
     try:
-        wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
+        smtp_port, web_port, _ = ports_logged(proc)  # port 0: any free port, as logged
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
             client.sendmail("ann@example.org", [LIST], message("Hi", sender="ann@example.org"))
         assert sorted(sink.wait_for(2)) == ["ann@example.org", "owner@example.org"]
+        # base_url named port 0 too: the links in a copy name the port the web got.
+        [copy] = sink.copies_to("ann@example.org")
+        assert f"<http://127.0.0.1:{web_port}/unsubscribe/".encode() in copy
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)

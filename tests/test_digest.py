@@ -39,9 +39,11 @@ HYPHENS_70, HYPHENS_30 = "-" * 70, "-" * 30
 
 
 @pytest.fixture
-def config_file(tmp_path, db_url, config):
-    """The CLI's config names the server's database and public URL (the links in a
-    digest built by `digest send` point there)."""
+def config_file(tmp_path, db_url, config, request):
+    """The CLI's config names the server's database and, in a test that runs the server,
+    its public URL (the links in a digest built by `digest send` point there)."""
+    if "running" in request.fixturenames:
+        config = request.getfixturevalue("running").config
     return write_config(tmp_path / "listserv.toml", db_url,
                         f'[web]\nbase_url = "{config.web.base_url}"\n')
 
@@ -271,7 +273,7 @@ def test_mime_digest_is_a_toc_and_a_multipart_digest_of_the_stored_bytes(
 
 
 def test_the_mime_digest_leaves_out_the_posters_ip_address(running, make_list, sink, engine,
-                                                             cli):  # noqa: F811
+                                                             cli):
     four_modes(make_list, engine)
     webmail = post(running, "Hello", "From the web.\n", **{"X-Originating-IP": "[203.0.113.7]"})
     ok(cli("digest", "send", LIST))

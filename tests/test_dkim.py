@@ -233,8 +233,10 @@ def test_a_half_set_dkim_config_stops_listserv(tmp_path):
 
 
 def test_serve_with_a_missing_key_file_stops_with_one_line(tmp_path, db_url):
+    # Ports 0: serve binds before it loads the key, and the default ports may be taken.
     config = write_config(tmp_path / "c.toml", db_url, '[dkim]\ndomain = "lists.example.org"\n'
-                          'selector = "s"\nprivate_key_file = "/nonexistent/s.key"\n')
+                          'selector = "s"\nprivate_key_file = "/nonexistent/s.key"\n'
+                          '[smtp]\nport = 0\n[web]\nport = 0\n')
     proc = run_listserv("--config", config, "serve", cwd=tmp_path)
     assert_one_line_error(proc, "/nonexistent/s.key")
 

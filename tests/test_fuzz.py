@@ -31,7 +31,10 @@ from sqlalchemy.engine import Engine
 from listserv import db, digest, receive, roster
 from listserv.compose import quote_id
 from listserv.models import DigestIssue, Message, utcnow
+from listserv.protocol import ListSMTP
 from tests.conftest import CORPUS, RunningServer, message
+
+pytestmark = pytest.mark.slow  # thousands of generated mails, 100 MB lines
 
 LIST = "dev@lists.example.org"
 MEMBER = "bob@example.com"
@@ -497,7 +500,7 @@ def test_envelope_addresses_read_as_aiosmtpd_reads_them(arg):
     """The receiver's quick reading of "<local@domain> PARAMS" gives what aiosmtpd's own
     parser gives for every MAIL FROM and RCPT TO argument: the same address (or the same
     refusal) and the same parameters."""
-    protocol = receive.ListSMTP(receive.Handler.__new__(receive.Handler), data_size_limit=0)
+    protocol = ListSMTP(receive.Handler.__new__(receive.Handler), data_size_limit=0)
     assert protocol._getaddr(arg) == _aiosmtpd_getaddr(protocol, arg)
 
 

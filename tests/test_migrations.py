@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import signal
-import time
 
 import pytest
 from alembic import command
@@ -19,9 +18,9 @@ from listserv import db
 from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
 from tests.test_cli import (
     assert_one_line_error,
+    ports_logged,
     run_listserv,
     start_serve,
-    wait_for_smtp,
     write_config,
 )
 
@@ -141,13 +140,13 @@ def test_serve_creates_an_empty_database_and_upgrades_with_upgrade(db_url, tmp_p
                                                                    revision, args, logged):
     if revision:
         _at_revision(db_url, revision)
-    proc, smtp_port = start_serve(tmp_path, db_url, sink.port, *args)
+    proc = start_serve(tmp_path, db_url, sink.port, *args)
     try:
-        wait_for_smtp(smtp_port, proc, time.monotonic() + 60)
+        started = ports_logged(proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
-    assert logged in stderr
+    assert logged in started.log + stderr
     assert _revision_now(db_url) == HEAD
 
 

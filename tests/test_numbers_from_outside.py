@@ -89,7 +89,8 @@ def test_bounce_history_too_far_back_is_a_usage_error(make_list, db_url, tmp_pat
 
 @pytest.mark.parametrize("toml, named", [
     ("[smtp]\nport = 99999\n", "[smtp] port"),
-    ("[web]\nport = 0\n", "[web] port"),
+    ("[web]\nport = -1\n", "[web] port"),
+    ("[dns]\nport = 0\n", "[dns] port"),
     ("[delivery]\nsmarthost_port = 70000\n", "[delivery] smarthost_port"),
     ("[delivery]\nconcurrency = 0\n", "[delivery] concurrency"),
     ("[delivery]\nmax_recipients_per_transaction = 0\n", "max_recipients_per_transaction"),
