@@ -19,7 +19,7 @@ class _Argument(TyperArgument):
     def display_name_raw(self) -> str:
         return self.metavar or (self.name or "").upper()
 
-    def display_type_rich(self, ctx: Any) -> str | None:  # noqa: ARG002
+    def display_type_rich(self, ctx: Any) -> str | None:
         return None  # the metavar says what it is
 
     def _usage_display_name(self) -> str:
@@ -30,7 +30,7 @@ class _Argument(TyperArgument):
 
 
 class _Option(TyperOption):
-    def display_type_rich(self, ctx: Any) -> str | None:  # noqa: ARG002
+    def display_type_rich(self, ctx: Any) -> str | None:
         if self.is_flag:
             return None
         return self.metavar or (self.name or "").upper()
