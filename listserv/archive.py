@@ -36,10 +36,12 @@ from listserv.models import (
 from listserv.parse import Parsed, parse
 
 
-def held(session: Session, mlist: MailingList) -> list[Message]:
-    return list(session.scalars(select(Message).where(
-        Message.list_id == mlist.id, Message.state == MessageState.HELD)
-        .order_by(Message.id)))
+def held(session: Session, mlist: MailingList | None) -> list[Message]:
+    """The posts held on one list, or on every list (None), oldest first."""
+    query = select(Message).where(Message.state == MessageState.HELD)
+    if mlist is not None:
+        query = query.where(Message.list_id == mlist.id)
+    return list(session.scalars(query.order_by(Message.id)))
 
 
 _IMPORTED_FIELDS = [f for f in store.Imported.__dataclass_fields__ if f != "id"]

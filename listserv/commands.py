@@ -224,10 +224,16 @@ def join(session: Session, config: Config, mlist: MailingList, address: str,
         session.add(Member(list_id=mlist.id, address=address, role=Role.MEMBER, delivery=mode))
         session.flush()
         log.info("%s subscribed to %s (%s)", address, mlist.address, mode.value)
-        _send(session, config, mlist, address, "welcome", limit=False, address=address,
-              delivery=mode.value,
-              unsubscribe_url=unsubscribe_url(session, config, mlist, address))
+        welcome(session, config, mlist, address, mode)
     return Outcome.SUBSCRIBED
+
+
+def welcome(session: Session, config: Config, mlist: MailingList, address: str,
+            mode: DeliveryMode) -> None:
+    """The mail a new member gets, whether they joined or an admin imported them: how to
+    post, change delivery and leave."""
+    _send(session, config, mlist, address, "welcome", limit=False, address=address,
+          delivery=mode.value, unsubscribe_url=unsubscribe_url(session, config, mlist, address))
 
 
 def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:

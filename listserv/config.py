@@ -15,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from listserv.models import MAX_INT
+# The largest value of an integer column on PostgreSQL (and so of an id or a per-list
+# number): anything larger typed on the command line or in a URL names nothing. Kept
+# here, not with the models: every command loads the config, and the models are sqlmodel.
+MAX_INT = 2**31 - 1
 
 
 class ConfigError(Exception):

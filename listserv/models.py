@@ -13,10 +13,6 @@ from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
-# The largest value of an integer column on PostgreSQL (and so of an id or a per-list
-# number): anything larger typed on the command line or in a URL names nothing.
-MAX_INT = 2**31 - 1
-
 
 def utcnow() -> datetime:
     """Aware UTC: the column type refuses naive datetimes, so no local time sneaks in."""
@@ -143,6 +139,7 @@ class DeliveryState(enum.StrEnum):
     SENDING = "sending"  # claimed by a worker (see worker and lease_until)
     DONE = "done"  # the smarthost took every recipient it did not refuse for good
     FAILED = "failed"  # gave up: retry_max_hours passed with only temporary failures
+    CANCELLED = "cancelled"  # an admin took it out of the queue (`listserv queue cancel`)
 
 
 class MailingList(SQLModel, table=True):

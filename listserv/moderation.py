@@ -12,9 +12,8 @@ from sqlmodel import Session
 
 from listserv import digest, notices, roster, store, tokens
 from listserv.address import Purpose
-from listserv.config import Config
+from listserv.config import MAX_INT, Config
 from listserv.models import (
-    MAX_INT,
     MailingList,
     Message,
     MessageState,
@@ -151,6 +150,17 @@ def set_sender(session: Session, mlist: MailingList, address: str,
                                              SenderRule.address == mailbox[1]))
     session.add(SenderRule(list_id=mlist.id, address=mailbox[1], action=action))
     return mailbox[1]
+
+
+def remove_sender(session: Session, mlist: MailingList, address: str) -> str:
+    """Drop an allow or deny entry: the address is a non-member like any other again."""
+    mailbox = roster.normalize(address)
+    key = mailbox[1] if mailbox else address.strip().lower()
+    gone = session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
+                                                    SenderRule.address == key))
+    if not gone.rowcount:
+        raise roster.UserError(f"{key} is not on the allow or deny list of {mlist.address}")
+    return key
 
 
 def senders(session: Session, mlist: MailingList) -> list[SenderRule]:

@@ -48,7 +48,7 @@ class Swept:
 
 
 def _finished_deliveries(cutoff: datetime) -> Delete:
-    done = (DeliveryState.DONE, DeliveryState.FAILED)
+    done = (DeliveryState.DONE, DeliveryState.FAILED, DeliveryState.CANCELLED)
     old = select(Delivery.id).where(Delivery.state.in_(done), Delivery.done_at < cutoff)
     return delete(Delivery).where(Delivery.id.in_(old.limit(BATCH)))
 

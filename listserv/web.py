@@ -42,8 +42,8 @@ from listserv import (
     tokens,
     view,
 )
-from listserv.config import Config
-from listserv.models import MAX_INT, ArchivePolicy, DigestIssue, MailingList
+from listserv.config import MAX_INT, Config
+from listserv.models import ArchivePolicy, DigestIssue, MailingList
 from listserv.templating import render
 
 T = TypeVar("T")

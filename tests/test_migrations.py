@@ -71,6 +71,15 @@ def test_the_migrations_build_what_the_models_describe(engine):
     assert [d for d in diff if _outside_search(d)] == []
 
 
+def test_the_quick_revision_check_agrees_with_alembic(engine):
+    """Commands find the schema current without loading alembic, from the migration
+    files read as text: they must give the revisions alembic knows, and its head."""
+    found = db.revisions(engine)
+    assert db.migration_files() == (found.known, found.code)
+    assert found.database == found.code
+    assert db.ensure_schema(engine) == found
+
+
 # --- upgrades are explicit ----------------------------------------------------------------
 
 def _at_revision(db_url: str, revision: str) -> None:
