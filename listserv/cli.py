@@ -769,6 +769,7 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
     # aiosmtpd logs every SMTP command it reads at INFO: five lines a post, which said
     # nothing the "accepted"/"refused" line does not and cost a tenth of the ingest CPU.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    server.check_keys(state.config)
     server.run(state.engine, state.config)
 
 

@@ -25,6 +25,7 @@ from listserv import (
     preflight,
     receive,
     retention,
+    signing,
     supervise,
     tokens,
     web,
@@ -32,7 +33,7 @@ from listserv import (
 from listserv.config import Config
 from listserv.descriptors import ExhaustionLog
 from listserv.models import utcnow
-from listserv.protocol import protocol_factory
+from listserv.protocol import protocol_factory, tls_context
 
 log = logging.getLogger("listserv")
 
@@ -189,6 +190,13 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
         # Python 3.12+ waits here for open client connections; do not hang on them.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(smtp.wait_closed(), 2)
+
+
+def check_keys(config: Config) -> None:
+    """Load the TLS and DKIM keys once before the database is opened (or created), so a
+    key that cannot be loaded stops `serve` with its one line and nothing else."""
+    tls_context(config.smtp)
+    signing.Signer.from_config(config.dkim)
 
 
 def run(engine: Engine, config: Config) -> None:
