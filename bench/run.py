@@ -45,7 +45,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from listserv import db
-from listserv.config import SmtpConfig
+from listserv.config import ListsConfig, SmtpConfig
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -265,15 +265,18 @@ class Sink:
         self.proc.wait(10)
 
 
-# The benchmarks post thousands of messages from one sender over many connections.
-LIMITS = {"max_connections_per_ip": 100_000, "max_messages_per_sender_per_hour": 10_000_000}
+# The benchmarks post thousands of messages from one sender, with one subject (one
+# thread), over many connections.
+LIMITS = {SmtpConfig: {"max_connections_per_ip": 100_000,
+                       "max_messages_per_sender_per_hour": 10_000_000},
+          ListsConfig: {"max_posts_per_sender_per_thread": 0}}
 
 
-def lifted_limits() -> str:
-    """[smtp] lines lifting the server's per-IP and per-sender limits, if it has them
-    (an older revision measured with --commit does not)."""
-    known = {f.name for f in dataclasses.fields(SmtpConfig)}
-    return "".join(f"{k} = {v}\n" for k, v in LIMITS.items() if k in known)
+def lifted_limits(section: type) -> str:
+    """Lines of a config section lifting the server's per-IP, per-sender and per-thread
+    limits, if it has them (an older revision measured with --commit does not)."""
+    known = {f.name for f in dataclasses.fields(section)}
+    return "".join(f"{k} = {v}\n" for k, v in LIMITS[section].items() if k in known)
 
 
 @dataclass
@@ -288,6 +291,7 @@ class Setup:
     smtp_port: int = field(default_factory=free_port)
     web_port: int = field(default_factory=free_port)
     smtp_extra: str = ""  # more [smtp] lines (the rate limits lifted, see lifted_limits)
+    lists_extra: str = ""  # [lists] lines, likewise
 
     def config_path(self, concurrency: int) -> Path:
         path = self.workdir / f"listserv-c{concurrency}.toml"
@@ -298,7 +302,8 @@ class Setup:
             f"concurrency = {concurrency}\n"
             f"max_recipients_per_transaction = {RCPTS_PER_TRANSACTION}\n\n"
             f'[web]\nhost = "127.0.0.1"\nport = {self.web_port}\n'
-            f'base_url = "http://127.0.0.1:{self.web_port}"\n', encoding="utf-8")
+            f'base_url = "http://127.0.0.1:{self.web_port}"\n\n'
+            f"[lists]\n{self.lists_extra}", encoding="utf-8")
         return path
 
     def cli(self, *args: str) -> tuple[float, float, str]:
@@ -954,7 +959,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> Results:
     try:
         with database(args.database_url, workdir, args.keep) as (url, db_name):
             setup = Setup(workdir, url, listserv_bin, sink, source_bin,
-                          smtp_extra=lifted_limits())
+                          smtp_extra=lifted_limits(SmtpConfig),
+                          lists_extra=lifted_limits(ListsConfig))
             results = Results(datetime.datetime.now(datetime.UTC), argv, machine(), db_name,
                               args.listserv or measured_version(args.commit))
             measure(setup, args, results)
