@@ -89,7 +89,7 @@ def postgresql_version(url: str) -> str:
         engine = create_engine(db.normalize_url(url), connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             return conn.execute(text("SHOW server_version")).scalar_one()
-    except Exception as exc:  # a report line, not a reason to stop
+    except Exception as exc:  # noqa: BLE001  a report line, not a reason to stop
         return f"not reachable ({type(exc).__name__})"
 
 

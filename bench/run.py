@@ -494,7 +494,7 @@ def _ingest_smtplib(setup: Setup, list_address: str, posts: int, clients: int
     def client(i: int) -> None:
         try:
             _post_many(setup.smtp_port, list_address, shares[i], f"ingest{clients}-{i}")
-        except BaseException as exc:  # reported after the join, not lost in a thread
+        except BaseException as exc:  # noqa: BLE001  reported after the join, not lost in a thread
             errors.append(exc)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]

@@ -8,8 +8,6 @@ import enum
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-from listserv._quiet import flanker_address
-
 
 class Purpose(enum.StrEnum):
     POST = "post"  # LIST@: a post to the members
@@ -113,6 +111,10 @@ def parse_mailbox(text: str) -> tuple[str, str] | None:
 def _parse_mailbox(text: str) -> tuple[str, str] | None:
     # Remembered: a list hears from the same few thousand From: fields again and again,
     # and flanker's grammar parser was a third of the time it took to parse a post.
+    # Imported here: flanker takes a quarter of a second to load, and a command line
+    # that only adds plain addresses never needs it.
+    from listserv._quiet import flanker_address
+
     parsed = flanker_address.parse(text, addr_spec_only=False)
     if parsed is None or getattr(parsed, "addr_type", "email") != "email":
         return None

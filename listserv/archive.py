@@ -18,12 +18,12 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Row, Select, column, func, select, text
-from sqlalchemy.orm import InstrumentedAttribute
+from sqlalchemy import ColumnElement, Row, Select, column, func, literal, select, text
+from sqlalchemy.orm import aliased
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from listserv import mbox, store, thread, view
+from listserv import mbox, privacy, store, thread, view
 from listserv.models import (
     ArchivePolicy,
     MailingList,
@@ -36,10 +36,12 @@ from listserv.models import (
 from listserv.parse import Parsed, parse
 
 
-def held(session: Session, mlist: MailingList) -> list[Message]:
-    return list(session.scalars(select(Message).where(
-        Message.list_id == mlist.id, Message.state == MessageState.HELD)
-        .order_by(Message.id)))
+def held(session: Session, mlist: MailingList | None) -> list[Message]:
+    """The posts held on one list, or on every list (None), oldest first."""
+    query = select(Message).where(Message.state == MessageState.HELD)
+    if mlist is not None:
+        query = query.where(Message.list_id == mlist.id)
+    return list(session.scalars(query.order_by(Message.id)))
 
 
 _IMPORTED_FIELDS = [f for f in store.Imported.__dataclass_fields__ if f != "id"]
@@ -138,8 +140,9 @@ def thread_rows(session: Session, mlist: MailingList) -> list[dict]:
         select(ThreadNode.message_id, ThreadNode.thread_id, Message.subject)
         .join(Message, Message.id == ThreadNode.message_pk)
         .where(ThreadNode.list_id == mlist.id).order_by(Message.id))
-    return [{"message_id": mid, "parent_id": thread.nearest_real_parent(nodes, mid),
-             "thread_id": tid, "subject": subject} for mid, tid, subject in result]
+    parents = thread.nearest_real_parents(nodes)
+    return [{"message_id": mid, "parent_id": parents[mid], "thread_id": tid,
+             "subject": subject} for mid, tid, subject in result]
 
 
 # --- what the archive's pages read ------------------------------------------------------
@@ -205,13 +208,16 @@ def any_archived(session: Session, selection: Selection) -> bool:
 EXPORT_ROWS = 200
 
 
-def export_mbox(session: Session, selection: Selection) -> Iterator[bytes]:
+def export_mbox(session: Session, selection: Selection, *, public: bool = False
+                ) -> Iterator[bytes]:
     """The selected messages as mbox entries, oldest first; `listserv archive import`
-    of them stores the same bytes again (see mbox)."""
+    of them stores the same bytes again (see mbox). A `public` export, as the web
+    serves it, leaves out the fields that show where a poster was (see privacy)."""
     result = session.execute(_archived(selection).order_by(ThreadNode.date, Message.id)
                              .execution_options(yield_per=EXPORT_ROWS))
     for raw, mail_from, from_address, date in result:
-        yield mbox.entry(raw, mail_from or from_address, date)
+        yield mbox.entry(privacy.public(raw) if public else raw, mail_from or from_address,
+                         date)
 
 
 @dataclass(frozen=True)
@@ -341,8 +347,9 @@ def _children(nodes: dict[str, thread.Node], posts: dict[str, Post]
               ) -> dict[str | None, list[str]]:
     """Each post's replies, re-attached past placeholders, oldest first; None: roots."""
     children: dict[str | None, list[str]] = defaultdict(list)
+    parents = thread.nearest_real_parents(nodes)
     for mid in posts:
-        children[thread.nearest_real_parent(nodes, mid)].append(mid)
+        children[parents[mid]].append(mid)
     oldest = datetime.min.replace(tzinfo=UTC)
     for replies in children.values():
         replies.sort(key=lambda m: (posts[m].date or oldest, m))
@@ -373,50 +380,51 @@ def thread_posts(session: Session, list_id: int, thread_id: str) -> list[Post]:
     return tree_order(*_skeleton(session, list_id, thread_id))
 
 
-def _relatives(session: Session, list_id: int, key: InstrumentedAttribute[str | None],
-               ids: list[str]) -> list[Row]:
-    """The nodes whose `key` (message_id or parent_id) is one of `ids`, with the post
-    of each real one."""
+# Placeholders a message page walks through to a post's archived parent or replies. A
+# client leaves out a message or two; a chain longer than this is a References bomb,
+# and the page shows no link through it rather than spend a lookup on each.
+MAX_PLACEHOLDER_HOPS = 32
+
+
+def _through_placeholders(session: Session, list_id: int, start: str, *, up: bool
+                          ) -> list[Row]:
+    """The archived posts nearest to node `start` going up (the node itself, or its
+    nearest archived ancestor) or down (its children, and through placeholders theirs):
+    one recursive query, at most MAX_PLACEHOLDER_HOPS deep, where a lookup per
+    placeholder took seconds for a post with 5,000 References."""
+    def nodes(node: type[ThreadNode], hops: ColumnElement[int]) -> Select:
+        return (select(node.message_id, node.parent_id, Message.id.label("pk"),
+                       Message.subject, Message.from_name, node.date, hops.label("hops"))
+                .outerjoin(Message, (Message.id == node.message_pk)
+                           & (Message.kind == MessageKind.POST))
+                .where(node.list_id == list_id))
+    walk = nodes(ThreadNode, literal(1)).where(
+        (ThreadNode.message_id if up else ThreadNode.parent_id) == start
+    ).cte("walk", recursive=True)
+    node = aliased(ThreadNode)
+    link = node.message_id == walk.c.parent_id if up else node.parent_id == walk.c.message_id
+    walk = walk.union_all(nodes(node, walk.c.hops + 1).join(walk, link).where(
+        walk.c.pk.is_(None), walk.c.hops < MAX_PLACEHOLDER_HOPS))
     return list(session.execute(
-        select(ThreadNode.message_id, ThreadNode.parent_id, Message.id, Message.subject,
-               Message.from_name, ThreadNode.date)
-        .outerjoin(Message, (Message.id == ThreadNode.message_pk)
-                   & (Message.kind == MessageKind.POST))
-        .where(ThreadNode.list_id == list_id, key.in_(ids))))
+        select(walk.c.message_id, walk.c.subject, walk.c.from_name, walk.c.date)
+        .where(walk.c.pk.is_not(None))))
 
 
-def _parent(session: Session, list_id: int, parent_id: str | None) -> Ref | None:
-    """The nearest archived ancestor: one lookup, more only through placeholders."""
-    seen: set[str] = set()
-    while parent_id is not None and parent_id not in seen:
-        seen.add(parent_id)
-        rows = _relatives(session, list_id, ThreadNode.message_id, [parent_id])
-        if not rows:
-            return None
-        mid, parent_id, pk, subject, name, _ = rows[0]
-        if pk is not None:
-            return Ref(mid, subject, name)
-    return None
+def _parent(session: Session, list_id: int, message_id: str, parent_id: str | None
+            ) -> Ref | None:
+    """The nearest archived ancestor; None past a loop back to the post itself."""
+    rows = _through_placeholders(session, list_id, parent_id, up=True) if parent_id else []
+    return next((Ref(mid, subject, name) for mid, subject, name, _ in rows
+                 if mid != message_id), None)
 
 
 def _replies(session: Session, list_id: int, message_id: str) -> list[Ref]:
-    """The posts whose nearest archived ancestor is this one, oldest first: its children,
-    and through placeholders their children (ix_thread_node_parent, a lookup a level)."""
-    found: list[tuple[datetime, Ref]] = []
-    frontier, seen = [message_id], {message_id}
+    """The posts whose nearest archived ancestor is this one, oldest first."""
     oldest = datetime.min.replace(tzinfo=UTC)
-    while frontier:
-        rows = _relatives(session, list_id, ThreadNode.parent_id, frontier)
-        frontier = []
-        for mid, _, pk, subject, name, date in rows:
-            if mid in seen:
-                continue
-            seen.add(mid)
-            if pk is None:
-                frontier.append(mid)
-            else:
-                found.append((date or oldest, Ref(mid, subject, name)))
-    return [ref for _, ref in sorted(found, key=lambda pair: (pair[0], pair[1].message_id))]
+    found = {mid: (date or oldest, Ref(mid, subject, name))
+             for mid, subject, name, date in _through_placeholders(
+                 session, list_id, message_id, up=False) if mid != message_id}
+    return [ref for _, ref in sorted(found.values(), key=lambda p: (p[0], p[1].message_id))]
 
 
 def message_page(session: Session, list_id: int, message_id: str) -> MessagePage | None:
@@ -429,7 +437,8 @@ def message_page(session: Session, list_id: int, message_id: str) -> MessagePage
     if row is None:
         return None
     *fields, thread_id, parent_id = row
-    return MessagePage(Post(*fields), thread_id, _parent(session, list_id, parent_id),
+    return MessagePage(Post(*fields), thread_id,
+                       _parent(session, list_id, message_id, parent_id),
                        _replies(session, list_id, message_id))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email
 import email.message
+import email.utils
 import enum
 import html
 import re
@@ -63,26 +64,45 @@ class BounceReport:
 _STATUS = re.compile(r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
 
 # "listed in" is a block list, but Domino's "not listed in Domino Directory" is a
-# dead address.
+# dead address. A refusal of the list's own sender ("sender rejected", Cox's 5.1.0) or
+# of the list's server (relaying, authentication) blames nobody among the members.
 _POLICY_TEXT = re.compile(
     r"spam|blocked|block ?list|black ?list|blacklisted|dmarc|dkim|\bspf\b|policy|"
     r"reputation|content rejected|virus|malware|not accepted for delivery|"
-    r"(?<!not )listed (at|in|on)|\brbl\b|junk mail|too large|size limit|message size",
+    r"(?<!not )listed (at|in|on)|\brbl\b|junk mail|too large|size limit|message size|"
+    r"sender (address )?(rejected|refused|denied|blocked)|"
+    r"(host|network|ip|sender|client|relay(ing)?) (is )?not allowed|"
+    r"not permitted to relay|relay(ing)? (access )?(denied|not permitted)|"
+    r"authentication required|smtp authentication|unsolicited|bulk mail|"
+    r"not accepting mail from",
     re.I)
 _FULL_TEXT = re.compile(
-    r"over ?quota|quota exceeded|exceed\w* (the )?(storage|mailbox|disk|quota)|"
-    r"mailbox (is )?full|mailbox size limit|insufficient (disk )?space|"
-    r"would exceed mailbox quota|storage (space )?full|full mailbox|mail ?box full",
+    r"over ?quota|quota (exceeded|violation)|exceed\w* (the |their |its )?(storage|mailbox|"
+    r"disk|quota)|(mailbox|mail ?folder|inbox) (is )?full|mailbox size limit|"
+    r"insufficient (disk )?space|would exceed mailbox quota|storage (space )?full|"
+    r"full mailbox|mail ?box full|out of (disk|storage) space",
     re.I)
+# What providers and MTAs say for a user or a domain that does not exist, and for a
+# mailbox that was closed: Gmail ("does not exist", "tried to reach is disabled"),
+# Microsoft ("couldn't be found", "mailbox unavailable"), Yahoo and AT&T ("doesn't have
+# a yahoo.com account"), Sendmail ("Host unknown"), qmail ("couldn't find any host"),
+# Verizon ("No valid recipients"), i.ua ("Mailbox is frozen"), and Microsoft 365's
+# "Recipient address rejected: Access denied" (5.4.1) for a user its tenant lacks.
 _MAILBOX_TEXT = re.compile(
-    r"user unknown|unknown user|no such (user|mailbox|recipient|address|account)|"
-    r"(user|mailbox|recipient|address|account)( name)? (is )?(unknown|not found|"
-    r"unavailable|disabled|invalid|inactive|does ?n.?t exist|not (be )?recogni[sz]ed)|"
+    r"user unknown|unknown user|no such (user|mailbox|recipient|address|account|person|"
+    r"domain)|(user|mailbox|recipient|address|addressee|account)( name)? (is |was |has "
+    r"been )?(unknown|not found|unavailable|disabled|invalid|inactive|does ?n.?t exist|"
+    r"frozen|deactivated|suspended|closed|terminated|deleted|not (be )?recogni[sz]ed)|"
     r"does not exist|doesn't exist|not a valid (mailbox|user|recipient)|"
-    r"invalid (recipient|mailbox|address|user)|unknown (recipient|address|local)|"
+    r"invalid (recipient|mailbox|address|user|final delivery userid)|"
+    r"unknown (recipient|address|local)|no valid recipients?|"
     r"no mailbox|not listed in|unrouteable|account (has been )?(disabled|suspended|"
     r"expired|closed)|no longer (active|valid|exists|in use)|illegal user|"
-    r"host (or domain name )?not found|domain (name )?not found|bad destination",
+    r"does ?n.?t have an? [\w.-]+ account|tried to reach is (disabled|inactive)|"
+    r"could ?n.?o?t be found|recipient address rejected: access denied|host unknown|"
+    r"unknown host|could ?n.?t find any host|"
+    r"host (or domain name )?not found|domain (name )?not found|bad destination|"
+    r"name or service not known|nxdomain|no mx (or a )?records?",
     re.I)
 _TRANSIENT_TEXT = re.compile(
     r"not yet been delivered|will (continue to )?(re)?try|still trying|delayed|"
@@ -103,6 +123,7 @@ def classify(status: str, text: str) -> BounceClass:
     text, because many servers answer "550 5.0.0" to everything from a dead mailbox to
     a DMARC refusal and only say which in prose.
     """
+    text = " ".join(text.split())  # a reason folded over lines reads as one
     if status.startswith("4."):
         return BounceClass.TRANSIENT
     if status == "5.2.2" or _FULL_TEXT.search(text):
@@ -139,6 +160,15 @@ def find_status(text: str) -> str:
     codes = [".".join(m.groups()) for m in _STATUS.finditer(text)]
     specific = [c for c in codes if not c.endswith(".0.0")]
     return (specific or codes or [""])[0]
+
+
+def refusal(address: str, code: int, text: str) -> Failure:
+    """A smarthost's SMTP refusal of `address`, read as a DSN carrying that reply would
+    be: its enhanced status code when it gives one, else the reply code's class as
+    "5.0.0" (what Postfix writes in Status), and the class from both as for any report."""
+    diagnostic = _one_line(f"{code} {text}")
+    status = find_status(diagnostic) or f"{code // 100}.0.0"
+    return Failure(address, status, diagnostic, classify(status, diagnostic))
 
 
 # --- VERP -----------------------------------------------------------------------------
@@ -224,15 +254,24 @@ def _leaves(message: email.message.Message) -> list[email.message.Message]:
     if message.get_content_type() in _EMBEDDED:
         return []
     if message.is_multipart() and message.get_content_type() != _DSN:
-        return [leaf for sub in message.get_payload() for leaf in _leaves(sub)]
+        return [leaf for sub in _parts(message) for leaf in _leaves(sub)]
     return [message]
+
+
+def _parts(message: email.message.Message) -> list[email.message.Message]:
+    """The parts of a multipart or message/* part (none of any other): the stdlib types
+    a payload loosely, as a list of parts or text."""
+    payload = message.get_payload()
+    if not isinstance(payload, list):
+        return []
+    return [p for p in payload if isinstance(p, email.message.Message)]
 
 
 def _text(part: email.message.Message) -> str:
     """A part's payload decoded, in whatever charset it claims or Latin-1 when that is
     unknown (UTF-7 and "unicode-1-1-utf-7" from old Exchange included)."""
     payload = part.get_payload(decode=True)
-    if payload is None:
+    if not isinstance(payload, bytes):  # None for a multipart
         payload = str(part.get_payload()).encode("latin-1", "replace")
     charset = part.get_content_charset() or "latin-1"
     try:
@@ -246,7 +285,8 @@ def _text(part: email.message.Message) -> str:
 def _complaint(message: email.message.Message) -> Complaint | None:
     if message.get_content_type() != "multipart/report":
         return None
-    if (message.get_param("report-type") or "").lower() != "feedback-report":
+    report_type = email.utils.collapse_rfc2231_value(message.get_param("report-type") or "")
+    if report_type.lower() != "feedback-report":
         return None
     fields: email.message.Message | None = None
     to = ""
@@ -271,19 +311,16 @@ def _embedded_to(part: email.message.Message) -> str:
 
 def _embedded_headers(part: email.message.Message) -> email.message.Message:
     """The header fields of a returned copy (message/rfc822 or text/rfc822-headers)."""
-    inner = part.get_payload()
-    if isinstance(inner, list) and inner:
-        return inner[0]
-    return email.message_from_string(str(inner))
+    inner = _parts(part)
+    return inner[0] if inner else email.message_from_string(str(part.get_payload()))
 
 
 def _fields(part: email.message.Message) -> email.message.Message:
     """The fields of a report part as one header block: the stdlib parses a message/*
     part into header blocks, but leaves a base64 or quoted-printable one as a body."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
+    if part.is_multipart():
         merged = email.message.Message()
-        for block in payload:
+        for block in _parts(part):
             for name, value in block.items():
                 merged[name] = value
         return merged
@@ -456,7 +493,7 @@ def _named(lines: list[str], ignore: set[str], *, quoted: bool
     found: dict[str, tuple[str, list[int]]] = {}
     for number, line in enumerate(lines):
         header = _QUOTED_HEADER.match(line)
-        quoted_to = bool(header) and header.group(1).lower() in {"to", "cc"}
+        quoted_to = header is not None and header.group(1).lower() in {"to", "cc"}
         if (quoted and not quoted_to) or (header and not quoted):
             continue
         for match in _ADDRESS.finditer(line):
@@ -531,7 +568,7 @@ def _chunk(lines: list[str], start: int, addresses: set[str], most: int = 8) -> 
 
 def _report_text(message: email.message.Message) -> str:
     """The human-readable report: its text parts (HTML only when there is no plain)."""
-    texts = []
+    texts: list[str] = []
     for part in _leaves(message):
         ctype = part.get_content_type()
         if ctype == "text/plain" or (ctype == "text/html" and not texts):

@@ -1,13 +1,14 @@
 """What a list does about its bounces: blame the right party, score, disable, warn, remove.
 
 `bounce` reads a report and knows nothing of lists; this module acts on what it read,
-inside the receiver's transaction that stores the bounce. Only a dead mailbox (and an
-unexplained failure that keeps coming back) counts against a member: a refusal for
-policy (DMARC, spam filters) is put down to the post's author's domain, and a temporary
-failure to nobody. A member whose score reaches `[bounces] score_threshold` stops
-getting posts, is warned `warnings` times with a link that turns delivery back on, and
-is then removed, and the owners are told. The decisions about numbers and dates are
-pure functions of `now`, so the schedule is tested without waiting for days.
+inside the receiver's transaction that stores the bounce, or the delivery worker's that
+records a smarthost's refusal. Only a dead mailbox (and an unexplained failure that
+keeps coming back) counts against a member: a refusal for policy (DMARC, spam filters)
+is put down to the post's author's domain, and a temporary failure to nobody. A member
+whose score reaches `[bounces] score_threshold` stops getting posts, is warned
+`warnings` times with a link that turns delivery back on, and is then removed, and the
+owners are told. The decisions about numbers and dates are pure functions of `now`, so
+the schedule is tested without waiting for days.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import bounce, notices, roster, store, tokens
+from listserv import bounce, metrics, notices, roster, store, tokens
 from listserv.address import split
 from listserv.bounce import BounceClass, BounceReport, Failure
 from listserv.config import BouncesConfig, Config
@@ -32,9 +35,11 @@ from listserv.models import (
     Member,
     Message,
     MessageKind,
+    Outgoing,
     Role,
     utcnow,
 )
+from listserv.relay import Reply, refuses_recipient
 
 log = logging.getLogger("listserv.bouncing")
 
@@ -130,11 +135,56 @@ def process(session: Session, config: Config, mlist: MailingList, message: Messa
     if report.complaint is not None:
         _complaint(session, mlist, message, report.complaint, verp, now)
         return 0
+    source = _Source(message.id, lambda: _sender_domain(session, mlist, message.raw))
+    return _act(session, config, mlist, report, verp, source, now)
+
+
+def refused(session: Session, config: Config, outgoing_id: int, refusals: dict[str, Reply],
+            now: datetime | None = None) -> int:
+    """The smarthost refused these recipients of a copy for good: one at RCPT or DATA
+    (not of our MAIL FROM) is the same evidence as a DSN with that status and text, so
+    it is counted the same way. Postfix refuses a local user that does not exist there,
+    and no report ever comes back for it. The notices queued.
+
+    It runs in a savepoint in the delivery worker's transaction: a fault here is logged
+    and undone alone, since a delivery outcome left unwritten sends the job again."""
+    failures = [bounce.refusal(address, reply.code, reply.text)
+                for address, reply in refusals.items() if refuses_recipient(reply)]
+    if not failures:
+        return 0
+    now = now or utcnow()
+    try:
+        with session.begin_nested():
+            copy = session.execute(select(Outgoing.list_id, Outgoing.message_pk)
+                                   .where(Outgoing.id == outgoing_id)).first()
+            mlist = session.get(MailingList, copy.list_id) if copy and copy.list_id else None
+            if mlist is None:
+                return 0  # not a list's copy: no member to score
+            source = _Source(None, lambda: _author_domain(session, copy.message_pk))
+            return _act(session, config, mlist, BounceReport(failures), None, source, now)
+    except OperationalError:
+        raise  # the database itself: the whole outcome is retried
+    except Exception:
+        log.exception("smarthost refusals of outgoing=%d not counted as bounces", outgoing_id)
+        return 0
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a failure was learnt: the bounce stored (None for a smarthost's refusal),
+    and how to find the domain of the post's author, asked for policy refusals only."""
+
+    bounce_pk: int | None
+    sender_domain: Callable[[], str]
+
+
+def _act(session: Session, config: Config, mlist: MailingList, report: BounceReport,
+         verp: str | None, source: _Source, now: datetime) -> int:
     named = {f.address.lower() for f in report.failures}
     members = _members(session, mlist.id, named | ({verp} if verp else set()))
     queued = 0
     for failure in blamed(report, verp, set(members)):
-        queued += _record(session, config, mlist, message, failure, members.get(failure.address),
+        queued += _record(session, config, mlist, source, failure, members.get(failure.address),
                           now)
     return queued
 
@@ -144,14 +194,15 @@ def _members(session: Session, list_id: int, addresses: set[str]) -> dict[str, M
             if m.role is Role.MEMBER}
 
 
-def _record(session: Session, config: Config, mlist: MailingList, message: Message,
+def _record(session: Session, config: Config, mlist: MailingList, source: _Source,
             failure: Failure, member: Member | None, now: datetime) -> int:
     cfg = config.bounces
     event = BounceEvent(list_id=mlist.id, address=failure.address, status=failure.status,
                         bounce_class=failure.bounce_class.value,
-                        diagnostic=failure.diagnostic, message_pk=message.id, created_at=now)
+                        diagnostic=failure.diagnostic, message_pk=source.bounce_pk,
+                        created_at=now)
     if failure.bounce_class is BounceClass.POLICY:
-        event.sender_domain = _sender_domain(session, mlist, message.raw)
+        event.sender_domain = source.sender_domain()
     queued = 0
     if member is not None:
         repeated = (failure.bounce_class is BounceClass.UNKNOWN
@@ -165,6 +216,7 @@ def _record(session: Session, config: Config, mlist: MailingList, message: Messa
             if score >= cfg.score_threshold and member.disabled_by is None:
                 queued = _disable(session, config, mlist, member, now)
     session.add(event)
+    metrics.BOUNCES.labels(event.bounce_class).inc()
     log.info("bounce list=%s rcpt=%s class=%s status=%s counted=%s", mlist.address,
              failure.address, failure.bounce_class.value, failure.status or "-", event.counted)
     return queued
@@ -194,6 +246,12 @@ def _sender_domain(session: Session, mlist: MailingList, raw: bytes) -> str:
     return split(author)[1]
 
 
+def _author_domain(session: Session, post_pk: int | None) -> str:
+    """The domain of the author of our post (none for a digest or a notice)."""
+    author = session.scalar(select(Message.from_address).where(Message.id == post_pk))
+    return split(author or "")[1]
+
+
 def _complaint(session: Session, mlist: MailingList, message: Message,
                complaint: bounce.Complaint, verp: str | None, now: datetime) -> None:
     """A recipient marked a copy as spam: they never want it again, so they leave now,
@@ -210,6 +268,7 @@ def _complaint(session: Session, mlist: MailingList, message: Message,
                             message_pk=message.id, created_at=now))
     if member is not None:
         session.delete(member)
+    metrics.BOUNCES.labels(COMPLAINT).inc()
     log.info("spam complaint list=%s from=%s (%s): %s", mlist.address, address,
              complaint.feedback_type or "unspecified",
              "unsubscribed" if member else "not a member")

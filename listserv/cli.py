@@ -1,92 +1,116 @@
 """`listserv ...`: one typer sub-app per noun. Commands parse arguments, call the same
 functions the server uses, and print with rich; a user error is one line and exit 1.
+
+Only typer and the standard library are imported here: each command imports the domain
+modules it needs when it runs, so `listserv --help` does not load the whole server.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import logging
-import mailbox
 import os
-import re
 import sys
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from listserv import (
-    archive,
-    bounce,
-    bouncing,
-    db,
-    digest,
-    doctor,
-    mbox,
-    moderation,
-    resolver,
-    roster,
-    settings,
-    signing,
-    tokens,
-)
 from listserv import config as config_mod
-from listserv.models import DeliveryMode, MailingList, Role, SenderAction, utcnow
+from listserv.cli_help import Typer
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="listserv: a mailing-list server.")
-list_app = typer.Typer(no_args_is_help=True, help="Create, inspect and delete lists.")
-member_app = typer.Typer(no_args_is_help=True, help="Manage the members of a list.")
-held_app = typer.Typer(no_args_is_help=True, help="Messages held for moderation.")
-archive_app = typer.Typer(no_args_is_help=True, help="The stored, threaded messages.")
-db_app = typer.Typer(no_args_is_help=True, help="Database maintenance.")
-digest_app = typer.Typer(no_args_is_help=True, help="Digests of the posts.")
-sender_app = typer.Typer(no_args_is_help=True,
-                         help="Allow and deny lists for senders who are not members.")
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from datetime import datetime
+
+    from rich.console import Console
+    from rich.progress import Progress
+    from sqlalchemy.engine import Engine
+
+    from listserv import mbox
+
+app = Typer(help="listserv: a mailing-list server.")
+list_app = Typer(help="Create, inspect and delete lists.")
+member_app = Typer(help="Manage the members of a list.")
+held_app = Typer(help="Messages held for moderation.")
+archive_app = Typer(help="The stored, threaded messages.")
+db_app = Typer(help="Database maintenance.")
+digest_app = Typer(help="Digests of the posts.")
+sender_app = Typer(help="Allow and deny lists for senders who are not members.")
 app.add_typer(list_app, name="list")
 app.add_typer(member_app, name="member")
 app.add_typer(held_app, name="held")
 app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
-bounce_app = typer.Typer(no_args_is_help=True, help="Delivery reports (bounces).")
+bounce_app = Typer(help="Delivery reports (bounces).")
 app.add_typer(digest_app, name="digest")
 app.add_typer(sender_app, name="sender")
 app.add_typer(bounce_app, name="bounce")
-dkim_app = typer.Typer(no_args_is_help=True, help="DKIM keys for signing the mail sent.")
+dkim_app = Typer(help="DKIM keys for signing the mail sent.")
 app.add_typer(dkim_app, name="dkim")
 
-# Names, subjects and addresses are user data: "[dev] Hello" must print as it is, not
-# as rich markup; and a line of output is one line, never wrapped at the terminal width.
-out = Console(markup=False, highlight=False, soft_wrap=True)
-err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
+
+class _LazyConsole:
+    """A rich Console made on first print: importing rich costs every command, --help too."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def console(self) -> Console:
+        """The Console itself, for what takes one (a progress bar)."""
+        if self._console is None:
+            from rich.console import Console
+
+            # Names, subjects and addresses are user data: "[dev] Hello" must print as it
+            # is, not as rich markup; and a line of output is one line, never wrapped at
+            # the terminal width.
+            self._console = Console(stderr=self._stderr, markup=False, highlight=False,
+                                    soft_wrap=True)
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console(), name)
+
+
+out = _LazyConsole(stderr=False)
+err = _LazyConsole(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout and nothing else.")]
+ListArg = Annotated[str, typer.Argument(metavar="LIST", help="The list's address.")]
+AddressArg = Annotated[str, typer.Argument(metavar="ADDRESS")]
+FileArg = Annotated[Path, typer.Argument(metavar="FILE")]
 
 
 class State:
     def __init__(self, config_path: Path | None) -> None:
         self.config = config_mod.load(config_path)
         self._engine: Engine | None = None
+        self.upgrade = False  # `serve --upgrade`: the one command that may migrate
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = db.open_database(self.config.database.url)
+            from listserv import db
+
+            self._engine = db.open_database(self.config.database.url, self.upgrade)
         return self._engine
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from listserv import db
+
+        out.print(f"listserv {db.version()}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _global(ctx: typer.Context, config: Annotated[Path | None, typer.Option(
-        "--config", help="TOML config file (default: $LISTSERV_CONFIG, else built-in "
-        "defaults).")] = None) -> None:
+        "--config", metavar="FILE", help="TOML config file (default: $LISTSERV_CONFIG, else "
+        "built-in defaults).")] = None,
+        _version: Annotated[bool, typer.Option(
+            "--version", is_eager=True, callback=_print_version,
+            help="Print the version and exit.")] = False) -> None:
     ctx.obj = State(config)
 
 
@@ -99,18 +123,35 @@ def _print_json(data: Any) -> None:
 
 
 def _progress() -> Progress:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=False)
+                    TimeElapsedColumn(), console=err.console(), transient=False)
 
 
 # --- list -------------------------------------------------------------------------------
 
 @list_app.command("create")
-def list_create(ctx: typer.Context, address: str,
-                name: Annotated[str | None, typer.Option(help="Display name.")] = None,
-                owner: Annotated[str | None, typer.Option(help="Owner address.")] = None,
-                description: Annotated[str, typer.Option()] = "") -> None:
-    """Create a list; --owner makes that address owner and member."""
+def list_create(ctx: typer.Context, address: ListArg,
+                name: Annotated[str | None, typer.Option(metavar="NAME",
+                                                         help="Display name.")] = None,
+                owner: Annotated[str | None, typer.Option(metavar="ADDRESS",
+                                                          help="Owner address.")] = None,
+                description: Annotated[str, typer.Option(metavar="TEXT")] = "") -> None:
+    """Create a list; --owner makes that address owner and member.
+
+    \b
+    Example:
+      listserv list create dev@lists.example.org --owner ann@example.org --name Developers
+    """
+    from listserv import db, roster
+
     with db.session(_state(ctx).engine) as s:
         mlist = roster.create_list(s, address, name=name, owner=owner, description=description)
         s.commit()
@@ -118,6 +159,8 @@ def list_create(ctx: typer.Context, address: str,
 
 
 def _list_summary(s: Any, mlist: Any) -> dict:
+    from listserv import roster, settings
+
     counts: dict[str, int] = {}
     for m in roster.members(s, mlist):
         counts[m.role.value] = counts.get(m.role.value, 0) + 1
@@ -129,7 +172,16 @@ def _list_summary(s: Any, mlist: Any) -> dict:
 
 @list_app.command("ls")
 def list_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """All lists."""
+    """All lists.
+
+    \b
+    Example:
+      listserv list ls --json
+    """
+    from rich.table import Table
+
+    from listserv import db, roster
+
     with db.session(_state(ctx).engine) as s:
         rows = [_list_summary(s, m) for m in roster.all_lists(s)]
     if as_json:
@@ -141,20 +193,50 @@ def list_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @list_app.command("show")
-def list_show(ctx: typer.Context, address: str, as_json: JsonOpt = False) -> None:
-    """One list and its counts."""
+def list_show(ctx: typer.Context, address: ListArg, as_json: JsonOpt = False) -> None:
+    """One list, its counts and its settings. A subject prefix or footer left to the
+    built-in one shows that one, marked "(default)".
+
+    \b
+    Example:
+      listserv list show dev@lists.example.org
+    """
+    from listserv import db, roster, settings
+
     with db.session(_state(ctx).engine) as s:
-        info = _list_summary(s, roster.get_list(s, address))
+        mlist = roster.get_list(s, address)
+        info = _list_summary(s, mlist)
+        effective = settings.effective(mlist)
     if as_json:
-        return _print_json(info)
-    for key, value in info.items():
-        out.print(f"{key}: {value}")
+        return _print_json({**info, **effective.values, "defaults": effective.defaults})
+    for key, value in {**info, **effective.values}.items():
+        _print_setting(key, value, " (default)" if key in effective.defaults else "")
+    return None
+
+
+def _print_setting(key: str, value: Any, mark: str) -> None:
+    """One line a setting; a footer's lines indented under its name, and "" as (none)."""
+    if value == "":
+        out.print(f"{key}: (none)")
+    elif isinstance(value, str) and "\n" in value.rstrip("\n"):
+        out.print(f"{key}{mark}:")
+        for line in value.rstrip("\n").splitlines():
+            out.print(f"  {line}")
+    else:
+        out.print(f"{key}: {value}{mark}")
 
 
 @list_app.command("delete")
-def list_delete(ctx: typer.Context, address: str,
+def list_delete(ctx: typer.Context, address: ListArg,
                 yes: Annotated[bool, typer.Option("--yes", help="Do not ask.")] = False) -> None:
-    """Delete a list with its members and archive."""
+    """Delete a list with its members and archive.
+
+    \b
+    Example:
+      listserv list delete dev@lists.example.org --yes
+    """
+    from listserv import db, roster
+
     if not yes:
         if not sys.stdin.isatty():
             raise roster.UserError(f"not deleting {address} without --yes")
@@ -166,11 +248,18 @@ def list_delete(ctx: typer.Context, address: str,
 
 
 @list_app.command("set")
-def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
+def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None:
     """Change one setting: subscription, nonmember_action, emergency, reply_to,
     subject_prefix, footer, max_message_bytes, archive, digest_frequency,
     digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, dmarc, name,
-    description."""
+    description. VALUE "default" gives subject_prefix and footer back the built-in ones.
+
+    \b
+    Example:
+      listserv list set dev@lists.example.org subject_prefix "[dev]"
+    """
+    from listserv import db, roster, settings
+
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         new = settings.set_setting(mlist, key, value)
@@ -179,132 +268,52 @@ def list_set(ctx: typer.Context, address: str, key: str, value: str) -> None:
     out.print(f"{mlist.address}: {key} = {new if new is not None else 'default'}")
 
 
-# --- member -----------------------------------------------------------------------------
-
-def _report(result: roster.AddResult, role: Role) -> None:
-    for a in result.existing:
-        err.print(f"{a}: already a {role.value}")
-    for a in result.invalid:
-        err.print(f"{a!r}: not a valid address")
-
-
-@member_app.command("add")
-def member_add(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], addresses: list[str],
-        role: Annotated[Role, typer.Option(help="member, moderator or owner.")] = Role.MEMBER
-        ) -> None:
-    """Add addresses; bad or existing ones are reported and the rest still go in."""
-    with db.session(_state(ctx).engine) as s:
-        result = roster.add_members(s, roster.get_list(s, list_address), addresses, role)
-        s.commit()
-    for a in result.added:
-        out.print(f"added {a} as {role.value}")
-    _report(result, role)
-    if result.invalid or result.existing:
-        raise typer.Exit(1)
-
-
-@member_app.command("remove")
-def member_remove(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], addresses: list[str]) -> None:
-    """Remove addresses (every role they hold)."""
-    with db.session(_state(ctx).engine) as s:
-        removed, missing = roster.remove_members(s, roster.get_list(s, list_address),
-                                                 addresses)
-        s.commit()
-    for a in removed:
-        out.print(f"removed {a}")
-    for a in missing:
-        err.print(f"{a}: not on {list_address}")
-    if missing:
-        raise typer.Exit(1)
-
-
-@member_app.command("ls")
-def member_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], as_json: JsonOpt = False) -> None:
-    """Members with their roles and delivery."""
-    state = _state(ctx)
-    now = utcnow()
-    with db.session(state.engine) as s:
-        rows = [{"address": m.address, "name": m.display_name, "role": m.role.value,
-                 "delivery": m.delivery.value, "moderated": m.moderated,
-                 "disabled_by": m.disabled_by.value if m.disabled_by else None,
-                 "delivery_status": roster.delivery_status(m),
-                 "bounce_score": bouncing.score_now(m.bounce_score, m.last_bounce_at, now,
-                                                    state.config.bounces)}
-                for m in roster.members(s, roster.get_list(s, list_address))]
-    if as_json:
-        return _print_json(rows)
-    table = Table("address", "role", "delivery", "status", "name")
-    for r in rows:
-        table.add_row(r["address"], r["role"], r["delivery"], r["delivery_status"], r["name"])
-    out.print(table)
-
-
-@member_app.command("import")
-def member_import(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], file: Path) -> None:
-    """Add every address in FILE (CSV with an address column, or one per line)."""
-    try:
-        entries = list(roster.read_import(file.read_text(encoding="utf-8-sig")))
-    except OSError as exc:
-        raise roster.UserError(f"cannot read {file}: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise roster.UserError(f"{file} is not UTF-8 text") from exc
-    with db.session(_state(ctx).engine) as s, _progress() as bar:
-        task = bar.add_task("importing", total=len(entries))
-        result = roster.add_members(s, roster.get_list(s, list_address), entries,
-                                    progress=lambda n: bar.advance(task, n))
-        s.commit()
-    _report(result, Role.MEMBER)
-    out.print(f"added {len(result.added)}, already members {len(result.existing)}, "
-              f"invalid {len(result.invalid)}")
-
-
-@member_app.command("set")
-def member_set(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], address: str,
-        moderated: Annotated[str | None, typer.Option(
-            "--moderated", metavar="true|false",
-            help="true: hold this address's posts for a moderator.")] = None,
-        delivery: Annotated[DeliveryMode | None, typer.Option(help="How posts arrive.")] = None,
-        role: Annotated[Role | None, typer.Option(help="Change the address's role.")] = None
-        ) -> None:
-    """Change a member's moderation flag, delivery mode or role."""
-    with db.session(_state(ctx).engine) as s:
-        mlist = roster.get_list(s, list_address)
-        flag = None if moderated is None else settings.parse_bool(moderated, "--moderated")
-        changed = roster.set_member(s, mlist, address, moderated=flag,
-                                    delivery=delivery, role=role)
-        s.commit()
-    out.print(f"{changed}: " + ", ".join(f"{k} = {v}" for k, v in (
-        ("moderated", moderated), ("delivery", delivery and delivery.value),
-        ("role", role and role.value)) if v is not None))
-
-
 # --- held -------------------------------------------------------------------------------
 
 @held_app.command("ls")
-def held_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], as_json: JsonOpt = False) -> None:
-    """Messages waiting for a moderator."""
+def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argument(
+        metavar="LIST", help="Only this list's; every list's without it.")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Messages waiting for a moderator, oldest first.
+
+    \b
+    Examples:
+      listserv held ls
+      listserv held ls dev@lists.example.org --json
+    """
+    from rich.table import Table
+
+    from listserv import archive, db, roster
+
     with db.session(_state(ctx).engine) as s:
-        rows = [{"id": m.id, "sender": m.from_address or m.mail_from, "subject": m.subject,
-                 "reason": "; ".join(m.reasons.splitlines()), "received_at": m.received_at}
-                for m in archive.held(s, roster.get_list(s, list_address))]
+        mlist = roster.get_list(s, list_address) if list_address is not None else None
+        lists = {m.id: m.address for m in ([mlist] if mlist else roster.all_lists(s))}
+        rows = [{"id": m.id, "list": lists[m.list_id], "sender": m.from_address or m.mail_from,
+                 "subject": m.subject, "reason": "; ".join(m.reasons.splitlines()),
+                 "received_at": m.received_at}
+                for m in archive.held(s, mlist)]
     if as_json:
         return _print_json(rows)
-    table = Table("id", "sender", "subject", "reason")
+    table = Table("id", *([] if mlist else ["list"]), "sender", "subject", "reason")
     for r in rows:
-        table.add_row(str(r["id"]), r["sender"], r["subject"], r["reason"])
+        table.add_row(str(r["id"]), *([] if mlist else [r["list"]]), r["sender"],
+                      r["subject"], r["reason"])
     out.print(table)
+    return None
 
 
 @held_app.command("show")
 def held_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(metavar="ID")]
               ) -> None:
-    """A held message: why it was held, and its text as received."""
+    """A held message: why it was held, and its text as received.
+
+    \b
+    Example:
+      listserv held show 42
+    """
+    from listserv import db, moderation
+    from listserv.models import MailingList
+
     with db.session(_state(ctx).engine) as s:
         m = moderation.held_message(s, message_id)
         mlist = s.get(MailingList, m.list_id)
@@ -318,6 +327,8 @@ def held_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(meta
 
 
 def _moderate(ctx: typer.Context, ids: list[int], action: str, reason: str = "") -> None:
+    from listserv import db, moderation
+
     with db.session(_state(ctx).engine) as s:
         messages = [moderation.held_message(s, i) for i in ids]
         lines = [moderation.act(s, _state(ctx).config, m, action, reason) for m in messages]
@@ -329,51 +340,104 @@ def _moderate(ctx: typer.Context, ids: list[int], action: str, reason: str = "")
 @held_app.command("approve")
 def held_approve(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
                  ) -> None:
-    """Send held messages to the list as if they had been accepted."""
+    """Send held messages to the list as if they had been accepted.
+
+    \b
+    Example:
+      listserv held approve 42 43
+    """
     _moderate(ctx, ids, "approve")
 
 
 @held_app.command("reject")
 def held_reject(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")],
-                reason: Annotated[str, typer.Option(help="Told to the author.")] = "") -> None:
-    """Refuse held messages and tell their authors why."""
+                reason: Annotated[str, typer.Option(metavar="TEXT",
+                                                    help="Told to the author.")] = "") -> None:
+    """Refuse held messages and tell their authors why.
+
+    \b
+    Example:
+      listserv held reject 42 --reason "Off topic here; try users@lists.example.org."
+    """
     _moderate(ctx, ids, "reject", reason)
 
 
 @held_app.command("discard")
 def held_discard(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(metavar="ID...")]
                  ) -> None:
-    """Drop held messages silently (spam)."""
+    """Drop held messages silently (spam).
+
+    \b
+    Example:
+      listserv held discard 42
+    """
     _moderate(ctx, ids, "discard")
 
 
 # --- sender -----------------------------------------------------------------------------
 
-def _sender(ctx: typer.Context, list_address: str, address: str, action: SenderAction) -> None:
+def _sender(ctx: typer.Context, list_address: str, address: str, action: str) -> None:
+    from listserv import db, moderation, roster
+    from listserv.models import SenderAction
+
     with db.session(_state(ctx).engine) as s:
-        added = moderation.set_sender(s, roster.get_list(s, list_address), address, action)
+        added = moderation.set_sender(s, roster.get_list(s, list_address), address,
+                                      SenderAction(action))
         s.commit()
-    out.print(f"{added}: {action.value}")
+    out.print(f"{added}: {action}")
 
 
 @sender_app.command("allow")
-def sender_allow(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], address: str) -> None:
-    """Let a non-member's posts through without moderation."""
-    _sender(ctx, list_address, address, SenderAction.ALLOW)
+def sender_allow(ctx: typer.Context, list_address: ListArg, address: AddressArg) -> None:
+    """Let a non-member's posts through without moderation.
+
+    \b
+    Example:
+      listserv sender allow dev@lists.example.org ci@example.org
+    """
+    _sender(ctx, list_address, address, "allow")
 
 
 @sender_app.command("deny")
-def sender_deny(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], address: str) -> None:
-    """Discard every post from this address."""
-    _sender(ctx, list_address, address, SenderAction.DENY)
+def sender_deny(ctx: typer.Context, list_address: ListArg, address: AddressArg) -> None:
+    """Discard every post from this address.
+
+    \b
+    Example:
+      listserv sender deny dev@lists.example.org spam@example.net
+    """
+    _sender(ctx, list_address, address, "deny")
+
+
+@sender_app.command("remove")
+def sender_remove(ctx: typer.Context, list_address: ListArg, address: AddressArg) -> None:
+    """Take an address off the allow or deny list: its posts are treated as any
+    non-member's again.
+
+    \b
+    Example:
+      listserv sender remove dev@lists.example.org ci@example.org
+    """
+    from listserv import db, moderation, roster
+
+    with db.session(_state(ctx).engine) as s:
+        removed = moderation.remove_sender(s, roster.get_list(s, list_address), address)
+        s.commit()
+    out.print(f"{removed}: removed")
 
 
 @sender_app.command("ls")
-def sender_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], as_json: JsonOpt = False) -> None:
-    """The allow and deny entries of a list."""
+def sender_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False) -> None:
+    """The allow and deny entries of a list.
+
+    \b
+    Example:
+      listserv sender ls dev@lists.example.org
+    """
+    from rich.table import Table
+
+    from listserv import db, moderation, roster
+
     with db.session(_state(ctx).engine) as s:
         rows = [{"address": r.address, "action": r.action.value}
                 for r in moderation.senders(s, roster.get_list(s, list_address))]
@@ -383,6 +447,7 @@ def sender_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
     for r in rows:
         table.add_row(r["address"], r["action"])
     out.print(table)
+    return None
 
 
 # --- archive ----------------------------------------------------------------------------
@@ -398,12 +463,18 @@ def _parsing_processes() -> int:
 
 
 def _maildir(path: Path) -> Iterator[mbox.Mail]:
+    import mailbox
+
+    from listserv import mbox
+
     box = mailbox.Maildir(path, factory=None, create=False)
     for key in box.iterkeys():
         yield mbox.Mail(box.get_bytes(key))
 
 
 def _mbox_file(path: Path) -> Iterator[mbox.Mail]:
+    from listserv import mbox
+
     with path.open("rb") as stream:
         yield from mbox.read(stream)
 
@@ -411,6 +482,8 @@ def _mbox_file(path: Path) -> Iterator[mbox.Mail]:
 def _read_mailbox(path: Path) -> Iterator[mbox.Mail]:
     """The messages of an mbox file or a Maildir folder, one at a time; a wrong path is
     an error now, before anything is shown."""
+    from listserv import roster
+
     if path.is_dir():
         return _maildir(path)
     if path.is_file():
@@ -419,9 +492,17 @@ def _read_mailbox(path: Path) -> Iterator[mbox.Mail]:
 
 
 @archive_app.command("import")
-def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], file: Path) -> None:
-    """Store and thread every message of an mbox or Maildir, sending nothing."""
+def archive_import(ctx: typer.Context, list_address: ListArg, file: FileArg) -> None:
+    """Store and thread every message of an mbox or Maildir, sending nothing.
+
+    \b
+    Example:
+      listserv archive import dev@lists.example.org old-list.mbox
+    """
+    import itertools
+
+    from listserv import archive, db, roster
+
     read = imported = 0
     mails = _read_mailbox(file)
     engine = _state(ctx).engine
@@ -448,6 +529,10 @@ def archive_import(ctx: typer.Context, list_address: Annotated[str, typer.Argume
 
 
 def _day(value: str, option: str) -> datetime:
+    from datetime import UTC, datetime
+
+    from listserv import roster
+
     try:
         return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
     except ValueError:
@@ -455,12 +540,18 @@ def _day(value: str, option: str) -> datetime:
 
 
 @archive_app.command("export")
-def archive_export(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], since: Annotated[str | None, typer.Option(
-            metavar="DATE", help="Only messages dated on or after this day (YYYY-MM-DD, "
-            "UTC).")] = None) -> None:
+def archive_export(ctx: typer.Context, list_address: ListArg, since: Annotated[
+        str | None, typer.Option(metavar="DATE", help="Only messages dated on or after this "
+                                 "day (YYYY-MM-DD, UTC).")] = None) -> None:
     """Write the archived messages to stdout as an mbox (mboxrd), oldest first; `archive
-    import` of it stores the same messages again."""
+    import` of it stores the same messages again.
+
+    \b
+    Example:
+      listserv archive export dev@lists.example.org --since 2026-01-01 > dev.mbox
+    """
+    from listserv import archive, db, roster
+
     start = _day(since, "--since") if since is not None else None
     with db.read_session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
@@ -471,9 +562,18 @@ def archive_export(ctx: typer.Context, list_address: Annotated[str, typer.Argume
 
 
 @archive_app.command("threads")
-def archive_threads(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], as_json: JsonOpt = False) -> None:
-    """Every stored message with its parent and thread."""
+def archive_threads(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False
+                    ) -> None:
+    """Every stored message with its parent and thread.
+
+    \b
+    Example:
+      listserv archive threads dev@lists.example.org --json
+    """
+    from rich.table import Table
+
+    from listserv import archive, db, roster
+
     with db.session(_state(ctx).engine) as s:
         rows = archive.thread_rows(s, roster.get_list(s, list_address))
     if as_json:
@@ -482,46 +582,23 @@ def archive_threads(ctx: typer.Context, list_address: Annotated[str, typer.Argum
     for r in rows:
         table.add_row(r["message_id"], r["parent_id"] or "", r["thread_id"], r["subject"])
     out.print(table)
-
-
-# --- bounce -----------------------------------------------------------------------------
-
-@bounce_app.command("parse")
-def bounce_parse(file: Path, as_json: JsonOpt = False) -> None:
-    """The failed recipients of one bounce as a list would see them: address, RFC 3463
-    status, class (mailbox, policy, transient, unknown) and the server's words."""
-    try:
-        raw = file.read_bytes()
-    except OSError as exc:
-        raise roster.UserError(f"cannot read {file}: {exc.strerror}") from exc
-    report = bounce.parse_bounce(raw)
-    rows = [{"address": f.address, "status": f.status, "class": f.bounce_class.value,
-             "diagnostic": f.diagnostic} for f in report.failures]
-    if report.complaint:
-        # A spam complaint is not a failure; say so where it cannot spoil --json.
-        c = report.complaint
-        (err if as_json else out).print(f"spam complaint ({c.feedback_type or 'unspecified'}) "
-                                        f"from {c.address}: not a delivery failure")
-    if as_json:
-        return _print_json(rows)
-    if not rows:
-        if not report.complaint:
-            out.print("no failed recipients found")
-        return None
-    table = Table("address", "status", "class", "diagnostic")
-    for r in rows:
-        table.add_row(r["address"], r["status"], r["class"], r["diagnostic"])
-    out.print(table)
     return None
 
 
 # --- digest -----------------------------------------------------------------------------
 
 @digest_app.command("send")
-def digest_send(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")]) -> None:
+def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
     """Build the next issue from the pending posts now and queue it for the digest
-    members (`listserv serve` delivers it)."""
+    members (`listserv serve` delivers it).
+
+    \b
+    Example:
+      listserv digest send dev@lists.example.org
+    """
+    from listserv import db, digest, roster
+    from listserv.models import utcnow
+
     state = _state(ctx)
     with db.session(state.engine) as s:
         mlist = roster.get_list(s, list_address)
@@ -535,9 +612,17 @@ def digest_send(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
 
 
 @digest_app.command("ls")
-def digest_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], as_json: JsonOpt = False) -> None:
-    """The issues sent, newest first."""
+def digest_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False) -> None:
+    """The issues sent, newest first.
+
+    \b
+    Example:
+      listserv digest ls dev@lists.example.org
+    """
+    from rich.table import Table
+
+    from listserv import db, digest, roster
+
     with db.session(_state(ctx).engine) as s:
         rows = [{"volume": i.volume, "number": i.number, "subject": i.subject,
                  "created_at": i.created_at, "messages": n, "size": i.size}
@@ -549,60 +634,41 @@ def digest_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
         table.add_row(str(r["volume"]), str(r["number"]), r["subject"],
                       f"{r['created_at']:%Y-%m-%d %H:%M}", str(r["messages"]), str(r["size"]))
     out.print(table)
-
-
-@bounce_app.command("ls")
-def bounce_ls(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")],
-        days: Annotated[int, typer.Option(min=1, help="How far back.")] = bouncing.HISTORY_DAYS,
-        as_json: JsonOpt = False) -> None:
-    """Recent bounces, newest first: member, class, status and the member's score and
-    state now; refusals for policy name the domain of the post's author."""
-    state = _state(ctx)
-    with db.session(state.engine) as s:
-        mlist = roster.get_list(s, list_address)
-        rows = bouncing.recent(s, state.config, mlist, days=days)
-        policy = bouncing.policy_by_domain(s, mlist.id, utcnow() - timedelta(days=days))
-    if as_json:
-        return _print_json([{"time": r.time, "member": r.member, "class": r.bounce_class,
-                             "status": r.status, "diagnostic": r.diagnostic,
-                             "sender_domain": r.sender_domain, "counted": r.counted,
-                             "score": r.score, "state": r.state} for r in rows])
-    if not rows:
-        out.print(f"no bounces in the last {days} days")
-        return None
-    # One line a bounce, never a wrapped table cell: diagnostics are long, and an
-    # admin greps this for an address.
-    for r in rows:
-        kind = f"{r.bounce_class} ({r.sender_domain})" if r.sender_domain else r.bounce_class
-        score = "" if r.score is None else f" score {r.score:g}"
-        out.print(f"{r.time:%Y-%m-%d %H:%M}  {r.member}  {kind}  {r.status or '-'}  "
-                  f"{r.state}{score}  {r.diagnostic}")
-    for domain, count in policy:
-        out.print(f"refused for policy, posts from {domain}: {count}")
     return None
 
 
 # --- dkim -------------------------------------------------------------------------------
 
-_DNS_NAME = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*")
+_DNS_NAME = r"(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*"
 
 
 def _dns_name(text: str, what: str) -> str:
+    import re
+
+    from listserv import roster
+
     name = text.strip().lower().rstrip(".")
-    if not _DNS_NAME.fullmatch(name) or len(name) > 253:
+    if not re.fullmatch(_DNS_NAME, name) or len(name) > 253:
         raise roster.UserError(f"{text!r} is not a valid {what}")
     return name
 
 
 @dkim_app.command("keygen")
 def dkim_keygen(domain: str,
-                selector: Annotated[str, typer.Option(help="Names the key in DNS.")] = "listserv",
+                selector: Annotated[str, typer.Option(metavar="SELECTOR",
+                                                      help="Names the key in DNS.")] = "listserv",
                 folder: Annotated[Path, typer.Option(
-                    "--out", help="Folder for the key files.")] = Path(".")
+                    "--out", metavar="FOLDER", help="Folder for the key files.")] = Path(".")
                 ) -> None:
     """Write a 2048-bit RSA key pair (SELECTOR.DOMAIN.key, readable by you only, and .pub)
-    and print the DNS record to publish and the config lines that sign with it."""
+    and print the DNS record to publish and the config lines that sign with it.
+
+    \b
+    Example:
+      listserv dkim keygen lists.example.org --out /etc/listserv
+    """
+    from listserv import roster, signing
+
     domain, selector = _dns_name(domain, "domain"), _dns_name(selector, "selector")
     try:
         key = signing.keygen(domain, selector, folder)
@@ -620,11 +686,17 @@ def dkim_keygen(domain: str,
 # --- doctor -----------------------------------------------------------------------------
 
 @app.command("doctor")
-def doctor_cmd(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
-        metavar="LIST")], as_json: JsonOpt = False) -> None:
+def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False) -> None:
     """Check the deployment as a postmaster would: the list domain's MX, SPF, DKIM and
     DMARC records, the smarthost, the web pages and a test copy's headers and signature;
-    print what to fix. Exit 1 when a check fails."""
+    print what to fix. Exit 1 when a check fails.
+
+    \b
+    Example:
+      listserv doctor dev@lists.example.org
+    """
+    from listserv import db, doctor, resolver, roster, tokens
+
     state = _state(ctx)
     with db.session(state.engine) as s:  # never committed: a test copy leaves no trace
         mlist = roster.get_list(s, list_address)
@@ -648,25 +720,63 @@ def doctor_cmd(ctx: typer.Context, list_address: Annotated[str, typer.Argument(
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
-    """Run the schema migrations."""
-    state = _state(ctx)
-    db.upgrade(db.make_engine(state.config.database.url))
-    out.print("database is up to date")
+    """Migrate the database schema to this version's (back the database up first).
+
+    \b
+    Example:
+      listserv --config /etc/listserv.toml db upgrade
+    """
+    from listserv import db
+
+    engine = db.make_engine(_state(ctx).config.database.url)
+    out.print(db.upgraded(db.ensure_schema(engine, upgrade_existing=True)))
+
+
+@db_app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """The database's schema revision and this version's; exit 1 when they differ.
+
+    \b
+    Example:
+      listserv --config /etc/listserv.toml db status
+    """
+    from listserv import db
+
+    found = db.revisions(db.make_engine(_state(ctx).config.database.url))
+    out.print(db.status(found))
+    if not found.current:
+        raise typer.Exit(1)
 
 
 @app.command("serve")
-def serve(ctx: typer.Context) -> None:
-    """Receive, deliver and serve the web pages in one process until SIGTERM or Ctrl-C."""
+def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
+        "--upgrade", help="Migrate an older database schema first.")] = False) -> None:
+    """Receive, deliver and serve the web pages in one process until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+      listserv --config /etc/listserv.toml serve --upgrade
+    """
+    import logging
+
     from listserv import server
 
     state = _state(ctx)
+    state.upgrade = upgrade
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema creation is not news
     # aiosmtpd logs every SMTP command it reads at INFO: five lines a post, which said
     # nothing the "accepted"/"refused" line does not and cost a tenth of the ingest CPU.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
+    server.check_keys(state.config)
     server.run(state.engine, state.config)
+
+
+# The nouns in modules of their own use the helpers above, so they come after them.
+from listserv import cli_bounce, cli_member, cli_queue  # noqa: E402, F401
+
+app.add_typer(cli_queue.queue_app, name="queue")
 
 
 def _usage_error(exc: Exception) -> int | None:
@@ -680,23 +790,40 @@ def _usage_error(exc: Exception) -> int | None:
     return None
 
 
+# The errors a user can fix, by module and class: only modules already imported are
+# looked in, since an exception comes from one, and importing the others just to compare
+# would cost every failing command the start time the lazy imports save.
+_USER_ERRORS = (("listserv.config", "ConfigError"), ("listserv.db", "DatabaseError"),
+                ("listserv.roster", "UserError"))
+
+
+def _is_user_error(exc: Exception) -> bool:
+    return any(isinstance(exc, getattr(sys.modules[module], name))
+               for module, name in _USER_ERRORS if module in sys.modules)
+
+
+def _database_error(exc: Exception) -> bool:
+    errors = sys.modules.get("sqlalchemy.exc")
+    return errors is not None and isinstance(exc, errors.SQLAlchemyError)
+
+
 def main() -> None:
     """Console entry point: every error is one line on stderr and a non-zero exit."""
     try:
         code = app(standalone_mode=False)
-    except (config_mod.ConfigError, db.DatabaseError, roster.UserError) as exc:
-        err.print(f"error: {exc}")
-        sys.exit(1)
-    except SQLAlchemyError as exc:
-        err.print(f"database error: {str(exc).splitlines()[0]}")
+    except typer.Abort:
+        err.print("aborted")
         sys.exit(1)
     except OSError as exc:
         err.print(f"error: {exc}")
         sys.exit(1)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(1)
     except Exception as exc:
+        if _is_user_error(exc):
+            err.print(f"error: {exc}")
+            sys.exit(1)
+        if _database_error(exc):
+            err.print(f"database error: {str(exc).splitlines()[0]}")
+            sys.exit(1)
         usage = _usage_error(exc)
         if usage is None:
             raise

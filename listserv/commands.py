@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import moderation, notices, policy, roster, store, thread, tokens, view
+from listserv import limits, loops, moderation, notices, policy, roster, store, thread, tokens, view
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
@@ -28,10 +28,12 @@ from listserv.models import (
     Message,
     Mute,
     Role,
+    Setting,
     Subscription,
     ThreadNode,
     Token,
     TokenKind,
+    utcnow,
 )
 from listserv.parse import Parsed
 
@@ -222,10 +224,16 @@ def join(session: Session, config: Config, mlist: MailingList, address: str,
         session.add(Member(list_id=mlist.id, address=address, role=Role.MEMBER, delivery=mode))
         session.flush()
         log.info("%s subscribed to %s (%s)", address, mlist.address, mode.value)
-        _send(session, config, mlist, address, "welcome", limit=False, address=address,
-              delivery=mode.value,
-              unsubscribe_url=unsubscribe_url(session, config, mlist, address))
+        welcome(session, config, mlist, address, mode)
     return Outcome.SUBSCRIBED
+
+
+def welcome(session: Session, config: Config, mlist: MailingList, address: str,
+            mode: DeliveryMode) -> None:
+    """The mail a new member gets, whether they joined or an admin imported them: how to
+    post, change delivery and leave."""
+    _send(session, config, mlist, address, "welcome", limit=False, address=address,
+          delivery=mode.value, unsubscribe_url=unsubscribe_url(session, config, mlist, address))
 
 
 def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:
@@ -471,14 +479,39 @@ def _answer(session: Session, config: Config, mlist: MailingList, target: Route,
         _reply(session, config, mlist, sender, [Result(line, outcome)], message)
 
 
+def over_the_cap(session: Session, config: Config, mlist: MailingList, target: Route) -> str:
+    """Why a request is not answered: the list had `[lists] max_confirmations_per_hour`
+    requests in the last hour, which a forged-From flood makes it send to strangers.
+    The owners hear of it once an hour; "" when the request may be answered."""
+    limit = config.lists.max_confirmations_per_hour
+    if (not limit or target.purpose not in limits.REQUEST_PURPOSES
+            or limits.requests_this_hour(session, mlist.id, limit) <= limit):
+        return ""
+    key = f"requests_capped:{mlist.id}"
+    hour = str(int(utcnow().timestamp() // 3600))
+    told = session.get(Setting, key)
+    if told is None or told.value != hour:
+        session.merge(Setting(key=key, value=hour))
+        for owner in store.role_addresses(session, mlist.id, [Role.OWNER]):
+            _send(session, config, mlist, owner, "requests_capped", limit=False,
+                  auto="auto-generated", requests=limit)
+        log.warning("%s: more than %d requests in an hour; not answering more",
+                    mlist.address, limit)
+    return f"more than {limit} requests to the list in the last hour"
+
+
 def handle(session: Session, config: Config, mlist: MailingList, target: Route,
            message: Message, parsed: Parsed) -> None:
     """Act on a stored mail to one of the list's command addresses."""
     sender = parsed.from_address or message.mail_from.lower()
-    why = policy.automatic_reason(message.mail_from, parsed)
-    if why or not sender:
-        log.info("no answer to mail <%s> to %s: %s", message.message_id, message.rcpt_to,
-                 why or "no sender address")
+    # Automatic mail is never answered (RFC 3834; Mailman drops autoreplies to -request
+    # too), and a flood of requests only up to the cap.
+    why = (policy.automatic_reason(message.mail_from, parsed)
+           or loops.autoreply_subject(parsed.subject)
+           or ("" if sender else "no sender address")
+           or over_the_cap(session, config, mlist, target))
+    if why:
+        log.info("no answer to mail <%s> to %s: %s", message.message_id, message.rcpt_to, why)
         return
     if target.purpose is Purpose.JOIN:
         subscribe(session, config, mlist, sender)

@@ -15,17 +15,17 @@ import html
 import json
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from email.header import Header
-from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser
-from email.policy import SMTP, compat32
+from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import formataddr
 from urllib.parse import quote
 
+from listserv import mime, privacy
 from listserv.address import ListAddresses, Purpose
-from listserv.templating import environment
+from listserv.templating import environment, owner_environment
 
 _FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
 
@@ -127,6 +127,14 @@ def reply_mailto(list_address: str, message_id: str, subject: str) -> str:
             f"{quote(f'<{message_id}>', safe='')}&subject={quote(subject, safe='')}")
 
 
+def answer_fields(parent: str, references: list[str], subject: str) -> list[tuple[str, str]]:
+    """The fields of a reply to `parent`: what the copies of a reply to a whole digest
+    carry instead of its own, so readers see it under the item it answers."""
+    return [("In-Reply-To", f"<{parent}>"),
+            ("References", "\r\n ".join(f"<{m}>" for m in references)),
+            ("Subject", unstructured(subject))]
+
+
 def list_headers(addresses: ListAddresses, name: str, base_url: str,
                  message_id: str, *, archived: bool = True) -> list[tuple[str, str]]:
     """The list headers every copy carries (RFC 2369, RFC 2919, RFC 5064); the member's
@@ -149,7 +157,7 @@ def list_headers(addresses: ListAddresses, name: str, base_url: str,
     return [(k, v) for k, v in fields if k not in ("List-Archive", "Archived-At")]
 
 
-def render_fields(fields: list[tuple[str, str]]) -> bytes:
+def render_fields(fields: Sequence[tuple[str, str]]) -> bytes:
     return b"".join(f"{k}: {v}\r\n".encode() for k, v in fields)
 
 
@@ -181,15 +189,6 @@ def text_part(text: str) -> bytes:
     part.set_content(text)
     del part["MIME-Version"]
     return part.as_bytes()
-
-
-def with_fields(raw: bytes, drop: set[bytes], add: list[tuple[str, str]]) -> bytes:
-    """The message with the header fields named in `drop` (lower case) taken out and
-    `add` put at the end of the header; the body keeps its bytes."""
-    data = crlf(raw)
-    fields, body_at = _split_head(data)
-    kept = [f for f in fields if field_name(f) not in drop]
-    return b"".join(kept) + render_fields(add) + b"\r\n" + data[body_at:]
 
 
 # --- personal copies --------------------------------------------------------------------
@@ -324,9 +323,8 @@ def render_footer(template: str | None, *, name: str, addresses: ListAddresses,
         "unsubscribe_url": f"{base}/unsubscribe/{UNSUBSCRIBE}",
         "mute_url": f"{base}/mute/{MUTE}",
     }
-    env = environment()
-    compiled = env.get_template("mail/footer.txt") if template is None else env.from_string(
-        template)
+    compiled = (environment().get_template("mail/footer.txt") if template is None
+                else owner_environment().from_string(template))
     text = compiled.render(**context)
     text = text.replace("\r\n", "\n").rstrip()
     return Footer(text + "\n") if text else None
@@ -341,17 +339,6 @@ _TEXT = {"text/plain", "text/html"}
 _HOLDERS = _TEXT | {"multipart/alternative", "multipart/related"}
 
 
-@dataclass(frozen=True)
-class _Part:
-    head: Message  # its header fields, parsed
-    body: int  # where its body starts
-    end: int  # where it ends
-
-
-def _fields(data: bytes) -> Message:
-    return BytesHeaderParser(policy=compat32).parsebytes(data + b"\r\n")
-
-
 def _encodes(text: str, charset: str, cte: str) -> bool:
     """Whether `text` can go into a part in `charset` sent with `cte`, links intact."""
     try:
@@ -364,76 +351,35 @@ def _encodes(text: str, charset: str, cte: str) -> bool:
     return same and (cte != "7bit" or encoded.isascii())
 
 
-def _boundary(part: _Part) -> bytes | None:
-    """The boundary as it is in the bytes; None when there is none, or when the parser
-    turned bytes of it into U+FFFD: its delimiter cannot be found, the part is left be."""
-    boundary = part.head.get_boundary()
-    try:
-        return boundary.encode("ascii", "surrogateescape") if boundary else None
-    except UnicodeEncodeError:
-        return None
-
-
-def _parts(data: bytes, part: _Part) -> tuple[list[_Part], int | None]:
-    """The body parts of a multipart and where its close delimiter starts (RFC 2046 5.1.1)."""
-    boundary = _boundary(part)
-    if not boundary:
-        return [], None
-    delimiter = b"\r\n--" + re.escape(boundary)
-    pattern = re.compile(delimiter + rb"(--)?[ \t]*(?:\r\n|\Z)")
-    # A body starts after a CRLF, which may be the one that opens the first delimiter.
-    start = part.body - 2 if data[part.body - 2:part.body] == b"\r\n" else part.body
-    found: list[_Part] = []
-    opened: int | None = None
-    for match in pattern.finditer(data, start, part.end):
-        if opened is not None:
-            found.append(_entity(data, opened, match.start()))
-        if match.group(1):
-            return found, match.start()
-        opened = match.end()
-    if opened is not None:
-        found.append(_entity(data, opened, part.end))
-    return found, None
-
-
-def _entity(data: bytes, start: int, end: int) -> _Part:
-    if data.startswith(b"\r\n", start):
-        return _Part(_fields(b""), min(start + 2, end), end)
-    blank = data.find(b"\r\n\r\n", start, end)
-    if blank < 0:
-        return _Part(_fields(data[start:end]), end, end)
-    return _Part(_fields(data[start:blank + 2]), blank + 4, end)
-
-
-def _edits(data: bytes, part: _Part, footer: Footer) -> list[Edit] | None:
+def _edits(data: bytes, part: mime.Part, footer: Footer) -> list[Edit] | None:
     """Where the footer goes in this entity, or None when it cannot go in here."""
-    ctype = part.head.get_content_type()
+    ctype = part.declared_type
     if ctype in _TEXT:
-        if part.head.get_content_disposition() == "attachment":
+        if part.disposition() == "attachment":
             return None
         return _text_edits(data, part, footer, html=ctype == "text/html")
     if ctype not in ("multipart/alternative", "multipart/related", "multipart/mixed"):
         return None
-    parts, close = _parts(data, part)
+    parts = part.children
     if not parts:
         return None
     if ctype == "multipart/alternative":
         return _alternative_edits(data, parts, footer)
     first = parts[0]
-    inside = (_edits(data, first, footer)
-              if first.head.get_content_type() in _HOLDERS else None)
-    if inside or ctype == "multipart/related" or close is None:
+    inside = _edits(data, first, footer) if first.declared_type in _HOLDERS else None
+    if inside or ctype == "multipart/related" or part.close is None:
         return inside
     # multipart/mixed whose first part cannot take it: a part of its own at the end.
-    marker = b"\r\n--" + _boundary(part) + b"\r\n"
-    return [(close, close, [marker, *_footer_part(footer)])]
+    marker = b"\r\n--" + (part.boundary or b"") + b"\r\n"
+    return [(part.close, part.close, [marker, *_footer_part(footer)])]
 
 
-def _alternative_edits(data: bytes, parts: list[_Part], footer: Footer) -> list[Edit] | None:
+def _alternative_edits(data: bytes, parts: list[mime.Part], footer: Footer
+                       ) -> list[Edit] | None:
     """Every text and HTML version gets it, or none does (each alternative is the post)."""
     edits: list[Edit] = []
     for part in parts:
-        if part.head.get_content_type() in _HOLDERS:
+        if part.declared_type in _HOLDERS:
             found = _edits(data, part, footer)
             if found is None:
                 return None
@@ -441,15 +387,16 @@ def _alternative_edits(data: bytes, parts: list[_Part], footer: Footer) -> list[
     return edits or None
 
 
-def _text_edits(data: bytes, part: _Part, footer: Footer, *, html: bool) -> list[Edit] | None:
-    charset = part.head.get_content_charset() or "us-ascii"
-    cte = str(part.head.get("content-transfer-encoding") or "7bit").strip().lower()
+def _text_edits(data: bytes, part: mime.Part, footer: Footer, *, html: bool
+                ) -> list[Edit] | None:
+    charset = part.headers.get_content_charset() or "us-ascii"
+    cte = part.transfer_encoding or "7bit"
     text = footer.html if html else footer.text
     if not _encodes(text, charset, cte):
         return None
     slot = Slot(0, text, charset, cte)
     if cte == "base64":
-        return _base64_edits(data, part, slot, html=html)
+        return _base64_edits(part, slot, html=html)
     close = _CLOSE_BODY.search(data, part.body, part.end) if html else None
     if close:
         at = close.start()
@@ -467,10 +414,10 @@ def _line_end(body: bytes, cte: str) -> bytes:
     return b"" if not body or body.endswith(b"\r\n") else b"\r\n"
 
 
-def _base64_edits(data: bytes, part: _Part, slot: Slot, *, html: bool) -> list[Edit] | None:
+def _base64_edits(part: mime.Part, slot: Slot, *, html: bool) -> list[Edit] | None:
     """Decode, and encode again with the footer: the only way into a base64 body."""
     try:
-        decoded = binascii.a2b_base64(data[part.body:part.end])
+        decoded = binascii.a2b_base64(part.raw_body)
     except binascii.Error:
         return None
     close = list(_CLOSE_BODY.finditer(decoded)) if html else []
@@ -510,11 +457,14 @@ def _wrap(data: bytes, fields: list[bytes], body_at: int, footer: Footer
 
 def _with_footer(data: bytes, fields: list[bytes], body_at: int, footer: Footer
                  ) -> tuple[list[bytes], list[Edit]]:
-    """The header fields and body edits that carry the footer."""
-    top = _Part(_fields(b"".join(f for f in fields if field_name(f).startswith(b"content-"))),
-                body_at, len(data))
+    """The header fields and body edits that carry the footer. A post deeper or broader
+    than the MIME limits goes without it, its body as it came: a footer that could not
+    be placed must not keep the post from its members."""
+    top = mime.parse(data)
+    if not top.within_limits:
+        return fields, []
     edits = None
-    if top.head.get_content_type() in _HOLDERS | {"multipart/mixed"}:
+    if top.declared_type in _HOLDERS | {"multipart/mixed"}:
         edits = _edits(data, top, footer)
     if edits is None:
         return _wrap(data, fields, body_at, footer)
@@ -551,12 +501,20 @@ def _line(field: bytes) -> bytes:
     return field if field.endswith(b"\r\n") else field + b"\r\n"
 
 
+def _replace_fields(fields: list[bytes], replaced: Sequence[tuple[str, str]]) -> list[bytes]:
+    if not replaced:
+        return fields
+    names = {name.lower().encode() for name, _ in replaced}
+    return [f for f in fields if field_name(f) not in names] + _split_head(
+        render_fields(replaced))[0]
+
+
 def _edit_fields(fields: list[bytes], *, subject: str, tag: str, reply_to: str | None
                  ) -> list[bytes]:
     out: list[bytes] = []
     for line in fields:
         key = field_name(line)
-        if key in REPLACED or (reply_to and key == b"reply-to"):
+        if key in REPLACED or key in privacy.POSTER_ADDRESS or (reply_to and key == b"reply-to"):
             continue
         if key == b"subject":
             colon = line.index(b":")
@@ -637,15 +595,17 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               subject_prefix: str | None = None, reply_to: str | None = None,
               footer: Footer | None = None, via: str | None = None,
               authentication: str | None = None, archived: bool = True,
-              one_click: bool = True) -> Copy:
+              one_click: bool = True, replaced: Sequence[tuple[str, str]] = ()) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
     their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
     Authentication-Results value ARC seals. Without `one_click`, List-Unsubscribe is
-    the list's leave address alone, the same for everyone (a shared copy)."""
+    the list's leave address alone, the same for everyone (a shared copy). `replaced`
+    fields take the place of the post's own of the same names (see answer_fields)."""
     data = crlf(raw)
     original, body_at = _split_head(data)
-    fields = _edit_fields(original, subject=subject, tag=subject_tag(name, subject_prefix),
+    fields = _replace_fields(original, replaced)
+    fields = _edit_fields(fields, subject=subject, tag=subject_tag(name, subject_prefix),
                           reply_to=reply_to)
     if via is not None:
         fields = _from_the_list(fields, via, addresses.posting, reply_to_list=bool(reply_to))

@@ -1,16 +1,24 @@
 """Typed settings, loaded once from TOML and passed explicitly to whatever needs them.
 
 Defaults are defined here only; `config.example.toml` documents the same keys and a
-test keeps the two in step. Unknown keys and wrong types stop startup with one line.
+test keeps the two in step. Unknown keys, wrong types and numbers out of range stop
+startup with one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+# The largest value of an integer column on PostgreSQL (and so of an id or a per-list
+# number): anything larger typed on the command line or in a URL names nothing. Kept
+# here, not with the models: every command loads the config, and the models are sqlmodel.
+MAX_INT = 2**31 - 1
 
 
 class ConfigError(Exception):
@@ -33,6 +41,12 @@ class SmtpConfig:
     # last hour, and SMTP connections open at once from one IP address (per process).
     max_messages_per_sender_per_hour: int = 100
     max_connections_per_ip: int = 20
+    # SMTP connections open at once in all (per process): one more gets 421.
+    max_connections: int = 500
+    # The header block of a message taken at all (552 above it).
+    max_header_bytes: int = 1048576
+    # RCPTs taken in one transaction; one more gets 452 4.5.3 (RFC 5321 §4.5.3.1.10).
+    max_recipients: int = 100
     # PEM files of a certificate (with its chain) and its key: set both and EHLO offers
     # STARTTLS (RFC 3207). Never required: a public MX must take plain mail too.
     tls_cert_file: str = ""
@@ -47,8 +61,9 @@ class DeliveryConfig:
     concurrency: int = 4
     retry_initial_seconds: int = 60
     retry_max_hours: int = 72
-    # How long a claimed job stays reserved for a worker that stopped answering.
-    lease_seconds: int = 300
+    # How long a claimed job stays reserved for a worker that stopped answering; a live
+    # worker renews its leases every third of this.
+    lease_seconds: int = 30
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,13 @@ class ListsConfig:
     confirm_expiry_hours: int = 72
     hold_expiry_days: int = 14
     max_autoreplies_per_day: int = 10
+    # A sender's next post to one thread is held after this many in thread_rate_minutes
+    # (0 = no limit): what stops an autoresponder loop.
+    max_posts_per_sender_per_thread: int = 5
+    thread_rate_minutes: int = 10
+    # Requests by mail (-join, -leave, -request) answered per list and per client IP in
+    # an hour (0 = no limit); beyond it they are stored unanswered, the owners told once.
+    max_confirmations_per_hour: int = 50
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,15 @@ class DkimConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Days housekeeping keeps finished delivery jobs (and their copies' bytes), the raw
+    # bytes of bounces it has read, and spent or expired tokens; 0 keeps them forever.
+    delivered_days: int = 30
+    bounce_raw_days: int = 90
+    tokens_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     smtp: SmtpConfig = field(default_factory=SmtpConfig)
@@ -113,9 +144,38 @@ class Config:
     bounces: BouncesConfig = field(default_factory=BouncesConfig)
     dns: DnsConfig = field(default_factory=DnsConfig)
     dkim: DkimConfig = field(default_factory=DkimConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
+# What a number may be, checked at start so a value that cannot work stops the server
+# with its name rather than failing later (a port that cannot be bound, no delivery
+# worker, a date past the year 9999). Any other number: 0 to MAX_INT, and finite.
+_DAYS = 36_500  # 100 years: longer than any expiry or retry means anything
+_PORT = (1, 65_535)
+_LISTEN = (0, 65_535)  # 0: any free port, named in the "listening" log line
+_RANGES: dict[tuple[str, str], tuple[int, int]] = {
+    ("smtp", "port"): _LISTEN, ("web", "port"): _LISTEN, ("dns", "port"): _PORT,
+    ("delivery", "smarthost_port"): _PORT,
+    ("delivery", "concurrency"): (1, 1000),
+    ("delivery", "max_recipients_per_transaction"): (1, 100_000),
+    ("delivery", "retry_initial_seconds"): (1, _DAYS * 86_400),
+    ("delivery", "retry_max_hours"): (0, _DAYS * 24),
+    ("delivery", "lease_seconds"): (1, _DAYS * 86_400),
+    ("web", "archive_link_days"): (1, _DAYS),
+    ("lists", "confirm_expiry_hours"): (1, _DAYS * 24),
+    ("lists", "hold_expiry_days"): (1, _DAYS),
+    ("lists", "thread_rate_minutes"): (1, _DAYS * 1440),
+    ("bounces", "stale_after_days"): (0, _DAYS),
+    ("bounces", "warning_interval_days"): (0, _DAYS),
+}
+_NUMBER = (0, MAX_INT)
+
+
+def _check_number(name: str, key: str, value: float) -> None:
+    low, high = _RANGES.get((name, key), _NUMBER)
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ConfigError(f"[{name}] {key} must be from {low} to {high}, not {value}")
 # Named as TOML names them, since the user wrote TOML.
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "a boolean", float: "a float",
                dict: "a table", list: "an array"}
@@ -142,20 +202,21 @@ def _section(cls: type, name: str, values: object) -> object:
         choices = _CHOICES.get((name, key))
         if choices and value not in choices:
             raise ConfigError(f"[{name}] {key} must be one of {', '.join(choices)}")
-        if expected in (int, float) and value < 0:
-            raise ConfigError(f"[{name}] {key} must not be negative")
+        if expected in (int, float):
+            _check_number(name, key, value)
         kwargs[key] = value
     return cls(**kwargs)
 
 
 def from_dict(data: dict) -> Config:
     """Build a Config from parsed TOML, refusing anything we would silently ignore."""
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    kwargs = {}
+    defaults = Config()
+    sections = [f.name for f in dataclasses.fields(Config)]
+    kwargs: dict[str, Any] = {}  # each a section of its dataclass, as _section makes it
     for name, values in data.items():
         if name not in sections:
             raise ConfigError(f"unknown section [{name}]; valid sections: {', '.join(sections)}")
-        kwargs[name] = _section(sections[name].default_factory, name, values)
+        kwargs[name] = _section(type(getattr(defaults, name)), name, values)
     return Config(**kwargs)
 
 

@@ -6,25 +6,38 @@ The differences between SQLite (the embedded default) and PostgreSQL live here o
 from __future__ import annotations
 
 import collections
+import importlib.metadata
+import logging
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, create_engine
 
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+# alembic is imported only where a migration runs or a revision is compared: loading it
+# was a third of the time of a command such as `listserv member add`.
 MIGRATIONS = Path(__file__).parent / "migrations"
+log = logging.getLogger("listserv.db")
 
 
 class DatabaseError(Exception):
     """The database cannot be reached or is not in a usable state; the text says why."""
+
+
+# How the drivers report a database that is away (stopped, unreachable, its disk full)
+# rather than a query that is wrong: the web answers these with 503, not 500.
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 def normalize_url(url: str) -> str:
@@ -178,6 +191,8 @@ def read_session(engine: Engine) -> Iterator[Session]:
 
 
 def _alembic_config(engine: Engine) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -186,6 +201,8 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
 
 def upgrade(engine: Engine) -> None:
     """Run the alembic migrations up to the newest."""
+    from alembic import command
+
     try:
         command.upgrade(_alembic_config(engine), "head")
     except SQLAlchemyError as exc:
@@ -194,6 +211,8 @@ def upgrade(engine: Engine) -> None:
 
 
 def _revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
@@ -201,12 +220,120 @@ def _revision(engine: Engine) -> str | None:
         raise DatabaseError(f"cannot open database: {str(exc).splitlines()[0]}") from exc
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Create or upgrade the schema on first use, so `listserv serve` works on an empty
-    database and after `pip install` of a newer version alike."""
-    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
-    if _revision(engine) != head:
-        upgrade(engine)
+@dataclass(frozen=True)
+class Revisions:
+    """Where the database's schema is, next to where this code's migrations end."""
+
+    database: str | None  # None: an empty database, no schema yet
+    code: str
+    known: frozenset[str]  # every revision this code has a migration for
+
+    @property
+    def current(self) -> bool:
+        return self.database == self.code
+
+    @property
+    def code_is_older(self) -> bool:
+        """The database was migrated by a newer listserv: this code cannot use it."""
+        return self.database is not None and self.database not in self.known
+
+
+def revisions(engine: Engine) -> Revisions:
+    """Read only: neither creates nor upgrades anything (`listserv db status`)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(engine))
+    known = frozenset(r.revision for r in script.walk_revisions())
+    return Revisions(_revision(engine), script.get_current_head() or "", known)
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+_REVISION = re.compile(r"""^(down_revision|revision)\b[^=\n]*=\s*["']([^"']+)["']""", re.M)
+
+
+def migration_files() -> tuple[frozenset[str], str | None]:
+    """The revisions this code has migrations for and the newest of them (None unless
+    exactly one is no other's parent), read from the files without loading alembic;
+    tests/test_migrations.py keeps them equal to alembic's."""
+    found: dict[str, set[str]] = {"revision": set(), "down_revision": set()}
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for kind, value in _REVISION.findall(path.read_text(encoding="utf-8")):
+            found[kind].add(value)
+    heads = found["revision"] - found["down_revision"]
+    return frozenset(found["revision"]), next(iter(heads)) if len(heads) == 1 else None
+
+
+def _stored_revision(engine: Engine) -> str | None:
+    """The schema's revision read with plain SQL; None when there is none yet, or when
+    it cannot be read (alembic's own check then says why)."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:
+        return None
+
+
+def ensure_schema(engine: Engine, upgrade_existing: bool = False) -> Revisions:
+    """Create the schema in an empty database, so a first `listserv serve` just works;
+    but upgrade an existing one only when asked (`db upgrade`, `serve --upgrade`): on a
+    shared PostgreSQL the first process of a newer version would otherwise migrate the
+    schema under the older ones still running, without a backup or a word."""
+    known, head = migration_files()
+    stored = _stored_revision(engine)
+    if stored is not None and stored == head:
+        return Revisions(stored, head, known)  # the usual case, without loading alembic
+    found = revisions(engine)
+    if found.current:
+        return found
+    if found.code_is_older:
+        raise DatabaseError(
+            f"the database schema is at revision {found.database}, newer than this "
+            f"listserv {version()} knows (up to {found.code}): upgrade listserv")
+    if found.database is not None and not upgrade_existing:
+        raise DatabaseError(
+            f"the database schema is at revision {found.database}, this listserv needs "
+            f"{found.code}: back it up and run `listserv db upgrade`")
+    upgrade(engine)
+    if found.database is None:
+        log.info("created the database schema (revision %s) in %s", found.code, _where(engine))
+    else:
+        log.warning("upgraded the database schema of %s from revision %s to %s",
+                    _where(engine), found.database, found.code)
+    return found
+
+
+def status(found: Revisions) -> str:
+    """Both revisions and what to do, so an operator can tell before restarting."""
+    if found.current:
+        verdict = "up to date"
+    elif found.database is None:
+        verdict = "empty database: the first command or `listserv serve` creates the schema"
+    elif found.code_is_older:
+        verdict = "the database is newer than this listserv: upgrade listserv"
+    else:
+        verdict = "the database is older: back it up and run `listserv db upgrade`"
+    return (f"database revision: {found.database or 'none'}\n"
+            f"code revision: {found.code}\n{verdict}")
+
+
+def upgraded(before: Revisions) -> str:
+    """One line for `db upgrade`: what it did, from which revision to which."""
+    if before.current:
+        return f"database is up to date (revision {before.code})"
+    if before.database is None:
+        return f"created the database schema (revision {before.code})"
+    return f"upgraded the database schema from revision {before.database} to {before.code}"
+
+
+def version() -> str:
+    """This listserv's version, as installed."""
+    try:
+        return importlib.metadata.version("listserv")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def refresh_statistics(engine: Engine) -> None:
@@ -221,8 +348,12 @@ def refresh_statistics(engine: Engine) -> None:
         connection.commit()
 
 
-def open_database(url: str) -> Engine:
+def open_database(url: str, upgrade_existing: bool = False) -> Engine:
     """The engine every command uses: connected, with the schema in place."""
     engine = make_engine(url)
-    ensure_schema(engine)
+    try:
+        ensure_schema(engine, upgrade_existing)
+    except DatabaseError:
+        engine.dispose()
+        raise
     return engine

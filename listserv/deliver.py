@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import contextlib
 import logging
 import os
 import re
@@ -22,12 +23,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import and_, bindparam, insert, or_, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import compose, db, signing, store, tokens
+from listserv import bouncing, compose, db, metrics, signing, store, supervise, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
+from listserv.lease import Leases, log_takeovers, past_lease
 from listserv.models import (
     Delivery,
     DeliveryState,
@@ -38,6 +40,7 @@ from listserv.models import (
     utcnow,
 )
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
+from listserv.smarthost import Smarthost
 
 log = logging.getLogger("listserv.deliver")
 
@@ -87,9 +90,12 @@ _CLAIM = (update(Delivery.__table__)
 def claim(session: Session, worker: str, limit: int, lease: timedelta) -> list[Job]:
     """Reserve up to `limit` ready jobs for this worker and commit the reservation."""
     now = utcnow()
-    rows = session.connection().execute(_CLAIM, {
+    connection = session.connection()
+    expired = past_lease(connection, now)
+    rows = connection.execute(_CLAIM, {
         "now": now, "room": limit, "worker": worker, "lease_until": now + lease}).all()
     session.commit()
+    log_takeovers(expired, [r.id for r in rows])
     return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,
                 r.created_at) for r in sorted(rows, key=lambda r: r.id)]
 
@@ -144,10 +150,11 @@ def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
 Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals, its error
 
 
-def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
-               ) -> list[DeliveryState]:
+def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt],
+               server: Config) -> list[DeliveryState]:
     """Write the outcomes of several attempts in one commit (senders that finish jobs
-    at about the same time share it), in job id order (see mark_sent)."""
+    at about the same time share it), in job id order (see mark_sent). `server` is the
+    whole config, for what a refusal does to a member (`[bounces]`)."""
     order = sorted(range(len(attempts)), key=lambda i: attempts[i][0].id)
     states: dict[int, DeliveryState] = {}
     done: list[dict] = []  # nearly every outcome: one statement for a run of them
@@ -155,7 +162,7 @@ def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
         job, refused, error = attempts[i]
         if refused or error is not None:
             _mark_done(session, done)
-            states[i] = record(session, config, *attempts[i])
+            states[i] = record(session, config, *attempts[i], server)
         else:
             done.append({"job_id": job.id, "done_at": utcnow()})
             states[i] = DeliveryState.DONE
@@ -177,9 +184,10 @@ _DONE = update(Delivery.__table__).where(_d.id == bindparam("job_id")).values(
 
 
 def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
-           error: RelayError | None) -> DeliveryState:
+           error: RelayError | None, server: Config) -> DeliveryState:
     """Write the outcome of one attempt: done, retry later (only the recipients that
-    still need it), or failed for good. The caller commits."""
+    still need it), or failed for good, a recipient refused for good counted as a
+    bounce. The caller commits."""
     now = utcnow()
     temporary, permanent = _outcome(job, refused, error)
     values: dict = {"worker": None, "lease_until": None}
@@ -201,6 +209,7 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         session.execute(insert(RecipientFailure), [
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
+        bouncing.refused(session, server, job.outgoing_id, permanent, now)
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     return values["state"]
 
@@ -215,6 +224,16 @@ def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
         return (everyone, {}) if error.temporary else ({}, everyone)
     return ({r: rep for r, rep in refused.items() if rep.temporary},
             {r: rep for r, rep in refused.items() if not rep.temporary})
+
+
+def _undelivered(job: Job, refused: dict[str, Reply], error: RelayError | None,
+                 state: DeliveryState) -> tuple[int, int]:
+    """How many recipients of an attempt wait for another (deferred), and how many
+    never get their copy (failed): all that were left, once the job gave up."""
+    temporary, permanent = _outcome(job, refused, error)
+    if state is DeliveryState.FAILED:
+        return 0, len(temporary) + len(permanent)
+    return len(temporary), len(permanent)
 
 
 def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
@@ -269,9 +288,11 @@ class Progress:
                                                if i in self.sent)
                              if len(sent) < len(job.recipients)}
                 self.dirty.clear()
-                await self.worker._db(mark_sent, self.worker.name, remaining)
-        except Exception:
-            # Unrecorded marks only risk a resend of those copies after a crash.
+                # Kept through an outage, and written when the database is back.
+                await self.worker._until_done(mark_sent, self.worker.name, remaining)
+        except SQLAlchemyError:
+            # Stopping with the database away: unrecorded marks only risk a resend of
+            # those copies, as a kill would.
             log.exception("could not record recipients as sent")
         finally:
             self.writing = None
@@ -481,6 +502,12 @@ class Worker:
         self._written: list[asyncio.Future[None]] = []  # one per outcome waiting
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
+        self.smarthost = Smarthost(config.smarthost_host, config.smarthost_port)
+        # Every database call waits out an outage (logged once for the worker); once
+        # `_stop` is set, a failure is given up instead.
+        self.outage = supervise.Outage("delivery")
+        self._stop = asyncio.Event()
+        self.leases = Leases(self.name, config.lease_seconds, self._db, self.outage)
 
     def wake(self) -> None:
         """Called by the receiver after it queued jobs: claim now, not at the next poll."""
@@ -519,13 +546,22 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(
             self._threads, self._session_call, fn, *args)
 
+    async def _until_done(self, fn, *args):  # type: ignore[no-untyped-def]
+        """_db, through any outage of the database (see supervise.retrying)."""
+        return await supervise.retrying(self.outage, lambda: self._db(fn, *args), self._stop)
+
+    async def _read(self, fn, *args):  # type: ignore[no-untyped-def]
+        # A read: it needs no turn at the write lock (a receiver under load holds it
+        # most of the time).
+        return await asyncio.get_running_loop().run_in_executor(
+            self._threads, self._read_call, fn, *args)
+
     async def _prepared(self, outgoing_id: int) -> bytes | Personal:
-        """The dot-stuffed copy, read once and kept while jobs of that copy are sent."""
+        """The dot-stuffed copy, read once (through an outage) and kept while jobs of
+        that copy are sent."""
         if outgoing_id not in self._data:
-            # A read: it needs no turn at the write lock (a receiver under load holds it
-            # most of the time).
-            self._remember(outgoing_id, await asyncio.get_running_loop().run_in_executor(
-                self._threads, self._read_call, self._load, outgoing_id))
+            self._remember(outgoing_id, await supervise.retrying(
+                self.outage, lambda: self._read(self._load, outgoing_id), self._stop))
         self._data.move_to_end(outgoing_id)
         return self._data[outgoing_id]
 
@@ -534,8 +570,7 @@ class Worker:
         claim is often a post of its own)."""
         missing = {job.outgoing_id for job in jobs} - set(self._data)
         if missing:
-            found = await asyncio.get_running_loop().run_in_executor(
-                self._threads, self._read_call, _copies, sorted(missing))
+            found = await self._read(_copies, sorted(missing))
             for outgoing_id, stored in found.items():
                 self._remember(outgoing_id, self._prepare(stored))
 
@@ -550,9 +585,11 @@ class Worker:
 
     def _enqueue(self, job: Job) -> None:
         self._using[job.outgoing_id] += 1
+        self.leases.hold(job.id)
         self.queue.put_nowait(job)
 
     def _done_with(self, job: Job) -> None:
+        self.leases.drop(job.id)
         self._using[job.outgoing_id] -= 1
         if not self._using[job.outgoing_id]:
             del self._using[job.outgoing_id]
@@ -576,24 +613,36 @@ class Worker:
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
         and give back every job not sent, so no job waits for its lease to run out."""
-        self._secret = await self._db(self._server_secret)
-        recovered = await self._db(recover_dead_workers, socket.gethostname())
+        self._stop = stop
+        self._secret = await self._until_done(self._server_secret)
+        recovered = await self._until_done(recover_dead_workers, socket.gethostname())
         if recovered:
             log.info("requeued %d deliveries left by stopped workers", recovered)
         senders = [asyncio.create_task(self._sender()) for _ in range(self.config.concurrency)]
+        renewing = asyncio.create_task(self.leases.keep(stop))
         try:
             await self._claim_until(stop, poll)
         finally:
+            renewing.cancel()
             self.room.close()
             unsent = [job.id for job in self._drain()]
             await self._stop_senders(senders)
             while self._recording is not None:  # outcomes being written
                 await asyncio.shield(self._recording)
             await self.progress.flush()
-            released = await self._db(release, self.name, unsent)
-            if released:
-                log.info("gave back %d deliveries not sent", released)
+            await self._give_back(unsent)
             self._threads.shutdown(wait=False)
+
+    async def _give_back(self, unsent: list[int]) -> None:
+        try:
+            released = await self._db(release, self.name, unsent)
+        except SQLAlchemyError as exc:
+            log.warning("could not give back the deliveries held here (%s): they resume "
+                        "when their lease runs out, or at the next start on this host",
+                        supervise.reason(exc))
+            return
+        if released:
+            log.info("gave back %d deliveries not sent", released)
 
     async def _claim_until(self, stop: asyncio.Event, poll: float) -> None:
         lease = timedelta(seconds=self.config.lease_seconds)
@@ -601,11 +650,16 @@ class Worker:
             # Cleared before claiming, so a wake() during the claim is not lost.
             self.wakeup.clear()
             room = self.room.free
-            jobs = await self._db(claim, self.name, room, lease) if room else []
+            try:
+                jobs = await self._until_done(claim, self.name, room, lease) if room else []
+            except SQLAlchemyError:
+                return  # stopping with the database away
             self.room.take(len(jobs))
-            await self._load_missing(jobs)
             for job in jobs:
                 self._enqueue(job)
+            # Without the copies their senders read each one (the jobs are held already).
+            with contextlib.suppress(SQLAlchemyError):
+                await self._load_missing(jobs)
             # A full claim (or no room for one) may have left ready jobs behind: claim
             # again now, or when senders have made room (not for every job they take:
             # jobs handed over by the receiver need no claim).
@@ -652,6 +706,9 @@ class Worker:
                 self.room.release(1)
                 if self._behind and self.room.used <= self.room.size // 2:
                     self.wakeup.set()  # room for more: the claimer should not wait its poll
+                if job.id in self.leases.lost:  # another worker may be sending it
+                    self._done_with(job)
+                    continue
                 try:
                     relay = await self._send(relay, job)
                 finally:
@@ -679,8 +736,9 @@ class Worker:
                 await relay.close()
                 relay = None
         except Exception:
-            # The database failed us: the job stays claimed and is retried when its
-            # lease runs out; this sender goes on with the next one.
+            # Stopping with the database away, or a copy that cannot be prepared: the
+            # job stays claimed and is retried when its lease runs out (it is no longer
+            # renewed); this sender goes on with the next one.
             log.exception("delivery job=%d could not be sent", job.id)
             return relay
         await self._record(job, refused, error)
@@ -700,7 +758,7 @@ class Worker:
             self.progress.forget(job)
 
     async def _connect(self) -> Relay:
-        return await Relay.connect(self.config.smarthost_host, self.config.smarthost_port)
+        return await self.smarthost.connect()
 
     async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
                       ) -> None:
@@ -734,25 +792,22 @@ class Worker:
                     written.set_result(None)
             self._written = []
 
-    async def _recorded(self, batch: list[Attempt], tries: int = 3
-                        ) -> list[DeliveryState] | None:
-        """The batch written, tried again when the database refused it for a moment (a
-        deadlock or a busy SQLite); given up only after `tries`, when the jobs stay
-        claimed and their lease brings them back."""
-        for attempt in range(tries):
-            try:
-                return await self._db(record_all, self.config, batch)
-            except Exception as exc:
-                if not isinstance(exc, OperationalError) or attempt == tries - 1:
-                    log.exception("%d delivery outcomes could not be recorded", len(batch))
-                    return None
-                await asyncio.sleep(0.05 * (attempt + 1))
-        return None
+    async def _recorded(self, batch: list[Attempt]) -> list[DeliveryState] | None:
+        """The batch written, tried again while the database is away (its senders wait:
+        no more copies go out unrecorded than the jobs in flight); given up only when
+        stopping, when the jobs stay claimed and their lease brings them back."""
+        try:
+            return await self._until_done(record_all, self.config, batch,
+                                         self.server_config)
+        except SQLAlchemyError:
+            log.exception("%d delivery outcomes could not be recorded", len(batch))
+            return None
 
     def _log(self, job: Job, refused: dict[str, Reply], error: RelayError | None,
              state: DeliveryState) -> None:
         delivered = len(job.recipients) - len(refused) if error is None else 0
         self.sent += delivered
+        metrics.copies(delivered, *_undelivered(job, refused, error, state))
         log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
                  len(job.recipients), delivered, len(refused) if error is None else 0,
                  state.value, f" error={error}" if error else "")

@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import compose, store, thread, view
+from listserv import compose, privacy, store, thread, view
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -281,9 +281,10 @@ def _multipart(kind: str, parts: Sequence[bytes]) -> bytes:
 
 def mime_body(context: dict, entries: Sequence[Entry]) -> bytes:
     """multipart/mixed: the table of contents, then a multipart/digest of the posts as
-    message/rfc822, each the stored bytes (RFC 2046 5.1.5)."""
+    message/rfc822, each the stored bytes (RFC 2046 5.1.5) less the fields that show
+    where its poster was (see privacy)."""
     posts = [b"Content-Type: message/rfc822\r\n" + _eight_bit(e.raw) + b"\r\n"
-             + compose.crlf(e.raw) for e in entries]
+             + compose.crlf(privacy.public(e.raw)) for e in entries]
     toc = compose.text_part(render("mail/digest_toc.txt", **context))
     return _multipart("mixed", [toc, _multipart("digest", posts)])
 
@@ -492,25 +493,45 @@ def replied_issue(session: Session, mlist: MailingList, parsed: Parsed) -> Diges
                       int(match.group(3 if parent else 2)))
 
 
-def rethread(session: Session, mlist: MailingList, raw: bytes, parsed: Parsed
-             ) -> tuple[bytes, Parsed]:
-    """A reply to a digest as a whole, threaded under the item it answers: In-Reply-To,
-    References and the item's subject go into its header (the body keeps its bytes).
+def rethread(session: Session, mlist: MailingList, raw: bytes, parsed: Parsed) -> Parsed:
+    """A reply to a digest as a whole, threaded under the item it answers: its fields
+    as if it answered the item (inferred_parent set); the bytes are not touched, only
+    the copies carry the item's In-Reply-To, References and subject.
     Any other post, and a reply whose item cannot be told, comes back as it was."""
     issue = replied_issue(session, mlist, parsed)
     if issue is None:
-        return raw, parsed
+        return parsed
     entries = {i.entry.position: i.entry for i in _items(
         session, mlist.id, DigestItem.issue_id == issue.id, DigestItem.position, True)}
     candidates = [Candidate(e.position, e.message_id, e.subject, view.plain_text(e.raw))
                   for e in entries.values()]
     position = answered(view.plain_text(raw), candidates)
     if position is None:
-        return raw, parsed
+        return parsed
     item = entries[position]
-    chain = [*parse(item.raw).references, item.message_id]
-    edited = compose.with_fields(raw, {b"in-reply-to", b"references", b"subject"}, [
-        ("In-Reply-To", f"<{item.message_id}>"),
-        ("References", "\r\n ".join(f"<{m}>" for m in chain)),
-        ("Subject", compose.unstructured(reply_subject(item.subject)))])
-    return edited, parse(edited)
+    return _answering(parsed, item.message_id, item.raw, item.subject)
+
+
+def _answering(parsed: Parsed, item_id: str, item_raw: bytes, item_subject: str) -> Parsed:
+    return dataclasses.replace(parsed, in_reply_to=[item_id], inferred_parent=item_id,
+                               references=[*parse(item_raw).references, item_id],
+                               subject=reply_subject(item_subject))
+
+
+def stored_fields(session: Session, message: Message) -> Parsed:
+    """A stored post's fields, a digest reply's inferred ones again (a held post,
+    approved), from the item it answers as the archive holds it."""
+    parsed = parse(message.raw)
+    if not message.inferred_parent:
+        return parsed
+    item = session.execute(
+        select(Message.raw, Message.subject).join(ThreadNode, ThreadNode.message_pk == Message.id)
+        .where(ThreadNode.list_id == message.list_id,
+               ThreadNode.message_id == message.inferred_parent)).first()
+    if item is None:  # no longer archived: its id is still the parent
+        return dataclasses.replace(parsed, in_reply_to=[message.inferred_parent],
+                                   references=[message.inferred_parent],
+                                   subject=message.subject,
+                                   inferred_parent=message.inferred_parent)
+    return _answering(parsed, message.inferred_parent, *item)
+

@@ -90,12 +90,13 @@ def policy(domain: str, resolver: Resolver) -> str | None:
     return value if value in POLICIES else None
 
 
-def rewrites_from(mode: DmarcMode, from_address: str, resolver: Resolver) -> bool:
-    """Whether this post's copies go out From the list (asked once per post)."""
+def rewrites_from(mode: DmarcMode, from_address: str, domain_policy: str | None) -> bool:
+    """Whether this post's copies go out From the list, given the policy of its
+    author's domain (asked of DNS before, see authenticity)."""
     domain = from_address.rpartition("@")[2]
     if mode is DmarcMode.OFF or not domain:
         return False
-    return mode is DmarcMode.ALWAYS or policy(domain, resolver) in STRICT
+    return mode is DmarcMode.ALWAYS or domain_policy in STRICT
 
 
 def via_name(from_name: str, from_address: str, list_name: str) -> str:

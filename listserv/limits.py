@@ -1,5 +1,7 @@
 """Posting rate limits: how many messages one envelope sender may have stored in an
-hour, and how many SMTP connections one IP address may hold open at once.
+hour, how many SMTP connections may be open at once, in all and from one IP address;
+and how many requests (to -join, -leave, -request) a list answers, and a client IP may
+send, an hour.
 
 The sender count is read from the `message` table (an index on sender_key, the
 envelope sender in lower case, and received_at: `Alice@` and `alice@` share one
@@ -9,13 +11,15 @@ and a restart forgets nothing. Connections are counted in memory, per process.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from listserv.models import Message, utcnow
+from listserv.address import Purpose
+from listserv.models import Message, MessageKind, utcnow
 from listserv.recent import Recent
 
 HOUR = timedelta(hours=1)
@@ -73,19 +77,69 @@ class Headroom:
 
 
 class Connections:
-    """The SMTP connections open from each IP address in this process."""
+    """The SMTP connections open in this process, in all and from each IP address."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit  # 0: no limit
+    def __init__(self, limit: int, total_limit: int = 0) -> None:
+        self.limit = limit  # per address; 0: no limit
+        self.total_limit = total_limit  # in all; 0: no limit
         self.open: Counter[str] = Counter()
+        self.total = 0
 
-    def admit(self, ip: str) -> bool:
-        """Count a new connection; False when it is one too many (it is counted all the
-        same, and `release` is called for it when it closes)."""
+    def admit(self, ip: str) -> str:
+        """Count a new connection; the 421 that turns it away when it is one too many,
+        else "" (it is counted all the same, and `release` is called when it closes)."""
         self.open[ip] += 1
-        return not self.limit or self.open[ip] <= self.limit
+        self.total += 1
+        if self.total_limit and self.total > self.total_limit:
+            return (f"421 4.3.2 too many connections ({self.total_limit} open); "
+                    "try again later")
+        if self.limit and self.open[ip] > self.limit:
+            return "421 4.7.0 too many connections from your address; try again later"
+        return ""
 
     def release(self, ip: str) -> None:
+        self.total -= 1
         self.open[ip] -= 1
         if self.open[ip] <= 0:
             del self.open[ip]
+
+
+class PerHour:
+    """Events counted per key (a client IP) in the current clock hour, in memory: a
+    fixed window, so memory holds at most the keys of one hour."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # 0: no limit
+        self._hour = 0
+        self._counts: Counter[str] = Counter()
+
+    def admit(self, key: str) -> bool:
+        """Count one more for `key`; False when that is one too many this hour."""
+        if not self.limit:
+            return True
+        hour = int(time.time() // 3600)
+        if hour != self._hour:
+            self._hour, self._counts = hour, Counter()
+        self._counts[key] += 1
+        return self._counts[key] <= self.limit
+
+
+# Addresses whose mail makes the list write to the sender unasked (a forged From makes
+# it write to a stranger): what `[lists] max_confirmations_per_hour` counts.
+REQUEST_PURPOSES = frozenset({Purpose.JOIN, Purpose.LEAVE, Purpose.REQUEST})
+
+
+def request_refusal(ip: str, limit: int) -> str:
+    """The 450 for a client IP that sent its hourly share of requests (a 4xx: a real
+    sender's MTA tries again later)."""
+    return (f"450 4.7.1 {limit} requests to list command addresses an hour from {ip} "
+            "reached; try again later")
+
+
+def requests_this_hour(session: Session, list_id: int, limit: int) -> int:
+    """The list's mails to its command addresses stored in the last hour, counted up to
+    `limit` + 1 (over the index on received_at: an hour of mail, not the whole list)."""
+    recent = select(Message.id).where(
+        Message.received_at >= utcnow() - HOUR, Message.list_id == list_id,
+        Message.kind == MessageKind.REQUEST).limit(limit + 1)
+    return session.scalar(select(func.count()).select_from(recent.subquery())) or 0

@@ -139,6 +139,7 @@ class DeliveryState(enum.StrEnum):
     SENDING = "sending"  # claimed by a worker (see worker and lease_until)
     DONE = "done"  # the smarthost took every recipient it did not refuse for good
     FAILED = "failed"  # gave up: retry_max_hours passed with only temporary failures
+    CANCELLED = "cancelled"  # an admin took it out of the queue (`listserv queue cancel`)
 
 
 class MailingList(SQLModel, table=True):
@@ -214,7 +215,11 @@ class Message(SQLModel, table=True):
     rcpt_to: str = ""  # the envelope recipient that routed it here
     from_address: str = ""  # addr-spec of the From: header, lower case
     from_name: str = ""
-    subject: str = ""
+    subject: str = ""  # a digest reply's: the subject inferred for it (see below)
+    # A reply to a whole digest: the Message-ID of the item it answers, which it is
+    # threaded under and whose In-Reply-To/References its copies carry; `raw` keeps the
+    # headers its author wrote. "" for any other message.
+    inferred_parent: str = ""
     date: datetime | None = None  # the Date: header, UTC
     received_at: datetime = Field(default_factory=utcnow, index=True)
     size: int = 0

@@ -10,9 +10,9 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import notices, roster, store, tokens
+from listserv import digest, notices, roster, store, tokens
 from listserv.address import Purpose
-from listserv.config import Config
+from listserv.config import MAX_INT, Config
 from listserv.models import (
     MailingList,
     Message,
@@ -24,7 +24,6 @@ from listserv.models import (
     TokenKind,
     utcnow,
 )
-from listserv.parse import parse
 
 log = logging.getLogger("listserv.moderation")
 
@@ -32,7 +31,8 @@ ACTIONS = ("approve", "reject", "discard")
 
 
 def held_message(session: Session, message_pk: int) -> Message:
-    message = session.get(Message, message_pk)
+    # An id no row can have is asked of no database (it would refuse the number).
+    message = session.get(Message, message_pk) if 0 < message_pk <= MAX_INT else None
     if message is None or message.state is not MessageState.HELD:
         raise roster.UserError(f"no held message {message_pk}")
     return message
@@ -67,7 +67,7 @@ def approve(session: Session, config: Config, message: Message) -> int:
     """Send a held post on as if it had just been accepted; returns the jobs queued."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
-    parsed = parse(message.raw)
+    parsed = digest.stored_fields(session, message)
     if store.is_archived(session, mlist.id, message.message_id):
         store.set_state(session, message, MessageState.DUPLICATE)
         return 0
@@ -150,6 +150,17 @@ def set_sender(session: Session, mlist: MailingList, address: str,
                                              SenderRule.address == mailbox[1]))
     session.add(SenderRule(list_id=mlist.id, address=mailbox[1], action=action))
     return mailbox[1]
+
+
+def remove_sender(session: Session, mlist: MailingList, address: str) -> str:
+    """Drop an allow or deny entry: the address is a non-member like any other again."""
+    mailbox = roster.normalize(address)
+    key = mailbox[1] if mailbox else address.strip().lower()
+    gone = session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
+                                                    SenderRule.address == key))
+    if not gone.rowcount:
+        raise roster.UserError(f"{key} is not on the allow or deny list of {mlist.address}")
+    return key
 
 
 def senders(session: Session, mlist: MailingList) -> list[SenderRule]:

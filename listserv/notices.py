@@ -50,6 +50,17 @@ def allowed(session: Session, config: Config, address: str) -> bool:
     return True
 
 
+# A notice's subject names the post it is about, whose subject may be one word of a
+# megabyte: the email package folds a word that long in quadratic time (an 8 MB one
+# held the receiver's writer for a minute). The body still quotes the subject whole.
+SUBJECT_CHARS = 200
+
+
+def _subject(text: str) -> str:
+    text = compose_mod.one_line(text)
+    return text if len(text) <= SUBJECT_CHARS else text[:SUBJECT_CHARS - 3] + "..."
+
+
 def compose(mlist: MailingList, to: str, subject: str, body: str, *,
             from_purpose: Purpose = Purpose.REQUEST, reply_to: str | None = None,
             attach: bytes | None = None, auto: str = "auto-replied",
@@ -59,7 +70,7 @@ def compose(mlist: MailingList, to: str, subject: str, body: str, *,
     head = EmailMessage(policy=SMTP)
     head["From"] = compose_mod.mailbox(mlist.name, addresses.at(from_purpose))
     head["To"] = to
-    head["Subject"] = compose_mod.one_line(subject)
+    head["Subject"] = _subject(subject)
     head["Date"] = formatdate(localtime=False)
     head["Message-ID"] = make_msgid("listserv", addresses.domain)
     if in_reply_to:

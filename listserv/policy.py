@@ -2,8 +2,8 @@
 
 The first decisive verdict (accept, discard, reject, loop) ends the walk; holds collect
 their reasons on the way, so a moderator reads every reason a post was held for. The
-order follows Mailman's posting chain: loops and automatic mail first, then the
-moderator's switches, then membership.
+order follows Mailman's posting chain: loops and automatic mail first (listserv/loops.py
+for autoresponders that ignore RFC 3834), then the moderator's switches, then membership.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from listserv import loops
 from listserv.address import ListAddresses
 from listserv.models import MailingList, NonmemberAction, SenderAction
 from listserv.parse import Parsed
@@ -43,6 +44,7 @@ class Facts:
     is_member: bool  # the From (or envelope sender) holds a role on the list
     moderated: bool = False  # ... and a moderator set its `moderated` flag
     sender_rule: SenderAction | None = None  # allow/deny entry for the sender
+    thread_rate: loops.ThreadRate | None = None  # the sender's recent posts to its thread
 
 
 Rule = Callable[[Facts], Verdict | None]
@@ -67,8 +69,10 @@ def automatic_reason(mail_from: str, parsed: Parsed) -> str:
     mail is never posted and never answered."""
     if parsed.auto_submitted and parsed.auto_submitted != "no":
         return f"Auto-Submitted: {parsed.auto_submitted}"
-    if parsed.precedence in ("bulk", "junk", "list"):
+    if parsed.precedence in ("bulk", "junk", "list", "auto_reply"):
         return f"Precedence: {parsed.precedence}"
+    if parsed.autoresponder:
+        return f"an autoresponder's field ({parsed.autoresponder})"
     if not mail_from:
         return "null envelope sender (a bounce or notification)"
     return ""
@@ -77,6 +81,21 @@ def automatic_reason(mail_from: str, parsed: Parsed) -> str:
 def automatic(facts: Facts) -> Verdict | None:
     why = automatic_reason(facts.mail_from, facts.parsed)
     return Verdict(Action.DISCARD, [why]) if why else None
+
+
+def autoreply_subject(facts: Facts) -> Verdict | None:
+    """Held, not discarded: a person may write "Out of office" in a subject too."""
+    why = loops.autoreply_subject(facts.parsed.subject)
+    return Verdict(Action.HOLD, [why]) if why else None
+
+
+def thread_flood(facts: Facts) -> Verdict | None:
+    """Held: the same sender again and again in one thread is an autoresponder loop
+    more often than a conversation; a moderator lets a real one through."""
+    rate = facts.thread_rate
+    if rate is not None and rate.reached:
+        return Verdict(Action.HOLD, [rate.reason(facts.mail_from)])
+    return None
 
 
 def denied(facts: Facts) -> Verdict | None:
@@ -126,8 +145,8 @@ def non_member(facts: Facts) -> Verdict | None:
     return Verdict(action, [f"post from non-member {facts.parsed.from_address}"])
 
 
-RULES: list[Rule] = [unparseable, loop, automatic, denied, emergency, no_sender,
-                     moderated_member, too_big, non_member]
+RULES: list[Rule] = [unparseable, loop, automatic, autoreply_subject, thread_flood, denied,
+                     emergency, no_sender, moderated_member, too_big, non_member]
 
 
 def decide(facts: Facts, rules: list[Rule] = RULES) -> Verdict:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -27,11 +26,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session
 
 from listserv import (
+    authenticity,
     bouncing,
     commands,
     db,
     digest,
     limits,
+    metrics,
     moderation,
     notices,
     policy,
@@ -39,7 +40,9 @@ from listserv import (
     store,
 )
 from listserv.address import Purpose, Route, candidates, split
-from listserv.config import Config, ConfigError, SmtpConfig
+from listserv.authenticity import Asked
+from listserv.config import Config
+from listserv.loops import thread_rate
 from listserv.models import (
     MailingList,
     Member,
@@ -147,6 +150,7 @@ class Accepted:
     message: Message
     parsed: Parsed
     outcome: Outcome
+    asked: Asked | None  # what DNS said of it, asked before the transaction
 
 
 class Batch:
@@ -212,7 +216,7 @@ class Batch:
             store.archive_all(session, same[0].mlist, pairs)
             jobs = store.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
                                      config.delivery.max_recipients_per_transaction,
-                                     config=config)
+                                     config=config, asked=[p.asked for p in same])
             for post, count in zip(same, jobs, strict=True):
                 post.outcome.deliveries = count
 
@@ -222,10 +226,12 @@ _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: Mess
 
 
 def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rcpt: str,
-          mail_from: str, raw: bytes, parsed: Parsed, alone: bool) -> Outcome:
+          mail_from: str, raw: bytes, parsed: Parsed, alone: bool, asked: Asked | None
+          ) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
-    raw, parsed = digest.rethread(session, mlist, raw, parsed)
+    parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
+    facts.thread_rate = thread_rate(session, config.lists, mlist.id, mail_from, parsed)
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
         reason = "; ".join(verdict.reasons)
@@ -246,7 +252,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     outcome = Outcome(rcpt, message.message_id, message.state.value, 0,
                       message.reasons.splitlines())
     if message.state is MessageState.ACCEPTED:
-        batch.accept(session, config, Accepted(mlist, message, parsed, outcome))
+        batch.accept(session, config, Accepted(mlist, message, parsed, outcome, asked))
     elif message.state is MessageState.HELD:
         moderation.hold(session, config, mlist, message, facts.is_member)
         outcome.deliveries = 1
@@ -275,19 +281,26 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
 
 def _ingest_one(session: Session, config: Config, batch: Batch, incoming: Incoming
                 ) -> list[Outcome]:
-    """One SMTP transaction for all its recipients. Its refusals (NoRoute, Rejected) are
-    raised before it writes anything: every recipient is looked up first, and a post
-    is rejected only when it has no other recipient."""
-    targets = [batch.target(session, rcpt) for rcpt in incoming.rcpts]
-    outcomes = []
-    for rcpt, (target, mlist) in zip(incoming.rcpts, targets, strict=True):
+    """One SMTP transaction for all its recipients, an outcome for each. Its refusals
+    (NoRoute, Rejected) are raised before it writes anything: every recipient is looked
+    up first, and a post is rejected only when it has no other recipient.
+
+    Recipients that route to the same list and purpose (the same RCPT repeated, or dev@
+    and DEV@) are one: the message is stored, and sent on, once for them all; else one
+    transaction naming a list a thousand times stored a thousand copies."""
+    targets: dict[Route, tuple[str, MailingList]] = {}
+    for rcpt in incoming.rcpts:
+        target, mlist = batch.target(session, rcpt)
+        targets.setdefault(target, (rcpt, mlist))
+    outcomes: dict[Route, Outcome] = {}
+    for target, (rcpt, mlist) in targets.items():
         args = (rcpt, incoming.mail_from, incoming.raw, incoming.parsed)
         if target.purpose is Purpose.POST:
-            outcomes.append(_post(session, config, batch, mlist, *args,
-                                  alone=len(incoming.rcpts) == 1))
+            outcomes[target] = _post(session, config, batch, mlist, *args,
+                                     alone=len(targets) == 1, asked=incoming.asked)
         else:
-            outcomes.append(_other(session, config, batch, mlist, target, *args))
-    return outcomes
+            outcomes[target] = _other(session, config, batch, mlist, target, *args)
+    return [outcomes[batch.target(session, rcpt)[0]] for rcpt in incoming.rcpts]
 
 
 @dataclass
@@ -297,6 +310,7 @@ class Incoming:
     mail_from: str
     rcpts: list[str]
     raw: bytes
+    asked: Asked | None = None  # by the receiver before the transaction (see ask)
 
     @cached_property
     def parsed(self) -> Parsed:
@@ -304,6 +318,15 @@ class Incoming:
         thread hop of its own per message cost the event loop more than the parse, and
         a writer busy parsing lets more transactions gather for the next group."""
         return parse(self.raw)
+
+    def ask(self, config: Config) -> None:
+        """What DNS says of the post, asked in a thread of its own before the group's
+        transaction (authenticity): a slow name server must not hold the writer. A
+        failure here leaves it to be asked in the transaction, as before."""
+        try:
+            self.asked = authenticity.ask(self.raw, self.parsed.from_address, config)
+        except Exception:
+            log.exception("could not ask DNS about a post before storing it")
 
 
 # What one SMTP transaction of a group came to: its outcomes, or why it was refused.
@@ -366,7 +389,8 @@ def _write_group(engine: Engine, config: Config, group: list[Incoming],
                 results = [_straight(session, config, incoming, batch) for incoming in group]
                 with _or_redo():
                     batch.publish(session, config)
-            session.commit()
+            with metrics.INGEST_COMMIT.time():
+                session.commit()
             return results
     except BaseException:
         if handoff is not None:
@@ -409,7 +433,7 @@ def _in_savepoint(session: Session, config: Config, incoming: Incoming,
             return exc
         except OperationalError:
             raise  # the group as a whole
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001  one transaction's failure, not the group's
             return exc  # its client gets a 451 (and the log the traceback)
     raise AssertionError("unreachable")
 
@@ -428,6 +452,8 @@ def ingest(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
 # statements whatever its size, and without the wait groups of 16 clients averaged 7
 # (PostgreSQL's commit_delay is the same trade). Measured best of 0, 1, 3 and 6 ms.
 GATHER_SECONDS = 0.001
+# Posts whose DNS is asked at once; each waits at most the resolver's timeout per name.
+ASK_THREADS = 16
 
 
 class GroupCommit:
@@ -450,13 +476,23 @@ class GroupCommit:
         # A thread of its own: in the loop's default pool, a group waited behind the
         # parsing and RCPT lookups of every client.
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-writer")
+        # And DNS its own threads: posts from a few slow domains in the default pool
+        # would hold up every client's RCPT lookups.
+        self.asking = ThreadPoolExecutor(max_workers=ASK_THREADS,
+                                         thread_name_prefix="receive-dns")
 
     def close(self) -> None:
         """Let the writer thread end once the group under way is stored."""
         self.thread.shutdown(wait=False)
+        self.asking.shutdown(wait=False)
 
-    async def store(self, incoming: Incoming) -> list[Outcome]:
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+    async def store(self, incoming: Incoming, *, ask: bool = False) -> list[Outcome]:
+        """Store one transaction with the next group; with `ask`, what DNS says of its
+        post is asked first, outside the writer (Incoming.ask)."""
+        loop = asyncio.get_running_loop()
+        if ask:
+            await loop.run_in_executor(self.asking, incoming.ask, self.config)
+        future: asyncio.Future[Result] = loop.create_future()
         self.waiting.append((incoming, future))
         if self.writer is None:
             self.writer = asyncio.create_task(self._write())
@@ -476,7 +512,7 @@ class GroupCommit:
                     results = await asyncio.get_running_loop().run_in_executor(
                         self.thread, ingest_group, self.engine, self.config,
                         [i for i, _ in group], handoff)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001  each client of the group gets its 451
                     results = [exc] * len(group)
                 else:
                     if self.worker is not None and handoff is not None:
@@ -503,6 +539,7 @@ class Handler:
         self.on_accepted = on_accepted  # a post went in: a digest may have filled up
         self.group = GroupCommit(engine, config, worker=worker)
         self.headroom = limits.Headroom(config.smtp.max_messages_per_sender_per_hour)
+        self.requests = limits.PerHour(config.lists.max_confirmations_per_hour)
         # Recipients found to be ours lately, so RCPT needs no thread hop and no query
         # for a busy list. Only found routes are kept, and for a second: a list an
         # admin just created is looked up (and found) at once, never refused from here.
@@ -569,26 +606,46 @@ class Handler:
         if isinstance(target, str):
             log.info("refused rcpt=%s from=%s: %s", address, envelope.mail_from, target)
             return target
+        most = self.config.smtp.max_recipients
+        if most and len(envelope.rcpt_tos) >= most:
+            return f"452 4.5.3 too many recipients; at most {most} in one transaction"
+        if target.purpose in limits.REQUEST_PURPOSES:
+            ip = str(session.peer[0] if isinstance(session.peer, tuple) else session.peer)
+            if not self.requests.admit(ip):
+                log.info("refused rcpt=%s from %s: too many requests", address, ip)
+                return limits.request_refusal(ip, self.requests.limit)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(rcpt_options)
         return "250 2.1.5 OK"
 
+    def _may_post(self, rcpts: list[str]) -> bool:
+        """Whether a recipient may be a list's posting address, whose copies need what
+        DNS says of the post: one not seen at RCPT a moment ago may."""
+        routes = [self.routes.get(rcpt) for rcpt in rcpts]
+        return any(found is None or found[1].purpose is Purpose.POST for found in routes)
+
     async def handle_DATA(self, server: SMTP, session: SmtpSession,
                           envelope: Envelope) -> str:
         raw = envelope.original_content or b""
+        metrics.RECEIVED.inc()
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
+        incoming = Incoming(mail_from, list(envelope.rcpt_tos), raw)
         try:
-            outcomes = await self.group.store(Incoming(mail_from, list(envelope.rcpt_tos),
-                                                       raw))
+            outcomes = await self.group.store(incoming, ask=self._may_post(incoming.rcpts))
         except _REFUSALS as exc:
             log.info("refused from=%s to=%s: %s", mail_from or "<>", ",".join(envelope.rcpt_tos),
                      exc)
-            return str(exc)
+            # LMTP answers once per recipient (RFC 2033), a refusal too.
+            return "\r\n".join([str(exc)] * len(envelope.rcpt_tos)) if isinstance(
+                server, LMTP) else str(exc)
         except Exception:
             log.exception("could not store a message from %s", mail_from or "<>")
             return "451 4.3.0 message not stored, please try again later"
-        for outcome in outcomes:
+        # Recipients of one list address share one outcome (_ingest_one).
+        distinct = list({id(o): o for o in outcomes}.values())
+        for outcome in distinct:
+            metrics.STORED.labels(outcome.state).inc()
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
         # The jobs of accepted posts were handed to the worker, or it was woken for
         # those it had no room for (GroupCommit); anything else queued wakes it here.
@@ -600,109 +657,4 @@ class Handler:
         replies = [f"250 2.0.0 OK <{o.message_id}> {o.state}" for o in outcomes]
         if isinstance(server, LMTP):
             return "\r\n".join(replies)  # LMTP answers once per recipient (RFC 2033)
-        return replies[0] if len(replies) == 1 else "250 2.0.0 OK"
-
-
-# "<dot-atom@dot-atom>", then nothing or blanks and parameters (no comment: those and
-# every other shape are left to aiosmtpd's parser).
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(
-    rf"<(?P<address>(?P<local>{_ATOM}(?:\.{_ATOM})*)@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
-    r"(?:[ \t]+(?P<rest>[^\s(][^(]*))?[ \t]*\Z")
-
-
-class _Edge:
-    """What ListSMTP and ListLMTP change in aiosmtpd's protocol."""
-
-    line_length_limit = 1 << 16  # when [smtp] max_message_bytes is 0 (no limit)
-
-    def __init__(self, handler: Handler, *, data_size_limit: int, **options: object) -> None:
-        # RFC 5321 allows 998 octets a line, but real clients send longer lines (a whole
-        # base64 attachment in one) and Postfix takes them; refusing a message that fits
-        # max_message_bytes would lose mail for no one's benefit. aiosmtpd buffers no
-        # more of a line than this, so memory stays bounded by the message size.
-        self.line_length_limit = data_size_limit or self.line_length_limit
-        super().__init__(handler, data_size_limit=data_size_limit, **options)  # type: ignore[call-arg]
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # Nearly every client sends "<local@domain>" with dot-atoms, maybe followed by
-        # parameters; aiosmtpd's general parser (it declares a class on every call) cost
-        # a twentieth of the ingest CPU on it. Anything else still goes to that parser.
-        plain = _PLAIN_PATH.match(arg)
-        limit = self.local_part_limit  # type: ignore[attr-defined]
-        if plain and (not limit or len(plain["local"]) <= limit):
-            return plain["address"], plain["rest"] or ""
-        # aiosmtpd 1.4.6 fails on "RCPT TO:<" with an IndexError, logged as a session
-        # exception and answered with its text; it is a malformed address (553).
-        try:
-            return super()._getaddr(arg)  # type: ignore[misc]
-        except IndexError:
-            return None, None
-
-
-class _Limited(SMTP):
-    """One connection too many from an address is greeted with 421 and closed
-    (`[smtp] max_connections_per_ip`, counted in this process)."""
-
-    connections = limits.Connections(0)  # the factory gives each server its own
-    _ip: str | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # aiosmtpd calls this again with the TLS transport after STARTTLS: one connection
-        # all the same, counted once.
-        if self._ip is None:
-            peer = transport.get_extra_info("peername")
-            self._ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
-            self._admitted = self.connections.admit(self._ip)
-        super().connection_made(transport)
-
-    async def _handle_client(self) -> None:
-        if self._admitted:
-            return await super()._handle_client()
-        log.info("refused connection from %s: %d open", self._ip,
-                 self.connections.open[self._ip] - 1)
-        await self.push("421 4.7.0 too many connections from your address; try again later")
-        self.transport.close()
-        return None
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self.connections.release(self._ip)
-        super().connection_lost(error)
-
-
-class ListSMTP(_Edge, _Limited):
-    pass
-
-
-class ListLMTP(_Edge, _Limited, LMTP):
-    pass
-
-
-def tls_context(smtp: SmtpConfig) -> ssl.SSLContext | None:
-    """What STARTTLS offers, loaded once at start so a bad certificate stops the server
-    with its reason rather than failing each client's handshake."""
-    if not smtp.tls_cert_file:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(smtp.tls_cert_file, smtp.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"[smtp] cannot load tls_cert_file {smtp.tls_cert_file} with "
-                          f"tls_key_file {smtp.tls_key_file}: "
-                          f"{getattr(exc, 'strerror', None) or exc}") from exc
-    return context
-
-
-def protocol_factory(handler: Handler, config: Config) -> Callable[[], SMTP]:
-    """A factory for loop.create_server: one SMTP (or LMTP) protocol per connection."""
-    cls = ListLMTP if config.smtp.protocol == "lmtp" else ListSMTP
-    connections = limits.Connections(config.smtp.max_connections_per_ip)
-    tls = tls_context(config.smtp)
-
-    def make() -> SMTP:
-        protocol = cls(handler, data_size_limit=config.smtp.max_message_bytes,
-                       enable_SMTPUTF8=True, decode_data=False, ident="listserv",
-                       tls_context=tls)
-        protocol.connections = connections
-        return protocol
-    return make
+        return replies[0] if len(distinct) == 1 else "250 2.0.0 OK"

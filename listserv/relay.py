@@ -54,6 +54,18 @@ class ConnectionLost(RelayError):
     the transaction can go again at once on a new connection."""
 
 
+# How the refusals that are not of a recipient begin: our envelope sender's and the
+# session's. They say nothing of a member's address, so they are never bounces.
+MAIL_REFUSED = "MAIL FROM refused"
+_NOT_RECIPIENT = (MAIL_REFUSED, "EHLO refused", "smarthost greeting")
+
+
+def refuses_recipient(reply: Reply) -> bool:
+    """A permanent refusal of the recipient or of the message sent to it (at RCPT or
+    DATA): what a delivery report from the remote end would say about that address."""
+    return reply.code >= 500 and not reply.text.startswith(_NOT_RECIPIENT)
+
+
 # The longest reply line we wait for: a smarthost sending more without a line end is broken.
 MAX_LINE = 1 << 20
 
@@ -244,7 +256,7 @@ class Relay:
                 await self._finish_data(b".\r\n")  # a server that said 354 anyway
             await self.reset()
             if not mail_reply.ok:
-                raise RelayError(f"MAIL FROM refused: {mail_reply}", mail_reply.temporary,
+                raise RelayError(f"{MAIL_REFUSED}: {mail_reply}", mail_reply.temporary,
                                  mail_reply.code)
             return refused
         if data_reply is None:
@@ -351,9 +363,10 @@ class Relay:
             raise RelayError(f"smarthost is closing the connection: {mail}")
         if mail.ok and rcpt_reply.ok and data_reply.code == 354:
             return data, [rcpt]
-        refused[rcpt] = next((r for r in replies if not r.ok), data_reply)
+        first = next((r for r in replies if not r.ok), data_reply)
+        refused[rcpt] = first if mail.ok else Reply(mail.code, f"{MAIL_REFUSED}: {mail}")
         finished.add(rcpt)
-        ahead, expected = b"", []
+        ahead, expected = b"", list[str | None]()
         if data_reply.code == 354:
             ahead, expected = b".\r\n", [None]  # a server that said 354 anyway
         if mail.ok:

@@ -4,18 +4,14 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
-from listserv import search
 from listserv.address import parse_mailbox, split, valid_list_local
-from listserv.compose import has_control
 from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Role, utcnow
 
 
@@ -32,6 +28,10 @@ def normalize(text: str) -> tuple[str, str] | None:
     text = text.strip()
     if _SIMPLE.match(text):
         return "", text.lower()
+    # Imported here: compose loads jinja2 and the email package, which a command line
+    # adding plain addresses does not need.
+    from listserv.compose import has_control
+
     if has_control(text):
         return None  # a CR or LF here would end up splitting a header
     mailbox = parse_mailbox(text)
@@ -44,6 +44,8 @@ def header_text(value: str, what: str) -> str:
     """A value that goes into the headers of list mail (name, description, subject
     prefix): refused whole when it holds a control character, since a CR or LF would
     start a header of the user's choosing in every copy."""
+    from listserv.compose import has_control
+
     if has_control(value):
         raise UserError(f"invalid {what} {value!r}: it must be one line, without control "
                         "characters")
@@ -96,6 +98,8 @@ def create_list(session: Session, address: str, *, name: str | None = None,
 
 
 def delete_list(session: Session, mlist: MailingList) -> None:
+    from listserv import search  # the search index's engine, only for this
+
     search.forget_list(session, mlist.id)
     session.delete(mlist)
 
@@ -112,7 +116,16 @@ def _existing(session: Session, list_id: int, role: Role) -> set[str]:
         Member.list_id == list_id, Member.role == role)))
 
 
-def add_members(session: Session, mlist: MailingList, entries: Iterable[str],
+@dataclass(frozen=True)
+class Entry:
+    """One address to add, with the name and delivery an import file gave it."""
+
+    text: str  # "a@b" or "Name <a@b>"
+    name: str = ""  # wins over a name in `text`
+    delivery: DeliveryMode = DeliveryMode.REGULAR
+
+
+def add_members(session: Session, mlist: MailingList, entries: Iterable[str | Entry],
                 role: Role = Role.MEMBER, progress: Callable[[int], None] | None = None,
                 chunk: int = 5000) -> AddResult:
     """Add many addresses in bulk; each bad or repeated one is reported, none stops the rest."""
@@ -126,18 +139,20 @@ def add_members(session: Session, mlist: MailingList, entries: Iterable[str],
             session.execute(insert(Member), pending)
             pending.clear()
 
-    for entry in entries:
-        mailbox = normalize(entry)
+    for item in entries:
+        entry = item if isinstance(item, Entry) else Entry(item)
+        mailbox = normalize(entry.text)
         if mailbox is None:
-            result.invalid.append(entry.strip())
+            result.invalid.append(entry.text.strip())
         elif mailbox[1] in seen:
             result.existing.append(mailbox[1])
         else:
             seen.add(mailbox[1])
             result.added.append(mailbox[1])
             pending.append({"list_id": mlist.id, "address": mailbox[1], "display_name":
-                            mailbox[0], "role": role.value, "delivery": "regular",
-                            "moderated": False, "created_at": now})
+                            entry.name or mailbox[0], "role": role.value,
+                            "delivery": entry.delivery.value, "moderated": False,
+                            "created_at": now})
             if len(pending) >= chunk:
                 flush()
         if progress:
@@ -180,44 +195,6 @@ def roles_of(session: Session, list_id: int, addresses: list[str]) -> list[Membe
         Member.list_id == list_id, Member.address.in_(addresses))))
 
 
-_COLUMNS = ("address", "email")
-_DELIMITERS = ",;\t"
-
-
-def _is_csv_header(line: str) -> bool:
-    """A header names columns: it has no address in it, and a delimiter or a known name."""
-    if "@" in line:
-        return False
-    return any(d in line for d in _DELIMITERS) or line.strip().lower() in _COLUMNS
-
-
-def _read_csv(text: str, header: str) -> Iterator[str]:
-    delimiters = "".join(d for d in _DELIMITERS if d in header)
-    # A one-column CSV has no delimiter to sniff; the default dialect reads it.
-    dialect = csv.Sniffer().sniff(header, delimiters) if delimiters else csv.excel
-    reader = csv.DictReader(io.StringIO(text.strip()), dialect=dialect)
-    columns = {c.strip().lower(): c for c in reader.fieldnames or [] if c}
-    column = next((columns[name] for name in _COLUMNS if name in columns), None)
-    if column is None:
-        raise UserError(f"CSV has no 'address' or 'email' column (columns: {header.strip()})")
-    for row in reader:
-        value = (row.get(column) or "").strip()
-        if value:
-            yield value
-
-
-def read_import(text: str) -> Iterator[str]:
-    """Addresses from a CSV with an "address" (or "email") column, or one per line."""
-    lines = [line.strip() for line in text.splitlines()]
-    header = next((line for line in lines if line), "")
-    if _is_csv_header(header):
-        yield from _read_csv(text, header)
-        return
-    for line in lines:
-        if line and not line.startswith("#"):
-            yield line
-
-
 def set_member(session: Session, mlist: MailingList, address: str, *,
                moderated: bool | None = None, delivery: DeliveryMode | None = None,
                role: Role | None = None) -> str:
@@ -240,3 +217,12 @@ def set_member(session: Session, mlist: MailingList, address: str, *,
             row.disabled_by = None
         session.add(row)
     return key
+
+
+def memberships(session: Session, address: str) -> list[tuple[MailingList, Member]]:
+    """Every role an address holds on any list, by list address then role."""
+    mailbox = normalize(address)
+    key = mailbox[1] if mailbox else address.strip().lower()
+    return [(mlist, member) for member, mlist in session.execute(
+        select(Member, MailingList).join(MailingList, Member.list_id == MailingList.id)
+        .where(Member.address == key).order_by(MailingList.address, Member.role))]

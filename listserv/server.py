@@ -13,9 +13,27 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from sqlalchemy.engine import Engine
 
-from listserv import bouncing, db, deliver, digest, moderation, receive, tokens, web
+from listserv import (
+    bouncing,
+    db,
+    deliver,
+    digest,
+    health,
+    listeners,
+    metrics,
+    moderation,
+    preflight,
+    receive,
+    retention,
+    signing,
+    supervise,
+    tokens,
+    web,
+)
 from listserv.config import Config
+from listserv.descriptors import ExhaustionLog
 from listserv.models import utcnow
+from listserv.protocol import protocol_factory, tls_context
 
 log = logging.getLogger("listserv")
 
@@ -49,20 +67,23 @@ def _bounce_schedule(engine: Engine, config: Config) -> int:
 async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
                        wake: Callable[[], None]) -> None:
     """Expire old holds now and then, telling their authors; warn and remove members
-    whose delivery bounces."""
-    while not stop.is_set():
-        try:
-            expired = await asyncio.to_thread(_expire_holds, engine, config)
-            warned = await asyncio.to_thread(_bounce_schedule, engine, config)
-        except Exception:
-            log.exception("housekeeping failed; trying again later")
-        else:
-            if expired:
-                log.info("discarded %d expired held messages", expired)
-            if expired or warned:
-                wake()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), HOUSEKEEPING_SECONDS)
+    whose delivery bounces; delete old bookkeeping ([retention])."""
+
+    async def step() -> None:
+        expired = await asyncio.to_thread(_expire_holds, engine, config)
+        warned = await asyncio.to_thread(_bounce_schedule, engine, config)
+        swept = await asyncio.to_thread(retention.sweep, engine, config.retention)
+        if expired:
+            log.info("discarded %d expired held messages", expired)
+        if swept:
+            log.info("retention: deleted %d finished delivery jobs, %d copies and %d "
+                     "tokens, emptied %d old bounces", swept.deliveries, swept.copies,
+                     swept.tokens, swept.bounce_raw)
+        if expired or warned:
+            wake()
+
+    await supervise.periodic("housekeeping", step,
+                             lambda: supervise.pause(HOUSEKEEPING_SECONDS, stop), stop)
 
 
 # Digests come due at an hour of the day; a check a minute sends them on time.
@@ -92,23 +113,24 @@ async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: as
     """Send the digests that are due: every minute, and when `check` is set (a post was
     accepted, so a digest may have reached its size), at most once a
     DIGEST_SIZE_CHECK_SECONDS."""
-    while not stop.is_set():
+
+    async def step() -> None:
         check.clear()
-        try:
-            sent = await asyncio.to_thread(_send_digests, engine, config)
-        except Exception:
-            log.exception("sending digests failed; trying again later")
-        else:
-            for done in sent:
-                log.info("digest %r: %d messages, to %d digest-mime and %d digest-plain "
-                         "members", done.issue.subject, done.messages, done.mime_members,
-                         done.plain_members)
-            if sent:
-                wake()
+        sent = await asyncio.to_thread(_send_digests, engine, config)
+        for done in sent:
+            metrics.DIGESTS.inc()
+            log.info("digest %r: %d messages, to %d digest-mime and %d digest-plain "
+                     "members", done.issue.subject, done.messages, done.mime_members,
+                     done.plain_members)
+        if sent:
+            wake()
+
+    async def wait() -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(check.wait(), DIGEST_CHECK_SECONDS)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), DIGEST_SIZE_CHECK_SECONDS)
+        await supervise.pause(DIGEST_SIZE_CHECK_SECONDS, stop)
+
+    await supervise.periodic("digests", step, wait, stop)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -120,41 +142,61 @@ class _Uvicorn(uvicorn.Server):
 
 
 async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Run until `stop` is set (by a signal when run from the command line)."""
+                ready: Callable[[Config], None] | None = None) -> None:
+    """Run until `stop` is set (by a signal when run from the command line). `ready` is
+    called once listening, with the config naming the ports bound (port 0: any free one)."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(ExhaustionLog())
     stop = stop or asyncio.Event()
+    smtp_socket = listeners.bind(config.smtp.host, config.smtp.port)
+    web_socket = listeners.bind(config.web.host, config.web.port)
+    config = listeners.bound(config, smtp_socket, web_socket)
     await asyncio.to_thread(_ensure_secret, engine, config)
+    await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
     worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
-    smtp = await loop.create_server(receive.protocol_factory(handler, config),
-                                    host=config.smtp.host, port=config.smtp.port)
-    http = _Uvicorn(uvicorn.Config(web.make_app(engine, config), host=config.web.host,
+    smtp = await loop.create_server(protocol_factory(handler, config), sock=smtp_socket)
+    loops = health.Loops()
+    app = web.make_app(engine, config, health.routes(engine, loops, worker.smarthost))
+    http = _Uvicorn(uvicorn.Config(app, host=config.web.host,
                                    port=config.web.port, log_level="warning",
                                    lifespan="off"))
-    tasks = [asyncio.create_task(worker.run(stop)), asyncio.create_task(http.serve()),
-             asyncio.create_task(housekeeping(engine, config, stop, worker.wake)),
-             asyncio.create_task(digests(engine, config, stop, digest_check, worker.wake))]
+    tasks = {"delivery": asyncio.create_task(worker.run(stop)),
+             "web": asyncio.create_task(http.serve([web_socket])),
+             "housekeeping": asyncio.create_task(housekeeping(engine, config, stop,
+                                                              worker.wake)),
+             "digests": asyncio.create_task(digests(engine, config, stop, digest_check,
+                                                    worker.wake))}
+    for name, task in tasks.items():
+        loops.watch(name, task)  # for /healthz
+    probe = asyncio.create_task(worker.smarthost.probe())  # logs if it cannot be reached
     log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
              config.smtp.protocol.upper(), config.smtp.host, config.smtp.port,
              config.web.host, config.web.port, config.delivery.smarthost_host,
              config.delivery.smarthost_port)
     if ready is not None:
-        ready.set()
+        ready(config)
     try:
-        await stop.wait()
+        await supervise.watch(tasks, stop)
     finally:
         log.info("stopping")
         digest_check.set()  # the digest loop sees `stop` at once
         smtp.close()
         http.should_exit = True
-        await asyncio.wait(tasks, timeout=10)
+        await asyncio.wait([*tasks.values(), probe], timeout=10)
         handler.group.close()
         # Python 3.12+ waits here for open client connections; do not hang on them.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(smtp.wait_closed(), 2)
+
+
+def check_keys(config: Config) -> None:
+    """Load the TLS and DKIM keys once before the database is opened (or created), so a
+    key that cannot be loaded stops `serve` with its one line and nothing else."""
+    tls_context(config.smtp)
+    signing.Signer.from_config(config.dkim)
 
 
 def run(engine: Engine, config: Config) -> None:
@@ -167,4 +209,7 @@ def run(engine: Engine, config: Config) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(engine, config, stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except supervise.LoopDied:
+        raise SystemExit(1) from None  # logged with its reason by supervise.watch

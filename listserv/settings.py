@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import TemplateError
 
 from listserv.address import ListAddresses
-from listserv.compose import has_control, render_footer
+from listserv.compose import has_control, render_footer, subject_tag
+from listserv.config import MAX_INT
 from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
@@ -24,6 +26,7 @@ from listserv.models import (
     VolumeFrequency,
 )
 from listserv.roster import UserError
+from listserv.templating import environment
 
 DEFAULT = "default"  # resets subject_prefix and footer to the built-in ones
 
@@ -56,13 +59,13 @@ def parse_bool(text: str, name: str) -> bool:
 
 
 def _size(text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise UserError("valid values: a number of bytes, 0 for no limit") from None
-    if value < 0:
-        raise UserError("valid values: a number of bytes, 0 for no limit")
-    return value
+    """A number of bytes the list's row can hold (MAX_INT, 2 GB: more is no limit)."""
+    valid = f"valid values: a number of bytes up to {MAX_INT}, 0 for no limit"
+    text = text.strip()
+    if (not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_INT))
+            or int(text) > MAX_INT):
+        raise UserError(valid)
+    return int(text)
 
 
 def _hour(text: str) -> int:
@@ -145,3 +148,22 @@ def set_setting(mlist: MailingList, key: str, text: str) -> Any:
 def settings_of(mlist: MailingList) -> dict[str, Any]:
     values = {key: getattr(mlist, key) for key in SETTINGS}
     return {k: v.value if isinstance(v, enum.Enum) else v for k, v in values.items()}
+
+
+@dataclass
+class Effective:
+    values: dict[str, Any]  # subject_prefix and footer as they act on posts
+    defaults: list[str]  # which of them are the built-in ones
+
+
+def effective(mlist: MailingList) -> Effective:
+    """The subject prefix and footer the list's posts get: unset, they are "[name]" and
+    templates/mail/footer.txt, and an owner who read `None` took that for none."""
+    values: dict[str, Any] = {"subject_prefix": mlist.subject_prefix, "footer": mlist.footer}
+    defaults = [key for key, value in values.items() if value is None]
+    if mlist.subject_prefix is None:
+        values["subject_prefix"] = subject_tag(mlist.name)
+    if mlist.footer is None:
+        env = environment()
+        values["footer"] = env.loader.get_source(env, "mail/footer.txt")[0]  # type: ignore[union-attr]
+    return Effective(values, defaults)

@@ -36,6 +36,10 @@ SIGNED = (b"from", b"subject", b"date", b"message-id", b"to", b"cc", b"reply-to"
           b"in-reply-to", b"references", b"list-id", b"list-unsubscribe",
           b"list-unsubscribe-post", b"mime-version", b"content-type",
           b"content-transfer-encoding")
+# Named once more in h= than they appear (RFC 6376 §8.15): a copy of one added on the
+# way (a second From or List-Unsubscribe a reader or a mail client may act on) then
+# breaks the signature instead of riding on it.
+OVERSIGNED = (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post")
 _ARC = (b"arc-authentication-results", b"arc-message-signature", b"arc-seal")
 _INSTANCE = re.compile(rb"(?:^|;)\s*i\s*=\s*(\d+)")
 _ARC_RESULT = re.compile(rb";\s*arc\s*=\s*(none|pass|fail)\b", re.IGNORECASE)
@@ -143,7 +147,8 @@ class Signer:
 
     def _selected(self, fields: list[tuple[bytes, bytes]]) -> tuple[list[bytes], list[bytes]]:
         """The canonical fields signed and their h= names: every instance of each SIGNED
-        name, bottom-up as verifiers pick them (RFC 6376 §5.4.2)."""
+        name, bottom-up as verifiers pick them (RFC 6376 §5.4.2), and the OVERSIGNED
+        names once more, which stands for no field (§5.4)."""
         by_name: dict[bytes, list[bytes]] = {}
         for name, value in fields:
             key = name.lower().rstrip()
@@ -153,6 +158,8 @@ class Signer:
         for name in SIGNED:
             for canonical in reversed(by_name.get(name, ())):
                 signed.append(canonical)
+                names.append(name)
+            if name in OVERSIGNED:
                 names.append(name)
         return signed, names
 

@@ -18,8 +18,9 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from listserv import compose, dmarc, resolver, search, signing, thread, view
+from listserv import authenticity, compose, search, thread, view
 from listserv.address import ListAddresses, Purpose
+from listserv.authenticity import Asked
 from listserv.config import Config
 from listserv.models import (
     ArchivePolicy,
@@ -73,7 +74,8 @@ def message_values(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: Mess
         "message_id": parsed.message_id or generated_message_id(raw, mlist.domain),
         "mail_from": mail_from, "sender_key": mail_from.lower(), "rcpt_to": rcpt_to,
         "from_address": parsed.from_address, "from_name": parsed.from_name,
-        "subject": parsed.subject, "date": parsed.date,
+        "subject": parsed.subject, "inferred_parent": parsed.inferred_parent,
+        "date": parsed.date,
         "received_at": utcnow(), "size": len(raw), "raw": raw,
     }
 
@@ -570,19 +572,6 @@ def _rendered_footer(template: str | None, name: str, address: str, base_url: st
                                  base_url=base_url, archive=archive)
 
 
-def _authenticity(mlist: MailingList, message: Message, config: Config
-                  ) -> tuple[str | None, str | None]:
-    """Asked of DNS once per post, before the copy is composed: the display name of a
-    From rewritten to the list (DMARC), and what we can say of the post's authentication
-    for our ARC set to seal."""
-    dns = resolver.for_config(config.dns)
-    via = (dmarc.via_name(message.from_name, message.from_address, mlist.name)
-           if dmarc.rewrites_from(mlist.dmarc, message.from_address, dns) else None)
-    results = (signing.inbound_results(message.raw, config.dkim.domain, dns)
-               if config.dkim.arc else None)
-    return via, results
-
-
 def shared_copies(mlist: MailingList, list_footer: compose.Footer | None) -> bool:
     """Whether every member gets the same copy of a post: only when nothing in it is
     the member's own, that is `verp` off (one envelope sender) and a footer without
@@ -594,12 +583,13 @@ def shared_copies(mlist: MailingList, list_footer: compose.Footer | None) -> boo
 
 
 def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: str, *,
-              config: Config) -> tuple[compose.Copy, bool]:
+              config: Config, asked: Asked | None = None) -> tuple[compose.Copy, bool]:
     """The copy of a post that members get, with slots for each member's links, and
     whether it is shared (see shared_copies); also what `listserv doctor` inspects, so
-    it checks the very headers members see."""
+    it checks the very headers members see. `asked`: what DNS said of the post, when
+    the receiver asked before its transaction (see authenticity)."""
     addresses = addresses_of(mlist)
-    via, results = _authenticity(mlist, message, config)
+    via, results = authenticity.copy_identity(mlist, message, config, asked)
     list_footer = footer(mlist, base_url)
     shared = shared_copies(mlist, list_footer)
     return compose.list_copy(
@@ -608,7 +598,10 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
         add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
         reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
         footer=list_footer, via=via, authentication=results,
-        archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared), shared
+        archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared,
+        replaced=compose.answer_fields(parsed.inferred_parent, parsed.references,
+                                       parsed.subject) if parsed.inferred_parent else []
+    ), shared
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
@@ -618,12 +611,14 @@ def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Pars
 
 
 def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Message, Parsed]],
-                base_url: str, batch: int, *, config: Config) -> list[int]:
+                base_url: str, batch: int, *, config: Config,
+                asked: Sequence[Asked | None] = ()) -> list[int]:
     """Queue the list copy of each accepted post for every member who gets posts, except
     those who muted its thread, and the post itself for the next digest; the jobs of
     each. Each copy is composed once, with slots for each member's unsubscribe and
     mute links, or shared (see shared_copies). The members, the mutes and each table's
-    rows are read and written once for all the posts (a group of the receiver)."""
+    rows are read and written once for all the posts (a group of the receiver), which
+    may come with what DNS said of each (`asked`, see authenticity)."""
     connection = session.connection()
     connection.execute(_INSERT_DIGEST_ITEM, [
         {"list_id": mlist.id, "message_pk": message.id, "size": message.size,
@@ -633,8 +628,8 @@ def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Mess
     bounces = addresses_of(mlist).at(Purpose.BOUNCES)
     verp = mlist.address if mlist.verp is Verp.ON else None
     sends = []
-    for message, parsed in posts:
-        copy, shared = list_copy(mlist, message, parsed, base_url, config=config)
+    for (message, parsed), known in zip(posts, asked or [None] * len(posts), strict=True):
+        copy, shared = list_copy(mlist, message, parsed, base_url, config=config, asked=known)
         mutes = quiet.get(message.message_id, set())
         rcpts = [a for a in members if a not in mutes] if mutes else members
         if shared:  # a footer without links is still a slot: filled once, for everyone

@@ -6,7 +6,11 @@ row keeps only a SHA-256, compared in constant time. So neither the index lookup
 B-tree compares the value it is given byte by byte) nor a copy of the database tells
 anyone a usable token.
 Unsubscribe and mute links are signed instead (HMAC with the server secret), so a
-copy can carry one for each member without a row per member per post.
+copy can carry one for each member without a row per member per post. Each says when
+it was made, so it acts only on the membership of that time: after the member leaves
+and joins again, an old link is refused. Each has one spelling: a token that decodes to
+the same bytes but is written otherwise (padding, stray characters, "+/" for "-_",
+other unused bits) is refused, so a link is known by its text.
 """
 
 from __future__ import annotations
@@ -17,13 +21,13 @@ import functools
 import hashlib
 import hmac
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
 from sqlmodel import Session
 
 from listserv.config import Config
-from listserv.models import Setting, Token, TokenKind, utcnow
+from listserv.models import Member, Role, Setting, Token, TokenKind, utcnow
 
 _SECRET_KEY = "web_secret"
 
@@ -133,6 +137,8 @@ def verify(secret: str, purpose: str, token: str) -> list[str] | None:
         mac = _unb64(mac_text)
     except (ValueError, TypeError):
         return None
+    if _b64(payload) != payload_text or _b64(mac) != mac_text:
+        return None  # not the spelling we write
     expected = _mac(secret, purpose.encode() + b"\0" + payload)[:18]
     if not hmac.compare_digest(mac, expected):
         return None
@@ -142,29 +148,58 @@ def verify(secret: str, purpose: str, token: str) -> list[str] | None:
         return None
 
 
+def _now() -> str:
+    """When a link is made, in whole seconds: what ties it to the membership of the time."""
+    return str(int(utcnow().timestamp()))
+
+
+def _joined(session: Session, list_id: int, address: str) -> datetime | None:
+    """When the address's current membership began; None when it is no member."""
+    return session.scalars(select(Member.created_at).where(
+        Member.list_id == list_id, Member.address == address,
+        Member.role == Role.MEMBER)).first()
+
+
+def _made_after(made: str, joined: datetime) -> bool:
+    return made.isdigit() and int(made) >= int(joined.timestamp())
+
+
+def made_for_current(session: Session, list_id: int, address: str, made: str) -> bool:
+    """False when `address` joined the list after the link was made (at `made`, from
+    the link): the link was made for a membership that has ended. True when the member
+    is still the one it was made for, or is no member at all (nothing to act on)."""
+    joined = _joined(session, list_id, address)
+    return made.isdigit() and (joined is None or _made_after(made, joined))
+
+
 def unsubscribe_link(secret: str, list_id: int, address: str) -> str:
-    return sign(secret, "unsubscribe", str(list_id), address)
+    return sign(secret, "unsubscribe", str(list_id), address, _now())
 
 
 def reenable_link(secret: str, list_id: int, address: str) -> str:
     """For the bounce warnings: turns a member's delivery back on."""
-    return sign(secret, "reenable", str(list_id), address)
+    return sign(secret, "reenable", str(list_id), address, _now())
 
 
 def mute_link(secret: str, list_id: int, address: str, message_pk: int) -> str:
-    return sign(secret, "mute", str(list_id), address, str(message_pk))
+    return sign(secret, "mute", str(list_id), address, str(message_pk), _now())
 
 
 def archive_pass(secret: str, list_id: int, address: str, days: int) -> str:
     """What opens a private archive to a member: the link they are mailed carries it,
     and the cookie it sets holds the same value, so nothing is stored per member."""
     expires = int((utcnow() + timedelta(days=days)).timestamp())
-    return sign(secret, "archive", str(list_id), address, str(expires))
+    return sign(secret, "archive", str(list_id), address, str(expires), _now())
 
 
-def archive_pass_holder(secret: str, value: str, list_id: int) -> str | None:
-    """The address a pass was made for, if it is ours, for this list and not expired."""
+def archive_pass_holder(session: Session, secret: str, value: str, list_id: int) -> str | None:
+    """The member a pass was made for, if it is ours, for this list, not expired, and
+    its holder is still the member it was made for."""
     parts = verify(secret, "archive", value)
-    if parts is None or len(parts) != 3 or parts[0] != str(list_id) or not parts[2].isdigit():
+    if parts is None or len(parts) != 4 or parts[0] != str(list_id) or not parts[2].isdigit():
         return None
-    return parts[1] if int(parts[2]) > utcnow().timestamp() else None
+    address, expires, made = parts[1:]
+    if int(expires) <= utcnow().timestamp():
+        return None
+    joined = _joined(session, list_id, address)
+    return address if joined is not None and _made_after(made, joined) else None

@@ -2,16 +2,13 @@
 its attachments. Pure functions of the stored bytes, so the archive pages, the digests
 and the search index all show the same thing, and a page can be rebuilt at any time.
 
-The MIME tree is cut with a boundary search over bytes rather than the stdlib feed
-parser: only each part's Content-* fields go into an `email.message.Message` (compat32,
-the cheap policy), so an attachment is never read line by line, the search index never
-decodes one, and nesting and breadth stop at MAX_DEPTH and MAX_PARTS instead of
-following a hostile message wherever it goes.
+The MIME tree comes from listserv.mime, which stops at its depth and part limits
+instead of following a hostile message wherever it goes; past them, the rest is shown
+as the raw text it is. The search index never decodes an attachment.
 """
 
 from __future__ import annotations
 
-import binascii
 import codecs
 import html
 import os
@@ -20,21 +17,12 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.header import decode_header
-from email.message import Message
-from functools import cached_property
 from itertools import groupby
 
 import nh3
 
-# Real mail nests three or four levels (signed, mixed, alternative, related); a part
-# deeper than this is shown as the raw text it is.
-MAX_DEPTH = 16
-MAX_PARTS = 1000  # parts of one multipart; the rest is shown raw in the last one
+from listserv import mime
 
-# Header field lines with their continuations (an mbox "From " line may come first).
-_HEADER_LINES = re.compile(rb"(?:From [^\n]*\n)?(?:[!-9;-~]+[ \t]*:[^\n]*\n(?:[ \t][^\n]*\n)*)*")
-_CONTENT_FIELD = re.compile(rb"^(content-[!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
-                            re.IGNORECASE | re.MULTILINE)
 # "iso-8859-1" and "us-ascii" mail written on Windows holds cp1252 punctuation; like
 # browsers (WHATWG Encoding), read the labels as the superset they mean in practice.
 _CHARSET_ALIASES = {"iso-8859-1": "cp1252", "latin-1": "cp1252", "latin1": "cp1252",
@@ -86,122 +74,16 @@ class View:
     plain: str  # the readable text, for digests and search
 
 
-# --- the MIME tree ----------------------------------------------------------------------
+# --- the MIME tree (listserv.mime) ----------------------------------------------------
 
-@dataclass
-class _Part:
-    headers: Message
-    body: bytes  # as transferred: base64, quoted-printable or plain bytes
-    content_type: str
-    depth: int
-    params: dict[str, str]  # Content-Type parameters by lower-case name
-    children: list[_Part] | None = None  # None for a leaf
-
-    @cached_property
-    def payload(self) -> bytes:
-        """The decoded bytes; a broken transfer encoding yields what it can."""
-        encoding = str(self.headers.get("content-transfer-encoding", "")).strip().lower()
-        if encoding == "quoted-printable":
-            return binascii.a2b_qp(self.body)
-        if encoding != "base64":
-            return self.body
-        for padding in (b"", b"=="):  # many clients cut the padding off
-            try:
-                return binascii.a2b_base64(self.body + padding)
-            except binascii.Error:
-                continue
-        return self.body
-
-    def param(self, name: str) -> str:
-        return self.params.get(name, "").strip().lower()
-
-    def disposition(self) -> str | None:
-        return self.headers.get_content_disposition()
+_Leaf = tuple[bool, mime.Part]  # (is the body, the part)
 
 
-def _read_headers(data: bytes) -> tuple[Message, bytes]:
-    """A part's Content-* fields and its body. Only those fields are parsed: the other
-    header fields of a list post (Received, DKIM, ...) are most of its header and tell
-    nothing about the body. The header ends at the blank line, or at the first line that
-    is no field (some clients start a part's body with no blank line)."""
-    block = _HEADER_LINES.match(data)
-    end = block.end() if block else 0
-    end += 2 if data.startswith(b"\r\n", end) else 1 if data.startswith(b"\n", end) else 0
-    headers = Message()
-    for name, value in _CONTENT_FIELD.findall(data, 0, end):
-        unfolded = value.replace(b"\r", b"").replace(b"\n", b"").strip()
-        headers[name.decode("ascii")] = _decode(unfolded, None)  # raw 8-bit names happen
-    return headers, data[end:]
-
-
-def _chunks(body: bytes, boundary: bytes) -> list[bytes]:
-    """The parts between the delimiter lines (RFC 2046 5.1.1); without a closing
-    delimiter the last part runs to the end, as mail clients read it."""
-    marker = b"--" + boundary
-    chunks: list[bytes] = []
-    start = None
-    pos = 0
-    while (at := body.find(marker, pos)) >= 0:
-        pos = at + len(marker)
-        if at and body[at - 1] != 0x0A:
-            continue  # the boundary text inside a line
-        newline = body.find(b"\n", pos)
-        line_end = len(body) if newline < 0 else newline + 1
-        rest = body[pos:line_end].rstrip()
-        if rest not in (b"", b"--"):
-            continue  # a longer boundary
-        if start is not None:
-            if len(chunks) == MAX_PARTS - 1:
-                break  # the rest, delimiters and all, is the last part
-            chunks.append(_without_line_end(body, start, at))
-        if rest == b"--":
-            return chunks
-        start = pos = line_end
-    if start is not None:
-        chunks.append(body[start:])
-    return chunks
-
-
-def _without_line_end(body: bytes, start: int, end: int) -> bytes:
-    """body[start:end] without the line end before a delimiter, which belongs to it."""
-    if end > start and body[end - 1] == 0x0A:
-        end -= 2 if end - 1 > start and body[end - 2] == 0x0D else 1
-    return body[start:end]
-
-
-def _params(headers: Message) -> dict[str, str]:
-    """The Content-Type parameters, read once per part (each get_param reparses them).
-    Values are as written: Message.get_boundary() also strips a pair of angle brackets,
-    and "<<001-3e1dcd5a-119e>>" is a real boundary (corpus: ponymail)."""
-    params = headers.get_params(failobj=[])[1:]  # the first is the type itself
-    return {key.lower(): (value[2] if isinstance(value, tuple) else value)  # RFC 2231
-            for key, value in params}
-
-
-def _tree(data: bytes, depth: int = 0, default_type: str = "text/plain") -> _Part:
-    headers, body = _read_headers(data)
-    headers.set_default_type(default_type)
-    content_type = headers.get_content_type()
-    params = _params(headers)
-    if not content_type.startswith("multipart/"):
-        return _Part(headers, body, content_type, depth, params)
-    boundary = params.get("boundary", "").rstrip() if depth < MAX_DEPTH else ""
-    chunks = _chunks(body, boundary.encode("utf-8", "surrogateescape")) if boundary else []
-    if not chunks:  # shown raw, so nothing is hidden
-        return _Part(headers, body, "text/plain", depth, params)
-    child_type = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
-    children = [_tree(chunk, depth + 1, child_type) for chunk in chunks]
-    return _Part(headers, body, content_type, depth, params, children)
-
-
-_Leaf = tuple[bool, _Part]  # (is the body, the part)
-
-
-def _is_body(leaf: _Part) -> bool:
+def _is_body(leaf: mime.Part) -> bool:
     return leaf.content_type.startswith("text/") and leaf.disposition() != "attachment"
 
 
-def _leaves(part: _Part) -> list[_Leaf]:
+def _leaves(part: mime.Part) -> list[_Leaf]:
     """The leaves a reader is shown, in order: body text or attachment. Of the versions
     in a multipart/alternative only the chosen one's text counts; the images and files
     of the others are still offered."""
@@ -223,19 +105,19 @@ def _choose(versions: list[list[_Leaf]]) -> int:
     return max((i for i, leaves in enumerate(texts) if leaves), default=0)
 
 
-def _bodies(leaves: list[_Leaf]) -> list[_Part]:
+def _bodies(leaves: list[_Leaf]) -> list[mime.Part]:
     """The text parts shown; a message that is only a forward shows the forwarded one's."""
     bodies = [leaf for is_body, leaf in leaves if is_body]
     if bodies:
         return bodies
     forwarded = next((leaf for _, leaf in leaves if leaf.content_type == "message/rfc822"), None)
-    if forwarded is None or forwarded.depth >= MAX_DEPTH:
+    if forwarded is None or forwarded.depth >= mime.MAX_DEPTH:
         return []
-    inner = _tree(forwarded.payload, forwarded.depth + 1)
+    inner = mime.parse(forwarded.payload, forwarded.depth + 1)
     return [leaf for is_body, leaf in _leaves(inner) if is_body]
 
 
-def _attachment_leaves(leaves: list[_Leaf]) -> Iterator[_Part]:
+def _attachment_leaves(leaves: list[_Leaf]) -> Iterator[mime.Part]:
     return (leaf for is_body, leaf in leaves if not is_body)
 
 
@@ -288,7 +170,7 @@ def _unflow(text: str, delsp: bool) -> str:
     return "\n".join(lines)
 
 
-def _leaf_text(leaf: _Part, max_bytes: int | None = None) -> str:
+def _leaf_text(leaf: mime.Part, max_bytes: int | None = None) -> str:
     """The part as text: HTML still HTML, flowed text unflowed."""
     data = leaf.payload if max_bytes is None else leaf.payload[:max_bytes]
     param = leaf.param
@@ -321,7 +203,7 @@ def html_text(markup: str) -> str:
     return html.unescape(_HTML_TAG.sub("", text)).replace("\xa0", " ")
 
 
-def _readable(leaf: _Part, text: str) -> str:
+def _readable(leaf: mime.Part, text: str) -> str:
     return html_text(text) if leaf.content_type == "text/html" else text
 
 
@@ -389,7 +271,7 @@ def _sanitised_html(markup: str) -> str:
     return f'<div class="body html">{cleaned}</div>'
 
 
-def _leaf_html(leaf: _Part, text: str) -> str:
+def _leaf_html(leaf: mime.Part, text: str) -> str:
     return _sanitised_html(text) if leaf.content_type == "text/html" else _fold_quotes(text)
 
 
@@ -419,7 +301,7 @@ def _safe_filename(name: str) -> str:
     return stem[:200 - len(ext[:20])] + ext[:20]
 
 
-def _describe(index: int, leaf: _Part) -> Attachment:
+def _describe(index: int, leaf: mime.Part) -> Attachment:
     name = _safe_filename(_header_words(leaf.headers.get_filename() or ""))
     if not name:
         name = f"attachment-{index + 1}" + (".eml" if leaf.content_type == "message/rfc822"
@@ -440,7 +322,7 @@ def view(raw: bytes) -> View:
 
 
 def _view(raw: bytes) -> View:
-    leaves = _leaves(_tree(raw))
+    leaves = _leaves(mime.parse(raw))
     texts = [(leaf, text) for leaf in _bodies(leaves) if (text := _leaf_text(leaf)).strip()]
     return View(text_html="".join(_leaf_html(leaf, text) for leaf, text in texts),
                 attachments=tuple(_describe(i, leaf)
@@ -452,7 +334,7 @@ def attachment(raw: bytes, index: int) -> tuple[Attachment, bytes] | None:
     """One attachment and its decoded bytes, for the download link; None if there is
     no attachment `index`."""
     try:
-        leaves = list(_attachment_leaves(_leaves(_tree(raw))))
+        leaves = list(_attachment_leaves(_leaves(mime.parse(raw))))
     except Exception:  # noqa: BLE001  same promise as view(): nothing is listed then
         return None
     if not 0 <= index < len(leaves):
@@ -466,7 +348,7 @@ def plain_text(raw: bytes, limit: int = 65536) -> str:
     out: list[str] = []
     size = 0
     try:
-        for leaf in _bodies(_leaves(_tree(raw))):
+        for leaf in _bodies(_leaves(mime.parse(raw))):
             text = _readable(leaf, _leaf_text(leaf, max_bytes=4 * (limit - size)))
             if not text.strip():
                 continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from starlette.applications import Starlette
+from starlette.convertors import IntegerConvertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -34,13 +35,14 @@ from listserv import (
     compose,
     db,
     digest,
+    privacy,
     roster,
     search,
     store,
     tokens,
     view,
 )
-from listserv.config import Config
+from listserv.config import MAX_INT, Config
 from listserv.models import ArchivePolicy, DigestIssue, MailingList
 from listserv.templating import render
 
@@ -65,11 +67,13 @@ def _signed(session: Session, config: Config, purpose: str, value: str,
 
 
 def _member_link(session: Session, config: Config, purpose: str, value: str) -> Link | None:
-    parts = _signed(session, config, purpose, value, 2)
+    parts = _signed(session, config, purpose, value, 3)
     if parts is None:
         return None
     mlist = session.get(MailingList, int(parts[0]))
-    return Link(mlist, parts[1]) if mlist else None
+    if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[2]):
+        return None
+    return Link(mlist, parts[1])
 
 
 def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
@@ -84,11 +88,11 @@ def reenable_target(session: Session, config: Config, value: str) -> Link | None
 
 def mute_target(session: Session, config: Config, value: str) -> Link | None:
     """The member and thread a mute link was made for; None if forged or gone."""
-    parts = _signed(session, config, "mute", value, 3)
+    parts = _signed(session, config, "mute", value, 4)
     if parts is None or not parts[2].isdigit():
         return None
     mlist = session.get(MailingList, int(parts[0]))
-    if mlist is None:
+    if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[3]):
         return None
     thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
@@ -103,21 +107,26 @@ def readable_list(session: Session, config: Config, address: str,
                   cookies: Mapping[str, str]) -> MailingList:
     """The list whose archive a request may read. Unknown lists and lists that keep no
     web archive are 404; a private list needs the cookie its member link set, and the
-    holder must still be a member (leaving the list closes its archive to them)."""
+    holder must still be the member it was made for (leaving the list, or leaving and
+    joining again, closes its archive to that pass)."""
     mlist = roster.find_list(session, address)
     if mlist is None or mlist.archive is ArchivePolicy.OFF:
         raise HTTPException(404, "There is no archive of that list here.")
     if mlist.archive is ArchivePolicy.PRIVATE:
         value = cookies.get(archive_cookie(mlist), "")
-        holder = tokens.archive_pass_holder(tokens.server_secret(session, config), value,
-                                            mlist.id)
-        if holder is None or not commands.is_member(session, mlist.id, holder):
+        holder = tokens.archive_pass_holder(session, tokens.server_secret(session, config),
+                                            value, mlist.id)
+        if holder is None:
             raise HTTPException(403, mlist.address)
     return mlist
 
 
 POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+SECURITY_HEADERS = {b"content-security-policy": POLICY.encode(),
+                    b"x-content-type-options": b"nosniff"}
 
 
 class SecurityHeaders:
@@ -132,10 +141,7 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {name.lower() for name, _ in headers}
-                if b"content-security-policy" not in names:
-                    headers.append((b"content-security-policy", POLICY.encode()))
-                if b"x-content-type-options" not in names:
-                    headers.append((b"x-content-type-options", b"nosniff"))
+                headers += [(k, v) for k, v in SECURITY_HEADERS.items() if k not in names]
                 message["headers"] = headers
             await send(message)
         await self.app(scope, receive, send_with_headers)
@@ -147,14 +153,40 @@ MAX_QUERY = 500  # characters of a search query kept
 # Attachments a browser may show as themselves (still offered as a download); anything
 # else is application/octet-stream, so no HTML or SVG of a stranger's runs on our origin.
 SHOWN_TYPES = {"image/png", "image/jpeg", "image/gif", "text/plain", "application/pdf"}
-_ATTACHMENT = re.compile(r"(.+)/attachment/(\d+)/[^/]*")
+_ATTACHMENT = re.compile(r"(.+)/attachment/([0-9]+)/[^/]*")
+MAX_ATTACHMENTS = 999_999  # an index past this is no attachment (and no 5,000-digit int)
+
+
+# Past any archive's last page (at 50 threads a page); a number beyond is no page, not
+# an offset for the database to choke on.
+MAX_PAGE = 1_000_000
 
 
 def page_number(request: Request) -> int:
     value = request.query_params.get("page", "1")
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or not value.strip("0"):
         raise HTTPException(400, "The page number must be a whole number from 1.")
+    if len(value.lstrip("0")) > len(str(MAX_PAGE)) or int(value) > MAX_PAGE:
+        raise HTTPException(404, "There is no such page.")
     return int(value)
+
+
+class _Number(IntegerConvertor):
+    """{x:number}: an int path segment of at most 10 digits; a longer one matches no
+    route (404), where {x:int} would make Python refuse to convert 5,000 digits (500)."""
+
+    regex = "[0-9]{1,10}"
+
+
+register_url_convertor("number", _Number())
+
+
+def path_number(request: Request, name: str) -> int:
+    """An {x:int} of the path that a row could hold; any other is 404, not a query."""
+    value = request.path_params[name]
+    if not 1 <= value <= MAX_INT:
+        raise HTTPException(404, "There is no such page.")
+    return value
 
 
 def raw_response(raw: bytes) -> Response:
@@ -207,16 +239,19 @@ def archive_routes(engine: Engine, config: Config,
     base = config.web.base_url.rstrip("/")
     read = archive_reader(engine, config)
 
-    def archive_page(name: str, mlist: MailingList, **context: Any) -> HTMLResponse:
-        return page(name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
-                    q=compose.quote_id, obfuscate=view.obfuscate, **context)
+    async def archive_page(name: str, mlist: MailingList, **context: Any) -> HTMLResponse:
+        """Rendered in a worker thread: a thread of a thousand posts is CPU work that
+        would hold up every other request on the event loop meanwhile."""
+        return await asyncio.to_thread(
+            page, name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
+            q=compose.quote_id, obfuscate=view.obfuscate, **context)
 
     async def list_page(request: Request) -> Response:
         number = page_number(request)
         mlist, (threads, months) = await read(request, lambda session, mlist: (
             archive.threads(session, mlist.id, number, THREADS_PER_PAGE),
             archive.months(session, mlist.id)))
-        return archive_page("list", mlist, threads=threads, months=months)
+        return await archive_page("list", mlist, threads=threads, months=months)
 
     async def month_page(request: Request) -> Response:
         year, month = request.path_params["year"], request.path_params["month"]
@@ -228,7 +263,7 @@ def archive_routes(engine: Engine, config: Config,
             archive.months(session, mlist.id)))
         older = [m for m in months if m < (year, month)]
         newer = [m for m in months if m > (year, month)]
-        return archive_page("month", mlist, threads=threads, year=year, month=month,
+        return await archive_page("month", mlist, threads=threads, year=year, month=month,
                             older=older[0] if older else None,
                             newer=newer[-1] if newer else None)
 
@@ -253,7 +288,7 @@ def archive_routes(engine: Engine, config: Config,
         mlist, posts = await read(request, work)
         if not posts:
             raise HTTPException(404, "There is no such thread in this archive.")
-        return archive_page("thread", mlist, posts=posts, thread_id=thread_id)
+        return await archive_page("thread", mlist, posts=posts, thread_id=thread_id)
 
     async def message_routes(request: Request) -> Response:
         """/message/ID/, /message/ID/raw and /message/ID/attachment/N/NAME: one route,
@@ -263,7 +298,9 @@ def archive_routes(engine: Engine, config: Config,
             return await raw_page(request, rest.removesuffix("/raw"))
         found = _ATTACHMENT.fullmatch(rest)
         if found:
-            return await attachment_page(request, found.group(1), int(found.group(2)))
+            digits = found.group(2)
+            index = int(digits) if len(digits) <= len(str(MAX_ATTACHMENTS)) else -1
+            return await attachment_page(request, found.group(1), index)
         message_id = trailing_slash(request, "message")
         if isinstance(message_id, Response):
             return message_id
@@ -280,7 +317,7 @@ def archive_routes(engine: Engine, config: Config,
         if found is None:
             raise gone()
         message, shown = found
-        return archive_page("message", mlist, message=message, view=shown,
+        return await archive_page("message", mlist, message=message, view=shown,
                             reply=compose.reply_mailto(mlist.address, message_id,
                                                        message.post.subject))
 
@@ -289,7 +326,7 @@ def archive_routes(engine: Engine, config: Config,
             session, mlist.id, message_id))
         if raw is None:
             raise gone()
-        return raw_response(raw)
+        return raw_response(privacy.public(raw))
 
     async def attachment_page(request: Request, message_id: str, index: int) -> Response:
         def work(session: Session, mlist: MailingList) -> tuple | None:
@@ -306,7 +343,7 @@ def archive_routes(engine: Engine, config: Config,
         mlist, hits = await read(request, lambda session, mlist: search.query(
             session, mlist.id, words, HITS_PER_PAGE + 1, (number - 1) * HITS_PER_PAGE)
             if words else [])
-        return archive_page("search", mlist, words=words, hits=hits[:HITS_PER_PAGE],
+        return await archive_page("search", mlist, words=words, hits=hits[:HITS_PER_PAGE],
                             number=number, has_next=len(hits) > HITS_PER_PAGE)
 
     async def access(request: Request) -> Response:
@@ -318,10 +355,9 @@ def archive_routes(engine: Engine, config: Config,
                 mlist = roster.find_list(session, address)
                 if mlist is None or mlist.archive is ArchivePolicy.OFF:
                     raise HTTPException(404, "There is no archive of that list here.")
-                holder = tokens.archive_pass_holder(tokens.server_secret(session, config),
-                                                    value, mlist.id)
-                ok = holder is not None and commands.is_member(session, mlist.id, holder)
-                return mlist if ok else None
+                holder = tokens.archive_pass_holder(
+                    session, tokens.server_secret(session, config), value, mlist.id)
+                return mlist if holder is not None else None
         mlist = await asyncio.to_thread(work)
         if mlist is None:
             return page("invalid", 400, kind="archive")
@@ -337,7 +373,7 @@ def archive_routes(engine: Engine, config: Config,
         Route("/{address}/", list_page),
         Route("/{address}/search", search_page),
         Route("/{address}/access/{token}", access),
-        Route("/{address}/{year:int}/{month:int}/", month_page),
+        Route("/{address}/{year:number}/{month:number}/", month_page),
         Route("/{address}/thread/{rest:path}", thread_page),
         Route("/{address}/message/{rest:path}", message_routes),
     ]
@@ -355,7 +391,7 @@ def _mbox_chunks(engine: Engine, selection: archive.Selection) -> Iterator[bytes
     with db.read_session(engine) as session:
         pending: list[bytes] = []
         size = 0
-        for entry in archive.export_mbox(session, selection):
+        for entry in archive.export_mbox(session, selection, public=True):
             pending.append(entry)
             size += len(entry)
             if size >= EXPORT_CHUNK:
@@ -433,7 +469,7 @@ def digest_routes(engine: Engine, config: Config,
         return page("digest_index", mlist=mlist, issues=issues, **urls(mlist))
 
     async def issue(request: Request) -> Response:
-        volume, number = request.path_params["volume"], request.path_params["number"]
+        volume, number = path_number(request, "volume"), path_number(request, "number")
 
         def work(session: Session, mlist: MailingList
                  ) -> tuple[DigestIssue, list[digest.Group]] | None:
@@ -450,10 +486,14 @@ def digest_routes(engine: Engine, config: Config,
                     **urls(mlist))
 
     return [Route("/{address}/digest/", index, methods=["GET"]),
-            Route("/{address}/digest/{volume:int}/{number:int}/", issue, methods=["GET"])]
+            Route("/{address}/digest/{volume:number}/{number:number}/", issue,
+                  methods=["GET"])]
 
 
-def make_app(engine: Engine, config: Config) -> Starlette:
+UNAVAILABLE_TEXT = "The archive is unavailable for a moment. Please try again in a minute."
+
+
+def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ()) -> Starlette:
     async def in_db(work: Callable[[Session], T]) -> T:
         """Run database work off the event loop, in one committed transaction."""
         def call() -> T:
@@ -571,11 +611,28 @@ def make_app(engine: Engine, config: Config) -> Starlette:
         assert isinstance(exc, HTTPException)
         return page("error", exc.status_code, status=exc.status_code, detail=exc.detail)
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        """A failure of ours: our error page, with the headers of every page set here,
+        since Starlette answers it outside the middleware that sets them."""
+        response = page("error", 500, status=500,
+                        detail="Something went wrong on our side; please try again later.")
+        response.headers.update({k.decode(): v.decode() for k, v in SECURITY_HEADERS.items()})
+        return response
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        """The database is away (stopped, its disk full): a page saying so, with the
+        headers of every page, not a traceback; it comes back by itself."""
+        response = page("error", 503, status=503, detail=UNAVAILABLE_TEXT)
+        response.headers["retry-after"] = "60"
+        return response
+
     mute_form, mute_post = mute_routes(on=True)
     unmute_form, unmute_post = mute_routes(on=False)
-    return Starlette(exception_handlers={HTTPException: http_error},
+    return Starlette(exception_handlers={HTTPException: http_error, Exception: server_error,
+                                         **dict.fromkeys(db.UNAVAILABLE, unavailable)},
                      middleware=[Middleware(SecurityHeaders)], routes=[
         Route("/", index),
+        *extra_routes,
         Route("/confirm/{token}", confirm_form, methods=["GET"]),
         Route("/confirm/{token}", confirm_post, methods=["POST"]),
         Route("/unsubscribe/{token}", unsubscribe_form, methods=["GET"]),

@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,9 +59,21 @@ def corpus_path(relative: str) -> Path:
 
 
 def free_port() -> int:
+    """A port nothing listens on now: for tests of a closed port, and for a subprocess
+    server restarted on the same port. Servers started in-process bind port 0 instead:
+    a port found free and released may be taken by a parallel test before it is bound."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A port that refuses connections for the whole test: bound, never listening, so no
+    server a parallel test starts on port 0 can be given it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
 
 
 @pytest.fixture
@@ -106,13 +118,13 @@ class SinkHandler:
     pipelining: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: ANN001
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
 
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):  # noqa: ANN001
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         with self.lock:
             scripted = self.rcpt_replies.get(address)
             reply = scripted.pop(0) if scripted else None
@@ -121,7 +133,7 @@ class SinkHandler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: ANN001
+    async def handle_DATA(self, server, session, envelope):
         with self.lock:
             reply = self.data_replies.pop(0) if self.data_replies else None
             if reply and not reply.startswith("2"):
@@ -155,10 +167,26 @@ class SinkHandler:
             time.sleep(0.05)
 
 
+class SinkController(Controller):
+    """aiosmtpd's controller, by default on port 0: the kernel picks a free port, read
+    back once bound (aiosmtpd's own controller would go on to connect to port 0)."""
+
+    def __init__(self, handler: object, port: int = 0, **smtp_options: object) -> None:
+        super().__init__(handler, hostname="127.0.0.1", port=port, **smtp_options)
+
+    async def _bound(self) -> asyncio.AbstractServer:
+        server = await super()._create_server()
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
+        return self._bound()
+
+
 @pytest.fixture
 def sink() -> Iterator[SinkHandler]:
     handler = SinkHandler()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller = SinkController(handler)
     controller.start()
     handler.port = controller.port  # type: ignore[attr-defined]
     yield handler
@@ -178,21 +206,23 @@ def dns_server() -> Iterator[DnsServer]:
 
 @pytest.fixture
 def config(db_url: str, sink: SinkHandler, dns_server: DnsServer) -> Config:
-    web_port = free_port()
+    """Listeners on port 0: a running server's own config (`running.config`) names the
+    ports it got, and its base_url the web port."""
     return Config(
         database=DatabaseConfig(url=db_url),
-        smtp=SmtpConfig(host="127.0.0.1", port=free_port(), max_message_bytes=200_000),
+        smtp=SmtpConfig(host="127.0.0.1", port=0, max_message_bytes=200_000),
         delivery=DeliveryConfig(smarthost_host="127.0.0.1", smarthost_port=sink.port,
                                 max_recipients_per_transaction=2, concurrency=2,
                                 retry_initial_seconds=1, retry_max_hours=1),
-        web=WebConfig(host="127.0.0.1", port=web_port, base_url=f"http://127.0.0.1:{web_port}",
+        web=WebConfig(host="127.0.0.1", port=0, base_url="http://127.0.0.1:0",
                       secret="test-secret"),
         dns=DnsConfig(nameserver="127.0.0.1", port=dns_server.port),
     )
 
 
 class RunningServer:
-    """`listserv serve` in a thread with its own event loop, as the CLI runs it."""
+    """`listserv serve` in a thread with its own event loop, as the CLI runs it; once
+    started, `config` names the ports it listens on."""
 
     def __init__(self, engine: Engine, config: Config) -> None:
         self.engine = engine
@@ -206,13 +236,12 @@ class RunningServer:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self.stop_event = asyncio.Event()
-            ready = asyncio.Event()
-            task = asyncio.create_task(server.serve(self.engine, self.config,
-                                                    self.stop_event, ready))
-            await ready.wait()
-            self.ready.set()
-            await task
+            await server.serve(self.engine, self.config, self.stop_event, self._listening)
         asyncio.run(main())
+
+    def _listening(self, config: Config) -> None:
+        self.config = config
+        self.ready.set()
 
     def start(self) -> RunningServer:
         self.thread.start()

@@ -28,6 +28,8 @@ class DnsServer:
         # {("lists.example.org", "MX"): ["10 mx.lists.example.org."]}, in zone-file text.
         self.typed: dict[tuple[str, str], list[str]] = {}
         self.queries: list[str] = []
+        # {"_dmarc.slow.example": 1.5}: a name server slow to answer for these names.
+        self.delays: dict[str, float] = {}
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -44,7 +46,16 @@ class DnsServer:
                 query = dns.message.from_wire(wire)
             except dns.exception.DNSException:
                 continue
-            self.sock.sendto(self._answer(query).to_wire(), peer)
+            answer = self._answer(query).to_wire()
+            delay = self.delays.get(query.question[0].name.to_text().rstrip(".").lower())
+            if delay:  # answered later, from a thread of its own: the others go on
+                threading.Timer(delay, self._send, (answer, peer)).start()
+            else:
+                self._send(answer, peer)
+
+    def _send(self, answer: bytes, peer: tuple[str, int]) -> None:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            self.sock.sendto(answer, peer)
 
     def _answer(self, query: dns.message.Message) -> dns.message.Message:
         response = dns.message.make_response(query)

@@ -16,10 +16,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 from typer.testing import CliRunner
 
-from listserv import compose, db, search, tokens
+from listserv import archive, compose, db, search, tokens
 from listserv.cli import app
 from listserv.models import ArchivePolicy, MailingList, Message, ThreadNode, ThreadSummary
 from tests.conftest import CORPUS, mails_to, message
@@ -259,6 +259,38 @@ def test_message_page_links_parent_replies_thread_and_a_reply_by_email(
     assert slashless.headers["location"].endswith(url("message", "early@x"))
 
 
+def test_a_post_with_5000_references_renders_and_its_pages_walk_a_bounded_chain(
+        running, make_list, engine, import_mbox):
+    # A References bomb: ids never seen make a chain of placeholders, and the message
+    # page looked each up on its own (5,000 References: 9 s of CPU a view).
+    make_list(LIST)
+    ghosts = [f"<ghost{n}@x>" for n in range(5000)]
+    import_mbox([mail("Plans", "root@x"),
+                 mail("Re: Plans", "near@x", references=" ".join(["<root@x>", *ghosts[:3]])),
+                 mail("Re: Plans", "far@x", references="\n ".join(["<root@x>", *ghosts[:40]])),
+                 mail("Re: Plans", "bomb@x", references="\n ".join(["<root@x>", *ghosts]))])
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731  (conn, cursor, sql, ...)
+    with db.read_session(engine) as session:
+        list_id = session.scalars(select(MailingList.id)).one()
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            pages = {mid: archive.message_page(session, list_id, mid)
+                     for mid in ("near@x", "far@x", "bomb@x")}
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+        pages["root@x"] = archive.message_page(session, list_id, "root@x")
+    assert len(statements) == 3 * 3  # the post, its parent, its replies: for each page
+    assert pages["near@x"].parent.message_id == "root@x"  # through 3 placeholders
+    assert pages["far@x"].parent is None  # 40 away: past what a page walks
+    assert pages["bomb@x"].parent is None
+    assert [r.message_id for r in pages["root@x"].replies] == ["near@x"]
+    with web(running) as client:
+        assert "Re: Plans" in client.get(url("message", "bomb@x")).text
+        # root, near and far: the bomb hangs from the nearest 100 of its References only
+        assert client.get(url("thread", "root@x")).text.count('<article class="post') == 3
+
+
 def test_reply_link_of_a_first_post_adds_re_once(running, make_list, import_mbox):
     make_list(LIST)
     import_mbox([mail("Question & <answer>?", "q@x")])
@@ -309,6 +341,30 @@ def attachment_mail() -> bytes:
     post.add_attachment(b"<svg onload=alert(1)>", maintype="image", subtype="svg+xml",
                         filename="r\u00e9sum\u00e9 \"x\".svg")
     return post.as_bytes()
+
+
+# What webmail services add: the poster's own address, which SpamAssassin also reads as
+# a relay without reverse DNS.
+POSTER_IP = {"X-Originating-IP": "[203.0.113.7]", "X-SenderIP": "203.0.113.7",
+             "X-Forwarded-For": "203.0.113.7,\r\n\t10.0.0.1"}
+
+
+def test_the_posters_ip_address_is_kept_but_never_shown(running, make_list, engine, sink):
+    make_list(LIST, members=["bob@example.com", "carol@example.net"])
+    post = message("From the web", headers={**POSTER_IP, "X-Mailer": "Webmail 1.0"})
+    message_id = re.search(r"Message-ID: <([^>]+)>", post).group(1)
+    running.send("bob@example.com", [LIST], post)
+    [copy] = sink.copies_to("carol@example.net")
+    stored = stored_raw(engine, message_id)
+    with web(running) as client:
+        raw = client.get(url("message", message_id) + "raw").content
+        box = client.get(f"/{LIST}/export.mbox").content
+    for shown in (copy, raw, box):
+        assert b"X-Mailer: Webmail 1.0" in shown
+        assert b"203.0.113.7" not in shown and b"10.0.0.1" not in shown
+    fields = b"".join(f"{name}: {value}\r\n".encode() for name, value in POSTER_IP.items())
+    assert fields in stored
+    assert raw == stored.replace(fields, b"")  # every other byte as received
 
 
 def test_attachments_are_downloads_with_a_safe_type(running, make_list, import_mbox):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from listserv.bounce import BounceClass, classify, parse_bounce, verp_recipient
+from listserv.bounce import BounceClass, classify, parse_bounce, refusal, verp_recipient
+from listserv.relay import MAIL_REFUSED, Reply, refuses_recipient
 from tests.conftest import CORPUS, corpus_path
 from tests.test_cli import assert_one_line_error, run_listserv
 
@@ -132,6 +133,37 @@ def test_accuracy_on_the_corpus() -> None:
     assert transient == temporary
 
 
+# Sisimai's reasons (the sidecars' `sisimai_results`) as our classes; the others
+# (filtered, onhold, systemerror, ...) have no one class and are not compared.
+SISIMAI_CLASSES = {
+    BounceClass.MAILBOX: {"userunknown", "hostunknown", "suspend", "hasmoved", "notaccept"},
+    BounceClass.TRANSIENT: {"mailboxfull", "expired", "toomanyconn"},
+    BounceClass.POLICY: {"blocked", "spamdetected", "policyviolation", "securityerror",
+                         "virusdetected", "contenterror", "rejected", "mesgtoobig",
+                         "exceedlimit", "norelaying"},
+}
+# 49 of 56 when written (42 before the words of generic statuses were read).
+CLASS_AGREEMENT_AT_LEAST = 0.87
+
+
+def test_classes_agree_with_sisimai() -> None:
+    """The class of each failure found, against the reason Sisimai gives it."""
+    reasons = {r: c for c, names in SISIMAI_CLASSES.items() for r in names}
+    agree = compared = 0
+    for eml in sorted((BOUNCES / "sisimai").glob("*.eml")):
+        results = json.loads(eml.with_suffix(".json").read_text(encoding="utf-8")
+                             ).get("sisimai_results") or []
+        found = _found(Sample(eml.relative_to(CORPUS).as_posix(), frozenset(),
+                              frozenset(), False))
+        for result in results:
+            got = found.get(result["recipient"].lower())
+            if got is not None and result["reason"] in reasons:
+                compared += 1
+                agree += got is reasons[result["reason"]]
+    print(f"\nclasses as Sisimai's reasons: {agree}/{compared}")
+    assert agree / compared >= CLASS_AGREEMENT_AT_LEAST
+
+
 @pytest.mark.parametrize("sample", [s for s in SAMPLES if s.certain and s.expected],
                          ids=lambda s: s.name)
 def test_every_failure_found_is_a_whole_address(sample: Sample) -> None:
@@ -205,6 +237,52 @@ def test_a_full_mailbox_is_transient(status: str, diagnostic: str) -> None:
         is BounceClass.TRANSIENT
 
 
+# Real bounces whose status is generic (X.0.0) or missing: the words decide.
+@pytest.mark.parametrize(("name", "expected"), [
+    ("bounces/sisimai/rhost-iua-01.eml", BounceClass.MAILBOX),  # 5.0.0 Mailbox is frozen
+    ("bounces/sisimai/lhost-x2-01.eml", BounceClass.MAILBOX),  # doesn't have a ... account
+    ("bounces/sisimai/lhost-verizon-01.eml", BounceClass.MAILBOX),  # No valid recipients
+    ("bounces/flufl/simple_04.eml", BounceClass.MAILBOX),  # ... unknown host
+    ("bounces/flufl/smtp32_07.eml", BounceClass.MAILBOX),  # Invalid final delivery userid
+    ("bounces/sisimai/lhost-x4-01.eml", BounceClass.TRANSIENT),  # mailfolder is full
+    ("bounces/flufl/postfix_04.eml", BounceClass.TRANSIENT),  # quota / exceeded, folded
+    ("bounces/sisimai/rhost-mimecast-01.eml", BounceClass.POLICY),  # Host network not allowed
+    ("bounces/sisimai/rhost-messagelabs-01.eml", BounceClass.POLICY),  # SMTP Authentication
+    ("bounces/sisimai/rhost-cox-01.eml", BounceClass.POLICY),  # 5.1.0 our sender rejected
+])
+def test_a_generic_or_missing_status_is_classed_from_the_words(
+        name: str, expected: BounceClass) -> None:
+    failures = parse_bounce(corpus_path(name).read_bytes()).failures
+    assert failures
+    for failure in failures:
+        assert failure.status in {"", "5.0.0", "5.1.0"}
+        assert failure.bounce_class is expected, failure.diagnostic
+
+
+# What big providers and MTAs answer, as a relay's DSN with the generic status passes it on.
+@pytest.mark.parametrize(("diagnostic", "expected"), [
+    ("554 delivery error: dd This user doesn't have a yahoo.com account (bob@yahoo.com) "
+     "[0] - mta1.mail.ne1.yahoo.com", BounceClass.MAILBOX),
+    ("550 The email account that you tried to reach is disabled.", BounceClass.MAILBOX),
+    ("550 The email address you entered couldn't be found.", BounceClass.MAILBOX),
+    ("550 Sorry, I couldn't find any host named example.invalid.", BounceClass.MAILBOX),
+    ("DNS Error: DNS type 'mx' lookup of example.invalid responded with code NXDOMAIN",
+     BounceClass.MAILBOX),
+    ("550 The recipient's e-mail address was not found in the recipient's e-mail system",
+     BounceClass.MAILBOX),
+    ("550 Mailbox is suspended", BounceClass.MAILBOX),
+    ("550 Recipient address rejected: Access denied. AS(201806281)", BounceClass.MAILBOX),
+    ("552 Quota violation for bob@example.com", BounceClass.TRANSIENT),
+    ("550 Relaying denied. Proper authentication required.", BounceClass.POLICY),
+    ("550 Sender address rejected: not accepting mail from this domain",
+     BounceClass.POLICY),
+])
+def test_a_generic_status_is_classed_from_the_providers_words(
+        diagnostic: str, expected: BounceClass) -> None:
+    raw = dsn(("bob@example.com", "failed", "5.0.0", diagnostic))
+    assert one(raw) == ("bob@example.com", "5.0.0", expected)
+
+
 def test_a_delayed_report_is_transient() -> None:
     raw = dsn(("bob@example.com", "delayed", "4.4.7", "Connection timed out"))
     assert one(raw) == ("bob@example.com", "4.4.7", BounceClass.TRANSIENT)
@@ -239,6 +317,27 @@ def test_original_recipient_is_the_address_the_list_sent_to() -> None:
 ])
 def test_classify(status: str, text: str, expected: BounceClass) -> None:
     assert classify(status, text) is expected
+
+
+@pytest.mark.parametrize(("code", "text", "status", "expected"), [
+    (550, "5.1.1 <b@example.com>: Recipient address rejected: User unknown in local "
+          "recipient table", "5.1.1", BounceClass.MAILBOX),
+    (550, "Requested action not taken: mailbox unavailable", "5.0.0", BounceClass.MAILBOX),
+    (554, "5.7.1 Message rejected as spam", "5.7.1", BounceClass.POLICY),
+])
+def test_a_smarthost_refusal_reads_as_a_dsn_with_its_reply(
+        code: int, text: str, status: str, expected: BounceClass) -> None:
+    failure = refusal("b@example.com", code, text)
+    assert (failure.status, failure.bounce_class) == (status, expected)
+    assert failure.diagnostic == f"{code} {text}"
+
+
+def test_only_a_recipients_permanent_refusal_is_a_bounce() -> None:
+    assert refuses_recipient(Reply(550, "5.1.1 no such user"))
+    assert refuses_recipient(Reply(554, "message refused: 554 5.7.1 spam"))
+    assert not refuses_recipient(Reply(450, "4.2.1 try later"))
+    # Our envelope sender refused says nothing of the member's address.
+    assert not refuses_recipient(Reply(553, f"{MAIL_REFUSED}: 553 5.1.8 bad sender domain"))
 
 
 # --- prose reports ----------------------------------------------------------------------

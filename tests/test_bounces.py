@@ -18,7 +18,16 @@ from sqlalchemy import select, update
 from listserv import bouncing, db
 from listserv.bounce import BounceClass, BounceReport, Failure
 from listserv.config import BouncesConfig
-from listserv.models import BounceEvent, DisabledBy, Member, Role, utcnow
+from listserv.models import (
+    BounceEvent,
+    Delivery,
+    DeliveryState,
+    DisabledBy,
+    Member,
+    RecipientFailure,
+    Role,
+    utcnow,
+)
 from tests.conftest import CORPUS, delivered_to, mails_to, message
 from tests.test_cli import as_json, cli, config_file, ok  # noqa: F401  (fixtures)
 
@@ -168,7 +177,9 @@ def test_five_days_of_dead_mailbox_disable_delivery(running, make_list, engine, 
     bounce(running, dsn(MAILBOX))
     state = status_of(cli)
     assert (state["delivery_status"], state["bounce_score"]) == ("disabled-bounce", 5.0)
-    assert "bouncing" in mails_to(sink, BOB)[0]["Subject"]  # the first warning, at once
+    subject = mails_to(sink, BOB)[0]["Subject"]  # the first warning, at once
+    # The member's own address in the Subject costs a spam score (SpamAssassin TO_IN_SUBJ).
+    assert "bouncing" in subject and BOB not in subject
     running.send(CAROL, [LIST], message("After", sender=CAROL))
     assert delivered_to(running.engine, sink, CAROL) == 1
     assert delivered_to(running.engine, sink, BOB) == 1  # the warning only, no post
@@ -219,6 +230,56 @@ def test_an_out_of_office_reply_to_the_verp_address_is_no_bounce(running, make_l
     assert events(engine) == []
 
 
+# --- refusals by the smarthost ---------------------------------------------------------
+
+# What Postfix answers for a local user that does not exist (smtpd's default).
+UNKNOWN_LOCAL = ("550 5.1.1 <bob@example.com>: Recipient address rejected: User unknown "
+                 "in local recipient table")
+
+
+def test_a_smarthost_refusal_counts_as_a_dsn_would(running, make_list, engine, sink, cli):  # noqa: F811
+    make_list(members=[BOB, CAROL])
+    near_threshold(engine)
+    sink.rcpt_replies[BOB] = [UNKNOWN_LOCAL]  # the post's copy; the warning goes through
+    running.send(CAROL, [LIST], message("Hello", sender=CAROL))
+    [warning] = mails_to(sink, BOB)
+    assert "bouncing" in warning["Subject"]
+    state = status_of(cli)
+    assert (state["delivery_status"], state["bounce_score"]) == ("disabled-bounce", 5.0)
+    [row] = as_json(cli("bounce", "ls", LIST, "--json"))
+    assert (row["member"], row["class"], row["status"], row["counted"]) == (
+        BOB, "mailbox", "5.1.1", True)
+    assert "User unknown in local recipient table" in row["diagnostic"]
+
+
+def test_a_smarthost_refusal_of_the_content_blames_the_author(running, make_list, engine,
+                                                               sink, cli):  # noqa: F811
+    make_list(members=[BOB], owner=None)
+    sink.data_replies = ["554 5.7.1 Message rejected as spam"]
+    running.send(BOB, [LIST], message("Hello", sender=BOB))
+    assert delivered_to(running.engine, sink, BOB) == 0
+    [row] = as_json(cli("bounce", "ls", LIST, "--json"))
+    assert (row["class"], row["sender_domain"], row["counted"]) == ("policy", "example.com",
+                                                                    False)
+    assert member(engine).bounce_score == 0.0
+
+
+def test_a_fault_counting_a_refusal_still_records_the_delivery(running, make_list, engine,
+                                                               sink, monkeypatch):
+    make_list(members=[BOB, CAROL])
+
+    def fault(*args: object) -> int:
+        raise RuntimeError("a bug in bounce handling")
+    monkeypatch.setattr(bouncing, "_act", fault)
+    sink.rcpt_replies[BOB] = [UNKNOWN_LOCAL]
+    running.send(CAROL, [LIST], message("Hello", sender=CAROL))
+    assert delivered_to(running.engine, sink, CAROL) == 1
+    with db.session(engine) as s:  # written, not left to go out again after its lease
+        assert set(s.scalars(select(Delivery.state))) == {DeliveryState.DONE}
+        assert s.scalars(select(RecipientFailure.address)).all() == [BOB]
+    assert events(engine) == []
+
+
 # --- warnings, re-enabling, removal -----------------------------------------------------
 
 def reenable_link(mail) -> str:
@@ -237,6 +298,8 @@ def test_the_reenable_link_turns_delivery_back_on(running, make_list, engine, si
         assert member(engine).disabled_by is DisabledBy.BOUNCES  # a GET changes nothing
         done = client.post(link)
         assert done.status_code == 200 and "Delivery is on again" in done.text
+        for shown in (page, done):  # the site's layout: fits a phone, leads to the lists
+            assert '<meta name="viewport"' in shown.text and ">All lists</a>" in shown.text
         forged = client.post(link[:-3] + "xyz")
         assert forged.status_code == 400
     state = status_of(cli)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from listserv import compose
+from listserv import bouncing, compose, db
 from tests.conftest import CORPUS
 from tests.test_cli import cli, ok, write_config
 
@@ -21,6 +21,8 @@ __all__ = ["cli"]  # a fixture, used by name
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the browser test needs playwright (the test extras)")
+
+pytestmark = pytest.mark.slow  # a real Chromium
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -55,10 +57,10 @@ def browser() -> Iterator[sync_api.Browser]:
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, db_url: str, config) -> Path:
+def config_file(tmp_path: Path, db_url: str, running) -> Path:
     """The CLI's config names the server's database and public URL (a digest's links)."""
     return write_config(tmp_path / "listserv.toml", db_url,
-                        f'[web]\nbase_url = "{config.web.base_url}"\n')
+                        f'[web]\nbase_url = "{running.config.web.base_url}"\n')
 
 
 class Reader:
@@ -238,3 +240,18 @@ def test_hostile_mail_runs_nothing_in_a_browser(running, make_list, cli, reader)
     # The same pages with the browser ignoring our Content-Security-Policy: the escaping
     # and the sanitiser alone must keep the mail inert (the policy is a second wall).
     walk_hostile_pages(reader(bypass_csp=True))
+
+
+def test_the_reenable_page_fits_a_phone_and_leads_back_to_the_lists(running, make_list,
+                                                                    reader, tmp_path):
+    mlist = make_list(LIST, members=[BOB])
+    with db.session(running.engine) as s:
+        link = bouncing.reenable_url(s, running.config, mlist, BOB)
+    r = reader(is_mobile=True, has_touch=True)  # a phone honours the page's viewport
+    page = r.visit(urlsplit(link).path)
+    page.screenshot(path=tmp_path / "reenable.png", full_page=True)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    page = r.follow(page.get_by_role("button", name="Turn delivery back on"))
+    assert "Delivery is on again" in page.content()
+    page = r.follow(page.get_by_role("link", name="All lists"))
+    assert page.url == r.origin + "/"

@@ -69,7 +69,7 @@ def test_each_member_gets_their_own_one_click_unsubscribe(running, make_list, si
         assert copy["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert copy.get_all("List-Unsubscribe") == [header]
         token = link_token(header, "unsubscribe")
-        assert tokens.verify(SECRET, "unsubscribe", token) == [str(list_id(engine)), member]
+        assert tokens.verify(SECRET, "unsubscribe", token)[:2] == [str(list_id(engine)), member]
         assert f"Unsubscribe: {running.config.web.base_url}/unsubscribe/{token}" in (
             copy.get_payload())
         seen.add(token)
@@ -108,8 +108,8 @@ def test_footer_once_in_text_and_html_with_the_members_mute_link(running, make_l
         body = part.get_payload(decode=True).decode()
         assert body.count("Mute this thread") == 1
         token = link_token(body, "mute")
-        assert tokens.verify(SECRET, "mute", token) == [str(list_id(engine)),
-                                                        "bob@example.com", str(post)]
+        assert tokens.verify(SECRET, "mute", token)[:3] == [str(list_id(engine)),
+                                                            "bob@example.com", str(post)]
     assert text.get_payload(decode=True).startswith(b"Hello in text.")
     page = html.get_payload(decode=True).decode()
     assert page.index("Mute this thread") < page.index("</body>")

@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -33,6 +34,8 @@ from tests.test_deliver import (
     settled,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow  # kill -9 of `listserv serve` processes, thousands of copies
 
 # The fixtures of test_deliver: its smarthost counting copies, and `listserv serve` run
 # as a process from a config file.

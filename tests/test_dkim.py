@@ -77,6 +77,8 @@ def test_every_copy_is_signed_and_verifies_against_the_published_key(
         for name in (b"from", b"subject", b"date", b"message-id", b"to", b"list-id",
                      b"list-unsubscribe", b"list-unsubscribe-post"):
             assert name in signed
+        for name in (b"from", b"subject", b"list-unsubscribe", b"list-unsubscribe-post"):
+            assert signed.count(name) == 2  # one field, signed twice (RFC 6376 8.15)
     assert "listserv._domainkey.lists.example.org" in dns_server.queries
 
 
@@ -84,6 +86,11 @@ def test_every_copy_is_signed_and_verifies_against_the_published_key(
     (rb"(/unsubscribe/)(.)", rb"\1x\2"),  # another member's link put in
     (rb"Hi all\.", b"Hi ALL."),  # the body
     (rb"Subject: \[Dev\] Hello", b"Subject: [Dev] Hello!"),
+    # A second copy of a field added on the way (RFC 6376 8.15): a reader may see it.
+    (rb"\A", b"From: Support <help@bank.example>\r\n"),
+    (rb"\A", b"Subject: Your account is locked\r\n"),
+    (rb"\A", b"List-Unsubscribe: <https://evil.example/u>\r\n"),
+    (rb"\A", b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"),
 ])
 def test_a_tampered_copy_fails_verification(signing_server, make_list, sink, dns_server,
                                             change):
@@ -226,8 +233,10 @@ def test_a_half_set_dkim_config_stops_listserv(tmp_path):
 
 
 def test_serve_with_a_missing_key_file_stops_with_one_line(tmp_path, db_url):
+    # Ports 0: serve binds before it loads the key, and the default ports may be taken.
     config = write_config(tmp_path / "c.toml", db_url, '[dkim]\ndomain = "lists.example.org"\n'
-                          'selector = "s"\nprivate_key_file = "/nonexistent/s.key"\n')
+                          'selector = "s"\nprivate_key_file = "/nonexistent/s.key"\n'
+                          '[smtp]\nport = 0\n[web]\nport = 0\n')
     proc = run_listserv("--config", config, "serve", cwd=tmp_path)
     assert_one_line_error(proc, "/nonexistent/s.key")
 

@@ -13,7 +13,6 @@ import pytest
 from listserv import doctor, signing
 from listserv.config import Config, DeliveryConfig, DkimConfig, WebConfig
 from listserv.resolver import Resolver
-from tests.conftest import free_port
 from tests.test_cli import assert_one_line_error, run_listserv
 from tests.test_dkim import published
 
@@ -53,7 +52,7 @@ def toml(config: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def doctor_json(tmp_path: Path, config: Config, *args: str):  # noqa: ANN201
+def doctor_json(tmp_path: Path, config: Config, *args: str):
     path = tmp_path / "listserv.toml"
     path.write_text(toml(config), encoding="utf-8")
     proc = run_listserv("--config", path, "doctor", LIST, "--json", *args)
@@ -62,11 +61,11 @@ def doctor_json(tmp_path: Path, config: Config, *args: str):  # noqa: ANN201
 
 
 @pytest.fixture
-def mlist(make_list):  # noqa: ANN001, ANN201
+def mlist(make_list):
     return make_list(owner=None)
 
 
-def check(config: Config, mlist, which):  # noqa: ANN001, ANN201
+def check(config: Config, mlist, which):
     """One check on its own."""
     return which(doctor.Deployment(config, mlist, Resolver(config.dns), "test-secret"))
 
@@ -78,9 +77,8 @@ def test_a_healthy_deployment_passes_and_exits_0(tmp_path, make_server, make_lis
     healthy_zone(dns_server, key)
     sink.pipelining = True
     make_list()
-    config = with_dkim(config, key)
-    make_server(dkim=dataclasses.asdict(config.dkim))  # the web pages answer
-    proc, results = doctor_json(tmp_path, config)
+    served = make_server(dkim=dataclasses.asdict(with_dkim(config, key).dkim))
+    proc, results = doctor_json(tmp_path, served.config)  # the web pages answer
     assert proc.returncode == 0, proc.stdout
     assert list(results) == ["mx", "spf", "dkim", "dmarc", "smarthost", "base_url", "web",
                              "copy headers", "copy signature"]
@@ -97,7 +95,7 @@ def test_a_healthy_deployment_passes_and_exits_0(tmp_path, make_server, make_lis
 
 
 def test_a_broken_deployment_says_what_to_fix_and_exits_1(tmp_path, make_list, config,
-                                                          dns_server, key):
+                                                          dns_server, key, closed_port):
     healthy_zone(dns_server)
     del dns_server.records[DOMAIN]  # no SPF
     del dns_server.records[f"_dmarc.{DOMAIN}"]
@@ -106,7 +104,7 @@ def test_a_broken_deployment_says_what_to_fix_and_exits_1(tmp_path, make_list, c
     make_list()
     config = dataclasses.replace(
         with_dkim(config, key),
-        delivery=DeliveryConfig(smarthost_host="127.0.0.1", smarthost_port=free_port()))
+        delivery=DeliveryConfig(smarthost_host="127.0.0.1", smarthost_port=closed_port))
     proc, results = doctor_json(tmp_path, config)
     assert proc.returncode == 1
     status = {c: r["status"] for c, r in results.items()}
@@ -164,8 +162,8 @@ def test_smarthost_reports_its_ehlo_features(config, mlist, sink):
     assert "PIPELINING" in result.detail and "SIZE" in result.detail
 
 
-def test_smarthost_on_a_closed_port_fails(config, mlist):
-    port = free_port()
+def test_smarthost_on_a_closed_port_fails(config, mlist, closed_port):
+    port = closed_port
     closed = dataclasses.replace(config, delivery=DeliveryConfig(smarthost_port=port))
     result = check(closed, mlist, doctor.check_smarthost)
     assert result.status is doctor.Status.FAIL

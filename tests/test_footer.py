@@ -79,6 +79,12 @@ def without_footer(part: Message, name: str = "Dev") -> bytes:
 def test_corpus_message_gets_the_footer_once_and_keeps_every_other_part(path: Path):
     raw = compose.crlf(path.read_bytes())
     original = parse(raw)
+    declared = original.get_param("boundary")
+    if isinstance(declared, str) and declared != original.get_boundary():
+        # A boundary the stdlib reads otherwise (it strips "<...>"): no oracle for the
+        # parts, but the footer goes in once.
+        assert copy_of(raw).count(MARK) == 1
+        return
     before, after = leaves(original), leaves(parse(copy_of(raw)))
     holders = [p for p in after if MARK in decoded(p)]
     kinds = [p.get_content_type() for p in holders]

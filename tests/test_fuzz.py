@@ -31,7 +31,10 @@ from sqlalchemy.engine import Engine
 from listserv import db, digest, receive, roster
 from listserv.compose import quote_id
 from listserv.models import DigestIssue, Message, utcnow
+from listserv.protocol import ListSMTP
 from tests.conftest import CORPUS, RunningServer, message
+
+pytestmark = pytest.mark.slow  # thousands of generated mails, 100 MB lines
 
 LIST = "dev@lists.example.org"
 MEMBER = "bob@example.com"
@@ -260,6 +263,15 @@ _PIECES = st.sampled_from([b"From: ", b"To: ", b"Subject: ", b"Message-ID: ", b"
 random_mail = st.lists(st.one_of(_PIECES, st.binary(max_size=40)), max_size=60).map(
     b"".join)
 
+# Mail nested deeper than any limit: the footer and the view must stop, not recurse.
+nested_mail = st.builds(
+    lambda depth, kind, unique: post_bytes(
+        b"Subject: deep\r\nContent-Type: multipart/" + kind + b"; boundary=b0\r\n",
+        nested_body(depth, kind), f"deep-{unique}@example.com"),
+    st.one_of(st.integers(1, 40), st.integers(1100, 1500)),
+    st.sampled_from([b"related", b"alternative", b"mixed"]),
+    st.uuids())
+
 envelope_senders = st.one_of(st.just(MEMBER.encode()), st.just(b""),
                              st.sampled_from(JUNK).map(lambda j: b"bob" + j + b"@example.com"))
 recipients = st.one_of(st.sampled_from(ADDRESSES).map(str.encode),
@@ -278,7 +290,7 @@ def test_mutated_and_random_mail_to_every_list_address_is_kept_exactly_or_refuse
     counts: Counter[str] = Counter()
 
     @FUZZ
-    @given(content=st.one_of(mutated(), random_mail), mail_from=envelope_senders,
+    @given(content=st.one_of(mutated(), random_mail, nested_mail), mail_from=envelope_senders,
            rcpt=recipients, smtputf8=st.booleans())
     def one(content: bytes, mail_from: bytes, rcpt: bytes, smtputf8: bool) -> None:
         answer = transact(fuzz_server.config.smtp.port, mail_from, rcpt, content, smtputf8)
@@ -295,6 +307,20 @@ def post_bytes(headers: bytes, body: bytes, message_id: str) -> bytes:
     return (b"From: Bob <bob@example.com>\r\nTo: " + LIST.encode() + b"\r\nMessage-ID: <"
             + message_id.encode() + b">\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n"
             + headers + b"\r\n" + body)
+
+
+def nested_body(depth: int, kind: bytes) -> bytes:
+    """`depth` levels of multipart/`kind` (boundaries b1, b2, ...), text at the bottom."""
+    opening = b"".join(b'--b%d\r\nContent-Type: multipart/%s; boundary="b%d"\r\n\r\n'
+                       % (i, kind, i + 1) for i in range(depth - 1))
+    closing = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+    return opening + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello from the bottom\r\n" % (
+        depth - 1) + closing
+
+
+def nested_post(depth: int, kind: bytes, message_id: str) -> bytes:
+    return post_bytes(b"Subject: nested\r\nMIME-Version: 1.0\r\nContent-Type: multipart/"
+                      + kind + b'; boundary="b0"\r\n', nested_body(depth, kind), message_id)
 
 
 def accepted_post(server: RunningServer, raw: bytes, message_id: str) -> None:
@@ -326,16 +352,21 @@ def renders(server: RunningServer) -> None:
 
 
 def test_a_thousand_nested_multiparts_are_archived_and_render(fuzz_server, errors):
-    depth = 1000
-    opening = b"".join(b'--b%d\r\nContent-Type: multipart/mixed; boundary="b%d"\r\n\r\n'
-                       % (i, i + 1) for i in range(depth - 1))
-    closing = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
-    body = opening + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello from the bottom\r\n" % (
-        depth - 1) + closing
-    raw = post_bytes(b'Subject: nested\r\nMIME-Version: 1.0\r\n'
-                     b'Content-Type: multipart/mixed; boundary="b0"\r\n', body, "deep@example.com")
-    accepted_post(fuzz_server, raw, "deep@example.com")
+    accepted_post(fuzz_server, nested_post(1000, b"mixed", "deep@example.com"),
+                  "deep@example.com")
     renders(fuzz_server)
+    still_answers(fuzz_server, errors)
+
+
+def test_a_post_nested_past_the_mime_limits_is_stored_and_delivered_without_footer(
+        fuzz_server, sink, errors):
+    # 1,500 levels of multipart/related: the footer code followed them into a
+    # RecursionError, and the sender got a 451 at every retry.
+    raw = nested_post(1500, b"related", "related@example.com")
+    accepted_post(fuzz_server, raw, "related@example.com")  # 250, the bytes, /raw, pages
+    (copy,) = sink.copies_to(MEMBER)
+    body = raw[raw.index(b"\r\n\r\n"):]
+    assert copy.endswith(body) and b"Mute this thread" not in copy
     still_answers(fuzz_server, errors)
 
 
@@ -469,7 +500,7 @@ def test_envelope_addresses_read_as_aiosmtpd_reads_them(arg):
     """The receiver's quick reading of "<local@domain> PARAMS" gives what aiosmtpd's own
     parser gives for every MAIL FROM and RCPT TO argument: the same address (or the same
     refusal) and the same parameters."""
-    protocol = receive.ListSMTP(receive.Handler.__new__(receive.Handler), data_size_limit=0)
+    protocol = ListSMTP(receive.Handler.__new__(receive.Handler), data_size_limit=0)
     assert protocol._getaddr(arg) == _aiosmtpd_getaddr(protocol, arg)
 
 

@@ -3,14 +3,26 @@ migration, and the migrations build exactly the tables the models describe."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import signal
+
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import select, text
 from sqlmodel import SQLModel
 
 from listserv import db
 from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
+from tests.test_cli import (
+    assert_one_line_error,
+    ports_logged,
+    run_listserv,
+    start_serve,
+    write_config,
+)
 
 # Made by the migrations with each database's own full-text engine, not by the models.
 SEARCH_TABLES = {"message_fts", "message_search"}
@@ -41,7 +53,7 @@ def test_upgrading_a_database_from_the_first_schema_keeps_its_rows(db_url):
             "SELECT id, 'post', 'accepted', '', 'a@example.com', 'Bob@Example.com', '', '', "
             "'', 'Hi', "
             "'2026-01-01 00:00:00', 2, :raw FROM mailing_list"), {"raw": b"x\n"})
-    db.ensure_schema(engine)  # what `listserv serve` does on start
+    db.ensure_schema(engine, upgrade_existing=True)  # what `listserv db upgrade` does
     with db.session(engine) as s:
         [(frequency, verp, address)] = s.execute(
             select(MailingList.digest_frequency, MailingList.verp, Member.address)
@@ -57,3 +69,88 @@ def test_the_migrations_build_what_the_models_describe(engine):
     with engine.connect() as connection:
         diff = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
     assert [d for d in diff if _outside_search(d)] == []
+
+
+def test_the_quick_revision_check_agrees_with_alembic(engine):
+    """Commands find the schema current without loading alembic, from the migration
+    files read as text: they must give the revisions alembic knows, and its head."""
+    found = db.revisions(engine)
+    assert db.migration_files() == (found.known, found.code)
+    assert found.database == found.code
+    assert db.ensure_schema(engine) == found
+
+
+# --- upgrades are explicit ----------------------------------------------------------------
+
+def _at_revision(db_url: str, revision: str) -> None:
+    """A database as an older listserv left it (or, stamped, as a newer one did)."""
+    engine = db.make_engine(db_url)
+    command.upgrade(db._alembic_config(engine), "0007")
+    if revision != "0007":
+        with engine.begin() as c:
+            c.execute(text("UPDATE alembic_version SET version_num = :r"), {"r": revision})
+    engine.dispose()
+
+
+def _revision_now(db_url: str) -> str | None:
+    engine = db.make_engine(db_url)
+    try:
+        return db.revisions(engine).database
+    finally:
+        engine.dispose()
+
+
+# The newest revision this code knows: the upgrades below go from 0007 to it.
+HEAD = ScriptDirectory(str(db.MIGRATIONS)).get_current_head()
+
+
+def test_an_older_database_is_upgraded_only_by_db_upgrade(db_url, tmp_path):
+    config = write_config(tmp_path / "listserv.toml", db_url)
+    _at_revision(db_url, "0007")
+    # a read-only command neither migrates nor dies with a traceback
+    assert_one_line_error(run_listserv("--config", config, "list", "ls"),
+                          "0007", "listserv db upgrade")
+    assert _revision_now(db_url) == "0007"
+    status = run_listserv("--config", config, "db", "status")
+    assert status.returncode == 1
+    assert status.stdout.splitlines()[:2] == ["database revision: 0007", f"code revision: {HEAD}"]
+    upgraded = run_listserv("--config", config, "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert f"from revision 0007 to {HEAD}" in upgraded.stdout
+    assert run_listserv("--config", config, "list", "ls").returncode == 0
+    status = run_listserv("--config", config, "db", "status")
+    assert status.returncode == 0 and "up to date" in status.stdout
+
+
+def test_code_older_than_the_database_says_so_in_one_line(db_url, tmp_path):
+    """The README's several-process setup: a newer listserv migrated the shared schema."""
+    config = write_config(tmp_path / "listserv.toml", db_url)
+    _at_revision(db_url, "0099")
+    for args in (["list", "ls"], ["db", "upgrade"], ["serve", "--upgrade"]):
+        assert_one_line_error(run_listserv("--config", config, *args), "0099",
+                              "upgrade listserv")
+    assert _revision_now(db_url) == "0099"
+
+
+@pytest.mark.parametrize("revision, args, logged", [
+    (None, [], f"created the database schema (revision {HEAD})"),
+    ("0007", ["--upgrade"], f"from revision 0007 to {HEAD}"),
+])
+def test_serve_creates_an_empty_database_and_upgrades_with_upgrade(db_url, tmp_path, sink,
+                                                                   revision, args, logged):
+    if revision:
+        _at_revision(db_url, revision)
+    proc = start_serve(tmp_path, db_url, sink.port, *args)
+    try:
+        started = ports_logged(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert logged in started.log + stderr
+    assert _revision_now(db_url) == HEAD
+
+
+def test_version_is_printed():
+    proc = run_listserv("--version")
+    assert proc.returncode == 0
+    assert proc.stdout == f"listserv {importlib.metadata.version('listserv')}\n"

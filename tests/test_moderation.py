@@ -25,18 +25,18 @@ def parsed(data: bytes) -> email.message.EmailMessage:
     return email.message_from_bytes(data, policy=email.policy.default)
 
 
-def set_list(engine, **values) -> None:  # noqa: ANN001
+def set_list(engine, **values) -> None:
     with db.session(engine) as s:
         s.execute(update(MailingList).values(**values))
         s.commit()
 
 
-def stored(engine) -> list[Message]:  # noqa: ANN001
+def stored(engine) -> list[Message]:
     with db.session(engine) as s:
         return list(s.scalars(select(Message).order_by(Message.id)))
 
 
-def notice_for(sink, address: str) -> email.message.EmailMessage:  # noqa: ANN001
+def notice_for(sink, address: str) -> email.message.EmailMessage:
     for received in sink.received:
         if address in received.rcpt_tos:
             return parsed(received.data)
@@ -44,12 +44,12 @@ def notice_for(sink, address: str) -> email.message.EmailMessage:  # noqa: ANN00
 
 
 @pytest.fixture
-def dev(make_list):  # noqa: ANN001
+def dev(make_list):
     return make_list(members=MEMBERS, owner="owner@example.org",
                      moderators=["mod@example.org"])
 
 
-def post(running, sender: str = "eve@example.org", **kw) -> None:  # noqa: ANN001
+def post(running, sender: str = "eve@example.org", **kw) -> None:
     running.send(sender, [LIST], message(sender=sender, **kw))
 
 
@@ -158,7 +158,7 @@ def test_null_sender_is_discarded_silently(running, dev, engine, sink):
 
 # --- acting by email ---------------------------------------------------------------------------
 
-def answer_notice(running, sink, first_line: str) -> None:  # noqa: ANN001
+def answer_notice(running, sink, first_line: str) -> None:
     notice = notice_for(sink, "mod@example.org")
     sink.received.clear()
     reply = message(f"Re: {notice['Subject']}", sender="mod@example.org",

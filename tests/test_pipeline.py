@@ -331,7 +331,7 @@ def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine
     make_list(members=MEMBERS)
     list_copy = store.list_copy
 
-    def failing(mlist, message, *args, **kwargs):  # noqa: ANN001, ANN202
+    def failing(mlist, message, *args, **kwargs):
         if message.subject == "boom":
             raise RuntimeError("cannot compose this one")
         return list_copy(mlist, message, *args, **kwargs)
@@ -366,12 +366,12 @@ def test_the_second_post_of_a_group_with_the_same_message_id_is_a_duplicate(make
     assert first[0].deliveries and not second[0].deliveries
 
 
-def _grouping(engine, config, monkeypatch, **options) -> tuple[receive.GroupCommit, list]:  # noqa: ANN001
+def _grouping(engine, config, monkeypatch, **options) -> tuple[receive.GroupCommit, list]:
     """A GroupCommit on the real database, and the size of each group it stores."""
     sizes: list[int] = []
     ingest_group = receive.ingest_group
 
-    def counted(engine, config, group, handoff=None):  # noqa: ANN001, ANN202
+    def counted(engine, config, group, handoff=None):
         sizes.append(len(group))
         return ingest_group(engine, config, group, handoff)
     monkeypatch.setattr(receive, "ingest_group", counted)

@@ -342,7 +342,7 @@ def test_nothing_of_a_private_archive_is_readable_without_the_member_pass(
         s.execute(update(MailingList).values(archive=ArchivePolicy.PRIVATE))
         s.commit()
     post_with_attachment(running, SECRET_LIST, "plans@example.com")
-    send_digest(engine, config, SECRET_LIST)
+    send_digest(engine, running.config, SECRET_LIST)
     base = f"/{SECRET_LIST}/"
     existing = ["", "2026/11/", "thread/plans@example.com/", "message/plans@example.com/",
                 "message/plans@example.com/raw", "message/plans@example.com/attachment/0/plans.bin",
@@ -359,7 +359,8 @@ def test_nothing_of_a_private_archive_is_readable_without_the_member_pass(
         assert b"plans" not in page.content.lower() and b"secret bytes" not in page.content
     member_pass = {web_mod.archive_cookie(mlist):
                    tokens.archive_pass(config.web.secret, mlist.id, "bob@example.com", 30)}
-    with httpx.Client(base_url=config.web.base_url, cookies=member_pass, timeout=20) as client:
+    with httpx.Client(base_url=running.config.web.base_url, cookies=member_pass,
+                      timeout=20) as client:
         opened = {path: client.get(base + path).status_code for path in existing}
     assert opened == dict.fromkeys(existing, 200)
 

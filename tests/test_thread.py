@@ -148,8 +148,7 @@ def real_ids(nodes: dict[str, thread.Node]) -> list[str]:
 @pytest.mark.parametrize("name", CASES)
 def test_parents_match_notmuch_in_any_arrival_order(name, order):
     nodes = linked(CASES[name], order)
-    got = {mid: thread.nearest_real_parent(nodes, mid) for mid in real_ids(nodes)}
-    assert got == notmuch(name)["nearest_real_parent"]
+    assert thread.nearest_real_parents(nodes) == notmuch(name)["nearest_real_parent"]
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -178,11 +177,44 @@ def test_two_messages_answering_each_other_make_one_thread_with_a_root(order):
     # tricky/broken-loop: each In-Reply-To names the other. No order-free answer
     # exists (jwzthreading loses both, notmuch picks one); we need one thread, one root.
     nodes = linked("tricky/broken-loop", order)
-    parents = {mid: thread.nearest_real_parent(nodes, mid) for mid in real_ids(nodes)}
+    parents = thread.nearest_real_parents(nodes)
     (root,) = [mid for mid, parent in parents.items() if parent is None]
     (reply,) = set(parents) - {root}
     assert parents[reply] == root
     assert {nodes[root].thread_id, nodes[reply].thread_id} == {root}
+
+
+def test_a_post_with_5000_references_links_only_its_nearest_ancestors():
+    # Each placeholder linked checked the chain above it for a loop: 5,000 References
+    # held the writer for 4 s, and every page walked what they made.
+    references = " ".join(f"<ghost{n}@x>" for n in range(5000))
+    bomb = parsed(b"Message-ID: <bomb@x>\nReferences: " + references.encode() + b"\n\nHi\n")
+    nodes: dict[str, thread.Node] = {}
+    thread.link(nodes, "bomb@x", bomb)
+    assert len(nodes) == thread.MAX_CHAIN + 1 and nodes["bomb@x"].parent_id == "ghost4999@x"
+    assert nodes[f"ghost{5000 - thread.MAX_CHAIN}@x"].parent_id is None
+
+
+class CountedNodes(dict):
+    """Nodes that count how often a walk looks one up."""
+
+    lookups = 0
+
+    def __getitem__(self, key: str) -> thread.Node:
+        self.lookups += 1
+        return super().__getitem__(key)
+
+
+def test_posts_under_a_chain_of_placeholders_find_their_parent_in_one_pass():
+    # 200 answers to a post with 5,000 References hang from a chain of 5,000
+    # placeholders; walking it for each of them made the thread page cost 200 × 5,000.
+    nodes = CountedNodes(root=thread.Node("root", real=True))
+    for n in range(5000):
+        nodes[f"ghost{n}"] = thread.Node(f"ghost{n}", parent_id=f"ghost{n - 1}" if n else "root")
+    answers = [f"answer{n}" for n in range(200)]
+    nodes.update({mid: thread.Node(mid, real=True, parent_id="ghost4999") for mid in answers})
+    assert thread.nearest_real_parents(nodes) == {"root": None} | dict.fromkeys(answers, "root")
+    assert nodes.lookups <= 2 * len(nodes)
 
 
 # --- through the store and the CLI ----------------------------------------------------

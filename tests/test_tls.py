@@ -95,8 +95,9 @@ def test_a_key_that_cannot_be_loaded_stops_listserv(tmp_path, db_url, broken):
         key_file = tmp_path / "nonexistent.pem"
     else:
         key_file.write_text("not a key\n")
+    # Ports 0: serve binds before it loads the key, and the default ports may be taken.
     config = write_config(tmp_path / "c.toml", db_url,
-                          f'[smtp]\ntls_cert_file = "{cert_file}"\n'
-                          f'tls_key_file = "{key_file}"\n')
+                          f'[smtp]\nport = 0\ntls_cert_file = "{cert_file}"\n'
+                          f'tls_key_file = "{key_file}"\n[web]\nport = 0\n')
     proc = run_listserv("--config", config, "serve", cwd=tmp_path)
     assert_one_line_error(proc, "cannot load tls_cert_file", str(key_file))

@@ -1,0 +1,52 @@
+"""What DNS says of a post, asked before the transaction that stores it opens: the DMARC
+policy of its author's domain (whether copies go out From the list) and, with `[dkim]
+arc`, the DKIM and ARC results our ARC set seals.
+
+The receiver stores posts one group at a time, in one writer thread holding one
+database transaction; a lookup in there waited for the slowest name server (up to the
+resolver's 2 s timeout) with every other client's 250 and the delivery bookkeeping
+behind it. So the receiver asks in a thread of its own first (`ask`), and the fan-out
+in the transaction only reads the answers (`copy_identity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from listserv import dmarc, resolver, signing
+from listserv.config import Config
+from listserv.models import DmarcMode, MailingList, Message
+
+
+@dataclass(frozen=True)
+class Asked:
+    """The answers for one post."""
+
+    dmarc_policy: str | None  # none, quarantine, reject; None: no record, no answer, unasked
+    results: str | None  # Authentication-Results for our ARC set; None without arc
+
+
+def ask(raw: bytes, from_address: str, config: Config,
+        mode: DmarcMode = DmarcMode.AUTO) -> Asked:
+    """Ask DNS about a post (blocking: not in the event loop, not in a transaction).
+    Only a list's AUTO mode needs the DMARC policy; the receiver, which does not know
+    the lists yet, asks for it."""
+    dns = resolver.for_config(config.dns)
+    domain = from_address.rpartition("@")[2]
+    return Asked(dmarc.policy(domain, dns) if domain and mode is DmarcMode.AUTO else None,
+                 signing.inbound_results(raw, config.dkim.domain, dns)
+                 if config.dkim.arc else None)
+
+
+def copy_identity(mlist: MailingList, message: Message, config: Config,
+                  asked: Asked | None) -> tuple[str | None, str | None]:
+    """The display name of a From rewritten to the list (DMARC), and the
+    Authentication-Results for our ARC set, of the list's copy of a post; asked of DNS
+    here only for a post whose answers were not asked before (one a moderator
+    approved, or `listserv doctor`'s test copy)."""
+    if asked is None:
+        asked = ask(message.raw, message.from_address, config, mlist.dmarc)
+    via = (dmarc.via_name(message.from_name, message.from_address, mlist.name)
+           if dmarc.rewrites_from(mlist.dmarc, message.from_address, asked.dmarc_policy)
+           else None)
+    return via, asked.results

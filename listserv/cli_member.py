@@ -1,0 +1,252 @@
+"""`listserv member ...`: who is on a list, added by hand or imported from the system a
+list leaves, and where one address is on every list."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from listserv.cli import (
+    AddressArg,
+    FileArg,
+    JsonOpt,
+    ListArg,
+    _print_json,
+    _progress,
+    _state,
+    err,
+    member_app,
+    out,
+)
+
+if TYPE_CHECKING:
+    from listserv.roster import AddResult
+
+AddressesArg = Annotated[list[str], typer.Argument(metavar="ADDRESS...")]
+RoleOpt = Annotated[str, typer.Option(metavar="ROLE", help="member, moderator or owner.")]
+
+
+def choice(cls: type[enum.Enum], value: str, option: str) -> Any:
+    """An option's value as one of the enum's; a usage error naming the valid ones. The
+    enums live with the database models, which --help must not wait for."""
+    try:
+        return cls(value.strip().lower())
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not one of "
+                                 f"{', '.join(m.value for m in cls)}", param_hint=option
+                                 ) from None
+
+
+def _report(result: AddResult, role: str) -> None:
+    for a in result.existing:
+        err.print(f"{a}: already a {role}")
+    for a in result.invalid:
+        err.print(f"{a!r}: not a valid address")
+
+
+@member_app.command("add")
+def member_add(ctx: typer.Context, list_address: ListArg, addresses: AddressesArg,
+               role: RoleOpt = "member") -> None:
+    """Add addresses; bad or existing ones are reported and the rest still go in.
+
+    \b
+    Example:
+      listserv member add dev@lists.example.org ann@example.org "Bob <bob@example.org>"
+    """
+    from listserv import db, roster
+    from listserv.models import Role
+
+    kind = choice(Role, role, "--role")
+    with db.session(_state(ctx).engine) as s:
+        result = roster.add_members(s, roster.get_list(s, list_address), addresses, kind)
+        s.commit()
+    for a in result.added:
+        out.print(f"added {a} as {kind.value}")
+    _report(result, kind.value)
+    if result.invalid or result.existing:
+        raise typer.Exit(1)
+
+
+@member_app.command("remove")
+def member_remove(ctx: typer.Context, list_address: ListArg, addresses: AddressesArg) -> None:
+    """Remove addresses (every role they hold).
+
+    \b
+    Example:
+      listserv member remove dev@lists.example.org ann@example.org
+    """
+    from listserv import db, roster
+
+    with db.session(_state(ctx).engine) as s:
+        removed, missing = roster.remove_members(s, roster.get_list(s, list_address),
+                                                 addresses)
+        s.commit()
+    for a in removed:
+        out.print(f"removed {a}")
+    for a in missing:
+        err.print(f"{a}: not on {list_address}")
+    if missing:
+        raise typer.Exit(1)
+
+
+def _row(member: Any, now: Any, config: Any) -> dict:
+    from listserv import bouncing, roster
+
+    return {"address": member.address, "name": member.display_name,
+            "role": member.role.value, "delivery": member.delivery.value,
+            "moderated": member.moderated,
+            "disabled_by": member.disabled_by.value if member.disabled_by else None,
+            "delivery_status": roster.delivery_status(member),
+            "bounce_score": bouncing.score_now(member.bounce_score, member.last_bounce_at,
+                                               now, config.bounces)}
+
+
+@member_app.command("ls")
+def member_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False) -> None:
+    """Members with their roles and delivery.
+
+    \b
+    Example:
+      listserv member ls dev@lists.example.org --json
+    """
+    from rich.table import Table
+
+    from listserv import db, roster
+    from listserv.models import utcnow
+
+    state = _state(ctx)
+    now = utcnow()
+    with db.session(state.engine) as s:
+        rows = [_row(m, now, state.config)
+                for m in roster.members(s, roster.get_list(s, list_address))]
+    if as_json:
+        return _print_json(rows)
+    table = Table("address", "role", "delivery", "status", "name")
+    for r in rows:
+        table.add_row(r["address"], r["role"], r["delivery"], r["delivery_status"], r["name"])
+    out.print(table)
+    return None
+
+
+@member_app.command("show")
+def member_show(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = False) -> None:
+    """Every list ADDRESS is on, with its role, delivery, status and bounce score there.
+    Exit 1 when it is on none.
+
+    \b
+    Example:
+      listserv member show ann@example.org
+    """
+    from listserv import db, roster
+    from listserv.models import utcnow
+
+    state = _state(ctx)
+    now = utcnow()
+    with db.read_session(state.engine) as s:
+        rows = [{"list": mlist.address, **_row(m, now, state.config)}
+                for mlist, m in roster.memberships(s, address)]
+    if not rows:
+        raise roster.UserError(f"{address} is on no list")
+    if as_json:
+        return _print_json(rows)
+    out.print("list  role  delivery  status  bounce score")
+    for r in rows:
+        out.print(f"{r['list']}  {r['role']}  {r['delivery']}  {r['delivery_status']}  "
+                  f"{r['bounce_score']:g}")
+    return None
+
+
+def _read_file(file: Any) -> str:
+    from listserv.roster import UserError
+
+    try:
+        return file.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{file} is not UTF-8 text") from exc
+
+
+@member_app.command("import")
+def member_import(ctx: typer.Context, list_address: ListArg, file: FileArg,
+                  welcome: Annotated[bool, typer.Option(
+                      "--welcome", help="Send each new member the welcome mail.")] = False
+                  ) -> None:
+    """Add every address in FILE: one a line ("Name <address>" too, as Mailman 3's
+    `mailman members` writes them), a CSV with an address or email column and optional
+    name and delivery columns (Mailman 3's members CSV), or Google Groups' members
+    export as downloaded: the nickname becomes the name, the email preference the
+    delivery (Abridged: digest-plain), and invited or pending people are left out. Exit 1
+    when a line was refused; the others still go in.
+
+    \b
+    Example:
+      listserv member import dev@lists.example.org members.csv --welcome
+    """
+    from listserv import db, member_import, roster
+
+    state = _state(ctx)
+    found = member_import.read(_read_file(file))
+    with db.session(state.engine) as s, _progress() as bar:
+        mlist = roster.get_list(s, list_address)
+        task = bar.add_task("importing", total=len(found.entries))
+        result = roster.add_members(s, mlist, found.entries,
+                                    progress=lambda n: bar.advance(task, n))
+        if welcome:
+            _welcome(s, state.config, mlist, set(result.added))
+        s.commit()
+    for line in found.skipped:
+        err.print(f"{line}: skipped")
+    for line in found.refused:
+        err.print(f"{line}: refused")
+    _report(result, "member")
+    out.print(f"added {len(result.added)}, already members {len(result.existing)}, "
+              f"invalid {len(result.invalid) + len(found.refused)}")
+    if result.invalid or found.refused:
+        raise typer.Exit(1)
+
+
+def _welcome(s: Any, config: Any, mlist: Any, added: set[str]) -> None:
+    """Queue the welcome for each member just added, in the import's transaction: the
+    members and their welcomes are stored together or not at all."""
+    from listserv import commands, roster
+    from listserv.models import Role
+
+    for member in roster.members(s, mlist):
+        if member.role is Role.MEMBER and member.address in added:
+            commands.welcome(s, config, mlist, member.address, member.delivery)
+
+
+@member_app.command("set")
+def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
+               moderated: Annotated[str | None, typer.Option(
+                   "--moderated", metavar="true|false",
+                   help="true: hold this address's posts for a moderator.")] = None,
+               delivery: Annotated[str | None, typer.Option(
+                   metavar="MODE", help="How posts arrive: regular, digest-mime, "
+                   "digest-plain or nomail.")] = None,
+               role: Annotated[str | None, typer.Option(
+                   metavar="ROLE", help="Change the address's role: member, moderator or "
+                   "owner.")] = None) -> None:
+    """Change a member's moderation flag, delivery mode or role.
+
+    \b
+    Example:
+      listserv member set dev@lists.example.org ann@example.org --delivery digest-mime
+    """
+    from listserv import db, roster, settings
+    from listserv.models import DeliveryMode, Role
+
+    mode = None if delivery is None else choice(DeliveryMode, delivery, "--delivery")
+    kind = None if role is None else choice(Role, role, "--role")
+    with db.session(_state(ctx).engine) as s:
+        mlist = roster.get_list(s, list_address)
+        flag = None if moderated is None else settings.parse_bool(moderated, "--moderated")
+        changed = roster.set_member(s, mlist, address, moderated=flag, delivery=mode,
+                                    role=kind)
+        s.commit()
+    out.print(f"{changed}: " + ", ".join(f"{k} = {v}" for k, v in (
+        ("moderated", moderated), ("delivery", mode and mode.value),
+        ("role", kind and kind.value)) if v is not None))

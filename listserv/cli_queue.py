@@ -1,0 +1,104 @@
+"""`listserv queue ...`: what waits to be delivered, and sending or cancelling a job by
+hand."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from listserv.cli import JsonOpt, _print_json, _state, out
+from listserv.cli_help import Typer
+
+queue_app = Typer(help="Delivery jobs waiting for the smarthost, deferred or failed.")
+
+IdsArg = Annotated[list[int], typer.Argument(metavar="ID...")]
+
+
+def _age(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min" if minutes < 2880 else f"{minutes // 1440} d"
+
+
+@queue_app.command("ls")
+def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argument(
+        metavar="LIST", help="Only this list's, one line a job.")] = None,
+        as_json: JsonOpt = False) -> None:
+    """Delivery jobs by state per list (queued, sending, deferred, failed) and the age
+    of the oldest still to be sent. With LIST, each of its jobs too, with the ID that
+    `queue retry` and `queue cancel` take.
+
+    \b
+    Examples:
+      listserv queue ls
+      listserv queue ls dev@lists.example.org --json
+    """
+    from listserv import db, delivery_queue, roster
+    from listserv.models import utcnow
+
+    with db.read_session(_state(ctx).engine) as s:
+        address = roster.get_list(s, list_address).address if list_address else None
+        jobs = delivery_queue.jobs(s, address)
+    now = utcnow()
+    lists = [{"list": x.list, **x.counts, "oldest_age_seconds": None if x.oldest is None
+              else int((now - x.oldest).total_seconds())}
+             for x in delivery_queue.summaries(jobs)]
+    if as_json:
+        return _print_json({"lists": lists, "jobs": [vars(j) for j in jobs] if address
+                            else []})
+    if not lists:
+        out.print("the queue is empty")
+        return None
+    out.print("list  " + "  ".join(delivery_queue.STATES) + "  oldest")
+    for x in lists:
+        age = "-" if x["oldest_age_seconds"] is None else _age(x["oldest_age_seconds"])
+        out.print(f"{x['list'] or '(no list)'}  "
+                  + "  ".join(str(x[k]) for k in delivery_queue.STATES) + f"  {age}")
+    if address:
+        out.print("\nid  state  attempts  recipients  age  last error")
+        for j in jobs:
+            out.print(f"{j.id}  {j.state}  {j.attempts}  {j.recipients}  "
+                      f"{_age((now - j.created_at).total_seconds())}  {j.last_error or '-'}")
+    return None
+
+
+@queue_app.command("retry")
+def queue_retry(ctx: typer.Context, ids: Annotated[list[int] | None, typer.Argument(
+        metavar="ID...")] = None, failed: Annotated[bool, typer.Option(
+            "--failed", help="Every failed job.")] = False) -> None:
+    """Send jobs again at once: failed, cancelled or deferred ones, with a fresh retry
+    window. `listserv serve` sends them.
+
+    \b
+    Examples:
+      listserv queue retry 17 18
+      listserv queue retry --failed
+    """
+    from listserv import db, delivery_queue, roster
+
+    if bool(ids) == failed:
+        raise roster.UserError("give the job IDs or --failed, not both nor neither")
+    with db.session(_state(ctx).engine) as s:
+        retried = delivery_queue.retry(s, None if failed else ids)
+        s.commit()
+    out.print(f"{len(retried)} jobs queued again" + (
+        f": {' '.join(map(str, retried))}" if retried else ""))
+
+
+@queue_app.command("cancel")
+def queue_cancel(ctx: typer.Context, ids: IdsArg) -> None:
+    """Take jobs out of the queue: they are not sent (a job being sent right now cannot
+    be taken back; `queue retry` puts a cancelled one back).
+
+    \b
+    Example:
+      listserv queue cancel 17
+    """
+    from listserv import db, delivery_queue
+
+    with db.session(_state(ctx).engine) as s:
+        cancelled = delivery_queue.cancel(s, ids)
+        s.commit()
+    out.print(f"cancelled {' '.join(map(str, cancelled))}")

@@ -1,0 +1,33 @@
+"""The server's listening sockets, bound before anything that names them is built.
+
+Port 0 asks the kernel for a free port. The config the server then runs with names the
+port it got, and so does `[web] base_url` when it names port 0, so that links in mail and
+pages point at the real listener. Parallel test runs start servers this way: a port found
+free and released before the server binds it may be taken by another run in between.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from urllib.parse import urlsplit
+
+from listserv.config import Config
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; IPv6 when the host is an IPv6 address, as uvicorn decides."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family)
+
+
+def bound(config: Config, smtp: socket.socket, web: socket.socket) -> Config:
+    """`config` with the ports the listeners got: the same unless a port was 0."""
+    smtp_port, web_port = smtp.getsockname()[1], web.getsockname()[1]
+    base = urlsplit(config.web.base_url)
+    base_url = config.web.base_url
+    if base.port == 0:
+        base_url = base._replace(netloc=f"{base.hostname}:{web_port}").geturl()
+    return dataclasses.replace(
+        config, smtp=dataclasses.replace(config.smtp, port=smtp_port),
+        web=dataclasses.replace(config.web, port=web_port, base_url=base_url))

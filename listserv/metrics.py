@@ -1,0 +1,128 @@
+"""Prometheus metrics: counters the edges increment, each at one line where the event
+happens, and the queue figures, read from the database when /metrics is scraped.
+
+Counters are this process's own (with several `listserv serve` processes, each reports
+its own and Prometheus adds them up); the queue is shared, so it is read from the
+database, where every process sees the same figures.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from listserv.models import Delivery, DeliveryState
+
+REGISTRY = CollectorRegistry()
+ProcessCollector(registry=REGISTRY)  # memory, CPU and open file descriptors
+
+RECEIVED = Counter("listserv_messages_received", "Messages received (SMTP/LMTP DATA).",
+                   registry=REGISTRY)
+STORED = Counter("listserv_messages_stored",
+                 "Messages stored, per recipient address, by what became of them "
+                 "(accepted, held, discarded, duplicate, loop; other addresses: "
+                 "'request stored', 'bounces stored', ...).", ["state"], registry=REGISTRY)
+REFUSED = Counter("listserv_smtp_refused",
+                  "SMTP replies refusing a connection, sender, recipient or message, by "
+                  "enhanced status code (5.7.1 policy, 4.7.1 rate limit, 5.1.1 no such "
+                  "list, 4.3.0 not stored; without one, by the code: 552 too big).", ["reason"],
+                  registry=REGISTRY)
+INGEST_COMMIT = Histogram("listserv_ingest_commit_seconds",
+                          "Time to commit a group of received messages (the fsync before "
+                          "their 250).", registry=REGISTRY,
+                          buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
+COPIES = Counter("listserv_copies", "Recipients of delivery attempts by outcome: "
+                 "delivered (the smarthost took it), deferred (tried again later), failed "
+                 "(for good).", ["outcome"], registry=REGISTRY)
+BOUNCES = Counter("listserv_bounces", "Bounces and complaints processed, by class.",
+                  ["bounce_class"], registry=REGISTRY)
+DIGESTS = Counter("listserv_digests_sent", "Digest issues built and queued.",
+                  registry=REGISTRY)
+
+# "550 5.7.1 text" -> "5.7.1"; a reply without an enhanced code is counted by its code.
+_REPLY = re.compile(r"([45]\d\d)[ -](?:([45]\.\d{1,3}\.\d{1,3})\b)?")
+
+
+def replied(status: str | bytes) -> None:
+    """Count an SMTP reply the server sends if it refuses something."""
+    text = status.decode("utf-8", "replace") if isinstance(status, bytes) else status
+    found = _REPLY.match(text)
+    if found:
+        REFUSED.labels(found[2] or found[1]).inc()
+
+
+def copies(delivered: int, deferred: int, failed: int) -> None:
+    for outcome, count in (("delivered", delivered), ("deferred", deferred),
+                           ("failed", failed)):
+        if count:
+            COPIES.labels(outcome).inc(count)
+
+
+@dataclass(frozen=True)
+class Queue:
+    """The delivery queue as the database has it, shared by every process."""
+
+    jobs_by_state: dict[str, int] = field(default_factory=dict)
+    oldest_queued: datetime | None = None  # created_at of the oldest job not finished
+
+    def oldest_age(self, now: datetime) -> float | None:
+        """Seconds; None for an empty queue."""
+        if self.oldest_queued is None:
+            return None
+        return max(0.0, (now - self.oldest_queued).total_seconds())
+
+
+_WAITING = (DeliveryState.QUEUED, DeliveryState.SENDING)
+
+
+def read_queue(session: Session) -> Queue:
+    """Two aggregate reads (the ready index serves the second)."""
+    by_state = session.execute(select(Delivery.state, func.count())
+                               .group_by(Delivery.state)).all()
+    oldest = session.scalar(select(func.min(Delivery.created_at))
+                            .where(Delivery.state.in_(_WAITING)))
+    return Queue({state.value: count for state, count in by_state}, _aware(oldest))
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were written as UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+class _QueueCollector(Collector):
+    def __init__(self, queue: Queue, now: datetime) -> None:
+        self.queue, self.now = queue, now
+
+    def collect(self) -> Iterable[Metric]:
+        jobs = GaugeMetricFamily("listserv_delivery_jobs", "Delivery jobs in the database "
+                                 "by state.", labels=["state"])
+        for state, count in sorted(self.queue.jobs_by_state.items()):
+            jobs.add_metric([state], count)
+        age = self.queue.oldest_age(self.now)
+        oldest = GaugeMetricFamily("listserv_oldest_queued_job_seconds",
+                                   "Age of the oldest delivery job not yet done "
+                                   "(0 when none waits).", value=age or 0.0)
+        return iter([jobs, oldest])
+
+
+def exposition(queue: Queue | None, now: datetime) -> bytes:
+    """The whole page: this process's counters, then the queue read for this scrape
+    (left out when the database cannot be reached: the counters still tell)."""
+    page = generate_latest(REGISTRY)
+    if queue is None:
+        return page
+    scrape = CollectorRegistry()
+    scrape.register(_QueueCollector(queue, now))
+    return page + generate_latest(scrape)
+

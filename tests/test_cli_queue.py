@@ -1,0 +1,129 @@
+"""`listserv queue ls/retry/cancel` against a real queue: jobs a real post made, sent
+(or refused) by the real worker to the sink smarthost, each command run as the installed
+console script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from listserv import config as config_mod
+from listserv import db, receive, retention
+from listserv.models import Delivery, utcnow
+from tests.conftest import RunningServer, mails_to, message
+from tests.test_cli import assert_one_line_error, config_file, run_listserv  # noqa: F401
+
+LIST = "dev@lists.example.org"
+ANN, BOB = "ann@example.org", "bob@example.org"
+
+
+def listserv(config: Path, *args: str | Path) -> str:
+    proc = run_listserv("--config", config, *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    return proc.stdout
+
+
+def queue(config: Path, *args: str) -> dict:
+    return json.loads(listserv(config, "queue", "ls", *args, "--json"))
+
+
+def states(engine) -> Counter:
+    """The jobs by state, a queued job already tried counted as "deferred"."""
+    with db.session(engine) as s:
+        return Counter("deferred" if d.state.value == "queued" and d.attempts else d.state.value
+                       for d in s.scalars(select(Delivery)))
+
+
+def wait_for_states(engine, wanted: dict[str, int], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(states(engine)[k] != n
+                                               for k, n in wanted.items()):
+        time.sleep(0.05)
+    assert all(states(engine)[k] == n for k, n in wanted.items()), states(engine)
+
+
+def post(engine, config_path: Path) -> None:
+    """Ann's post, stored and queued as the receiver does it, with no server running."""
+    outcomes = receive.ingest(engine, config_mod.load(config_path), ANN, [LIST],
+                              message("Hello", sender=ANN).encode())
+    assert [o.state for o in outcomes] == ["accepted"]
+
+
+def test_a_cancelled_job_is_never_sent_until_retried(make_list, engine, make_server, sink,
+                                                     config_file):  # noqa: F811
+    make_list(LIST, owner=None, members=[ANN, BOB])
+    post(engine, config_file)
+    [summary] = queue(config_file)["lists"]
+    assert (summary["list"], summary["queued"], summary["sending"], summary["deferred"],
+            summary["failed"]) == (LIST, 1, 0, 0, 0)
+    assert summary["oldest_age_seconds"] >= 0
+    assert queue(config_file)["jobs"] == []  # jobs one by one only for a given list
+    [job] = queue(config_file, LIST)["jobs"]
+    assert (job["state"], job["recipients"], job["attempts"]) == ("queued", 2, 0)
+    assert listserv(config_file, "queue", "cancel", str(job["id"])) == f"cancelled {job['id']}\n"
+    assert queue(config_file)["lists"] == []
+    assert_one_line_error(run_listserv("--config", config_file, "queue", "cancel",
+                                       str(job["id"])), str(job["id"]))
+    post(engine, config_file)  # queued after the cancelled one: claimed after it
+    make_server()
+    wait_for_states(engine, {"done": 1, "cancelled": 1})
+    assert len(mails_to(sink, ANN)) == 1 and len(mails_to(sink, BOB)) == 1
+    listserv(config_file, "queue", "retry", str(job["id"]))
+    assert len(mails_to(sink, ANN, 2)) == 2 and len(mails_to(sink, BOB, 2)) == 2
+
+
+def test_failed_and_deferred_jobs_are_shown_and_sent_again(make_list, engine, config, sink,
+                                                           make_server,
+                                                           config_file):  # noqa: F811
+    make_list(LIST, owner=None, members=[ANN])
+    # A server that gives up at the first temporary failure makes a failed job...
+    impatient = RunningServer(engine, dataclasses.replace(config, delivery=dataclasses.replace(
+        config.delivery, retry_max_hours=0))).start()
+    sink.data_replies = ["451 4.3.0 try later"]
+    post(engine, config_file)
+    wait_for_states(engine, {"failed": 1})
+    impatient.stop()
+    # ...and one that retries in an hour a deferred one.
+    make_server(delivery={"retry_initial_seconds": 3600})
+    sink.data_replies = ["451 4.3.0 try later"]
+    post(engine, config_file)
+    wait_for_states(engine, {"failed": 1, "deferred": 1})
+    [summary] = queue(config_file)["lists"]
+    assert (summary["queued"], summary["deferred"], summary["failed"]) == (0, 1, 1)
+    text = listserv(config_file, "queue", "ls", LIST)
+    assert text.splitlines()[0].split() == ["list", "queued", "sending", "deferred",
+                                            "failed", "oldest"]
+    assert text.count("451 4.3.0 try later") == 2  # each job's last error
+    assert listserv(config_file, "queue", "retry", "--failed").startswith("1 jobs queued again")
+    deferred = next(j["id"] for j in queue(config_file, LIST)["jobs"]
+                    if j["state"] == "deferred")
+    listserv(config_file, "queue", "retry", str(deferred))
+    wait_for_states(engine, {"done": 2})
+    assert len(mails_to(sink, ANN, 2)) == 2
+
+
+def test_retry_needs_ids_or_failed(config_file):  # noqa: F811
+    assert_one_line_error(run_listserv("--config", config_file, "queue", "retry"), "--failed")
+    assert_one_line_error(run_listserv("--config", config_file, "queue", "retry", "7"), "7")
+
+
+def test_a_cancelled_job_goes_with_retention_like_a_sent_one(make_list, engine,
+                                                              config_file):  # noqa: F811
+    make_list(LIST, owner=None, members=[ANN])
+    post(engine, config_file)
+    [job] = queue(config_file, LIST)["jobs"]
+    listserv(config_file, "queue", "cancel", str(job["id"]))
+    config = config_mod.load(config_file)
+    with db.session(engine) as s:
+        s.execute(update(Delivery).values(
+            done_at=utcnow() - timedelta(days=config.retention.delivered_days + 1)))
+        s.commit()
+    assert retention.sweep(engine, config.retention).deliveries == 1
+    assert states(engine) == Counter()
