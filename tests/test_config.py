@@ -13,7 +13,7 @@ import pytest
 from listserv import config as config_mod
 from listserv import db, roster
 from listserv.config import Config
-from tests.test_cli import LIST, assert_one_line_error, run_listserv, write_config
+from tests.helpers import LIST, assert_one_line_error, run_listserv, write_config
 
 ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "config.example.toml"

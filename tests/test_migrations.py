@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 
 from listserv import db
 from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
-from tests.test_cli import (
+from tests.helpers import (
     assert_one_line_error,
     ports_logged,
     run_listserv,

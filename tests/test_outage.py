@@ -25,14 +25,16 @@ from pathlib import Path
 import pytest
 
 from listserv import db, supervise
-from tests import test_deliver
-from tests.conftest import free_port
-from tests.test_crash import import_members
-from tests.test_deliver import LIST, Serve, Smarthost, post, settled, wait_until
-
-make_sink = test_deliver.make_sink
-make_serve = test_deliver.make_serve
-sink = test_deliver.sink
+from tests.helpers import (
+    LIST,
+    Serve,
+    Smarthost,
+    free_port,
+    import_members,
+    post,
+    settled,
+    wait_until,
+)
 
 CONCURRENCY = 2
 BATCH = 2  # Serve's max_recipients_per_transaction
