@@ -30,13 +30,8 @@ from listserv.config import (
 )
 from listserv.models import MailingList, Role
 from tests.dns_server import DnsServer
-from tests.helpers import (
-    RunningServer,
-    Serve,
-    Smarthost,
-    SmarthostController,
-    write_config,
-)
+from tests.helpers import write_config
+from tests.servers import RunningServer, Serve, Smarthost, SmarthostController
 
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
 

@@ -24,17 +24,8 @@ from typer.testing import Result
 from listserv import config as config_mod
 from listserv import db, receive
 from listserv.cli import app
-from tests.helpers import (
-    CORPUS,
-    LIST,
-    as_json,
-    assert_one_line_error,
-    message,
-    ok,
-    ports_logged,
-    run_listserv,
-    start_serve,
-)
+from tests.helpers import CORPUS, LIST, as_json, assert_one_line_error, message, ok, run_listserv
+from tests.servers import ports_logged, start_serve
 
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
 NOTMUCH_PARENTS = CORPUS / "threads" / "expected" / "notmuch-list-2009.threads.json"

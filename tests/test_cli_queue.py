@@ -16,14 +16,8 @@ from sqlalchemy import select, update
 from listserv import config as config_mod
 from listserv import db, receive, retention
 from listserv.models import Delivery, utcnow
-from tests.helpers import (
-    RunningServer,
-    assert_one_line_error,
-    mails_to,
-    message,
-    run_listserv,
-    wait_until,
-)
+from tests.helpers import assert_one_line_error, mails_to, message, run_listserv, wait_until
+from tests.servers import RunningServer
 
 LIST = "dev@lists.example.org"
 ANN, BOB = "ann@example.org", "bob@example.org"

@@ -20,18 +20,8 @@ from sqlalchemy.engine import Engine
 
 from listserv import db
 from listserv.models import Message, MessageKind, MessageState
-from tests.helpers import (
-    LIST,
-    SENDER,
-    Serve,
-    Smarthost,
-    import_members,
-    message,
-    message_id,
-    post,
-    settled,
-    wait_until,
-)
+from tests.helpers import LIST, SENDER, message, message_id, post, settled, wait_until
+from tests.servers import Serve, Smarthost, import_members
 
 pytestmark = pytest.mark.slow  # kill -9 of `listserv serve` processes, thousands of copies
 

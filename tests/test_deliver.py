@@ -14,17 +14,8 @@ from listserv import db, store
 from listserv.config import DeliveryConfig
 from listserv.deliver import backoff
 from listserv.models import Delivery, DeliveryState, RecipientFailure, utcnow
-from tests.helpers import (
-    LIST,
-    SENDER,
-    Smarthost,
-    free_port,
-    jobs,
-    message_id,
-    post,
-    settled,
-    wait_until,
-)
+from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
+from tests.servers import Smarthost
 
 MEMBERS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
 

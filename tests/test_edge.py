@@ -19,17 +19,8 @@ from sqlalchemy import func, select, update
 
 from listserv import db
 from listserv.models import MailingList, Message, NonmemberAction
-from tests.helpers import (
-    connect,
-    connect_when_counted_out,
-    delivered_to,
-    free_port,
-    mails_to,
-    message,
-    wait_for_smtp,
-    wait_until,
-    write_config,
-)
+from tests.helpers import delivered_to, free_port, mails_to, message, wait_until, write_config
+from tests.servers import connect, connect_when_counted_out, wait_for_smtp
 
 LIST = "dev@lists.example.org"
 OWNER_ADDRESS = "dev-owner@lists.example.org"

@@ -32,7 +32,8 @@ from listserv import db, digest, receive, roster
 from listserv.compose import quote_id
 from listserv.models import DigestIssue, Message, utcnow
 from listserv.protocol import ListSMTP
-from tests.helpers import CORPUS, LIST, RunningServer, message, nested_body
+from tests.helpers import CORPUS, LIST, message, nested_body
+from tests.servers import RunningServer
 
 pytestmark = pytest.mark.slow  # thousands of generated mails, 100 MB lines
 

@@ -25,16 +25,8 @@ from pathlib import Path
 import pytest
 
 from listserv import db, supervise
-from tests.helpers import (
-    LIST,
-    Serve,
-    Smarthost,
-    free_port,
-    import_members,
-    post,
-    settled,
-    wait_until,
-)
+from tests.helpers import LIST, free_port, post, settled, wait_until
+from tests.servers import Serve, Smarthost, import_members
 
 CONCURRENCY = 2
 BATCH = 2  # Serve's max_recipients_per_transaction

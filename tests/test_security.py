@@ -25,8 +25,6 @@ from tests.helpers import (
     LIST,
     Elements,
     assert_one_line_error,
-    connect,
-    connect_when_counted_out,
     mails_to,
     message,
     no_mail_markup,
@@ -34,6 +32,7 @@ from tests.helpers import (
     web,
     write_config,
 )
+from tests.servers import connect, connect_when_counted_out
 
 READER = "reader@example.net"
 
