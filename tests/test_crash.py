@@ -25,9 +25,6 @@ from tests.servers import Serve, Smarthost, import_members
 
 pytestmark = pytest.mark.slow  # kill -9 of `listserv serve` processes, thousands of copies
 
-# The fixtures of test_deliver: its smarthost counting copies, and `listserv serve` run
-# as a process from a config file.
-
 # Members of the fan-out and kills during it: 2,000 and 3 in CI; `bench/crash.py` runs
 # the same test with 10,000 members and 5 kills.
 FAN_OUT_MEMBERS = int(os.environ.get("LISTSERV_CRASH_MEMBERS", "2000"))

@@ -17,7 +17,7 @@ from listserv.models import Delivery, DeliveryState, RecipientFailure, utcnow
 from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
 from tests.servers import Smarthost
 
-MEMBERS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
+MEMBERS = [SENDER, "b@example.com", "c@example.com", "d@example.com"]
 
 
 def many_members(count: int) -> list[str]:
@@ -26,7 +26,6 @@ def many_members(count: int) -> list[str]:
 
 
 # --- the smarthost ----------------------------------------------------------------------
-
 
 @pytest.fixture(params=[False, True], ids=["no-pipelining", "pipelining"])
 def pipelining(request: pytest.FixtureRequest, sink: Smarthost) -> bool:
