@@ -1,29 +1,25 @@
-"""Fixtures: a real database (SQLite file, or PostgreSQL when LISTSERV_TEST_DATABASE_URL
-is set), a real SMTP sink standing in for the smarthost, and a running server."""
+"""Every fixture, so that tests name them without importing: a real database (SQLite
+file, or PostgreSQL when LISTSERV_TEST_DATABASE_URL is set), a real SMTP sink standing in
+for the smarthost, a running server, and the command line. What they are built from is
+in tests/helpers.py."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import gzip
 import os
-import shutil
-import smtplib
 import socket
-import tempfile
-import threading
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
+from typer.testing import CliRunner, Result
 
-from listserv import db, roster, server
+from listserv import db, roster
+from listserv.cli import app
 from listserv.config import (
     Config,
     DatabaseConfig,
@@ -34,37 +30,10 @@ from listserv.config import (
 )
 from listserv.models import MailingList, Role
 from tests.dns_server import DnsServer
+from tests.helpers import write_config
+from tests.servers import RunningServer, Serve, Smarthost, SmarthostController
 
-DATA = Path(__file__).parent / "data"
-CORPUS = DATA / "corpus"
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
-_UNPACKED = Path(tempfile.gettempdir()) / "listserv-test-corpus"
-
-
-def corpus_path(relative: str) -> Path:
-    """A corpus file by its name in the corpus README. Files over 2 MB are kept gzipped
-    in the repository (`NAME.gz`, the same bytes); they are unpacked once per machine."""
-    path = CORPUS / relative
-    packed = path.with_name(path.name + ".gz")
-    if path.exists() or not packed.exists():
-        return path
-    target = _UNPACKED / relative
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f"{target.name}.{os.getpid()}")
-        with gzip.open(packed) as src, partial.open("wb") as dst:
-            shutil.copyfileobj(src, dst)
-        partial.replace(target)  # atomic: parallel runs never read half a file
-    return target
-
-
-def free_port() -> int:
-    """A port nothing listens on now: for tests of a closed port, and for a subprocess
-    server restarted on the same port. Servers started in-process bind port 0 instead:
-    a port found free and released may be taken by a parallel test before it is bound."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -101,96 +70,28 @@ def engine(db_url: str) -> Iterator[Engine]:
 
 # --- the smarthost ----------------------------------------------------------------------
 
-@dataclass
-class Received:
-    mail_from: str
-    rcpt_tos: list[str]
-    data: bytes
+@pytest.fixture
+def make_sink() -> Iterator[Callable[..., Smarthost]]:
+    """Start smarthosts: make_sink(port=...) on a given port, make_sink(timeout=1) with
+    aiosmtpd's idle timeout (it hangs up on a connection silent that long)."""
+    controllers: list[Controller] = []
 
-
-@dataclass
-class SinkHandler:
-    """Collects what the server delivers; replies can be scripted per recipient."""
-
-    received: list[Received] = field(default_factory=list)
-    rcpt_replies: dict[str, list[str]] = field(default_factory=dict)  # address -> replies
-    data_replies: list[str] = field(default_factory=list)  # consumed one per DATA
-    pipelining: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        session.host_name = hostname
-        if self.pipelining:
-            responses.insert(-1, "250-PIPELINING")
-        return responses
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        with self.lock:
-            scripted = self.rcpt_replies.get(address)
-            reply = scripted.pop(0) if scripted else None
-        if reply and not reply.startswith("2"):
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        with self.lock:
-            reply = self.data_replies.pop(0) if self.data_replies else None
-            if reply and not reply.startswith("2"):
-                return reply
-            self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos),
-                                          envelope.original_content))
-        return "250 OK queued"
-
-    def recipients(self) -> list[str]:
-        with self.lock:
-            return [r for m in self.received for r in m.rcpt_tos]
-
-    def wait_for(self, count: int, timeout: float = 15.0) -> list[str]:
-        """Block until `count` recipients have arrived (or time out), then return them."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and len(self.recipients()) < count:
-            time.sleep(0.05)
-        return self.recipients()
-
-    def copies_to(self, rcpt: str, count: int = 1, timeout: float = 15.0) -> list[bytes]:
-        """Block until `count` copies to `rcpt` have arrived (or time out); their bytes.
-
-        Waiting for a total count is not enough when several recipients are sent at once:
-        the one a test looks at may be the last to arrive."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.lock:
-                got = [m.data for m in self.received if rcpt in m.rcpt_tos]
-            if len(got) >= count or time.monotonic() > deadline:
-                return got
-            time.sleep(0.05)
-
-
-class SinkController(Controller):
-    """aiosmtpd's controller, by default on port 0: the kernel picks a free port, read
-    back once bound (aiosmtpd's own controller would go on to connect to port 0)."""
-
-    def __init__(self, handler: object, port: int = 0, **smtp_options: object) -> None:
-        super().__init__(handler, hostname="127.0.0.1", port=port, **smtp_options)
-
-    async def _bound(self) -> asyncio.AbstractServer:
-        server = await super()._create_server()
-        self.port = server.sockets[0].getsockname()[1]
-        return server
-
-    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
-        return self._bound()
+    def make(port: int | None = None, **smtp_options: object) -> Smarthost:
+        handler = Smarthost()
+        controller = SmarthostController(handler, port=port or 0, **smtp_options)
+        controller.start()
+        controllers.append(controller)
+        handler.port = controller.port  # type: ignore[attr-defined]
+        return handler
+    yield make
+    for controller in controllers:
+        controller.stop()
 
 
 @pytest.fixture
-def sink() -> Iterator[SinkHandler]:
-    handler = SinkHandler()
-    controller = SinkController(handler)
-    controller.start()
-    handler.port = controller.port  # type: ignore[attr-defined]
-    yield handler
-    controller.stop()
+def sink(make_sink: Callable[..., Smarthost]) -> Smarthost:
+    """The smarthost `config` and `running` deliver to."""
+    return make_sink()
 
 
 @pytest.fixture
@@ -205,7 +106,7 @@ def dns_server() -> Iterator[DnsServer]:
 # --- the server -------------------------------------------------------------------------
 
 @pytest.fixture
-def config(db_url: str, sink: SinkHandler, dns_server: DnsServer) -> Config:
+def config(db_url: str, sink: Smarthost, dns_server: DnsServer) -> Config:
     """Listeners on port 0: a running server's own config (`running.config`) names the
     ports it got, and its base_url the web port."""
     return Config(
@@ -218,47 +119,6 @@ def config(db_url: str, sink: SinkHandler, dns_server: DnsServer) -> Config:
                       secret="test-secret"),
         dns=DnsConfig(nameserver="127.0.0.1", port=dns_server.port),
     )
-
-
-class RunningServer:
-    """`listserv serve` in a thread with its own event loop, as the CLI runs it; once
-    started, `config` names the ports it listens on."""
-
-    def __init__(self, engine: Engine, config: Config) -> None:
-        self.engine = engine
-        self.config = config
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.stop_event: asyncio.Event | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.ready = threading.Event()
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self.stop_event = asyncio.Event()
-            await server.serve(self.engine, self.config, self.stop_event, self._listening)
-        asyncio.run(main())
-
-    def _listening(self, config: Config) -> None:
-        self.config = config
-        self.ready.set()
-
-    def start(self) -> RunningServer:
-        self.thread.start()
-        assert self.ready.wait(10), "server did not start"
-        return self
-
-    def stop(self) -> None:
-        if self.loop and self.stop_event:
-            self.loop.call_soon_threadsafe(self.stop_event.set)
-        self.thread.join(15)
-
-    def smtp(self) -> smtplib.SMTP:
-        return smtplib.SMTP(self.config.smtp.host, self.config.smtp.port, timeout=10)
-
-    def send(self, mail_from: str, rcpts: list[str], data: bytes | str) -> dict:
-        with self.smtp() as client:
-            return client.sendmail(mail_from, rcpts, data)
 
 
 @pytest.fixture
@@ -302,44 +162,33 @@ def make_list(engine: Engine) -> Callable[..., MailingList]:
     return make
 
 
-def message(subject: str = "Hello", *, sender: str = "bob@example.com",
-            to: str = "dev@lists.example.org", body: str = "Hi all.\n",
-            headers: dict[str, str] | None = None) -> str:
-    """A small plain-text post as a client would send it."""
-    lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}",
-             f"Message-ID: <{uuid.uuid4().hex}@example.com>",
-             "Date: Thu, 26 Nov 2026 10:00:00 +0000"]
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
-    return "\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")
+# --- processes and the command line ----------------------------------------------------
+
+@pytest.fixture
+def make_serve(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Serve]]:
+    started: list[Serve] = []
+
+    def make(smarthost_port: int, name: str = "serve", concurrency: int = 1) -> Serve:
+        srv = Serve(tmp_path, db_url, smarthost_port, name, concurrency)
+        started.append(srv)
+        return srv
+    yield make
+    for srv in started:
+        if srv.proc is not None and srv.proc.poll() is None:
+            srv.proc.kill()
+            srv.proc.wait()
 
 
-# --- mail the server writes to one address (self-service tests) -------------------------
-
-def mails_to(sink: SinkHandler, address: str, count: int = 1, timeout: float = 15.0) -> list:
-    """Block until `count` mails for `address` reached the smarthost; they, parsed, in order."""
-    import email
-    import email.policy
-
-    return [email.message_from_bytes(d, policy=email.policy.default)
-            for d in sink.copies_to(address, count, timeout)]
+@pytest.fixture
+def config_file(tmp_path: Path, db_url: str) -> Path:
+    return write_config(tmp_path / "listserv.toml", db_url)
 
 
-def delivered_to(engine: Engine, sink: SinkHandler, address: str,
-                 timeout: float = 15.0) -> int:
-    """How many mails reached `address` once the server sent all it had queued.
+@pytest.fixture
+def cli(config_file: Path) -> Callable[..., Result]:
+    """cli("list", "ls", "--json"): `listserv --config FILE ...` in process."""
+    runner = CliRunner()
 
-    Everything the server answers for is queued before its 250, and a delivery is marked
-    done only after the smarthost's 250, so an empty queue means the count is final.
-    """
-    from sqlalchemy import select
-
-    from listserv.models import Delivery, DeliveryState
-
-    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with db.session(engine) as s:
-            if s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None:
-                break
-        time.sleep(0.05)
-    return len(mails_to(sink, address, 0))
+    def invoke(*args: str | Path) -> Result:
+        return runner.invoke(app, ["--config", str(config_file), *map(str, args)])
+    return invoke

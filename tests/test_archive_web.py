@@ -10,28 +10,33 @@ import email.policy
 import mailbox
 import re
 from email.message import EmailMessage
-from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
-import httpx
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select
 from typer.testing import CliRunner
 
 from listserv import archive, compose, db, search, tokens
 from listserv.cli import app
 from listserv.models import ArchivePolicy, MailingList, Message, ThreadNode, ThreadSummary
-from tests.conftest import CORPUS, mails_to, message
+from tests.helpers import (
+    BOB,
+    CORPUS,
+    CSP,
+    LIST,
+    SECRET,
+    Elements,
+    mails_to,
+    message,
+    no_mail_markup,
+    set_archive,
+    web,
+)
 
-LIST = "dev@lists.example.org"
 ALICE = "alice@example.com"
-BOB = "bob@example.com"
 STRANGER = "mallory@example.net"
-SECRET = "test-secret"  # [web] secret of the `config` fixture
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -69,10 +74,6 @@ def mail(subject: str, message_id: str, *, date: str = "Thu, 26 Nov 2026 10:00:0
     return ("\n".join(lines) + "\n\n" + body).encode()
 
 
-def web(running) -> httpx.Client:
-    return httpx.Client(base_url=running.config.web.base_url, timeout=20)
-
-
 def url(kind: str, value: str) -> str:
     return f"/{LIST}/{kind}/{compose.quote_id(value)}/"
 
@@ -84,13 +85,6 @@ def thread_links(page: str) -> list[str]:
 def stored_raw(engine, message_id: str) -> bytes:
     with db.session(engine) as s:
         return s.scalars(select(Message.raw).where(Message.message_id == message_id)).one()
-
-
-def set_archive(engine, policy: ArchivePolicy, address: str = LIST) -> None:
-    with db.session(engine) as s:
-        s.execute(update(MailingList).where(MailingList.address == address)
-                  .values(archive=policy))
-        s.commit()
 
 
 # --- the front page and the list page ---------------------------------------------------
@@ -404,35 +398,6 @@ def html_only_post(subject: str) -> str:
         '<p onclick="alert(3)">Hello <b>there</b></p><script>alert("html")</script>'
         '<img src="http://evil.example/track.png"><a href="javascript:alert(4)">x</a>'
         '<iframe src="http://evil.example/"></iframe>'])
-
-
-class Elements(HTMLParser):
-    """Every element of a page with its attributes, as a browser's parser sees them."""
-
-    def __init__(self, page: str) -> None:
-        super().__init__()
-        self.found: list[tuple[str, dict[str, str]]] = []
-        self.chunks: list[str] = []
-        self.feed(page)
-        self.text = "".join(self.chunks)  # what a reader sees, entities decoded
-
-    def handle_data(self, data: str) -> None:
-        self.chunks.append(data)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.found.append((tag, {k: v or "" for k, v in attrs}))
-
-
-def no_mail_markup(page: str) -> None:
-    """Nothing on the page can run or fetch: escaped mail text is fine, markup is not."""
-    for tag, attrs in Elements(page).found:
-        assert tag not in {"script", "iframe", "object", "embed", "base"}, tag
-        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
-        for name in ("href", "src", "action"):
-            value = attrs.get(name, "").strip().lower()
-            assert not value.startswith(("javascript:", "data:text")), (tag, attrs)
-        if tag == "img":
-            assert not attrs.get("src", "").startswith(("http:", "https:", "//")), attrs
 
 
 def test_hostile_posts_are_shown_inert_on_every_page(running, make_list):

@@ -16,8 +16,7 @@ import pytest
 
 from listserv.bounce import BounceClass, classify, parse_bounce, refusal, verp_recipient
 from listserv.relay import MAIL_REFUSED, Reply, refuses_recipient
-from tests.conftest import CORPUS, corpus_path
-from tests.test_cli import assert_one_line_error, run_listserv
+from tests.helpers import CORPUS, assert_one_line_error, corpus_path, run_listserv
 
 BOUNCES = CORPUS / "bounces"
 

@@ -28,35 +28,28 @@ from listserv.models import (
     Role,
     utcnow,
 )
-from tests.conftest import CORPUS, delivered_to, mails_to, message
-from tests.test_cli import as_json, cli, config_file, ok  # noqa: F401  (fixtures)
+from tests.helpers import (
+    BOB,
+    BOB_VERP,
+    LIST,
+    MAILBOX,
+    TRANSIENT,
+    as_json,
+    bounce,
+    delivered_to,
+    dsn,
+    mails_to,
+    message,
+    ok,
+)
 
-LIST = "dev@lists.example.org"
-BOB = "bob@example.com"
 CAROL = "carol@example.net"
 OWNER = "owner@example.org"
-BOB_VERP = "dev-bounces+bob=example.com@lists.example.org"
 BOUNCES = "dev-bounces@lists.example.org"
 
 # Real bounces from the corpus, with the address they name.
-MAILBOX = ("bounces/sisimai/lhost-postfix-01.eml", "kijitora@example.org")  # 5.1.1
 POLICY = ("bounces/sisimai/lhost-barracuda-01.eml", "kijitora@example.org")  # 5.7.1 UBE
-TRANSIENT = ("bounces/flufl/dsn_05.eml", "userx@example.cz")  # 4.4.1 delayed
 COMPLAINT = ("messages/auto/arf-16.eml", "kijitora@example.com")  # ARF, abuse
-
-
-def dsn(sample: tuple[str, str], address: str = BOB, **replace: str) -> bytes:
-    """A corpus bounce about `address` instead of the one it names."""
-    name, named = sample
-    raw = (CORPUS / name).read_bytes().replace(named.encode(), address.encode())
-    for old, new in replace.items():
-        raw = raw.replace(old.encode(), new.encode())
-    return raw
-
-
-def bounce(running, raw: bytes, to: str = BOB_VERP) -> None:
-    """A bounce arrives as bounces do: from the null sender."""
-    running.send("", [to], raw)
 
 
 def age(engine, days: float) -> None:
@@ -84,7 +77,7 @@ def events(engine) -> list[BounceEvent]:
         return list(s.scalars(select(BounceEvent).order_by(BounceEvent.id)))
 
 
-def status_of(cli, address: str = BOB) -> dict:  # noqa: F811
+def status_of(cli, address: str = BOB) -> dict:
     rows = as_json(cli("member", "ls", LIST, "--json"))
     return next(r for r in rows if r["address"] == address and r["role"] == "member")
 
@@ -116,7 +109,7 @@ def test_each_copy_goes_out_with_its_recipients_verp_sender(running, make_list, 
         (OWNER,): "dev-bounces+owner=example.org@lists.example.org"}
 
 
-def test_with_verp_off_copies_share_the_bounce_address(running, make_list, sink, engine, cli):  # noqa: F811
+def test_with_verp_off_copies_share_the_bounce_address(running, make_list, sink, engine, cli):
     make_list(members=[BOB, CAROL])
     assert "verp = off" in ok(cli("list", "set", LIST, "verp", "off")).stdout
     assert as_json(cli("list", "show", LIST, "--json"))["verp"] == "off"
@@ -133,7 +126,7 @@ def test_a_verp_bounce_is_routed_to_the_list(running, make_list):
 # --- scoring ----------------------------------------------------------------------------
 
 def test_a_dead_mailbox_raises_the_score_and_bounce_ls_shows_it(running, make_list, engine,
-                                                                 cli):  # noqa: F811
+                                                                 cli):
     make_list(members=[BOB])
     bounce(running, dsn(MAILBOX))
     assert status_of(cli)["bounce_score"] == 1.0
@@ -170,7 +163,7 @@ def test_at_most_one_bounce_a_day_counts(running, make_list, engine):
     assert [e.counted for e in events(engine)] == [True, False, False]
 
 
-def test_five_days_of_dead_mailbox_disable_delivery(running, make_list, engine, sink, cli):  # noqa: F811
+def test_five_days_of_dead_mailbox_disable_delivery(running, make_list, engine, sink, cli):
     make_list(members=[BOB, CAROL])
     bounce_on_days(running, engine, dsn(MAILBOX), 4)
     assert status_of(cli)["delivery_status"] == "enabled"
@@ -187,7 +180,7 @@ def test_five_days_of_dead_mailbox_disable_delivery(running, make_list, engine, 
 
 
 def test_policy_refusals_never_disable_and_blame_the_authors_domain(running, make_list,
-                                                                     engine, sink, cli):  # noqa: F811
+                                                                     engine, sink, cli):
     make_list(members=[BOB, CAROL])
     post = message("Hello", sender=CAROL)
     msgid = re.search(r"Message-ID: <([^>]+)>", post).group(1)
@@ -206,14 +199,14 @@ def test_policy_refusals_never_disable_and_blame_the_authors_domain(running, mak
     assert "posts from example.net: 6" in text
 
 
-def test_transient_failures_never_count(running, make_list, engine, cli):  # noqa: F811
+def test_transient_failures_never_count(running, make_list, engine, cli):
     make_list(members=[BOB])
     bounce_on_days(running, engine, dsn(TRANSIENT), 6)
     assert member(engine).bounce_score == 0.0 and member(engine).disabled_by is None
     assert {r["class"] for r in as_json(cli("bounce", "ls", LIST, "--json"))} == {"transient"}
 
 
-def test_a_score_goes_stale_after_a_week_without_bounces(running, make_list, engine, cli):  # noqa: F811
+def test_a_score_goes_stale_after_a_week_without_bounces(running, make_list, engine, cli):
     make_list(members=[BOB])
     bounce_on_days(running, engine, dsn(MAILBOX), 4)
     assert status_of(cli)["bounce_score"] == 4.0
@@ -237,7 +230,7 @@ UNKNOWN_LOCAL = ("550 5.1.1 <bob@example.com>: Recipient address rejected: User 
                  "in local recipient table")
 
 
-def test_a_smarthost_refusal_counts_as_a_dsn_would(running, make_list, engine, sink, cli):  # noqa: F811
+def test_a_smarthost_refusal_counts_as_a_dsn_would(running, make_list, engine, sink, cli):
     make_list(members=[BOB, CAROL])
     near_threshold(engine)
     sink.rcpt_replies[BOB] = [UNKNOWN_LOCAL]  # the post's copy; the warning goes through
@@ -253,7 +246,7 @@ def test_a_smarthost_refusal_counts_as_a_dsn_would(running, make_list, engine, s
 
 
 def test_a_smarthost_refusal_of_the_content_blames_the_author(running, make_list, engine,
-                                                               sink, cli):  # noqa: F811
+                                                               sink, cli):
     make_list(members=[BOB], owner=None)
     sink.data_replies = ["554 5.7.1 Message rejected as spam"]
     running.send(BOB, [LIST], message("Hello", sender=BOB))
@@ -286,7 +279,7 @@ def reenable_link(mail) -> str:
     return re.search(r"http://\S+/reenable/\S+", mail.get_content()).group(0)
 
 
-def test_the_reenable_link_turns_delivery_back_on(running, make_list, engine, sink, cli):  # noqa: F811
+def test_the_reenable_link_turns_delivery_back_on(running, make_list, engine, sink, cli):
     make_list(members=[BOB])
     near_threshold(engine)
     bounce(running, dsn(MAILBOX))
@@ -309,7 +302,7 @@ def test_the_reenable_link_turns_delivery_back_on(running, make_list, engine, si
 
 
 def test_warnings_go_out_on_schedule_then_the_member_is_removed(running, make_list, engine,
-                                                                 sink, cli):  # noqa: F811
+                                                                 sink, cli):
     make_list(members=[BOB])
     near_threshold(engine)
     bounce(running, dsn(MAILBOX))
@@ -357,7 +350,7 @@ def test_an_owner_who_is_also_a_member_keeps_the_owner_role(running, make_list, 
 # --- spam complaints --------------------------------------------------------------------
 
 def test_a_spam_complaint_unsubscribes_without_a_goodbye(running, make_list, engine, sink,
-                                                          cli):  # noqa: F811
+                                                          cli):
     make_list(members=[BOB, CAROL])
     bounce(running, dsn(COMPLAINT), to=BOUNCES)
     assert member(engine) is None and member(engine, CAROL) is not None
@@ -439,7 +432,6 @@ def test_an_unknown_failure_counts_when_it_repeats(running, make_list, engine):
     bounce(running, unknown)
     assert [e.bounce_class for e in events(engine)] == ["unknown", "unknown"]
     assert member(engine).bounce_score == 0.5
-
 
 
 # --- the schema -------------------------------------------------------------------------

@@ -14,10 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from listserv import bouncing, compose, db
-from tests.conftest import CORPUS
-from tests.test_cli import cli, ok, write_config
-
-__all__ = ["cli"]  # a fixture, used by name
+from tests.helpers import CORPUS, ok, write_config
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the browser test needs playwright (the test extras)")

@@ -8,83 +8,27 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import signal
 import smtplib
 import subprocess
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import NamedTuple
 
 import pytest
 import typer
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Engine
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from listserv import config as config_mod
 from listserv import db, receive
 from listserv.cli import app
-from tests.conftest import CORPUS, message
+from tests.helpers import CORPUS, LIST, as_json, assert_one_line_error, message, ok, run_listserv
+from tests.servers import ports_logged, start_serve
 
-LIST = "dev@lists.example.org"
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
 NOTMUCH_PARENTS = CORPUS / "threads" / "expected" / "notmuch-list-2009.threads.json"
-
-
-def run_listserv(*args: str | Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The installed console script as a user runs it: no tty, a narrow terminal."""
-    script = Path(sys.executable).parent / "listserv"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
-    # At 40 columns, an error that rich wraps at the terminal width is no longer one line.
-    clean["COLUMNS"] = "40"
-    return subprocess.run([str(script), *map(str, args)], env={**clean, **(env or {})},
-                          cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=120)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess[str], *named: str) -> None:
-    """What the issue promises for every error: one line on stderr naming it, exit 1."""
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stdout == ""
-    assert len(proc.stderr.splitlines()) == 1, proc.stderr
-    for word in named:
-        assert word in proc.stderr
-
-
-def write_config(path: Path, db_url: str, extra: str = "") -> Path:
-    path.write_text(f'[database]\nurl = "{db_url}"\n{extra}', encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def config_file(tmp_path: Path, db_url: str) -> Path:
-    return write_config(tmp_path / "listserv.toml", db_url)
-
-
-@pytest.fixture
-def cli(config_file: Path) -> Callable[..., Result]:
-    """cli("list", "ls", "--json"): `listserv --config FILE ...` in process."""
-    runner = CliRunner()
-
-    def invoke(*args: str | Path) -> Result:
-        return runner.invoke(app, ["--config", str(config_file), *map(str, args)])
-    return invoke
-
-
-def ok(result: Result) -> Result:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def as_json(result: Result) -> object:
-    """stdout must be the JSON document and nothing else: json.loads refuses anything more."""
-    return json.loads(ok(result).stdout)
 
 
 def roles(cli: Callable[..., Result], list_address: str = LIST) -> set[tuple[str, str]]:
@@ -403,54 +347,6 @@ def test_db_upgrade_on_a_fresh_database_and_again(cli, db_url):
         engine.dispose()
     ok(cli("list", "create", LIST))
     assert [r["address"] for r in as_json(cli("list", "ls", "--json"))] == [LIST]
-
-
-def wait_for_smtp(port: int, proc: subprocess.Popen, deadline: float) -> None:
-    """Block until the server answers on its SMTP port (or has died)."""
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-                client.noop()
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError("listserv serve did not start")
-
-
-class Started(NamedTuple):
-    smtp_port: int
-    web_port: int
-    log: str  # what the server logged up to and with its "listening" line
-
-
-def ports_logged(proc: subprocess.Popen) -> Started:
-    """Block until the server logs that it listens; the SMTP and web ports it names."""
-    lines = []
-    for line in proc.stderr:
-        lines.append(line)
-        if found := re.search(r" listening: \w+ on [^ ]+:(\d+), web on http://[^/]+:(\d+)/",
-                              line):
-            return Started(int(found[1]), int(found[2]), "".join(lines))
-    raise AssertionError("listserv serve did not start: " + "".join(lines))
-
-
-def start_serve(tmp_path: Path, db_url: str, smarthost_port: int, *args: str
-                ) -> subprocess.Popen:
-    """`listserv serve ARGS` as a user starts it, on ports 0 (any free ones: see
-    ports_logged)."""
-    config = write_config(tmp_path / "serve.toml", db_url, f"""
-[smtp]
-port = 0
-[delivery]
-smarthost_port = {smarthost_port}
-[web]
-port = 0
-base_url = "http://127.0.0.1:0"
-""")
-    script = Path(sys.executable).parent / "listserv"
-    return subprocess.Popen([str(script), "--config", str(config), "serve", *args],
-                            cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow

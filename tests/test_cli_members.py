@@ -12,9 +12,17 @@ from pathlib import Path
 
 from listserv import config as config_mod
 from listserv import receive
-from tests.conftest import DATA, mails_to, message
-from tests.test_bounces import MAILBOX, TRANSIENT, bounce, dsn
-from tests.test_cli import assert_one_line_error, config_file, run_listserv  # noqa: F401
+from tests.helpers import (
+    DATA,
+    MAILBOX,
+    TRANSIENT,
+    assert_one_line_error,
+    bounce,
+    dsn,
+    mails_to,
+    message,
+    run_listserv,
+)
 
 LIST = "dev@lists.example.org"
 OTHER = "ops@lists.example.org"
@@ -37,7 +45,7 @@ def members(config: Path, list_address: str = LIST) -> dict[str, tuple[str, str]
 
 # --- member import ----------------------------------------------------------------------
 
-def test_google_groups_export_is_imported_as_downloaded(make_list, config_file):  # noqa: F811
+def test_google_groups_export_is_imported_as_downloaded(make_list, config_file):
     make_list(LIST, owner=None)
     proc = run_listserv("--config", config_file, "member", "import", LIST,
                         IMPORTS / "google-groups-members.csv")
@@ -54,7 +62,7 @@ def test_google_groups_export_is_imported_as_downloaded(make_list, config_file):
     }
 
 
-def test_mailman3_members_csv_and_list_keep_names_and_delivery(make_list, config_file):  # noqa: F811
+def test_mailman3_members_csv_and_list_keep_names_and_delivery(make_list, config_file):
     make_list(LIST, owner=None)
     make_list(OTHER, owner=None)
     listserv(config_file, "member", "import", LIST, IMPORTS / "mailman3-members.csv")
@@ -68,7 +76,7 @@ def test_mailman3_members_csv_and_list_keep_names_and_delivery(make_list, config
 
 
 def test_any_csv_name_and_delivery_columns_count_and_a_bad_delivery_is_refused(
-        make_list, tmp_path, config_file):  # noqa: F811
+        make_list, tmp_path, config_file):
     make_list(LIST, owner=None)
     path = tmp_path / "members.csv"
     path.write_text("Name;Address;Delivery\nAnn;ann@example.org;digest-plain\n"
@@ -80,7 +88,7 @@ def test_any_csv_name_and_delivery_columns_count_and_a_bad_delivery_is_refused(
 
 
 def test_import_welcome_sends_each_new_member_the_welcome(make_list, running, sink, tmp_path,
-                                                          config_file):  # noqa: F811
+                                                          config_file):
     make_list(LIST, owner=None, members=["old@example.org"])
     path = tmp_path / "members.txt"
     path.write_text("old@example.org\nnew@example.org\n")
@@ -92,7 +100,7 @@ def test_import_welcome_sends_each_new_member_the_welcome(make_list, running, si
 
 # --- member show, sender remove, held ls ------------------------------------------------
 
-def test_member_show_lists_every_list_of_an_address(make_list, config_file):  # noqa: F811
+def test_member_show_lists_every_list_of_an_address(make_list, config_file):
     make_list(LIST, owner="ann@example.org")
     make_list(OTHER, owner=None, members=["ann@example.org"])
     make_list("quiet@lists.example.org", owner=None)
@@ -109,7 +117,7 @@ def test_member_show_lists_every_list_of_an_address(make_list, config_file):  # 
                                        "nobody@example.org"), "nobody@example.org")
 
 
-def test_sender_remove_undoes_a_deny_entry(make_list, config_file, engine):  # noqa: F811
+def test_sender_remove_undoes_a_deny_entry(make_list, config_file, engine):
     make_list(LIST)
     listserv(config_file, "sender", "deny", LIST, "Spam@Example.net")
     config = config_mod.load(config_file)
@@ -128,7 +136,7 @@ def test_sender_remove_undoes_a_deny_entry(make_list, config_file, engine):  # n
 
 
 def test_held_ls_without_a_list_shows_every_lists_held_posts(make_list, engine,
-                                                            config_file):  # noqa: F811
+                                                            config_file):
     make_list(LIST)
     make_list(OTHER)
     config = config_mod.load(config_file)
@@ -145,7 +153,7 @@ def test_held_ls_without_a_list_shows_every_lists_held_posts(make_list, engine,
 
 # --- list show, bounce ls ---------------------------------------------------------------
 
-def test_list_show_names_the_built_in_prefix_and_footer(make_list, config_file):  # noqa: F811
+def test_list_show_names_the_built_in_prefix_and_footer(make_list, config_file):
     make_list(LIST, name="Dev")
     text = listserv(config_file, "list", "show", LIST)
     assert "subject_prefix: [Dev] (default)" in text
@@ -162,7 +170,7 @@ def test_list_show_names_the_built_in_prefix_and_footer(make_list, config_file):
 
 
 def test_bounce_ls_has_a_header_and_by_member_one_line_a_member(running, make_list,
-                                                               config_file):  # noqa: F811
+                                                               config_file):
     make_list(LIST, members=["bob@example.com", "carol@example.net"])
     bounce(running, dsn(MAILBOX))
     bounce(running, dsn(TRANSIENT))

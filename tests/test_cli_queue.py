@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -17,8 +16,8 @@ from sqlalchemy import select, update
 from listserv import config as config_mod
 from listserv import db, receive, retention
 from listserv.models import Delivery, utcnow
-from tests.conftest import RunningServer, mails_to, message
-from tests.test_cli import assert_one_line_error, config_file, run_listserv  # noqa: F401
+from tests.helpers import assert_one_line_error, mails_to, message, run_listserv, wait_until
+from tests.servers import RunningServer
 
 LIST = "dev@lists.example.org"
 ANN, BOB = "ann@example.org", "bob@example.org"
@@ -42,10 +41,7 @@ def states(engine) -> Counter:
 
 
 def wait_for_states(engine, wanted: dict[str, int], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(states(engine)[k] != n
-                                               for k, n in wanted.items()):
-        time.sleep(0.05)
+    wait_until(lambda: all(states(engine)[k] == n for k, n in wanted.items()), timeout=timeout)
     assert all(states(engine)[k] == n for k, n in wanted.items()), states(engine)
 
 
@@ -57,7 +53,7 @@ def post(engine, config_path: Path) -> None:
 
 
 def test_a_cancelled_job_is_never_sent_until_retried(make_list, engine, make_server, sink,
-                                                     config_file):  # noqa: F811
+                                                     config_file):
     make_list(LIST, owner=None, members=[ANN, BOB])
     post(engine, config_file)
     [summary] = queue(config_file)["lists"]
@@ -81,7 +77,7 @@ def test_a_cancelled_job_is_never_sent_until_retried(make_list, engine, make_ser
 
 def test_failed_and_deferred_jobs_are_shown_and_sent_again(make_list, engine, config, sink,
                                                            make_server,
-                                                           config_file):  # noqa: F811
+                                                           config_file):
     make_list(LIST, owner=None, members=[ANN])
     # A server that gives up at the first temporary failure makes a failed job...
     impatient = RunningServer(engine, dataclasses.replace(config, delivery=dataclasses.replace(
@@ -109,13 +105,13 @@ def test_failed_and_deferred_jobs_are_shown_and_sent_again(make_list, engine, co
     assert len(mails_to(sink, ANN, 2)) == 2
 
 
-def test_retry_needs_ids_or_failed(config_file):  # noqa: F811
+def test_retry_needs_ids_or_failed(config_file):
     assert_one_line_error(run_listserv("--config", config_file, "queue", "retry"), "--failed")
     assert_one_line_error(run_listserv("--config", config_file, "queue", "retry", "7"), "7")
 
 
 def test_a_cancelled_job_goes_with_retention_like_a_sent_one(make_list, engine,
-                                                              config_file):  # noqa: F811
+                                                              config_file):
     make_list(LIST, owner=None, members=[ANN])
     post(engine, config_file)
     [job] = queue(config_file, LIST)["jobs"]

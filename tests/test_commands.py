@@ -21,7 +21,7 @@ from listserv.models import (
     Token,
     utcnow,
 )
-from tests.conftest import delivered_to, mails_to, message
+from tests.helpers import delivered_to, mails_to, message
 
 LIST = "dev@lists.example.org"
 REQUEST = "dev-request@lists.example.org"

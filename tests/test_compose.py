@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from listserv import compose, db, store, tokens
 from listserv.models import MailingList, RecipientFailure, ReplyTo
 from listserv.models import Message as Stored
-from tests.conftest import CORPUS, message
+from tests.helpers import CORPUS, message
 
 LIST = "dev@lists.example.org"
 SECRET = "test-secret"  # [web] secret of the `config` fixture

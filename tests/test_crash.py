@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import smtplib
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -21,27 +20,10 @@ from sqlalchemy.engine import Engine
 
 from listserv import db
 from listserv.models import Message, MessageKind, MessageState
-from tests import test_deliver
-from tests.conftest import message
-from tests.test_deliver import (
-    LIST,
-    LISTSERV,
-    SENDER,
-    Serve,
-    Smarthost,
-    message_id,
-    post,
-    settled,
-    wait_until,
-)
+from tests.helpers import LIST, SENDER, message, message_id, post, settled, wait_until
+from tests.servers import Serve, Smarthost, import_members
 
 pytestmark = pytest.mark.slow  # kill -9 of `listserv serve` processes, thousands of copies
-
-# The fixtures of test_deliver: its smarthost counting copies, and `listserv serve` run
-# as a process from a config file.
-make_sink = test_deliver.make_sink
-sink = test_deliver.sink
-make_serve = test_deliver.make_serve
 
 # Members of the fan-out and kills during it: 2,000 and 3 in CI; `bench/crash.py` runs
 # the same test with 10,000 members and 5 kills.
@@ -49,24 +31,6 @@ FAN_OUT_MEMBERS = int(os.environ.get("LISTSERV_CRASH_MEMBERS", "2000"))
 KILLS = int(os.environ.get("LISTSERV_CRASH_KILLS", "3"))
 CONCURRENCY = 2
 BATCH = 2  # Serve's max_recipients_per_transaction
-
-
-def cli(srv: Serve, *args: str) -> str:
-    """A `listserv` command against the same config and database as `srv`."""
-    done = subprocess.run([LISTSERV, *args], env=srv.env, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def import_members(srv: Serve, tmp_path: Path, count: int) -> list[str]:
-    """Create the list and import SENDER and count - 1 others through the CLI."""
-    members = sorted([SENDER] + [f"m{i:05d}@example.com" for i in range(count - 1)])
-    roster = tmp_path / "members.txt"
-    roster.write_text("\n".join(members) + "\n")
-    cli(srv, "list", "create", LIST)
-    cli(srv, "member", "import", LIST, str(roster))
-    return members
 
 
 def kill_at_random(srv: Serve, rng: random.Random, low: float, high: float) -> None:

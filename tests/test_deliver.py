@@ -3,26 +3,10 @@ real `listserv serve` killed and restarted, and two workers sharing one database
 
 from __future__ import annotations
 
-import asyncio
-import email
-import os
-import re
-import shutil
 import signal
-import smtplib
-import subprocess
-import sys
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
@@ -30,16 +14,10 @@ from listserv import db, store
 from listserv.config import DeliveryConfig
 from listserv.deliver import backoff
 from listserv.models import Delivery, DeliveryState, RecipientFailure, utcnow
-from tests.conftest import SinkController, SinkHandler, free_port, message
+from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
+from tests.servers import Smarthost
 
-LIST = "dev@lists.example.org"
-MEMBERS = ["a@example.com", "b@example.com", "c@example.com", "d@example.com"]
-SENDER = MEMBERS[0]
-LISTSERV = shutil.which("listserv", path=str(Path(sys.executable).parent)) or "listserv"
-
-
-def post(subject: str = "Hello") -> str:
-    return message(subject, sender=SENDER)
+MEMBERS = [SENDER, "b@example.com", "c@example.com", "d@example.com"]
 
 
 def many_members(count: int) -> list[str]:
@@ -49,74 +27,6 @@ def many_members(count: int) -> list[str]:
 
 # --- the smarthost ----------------------------------------------------------------------
 
-@dataclass
-class Smarthost(SinkHandler):
-    """The sink, also counting connections; it can answer DATA slowly, or park DATA
-    after `hold_data_after` transactions until `gate` opens. A parked DATA whose client
-    goes away is cut short, so that message was never acknowledged nor received."""
-
-    connections: int = 0  # counted at EHLO: the controller's own probe never says it
-    hangups: int = 0
-    data_delay: float = 0.0
-    hold_data_after: int | None = None
-    parked: threading.Event = field(default_factory=threading.Event)
-    gate: threading.Event = field(default_factory=threading.Event)
-    transactions: int = 0
-
-    async def handle_EHLO(self, server, session, envelope, hostname, responses):
-        self.connections += 1
-        return await super().handle_EHLO(server, session, envelope, hostname, responses)
-
-    async def handle_DATA(self, server, session, envelope):
-        self.transactions += 1
-        if self.hold_data_after is not None and self.transactions > self.hold_data_after:
-            self.parked.set()
-            while not self.gate.is_set():
-                await asyncio.sleep(0.01)
-        await asyncio.sleep(self.data_delay)
-        return await super().handle_DATA(server, session, envelope)
-
-    def copies(self) -> Counter[tuple[str, str]]:
-        """How many copies each (Message-ID, recipient) pair arrived in."""
-        with self.lock:
-            return Counter((message_id(m.data), r) for m in self.received for r in m.rcpt_tos)
-
-
-class _HangupCountingSMTP(SMTP):
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self.event_handler.hangups += 1
-
-
-class _SmarthostController(SinkController):
-    def factory(self) -> SMTP:
-        return _HangupCountingSMTP(self.handler, **self.SMTP_kwargs)
-
-
-@pytest.fixture
-def make_sink() -> Iterator[Callable[..., Smarthost]]:
-    """Start smarthosts: make_sink(port=...) on a given port, make_sink(timeout=1) with
-    aiosmtpd's idle timeout (it hangs up on a connection silent that long)."""
-    controllers: list[Controller] = []
-
-    def make(port: int | None = None, **smtp_options: object) -> Smarthost:
-        handler = Smarthost()
-        controller = _SmarthostController(handler, port=port or 0, **smtp_options)
-        controller.start()
-        controllers.append(controller)
-        handler.port = controller.port  # type: ignore[attr-defined]
-        return handler
-    yield make
-    for controller in controllers:
-        controller.stop()
-
-
-@pytest.fixture
-def sink(make_sink: Callable[..., Smarthost]) -> Smarthost:
-    """Overrides conftest's sink here, so `config` and `running` deliver to a Smarthost."""
-    return make_sink()
-
-
 @pytest.fixture(params=[False, True], ids=["no-pipelining", "pipelining"])
 def pipelining(request: pytest.FixtureRequest, sink: Smarthost) -> bool:
     sink.pipelining = request.param
@@ -124,31 +34,6 @@ def pipelining(request: pytest.FixtureRequest, sink: Smarthost) -> bool:
 
 
 # --- waiting on the database ------------------------------------------------------------
-
-def wait_until(check: Callable[[], object], what: str, timeout: float = 60.0) -> object:
-    """Poll until `check` returns something truthy; generous, for a loaded machine."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def jobs(engine: Engine) -> list[Delivery]:
-    with db.session(engine) as s:
-        return list(s.scalars(select(Delivery).order_by(Delivery.id)))
-
-
-def settled(engine: Engine) -> list[Delivery]:
-    """Wait until there are jobs and none is queued or being sent; after that, nothing
-    more can reach the smarthost, so what it holds is final."""
-    def finished() -> list[Delivery]:
-        rows = jobs(engine)
-        busy = {DeliveryState.QUEUED, DeliveryState.SENDING}
-        return rows if rows and not any(j.state in busy for j in rows) else []
-    return wait_until(finished, "every delivery job to finish")
 
 
 def failures(engine: Engine) -> list[tuple[str, int, str]]:
@@ -278,87 +163,7 @@ def test_connection_the_smarthost_closed_while_idle_is_replaced_without_a_retry(
     assert smarthost.connections == 2
 
 
-def message_id(data: bytes | str) -> str:
-    return email.message_from_bytes(data if isinstance(data, bytes) else data.encode())[
-        "Message-ID"]
-
-
 # --- the real `listserv serve` ----------------------------------------------------------
-
-class Serve:
-    """`listserv serve` in a process of its own, configured by a TOML file and the
-    environment as an operator would; its log (stderr) goes to a file."""
-
-    def __init__(self, tmp_path: Path, db_url: str, smarthost_port: int, name: str,
-                 concurrency: int) -> None:
-        self.smtp_port = free_port()  # kept across restarts: the clients of test_crash
-        config = tmp_path / f"{name}.toml"
-        config.write_text(f"""
-[smtp]
-host = "127.0.0.1"
-port = {self.smtp_port}
-# The crash tests post hundreds of messages from one sender.
-max_messages_per_sender_per_hour = 0
-
-[delivery]
-smarthost_host = "127.0.0.1"
-smarthost_port = {smarthost_port}
-max_recipients_per_transaction = 2
-concurrency = {concurrency}
-retry_initial_seconds = 1
-retry_max_hours = 1
-
-[web]
-host = "127.0.0.1"
-port = 0
-base_url = "http://127.0.0.1:0"
-secret = "test-secret"
-""")
-        self.env = {**os.environ, "LISTSERV_CONFIG": str(config),
-                    "LISTSERV_DATABASE_URL": db_url}
-        self.log_path = tmp_path / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Serve:
-        starts = self.log().count(" listening: ")
-        with self.log_path.open("ab") as log:
-            proc = self.proc = subprocess.Popen(
-                [LISTSERV, "serve"], env=self.env, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=log)
-        wait_until(lambda: self.log().count(" listening: ") > starts or proc.poll() is not None,
-                   "listserv serve to listen")
-        assert proc.poll() is None, self.log()
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def send(self, rcpts: list[str], data: str) -> None:
-        with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:
-            client.sendmail(SENDER, rcpts, data)
-
-    def signal(self, sig: int) -> int:
-        """Send `sig` and wait (generously) for the process to end; its exit code."""
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
-
-    def delivered_jobs(self) -> list[int]:
-        return [int(j) for j in re.findall(r"delivery job=(\d+) .*state=done", self.log())]
-
-
-@pytest.fixture
-def make_serve(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Serve]]:
-    started: list[Serve] = []
-
-    def make(smarthost_port: int, name: str = "serve", concurrency: int = 1) -> Serve:
-        srv = Serve(tmp_path, db_url, smarthost_port, name, concurrency)
-        started.append(srv)
-        return srv
-    yield make
-    for srv in started:
-        if srv.proc is not None and srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
 
 
 def recorded(engine: Engine, addresses: list[str]) -> bool:

@@ -25,10 +25,16 @@ from listserv.models import (
     VolumeFrequency,
 )
 from listserv.parse import parse
-from tests.conftest import delivered_to, mails_to, message
-from tests.test_cli import as_json, assert_one_line_error, cli, ok, run_listserv, write_config
-
-__all__ = ["cli"]  # a fixture, used by name
+from tests.helpers import (
+    as_json,
+    assert_one_line_error,
+    delivered_to,
+    mails_to,
+    message,
+    ok,
+    run_listserv,
+    write_config,
+)
 
 LIST = "dev@lists.example.org"
 REG, MIME, PLAIN, NOMAIL = ("reg@example.com", "mime@example.com", "plain@example.com",

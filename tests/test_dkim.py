@@ -16,20 +16,17 @@ from cryptography.hazmat.primitives import serialization
 from listserv import config as config_mod
 from listserv import db, roster, settings, signing
 from listserv.config import ConfigError, DkimConfig
-from tests.conftest import message
-from tests.test_cli import assert_one_line_error, run_listserv, write_config
+from tests.helpers import (
+    LIST,
+    assert_one_line_error,
+    message,
+    published,
+    run_listserv,
+    write_config,
+)
 
-LIST = "dev@lists.example.org"
 DOMAIN = "lists.example.org"
 MEMBERS = ["bob@example.com", "carol@example.net"]
-
-
-def published(record: str) -> tuple[str, str]:
-    """The name and the text of a zone-file TXT line as keygen prints it."""
-    name, _, rest = record.partition(" IN TXT ")
-    strings = re.findall(r'"([^"]*)"', rest)
-    assert all(len(s) <= 255 for s in strings)
-    return name.rstrip("."), "".join(strings)
 
 
 @pytest.fixture

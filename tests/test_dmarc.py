@@ -12,7 +12,7 @@ import pytest
 
 from listserv import db, dmarc, roster, settings
 from listserv.roster import UserError
-from tests.conftest import free_port, message
+from tests.helpers import free_port, message
 
 LIST = "dev@lists.example.org"
 READER = "reader@example.net"

@@ -13,8 +13,7 @@ import pytest
 from listserv import doctor, signing
 from listserv.config import Config, DeliveryConfig, DkimConfig, WebConfig
 from listserv.resolver import Resolver
-from tests.test_cli import assert_one_line_error, run_listserv
-from tests.test_dkim import published
+from tests.helpers import assert_one_line_error, published, run_listserv
 
 LIST = "dev@lists.example.org"
 DOMAIN = "lists.example.org"

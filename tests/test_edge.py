@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,8 @@ from sqlalchemy import func, select, update
 
 from listserv import db
 from listserv.models import MailingList, Message, NonmemberAction
-from tests.conftest import delivered_to, free_port, mails_to, message
-from tests.test_cli import wait_for_smtp, write_config
-from tests.test_security import connect, connect_when_counted_out
+from tests.helpers import delivered_to, free_port, mails_to, message, wait_until, write_config
+from tests.servers import connect, connect_when_counted_out, wait_for_smtp
 
 LIST = "dev@lists.example.org"
 OWNER_ADDRESS = "dev-owner@lists.example.org"
@@ -70,7 +68,6 @@ def test_recipients_past_max_recipients_get_452(make_server, make_list, engine):
     assert list(refused.values()) == [(452, refused[OWNER_ADDRESS][1])]
     assert refused[OWNER_ADDRESS][1].startswith(b"4.5.3")
     assert stored(engine) == 2
-
 
 
 class Lmtp:
@@ -178,13 +175,6 @@ def spooled_files() -> set[str]:
     return found
 
 
-def wait_until(condition: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + 10
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
 def test_an_unfinished_data_waits_on_disk_and_is_stored_as_sent(make_server, make_list, engine):
     make_list(LIST, members=["bob@example.com"])
     srv = make_server(smtp={"max_message_bytes": 2_000_000})
@@ -200,12 +190,12 @@ def test_an_unfinished_data_waits_on_disk_and_is_stored_as_sent(make_server, mak
         assert client.getreply()[0] == 354
         sent = post.replace(b"\r\n.", b"\r\n..")
         client.send(sent[:-1000])
-        assert wait_until(lambda: spooled_files() - before), "the DATA was not spooled"
+        assert wait_until(lambda: spooled_files() - before, timeout=10), "the DATA was not spooled"
         client.send(sent[-1000:] + b".\r\n")
         assert client.getreply()[0] == 250
     with db.session(engine) as s:
         assert s.scalars(select(Message.raw)).one() == post
-    assert wait_until(lambda: not spooled_files() - before)
+    assert wait_until(lambda: not spooled_files() - before, timeout=10)
 
 
 # --- DNS (issue 14 item 15) -------------------------------------------------------------
@@ -225,7 +215,7 @@ def test_a_slow_name_server_holds_up_only_the_post_it_answers_for(running, make_
 
     slow = threading.Thread(target=slow_post)
     slow.start()
-    assert wait_until(lambda: "_dmarc.slow.example" in dns_server.queries)
+    assert wait_until(lambda: "_dmarc.slow.example" in dns_server.queries, timeout=10)
     running.send("bob@example.com", [LIST], message(sender="bob@example.com"))
     assert not slow_done.is_set()  # bob's 250 came first
     slow.join(10)
@@ -264,7 +254,7 @@ port = {web_port}
                 break
             with contextlib.suppress(OSError):  # its backlog full: the kernel refuses
                 clients.append(socket.create_connection(("127.0.0.1", smtp_port), 1))
-        assert wait_until(lambda: "out of system resource" in log_file.read_text())
+        assert wait_until(lambda: "out of system resource" in log_file.read_text(), timeout=10)
         time.sleep(3)  # asyncio retries every second, each time for every waiting client
     finally:
         for client in clients:

@@ -21,8 +21,14 @@ from listserv import archive, compose, db, mbox, roster, settings, tokens, web
 from listserv.address import ListAddresses
 from listserv.cli import app
 from listserv.models import Message, MessageState, ThreadNode, ThreadSummary, utcnow
-from tests.conftest import CORPUS, corpus_path, message
-from tests.test_cli import assert_one_line_error, run_listserv, write_config
+from tests.helpers import (
+    CORPUS,
+    assert_one_line_error,
+    corpus_path,
+    message,
+    run_listserv,
+    write_config,
+)
 
 LIST = "dev@lists.example.org"
 OTHER = "copy@lists.example.org"

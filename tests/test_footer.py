@@ -15,7 +15,7 @@ import pytest
 
 from listserv import compose
 from listserv.address import ListAddresses
-from tests.conftest import CORPUS
+from tests.helpers import CORPUS
 
 ADDRESSES = ListAddresses("dev@lists.example.org")
 BASE = "https://lists.example.org"

@@ -32,11 +32,11 @@ from listserv import db, digest, receive, roster
 from listserv.compose import quote_id
 from listserv.models import DigestIssue, Message, utcnow
 from listserv.protocol import ListSMTP
-from tests.conftest import CORPUS, RunningServer, message
+from tests.helpers import CORPUS, LIST, message, nested_body
+from tests.servers import RunningServer
 
 pytestmark = pytest.mark.slow  # thousands of generated mails, 100 MB lines
 
-LIST = "dev@lists.example.org"
 MEMBER = "bob@example.com"
 # Every kind of address a list has (address.Purpose), VERP and confirmation detail too.
 ADDRESSES = [LIST, "dev-request@lists.example.org", "dev-owner@lists.example.org",
@@ -307,15 +307,6 @@ def post_bytes(headers: bytes, body: bytes, message_id: str) -> bytes:
     return (b"From: Bob <bob@example.com>\r\nTo: " + LIST.encode() + b"\r\nMessage-ID: <"
             + message_id.encode() + b">\r\nDate: Thu, 26 Nov 2026 10:00:00 +0000\r\n"
             + headers + b"\r\n" + body)
-
-
-def nested_body(depth: int, kind: bytes) -> bytes:
-    """`depth` levels of multipart/`kind` (boundaries b1, b2, ...), text at the bottom."""
-    opening = b"".join(b'--b%d\r\nContent-Type: multipart/%s; boundary="b%d"\r\n\r\n'
-                       % (i, kind, i + 1) for i in range(depth - 1))
-    closing = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
-    return opening + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello from the bottom\r\n" % (
-        depth - 1) + closing
 
 
 def nested_post(depth: int, kind: bytes, message_id: str) -> bytes:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from listserv import db
 from listserv.models import Message, MessageKind
-from tests.conftest import mails_to, message
+from tests.helpers import mails_to, message
 
 LIST = "dev@lists.example.org"
 ALICE = "alice@example.com"

@@ -16,13 +16,8 @@ from sqlmodel import SQLModel
 
 from listserv import db
 from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
-from tests.test_cli import (
-    assert_one_line_error,
-    ports_logged,
-    run_listserv,
-    start_serve,
-    write_config,
-)
+from tests.helpers import assert_one_line_error, run_listserv, write_config
+from tests.servers import ports_logged, start_serve
 
 # Made by the migrations with each database's own full-text engine, not by the models.
 SEARCH_TABLES = {"message_fts", "message_search"}

@@ -4,7 +4,7 @@ and a message deeper or broader than the limits says so instead of being followe
 from __future__ import annotations
 
 from listserv import mime
-from tests.test_fuzz import nested_body
+from tests.helpers import nested_body
 
 
 def nested(depth: int) -> bytes:

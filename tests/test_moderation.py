@@ -14,8 +14,7 @@ from sqlalchemy import select, update
 
 from listserv import db, moderation
 from listserv.models import MailingList, Message, MessageState, Token, utcnow
-from tests.conftest import message
-from tests.test_cli import assert_one_line_error, cli, config_file, ok, run_listserv  # noqa: F401
+from tests.helpers import assert_one_line_error, message, ok, run_listserv
 
 LIST = "dev@lists.example.org"
 MEMBERS = ["bob@example.com", "carol@example.com"]
@@ -70,7 +69,7 @@ def test_held_post_notifies_owners_and_moderators_with_the_post_attached(running
     assert [m.state for m in stored(engine)] == [MessageState.HELD]
 
 
-def test_moderated_member_is_held_and_told(running, dev, sink, engine, cli):  # noqa: F811
+def test_moderated_member_is_held_and_told(running, dev, sink, engine, cli):
     ok(cli("member", "set", LIST, "bob@example.com", "--moderated", "true"))
     post(running, sender="bob@example.com")
     sink.wait_for(3)
@@ -79,13 +78,13 @@ def test_moderated_member_is_held_and_told(running, dev, sink, engine, cli):  # 
     assert "awaits a moderator" in notice_for(sink, "bob@example.com")["Subject"]
 
 
-def test_emergency_holds_every_post(running, dev, engine, cli):  # noqa: F811
+def test_emergency_holds_every_post(running, dev, engine, cli):
     ok(cli("list", "set", LIST, "emergency", "true"))
     post(running, sender="bob@example.com")
     assert "emergency" in stored(engine)[0].reasons
 
 
-def test_oversized_post_is_held(running, dev, engine, cli):  # noqa: F811
+def test_oversized_post_is_held(running, dev, engine, cli):
     ok(cli("list", "set", LIST, "max_message_bytes", "2000"))
     post(running, sender="bob@example.com", body="x" * 3000)
     held = stored(engine)[0]
@@ -99,7 +98,7 @@ def test_post_without_usable_sender_is_held(running, dev, engine):
     assert held.state is MessageState.HELD and "From" in held.reasons
 
 
-def test_every_reason_is_recorded(running, dev, engine, cli):  # noqa: F811
+def test_every_reason_is_recorded(running, dev, engine, cli):
     ok(cli("list", "set", LIST, "emergency", "on"))
     ok(cli("list", "set", LIST, "max_message_bytes", "1000"))
     post(running, body="y" * 2000)
@@ -109,7 +108,7 @@ def test_every_reason_is_recorded(running, dev, engine, cli):  # noqa: F811
 
 # --- non-member actions, allow and deny ----------------------------------------------------
 
-def test_nonmember_reject_is_refused_at_the_door(running, dev, engine, cli):  # noqa: F811
+def test_nonmember_reject_is_refused_at_the_door(running, dev, engine, cli):
     ok(cli("list", "set", LIST, "nonmember_action", "reject"))
     with pytest.raises(smtplib.SMTPDataError) as info:
         post(running)
@@ -117,7 +116,7 @@ def test_nonmember_reject_is_refused_at_the_door(running, dev, engine, cli):  # 
     assert stored(engine) == []
 
 
-def test_nonmember_discard_and_accept(running, dev, engine, sink, cli):  # noqa: F811
+def test_nonmember_discard_and_accept(running, dev, engine, sink, cli):
     ok(cli("list", "set", LIST, "nonmember_action", "discard"))
     post(running)
     assert stored(engine)[0].state is MessageState.DISCARDED
@@ -128,7 +127,7 @@ def test_nonmember_discard_and_accept(running, dev, engine, sink, cli):  # noqa:
 
 
 def test_allowed_sender_posts_and_denied_sender_is_discarded(running, dev, engine, sink,
-                                                            cli):  # noqa: F811
+                                                            cli):
     ok(cli("sender", "allow", LIST, "eve@example.org"))
     ok(cli("sender", "deny", LIST, "spam@example.net"))
     listing = json.loads(ok(cli("sender", "ls", LIST, "--json")).stdout)
@@ -166,7 +165,7 @@ def answer_notice(running, sink, first_line: str) -> None:
     running.send("mod@example.org", [notice["Reply-To"]], reply)
 
 
-def test_approve_by_email_reply_fans_out_and_archives(running, dev, sink, engine, cli):  # noqa: F811
+def test_approve_by_email_reply_fans_out_and_archives(running, dev, sink, engine, cli):
     post(running, subject="Worth reading")
     sink.wait_for(2)
     answer_notice(running, sink, "approve")
@@ -209,7 +208,7 @@ def test_a_notice_token_acts_only_once(running, dev, sink, engine):
 
 # --- acting by CLI -------------------------------------------------------------------------------
 
-def test_cli_show_approve_reject_discard(running, dev, sink, engine, cli):  # noqa: F811
+def test_cli_show_approve_reject_discard(running, dev, sink, engine, cli):
     for subject in ("one", "two", "three"):
         post(running, subject=subject)
     held = json.loads(ok(cli("held", "ls", LIST, "--json")).stdout)
@@ -230,7 +229,7 @@ def test_cli_show_approve_reject_discard(running, dev, sink, engine, cli):  # no
     assert json.loads(ok(cli("held", "ls", LIST, "--json")).stdout) == []
 
 
-def test_cli_errors_are_one_line(running, dev, config_file):  # noqa: F811
+def test_cli_errors_are_one_line(running, dev, config_file):
     assert_one_line_error(run_listserv("--config", config_file, "held", "approve", "999"),
                           "999")
     assert_one_line_error(run_listserv("--config", config_file, "list", "set", LIST,
@@ -243,7 +242,7 @@ def test_cli_errors_are_one_line(running, dev, config_file):  # noqa: F811
                                        "footer", "{{ nmae }}"), "nmae", "unsubscribe_url")
 
 
-def test_list_show_includes_settings(dev, cli):  # noqa: F811
+def test_list_show_includes_settings(dev, cli):
     ok(cli("list", "set", LIST, "reply_to", "list"))
     shown = json.loads(ok(cli("list", "show", LIST, "--json")).stdout)
     assert shown["reply_to"] == "list"

@@ -9,9 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from listserv import db
-from tests.conftest import message
-from tests.test_archive_web import CSP
-from tests.test_cli import assert_one_line_error, run_listserv, write_config
+from tests.helpers import CSP, assert_one_line_error, message, run_listserv, write_config
 
 LIST = "dev@lists.example.org"
 HUGE = "1" + "0" * 23  # 10^23

@@ -17,10 +17,8 @@ from sqlalchemy import select
 from listserv import db, health, web
 from listserv.models import BounceEvent, Delivery, Message, Outgoing, Token, utcnow
 from listserv.smarthost import Smarthost
-from tests.conftest import delivered_to, free_port, message
-from tests.test_bounces import MAILBOX, dsn
-from tests.test_deliver import wait_until
-from tests.test_web import web as web_client
+from tests.helpers import MAILBOX, delivered_to, dsn, free_port, message, wait_until
+from tests.helpers import web as web_client
 
 LIST = "dev@lists.example.org"
 

@@ -25,14 +25,8 @@ from pathlib import Path
 import pytest
 
 from listserv import db, supervise
-from tests import test_deliver
-from tests.conftest import free_port
-from tests.test_crash import import_members
-from tests.test_deliver import LIST, Serve, Smarthost, post, settled, wait_until
-
-make_sink = test_deliver.make_sink
-make_serve = test_deliver.make_serve
-sink = test_deliver.sink
+from tests.helpers import LIST, free_port, post, settled, wait_until
+from tests.servers import Serve, Smarthost, import_members
 
 CONCURRENCY = 2
 BATCH = 2  # Serve's max_recipients_per_transaction

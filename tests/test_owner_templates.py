@@ -10,8 +10,7 @@ from sqlalchemy import update
 
 from listserv import db
 from listserv.models import MailingList
-from tests.conftest import mails_to, message
-from tests.test_cli import assert_one_line_error, run_listserv, write_config
+from tests.helpers import assert_one_line_error, mails_to, message, run_listserv, write_config
 
 LIST = "dev@lists.example.org"
 

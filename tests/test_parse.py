@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from listserv.parse import msgids, parse
-from tests.conftest import CORPUS, corpus_path
+from tests.helpers import CORPUS, corpus_path
 
 MESSAGES = CORPUS / "messages"
 EMLS = sorted(MESSAGES.rglob("*.eml"))

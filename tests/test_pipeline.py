@@ -13,10 +13,7 @@ from sqlalchemy import func, select, text, update
 
 from listserv import db, receive, store
 from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
-from tests.conftest import message
-from tests.test_cli import cli, config_file, ok
-
-__all__ = ["cli", "config_file"]  # fixtures, used by name
+from tests.helpers import message, ok
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]
 

@@ -20,11 +20,20 @@ from sqlalchemy import select, text, update
 from listserv import db, digest, limits, tokens
 from listserv import web as web_mod
 from listserv.models import ArchivePolicy, MailingList, Message, Token, utcnow
-from tests.conftest import mails_to, message
-from tests.test_archive_web import CSP, Elements, no_mail_markup
-from tests.test_cli import assert_one_line_error, run_listserv, write_config
+from tests.helpers import (
+    CSP,
+    LIST,
+    Elements,
+    assert_one_line_error,
+    mails_to,
+    message,
+    no_mail_markup,
+    run_listserv,
+    web,
+    write_config,
+)
+from tests.servers import connect, connect_when_counted_out
 
-LIST = "dev@lists.example.org"
 READER = "reader@example.net"
 
 
@@ -243,22 +252,6 @@ def stored_subjects(engine) -> list[str]:
             Message.mail_from == "bob@example.com").order_by(Message.id)))
 
 
-def connect(srv) -> smtplib.SMTP:
-    return smtplib.SMTP(srv.config.smtp.host, srv.config.smtp.port, timeout=10)
-
-
-def connect_when_counted_out(srv) -> smtplib.SMTP:
-    """A connection, once the server has counted out one just closed (it does so as soon
-    as it sees it go, which may be a moment after the client's QUIT)."""
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return connect(srv)
-        except smtplib.SMTPConnectError:
-            assert time.monotonic() < deadline, "a closed connection was never counted out"
-            time.sleep(0.05)
-
-
 def test_one_connection_too_many_from_an_address_gets_421(make_server, make_list):
     make_list(LIST)
     srv = make_server(smtp={"max_connections_per_ip": 2})
@@ -278,10 +271,6 @@ def test_one_connection_too_many_from_an_address_gets_421(make_server, make_list
 
 HOSTILE_NAME = "<img src=x onerror=alert(1)>"
 SECRET_LIST = "secret@lists.example.org"
-
-
-def web(running) -> httpx.Client:
-    return httpx.Client(base_url=running.config.web.base_url, timeout=20)
 
 
 def post_with_attachment(running, to: str, message_id: str) -> None:

@@ -12,9 +12,18 @@ from sqlalchemy import update
 
 from listserv import commands, db, roster, tokens
 from listserv.models import ArchivePolicy, MailingList, Member, utcnow
-from tests.conftest import mails_to, message
-from tests.test_archive_web import set_archive
-from tests.test_web import BOB, CAROL, LIST, SECRET, is_member, unsubscribe_path, web
+from tests.helpers import (
+    BOB,
+    CAROL,
+    LIST,
+    SECRET,
+    is_member,
+    mails_to,
+    message,
+    set_archive,
+    unsubscribe_path,
+    web,
+)
 
 
 def respellings(path: str) -> list[str]:

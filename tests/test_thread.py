@@ -26,7 +26,7 @@ from listserv import archive, db, mbox, roster, store, thread
 from listserv.cli import app
 from listserv.models import Mute
 from listserv.parse import Parsed, parse
-from tests.conftest import CORPUS, corpus_path, message
+from tests.helpers import CORPUS, corpus_path, message
 
 THREADS = CORPUS / "threads"
 LIST = "dev@lists.example.org"

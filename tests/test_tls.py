@@ -14,9 +14,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import mails_to, message
-from tests.test_cli import assert_one_line_error, run_listserv, write_config
-from tests.test_security import connect_when_counted_out
+from tests.helpers import assert_one_line_error, mails_to, message, run_listserv, write_config
+from tests.servers import connect_when_counted_out
 
 LIST = "dev@lists.example.org"
 

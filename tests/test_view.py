@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from listserv import view
-from tests.conftest import CORPUS
+from tests.helpers import CORPUS
 
 MESSAGES = sorted((CORPUS / "messages").glob("**/*.eml"))
 ADDRESS = re.compile(r"[\w.+-]+@[\w-]+(\.[\w-]+)+")

@@ -11,24 +11,21 @@ import pytest
 from sqlalchemy import select, update
 
 from listserv import db, tokens
-from listserv.models import Member, Message, Mute, Role, ThreadNode, Token, utcnow
-from tests.conftest import delivered_to, mails_to, message
+from listserv.models import Message, Mute, ThreadNode, Token, utcnow
+from tests.helpers import (
+    BOB,
+    CAROL,
+    LIST,
+    SECRET,
+    delivered_to,
+    is_member,
+    mails_to,
+    message,
+    unsubscribe_path,
+    web,
+)
 
-LIST = "dev@lists.example.org"
 ALICE = "alice@example.com"
-BOB = "bob@example.com"
-CAROL = "carol@example.com"
-SECRET = "test-secret"  # [web] secret of the `config` fixture
-
-
-def is_member(engine, address: str) -> bool:
-    with db.session(engine) as s:
-        return s.scalars(select(Member).where(Member.address == address,
-                                              Member.role == Role.MEMBER)).first() is not None
-
-
-def web(running) -> httpx.Client:
-    return httpx.Client(base_url=running.config.web.base_url, timeout=10)
 
 
 def form_action(page: str) -> str:
@@ -77,12 +74,6 @@ def test_expired_confirm_link_does_nothing(running, make_list, sink, engine):
     with web(running) as client:
         assert client.post(f"/confirm/{token}").status_code == 404
     assert not is_member(engine, ALICE)
-
-
-def unsubscribe_path(engine, address: str) -> str:
-    with db.session(engine) as s:
-        list_id = s.scalars(select(Member.list_id).where(Member.address == address)).first()
-    return f"/unsubscribe/{tokens.unsubscribe_link(SECRET, list_id, address)}"
 
 
 def test_one_click_post_unsubscribes_at_once(running, make_list, sink, engine):

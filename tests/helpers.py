@@ -1,0 +1,287 @@
+"""What the tests share, so that no test module imports another: constants, mail to post
+and bounces, what reached the smarthost, the command line run as a user runs it, web
+pages, and one way to wait. The smarthost and the servers are in tests/servers.py; the
+fixtures built on both are in conftest.py."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import gzip
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import httpx
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+from typer.testing import Result
+
+from listserv import db, tokens
+from listserv.models import ArchivePolicy, Delivery, DeliveryState, MailingList, Member, Role
+
+if TYPE_CHECKING:  # servers.py builds on this module
+    from tests.servers import SinkHandler
+
+DATA = Path(__file__).parent / "data"
+CORPUS = DATA / "corpus"
+LIST = "dev@lists.example.org"
+BOB = "bob@example.com"
+CAROL = "carol@example.com"
+SECRET = "test-secret"  # [web] secret of the `config` fixture
+BOB_VERP = "dev-bounces+bob=example.com@lists.example.org"
+# Real bounces from the corpus, with the address they name.
+MAILBOX = ("bounces/sisimai/lhost-postfix-01.eml", "kijitora@example.org")  # 5.1.1
+TRANSIENT = ("bounces/flufl/dsn_05.eml", "userx@example.cz")  # 4.4.1 delayed
+SENDER = "a@example.com"  # the poster of test_deliver's and the crash tests' posts
+LISTSERV = shutil.which("listserv", path=str(Path(sys.executable).parent)) or "listserv"
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+_UNPACKED = Path(tempfile.gettempdir()) / "listserv-test-corpus"
+
+
+# --- waiting -------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str | None = None,
+               timeout: float = 60.0) -> T:
+    """Poll `condition` until it returns something truthy, and return that: the one loop
+    every test waits with, generous for a loaded machine. On timeout it fails naming
+    `what`; without `what` it returns the last falsy answer, for a caller whose own
+    assertion says better what is missing (or that counts what it got)."""
+    deadline = time.monotonic() + timeout
+    while not (result := condition()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if result or what is None:
+        return result
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- corpus and messages -------------------------------------------------------------------
+
+def corpus_path(relative: str) -> Path:
+    """A corpus file by its name in the corpus README. Files over 2 MB are kept gzipped
+    in the repository (`NAME.gz`, the same bytes); they are unpacked once per machine."""
+    path = CORPUS / relative
+    packed = path.with_name(path.name + ".gz")
+    if path.exists() or not packed.exists():
+        return path
+    target = _UNPACKED / relative
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f"{target.name}.{os.getpid()}")
+        with gzip.open(packed) as src, partial.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+        partial.replace(target)  # atomic: parallel runs never read half a file
+    return target
+
+
+def message(subject: str = "Hello", *, sender: str = "bob@example.com",
+            to: str = "dev@lists.example.org", body: str = "Hi all.\n",
+            headers: dict[str, str] | None = None) -> str:
+    """A small plain-text post as a client would send it."""
+    lines = [f"From: {sender}", f"To: {to}", f"Subject: {subject}",
+             f"Message-ID: <{uuid.uuid4().hex}@example.com>",
+             "Date: Thu, 26 Nov 2026 10:00:00 +0000"]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    return "\r\n".join(lines) + "\r\n\r\n" + body.replace("\n", "\r\n")
+
+
+def post(subject: str = "Hello") -> str:
+    return message(subject, sender=SENDER)
+
+
+def message_id(data: bytes | str) -> str:
+    return email.message_from_bytes(data if isinstance(data, bytes) else data.encode())[
+        "Message-ID"]
+
+
+# --- what reached the smarthost, and the queue ---------------------------------------------
+
+def mails_to(sink: SinkHandler, address: str, count: int = 1, timeout: float = 15.0) -> list:
+    """Block until `count` mails for `address` reached the smarthost; they, parsed, in order."""
+    return [email.message_from_bytes(d, policy=email.policy.default)
+            for d in sink.copies_to(address, count, timeout)]
+
+
+def delivered_to(engine: Engine, sink: SinkHandler, address: str,
+                 timeout: float = 15.0) -> int:
+    """How many mails reached `address` once the server sent all it had queued.
+
+    Everything the server answers for is queued before its 250, and a delivery is marked
+    done only after the smarthost's 250, so an empty queue means the count is final.
+    """
+    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
+
+    def queue_empty() -> bool:
+        with db.session(engine) as s:
+            return s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None
+    wait_until(queue_empty, timeout=timeout)
+    return len(mails_to(sink, address, 0))
+
+
+def jobs(engine: Engine) -> list[Delivery]:
+    with db.session(engine) as s:
+        return list(s.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def settled(engine: Engine) -> list[Delivery]:
+    """Wait until there are jobs and none is queued or being sent; after that, nothing
+    more can reach the smarthost, so what it holds is final."""
+    def finished() -> list[Delivery]:
+        rows = jobs(engine)
+        busy = {DeliveryState.QUEUED, DeliveryState.SENDING}
+        return rows if rows and not any(j.state in busy for j in rows) else []
+    return wait_until(finished, "every delivery job to finish")
+
+
+# --- ports ---------------------------------------------------------------------------------
+
+def free_port() -> int:
+    """A port nothing listens on now: for tests of a closed port, and for a subprocess
+    server restarted on the same port. Servers started in-process bind port 0 instead:
+    a port found free and released may be taken by a parallel test before it is bound."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- the command line ----------------------------------------------------------------------
+
+def run_listserv(*args: str | Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed console script as a user runs it: no tty, a narrow terminal."""
+    script = Path(sys.executable).parent / "listserv"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
+    # At 40 columns, an error that rich wraps at the terminal width is no longer one line.
+    clean["COLUMNS"] = "40"
+    return subprocess.run([str(script), *map(str, args)], env={**clean, **(env or {})},
+                          cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=120)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], *named: str) -> None:
+    """What the issue promises for every error: one line on stderr naming it, exit 1."""
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    for word in named:
+        assert word in proc.stderr
+
+
+def write_config(path: Path, db_url: str, extra: str = "") -> Path:
+    path.write_text(f'[database]\nurl = "{db_url}"\n{extra}', encoding="utf-8")
+    return path
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def as_json(result: Result) -> object:
+    """stdout must be the JSON document and nothing else: json.loads refuses anything more."""
+    return json.loads(ok(result).stdout)
+
+
+# --- bounces -------------------------------------------------------------------------------
+
+def dsn(sample: tuple[str, str], address: str = BOB, **replace: str) -> bytes:
+    """A corpus bounce about `address` instead of the one it names."""
+    name, named = sample
+    raw = (CORPUS / name).read_bytes().replace(named.encode(), address.encode())
+    for old, new in replace.items():
+        raw = raw.replace(old.encode(), new.encode())
+    return raw
+
+
+def bounce(running, raw: bytes, to: str = BOB_VERP) -> None:
+    """A bounce arrives as bounces do: from the null sender."""
+    running.send("", [to], raw)
+
+
+# --- web pages -----------------------------------------------------------------------------
+
+def web(running) -> httpx.Client:
+    return httpx.Client(base_url=running.config.web.base_url, timeout=20)
+
+
+def is_member(engine, address: str) -> bool:
+    with db.session(engine) as s:
+        return s.scalars(select(Member).where(Member.address == address,
+                                              Member.role == Role.MEMBER)).first() is not None
+
+
+def unsubscribe_path(engine, address: str) -> str:
+    with db.session(engine) as s:
+        list_id = s.scalars(select(Member.list_id).where(Member.address == address)).first()
+    return f"/unsubscribe/{tokens.unsubscribe_link(SECRET, list_id, address)}"
+
+
+def set_archive(engine, policy: ArchivePolicy, address: str = LIST) -> None:
+    with db.session(engine) as s:
+        s.execute(update(MailingList).where(MailingList.address == address)
+                  .values(archive=policy))
+        s.commit()
+
+
+class Elements(HTMLParser):
+    """Every element of a page with its attributes, as a browser's parser sees them."""
+
+    def __init__(self, page: str) -> None:
+        super().__init__()
+        self.found: list[tuple[str, dict[str, str]]] = []
+        self.chunks: list[str] = []
+        self.feed(page)
+        self.text = "".join(self.chunks)  # what a reader sees, entities decoded
+
+    def handle_data(self, data: str) -> None:
+        self.chunks.append(data)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.found.append((tag, {k: v or "" for k, v in attrs}))
+
+
+def no_mail_markup(page: str) -> None:
+    """Nothing on the page can run or fetch: escaped mail text is fine, markup is not."""
+    for tag, attrs in Elements(page).found:
+        assert tag not in {"script", "iframe", "object", "embed", "base"}, tag
+        assert not [a for a in attrs if a.startswith("on")], (tag, attrs)
+        for name in ("href", "src", "action"):
+            value = attrs.get(name, "").strip().lower()
+            assert not value.startswith(("javascript:", "data:text")), (tag, attrs)
+        if tag == "img":
+            assert not attrs.get("src", "").startswith(("http:", "https:", "//")), attrs
+
+
+# --- DKIM and MIME -------------------------------------------------------------------------
+
+def published(record: str) -> tuple[str, str]:
+    """The name and the text of a zone-file TXT line as keygen prints it."""
+    name, _, rest = record.partition(" IN TXT ")
+    strings = re.findall(r'"([^"]*)"', rest)
+    assert all(len(s) <= 255 for s in strings)
+    return name.rstrip("."), "".join(strings)
+
+
+def nested_body(depth: int, kind: bytes) -> bytes:
+    """`depth` levels of multipart/`kind` (boundaries b1, b2, ...), text at the bottom."""
+    opening = b"".join(b'--b%d\r\nContent-Type: multipart/%s; boundary="b%d"\r\n\r\n'
+                       % (i, kind, i + 1) for i in range(depth - 1))
+    closing = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
+    return opening + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello from the bottom\r\n" % (
+        depth - 1) + closing
