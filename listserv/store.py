@@ -49,12 +49,6 @@ log = logging.getLogger("listserv.store")
 SUBJECT_FALLBACK_WINDOW = timedelta(days=60)
 
 
-@dataclass(frozen=True)
-class Stored:
-    message: Message
-    deliveries: int = 0  # delivery jobs queued for it
-
-
 def addresses_of(mlist: MailingList) -> ListAddresses:
     return ListAddresses(mlist.address)
 
