@@ -121,7 +121,7 @@ def _gone() -> HTTPException:
 async def message_page(request: Request, message_id: str) -> Response:
     def work(session: Session, mlist: MailingList) -> tuple | None:
         found = archive.message_page(session, mlist.id, message_id)
-        return found and (found, view.view(found.post.raw))
+        return (found, view.view(found.post.raw)) if found is not None else None
     mlist, found = await read(request, work)
     if found is None:
         raise _gone()
