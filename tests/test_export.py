@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from listserv import archive, compose, db, mbox, roster, settings, tokens, web
+from listserv import archive, compose, db, mbox, roster, settings, tokens
 from listserv.address import ListAddresses
 from listserv.cli import app
 from listserv.models import Message, MessageState, ThreadNode, ThreadSummary, utcnow
+from listserv.web.access import archive_cookie
 from tests.helpers import (
     CORPUS,
     assert_one_line_error,
@@ -131,7 +132,7 @@ def test_private_list_feed_and_export_need_the_member_pass(running, make_list, e
     mlist = make_list(LIST, members=[ALICE])
     import_raws(engine, [ROOT])
     set_archive(engine, "private")
-    member_pass = {web.archive_cookie(mlist): tokens.archive_pass(SECRET, mlist.id, ALICE, 30)}
+    member_pass = {archive_cookie(mlist): tokens.archive_pass(SECRET, mlist.id, ALICE, 30)}
     for path in ("export.mbox", "feed.atom"):
         with web_client(running) as client:
             assert client.get(f"/{LIST}/{path}").status_code == 403

@@ -18,8 +18,8 @@ import pytest
 from sqlalchemy import select, text, update
 
 from listserv import db, digest, limits, tokens
-from listserv import web as web_mod
 from listserv.models import ArchivePolicy, MailingList, Message, Token, utcnow
+from listserv.web.access import archive_cookie
 from tests.helpers import (
     CSP,
     LIST,
@@ -346,7 +346,7 @@ def test_nothing_of_a_private_archive_is_readable_without_the_member_pass(
     for path, page in refused.items():
         assert page.status_code == 403, path
         assert b"plans" not in page.content.lower() and b"secret bytes" not in page.content
-    member_pass = {web_mod.archive_cookie(mlist):
+    member_pass = {archive_cookie(mlist):
                    tokens.archive_pass(config.web.secret, mlist.id, "bob@example.com", 30)}
     with httpx.Client(base_url=running.config.web.base_url, cookies=member_pass,
                       timeout=20) as client:

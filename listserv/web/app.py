@@ -1,0 +1,127 @@
+"""The Starlette app: every URL of the web pages in one route table, the objects the
+endpoints share put on `app.state`, the security headers of every response, and our
+own error pages (never a traceback).
+
+The archive's pages show mail written by anyone. Its content is escaped or sanitised
+(view.py), and every response also carries a Content-Security-Policy that allows no
+script and no remote content at all, so a hole in the sanitising still runs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
+from starlette.convertors import IntegerConvertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from listserv import db
+from listserv.config import Config
+from listserv.web import access, archive, exports, member, pages
+
+POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+          "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+
+
+SECURITY_HEADERS = {b"content-security-policy": POLICY.encode(),
+                    b"x-content-type-options": b"nosniff"}
+
+
+class SecurityHeaders:
+    """Every response: no script, no remote content, no framing, no type sniffing. A
+    response that sets its own policy (attachments: sandbox) keeps it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS.items() if k not in names]
+                message["headers"] = headers
+            await send(message)
+        await self.app(scope, receive, send_with_headers)
+
+
+class _Number(IntegerConvertor):
+    """{x:number}: an int path segment of at most 10 digits; a longer one matches no
+    route (404), where {x:int} would make Python refuse to convert 5,000 digits (500)."""
+
+    regex = "[0-9]{1,10}"
+
+
+register_url_convertor("number", _Number())
+
+# A page is an endpoint function in one of the modules beside this one and a line here.
+# The member pages come before the archive's, whose first segment is any list address.
+ROUTES: list[BaseRoute] = [
+    Route("/", archive.index),
+    Route("/confirm/{token}", member.confirm_form, methods=["GET"]),
+    Route("/confirm/{token}", member.confirm, methods=["POST"]),
+    Route("/unsubscribe/{token}", member.unsubscribe_form, methods=["GET"]),
+    Route("/unsubscribe/{token}", member.unsubscribe, methods=["POST"]),
+    Route("/mute/{token}", member.mute_form, methods=["GET"]),
+    Route("/mute/{token}", member.mute, methods=["POST"]),
+    Route("/unmute/{token}", member.unmute_form, methods=["GET"]),
+    Route("/unmute/{token}", member.unmute, methods=["POST"]),
+    Route("/reenable/{token}", member.reenable, methods=["GET", "POST"]),
+    Route("/{address}/feed.atom", exports.feed),
+    Route("/{address}/export.mbox", exports.export),
+    Route("/{address}/", archive.list_page),
+    Route("/{address}/search", archive.search_page),
+    Route("/{address}/access/{token}", access.enter),
+    Route("/{address}/{year:number}/{month:number}/", archive.month_page),
+    Route("/{address}/thread/{rest:path}", archive.thread_page),
+    Route("/{address}/message/{rest:path}", archive.message_routes),
+    Route("/{address}/digest/", archive.digest_index, methods=["GET"]),
+    Route("/{address}/digest/{volume:number}/{number:number}/", archive.digest_issue,
+          methods=["GET"]),
+]
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown pages and closed archives get a page of ours, never a traceback."""
+    assert isinstance(exc, HTTPException)
+    return pages.page(request, "error", exc.status_code, status=exc.status_code,
+                      detail=exc.detail)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """A failure of ours: our error page, with the headers of every page set here,
+    since Starlette answers it outside the middleware that sets them."""
+    response = pages.page(request, "error", 500, status=500,
+                          detail="Something went wrong on our side; please try again later.")
+    response.headers.update({k.decode(): v.decode() for k, v in SECURITY_HEADERS.items()})
+    return response
+
+
+UNAVAILABLE_TEXT = "The archive is unavailable for a moment. Please try again in a minute."
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """The database is away (stopped, its disk full): a page saying so, with the
+    headers of every page, not a traceback; it comes back by itself."""
+    response = pages.page(request, "error", 503, status=503, detail=UNAVAILABLE_TEXT)
+    response.headers["retry-after"] = "60"
+    return response
+
+
+def make_app(engine: Engine, config: Config, extra_routes: Sequence[BaseRoute] = ()
+             ) -> Starlette:
+    """The web pages over `engine`, plus `extra_routes` (the server's /healthz and
+    /metrics)."""
+    app = Starlette(exception_handlers={HTTPException: http_error, Exception: server_error,
+                                        **dict.fromkeys(db.UNAVAILABLE, unavailable)},
+                    middleware=[Middleware(SecurityHeaders)],
+                    routes=[*extra_routes, *ROUTES])
+    app.state.engine = engine
+    app.state.config = config
+    return app

@@ -1,0 +1,220 @@
+"""The archive's pages: the front page of lists, a list's threads, a month, a thread, a
+message (with its raw bytes and attachments), search and the digest issues. Every page
+of one list reads through access.read; its routes are in app.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+from urllib.parse import quote
+
+from sqlmodel import Session
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from listserv import archive, compose, db, digest, privacy, search, store, view
+from listserv.models import DigestIssue, MailingList
+from listserv.web import pages
+from listserv.web.access import read
+
+THREADS_PER_PAGE = 50
+HITS_PER_PAGE = 20
+MAX_QUERY = 500  # characters of a search query kept
+# Attachments a browser may show as themselves (still offered as a download); anything
+# else is application/octet-stream, so no HTML or SVG of a stranger's runs on our origin.
+SHOWN_TYPES = {"image/png", "image/jpeg", "image/gif", "text/plain", "application/pdf"}
+_ATTACHMENT = re.compile(r"(.+)/attachment/([0-9]+)/[^/]*")
+MAX_ATTACHMENTS = 999_999  # an index past this is no attachment (and no 5,000-digit int)
+
+
+async def archive_page(request: Request, name: str, mlist: MailingList,
+                       **context: Any) -> HTMLResponse:
+    """Rendered in a worker thread: a thread of a thousand posts is CPU work that would
+    hold up every other request on the event loop meanwhile."""
+    return await asyncio.to_thread(
+        pages.page, request, name, mlist=mlist,
+        list_url=f"{pages.base_url(request)}/{mlist.address}/",
+        q=compose.quote_id, obfuscate=view.obfuscate, **context)
+
+
+async def index(request: Request) -> Response:
+    """/: every list with a public archive."""
+    def work() -> list[archive.ListEntry]:
+        with db.read_session(pages.engine(request)) as session:
+            return archive.listed(session)
+    return pages.page(request, "index", lists=await asyncio.to_thread(work))
+
+
+async def list_page(request: Request) -> Response:
+    number = pages.page_number(request)
+    mlist, (threads, months) = await read(request, lambda session, mlist: (
+        archive.threads(session, mlist.id, number, THREADS_PER_PAGE),
+        archive.months(session, mlist.id)))
+    return await archive_page(request, "list", mlist, threads=threads, months=months)
+
+
+async def month_page(request: Request) -> Response:
+    year, month = request.path_params["year"], request.path_params["month"]
+    if not (1 <= month <= 12 and 1 <= year <= 9999):
+        raise HTTPException(404, "There is no such month.")
+    number = pages.page_number(request)
+    mlist, (threads, months) = await read(request, lambda session, mlist: (
+        archive.month_threads(session, mlist.id, year, month, number, THREADS_PER_PAGE),
+        archive.months(session, mlist.id)))
+    older = [m for m in months if m < (year, month)]
+    newer = [m for m in months if m > (year, month)]
+    return await archive_page(request, "month", mlist, threads=threads, year=year,
+                              month=month, older=older[0] if older else None,
+                              newer=newer[-1] if newer else None)
+
+
+def trailing_slash(request: Request, kind: str) -> str | Response:
+    """A thread or message id from the path without its closing "/"; without one, a
+    redirect to the canonical URL (the path arrives decoded, so it is quoted again)."""
+    value = request.path_params["rest"]
+    if value.endswith("/"):
+        return value[:-1]
+    address = request.path_params["address"]
+    return RedirectResponse(
+        f"{pages.base_url(request)}/{address}/{kind}/{compose.quote_id(value)}/",
+        status_code=308)
+
+
+async def thread_page(request: Request) -> Response:
+    thread_id = trailing_slash(request, "thread")
+    if isinstance(thread_id, Response):
+        return thread_id
+
+    def work(session: Session, mlist: MailingList) -> list:
+        posts = archive.thread_posts(session, mlist.id, thread_id)
+        return [(post, view.view(post.raw)) for post in posts]
+    mlist, posts = await read(request, work)
+    if not posts:
+        raise HTTPException(404, "There is no such thread in this archive.")
+    return await archive_page(request, "thread", mlist, posts=posts, thread_id=thread_id)
+
+
+async def message_routes(request: Request) -> Response:
+    """/message/ID/, /message/ID/raw and /message/ID/attachment/N/NAME: one route,
+    since a Message-ID may itself contain "/"."""
+    rest = request.path_params["rest"]
+    if rest.endswith("/raw"):
+        return await raw_page(request, rest.removesuffix("/raw"))
+    found = _ATTACHMENT.fullmatch(rest)
+    if found:
+        digits = found.group(2)
+        index = int(digits) if len(digits) <= len(str(MAX_ATTACHMENTS)) else -1
+        return await attachment_page(request, found.group(1), index)
+    message_id = trailing_slash(request, "message")
+    if isinstance(message_id, Response):
+        return message_id
+    return await message_page(request, message_id)
+
+
+def _gone() -> HTTPException:
+    return HTTPException(404, "There is no such message in this archive.")
+
+
+async def message_page(request: Request, message_id: str) -> Response:
+    def work(session: Session, mlist: MailingList) -> tuple | None:
+        found = archive.message_page(session, mlist.id, message_id)
+        return (found, view.view(found.post.raw)) if found is not None else None
+    mlist, found = await read(request, work)
+    if found is None:
+        raise _gone()
+    message, shown = found
+    return await archive_page(request, "message", mlist, message=message, view=shown,
+                              reply=compose.reply_mailto(mlist.address, message_id,
+                                                         message.post.subject))
+
+
+def raw_response(raw: bytes) -> Response:
+    """The stored bytes unchanged: what was received is the evidence (headers, signatures),
+    so nothing is re-encoded. Only bytes that are UTF-8 are labelled so; older 8-bit mail
+    is left for the browser to guess rather than shown as replacement characters."""
+    try:
+        raw.decode("utf-8")
+        content_type = "text/plain; charset=utf-8"
+    except UnicodeDecodeError:
+        content_type = "text/plain"
+    return Response(raw, headers={"content-type": content_type})
+
+
+async def raw_page(request: Request, message_id: str) -> Response:
+    _, raw = await read(request, lambda session, mlist: archive.raw_message(
+        session, mlist.id, message_id))
+    if raw is None:
+        raise _gone()
+    return raw_response(privacy.public(raw))
+
+
+def attachment_response(part: view.Attachment, data: bytes) -> Response:
+    """A download, never a page of our origin: safe type, attachment, sandboxed."""
+    content_type = part.content_type if part.content_type in SHOWN_TYPES else (
+        "application/octet-stream")
+    fallback = re.sub(r"[^A-Za-z0-9._-]", "_", part.filename) or "attachment"
+    return Response(data, headers={
+        "content-type": content_type,
+        "content-disposition": f"attachment; filename=\"{fallback}\"; "
+                               f"filename*=UTF-8''{quote(part.filename, safe='')}",
+        "content-security-policy": "sandbox"})
+
+
+async def attachment_page(request: Request, message_id: str, index: int) -> Response:
+    def work(session: Session, mlist: MailingList) -> tuple | None:
+        raw = archive.raw_message(session, mlist.id, message_id)
+        return view.attachment(raw, index) if raw is not None else None
+    _, found = await read(request, work)
+    if found is None:
+        raise HTTPException(404, "There is no such attachment.")
+    return attachment_response(*found)
+
+
+async def search_page(request: Request) -> Response:
+    words = request.query_params.get("q", "").strip()[:MAX_QUERY]
+    number = pages.page_number(request)
+    mlist, hits = await read(request, lambda session, mlist: search.query(
+        session, mlist.id, words, HITS_PER_PAGE + 1, (number - 1) * HITS_PER_PAGE)
+        if words else [])
+    return await archive_page(request, "search", mlist, words=words,
+                              hits=hits[:HITS_PER_PAGE], number=number,
+                              has_next=len(hits) > HITS_PER_PAGE)
+
+
+# --- digests in the archive -----------------------------------------------------------
+
+def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
+    base, addresses = pages.config(request).web.base_url, store.addresses_of(mlist)
+    return {"archive_url": compose.archive_url(base, addresses),
+            "message_url": lambda mid: compose.message_url(base, addresses, mid),
+            "thread_url": lambda tid: compose.thread_url(base, addresses, tid)}
+
+
+async def digest_index(request: Request) -> Response:
+    """/{list}/digest/: the issues, newest first."""
+    mlist, issues = await read(request, lambda s, m: digest.issues(s, m.id))
+    return pages.page(request, "digest_index", mlist=mlist, issues=issues,
+                      **_digest_urls(request, mlist))
+
+
+async def digest_issue(request: Request) -> Response:
+    """/{list}/digest/{volume}/{issue}/: one issue's posts by thread, each linking to its
+    message page."""
+    volume = pages.path_number(request, "volume")
+    number = pages.path_number(request, "number")
+
+    def work(session: Session, mlist: MailingList
+             ) -> tuple[DigestIssue, list[digest.Group]] | None:
+        found = digest.find_issue(session, mlist.id, volume, number)
+        if found is None:
+            return None
+        return found, digest.by_thread(digest.issue_entries(session, found))
+    mlist, found = await read(request, work)
+    if found is None:
+        raise HTTPException(404, f"{mlist.name} has no digest Vol {volume}, Issue {number}.")
+    return pages.page(request, "digest_issue", mlist=mlist, issue=found[0],
+                      threads=found[1], obfuscate=view.obfuscate,
+                      **_digest_urls(request, mlist))

@@ -1,0 +1,188 @@
+"""The pages behind the links in a member's mail: confirm a subscription, unsubscribe
+(RFC 8058 one-click), mute or unmute a thread, turn delivery back on after bounces.
+
+They only ever act on POST: a GET shows a page with a button, because link scanners
+and previews fetch every URL. Each link is checked again on the POST that acts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlmodel import Session
+from starlette.requests import Request
+from starlette.responses import Response
+
+from listserv import bouncing, commands, tokens
+from listserv.config import Config
+from listserv.models import MailingList
+from listserv.web import pages
+
+
+@dataclass(frozen=True)
+class Link:
+    """What a signed link in a member's copy names: a member, and for mute a thread."""
+
+    mlist: MailingList
+    address: str
+    thread_id: str = ""
+
+
+def _signed(session: Session, config: Config, purpose: str, value: str,
+            size: int) -> list[str] | None:
+    parts = tokens.verify(tokens.server_secret(session, config), purpose, value)
+    if parts is None or len(parts) != size or not parts[0].isdigit():
+        return None
+    return parts
+
+
+def _member_link(session: Session, config: Config, purpose: str, value: str) -> Link | None:
+    parts = _signed(session, config, purpose, value, 3)
+    if parts is None:
+        return None
+    mlist = session.get(MailingList, int(parts[0]))
+    if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[2]):
+        return None
+    return Link(mlist, parts[1])
+
+
+def unsubscribe_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member an unsubscribe link was made for; None if we did not sign it."""
+    return _member_link(session, config, "unsubscribe", value)
+
+
+def reenable_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member a bounce warning's re-enable link was made for."""
+    return _member_link(session, config, "reenable", value)
+
+
+def mute_target(session: Session, config: Config, value: str) -> Link | None:
+    """The member and thread a mute link was made for; None if forged or gone."""
+    parts = _signed(session, config, "mute", value, 4)
+    if parts is None or not parts[2].isdigit():
+        return None
+    mlist = session.get(MailingList, int(parts[0]))
+    if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[3]):
+        return None
+    thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
+    return Link(mlist, parts[1], thread_id) if thread_id else None
+
+
+async def signed_link(request: Request, target: Callable[[Session, Config, str], Link | None],
+                      action: Callable[[Session, Link], object] | None = None
+                      ) -> Link | None:
+    """Check the {token} of the path; for a POST, `action` runs in the same transaction."""
+    value, config = request.path_params["token"], pages.config(request)
+
+    def work(session: Session) -> Link | None:
+        link = target(session, config, value)
+        if link is not None and action is not None:
+            action(session, link)
+        return link
+    return await pages.in_db(request, work)
+
+
+# --- confirm: the web answer to a subscribe or unsubscribe confirmation ----------------
+
+async def confirm_form(request: Request) -> Response:
+    value = request.path_params["token"]
+    found = await pages.in_db(request, lambda s: commands.find_confirmable(s, value))
+    if found is None:
+        return pages.invalid(request, "confirm", 404)
+    token, mlist = found
+    return pages.page(request, "confirm", kind=token.kind.value, address=token.address,
+                      mlist=mlist, action=request.url.path)
+
+
+async def confirm(request: Request) -> Response:
+    value, config = request.path_params["token"], pages.config(request)
+
+    def act(session: Session) -> tuple[str, MailingList, str] | None:
+        found = commands.find_confirmable(session, value)
+        if found is None:
+            return None
+        token, mlist = found
+        return commands.confirm(session, config, token).value, mlist, token.address
+    done = await pages.in_db(request, act)
+    if done is None or done[0] == commands.Outcome.BAD_TOKEN:
+        return pages.invalid(request, "confirm", 404)
+    outcome, mlist, address = done
+    return pages.page(request, "done", outcome=outcome, mlist=mlist, address=address)
+
+
+# --- unsubscribe -----------------------------------------------------------------------
+
+async def unsubscribe_form(request: Request) -> Response:
+    link = await signed_link(request, unsubscribe_target)
+    if link is None:
+        return pages.invalid(request, "unsubscribe", 400)
+    return pages.page(request, "unsubscribe", mlist=link.mlist, address=link.address,
+                      action=request.url.path)
+
+
+async def unsubscribe(request: Request) -> Response:
+    """RFC 8058 one-click: the POST itself is the confirmation."""
+    config = pages.config(request)
+    link = await signed_link(request, unsubscribe_target, lambda session, link:
+                             commands.leave(session, config, link.mlist, link.address))
+    if link is None:
+        return pages.invalid(request, "unsubscribe", 400)
+    return pages.page(request, "done", outcome=commands.Outcome.UNSUBSCRIBED.value,
+                      mlist=link.mlist, address=link.address)
+
+
+# --- mute and unmute a thread: one link, and each page offers the other -----------------
+
+async def _offer(request: Request, verb: str) -> Response:
+    """GET /mute/TOKEN or /unmute/TOKEN: the page with the button."""
+    link = await signed_link(request, mute_target)
+    if link is None:
+        return pages.invalid(request, "mute", 400)
+    return pages.page(request, "mute", done="", offer=verb, mlist=link.mlist,
+                      address=link.address, action=request.url.path)
+
+
+async def _change(request: Request, on: bool) -> Response:
+    """POST /mute/TOKEN or /unmute/TOKEN: done, and the page offers to undo it."""
+    verb, other = ("mute", "unmute") if on else ("unmute", "mute")
+    change = commands.mute if on else commands.unmute
+    link = await signed_link(request, mute_target, lambda session, link: change(
+        session, link.mlist.id, link.address, link.thread_id))
+    if link is None:
+        return pages.invalid(request, "mute", 400)
+    return pages.page(request, "mute", done=f"{verb}d", offer=other, mlist=link.mlist,
+                      address=link.address, action=f"/{other}/{request.path_params['token']}")
+
+
+async def mute_form(request: Request) -> Response:
+    return await _offer(request, "mute")
+
+
+async def mute(request: Request) -> Response:
+    return await _change(request, on=True)
+
+
+async def unmute_form(request: Request) -> Response:
+    return await _offer(request, "unmute")
+
+
+async def unmute(request: Request) -> Response:
+    return await _change(request, on=False)
+
+
+# --- re-enable delivery after bounces --------------------------------------------------
+
+async def reenable(request: Request) -> Response:
+    """/reenable/TOKEN from a bounce warning: GET asks, POST turns delivery back on."""
+    done = request.method == "POST"
+    member: list[bool] = []
+
+    def act(session: Session, link: Link) -> None:
+        change = bouncing.reenable if done else commands.is_member
+        member.append(change(session, link.mlist.id, link.address))
+    link = await signed_link(request, reenable_target, act)
+    if link is None:
+        return pages.invalid(request, "re-enable", 400)
+    return pages.page(request, "reenable", done=done, member=member[0], mlist=link.mlist,
+                      address=link.address, action=request.url.path)
