@@ -32,7 +32,6 @@ from listserv import (
     archive,
     bouncing,
     commands,
-    compose,
     db,
     digest,
     privacy,
@@ -45,6 +44,7 @@ from listserv import (
 from listserv.config import MAX_INT, Config
 from listserv.models import ArchivePolicy, DigestIssue, MailingList
 from listserv.templating import render
+from listserv.urls import archive_url, message_url, quote_id, reply_mailto, thread_url
 
 T = TypeVar("T")
 
@@ -244,7 +244,7 @@ def archive_routes(engine: Engine, config: Config,
         would hold up every other request on the event loop meanwhile."""
         return await asyncio.to_thread(
             page, name, mlist=mlist, list_url=f"{base}/{mlist.address}/",
-            q=compose.quote_id, obfuscate=view.obfuscate, **context)
+            q=quote_id, obfuscate=view.obfuscate, **context)
 
     async def list_page(request: Request) -> Response:
         number = page_number(request)
@@ -274,7 +274,7 @@ def archive_routes(engine: Engine, config: Config,
         if value.endswith("/"):
             return value[:-1]
         address = request.path_params["address"]
-        return RedirectResponse(f"{base}/{address}/{kind}/{compose.quote_id(value)}/",
+        return RedirectResponse(f"{base}/{address}/{kind}/{quote_id(value)}/",
                                 status_code=308)
 
     async def thread_page(request: Request) -> Response:
@@ -318,7 +318,7 @@ def archive_routes(engine: Engine, config: Config,
             raise gone()
         message, shown = found
         return await archive_page("message", mlist, message=message, view=shown,
-                            reply=compose.reply_mailto(mlist.address, message_id,
+                            reply=reply_mailto(mlist.address, message_id,
                                                        message.post.subject))
 
     async def raw_page(request: Request, message_id: str) -> Response:
@@ -361,7 +361,7 @@ def archive_routes(engine: Engine, config: Config,
         mlist = await asyncio.to_thread(work)
         if mlist is None:
             return page("invalid", 400, kind="archive")
-        response = RedirectResponse(compose.archive_url(base, store.addresses_of(mlist)),
+        response = RedirectResponse(archive_url(base, store.addresses_of(mlist)),
                                     status_code=303)
         response.set_cookie(archive_cookie(mlist), value,
                             max_age=config.web.archive_link_days * 86400,
@@ -414,10 +414,10 @@ def feed_and_export_routes(engine: Engine, config: Config) -> list[Route]:
         mlist, posts = await read(request, lambda session, mlist: archive.latest_posts(
             session, mlist.id, FEED_POSTS))
         addresses = store.addresses_of(mlist)
-        entries = [(post, compose.message_url(config.web.base_url, addresses,
+        entries = [(post, message_url(config.web.base_url, addresses,
                                               post.message_id)) for post in posts]
         body = render("web/feed.atom", mlist=mlist, entries=entries,
-                      list_url=compose.archive_url(config.web.base_url, addresses),
+                      list_url=archive_url(config.web.base_url, addresses),
                       updated=posts[0].date if posts else mlist.created_at)
         return Response(body, media_type="application/atom+xml; charset=utf-8")
 
@@ -458,10 +458,10 @@ def digest_routes(engine: Engine, config: Config,
 
     def urls(mlist: MailingList) -> dict[str, Any]:
         addresses = store.addresses_of(mlist)
-        return {"archive_url": compose.archive_url(config.web.base_url, addresses),
-                "message_url": lambda mid: compose.message_url(config.web.base_url,
+        return {"archive_url": archive_url(config.web.base_url, addresses),
+                "message_url": lambda mid: message_url(config.web.base_url,
                                                                addresses, mid),
-                "thread_url": lambda tid: compose.thread_url(config.web.base_url, addresses,
+                "thread_url": lambda tid: thread_url(config.web.base_url, addresses,
                                                              tid)}
 
     async def index(request: Request) -> Response:
