@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import bouncing, db, headers, metrics, signing, slots, store, supervise, tokens
+from listserv import bounces, db, headers, metrics, signing, slots, store, supervise, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.lease import Leases, log_takeovers, past_lease
@@ -209,7 +209,7 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         session.execute(insert(RecipientFailure), [
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
-        bouncing.refused(session, server, job.outgoing_id, permanent, now)
+        bounces.refused(session, server, job.outgoing_id, permanent, now)
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     return values["state"]
 

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from listserv import (
     archive,
-    bouncing,
+    bounces,
     commands,
     db,
     digest,
@@ -598,7 +598,7 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ())
         member: list[bool] = []
 
         def act(session: Session, link: Link) -> None:
-            change = bouncing.reenable if done else commands.is_member
+            change = bounces.reenable if done else commands.is_member
             member.append(change(session, link.mlist.id, link.address))
         link = await signed_link(request, reenable_target, act)
         if link is None:

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from listserv import bouncing, db
+from listserv import bounces, db
 from listserv.urls import quote_id
 from tests.helpers import CORPUS, ok, write_config
 
@@ -244,7 +244,7 @@ def test_the_reenable_page_fits_a_phone_and_leads_back_to_the_lists(running, mak
                                                                     reader, tmp_path):
     mlist = make_list(LIST, members=[BOB])
     with db.session(running.engine) as s:
-        link = bouncing.reenable_url(s, running.config, mlist, BOB)
+        link = bounces.reenable_url(s, running.config, mlist, BOB)
     r = reader(is_mobile=True, has_touch=True)  # a phone honours the page's viewport
     page = r.visit(urlsplit(link).path)
     page.screenshot(path=tmp_path / "reenable.png", full_page=True)

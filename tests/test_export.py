@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from listserv import archive, db, mbox, roster, settings, tokens, web
+from listserv import archive, db, list_settings, mbox, roster, tokens, web
 from listserv.address import ListAddresses
 from listserv.cli import app
 from listserv.models import Message, MessageState, ThreadNode, ThreadSummary, utcnow
@@ -81,7 +81,7 @@ def web_client(running, **kwargs) -> httpx.Client:
 def set_archive(engine: Engine, value: str, address: str = LIST) -> None:
     with db.session(engine) as s:
         mlist = roster.get_list(s, address)
-        settings.set_setting(mlist, "archive", value)
+        list_settings.set_setting(mlist, "archive", value)
         s.add(mlist)
         s.commit()
 
