@@ -41,7 +41,7 @@ import run
 from sqlalchemy import create_engine, text
 
 from listserv import db
-from listserv.compose import quote_id
+from listserv.urls import quote_id
 
 HERE = Path(__file__).resolve().parent
 LIST = "dev@lists.bench.example"

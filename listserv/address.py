@@ -87,7 +87,7 @@ class ListAddresses:
     def verp(self, rcpt: str) -> str:
         """The envelope sender of `rcpt`'s copy, so a bounce names whose copy failed:
         LIST-bounces+user=example.com@domain ("@" written "=", read by
-        bounce.verp_recipient)."""
+        verp_recipient)."""
         local, _, domain = rcpt.rpartition("@")
         return self.at(Purpose.BOUNCES, f"{local}={domain}")
 
@@ -95,6 +95,27 @@ class ListAddresses:
     def list_id(self) -> str:
         """RFC 2919 list-id: the posting address with "@" turned into "."."""
         return f"{self.local}.{self.domain}"
+
+
+def verp_recipient(envelope_recipient: str) -> str | None:
+    """The member a VERP bounce address names: LIST-bounces+user=example.com@domain
+    gives user@example.com, so a bounce needs no parsing to find its recipient.
+
+    The `@` of the member's address is written `=` in the detail; the member's own local
+    part may hold `=` too, so the last one is the separator (a domain never has one).
+    None when the address carries no such detail.
+    """
+    local, at, _domain = envelope_recipient.strip().strip("<>").rpartition("@")
+    if not at:
+        return None
+    _list, plus, detail = local.lower().partition("-bounces+")
+    if not plus:
+        return None
+    detail = local[len(local) - len(detail):]  # the member's case, as sent
+    user, eq, domain = detail.rpartition("=")
+    if not (eq and user and "." in domain and "@" not in detail):
+        return None
+    return f"{user}@{domain.lower()}"
 
 
 # flanker reads no mailbox longer than this (and then says None); nor is one cached.

@@ -159,7 +159,7 @@ def list_create(ctx: typer.Context, address: ListArg,
 
 
 def _list_summary(s: Any, mlist: Any) -> dict:
-    from listserv import roster, settings
+    from listserv import list_settings, roster
 
     counts: dict[str, int] = {}
     for m in roster.members(s, mlist):
@@ -167,7 +167,7 @@ def _list_summary(s: Any, mlist: Any) -> dict:
     return {"address": mlist.address, "name": mlist.name, "description": mlist.description,
             "members": counts.get("member", 0), "owners": counts.get("owner", 0),
             "moderators": counts.get("moderator", 0), "created_at": mlist.created_at,
-            **settings.settings_of(mlist)}
+            **list_settings.settings_of(mlist)}
 
 
 @list_app.command("ls")
@@ -201,12 +201,12 @@ def list_show(ctx: typer.Context, address: ListArg, as_json: JsonOpt = False) ->
     Example:
       listserv list show dev@lists.example.org
     """
-    from listserv import db, roster, settings
+    from listserv import db, list_settings, roster
 
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         info = _list_summary(s, mlist)
-        effective = settings.effective(mlist)
+        effective = list_settings.effective(mlist)
     if as_json:
         return _print_json({**info, **effective.values, "defaults": effective.defaults})
     for key, value in {**info, **effective.values}.items():
@@ -258,11 +258,11 @@ def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None
     Example:
       listserv list set dev@lists.example.org subject_prefix "[dev]"
     """
-    from listserv import db, roster, settings
+    from listserv import db, list_settings, roster
 
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
-        new = settings.set_setting(mlist, key, value)
+        new = list_settings.set_setting(mlist, key, value)
         s.add(mlist)
         s.commit()
     out.print(f"{mlist.address}: {key} = {new if new is not None else 'default'}")

@@ -10,7 +10,7 @@ import typer
 from listserv.cli import FileArg, JsonOpt, ListArg, _print_json, _state, bounce_app, err, out
 
 if TYPE_CHECKING:
-    from listserv.bouncing import Row
+    from listserv.bounces import Row
 
 
 @bounce_app.command("parse")
@@ -24,13 +24,13 @@ def bounce_parse(file: FileArg, as_json: JsonOpt = False) -> None:
     """
     from rich.table import Table
 
-    from listserv import bounce, roster
+    from listserv import dsn, roster
 
     try:
         raw = file.read_bytes()
     except OSError as exc:
         raise roster.UserError(f"cannot read {file}: {exc.strerror}") from exc
-    report = bounce.parse_bounce(raw)
+    report = dsn.parse_bounce(raw)
     rows = [{"address": f.address, "status": f.status, "class": f.bounce_class.value,
              "diagnostic": f.diagnostic} for f in report.failures]
     if report.complaint:
@@ -100,15 +100,15 @@ def bounce_ls(ctx: typer.Context, list_address: ListArg,
     """
     from datetime import timedelta
 
-    from listserv import bouncing, db, roster
+    from listserv import bounces, db, roster
     from listserv.models import utcnow
 
     state = _state(ctx)
-    days = days or bouncing.HISTORY_DAYS
+    days = days or bounces.HISTORY_DAYS
     with db.session(state.engine) as s:
         mlist = roster.get_list(s, list_address)
-        rows = bouncing.recent(s, state.config, mlist, days=days)
-        policy = bouncing.policy_by_domain(s, mlist.id, utcnow() - timedelta(days=days))
+        rows = bounces.recent(s, state.config, mlist, days=days)
+        policy = bounces.policy_by_domain(s, mlist.id, utcnow() - timedelta(days=days))
     if as_json:
         return _print_json(_by_member(rows) if by_member else [
             {"time": r.time, "member": r.member, "class": r.bounce_class, "status": r.status,

@@ -92,14 +92,14 @@ def member_remove(ctx: typer.Context, list_address: ListArg, addresses: Addresse
 
 
 def _row(member: Any, now: Any, config: Any) -> dict:
-    from listserv import bouncing, roster
+    from listserv import bounces, roster
 
     return {"address": member.address, "name": member.display_name,
             "role": member.role.value, "delivery": member.delivery.value,
             "moderated": member.moderated,
             "disabled_by": member.disabled_by.value if member.disabled_by else None,
             "delivery_status": roster.delivery_status(member),
-            "bounce_score": bouncing.score_now(member.bounce_score, member.last_bounce_at,
+            "bounce_score": bounces.score_now(member.bounce_score, member.last_bounce_at,
                                                now, config.bounces)}
 
 
@@ -236,14 +236,14 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
     Example:
       listserv member set dev@lists.example.org ann@example.org --delivery digest-mime
     """
-    from listserv import db, roster, settings
+    from listserv import db, list_settings, roster
     from listserv.models import DeliveryMode, Role
 
     mode = None if delivery is None else choice(DeliveryMode, delivery, "--delivery")
     kind = None if role is None else choice(Role, role, "--role")
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
-        flag = None if moderated is None else settings.parse_bool(moderated, "--moderated")
+        flag = None if moderated is None else list_settings.parse_bool(moderated, "--moderated")
         changed = roster.set_member(s, mlist, address, moderated=flag, delivery=mode,
                                     role=kind)
         s.commit()

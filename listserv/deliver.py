@@ -26,7 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import bouncing, compose, db, metrics, signing, store, supervise, tokens
+from listserv import bounces, db, headers, metrics, signing, slots, store, supervise, tokens
 from listserv.address import ListAddresses
 from listserv.config import Config, DeliveryConfig
 from listserv.lease import Leases, log_takeovers, past_lease
@@ -209,7 +209,7 @@ def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str
         session.execute(insert(RecipientFailure), [
             {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
              "created_at": now} for r, rep in permanent.items()])
-        bouncing.refused(session, server, job.outgoing_id, permanent, now)
+        bounces.refused(session, server, job.outgoing_id, permanent, now)
     session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
     return values["state"]
 
@@ -315,7 +315,7 @@ class Personal:
     The copy is cut and dot-stuffed once, when loaded: without DKIM, a recipient's
     bytes are two signatures joined with bytes prepared for everyone."""
 
-    def __init__(self, copy: compose.Copy, secret: str, list_id: int,
+    def __init__(self, copy: slots.Copy, secret: str, list_id: int,
                  message_pk: int | None, verp: ListAddresses | None = None,
                  signer: signing.Signer | None = None) -> None:
         self.copy = copy
@@ -364,9 +364,9 @@ class _Line:
     line_start: bool
 
     def fill(self, unsubscribe: str, mute: str) -> bytes:
-        raw = self.text.replace(compose.UNSUBSCRIBE, unsubscribe).replace(
-            compose.MUTE, mute).encode(self.charset)
-        return stuff(compose.crlf(binascii.b2a_qp(raw) if self.qp else raw),
+        raw = self.text.replace(slots.UNSUBSCRIBE, unsubscribe).replace(
+            slots.MUTE, mute).encode(self.charset)
+        return stuff(headers.crlf(binascii.b2a_qp(raw) if self.qp else raw),
                      line_start=self.line_start)
 
 
@@ -374,7 +374,7 @@ class _Line:
 class _Whole:
     """A slot filled whole for each recipient: base64 cannot be cut at lines."""
 
-    slot: compose.Slot
+    slot: slots.Slot
     line_start: bool
 
     def fill(self, unsubscribe: str, mute: str) -> bytes:
@@ -384,25 +384,25 @@ class _Whole:
 Piece = bytes | _Line | _Whole
 
 
-def _slot_pieces(slot: compose.Slot, line_start: bool) -> list[Piece]:
+def _slot_pieces(slot: slots.Slot, line_start: bool) -> list[Piece]:
     """A slot as its lines: those without a token encoded and stuffed once (as
-    compose.Slot.fill encodes them: line by line), the others left for each recipient."""
+    slots.Slot.fill encodes them: line by line), the others left for each recipient."""
     if slot.encoding not in ("7bit", "8bit", "binary", "quoted-printable"):
         return [_Whole(slot, line_start)]
     qp = slot.encoding == "quoted-printable"
     pieces: list[Piece] = []
     for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
         first = line_start or index > 0
-        if compose.UNSUBSCRIBE in line or compose.MUTE in line:
+        if slots.UNSUBSCRIBE in line or slots.MUTE in line:
             pieces.append(_Line(line, slot.charset, qp, first))
         else:
             raw = line.encode(slot.charset)
-            pieces.append(stuff(compose.crlf(binascii.b2a_qp(raw) if qp else raw),
+            pieces.append(stuff(headers.crlf(binascii.b2a_qp(raw) if qp else raw),
                                 line_start=first))
     return pieces
 
 
-def _stuffed_pieces(copy: compose.Copy) -> list[Piece]:
+def _stuffed_pieces(copy: slots.Copy) -> list[Piece]:
     """The copy cut at its tokens' lines, dot-stuffed, with the end-of-data line. The
     shared bytes begin lines (they open the copy or follow a slot, and fills end
     lines); a slot begins one when the bytes before it end one."""
@@ -607,7 +607,7 @@ class Worker:
         if not stored.slots:
             return prepare(self.signer.sign(stored.data) if self.signer else stored.data)
         verp = ListAddresses(stored.verp) if stored.verp else None
-        return Personal(compose.Copy.load(stored.data, stored.slots), self._secret,
+        return Personal(slots.Copy.load(stored.data, stored.slots), self._secret,
                         stored.list_id or 0, stored.message_pk, verp, self.signer)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:

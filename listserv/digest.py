@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import compose, privacy, store, thread, view
+from listserv import compose, headers, privacy, slots, store, thread, urls, view
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -146,7 +146,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
         entry = Entry(
             position=row.position or 0, message_id=row.message_id, subject=row.subject,
             author=name or address,
-            from_header=compose.mailbox(name, address) if address else compose.one_line(name),
+            from_header=headers.mailbox(name, address) if address else headers.one_line(name),
             date=row.date or row.received_at, thread_id=row.thread_id or row.message_id,
             thread_subject=row.thread_subject or row.subject,
             raw=row.raw if with_raw else b"")
@@ -209,7 +209,7 @@ def reply_link(addresses: ListAddresses, message_id: str, subject: str) -> str:
 
 
 def issue_url(base_url: str, addresses: ListAddresses, volume: int, number: int) -> str:
-    return f"{compose.archive_url(base_url, addresses)}digest/{volume}/{number}/"
+    return f"{urls.archive_url(base_url, addresses)}digest/{volume}/{number}/"
 
 
 _SEPARATOR = "-" * 30  # between messages (RFC 1153)
@@ -232,7 +232,7 @@ def _context(mlist: MailingList, base_url: str, volume: int, number: int,
                 "subject": entry.subject, "author": entry.author, "from": entry.from_header,
                 "date": format_datetime(entry.date),
                 "reply_url": reply_link(addresses, entry.message_id, entry.subject),
-                "web_url": compose.message_url(base_url, addresses, entry.message_id)
+                "web_url": urls.message_url(base_url, addresses, entry.message_id)
                 if web else ""}
     groups = by_thread(entries)
     return {"name": mlist.name, "addresses": addresses, "volume": volume, "number": number,
@@ -284,8 +284,8 @@ def mime_body(context: dict, entries: Sequence[Entry]) -> bytes:
     message/rfc822, each the stored bytes (RFC 2046 5.1.5) less the fields that show
     where its poster was (see privacy)."""
     posts = [b"Content-Type: message/rfc822\r\n" + _eight_bit(e.raw) + b"\r\n"
-             + compose.crlf(privacy.public(e.raw)) for e in entries]
-    toc = compose.text_part(render("mail/digest_toc.txt", **context))
+             + headers.crlf(privacy.public(e.raw)) for e in entries]
+    toc = headers.text_part(render("mail/digest_toc.txt", **context))
     return _multipart("mixed", [toc, _multipart("digest", posts)])
 
 
@@ -294,7 +294,7 @@ def plain_body(context: dict, entries: Sequence[Entry]) -> bytes:
     here: only this form has it)."""
     items = [item | {"text": _item_text(e.raw)}
              for item, e in zip(context["items"], entries, strict=True)]
-    return compose.text_part(render("mail/digest_plain.txt", **context | {"items": items}))
+    return headers.text_part(render("mail/digest_plain.txt", **context | {"items": items}))
 
 
 @dataclass(frozen=True)
@@ -302,7 +302,7 @@ class Form:
     """One form of an issue: the copy members get (with their own List-Unsubscribe in a
     slot) and the same bytes with the plain mailto: form, as the archive keeps it."""
 
-    copy: compose.Copy
+    copy: slots.Copy
     archived: bytes
 
 
@@ -310,20 +310,20 @@ def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: st
          date: datetime) -> Form:
     addresses = context["addresses"]
     message_id = digest_message_id(addresses, context["volume"], context["number"], kind)
-    fields = [("From", compose.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
+    fields = [("From", headers.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
               ("To", addresses.posting), ("Reply-To", addresses.posting),
-              ("Subject", compose.unstructured(context["subject"])),
+              ("Subject", headers.unstructured(context["subject"])),
               ("Date", format_datetime(date)), ("Message-ID", f"<{message_id}>")]
     fields += [(k, v) for k, v in compose.list_headers(
         addresses, mlist.name, base_url, message_id,
         archived=mlist.archive is not ArchivePolicy.OFF) if k != "Archived-At"]
     if context["issue_url"]:
         fields.append(("Archived-At", f"<{context['issue_url']}>"))
-    head = compose.render_fields(fields)
+    head = headers.render_fields(fields)
     rest = b"MIME-Version: 1.0\r\n" + body
     slot = compose.unsubscribe_header(addresses, base_url)
     leave = f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n".encode()
-    return Form(compose.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
+    return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
                 head + leave + rest)
 
 
@@ -439,7 +439,7 @@ def _split_quote(text: str) -> tuple[list[str], str]:
 
 def _id_forms(message_id: str) -> tuple[str, ...]:
     """How a Message-ID appears in a digest: bare, in a web link, in a mailto: link."""
-    return message_id, compose.quote_id(message_id), quote(f"<{message_id}>", safe="")
+    return message_id, urls.quote_id(message_id), quote(f"<{message_id}>", safe="")
 
 
 def _evidence(text: str, items: Sequence[Candidate]) -> Iterable[dict[int, int]]:

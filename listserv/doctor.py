@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import dkim
 
-from listserv import compose, deliver, dmarc, parse, signing, store
+from listserv import deliver, dmarc, parse, signing, store, urls
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config, ConfigError
 from listserv.models import MailingList, MessageKind, MessageState, Verp, utcnow
@@ -456,7 +456,7 @@ def sample_copy(d: Deployment) -> bytes:
 def _header_problems(d: Deployment, headers: email.message.Message) -> list[str]:
     addresses = d.addresses
     base = d.config.web.base_url.rstrip("/") + "/"
-    archive = compose.archive_url(d.config.web.base_url, addresses)
+    archive = urls.archive_url(d.config.web.base_url, addresses)
     unsubscribe = headers.get("List-Unsubscribe", "")
     expected = {
         "List-Id": lambda v: f"<{addresses.list_id}>" in v,

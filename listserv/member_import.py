@@ -10,7 +10,7 @@ import csv
 import io
 from dataclasses import dataclass, field
 
-from listserv.compose import has_control
+from listserv.headers import has_control
 from listserv.models import DeliveryMode
 from listserv.roster import Entry, UserError
 

@@ -188,7 +188,7 @@ class Member(SQLModel, table=True):
     disabled_by: DisabledBy | None = Field(default=None, sa_type=_enum(DisabledBy))
     moderated: bool = False
     created_at: datetime = Field(default_factory=utcnow)
-    # Bounce scoring (see listserv/bouncing.py): the score as of the last bounce that
+    # Bounce scoring (see listserv/bounces.py): the score as of the last bounce that
     # counted, and, once delivery is disabled for bounces, the warnings sent so far.
     bounce_score: float = 0.0
     last_bounce_at: datetime | None = None

@@ -16,10 +16,10 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
-from listserv import compose as compose_mod
 from listserv import store
 from listserv.address import Purpose
 from listserv.config import Config
+from listserv.headers import crlf, mailbox, one_line, text_part
 from listserv.models import AutoReply, MailingList, utcnow
 from listserv.templating import render
 
@@ -57,18 +57,18 @@ SUBJECT_CHARS = 200
 
 
 def _subject(text: str) -> str:
-    text = compose_mod.one_line(text)
+    text = one_line(text)
     return text if len(text) <= SUBJECT_CHARS else text[:SUBJECT_CHARS - 3] + "..."
 
 
-def compose(mlist: MailingList, to: str, subject: str, body: str, *,
+def write(mlist: MailingList, to: str, subject: str, body: str, *,
             from_purpose: Purpose = Purpose.REQUEST, reply_to: str | None = None,
             attach: bytes | None = None, auto: str = "auto-replied",
             in_reply_to: str | None = None) -> bytes:
     """A notice as bytes; an attached post goes in verbatim as message/rfc822."""
     addresses = store.addresses_of(mlist)
     head = EmailMessage(policy=SMTP)
-    head["From"] = compose_mod.mailbox(mlist.name, addresses.at(from_purpose))
+    head["From"] = mailbox(mlist.name, addresses.at(from_purpose))
     head["To"] = to
     head["Subject"] = _subject(subject)
     head["Date"] = formatdate(localtime=False)
@@ -81,7 +81,7 @@ def compose(mlist: MailingList, to: str, subject: str, body: str, *,
     head["Auto-Submitted"] = auto
     head["X-Auto-Response-Suppress"] = "All"  # keeps Exchange out-of-office answers away
     head["MIME-Version"] = "1.0"
-    text = compose_mod.text_part(body)
+    text = text_part(body)
     headers = head.as_bytes().rstrip(b"\r\n") + b"\r\n"
     if attach is None:
         return headers + text
@@ -89,7 +89,7 @@ def compose(mlist: MailingList, to: str, subject: str, body: str, *,
     return (headers + b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n'
             + b"--" + boundary + b"\r\n" + text + b"\r\n--" + boundary
             + b"\r\nContent-Type: message/rfc822\r\nContent-Disposition: inline\r\n\r\n"
-            + compose_mod.crlf(attach).rstrip(b"\r\n") + b"\r\n--" + boundary + b"--\r\n")
+            + crlf(attach).rstrip(b"\r\n") + b"\r\n--" + boundary + b"--\r\n")
 
 
 def send(session: Session, config: Config, mlist: MailingList, to: str, template: str, *,
@@ -102,8 +102,8 @@ def send(session: Session, config: Config, mlist: MailingList, to: str, template
     addresses = store.addresses_of(mlist)
     subject, body = render_mail(template, mlist=mlist, addresses=addresses,
                                 base_url=config.web.base_url.rstrip("/"), **context)
-    data = compose(mlist, to, subject, body, reply_to=reply_to, attach=attach, auto=auto,
-                   in_reply_to=in_reply_to, from_purpose=from_purpose)
+    data = write(mlist, to, subject, body, reply_to=reply_to, attach=attach, auto=auto,
+                 in_reply_to=in_reply_to, from_purpose=from_purpose)
     store.queue(session, data, addresses.at(Purpose.BOUNCES), [to],
                 config.delivery.max_recipients_per_transaction)
     return True

@@ -17,7 +17,7 @@ from email.utils import parsedate_to_datetime
 
 from listserv._quiet import MimeHeaders, to_unicode
 from listserv.address import parse_mailbox
-from listserv.compose import one_line
+from listserv.headers import one_line
 
 _MSGID = re.compile(r"<([^<>\s]+)>")
 _HEADER_END = re.compile(rb"\r?\n\r?\n")

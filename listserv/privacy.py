@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-# Lower-case names, as compose.field_name gives them.
+# Lower-case names, as headers.field_name gives them.
 POSTER_ADDRESS = frozenset({
     b"x-originating-ip", b"x-senderip", b"x-sender-ip", b"x-forwarded-for", b"x-real-ip",
     b"x-client-ip", b"x-remote-ip", b"x-remote-addr", b"x-source-ip", b"x-user-ip",

@@ -27,7 +27,7 @@ from sqlmodel import Session
 
 from listserv import (
     authenticity,
-    bouncing,
+    bounces,
     commands,
     db,
     digest,
@@ -275,7 +275,7 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
         commands.handle(session, config, mlist, target, message, parsed)
         jobs = 1  # replies may be queued: wake the worker
     elif target.purpose is Purpose.BOUNCES:
-        jobs = bouncing.process(session, config, mlist, message, rcpt)
+        jobs = bounces.process(session, config, mlist, message, rcpt)
     return Outcome(rcpt, message.message_id, f"{target.purpose.value} stored", jobs)
 
 

@@ -28,9 +28,9 @@ def normalize(text: str) -> tuple[str, str] | None:
     text = text.strip()
     if _SIMPLE.match(text):
         return "", text.lower()
-    # Imported here: compose loads jinja2 and the email package, which a command line
-    # adding plain addresses does not need.
-    from listserv.compose import has_control
+    # Imported here: headers loads the email package, which a command line adding
+    # plain addresses does not need.
+    from listserv.headers import has_control
 
     if has_control(text):
         return None  # a CR or LF here would end up splitting a header
@@ -44,7 +44,7 @@ def header_text(value: str, what: str) -> str:
     """A value that goes into the headers of list mail (name, description, subject
     prefix): refused whole when it holds a control character, since a CR or LF would
     start a header of the user's choosing in every copy."""
-    from listserv.compose import has_control
+    from listserv.headers import has_control
 
     if has_control(value):
         raise UserError(f"invalid {what} {value!r}: it must be one line, without control "

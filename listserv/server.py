@@ -14,7 +14,7 @@ import uvicorn
 from sqlalchemy.engine import Engine
 
 from listserv import (
-    bouncing,
+    bounces,
     db,
     deliver,
     digest,
@@ -59,7 +59,7 @@ def _expire_holds(engine: Engine, config: Config) -> int:
 def _bounce_schedule(engine: Engine, config: Config) -> int:
     """Bounce warnings that are due, and removals after the last one."""
     with db.session(engine) as session:
-        count = bouncing.housekeep(session, config)
+        count = bounces.housekeep(session, config)
         session.commit()
     return count
 

@@ -18,10 +18,11 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from listserv import authenticity, compose, search, thread, view
+from listserv import authenticity, compose, headers, search, slots, thread, view
 from listserv.address import ListAddresses, Purpose
 from listserv.authenticity import Asked
 from listserv.config import Config
+from listserv.footer import Footer, render_footer
 from listserv.models import (
     ArchivePolicy,
     Delivery,
@@ -409,7 +410,7 @@ def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> lis
 
 @dataclass(frozen=True)
 class Send:
-    """One outgoing copy and who gets it. `slots` (see compose.Copy) makes the copy
+    """One outgoing copy and who gets it. `slots` (see slots.Copy) makes the copy
     personal: the worker then fills each recipient's links into `data` and sends every
     recipient a transaction of their own."""
 
@@ -488,7 +489,7 @@ def queue_all(session: Session, sends: Sequence[Send], batch: int, *,
     # Core inserts, not ORM objects: nothing reads them back in this transaction, and
     # an ORM flush costs more than the insert (this runs for every post received).
     connection = session.connection()
-    datas = [s.data if s.slots else compose.crlf(s.data) for s in sends]
+    datas = [s.data if s.slots else headers.crlf(s.data) for s in sends]
     ids = connection.execute(_INSERT_OUTGOING, [
         {"message_pk": s.message_pk, "list_id": s.list_id, "slots": s.slots, "data": data,
          "created_at": now} for s, data in zip(sends, datas, strict=True)]).scalars().all()
@@ -542,7 +543,7 @@ def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[st
     return found
 
 
-def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
+def footer(mlist: MailingList, base_url: str) -> Footer | None:
     """The list's footer; a template an owner broke falls back to the default one, so
     posts still go out (and the log says why)."""
     if mlist.footer == "":
@@ -558,15 +559,15 @@ def footer(mlist: MailingList, base_url: str) -> compose.Footer | None:
 
 @functools.lru_cache(maxsize=256)
 def _rendered_footer(template: str | None, name: str, address: str, base_url: str,
-                     archive: bool) -> compose.Footer | None:
+                     archive: bool) -> Footer | None:
     """A list's footer is the same for all its posts until its settings change, and
     those are the key: rendering made a Jinja environment and compiled the template
     again for every post. (A template that fails raises, and is not remembered.)"""
-    return compose.render_footer(template, name=name, addresses=ListAddresses(address),
+    return render_footer(template, name=name, addresses=ListAddresses(address),
                                  base_url=base_url, archive=archive)
 
 
-def shared_copies(mlist: MailingList, list_footer: compose.Footer | None) -> bool:
+def shared_copies(mlist: MailingList, list_footer: Footer | None) -> bool:
     """Whether every member gets the same copy of a post: only when nothing in it is
     the member's own, that is `verp` off (one envelope sender) and a footer without
     `unsubscribe_url` or `mute_url`. The copy then goes to up to
@@ -577,7 +578,7 @@ def shared_copies(mlist: MailingList, list_footer: compose.Footer | None) -> boo
 
 
 def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: str, *,
-              config: Config, asked: Asked | None = None) -> tuple[compose.Copy, bool]:
+              config: Config, asked: Asked | None = None) -> tuple[slots.Copy, bool]:
     """The copy of a post that members get, with slots for each member's links, and
     whether it is shared (see shared_copies); also what `listserv doctor` inspects, so
     it checks the very headers members see. `asked`: what DNS said of the post, when

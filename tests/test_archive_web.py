@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy import event, select
 from typer.testing import CliRunner
 
-from listserv import archive, compose, db, search, tokens
+from listserv import archive, db, search, tokens
 from listserv.cli import app
 from listserv.models import ArchivePolicy, MailingList, Message, ThreadNode, ThreadSummary
+from listserv.urls import quote_id
 from tests.helpers import (
     BOB,
     CORPUS,
@@ -75,7 +76,7 @@ def mail(subject: str, message_id: str, *, date: str = "Thu, 26 Nov 2026 10:00:0
 
 
 def url(kind: str, value: str) -> str:
-    return f"/{LIST}/{kind}/{compose.quote_id(value)}/"
+    return f"/{LIST}/{kind}/{quote_id(value)}/"
 
 
 def thread_links(page: str) -> list[str]:
@@ -120,7 +121,7 @@ def test_list_page_shows_threads_by_latest_activity_with_counts(running, make_li
     assert page.status_code == 200
     assert [unquote(t) for t in thread_links(page.text)] == [t.thread_id for t in expected]
     busiest = max(expected, key=lambda t: t.messages)
-    entry = page.text.split(f"/thread/{compose.quote_id(busiest.thread_id)}/", 1)[1]
+    entry = page.text.split(f"/thread/{quote_id(busiest.thread_id)}/", 1)[1]
     entry = entry.split("</li>")[0]
     assert f"{busiest.messages - 1} replies" in entry
     assert f"{busiest.participants} participants" in entry

@@ -15,9 +15,10 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from listserv import bouncing, db
-from listserv.bounce import BounceClass, BounceReport, Failure
+from listserv import bounces, db
 from listserv.config import BouncesConfig
+from listserv.dsn import BounceReport
+from listserv.failure import BounceClass, Failure
 from listserv.models import (
     BounceEvent,
     Delivery,
@@ -263,7 +264,7 @@ def test_a_fault_counting_a_refusal_still_records_the_delivery(running, make_lis
 
     def fault(*args: object) -> int:
         raise RuntimeError("a bug in bounce handling")
-    monkeypatch.setattr(bouncing, "_act", fault)
+    monkeypatch.setattr(bounces, "_act", fault)
     sink.rcpt_replies[BOB] = [UNKNOWN_LOCAL]
     running.send(CAROL, [LIST], message("Hello", sender=CAROL))
     assert delivered_to(running.engine, sink, CAROL) == 1
@@ -311,7 +312,7 @@ def test_warnings_go_out_on_schedule_then_the_member_is_removed(running, make_li
 
     def housekeep(days: float) -> int:
         with db.session(engine) as s:
-            queued = bouncing.housekeep(s, running.config, start + timedelta(days=days))
+            queued = bounces.housekeep(s, running.config, start + timedelta(days=days))
             s.commit()
         return queued
 
@@ -339,7 +340,7 @@ def test_an_owner_who_is_also_a_member_keeps_the_owner_role(running, make_list, 
     bounce(running, dsn(MAILBOX, OWNER), to="dev-bounces+owner=example.org@lists.example.org")
     for week in (1, 2, 3):  # two more warnings, then the removal
         with db.session(engine) as s:
-            bouncing.housekeep(s, running.config, utcnow() + timedelta(weeks=week))
+            bounces.housekeep(s, running.config, utcnow() + timedelta(weeks=week))
             s.commit()
     assert member(engine, OWNER) is None
     with db.session(engine) as s:
@@ -376,34 +377,34 @@ def days(n: float) -> datetime:
 
 
 @pytest.mark.parametrize("sent, last, now, step", [
-    (0, None, 0, bouncing.Step.WARN),  # disabled just now: the first warning
-    (1, 0, 6.9, bouncing.Step.WAIT),
-    (1, 0, 7, bouncing.Step.WARN),
-    (2, 7, 14, bouncing.Step.WARN),
-    (3, 14, 20, bouncing.Step.WAIT),
-    (3, 14, 21, bouncing.Step.REMOVE),
+    (0, None, 0, bounces.Step.WARN),  # disabled just now: the first warning
+    (1, 0, 6.9, bounces.Step.WAIT),
+    (1, 0, 7, bounces.Step.WARN),
+    (2, 7, 14, bounces.Step.WARN),
+    (3, 14, 20, bounces.Step.WAIT),
+    (3, 14, 21, bounces.Step.REMOVE),
 ])
 def test_the_warning_schedule(sent, last, now, step):
     last_at = None if last is None else days(last)
-    assert bouncing.next_step(sent, last_at, days(now), CFG) is step
+    assert bounces.next_step(sent, last_at, days(now), CFG) is step
 
 
 def test_no_warnings_configured_removes_at_once():
-    assert bouncing.next_step(0, None, T0, BouncesConfig(warnings=0)) is bouncing.Step.REMOVE
+    assert bounces.next_step(0, None, T0, BouncesConfig(warnings=0)) is bounces.Step.REMOVE
 
 
 def test_scores_count_once_a_day_and_go_stale():
-    assert bouncing.scored(0.0, None, 1.0, T0, CFG) == 1.0
-    assert bouncing.scored(1.0, days(0), 1.0, days(0.4), CFG) is None  # same day
-    assert bouncing.scored(1.0, days(0), 1.0, days(1), CFG) == 2.0
-    assert bouncing.scored(4.0, days(0), 1.0, days(7), CFG) == 1.0  # stale: from 0
-    assert bouncing.scored(1.0, days(0), 0.0, days(1), CFG) is None  # worth nothing
-    assert bouncing.score_now(3.0, days(0), days(6.9), CFG) == 3.0
-    assert bouncing.score_now(3.0, days(0), days(7), CFG) == 0.0
+    assert bounces.scored(0.0, None, 1.0, T0, CFG) == 1.0
+    assert bounces.scored(1.0, days(0), 1.0, days(0.4), CFG) is None  # same day
+    assert bounces.scored(1.0, days(0), 1.0, days(1), CFG) == 2.0
+    assert bounces.scored(4.0, days(0), 1.0, days(7), CFG) == 1.0  # stale: from 0
+    assert bounces.scored(1.0, days(0), 0.0, days(1), CFG) is None  # worth nothing
+    assert bounces.score_now(3.0, days(0), days(6.9), CFG) == 3.0
+    assert bounces.score_now(3.0, days(0), days(7), CFG) == 0.0
 
 
 def test_only_dead_mailboxes_and_repeated_unknowns_weigh():
-    w = bouncing.weight
+    w = bounces.weight
     assert w(BounceClass.MAILBOX, False, CFG) == 1.0
     assert w(BounceClass.UNKNOWN, False, CFG) == 0.0
     assert w(BounceClass.UNKNOWN, True, CFG) == 0.5
@@ -415,11 +416,11 @@ def test_blame_goes_to_the_verp_recipient_or_to_members():
     report = BounceReport(failures=[
         Failure("Alias@Example.org", "5.1.1", "no such user", BounceClass.MAILBOX),
         Failure("bob@example.com", "4.2.2", "full", BounceClass.TRANSIENT)])
-    [verp] = bouncing.blamed(report, "bob@example.com", set())
+    [verp] = bounces.blamed(report, "bob@example.com", set())
     assert (verp.address, verp.bounce_class) == ("bob@example.com", BounceClass.TRANSIENT)
-    assert [f.address for f in bouncing.blamed(report, None, {"alias@example.org"})] == [
+    assert [f.address for f in bounces.blamed(report, None, {"alias@example.org"})] == [
         "alias@example.org"]
-    assert bouncing.blamed(BounceReport(), "bob@example.com", {"bob@example.com"}) == []
+    assert bounces.blamed(BounceReport(), "bob@example.com", {"bob@example.com"}) == []
 
 
 def test_an_unknown_failure_counts_when_it_repeats(running, make_list, engine):

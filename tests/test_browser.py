@@ -13,7 +13,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 
-from listserv import bouncing, compose, db
+from listserv import bounces, db
+from listserv.urls import quote_id
 from tests.helpers import CORPUS, ok, write_config
 
 sync_api = pytest.importorskip("playwright.sync_api",
@@ -123,7 +124,7 @@ def post(running, subject: str, body: str, sender: str, message_id: str, *,
 
 
 def message_link(page: sync_api.Page, message_id: str) -> sync_api.Locator:
-    return page.locator(f'a[href$="/message/{compose.quote_id(message_id)}/"]')
+    return page.locator(f'a[href$="/message/{quote_id(message_id)}/"]')
 
 
 def test_a_reader_browses_a_thread_a_message_search_and_a_digest(
@@ -243,7 +244,7 @@ def test_the_reenable_page_fits_a_phone_and_leads_back_to_the_lists(running, mak
                                                                     reader, tmp_path):
     mlist = make_list(LIST, members=[BOB])
     with db.session(running.engine) as s:
-        link = bouncing.reenable_url(s, running.config, mlist, BOB)
+        link = bounces.reenable_url(s, running.config, mlist, BOB)
     r = reader(is_mobile=True, has_touch=True)  # a phone honours the page's viewport
     page = r.visit(urlsplit(link).path)
     page.screenshot(path=tmp_path / "reenable.png", full_page=True)

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from listserv import compose, db, store, tokens
+from listserv import db, headers, store, tokens
 from listserv.models import MailingList, RecipientFailure, ReplyTo
 from listserv.models import Message as Stored
 from tests.helpers import CORPUS, message
@@ -244,7 +244,7 @@ def test_a_broken_footer_template_falls_back_to_the_default():
 def test_a_text_the_server_writes_reads_back_as_written(text):
     """Notices and digests: what a mail client decodes from the entity is the text, its
     line breaks made CRLF, and no line of the entity is longer than 998 octets."""
-    part = compose.text_part(text)
+    part = headers.text_part(text)
     assert max(len(line) for line in part.split(b"\r\n")) <= 998
     read = email.message_from_bytes(part, policy=email.policy.default)
     assert read.get_content_type() == "text/plain"

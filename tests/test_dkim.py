@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from listserv import config as config_mod
-from listserv import db, roster, settings, signing
+from listserv import db, list_settings, roster, signing
 from listserv.config import ConfigError, DkimConfig
 from tests.helpers import (
     LIST,
@@ -134,8 +134,8 @@ def test_the_authors_signature_stays_when_the_list_changes_nothing_it_signs(
     make_list(members=["alice@author.example", "bob@example.com"], owner=None)
     with db.session(engine) as s:
         mlist = roster.get_list(s, LIST)
-        settings.set_setting(mlist, "subject_prefix", "")
-        settings.set_setting(mlist, "footer", "")
+        list_settings.set_setting(mlist, "subject_prefix", "")
+        list_settings.set_setting(mlist, "footer", "")
         s.add(mlist)
         s.commit()
     signing_server().send("alice@author.example", [LIST], signed_post(author_key))

@@ -10,7 +10,7 @@ from email.header import decode_header, make_header
 
 import pytest
 
-from listserv import db, dmarc, roster, settings
+from listserv import db, dmarc, list_settings, roster
 from listserv.roster import UserError
 from tests.helpers import free_port, message
 
@@ -25,7 +25,7 @@ def copy_for(sink, rcpt: str) -> email.message.Message:
 def set_list(engine, key: str, value: str) -> None:
     with db.session(engine) as s:
         mlist = roster.get_list(s, LIST)
-        settings.set_setting(mlist, key, value)
+        list_settings.set_setting(mlist, key, value)
         s.add(mlist)
         s.commit()
 
@@ -146,9 +146,9 @@ def test_dmarc_setting_takes_only_its_values(engine, make_list):
     make_list()
     with db.session(engine) as s:
         mlist = roster.get_list(s, LIST)
-        assert settings.settings_of(mlist)["dmarc"] == "auto"
+        assert list_settings.settings_of(mlist)["dmarc"] == "auto"
         with pytest.raises(UserError, match="auto, always, off"):
-            settings.set_setting(mlist, "dmarc", "sometimes")
+            list_settings.set_setting(mlist, "dmarc", "sometimes")
 
 
 def test_a_policy_is_asked_once_and_cached_for_its_ttl(running, make_list, sink, dns_server):

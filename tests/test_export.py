@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from listserv import archive, compose, db, mbox, roster, settings, tokens
+from listserv import archive, db, list_settings, mbox, roster, tokens
 from listserv.address import ListAddresses
 from listserv.cli import app
 from listserv.models import Message, MessageState, ThreadNode, ThreadSummary, utcnow
+from listserv.urls import message_url
 from listserv.web.access import archive_cookie
 from tests.helpers import (
     CORPUS,
@@ -81,7 +82,7 @@ def web_client(running, **kwargs) -> httpx.Client:
 def set_archive(engine: Engine, value: str, address: str = LIST) -> None:
     with db.session(engine) as s:
         mlist = roster.get_list(s, address)
-        settings.set_setting(mlist, "archive", value)
+        list_settings.set_setting(mlist, "archive", value)
         s.add(mlist)
         s.commit()
 
@@ -171,7 +172,7 @@ def test_feed_lists_the_latest_30_posts_newest_first_linking_their_pages(running
     assert [e.findtext(f"{ATOM}title") for e in entries] == [
         f"Post {i}" for i in range(34, 4, -1)]
     newest = entries[0]
-    url = compose.message_url(base, ListAddresses(LIST), "m34@example.com")
+    url = message_url(base, ListAddresses(LIST), "m34@example.com")
     assert newest.findtext(f"{ATOM}id") == url
     assert newest.find(f"{ATOM}link").get("href") == url
     assert newest.findtext(f"{ATOM}published") == "2026-02-04T00:00:00+00:00"

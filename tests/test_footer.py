@@ -15,6 +15,9 @@ import pytest
 
 from listserv import compose
 from listserv.address import ListAddresses
+from listserv.footer import Footer, render_footer
+from listserv.headers import crlf
+from listserv.slots import MUTE, UNSUBSCRIBE
 from tests.helpers import CORPUS
 
 ADDRESSES = ListAddresses("dev@lists.example.org")
@@ -24,8 +27,8 @@ MESSAGES = sorted((CORPUS / "messages").glob("*/*.eml"))
 NOTMUCH = CORPUS / "messages" / "notmuch"
 
 
-def footer(name: str = "Dev", template: str | None = None) -> compose.Footer | None:
-    return compose.render_footer(template, name=name, addresses=ADDRESSES, base_url=BASE,
+def footer(name: str = "Dev", template: str | None = None) -> Footer | None:
+    return render_footer(template, name=name, addresses=ADDRESSES, base_url=BASE,
                                  archive=True)
 
 
@@ -49,7 +52,7 @@ def decoded(part: Message) -> bytes:
 
 
 def filled(text: str, charset: str) -> bytes:
-    text = text.replace(compose.UNSUBSCRIBE, "UNSUB-TOKEN").replace(compose.MUTE, "MUTE-TOKEN")
+    text = text.replace(UNSUBSCRIBE, "UNSUB-TOKEN").replace(MUTE, "MUTE-TOKEN")
     return text.encode(charset)
 
 
@@ -77,7 +80,7 @@ def without_footer(part: Message, name: str = "Dev") -> bytes:
 
 @pytest.mark.parametrize("path", MESSAGES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_corpus_message_gets_the_footer_once_and_keeps_every_other_part(path: Path):
-    raw = compose.crlf(path.read_bytes())
+    raw = crlf(path.read_bytes())
     original = parse(raw)
     declared = original.get_param("boundary")
     if isinstance(declared, str) and declared != original.get_boundary():
@@ -107,7 +110,7 @@ def test_corpus_message_gets_the_footer_once_and_keeps_every_other_part(path: Pa
                                   "pkcs7__smime-onepart-signed.eml",
                                   "crypto__simple-encrypted.eml"])
 def test_signed_or_encrypted_mail_is_wrapped_whole(name: str):
-    raw = compose.crlf((NOTMUCH / name).read_bytes())
+    raw = crlf((NOTMUCH / name).read_bytes())
     head, _, body = raw.partition(b"\r\n\r\n")
     content = [f + b"\r\n" for f in _unfolded(head) if f.lower().startswith(b"content-")]
     data = copy_of(raw)
@@ -218,7 +221,7 @@ def test_list_footer_template_and_no_footer():
 def test_html_part_gets_the_footer_before_body_end_in_its_own_encoding(cte):
     page = "<html><body><p>Gr\xfc\xdfe</p>\r\n</body></html>\r\n".encode()
     encoded = {"base64": base64.encodebytes(page),
-               "quoted-printable": compose.crlf(quopri.encodestring(page.replace(b"\r", b""))),
+               "quoted-printable": crlf(quopri.encodestring(page.replace(b"\r", b""))),
                "8bit": page}[cte]
     data = copy_of(post("text/html; charset=utf-8", encoded, cte))
     got = parse(data).get_payload(decode=True).replace(b"\r\n", b"\n").decode()

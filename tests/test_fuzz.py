@@ -29,9 +29,9 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from listserv import db, digest, receive, roster
-from listserv.compose import quote_id
 from listserv.models import DigestIssue, Message, utcnow
 from listserv.protocol import ListSMTP
+from listserv.urls import quote_id
 from tests.helpers import CORPUS, LIST, message, nested_body
 from tests.servers import RunningServer
 

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from listserv import archive, compose, db, digest, privacy, search, store, view
+from listserv import archive, db, digest, privacy, search, store, urls, view
 from listserv.models import DigestIssue, MailingList
 from listserv.web import pages
 from listserv.web.access import read
@@ -37,7 +37,7 @@ async def archive_page(request: Request, name: str, mlist: MailingList,
     return await asyncio.to_thread(
         pages.page, request, name, mlist=mlist,
         list_url=f"{pages.base_url(request)}/{mlist.address}/",
-        q=compose.quote_id, obfuscate=view.obfuscate, **context)
+        q=urls.quote_id, obfuscate=view.obfuscate, **context)
 
 
 async def index(request: Request) -> Response:
@@ -79,7 +79,7 @@ def trailing_slash(request: Request, kind: str) -> str | Response:
         return value[:-1]
     address = request.path_params["address"]
     return RedirectResponse(
-        f"{pages.base_url(request)}/{address}/{kind}/{compose.quote_id(value)}/",
+        f"{pages.base_url(request)}/{address}/{kind}/{urls.quote_id(value)}/",
         status_code=308)
 
 
@@ -127,7 +127,7 @@ async def message_page(request: Request, message_id: str) -> Response:
         raise _gone()
     message, shown = found
     return await archive_page(request, "message", mlist, message=message, view=shown,
-                              reply=compose.reply_mailto(mlist.address, message_id,
+                              reply=urls.reply_mailto(mlist.address, message_id,
                                                          message.post.subject))
 
 
@@ -188,9 +188,9 @@ async def search_page(request: Request) -> Response:
 
 def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
     base, addresses = pages.config(request).web.base_url, store.addresses_of(mlist)
-    return {"archive_url": compose.archive_url(base, addresses),
-            "message_url": lambda mid: compose.message_url(base, addresses, mid),
-            "thread_url": lambda tid: compose.thread_url(base, addresses, tid)}
+    return {"archive_url": urls.archive_url(base, addresses),
+            "message_url": lambda mid: urls.message_url(base, addresses, mid),
+            "thread_url": lambda tid: urls.thread_url(base, addresses, tid)}
 
 
 async def digest_index(request: Request) -> Response:

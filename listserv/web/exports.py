@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from listserv import archive, compose, db, store
+from listserv import archive, db, store, urls
 from listserv.models import MailingList
 from listserv.templating import render
 from listserv.web import pages
@@ -30,10 +30,10 @@ async def feed(request: Request) -> Response:
     mlist, posts = await read(request, lambda session, mlist: archive.latest_posts(
         session, mlist.id, FEED_POSTS))
     addresses = store.addresses_of(mlist)
-    entries = [(post, compose.message_url(base, addresses, post.message_id))
+    entries = [(post, urls.message_url(base, addresses, post.message_id))
                for post in posts]
     body = render("web/feed.atom", mlist=mlist, entries=entries,
-                  list_url=compose.archive_url(base, addresses),
+                  list_url=urls.archive_url(base, addresses),
                   updated=posts[0].date if posts else mlist.created_at)
     return Response(body, media_type="application/atom+xml; charset=utf-8")
 

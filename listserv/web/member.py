@@ -14,7 +14,7 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import bouncing, commands, tokens
+from listserv import bounces, commands, tokens
 from listserv.config import Config
 from listserv.models import MailingList
 from listserv.web import pages
@@ -179,7 +179,7 @@ async def reenable(request: Request) -> Response:
     member: list[bool] = []
 
     def act(session: Session, link: Link) -> None:
-        change = bouncing.reenable if done else commands.is_member
+        change = bounces.reenable if done else commands.is_member
         member.append(change(session, link.mlist.id, link.address))
     link = await signed_link(request, reenable_target, act)
     if link is None:

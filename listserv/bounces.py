@@ -1,6 +1,6 @@
 """What a list does about its bounces: blame the right party, score, disable, warn, remove.
 
-`bounce` reads a report and knows nothing of lists; this module acts on what it read,
+`dsn` reads a report and knows nothing of lists; this module acts on what it read,
 inside the receiver's transaction that stores the bounce, or the delivery worker's that
 records a smarthost's refusal. Only a dead mailbox (and an unexplained failure that
 keeps coming back) counts against a member: a refusal for policy (DMARC, spam filters)
@@ -24,10 +24,11 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import bounce, metrics, notices, roster, store, tokens
-from listserv.address import split
-from listserv.bounce import BounceClass, BounceReport, Failure
+from listserv import dsn, metrics, notices, roster, store, tokens
+from listserv.address import split, verp_recipient
 from listserv.config import BouncesConfig, Config
+from listserv.dsn import BounceReport
+from listserv.failure import BounceClass, Failure, refusal
 from listserv.models import (
     BounceEvent,
     DisabledBy,
@@ -41,6 +42,7 @@ from listserv.models import (
 )
 from listserv.relay import Reply, refuses_recipient
 
+# The logger keeps the name operators filter on from before the module was renamed.
 log = logging.getLogger("listserv.bouncing")
 
 COMPLAINT = "complaint"  # BounceEvent.bounce_class of a spam complaint
@@ -130,8 +132,8 @@ def process(session: Session, config: Config, mlist: MailingList, message: Messa
             rcpt: str, now: datetime | None = None) -> int:
     """Act on a bounce just stored; the number of notices queued (warnings)."""
     now = now or utcnow()
-    report = bounce.parse_bounce(message.raw)
-    verp = (bounce.verp_recipient(rcpt) or "").lower() or None
+    report = dsn.parse_bounce(message.raw)
+    verp = (verp_recipient(rcpt) or "").lower() or None
     if report.complaint is not None:
         _complaint(session, mlist, message, report.complaint, verp, now)
         return 0
@@ -148,7 +150,7 @@ def refused(session: Session, config: Config, outgoing_id: int, refusals: dict[s
 
     It runs in a savepoint in the delivery worker's transaction: a fault here is logged
     and undone alone, since a delivery outcome left unwritten sends the job again."""
-    failures = [bounce.refusal(address, reply.code, reply.text)
+    failures = [refusal(address, reply.code, reply.text)
                 for address, reply in refusals.items() if refuses_recipient(reply)]
     if not failures:
         return 0
@@ -235,7 +237,7 @@ def _sender_domain(session: Session, mlist: MailingList, raw: bytes) -> str:
     """The domain of the author of the post whose copy was refused: from our own copy of
     the post when the bounce shows its Message-ID, else from the returned From (unless
     that is the list itself)."""
-    copy = bounce.returned_copy(raw)
+    copy = dsn.returned_copy(raw)
     author = ""
     if copy.message_id:
         author = session.scalars(select(Message.from_address).where(
@@ -253,7 +255,7 @@ def _author_domain(session: Session, post_pk: int | None) -> str:
 
 
 def _complaint(session: Session, mlist: MailingList, message: Message,
-               complaint: bounce.Complaint, verp: str | None, now: datetime) -> None:
+               complaint: dsn.Complaint, verp: str | None, now: datetime) -> None:
     """A recipient marked a copy as spam: they never want it again, so they leave now,
     without the confirmation an unsubscribe needs. No goodbye is sent: mail to someone
     who reports our mail as spam is more spam to their provider, and it counts against

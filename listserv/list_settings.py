@@ -12,8 +12,10 @@ from typing import Any
 from jinja2 import TemplateError
 
 from listserv.address import ListAddresses
-from listserv.compose import has_control, render_footer, subject_tag
+from listserv.compose import subject_tag
 from listserv.config import MAX_INT
+from listserv.footer import render_footer
+from listserv.headers import has_control
 from listserv.models import (
     ArchivePolicy,
     DigestFrequency,
