@@ -39,6 +39,27 @@ def _pattern(text: str) -> patterns.SenderPattern:
         raise UserError(f"bad pattern: {exc}") from None
 
 
+def _key(text: str) -> str:
+    """A pattern as stored, for removing it: one that could not be saved today (a
+    newer check) is taken as written."""
+    try:
+        return patterns.sender(text).text
+    except patterns.BadPattern:
+        return text.strip()
+
+
+def _usable(texts: list[str]) -> list[patterns.SenderPattern]:
+    """Stored patterns were checked when saved; one that no longer compiles (a newer
+    `regex`) must not stop every post, so it is skipped."""
+    found = []
+    for text in texts:
+        try:
+            found.append(patterns.sender(text))
+        except patterns.BadPattern:
+            continue
+    return found
+
+
 # --- sender rules of one list -------------------------------------------------------------
 
 def set_sender(session: Session, mlist: MailingList, text: str, action: SenderAction) -> str:
@@ -53,10 +74,7 @@ def set_sender(session: Session, mlist: MailingList, text: str, action: SenderAc
 
 def remove_sender(session: Session, mlist: MailingList, text: str) -> str:
     """Drop an entry: the senders it named are treated like any others again."""
-    try:
-        key = patterns.sender(text).text
-    except patterns.BadPattern:
-        key = text.strip()
+    key = _key(text)
     gone = session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
                                                     SenderRule.address == key))
     if not gone.rowcount:
@@ -79,10 +97,7 @@ def add_ban(session: Session, text: str) -> str:
 
 
 def remove_ban(session: Session, text: str) -> str:
-    try:
-        key = patterns.sender(text).text
-    except patterns.BadPattern:
-        key = text.strip()
+    key = _key(text)
     if not session.execute(delete(Ban).where(Ban.pattern == key)).rowcount:
         raise UserError(f"{key} is not banned")
     return key
@@ -93,15 +108,7 @@ def bans(session: Session) -> list[Ban]:
 
 
 def _ban_patterns(session: Session) -> list[patterns.SenderPattern]:
-    # Stored patterns were checked when saved; one that no longer compiles (a newer
-    # `regex`) must not stop every post, so it is skipped.
-    found = []
-    for ban in bans(session):
-        try:
-            found.append(patterns.sender(ban.pattern))
-        except patterns.BadPattern:
-            continue
-    return found
+    return _usable([ban.pattern for ban in bans(session)])
 
 
 def banned(session: Session, address: str) -> str | None:
@@ -155,15 +162,10 @@ class Loaded:
 
 
 def load(session: Session, mlist: MailingList) -> Loaded:
-    rows = session.scalars(select(SenderRule).where(
+    rows = session.execute(select(SenderRule.address, SenderRule.action).where(
         SenderRule.list_id == mlist.id,
-        or_(SenderRule.address.startswith("@"), SenderRule.address.startswith("^"))))
-    found: list[tuple[patterns.SenderPattern, SenderAction]] = []
-    for row in rows:
-        try:
-            found.append((patterns.sender(row.address), row.action))
-        except patterns.BadPattern:
-            continue
+        or_(SenderRule.address.startswith("@"), SenderRule.address.startswith("^")))).all()
+    found = [(p, action) for address, action in rows for p in _usable([address])]
     # Domains before expressions: the more precise entry wins.
     found.sort(key=lambda pair: pair[0].kind is patterns.Kind.REGEX)
     headers = []

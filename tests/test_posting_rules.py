@@ -12,7 +12,7 @@ import pytest
 import regex
 from sqlalchemy import select
 
-from listserv import db, patterns
+from listserv import authresults, db, patterns
 from listserv.models import Message, MessageState, Token
 from tests.helpers import (
     LIST,
@@ -238,3 +238,24 @@ def test_a_trusted_mtas_dmarc_pass_tells_a_held_non_member(make_server, dev, sin
         sender="ann@untrusted.example", headers={"Authentication-Results": forged}))
     assert told_it_waits(engine, sink, "ann@trusted.example")
     assert not told_it_waits(engine, sink, "ann@untrusted.example")
+
+
+@pytest.mark.parametrize("value, vouches", [
+    ("mx.lists.example.org; dmarc=pass header.from=Trusted.Example", True),
+    ("MX.lists.example.org 1; spf=fail (a; comment (nested; too)) smtp.mailfrom=x; "
+     "dmarc=pass (p=reject dis=none) header.from=trusted.example", True),
+    ("mx.lists.example.org; dmarc=fail header.from=trusted.example", False),
+    ("mx.lists.example.org; dmarc=pass header.from=other.example", False),
+    ("mx.lists.example.org; dmarc=pass", False),  # says not for which From
+    ("mx.evil.example; dmarc=pass header.from=trusted.example", False),
+    ("mx.lists.example.org; (dmarc=pass header.from=trusted.example)", False),  # a comment
+])
+def test_only_a_trusted_mtas_dmarc_pass_for_the_from_domain_vouches(value, vouches):
+    assert authresults.dmarc_pass([value], "trusted.example", ["mx.lists.example.org"]) is vouches
+
+
+def test_our_own_dkim_results_vouch_when_the_signing_domain_aligns():
+    ours = "lists.example.org; dkim=fail header.d=a.example; dkim=pass header.d=mail.b.example"
+    assert authresults.dkim_pass(ours, "b.example")  # the same organisation
+    assert not authresults.dkim_pass(ours, "a.example")
+    assert not authresults.dkim_pass(ours, "c.example")
