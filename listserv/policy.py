@@ -207,8 +207,8 @@ def non_member(facts: Facts) -> Verdict | None:
     action = _NONMEMBER.get(facts.mlist.nonmember_action)
     if action is None:
         return None
-    return Verdict(action, [f"post from non-member {facts.parsed.from_address}; only "
-                            "members may post"])
+    why = f"post from non-member {facts.parsed.from_address}"
+    return Verdict(action, [f"{why}; only members may post" if action is Action.REJECT else why])
 
 
 RULES: list[Rule] = [unparseable, loop, automatic, autoreply_subject, thread_flood, banned,
