@@ -161,7 +161,9 @@ class Loaded:
     headers: list[tuple[HeaderRule, regex.Pattern]]
 
 
-def load(session: Session, mlist: MailingList) -> Loaded:
+def load(session: Session, mlist: MailingList,
+         ban_patterns: list[patterns.SenderPattern] | None = None) -> Loaded:
+    """A list's rules; the bans too, unless the caller read them already."""
     rows = session.execute(select(SenderRule.address, SenderRule.action).where(
         SenderRule.list_id == mlist.id,
         or_(SenderRule.address.startswith("@"), SenderRule.address.startswith("^")))).all()
@@ -174,18 +176,23 @@ def load(session: Session, mlist: MailingList) -> Loaded:
             headers.append((rule, patterns.expression(rule.pattern)))
         except patterns.BadPattern:
             continue
-    return Loaded(found, _ban_patterns(session), headers)
+    return Loaded(found, _ban_patterns(session) if ban_patterns is None else ban_patterns,
+                  headers)
 
 
 class Cache:
-    """The rules of the lists a group of posts goes to, each loaded once."""
+    """The rules of the lists a group of posts goes to, each loaded once, and the bans
+    read once for them all."""
 
     def __init__(self) -> None:
         self._loaded: dict[int, Loaded] = {}
+        self._bans: list[patterns.SenderPattern] | None = None
 
     def fill(self, session: Session, facts: policy.Facts, raw: bytes) -> None:
+        if self._bans is None:
+            self._bans = _ban_patterns(session)
         if facts.mlist.id not in self._loaded:
-            self._loaded[facts.mlist.id] = load(session, facts.mlist)
+            self._loaded[facts.mlist.id] = load(session, facts.mlist, self._bans)
         fill(session, facts, self._loaded[facts.mlist.id], raw)
 
 
