@@ -162,8 +162,8 @@ class Loaded:
 
 
 def load(session: Session, mlist: MailingList,
-         ban_patterns: list[patterns.SenderPattern] | None = None) -> Loaded:
-    """A list's rules; the bans too, unless the caller read them already."""
+         ban_patterns: list[patterns.SenderPattern]) -> Loaded:
+    """A list's rules, with the bans the caller read for every list."""
     rows = session.execute(select(SenderRule.address, SenderRule.action).where(
         SenderRule.list_id == mlist.id,
         or_(SenderRule.address.startswith("@"), SenderRule.address.startswith("^")))).all()
@@ -176,8 +176,7 @@ def load(session: Session, mlist: MailingList,
             headers.append((rule, patterns.expression(rule.pattern)))
         except patterns.BadPattern:
             continue
-    return Loaded(found, _ban_patterns(session) if ban_patterns is None else ban_patterns,
-                  headers)
+    return Loaded(found, ban_patterns, headers)
 
 
 class Cache:
