@@ -1,6 +1,7 @@
 """What DNS says of a post, asked before the transaction that stores it opens: the DMARC
-policy of its author's domain (whether copies go out From the list) and, with `[dkim]
-arc`, the DKIM and ARC results our ARC set seals.
+policy of its author's domain (whether copies go out From the list); with `[dkim]
+arc`, the DKIM and ARC results our ARC set seals; and whether its From domain vouches
+for it (a held non-member is told only then).
 
 The receiver stores posts one group at a time, in one writer thread holding one
 database transaction; a lookup in there waited for the slowest name server (up to the
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from listserv import dmarc, resolver, signing
+from listserv import authresults, dmarc, resolver, signing
 from listserv.config import Config
 from listserv.models import DmarcMode, MailingList, Message
+from listserv.parse import read_headers
+
+_RESULTS = frozenset({"authentication-results"})
 
 
 @dataclass(frozen=True)
@@ -24,18 +28,33 @@ class Asked:
 
     dmarc_policy: str | None  # none, quarantine, reject; None: no record, no answer, unasked
     results: str | None  # Authentication-Results for our ARC set; None without arc
+    # The From domain vouches for the post: an aligned DKIM signature verifies, or a
+    # trusted MTA (`[smtp] trusted_authserv_ids`) says it passed DMARC.
+    authenticated: bool = False
 
 
 def ask(raw: bytes, from_address: str, config: Config,
-        mode: DmarcMode = DmarcMode.AUTO) -> Asked:
+        mode: DmarcMode = DmarcMode.AUTO, vouch: bool = True) -> Asked:
     """Ask DNS about a post (blocking: not in the event loop, not in a transaction).
     Only a list's AUTO mode needs the DMARC policy; the receiver, which does not know
-    the lists yet, asks for it."""
+    the lists yet, asks for it, and whether the From domain vouches (`vouch`)."""
     dns = resolver.for_config(config.dns)
     domain = from_address.rpartition("@")[2]
+    results = signing.inbound_results(raw, config.dkim.domain, dns) if config.dkim.arc else None
     return Asked(dmarc.policy(domain, dns) if domain and mode is DmarcMode.AUTO else None,
-                 signing.inbound_results(raw, config.dkim.domain, dns)
-                 if config.dkim.arc else None)
+                 results, vouch and bool(domain) and _vouched(raw, domain, config, results))
+
+
+def _vouched(raw: bytes, domain: str, config: Config, results: str | None) -> bool:
+    """A trusted MTA's DMARC pass costs no lookup; our own DKIM results, when `arc` had
+    them checked, are read rather than checked again."""
+    trusted = config.smtp.trusted_authserv_ids
+    if trusted and authresults.dmarc_pass(
+            read_headers(raw, _RESULTS)[0].get("authentication-results", []), domain, trusted):
+        return True
+    if results is not None:
+        return authresults.dkim_pass(results, domain)
+    return signing.aligned_pass(raw, domain, resolver.for_config(config.dns))
 
 
 def copy_identity(mlist: MailingList, message: Message, config: Config,
@@ -45,7 +64,7 @@ def copy_identity(mlist: MailingList, message: Message, config: Config,
     here only for a post whose answers were not asked before (one a moderator
     approved, or `listserv doctor`'s test copy)."""
     if asked is None:
-        asked = ask(message.raw, message.from_address, config, mlist.dmarc)
+        asked = ask(message.raw, message.from_address, config, mlist.dmarc, vouch=False)
     via = (dmarc.via_name(message.from_name, message.from_address, mlist.name)
            if dmarc.rewrites_from(mlist.dmarc, message.from_address, asked.dmarc_policy)
            else None)

@@ -35,7 +35,6 @@ held_app = Typer(help="Messages held for moderation.")
 archive_app = Typer(help="The stored, threaded messages.")
 db_app = Typer(help="Database maintenance.")
 digest_app = Typer(help="Digests of the posts.")
-sender_app = Typer(help="Allow and deny lists for senders who are not members.")
 app.add_typer(list_app, name="list")
 app.add_typer(member_app, name="member")
 app.add_typer(held_app, name="held")
@@ -43,7 +42,6 @@ app.add_typer(archive_app, name="archive")
 app.add_typer(db_app, name="db")
 bounce_app = Typer(help="Delivery reports (bounces).")
 app.add_typer(digest_app, name="digest")
-app.add_typer(sender_app, name="sender")
 app.add_typer(bounce_app, name="bounce")
 dkim_app = Typer(help="DKIM keys for signing the mail sent.")
 app.add_typer(dkim_app, name="dkim")
@@ -249,8 +247,10 @@ def list_delete(ctx: typer.Context, address: ListArg,
 
 @list_app.command("set")
 def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None:
-    """Change one setting: subscription, nonmember_action, emergency, reply_to,
-    subject_prefix, footer, max_message_bytes, archive, digest_frequency,
+    """Change one setting: subscription, nonmember_action, member_action (accept, hold:
+    the owners approve each member's post, reject: only owners and moderators post),
+    new_member_holds (a new member's first N posts are held; 0 for none), emergency,
+    reply_to, subject_prefix, footer, max_message_bytes, archive, digest_frequency,
     digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, dmarc, name,
     description. VALUE "default" gives subject_prefix and footer back the built-in ones.
 
@@ -372,82 +372,6 @@ def held_discard(ctx: typer.Context, ids: Annotated[list[int], typer.Argument(me
       listserv held discard 42
     """
     _moderate(ctx, ids, "discard")
-
-
-# --- sender -----------------------------------------------------------------------------
-
-def _sender(ctx: typer.Context, list_address: str, address: str, action: str) -> None:
-    from listserv import db, moderation, roster
-    from listserv.models import SenderAction
-
-    with db.session(_state(ctx).engine) as s:
-        added = moderation.set_sender(s, roster.get_list(s, list_address), address,
-                                      SenderAction(action))
-        s.commit()
-    out.print(f"{added}: {action}")
-
-
-@sender_app.command("allow")
-def sender_allow(ctx: typer.Context, list_address: ListArg, address: AddressArg) -> None:
-    """Let a non-member's posts through without moderation.
-
-    \b
-    Example:
-      listserv sender allow dev@lists.example.org ci@example.org
-    """
-    _sender(ctx, list_address, address, "allow")
-
-
-@sender_app.command("deny")
-def sender_deny(ctx: typer.Context, list_address: ListArg, address: AddressArg) -> None:
-    """Discard every post from this address.
-
-    \b
-    Example:
-      listserv sender deny dev@lists.example.org spam@example.net
-    """
-    _sender(ctx, list_address, address, "deny")
-
-
-@sender_app.command("remove")
-def sender_remove(ctx: typer.Context, list_address: ListArg, address: AddressArg) -> None:
-    """Take an address off the allow or deny list: its posts are treated as any
-    non-member's again.
-
-    \b
-    Example:
-      listserv sender remove dev@lists.example.org ci@example.org
-    """
-    from listserv import db, moderation, roster
-
-    with db.session(_state(ctx).engine) as s:
-        removed = moderation.remove_sender(s, roster.get_list(s, list_address), address)
-        s.commit()
-    out.print(f"{removed}: removed")
-
-
-@sender_app.command("ls")
-def sender_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False) -> None:
-    """The allow and deny entries of a list.
-
-    \b
-    Example:
-      listserv sender ls dev@lists.example.org
-    """
-    from rich.table import Table
-
-    from listserv import db, moderation, roster
-
-    with db.session(_state(ctx).engine) as s:
-        rows = [{"address": r.address, "action": r.action.value}
-                for r in moderation.senders(s, roster.get_list(s, list_address))]
-    if as_json:
-        return _print_json(rows)
-    table = Table("address", "action")
-    for r in rows:
-        table.add_row(r["address"], r["action"])
-    out.print(table)
-    return None
 
 
 # --- archive ----------------------------------------------------------------------------
@@ -774,9 +698,12 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
 
 
 # The nouns in modules of their own use the helpers above, so they come after them.
-from listserv import cli_bounce, cli_member, cli_queue  # noqa: E402, F401
+from listserv import cli_bounce, cli_member, cli_queue, cli_rules  # noqa: E402, F401
 
 app.add_typer(cli_queue.queue_app, name="queue")
+app.add_typer(cli_rules.sender_app, name="sender")
+app.add_typer(cli_rules.ban_app, name="ban")
+app.add_typer(cli_rules.rule_app, name="rule")
 
 
 def _usage_error(exc: Exception) -> int | None:

@@ -17,7 +17,19 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import limits, loops, moderation, notices, policy, roster, store, thread, tokens, view
+from listserv import (
+    limits,
+    loops,
+    moderation,
+    notices,
+    policy,
+    posting_rules,
+    roster,
+    store,
+    thread,
+    tokens,
+    view,
+)
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
@@ -167,7 +179,12 @@ def _ask(session: Session, config: Config, mlist: MailingList, address: str, kin
 
 def subscribe(session: Session, config: Config, mlist: MailingList, address: str,
               mode: DeliveryMode = DeliveryMode.REGULAR) -> Outcome:
-    """Start a double opt-in; the answer is the same whether or not `address` is a member."""
+    """Start a double opt-in; the answer is the same whether or not `address` is a member,
+    or banned (which gets no mail at all)."""
+    ban = posting_rules.banned(session, address)
+    if ban:
+        log.info("%s may not subscribe to %s: banned (%s)", address, mlist.address, ban)
+        return Outcome.SUBSCRIBE_ASKED
     if mlist.subscription is Subscription.CLOSED:
         _send(session, config, mlist, address, "subscribe_closed", address=address)
         return Outcome.CLOSED
@@ -276,6 +293,8 @@ def confirm(session: Session, config: Config, token: Token) -> Outcome:
     """The address owner answered a confirmation: by reply, `confirm` line or web POST."""
     if token.kind not in _CONFIRMABLE:
         return Outcome.MODERATOR_TOKEN
+    if token.kind is TokenKind.SUBSCRIBE and posting_rules.banned(session, token.address):
+        return Outcome.BAD_TOKEN  # banned since it asked
     if not tokens.use(session, token):
         return Outcome.BAD_TOKEN
     mlist = session.get(MailingList, token.list_id)

@@ -51,6 +51,9 @@ class SmtpConfig:
     # STARTTLS (RFC 3207). Never required: a public MX must take plain mail too.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # The authserv-ids (RFC 8601) of the MTAs in front whose Authentication-Results
+    # fields are believed: a DMARC pass there lets a held non-member be told.
+    trusted_authserv_ids: list[str] = field(default_factory=list, hash=False)
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,8 @@ def _section(cls: type, name: str, values: object) -> object:
             raise ConfigError(f"[{name}] {key} must be one of {', '.join(choices)}")
         if expected in (int, float):
             _check_number(name, key, value)
+        if expected is list and not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"[{name}] {key} must be an array of strings")
         kwargs[key] = value
     return cls(**kwargs)
 

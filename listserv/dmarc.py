@@ -41,6 +41,14 @@ def organizational_domain(domain: str) -> str:
         return ".".join(domain.split(".")[-2:])
 
 
+def aligned(signing_domain: str, from_domain: str) -> bool:
+    """Relaxed identifier alignment (RFC 7489 section 3.1.1): one organisation's domains."""
+    if not signing_domain or not from_domain:
+        return False
+    return (organizational_domain(signing_domain.lower().rstrip("."))
+            == organizational_domain(from_domain.lower().rstrip(".")))
+
+
 def _record(records: list[bytes]) -> dict[str, str] | None:
     """The tags of the one DMARC record among these TXT records (§6.6.3: none if several)."""
     found = [r.decode("ascii", "replace") for r in records

@@ -21,6 +21,7 @@ from listserv.models import (
     DigestFrequency,
     DmarcMode,
     MailingList,
+    MemberAction,
     NonmemberAction,
     ReplyTo,
     Subscription,
@@ -67,6 +68,14 @@ def _size(text: str) -> int:
     if (not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_INT))
             or int(text) > MAX_INT):
         raise UserError(valid)
+    return int(text)
+
+
+def _count(text: str) -> int:
+    """A number of posts (new_member_holds)."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 4:
+        raise UserError("valid values: a number of posts up to 9999, 0 for none")
     return int(text)
 
 
@@ -117,6 +126,8 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "description": _text,
     "subscription": _choice(Subscription),
     "nonmember_action": _choice(NonmemberAction),
+    "member_action": _choice(MemberAction),
+    "new_member_holds": _count,
     "emergency": _bool,
     "reply_to": _choice(ReplyTo),
     "subject_prefix": _optional_text,

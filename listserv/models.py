@@ -112,8 +112,25 @@ class TokenKind(enum.StrEnum):
 
 
 class SenderAction(enum.StrEnum):
-    ALLOW = "allow"  # posts from this non-member go through
-    DENY = "deny"  # posts from this address are discarded
+    ALLOW = "allow"  # posts go through, past the member and non-member checks
+    DENY = "deny"  # posts are discarded
+    HOLD = "hold"  # posts wait for a moderator, members' too
+
+
+class MemberAction(enum.StrEnum):
+    """What becomes of a member's post (owners and moderators always post)."""
+
+    ACCEPT = "accept"  # a discussion list
+    HOLD = "hold"  # an announce list whose owners approve each post
+    REJECT = "reject"  # an announce list only its owners and moderators post to
+
+
+class HeaderAction(enum.StrEnum):
+    """What an owner's header rule does with a post whose field matches."""
+
+    HOLD = "hold"
+    REJECT = "reject"  # 5xx at the door
+    DISCARD = "discard"  # kept, sent to no one, answered to no one (spam)
 
 
 class MessageKind(enum.StrEnum):
@@ -171,6 +188,9 @@ class MailingList(SQLModel, table=True):
     digest_issue: int = 0  # the number of the last issue sent in that volume (0: none)
     digest_last_sent_at: datetime | None = None
     verp: Verp = Field(default=Verp.ON, sa_type=_enum(Verp))
+    member_action: MemberAction = Field(default=MemberAction.ACCEPT,
+                                        sa_type=_enum(MemberAction))
+    new_member_holds: int = 0  # a member's first N posts are held; 0: none
 
 
 class Member(SQLModel, table=True):
@@ -202,7 +222,9 @@ class Message(SQLModel, table=True):
     __tablename__ = "message"
     __table_args__ = (Index("ix_message_list_msgid", "list_id", "message_id"),
                       # the sender's messages of the last hour (limits.sent_recently)
-                      Index("ix_message_sender_received", "sender_key", "received_at"))
+                      Index("ix_message_sender_received", "sender_key", "received_at"),
+                      # a member's posts so far (new_member_holds)
+                      Index("ix_message_list_from", "list_id", "from_address"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
@@ -345,15 +367,38 @@ class Mute(SQLModel, table=True):
 
 
 class SenderRule(SQLModel, table=True):
-    """Allow or deny list entry for a non-member sender."""
+    """An owner's allow, deny or hold entry for the senders a pattern matches."""
 
     __tablename__ = "sender_rule"
     __table_args__ = (UniqueConstraint("list_id", "address"),)
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
-    address: str
+    address: str  # the pattern: an address, "@domain" or "^regex$" (patterns.py)
     action: SenderAction = Field(sa_type=_enum(SenderAction))
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Ban(SQLModel, table=True):
+    """A sender pattern banned from every list: no subscribing, no posting."""
+
+    __tablename__ = "ban"
+
+    id: int | None = Field(default=None, primary_key=True)
+    pattern: str = Field(unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class HeaderRule(SQLModel, table=True):
+    """An owner's rule on a header field (`X-Spam-Flag` matching `YES`: discard)."""
+
+    __tablename__ = "header_rule"
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    header: str  # the field name as the owner wrote it (matched whatever its case)
+    pattern: str  # a regular expression searched for in each of its values
+    action: HeaderAction = Field(sa_type=_enum(HeaderAction))
     created_at: datetime = Field(default_factory=utcnow)
 
 

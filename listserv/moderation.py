@@ -1,5 +1,6 @@
-"""Held posts and who may post: notices to moderators; approve, reject or discard by
-email or CLI; holds that expire; the allow and deny lists for non-member senders.
+"""Held posts: notices to moderators (and to the author, when it can be told); approve,
+reject or discard by email or CLI; holds that expire. The rules that hold a post are
+policy.py's and posting_rules.py's.
 """
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlmodel import Session
 
 from listserv import digest, notices, roster, store, tokens
@@ -18,8 +19,6 @@ from listserv.models import (
     Message,
     MessageState,
     Role,
-    SenderAction,
-    SenderRule,
     Token,
     TokenKind,
     utcnow,
@@ -38,9 +37,11 @@ def held_message(session: Session, message_pk: int) -> Message:
     return message
 
 
-def hold(session: Session, config: Config, mlist: MailingList, message: Message,
-         author_is_member: bool) -> None:
-    """Tell the moderators about a post just held, with a reply address to act on it."""
+def hold(session: Session, config: Config, mlist: MailingList, message: Message, *,
+         tell_author: bool) -> None:
+    """Tell the moderators about a post just held, with a reply address to act on it;
+    and its author, when that is a member or a sender whose domain vouched for the
+    From (authenticity.Asked.authenticated)."""
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     token, value = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
                               lifetime, message_pk=message.id)
@@ -50,9 +51,9 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
                      auto="auto-generated", reply_to=reply, attach=message.raw,
                      message=message, reasons=message.reasons.splitlines(), token=value,
                      expires=token.expires_at)
-    # Only members hear that their post waits: telling non-members would send
-    # backscatter to every forged From of every spam run.
-    if author_is_member and message.from_address:
+    # Telling any non-member would send backscatter to every forged From of every
+    # spam run; a From its own domain vouched for is the sender's own.
+    if tell_author and message.from_address:
         notices.send(session, config, mlist, message.from_address, "held_author",
                      message=message, reasons=message.reasons.splitlines())
 
@@ -139,30 +140,3 @@ def expire_holds(session: Session, config: Config) -> int:
             notices.send(session, config, session.get(MailingList, message.list_id), author,
                          "hold_expired", message=message, days=config.lists.hold_expiry_days)
     return len(expired)
-
-
-def set_sender(session: Session, mlist: MailingList, address: str,
-               action: SenderAction) -> str:
-    mailbox = roster.normalize(address)
-    if mailbox is None:
-        raise roster.UserError(f"invalid address {address!r}")
-    session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
-                                             SenderRule.address == mailbox[1]))
-    session.add(SenderRule(list_id=mlist.id, address=mailbox[1], action=action))
-    return mailbox[1]
-
-
-def remove_sender(session: Session, mlist: MailingList, address: str) -> str:
-    """Drop an allow or deny entry: the address is a non-member like any other again."""
-    mailbox = roster.normalize(address)
-    key = mailbox[1] if mailbox else address.strip().lower()
-    gone = session.execute(delete(SenderRule).where(SenderRule.list_id == mlist.id,
-                                                    SenderRule.address == key))
-    if not gone.rowcount:
-        raise roster.UserError(f"{key} is not on the allow or deny list of {mlist.address}")
-    return key
-
-
-def senders(session: Session, mlist: MailingList) -> list[SenderRule]:
-    return list(session.scalars(select(SenderRule).where(SenderRule.list_id == mlist.id)
-                                .order_by(SenderRule.action, SenderRule.address)))

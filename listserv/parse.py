@@ -141,8 +141,8 @@ _WANTED = frozenset({"from", "message-id", "in-reply-to", "references", "subject
 _FIELD_OR_FOLD = re.compile(r"(From |[\041-\071\073-\176]+:|[\t ])")
 
 
-def _wanted_lines(text: str) -> tuple[str, int]:
-    """The lines of the fields parse() reads, with their continuations, read as flanker
+def _wanted_lines(text: str, wanted: frozenset[str]) -> tuple[str, int]:
+    """The lines of the `wanted` fields, with their continuations, read as flanker
     reads a header block; and how many fields the block had in all."""
     kept: list[str] = []
     fields = 0
@@ -158,41 +158,44 @@ def _wanted_lines(text: str) -> tuple[str, int]:
             keep = False
             continue
         fields += 1
-        keep = line.partition(":")[0].rstrip().lower() in _WANTED
+        keep = line.partition(":")[0].rstrip().lower() in wanted
         if keep:
             kept.append(line)
     return "".join(kept), fields
 
 
-def _headers_flanker(block: bytes) -> tuple[dict[str, list[str]], int]:
+def _headers_flanker(block: bytes, wanted: frozenset[str]
+                     ) -> tuple[dict[str, list[str]], int]:
     # flanker's header parser alone: its whole-message parser, given a header block,
     # refuses every multipart message (no boundary follows) and sent one post in eight
     # to the slower fallback.
-    text, fields = _wanted_lines(to_unicode(block))
+    text, fields = _wanted_lines(to_unicode(block), wanted)
     out: dict[str, list[str]] = {}
     for name, value in MimeHeaders.from_stream(io.StringIO(text)).iteritems(raw=False):
         out.setdefault(name.lower(), []).append(str(value))
     return out, fields
 
 
-def _headers_stdlib(block: bytes) -> tuple[dict[str, list[str]], int]:
+def _headers_stdlib(block: bytes, wanted: frozenset[str]
+                    ) -> tuple[dict[str, list[str]], int]:
     message = email.message_from_bytes(block, policy=email.policy.default)
     out: dict[str, list[str]] = {}
     for name, value in message.items():
-        if name.lower() in _WANTED:
+        if name.lower() in wanted:
             out.setdefault(name.lower(), []).append(str(value))
     return out, len(message)
 
 
-def read_headers(raw: bytes) -> tuple[dict[str, list[str]], str]:
-    """The decoded fields parse() reads, by lower-case name, and an error text when no
-    parser managed."""
+def read_headers(raw: bytes, wanted: frozenset[str] = _WANTED
+                 ) -> tuple[dict[str, list[str]], str]:
+    """The decoded `wanted` fields (by default those parse() reads), by lower-case name,
+    and an error text when no parser managed."""
     block = header_block(raw)
     errors = []
     for reader in (_headers_flanker, _headers_stdlib):
         name = reader.__name__.removeprefix("_headers_")
         try:
-            headers, fields = reader(block)
+            headers, fields = reader(block, wanted)
         except Exception as exc:  # noqa: BLE001  both parsers raise many kinds on bad input
             errors.append(f"{name}: {exc.__class__.__name__}")
             continue

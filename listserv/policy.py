@@ -3,7 +3,8 @@
 The first decisive verdict (accept, discard, reject, loop) ends the walk; holds collect
 their reasons on the way, so a moderator reads every reason a post was held for. The
 order follows Mailman's posting chain: loops and automatic mail first (listserv/loops.py
-for autoresponders that ignore RFC 3834), then the moderator's switches, then membership.
+for autoresponders that ignore RFC 3834), then bans and the owners' sender and header
+rules (posting_rules.py gathers what they say), the moderator's switches, membership.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from listserv import loops
 from listserv.address import ListAddresses
-from listserv.models import MailingList, NonmemberAction, SenderAction
+from listserv.models import HeaderAction, MailingList, MemberAction, NonmemberAction, SenderAction
 from listserv.parse import Parsed
 
 
@@ -43,8 +44,13 @@ class Facts:
     size: int
     is_member: bool  # the From (or envelope sender) holds a role on the list
     moderated: bool = False  # ... and a moderator set its `moderated` flag
-    sender_rule: SenderAction | None = None  # allow/deny entry for the sender
+    sender_rule: SenderAction | None = None  # the owners' entry for the From address
+    sender_pattern: str = ""  # ... and the pattern that named it
     thread_rate: loops.ThreadRate | None = None  # the sender's recent posts to its thread
+    ban: str | None = None  # the server-wide ban that names the sender
+    header_hits: list[tuple[HeaderAction, str]] = field(default_factory=list)  # rules matched
+    staff: bool = False  # the sender is an owner or moderator (read when a rule needs it)
+    member_posts: int = 0  # the member's posts sent so far (read for new_member_holds)
 
 
 Rule = Callable[[Facts], Verdict | None]
@@ -98,10 +104,42 @@ def thread_flood(facts: Facts) -> Verdict | None:
     return None
 
 
-def denied(facts: Facts) -> Verdict | None:
-    if facts.sender_rule is SenderAction.DENY:
-        return Verdict(Action.DISCARD, [f"sender {facts.parsed.from_address} is on the deny list"])
+def banned(facts: Facts) -> Verdict | None:
+    if facts.ban:
+        return Verdict(Action.DISCARD, [f"the sender is banned from every list ({facts.ban})"])
     return None
+
+
+def _sender_is(facts: Facts, action: SenderAction) -> str:
+    """Why the owners' sender rule applies, or "" when it does not."""
+    if facts.sender_rule is not action:
+        return ""
+    address = facts.parsed.from_address
+    named = "" if facts.sender_pattern in ("", address) else f" ({facts.sender_pattern})"
+    return f"sender {address} is on the {action.value} list{named}"
+
+
+def denied(facts: Facts) -> Verdict | None:
+    why = _sender_is(facts, SenderAction.DENY)
+    return Verdict(Action.DISCARD, [why]) if why else None
+
+
+_HEADER = {HeaderAction.DISCARD: Action.DISCARD, HeaderAction.REJECT: Action.REJECT,
+           HeaderAction.HOLD: Action.HOLD}
+
+
+def header_rules(facts: Facts) -> Verdict | None:
+    """The owners' rules on header fields; of several that match, the strictest acts."""
+    for action in (HeaderAction.DISCARD, HeaderAction.REJECT, HeaderAction.HOLD):
+        reasons = [why for hit, why in facts.header_hits if hit is action]
+        if reasons:
+            return Verdict(_HEADER[action], reasons)
+    return None
+
+
+def held_sender(facts: Facts) -> Verdict | None:
+    why = _sender_is(facts, SenderAction.HOLD)
+    return Verdict(Action.HOLD, [why]) if why else None
 
 
 def emergency(facts: Facts) -> Verdict | None:
@@ -120,6 +158,33 @@ def moderated_member(facts: Facts) -> Verdict | None:
     if facts.is_member and facts.moderated:
         return Verdict(Action.HOLD, [f"posts from {facts.parsed.from_address} are moderated"])
     return None
+
+
+def _member_only(facts: Facts) -> bool:
+    """A member who is not an owner or moderator and whom no allow entry lets through."""
+    return facts.is_member and not facts.staff and facts.sender_rule is not SenderAction.ALLOW
+
+
+def member_posting(facts: Facts) -> Verdict | None:
+    """`member_action`: an announce list holds or refuses its members' posts."""
+    if not _member_only(facts):
+        return None
+    if facts.mlist.member_action is MemberAction.HOLD:
+        return Verdict(Action.HOLD, [f"members' posts to {facts.mlist.address} wait for "
+                                     "the owners"])
+    if facts.mlist.member_action is MemberAction.REJECT:
+        return Verdict(Action.REJECT, [f"only the owners and moderators of "
+                                       f"{facts.mlist.address} may post"])
+    return None
+
+
+def new_member(facts: Facts) -> Verdict | None:
+    """`new_member_holds`: a member's first posts wait, then they post freely."""
+    holds = facts.mlist.new_member_holds
+    if not (_member_only(facts) and holds and facts.member_posts < holds):
+        return None
+    return Verdict(Action.HOLD, [f"a new member's first {holds} posts are held "
+                                 f"({facts.member_posts} sent so far)"])
 
 
 def too_big(facts: Facts) -> Verdict | None:
@@ -142,11 +207,13 @@ def non_member(facts: Facts) -> Verdict | None:
     action = _NONMEMBER.get(facts.mlist.nonmember_action)
     if action is None:
         return None
-    return Verdict(action, [f"post from non-member {facts.parsed.from_address}"])
+    why = f"post from non-member {facts.parsed.from_address}"
+    return Verdict(action, [f"{why}; only members may post" if action is Action.REJECT else why])
 
 
-RULES: list[Rule] = [unparseable, loop, automatic, autoreply_subject, thread_flood, denied,
-                     emergency, no_sender, moderated_member, too_big, non_member]
+RULES: list[Rule] = [unparseable, loop, automatic, autoreply_subject, thread_flood, banned,
+                     denied, header_rules, emergency, no_sender, held_sender, moderated_member,
+                     member_posting, new_member, too_big, non_member]
 
 
 def decide(facts: Facts, rules: list[Rule] = RULES) -> Verdict:

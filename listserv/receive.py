@@ -36,6 +36,7 @@ from listserv import (
     moderation,
     notices,
     policy,
+    posting_rules,
     roster,
     store,
 )
@@ -125,7 +126,8 @@ Standing = tuple[bool, bool, SenderAction | None]
 
 _member, _rule = Member.__table__.c, SenderRule.__table__.c
 # Built once, one query: the roles of the senders (members, moderators and owners may all
-# post; roster.roles_of) and the list's allow/deny entry for the From (moderation.senders).
+# post; roster.roles_of) and the list's sender rule for the From address
+# (posting_rules.senders; its @domain and ^regex$ entries are read by posting_rules.load).
 _STANDING = select(
     select(func.count()).where(_member.list_id == bindparam("list_id"), _member.address.in_(
         bindparam("senders", expanding=True))).scalar_subquery(),
@@ -172,6 +174,7 @@ class Batch:
         self.targets: dict[str, tuple[Route, MailingList]] = {}
         self.accepted: list[Accepted] = []
         self._standing: dict[tuple[int, str, str], Standing] = {}
+        self.rules = posting_rules.Cache()
 
     def target(self, session: Session, rcpt: str) -> tuple[Route, MailingList]:
         if rcpt not in self.targets:
@@ -232,11 +235,12 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     parsed = digest.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     facts.thread_rate = thread_rate(session, config.lists, mlist.id, mail_from, parsed)
+    batch.rules.fill(session, facts, raw)
     verdict = policy.decide(facts)
     if verdict.action is policy.Action.REJECT:
         reason = "; ".join(verdict.reasons)
         if alone:
-            raise Rejected(f"550 5.7.1 {mlist.address}: {reason}; only members may post")
+            raise Rejected(f"550 5.7.1 {mlist.address}: {reason}")
         # Other recipients of this transaction took it: keep it, tell the author here.
         verdict = policy.Verdict(policy.Action.DISCARD, verdict.reasons)
         notices.send(session, config, mlist, parsed.from_address, "rejected",
@@ -254,7 +258,8 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     if message.state is MessageState.ACCEPTED:
         batch.accept(session, config, Accepted(mlist, message, parsed, outcome, asked))
     elif message.state is MessageState.HELD:
-        moderation.hold(session, config, mlist, message, facts.is_member)
+        moderation.hold(session, config, mlist, message,
+                        tell_author=facts.is_member or bool(asked and asked.authenticated))
         outcome.deliveries = 1
     return outcome
 

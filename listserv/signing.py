@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from listserv.config import ConfigError, DkimConfig
+from listserv.dmarc import aligned
 from listserv.resolver import LookupFailed, Resolver
 
 log = logging.getLogger("listserv.signing")
@@ -250,6 +251,34 @@ def inbound_results(raw: bytes, authserv_id: str, resolver: Resolver) -> str:
         log.exception("could not check the post's DKIM and ARC; its copies go unsealed")
         results, cv = ["dkim=permerror"], "fail"
     return "; ".join([authserv_id, *(results or ["dkim=none"]), f"arc={cv}"])
+
+
+_D_TAG = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)")
+
+
+def aligned_pass(raw: bytes, from_domain: str, resolver: Resolver) -> bool:
+    """Whether a DKIM signature on the post that aligns with its From domain verifies:
+    that domain vouches for the From (RFC 7489's DKIM alignment, relaxed). Signatures of
+    other domains are not checked at all, so most posts cost no lookup."""
+    txt = dnsfunc(resolver)
+    try:
+        checker = dkim.DKIM(raw, timeout=5)
+        values = [v for n, v in checker.headers if n.lower() == b"dkim-signature"]
+        for index, value in enumerate(values[:MAX_VERIFIED]):
+            found = _D_TAG.search(_unfold(value))
+            domain = found.group(1).decode("ascii", "replace") if found else ""
+            if aligned(domain, from_domain) and _verifies(checker, index, txt):
+                return True
+    except Exception:  # dkimpy reads whatever a sender wrote, and may trip over it
+        log.info("could not check the post's DKIM signatures", exc_info=True)
+    return False
+
+
+def _verifies(checker: dkim.DKIM, index: int, txt: Callable[..., bytes | None]) -> bool:
+    try:
+        return bool(checker.verify(idx=index, dnsfunc=txt))
+    except dkim.DKIMException:
+        return False
 
 
 _TOKEN = re.compile(r"[^A-Za-z0-9._-]")

@@ -18,7 +18,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
-from listserv import db, roster
+from listserv import db, roster, signing
 from listserv.cli import app
 from listserv.config import (
     Config,
@@ -30,7 +30,7 @@ from listserv.config import (
 )
 from listserv.models import MailingList, Role
 from tests.dns_server import DnsServer
-from tests.helpers import write_config
+from tests.helpers import published, write_config
 from tests.servers import RunningServer, Serve, Smarthost, SmarthostController
 
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
@@ -104,6 +104,16 @@ def dns_server() -> Iterator[DnsServer]:
 
 
 # --- the server -------------------------------------------------------------------------
+
+@pytest.fixture
+def author_key(tmp_path: Path, dns_server: DnsServer) -> bytes:
+    """A post's author's own domain (author.example, selector a) signs it, with its key
+    in the test's DNS."""
+    made = signing.keygen("author.example", "a", tmp_path)
+    name, text = published(made.record)
+    dns_server.records[name] = [text]
+    return made.private_file.read_bytes()
+
 
 @pytest.fixture
 def config(db_url: str, sink: Smarthost, dns_server: DnsServer) -> Config:

@@ -107,15 +107,6 @@ def test_notices_are_signed_too(signing_server, make_list, sink, dns_server):
     assert dkim.verify(data, dnsfunc=dns_server.txt)
 
 
-@pytest.fixture
-def author_key(tmp_path: Path, dns_server) -> bytes:
-    """The author's own domain signs the post, with its key in the same DNS."""
-    made = signing.keygen("author.example", "a", tmp_path)
-    name, text = published(made.record)
-    dns_server.records[name] = [text]
-    return made.private_file.read_bytes()
-
-
 def signed_post(author_key: bytes) -> bytes:
     raw = message(sender="Alice <alice@author.example>").encode()
     return dkim.sign(raw, b"a", b"author.example", author_key,
