@@ -5,8 +5,9 @@ arc`, the DKIM and ARC results our ARC set seals.
 The receiver stores posts one group at a time, in one writer thread holding one
 database transaction; a lookup in there waited for the slowest name server (up to the
 resolver's 2 s timeout) with every other client's 250 and the delivery bookkeeping
-behind it. So the receiver asks in a thread of its own first (`ask`), and the fan-out
-in the transaction only reads the answers (`copy_identity`).
+behind it. So the receiver asks first (`ask`): from the resolver's cache where that
+holds every answer, else in a thread of its own; and the fan-out in the transaction only
+reads the answers (`copy_identity`).
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ class Asked:
 
 
 def ask(raw: bytes, from_address: str, config: Config,
-        mode: DmarcMode = DmarcMode.AUTO) -> Asked:
+        mode: DmarcMode = DmarcMode.AUTO, *, cached_only: bool = False) -> Asked:
     """Ask DNS about a post (blocking: not in the event loop, not in a transaction).
     Only a list's AUTO mode needs the DMARC policy; the receiver, which does not know
-    the lists yet, asks for it."""
+    the lists yet, asks for it. With `cached_only`, the resolver's cache answers, or
+    resolver.NotCached says that a name server would have to: that does not block."""
     dns = resolver.for_config(config.dns)
+    if cached_only:
+        dns = dns.cache_only
     domain = from_address.rpartition("@")[2]
     return Asked(dmarc.policy(domain, dns) if domain and mode is DmarcMode.AUTO else None,
                  signing.inbound_results(raw, config.dkim.domain, dns)

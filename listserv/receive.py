@@ -79,9 +79,10 @@ class GroupCommit:
 
     async def store(self, incoming: Incoming, *, ask: bool = False) -> list[Outcome]:
         """Store one transaction with the next group; with `ask`, what DNS says of its
-        post is asked first, outside the writer (Incoming.ask)."""
+        post is asked first, outside the writer: here when the resolver's cache holds
+        the answers, else in a DNS thread (Incoming.ask)."""
         loop = asyncio.get_running_loop()
-        if ask:
+        if ask and not incoming.ask(self.config, cached_only=True):
             await loop.run_in_executor(self.asking, incoming.ask, self.config)
         future: asyncio.Future[Result] = loop.create_future()
         self.waiting.append((incoming, future))
