@@ -295,18 +295,19 @@ class Incoming:
 
     @cached_property
     def parsed(self) -> Parsed:
-        """Read in the writer's thread as its group is stored (parse never raises): a
-        thread hop of its own per message cost the event loop more than the parse, and
-        a writer busy parsing lets more transactions gather for the next group."""
+        """Read where first needed, never in a thread hop of its own (that cost the
+        event loop more than the parse; parse never raises): by `ask` for what may be a
+        post, else in the writer's thread as its group is stored, where a writer busy
+        parsing lets more transactions gather for the next group."""
         return parse(self.raw)
 
     def ask(self, config: Config, *, cached_only: bool = False) -> bool:
         """What DNS says of the post, asked before the group's transaction
         (authenticity): a slow name server must not hold the writer. With
         `cached_only`, of the resolver's cache alone, which does not block: False when
-        a name server would have to answer (ask again, in a thread of its own; a thread
-        hop for every post cost a busy receiver a sixth of its posts per second). A
-        failure leaves it to be asked in the transaction, as before."""
+        a name server would have to answer (ask again, in a thread of its own: a hop
+        to that thread for every post cost a busy receiver about 60 posts/s). A failure
+        leaves it to be asked in the transaction, as before."""
         try:
             self.asked = authenticity.ask(self.raw, self.parsed.from_address, config,
                                           cached_only=cached_only)
