@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from listserv import db, digest, receive, roster
+from listserv import db, digest, roster
 from listserv.models import (
     DeliveryMode,
     DigestFrequency,
@@ -29,6 +29,7 @@ from tests.helpers import (
     as_json,
     assert_one_line_error,
     delivered_to,
+    ingest_mail,
     mails_to,
     message,
     ok,
@@ -346,7 +347,7 @@ def test_plain_digest_is_rfc_1153_in_utf8(running, make_list, sink, engine, cli)
 def test_digest_goes_out_when_its_slot_comes(make_server, make_list, sink, engine, config):
     mlist = four_modes(make_list, engine)
     raw = message("Waiting", sender=REG)
-    receive.ingest(engine, config, REG, [LIST], raw.encode())
+    ingest_mail(engine, config, REG, [LIST], raw.encode())
     with db.session(engine) as s:  # posted two days ago, before today's slot
         for item in s.scalars(select(DigestItem)):
             item.created_at -= timedelta(days=2)
@@ -378,7 +379,7 @@ def test_numbering_and_volume_rollover(running, make_list, sink, engine, cli, co
     ok(cli("list", "set", LIST, "digest_volume_frequency", "daily"))
 
     def send_one(subject: str) -> str:
-        receive.ingest(engine, config, REG, [LIST], message(subject, sender=REG).encode())
+        ingest_mail(engine, config, REG, [LIST], message(subject, sender=REG).encode())
         return ok(cli("digest", "send", LIST)).stdout
     assert send_one("one").startswith("Dev Digest, Vol 1, Issue 1: 1 messages, queued for "
                                       "1 digest-mime and 1 digest-plain members")
@@ -398,7 +399,7 @@ def test_two_builders_at_once_send_each_post_once(engine, make_list, config):
     """Two `listserv serve` on one database: the second waits for the first's lock and
     then finds nothing pending (no second issue, no post in two issues)."""
     mlist = four_modes(make_list, engine)
-    receive.ingest(engine, config, REG, [LIST], message("once", sender=REG).encode())
+    ingest_mail(engine, config, REG, [LIST], message("once", sender=REG).encode())
     now = datetime.now(UTC)
     results: list[object] = []
     with db.session(engine) as first:
