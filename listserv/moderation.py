@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import digest, notices, roster, store, tokens
+from listserv import digest_reply, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import MAX_INT, Config
 from listserv.models import (
@@ -67,7 +67,7 @@ def approve(session: Session, config: Config, message: Message) -> int:
     """Send a held post on as if it had just been accepted; returns the jobs queued."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
-    parsed = digest.stored_fields(session, message)
+    parsed = digest_reply.stored_fields(session, message)
     if store.is_archived(session, mlist.id, message.message_id):
         store.set_state(session, message, MessageState.DUPLICATE)
         return 0

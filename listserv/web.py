@@ -35,6 +35,7 @@ from listserv import (
     compose,
     db,
     digest,
+    digest_format,
     privacy,
     roster,
     search,
@@ -472,11 +473,11 @@ def digest_routes(engine: Engine, config: Config,
         volume, number = path_number(request, "volume"), path_number(request, "number")
 
         def work(session: Session, mlist: MailingList
-                 ) -> tuple[DigestIssue, list[digest.Group]] | None:
+                 ) -> tuple[DigestIssue, list[digest_format.Group]] | None:
             found = digest.find_issue(session, mlist.id, volume, number)
             if found is None:
                 return None
-            return found, digest.by_thread(digest.issue_entries(session, found))
+            return found, digest_format.by_thread(digest.issue_entries(session, found))
         mlist, found = await read(request, work)
         if found is None:
             raise HTTPException(404, f"{mlist.name} has no digest Vol {volume}, "
