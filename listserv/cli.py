@@ -695,15 +695,15 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
     Example:
       listserv doctor dev@lists.example.org
     """
-    from listserv import db, doctor, resolver, roster, tokens
+    from listserv import db, doctor, doctor_check, resolver, roster, tokens
 
     state = _state(ctx)
     with db.session(state.engine) as s:  # never committed: a test copy leaves no trace
         mlist = roster.get_list(s, list_address)
         secret = tokens.server_secret(s, state.config)
     # A resolver of its own: what DNS says now, not what a cache remembers.
-    deployment = doctor.Deployment(state.config, mlist, resolver.Resolver(state.config.dns),
-                                   secret)
+    deployment = doctor_check.Deployment(state.config, mlist,
+                                         resolver.Resolver(state.config.dns), secret)
     results = doctor.run(deployment)
     if as_json:
         _print_json([r.as_dict() for r in results])
@@ -712,7 +712,7 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
             out.print(f"{r.status.upper():<4}  {r.check}: {r.detail}")
             if r.fix:
                 out.print(f"      fix: {r.fix}")
-    if any(r.status is doctor.Status.FAIL for r in results):
+    if any(r.status is doctor_check.Status.FAIL for r in results):
         raise typer.Exit(1)
 
 
