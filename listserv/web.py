@@ -31,11 +31,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from listserv import (
     archive,
     bouncing,
-    commands,
     compose,
     db,
     digest,
     digest_format,
+    member_actions,
     privacy,
     roster,
     search,
@@ -95,7 +95,7 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
     mlist = session.get(MailingList, int(parts[0]))
     if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[3]):
         return None
-    thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
+    thread_id = member_actions.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
 
 
@@ -520,7 +520,7 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ())
 
     async def confirm_form(request: Request) -> Response:
         value = request.path_params["token"]
-        found = await in_db(lambda s: commands.find_confirmable(s, value))
+        found = await in_db(lambda s: member_actions.find_confirmable(s, value))
         if found is None:
             return invalid("confirm", 404)
         token, mlist = found
@@ -531,13 +531,13 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ())
         value = request.path_params["token"]
 
         def act(session: Session) -> tuple[str, MailingList, str] | None:
-            found = commands.find_confirmable(session, value)
+            found = member_actions.find_confirmable(session, value)
             if found is None:
                 return None
             token, mlist = found
-            return commands.confirm(session, config, token).value, mlist, token.address
+            return member_actions.confirm(session, config, token).value, mlist, token.address
         done = await in_db(act)
-        if done is None or done[0] == commands.Outcome.BAD_TOKEN:
+        if done is None or done[0] == member_actions.Outcome.BAD_TOKEN:
             return invalid("confirm", 404)
         outcome, mlist, address = done
         return page("done", outcome=outcome, mlist=mlist, address=address)
@@ -565,16 +565,16 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ())
     async def unsubscribe_post(request: Request) -> Response:
         """RFC 8058 one-click: the POST itself is the confirmation."""
         link = await signed_link(request, unsubscribe_target, lambda session, link:
-                                 commands.leave(session, config, link.mlist, link.address))
+                                 member_actions.leave(session, config, link.mlist, link.address))
         if link is None:
             return invalid("unsubscribe", 400)
-        return page("done", outcome=commands.Outcome.UNSUBSCRIBED.value, mlist=link.mlist,
+        return page("done", outcome=member_actions.Outcome.UNSUBSCRIBED.value, mlist=link.mlist,
                     address=link.address)
 
     def mute_routes(on: bool) -> tuple[Callable, Callable]:
         """The GET page and the POST action of /mute/TOKEN (on) or /unmute/TOKEN."""
         verb, other = ("mute", "unmute") if on else ("unmute", "mute")
-        change = commands.mute if on else commands.unmute
+        change = member_actions.mute if on else member_actions.unmute
 
         async def form(request: Request) -> Response:
             link = await signed_link(request, mute_target)
@@ -599,7 +599,7 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[Route] = ())
         member: list[bool] = []
 
         def act(session: Session, link: Link) -> None:
-            change = bouncing.reenable if done else commands.is_member
+            change = bouncing.reenable if done else member_actions.is_member
             member.append(change(session, link.mlist.id, link.address))
         link = await signed_link(request, reenable_target, act)
         if link is None:
