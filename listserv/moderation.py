@@ -30,6 +30,14 @@ log = logging.getLogger("listserv.moderation")
 ACTIONS = ("approve", "reject", "discard")
 
 
+def held(session: Session, mlist: MailingList | None) -> list[Message]:
+    """The posts held on one list, or on every list (None), oldest first."""
+    query = select(Message).where(Message.state == MessageState.HELD)
+    if mlist is not None:
+        query = query.where(Message.list_id == mlist.id)
+    return list(session.scalars(query.order_by(Message.id)))
+
+
 def held_message(session: Session, message_pk: int) -> Message:
     # An id no row can have is asked of no database (it would refuse the number).
     message = session.get(Message, message_pk) if 0 < message_pk <= MAX_INT else None
