@@ -30,7 +30,7 @@ from listserv import (
     bouncing,
     commands,
     db,
-    digest,
+    digest_reply,
     limits,
     metrics,
     moderation,
@@ -229,7 +229,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
           mail_from: str, raw: bytes, parsed: Parsed, alone: bool, asked: Asked | None
           ) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
-    parsed = digest.rethread(session, mlist, raw, parsed)
+    parsed = digest_reply.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     facts.thread_rate = thread_rate(session, config.lists, mlist.id, mail_from, parsed)
     verdict = policy.decide(facts)
