@@ -22,7 +22,7 @@ from listserv import (
     bounces,
     commands,
     db,
-    digest,
+    digest_reply,
     metrics,
     moderation,
     notices,
@@ -213,7 +213,7 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
           mail_from: str, raw: bytes, parsed: Parsed, alone: bool, asked: Asked | None
           ) -> Outcome:
     # A reply to a digest as a whole goes into the thread of the item it answers.
-    parsed = digest.rethread(session, mlist, raw, parsed)
+    parsed = digest_reply.rethread(session, mlist, raw, parsed)
     facts = batch.facts(session, mlist, parsed, mail_from, len(raw))
     facts.thread_rate = thread_rate(session, config.lists, mlist.id, mail_from, parsed)
     batch.rules.fill(session, facts, raw)

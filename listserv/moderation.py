@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlmodel import Session
 
-from listserv import digest, notices, roster, store, tokens
+from listserv import digest_reply, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import MAX_INT, Config
 from listserv.models import (
@@ -27,6 +27,14 @@ from listserv.models import (
 log = logging.getLogger("listserv.moderation")
 
 ACTIONS = ("approve", "reject", "discard")
+
+
+def held(session: Session, mlist: MailingList | None) -> list[Message]:
+    """The posts held on one list, or on every list (None), oldest first."""
+    query = select(Message).where(Message.state == MessageState.HELD)
+    if mlist is not None:
+        query = query.where(Message.list_id == mlist.id)
+    return list(session.scalars(query.order_by(Message.id)))
 
 
 def held_message(session: Session, message_pk: int) -> Message:
@@ -68,7 +76,7 @@ def approve(session: Session, config: Config, message: Message) -> int:
     """Send a held post on as if it had just been accepted; returns the jobs queued."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
-    parsed = digest.stored_fields(session, message)
+    parsed = digest_reply.stored_fields(session, message)
     if store.is_archived(session, mlist.id, message.message_id):
         store.set_state(session, message, MessageState.DUPLICATE)
         return 0

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from listserv import db, digest, roster
+from listserv import db, digest, digest_reply, roster
 from listserv.models import (
     DeliveryMode,
     DigestFrequency,
@@ -145,11 +145,11 @@ def test_first_issue_is_volume_1_issue_1():
 # --- finding the item a reply to the digest answers (pure) ------------------------------
 
 ITEMS = [
-    digest.Candidate(1, "a1@example.com", "Build fails on ARM",
+    digest_reply.Candidate(1, "a1@example.com", "Build fails on ARM",
                      "The build fails on ARM since yesterday's merge.\nAny idea?"),
-    digest.Candidate(2, "a2@example.com", "Re: Build fails on ARM",
+    digest_reply.Candidate(2, "a2@example.com", "Re: Build fails on ARM",
                      "Try cleaning the cache first, that fixed it for me.\n"),
-    digest.Candidate(3, "b1@example.com", "Release planning",
+    digest_reply.Candidate(3, "b1@example.com", "Release planning",
                      "We should cut the release candidate next Tuesday.\n"),
 ]
 
@@ -165,7 +165,7 @@ ITEMS = [
     ("Re #1: same here.\n\n> Message: 1\n> Message: 2\n> Message: 3\n", 1),
 ])
 def test_the_answered_item_is_found(text, expected):
-    assert digest.answered(text, ITEMS) == expected
+    assert digest_reply.answered(text, ITEMS) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -175,7 +175,7 @@ def test_the_answered_item_is_found(text, expected):
     "",
 ])
 def test_an_unclear_reply_names_no_item(text):
-    assert digest.answered(text, ITEMS) is None
+    assert digest_reply.answered(text, ITEMS) is None
 
 
 # --- over SMTP, through the sink --------------------------------------------------------

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from listserv import archive, db, digest, privacy, search, store, urls, view
+from listserv import archive, db, digest, digest_format, privacy, search, store, urls, view
 from listserv.models import DigestIssue, MailingList
 from listserv.web import pages
 from listserv.web.access import read
@@ -207,11 +207,11 @@ async def digest_issue(request: Request) -> Response:
     number = pages.path_number(request, "number")
 
     def work(session: Session, mlist: MailingList
-             ) -> tuple[DigestIssue, list[digest.Group]] | None:
+             ) -> tuple[DigestIssue, list[digest_format.Group]] | None:
         found = digest.find_issue(session, mlist.id, volume, number)
         if found is None:
             return None
-        return found, digest.by_thread(digest.issue_entries(session, found))
+        return found, digest_format.by_thread(digest.issue_entries(session, found))
     mlist, found = await read(request, work)
     if found is None:
         raise HTTPException(404, f"{mlist.name} has no digest Vol {volume}, Issue {number}.")

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import bounces, commands, tokens
+from listserv import bounces, member_actions, tokens
 from listserv.config import Config
 from listserv.models import MailingList
 from listserv.web import pages
@@ -65,7 +65,7 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
     mlist = session.get(MailingList, int(parts[0]))
     if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[3]):
         return None
-    thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
+    thread_id = member_actions.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
 
 
@@ -87,7 +87,7 @@ async def signed_link(request: Request, target: Callable[[Session, Config, str],
 
 async def confirm_form(request: Request) -> Response:
     value = request.path_params["token"]
-    found = await pages.in_db(request, lambda s: commands.find_confirmable(s, value))
+    found = await pages.in_db(request, lambda s: member_actions.find_confirmable(s, value))
     if found is None:
         return pages.invalid(request, "confirm", 404)
     token, mlist = found
@@ -99,13 +99,13 @@ async def confirm(request: Request) -> Response:
     value, config = request.path_params["token"], pages.config(request)
 
     def act(session: Session) -> tuple[str, MailingList, str] | None:
-        found = commands.find_confirmable(session, value)
+        found = member_actions.find_confirmable(session, value)
         if found is None:
             return None
         token, mlist = found
-        return commands.confirm(session, config, token).value, mlist, token.address
+        return member_actions.confirm(session, config, token).value, mlist, token.address
     done = await pages.in_db(request, act)
-    if done is None or done[0] == commands.Outcome.BAD_TOKEN:
+    if done is None or done[0] == member_actions.Outcome.BAD_TOKEN:
         return pages.invalid(request, "confirm", 404)
     outcome, mlist, address = done
     return pages.page(request, "done", outcome=outcome, mlist=mlist, address=address)
@@ -125,10 +125,10 @@ async def unsubscribe(request: Request) -> Response:
     """RFC 8058 one-click: the POST itself is the confirmation."""
     config = pages.config(request)
     link = await signed_link(request, unsubscribe_target, lambda session, link:
-                             commands.leave(session, config, link.mlist, link.address))
+                             member_actions.leave(session, config, link.mlist, link.address))
     if link is None:
         return pages.invalid(request, "unsubscribe", 400)
-    return pages.page(request, "done", outcome=commands.Outcome.UNSUBSCRIBED.value,
+    return pages.page(request, "done", outcome=member_actions.Outcome.UNSUBSCRIBED.value,
                       mlist=link.mlist, address=link.address)
 
 
@@ -146,7 +146,7 @@ async def _offer(request: Request, verb: str) -> Response:
 async def _change(request: Request, on: bool) -> Response:
     """POST /mute/TOKEN or /unmute/TOKEN: done, and the page offers to undo it."""
     verb, other = ("mute", "unmute") if on else ("unmute", "mute")
-    change = commands.mute if on else commands.unmute
+    change = member_actions.mute if on else member_actions.unmute
     link = await signed_link(request, mute_target, lambda session, link: change(
         session, link.mlist.id, link.address, link.thread_id))
     if link is None:
@@ -179,7 +179,7 @@ async def reenable(request: Request) -> Response:
     member: list[bool] = []
 
     def act(session: Session, link: Link) -> None:
-        change = bounces.reenable if done else commands.is_member
+        change = bounces.reenable if done else member_actions.is_member
         member.append(change(session, link.mlist.id, link.address))
     link = await signed_link(request, reenable_target, act)
     if link is None:
