@@ -69,8 +69,7 @@ class Smarthosts:
             try:
                 relay = await host.smarthost.connect()
             except RelayError as exc:
-                host.backoff = min(MAX_BACKOFF, host.backoff * 2 or FIRST_BACKOFF)
-                host.down_until = time.monotonic() + host.backoff
+                self._failed(host)
                 error = exc
                 continue
             host.backoff, host.down_until = 0.0, 0.0
@@ -78,6 +77,15 @@ class Smarthosts:
             return relay
         assert error is not None  # _order names at least one host
         raise error
+
+    @staticmethod
+    def _failed(host: _Host) -> None:
+        """Back off from `host`; the senders that tried it at the same time met the same
+        outage, which doubles the back-off once, not once for each."""
+        now = time.monotonic()
+        if host.down_until <= now:
+            host.backoff = min(MAX_BACKOFF, host.backoff * 2 or FIRST_BACKOFF)
+            host.down_until = now + host.backoff
 
     def worn(self, relay: Relay) -> bool:
         """Whether the next job should go on a new connection (see REUSE_SECONDS)."""
