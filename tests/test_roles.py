@@ -1,15 +1,17 @@
 """`listserv serve --roles`: a process that receives only, delivers only or serves the
 archive only, what its /healthz says, a bad role word; and on PostgreSQL, housekeeping
-(here: digests) in one process at a time, taken over when that process is killed."""
+(here: digests) in one process at a time, taken over when that process is killed, and
+taken again by a process whose connection to the database died."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import smtplib
 
 import httpx
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from listserv import db
 from listserv.models import DeliveryMode, DigestIssue, MailingList, Member
@@ -112,3 +114,32 @@ def test_housekeeping_runs_in_one_process_and_another_takes_over_when_it_dies(
     second.send([LIST], message("Four", sender=SENDER))
     wait_until(lambda: _issues(engine) == 2, "the second digest")
     assert second.log().count("digest '") == 1
+
+
+def _holders(engine) -> list[int]:
+    """The database sessions holding this schema's housekeeping lock (leadership.py)."""
+    with engine.connect() as connection:
+        return list(connection.execute(text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND classid = 1819505524"
+            " AND objid::bigint = hashtext(current_schema())::bigint & 4294967295")).scalars())
+
+
+def test_the_housekeeping_lock_is_taken_again_after_its_connection_died(
+        make_server, engine, db_url, caplog):
+    if not db_url.startswith("postgresql"):
+        pytest.skip("the lock is PostgreSQL's")
+    caplog.set_level(logging.INFO)
+    srv = make_server()
+
+    def logged(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
+    wait_until(lambda: logged(HOLDS), "the lock to be taken")
+    [pid] = _holders(engine)
+    with engine.connect() as connection:  # as a database restart ends every session
+        connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    wait_until(lambda: logged("housekeeping stops in this process"), "the loss to be logged")
+    wait_until(lambda: logged(HOLDS) == 2, "the lock to be taken again")
+    [again] = _holders(engine)
+    assert again != pid
+    assert all(web_client(srv).get("/healthz").json()["loops"].values())
