@@ -1,5 +1,6 @@
-"""`listserv serve`: one event loop runs the SMTP receiver, the delivery worker and the
-web app together, and stops them all within seconds of SIGTERM or Ctrl-C.
+"""`listserv serve`: one event loop runs the SMTP receiver, the delivery worker, the web
+app and the housekeeping loops together (or those of its `--roles`), and stops them all
+within seconds of SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -161,12 +162,41 @@ def _listening(config: Config, roles: tuple[str, ...], worker: deliver.Worker | 
     return f"listening: {', '.join(parts)}; roles {','.join(roles)}"
 
 
+def _worker(config: Config, roles: tuple[str, ...]) -> deliver.Worker | None:
+    """The delivery worker of a process with the deliver role, on an engine of its own
+    whose commits skip the fsync (delivery bookkeeping: docs/postgresql.md)."""
+    if "deliver" not in roles:
+        return None
+    bookkeeping = db.make_engine(config.database.url, durable=False)
+    return deliver.Worker(bookkeeping, config.delivery, server_config=config)
+
+
+def _app(engine: Engine, config: Config, loops: health.Loops, worker: deliver.Worker | None,
+         roles: tuple[str, ...]) -> Starlette:
+    """The pages with the web role; /healthz and /metrics in any case."""
+    monitoring = health.routes(engine, loops, worker.smarthosts if worker else None, roles)
+    if "web" in roles:
+        return web.make_app(engine, config, monitoring)
+    return Starlette(routes=monitoring)
+
+
+def _housekeeping_tasks(engine: Engine, config: Config, stop: asyncio.Event,
+                  digest_check: asyncio.Event, wake: Callable[[], None]
+                  ) -> dict[str, asyncio.Task]:
+    """The housekeeping and digest loops, run while this process holds the lock."""
+    leadership = Leadership(engine)
+    return {"housekeeping": asyncio.create_task(_housekeeper(
+                leadership, stop, lambda until: housekeeping(engine, config, until, wake))),
+            "digests": asyncio.create_task(leadership.during(
+                stop, lambda until: digests(engine, config, until, digest_check, wake)))}
+
+
 async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = None,
                 ready: Callable[[Config], None] | None = None,
                 roles: tuple[str, ...] = ROLES) -> None:
     """Run until `stop` is set (by a signal when run from the command line). `ready` is
     called once listening, with the config naming the ports bound (port 0: any free one).
-    `roles` says what this process does (docs/operations.md); /healthz and /metrics are
+    `roles` says what this process does (docs/postgresql.md); /healthz and /metrics are
     served whatever they are, each process having its own counters."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(ExhaustionLog())
@@ -176,32 +206,21 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     config = listeners.bound(config, smtp_socket, web_socket)
     await asyncio.to_thread(_ensure_secret, engine, config)
     await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
-    tasks: dict[str, asyncio.Task] = {}
-    worker = None
-    if "deliver" in roles:
-        bookkeeping = db.make_engine(config.database.url, durable=False)
-        worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
-        tasks["delivery"] = asyncio.create_task(worker.run(stop))
-    wake = worker.wake if worker is not None else _nothing
+    worker = _worker(config, roles)
+    tasks = {"delivery": asyncio.create_task(worker.run(stop))} if worker else {}
     digest_check = asyncio.Event()
     handler = smtp = None
     if smtp_socket is not None:
         handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
         smtp = await loop.create_server(protocol_factory(handler, config), sock=smtp_socket)
     loops = health.Loops()
-    monitoring = health.routes(engine, loops, worker.smarthosts if worker else None, roles)
-    app = (web.make_app(engine, config, monitoring) if "web" in roles
-           else Starlette(routes=monitoring))
-    http = _Uvicorn(uvicorn.Config(app, host=config.web.host,
-                                   port=config.web.port, log_level="warning",
-                                   lifespan="off"))
+    http = _Uvicorn(uvicorn.Config(_app(engine, config, loops, worker, roles),
+                                   host=config.web.host, port=config.web.port,
+                                   log_level="warning", lifespan="off"))
     tasks["web"] = asyncio.create_task(http.serve([web_socket]))
     if "housekeeping" in roles:
-        leadership = Leadership(engine)
-        tasks["housekeeping"] = asyncio.create_task(_housekeeper(
-            leadership, stop, lambda until: housekeeping(engine, config, until, wake)))
-        tasks["digests"] = asyncio.create_task(leadership.during(
-            stop, lambda until: digests(engine, config, until, digest_check, wake)))
+        tasks |= _housekeeping_tasks(engine, config, stop, digest_check,
+                                     worker.wake if worker else _nothing)
     for name, task in tasks.items():
         loops.watch(name, task)  # for /healthz
     # Logs if a smarthost cannot be reached.
