@@ -212,7 +212,8 @@ class RunningServer:
         return self
 
     def stop(self) -> None:
-        if self.loop and self.stop_event:
+        """Stop the server (again: nothing more)."""
+        if self.loop and self.stop_event and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(15)
 
