@@ -65,7 +65,8 @@ def test_a_post_received_by_one_process_is_delivered_by_another(make_serve, make
     sender = make_serve(sink.port, "sender", roles="deliver,housekeeping").start()
     receiver.send([LIST], post("From one to the other"))
     assert sorted(sink.wait_for(2, timeout=60)) == [SENDER, "b@example.com"]
-    assert "delivery job=" in sender.log()
+    # logged once the outcome is recorded, just after the smarthost took the copies
+    wait_until(lambda: "delivery job=" in sender.log(), "the delivering process's log line")
     assert "delivery job=" not in receiver.log()
     assert healthz(receiver.web_port())["roles"] == ["smtp"]
     assert healthz(sender.web_port())["roles"] == ["deliver", "housekeeping"]
