@@ -106,6 +106,7 @@ def test_housekeeping_runs_in_one_process_and_another_takes_over_when_it_dies(
     first.send([LIST], message("Three", sender=SENDER))
     wait_until(lambda: _issues(engine) == 1, "the first digest")
     assert sink.copies_to(DIGESTS_TO)  # it went out
+    wait_until(lambda: "digest '" in first.log(), "the first process's digest log line")
     assert first.log().count("digest '") == 1 and "digest '" not in second.log()
     assert HOLDS not in second.log()
     assert healthz(second.web_port())["loops"]["digests"] is True  # waiting, not dead
@@ -113,8 +114,8 @@ def test_housekeeping_runs_in_one_process_and_another_takes_over_when_it_dies(
     assert first.signal(signal.SIGKILL) == -signal.SIGKILL
     wait_until(lambda: HOLDS in second.log(), "the second process to take over")
     second.send([LIST], message("Four", sender=SENDER))
-    wait_until(lambda: _issues(engine) == 2, "the second digest")
-    assert second.log().count("digest '") == 1
+    wait_until(lambda: "digest '" in second.log(), "the second process's digest")
+    assert second.log().count("digest '") == 1 and _issues(engine) == 2
 
 
 def _holders(engine) -> list[int]:
