@@ -673,15 +673,29 @@ def db_status(ctx: typer.Context) -> None:
         raise typer.Exit(1)
 
 
+def _roles(text: str) -> tuple[str, ...]:
+    try:
+        return config_mod.parse_roles(text)
+    except config_mod.ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--roles'") from None
+
+
 @app.command("serve")
 def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
-        "--upgrade", help="Migrate an older database schema first.")] = False) -> None:
+        "--upgrade", help="Migrate an older database schema first.")] = False,
+        roles: Annotated[str, typer.Option(
+            "--roles", metavar="ROLES", help="What this process does, separated by commas: "
+            "smtp (receive), deliver, web (the archive and member pages), housekeeping "
+            "(digests, hold expiry, bounce warnings, retention; on PostgreSQL one process "
+            "at a time).")] = ",".join(config_mod.ROLES)) -> None:
     """Receive, deliver and serve the web pages in one process until SIGTERM or Ctrl-C.
 
     \b
-    Example:
+    Examples:
       listserv --config /etc/listserv.toml serve --upgrade
+      listserv serve --roles smtp,web          # and elsewhere: --roles deliver,housekeeping
     """
+    chosen = _roles(roles)  # a bad word stops here, before the database is opened
     import logging
 
     from listserv import server
@@ -695,7 +709,7 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
     # nothing the "accepted"/"refused" line does not and cost a tenth of the ingest CPU.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     server.check_keys(state.config)
-    server.run(state.engine, state.config)
+    server.run(state.engine, state.config, chosen)
 
 
 # The nouns in modules of their own use the helpers above, so they come after them.

@@ -40,7 +40,7 @@ from listserv.models import (
     utcnow,
 )
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply, prepare, stuff
-from listserv.smarthost import Smarthost
+from listserv.smarthosts import Smarthosts
 
 log = logging.getLogger("listserv.deliver")
 
@@ -502,7 +502,7 @@ class Worker:
         self._written: list[asyncio.Future[None]] = []  # one per outcome waiting
         self._recording: asyncio.Task | None = None
         self.sent = 0  # recipients handed to the smarthost, for logs and benchmarks
-        self.smarthost = Smarthost(config.smarthost_host, config.smarthost_port)
+        self.smarthosts = Smarthosts(config.smarthosts())
         # Every database call waits out an outage (logged once for the worker); once
         # `_stop` is set, a failure is given up instead.
         self.outage = supervise.Outage("delivery")
@@ -721,6 +721,9 @@ class Worker:
         """One attempt at one job; the connection to use for the next one is returned."""
         refused: dict[str, Reply] = {}
         error: RelayError | None = None
+        if relay is not None and self.smarthosts.worn(relay):
+            await relay.close()  # the next connection goes where the weights say
+            relay = None
         try:
             data = await self._prepared(job.outgoing_id)
             try:
@@ -758,7 +761,7 @@ class Worker:
             self.progress.forget(job)
 
     async def _connect(self) -> Relay:
-        return await self.smarthost.connect()
+        return await self.smarthosts.connect()
 
     async def _record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
                       ) -> None:

@@ -38,25 +38,38 @@ SAMPLE_MEMBER = "member@example.com"  # whose copy is composed; no mail is sent
 _FEATURES = ("pipelining", "size", "starttls", "8bitmime")
 
 
-def check_smarthost(d: Deployment) -> Result:
-    """Every copy goes out through it; a greeting and EHLO is what the server will see."""
-    name = "smarthost"
-    host, port = d.config.delivery.smarthost_host, d.config.delivery.smarthost_port
-    fix = (f"start the MTA on {host}:{port}, or set [delivery] smarthost_host and "
-           "smarthost_port to the relay that sends the list's mail")
+def _greets(d: Deployment, host: str, port: int) -> tuple[bool, str]:
+    """Whether one smarthost takes EHLO, and what it said."""
     try:
         with smtplib.SMTP(host, port, local_hostname=d.domain, timeout=TIMEOUT) as client:
             code, reply = client.ehlo()
             if code != 250:
-                return Result(name, Status.FAIL, f"{host}:{port} refused EHLO: {code} "
-                              f"{reply.decode('utf-8', 'replace')}", fix)
+                return False, (f"{host}:{port} refused EHLO: {code} "
+                               f"{reply.decode('utf-8', 'replace')}")
             features = [f"{k.upper()} {client.esmtp_features[k]}".strip()
                         for k in _FEATURES if k in client.esmtp_features]
     except (OSError, smtplib.SMTPException) as exc:
-        return Result(name, Status.FAIL, f"cannot talk SMTP to {host}:{port}: "
-                      f"{exc or type(exc).__name__}", fix)
-    return Result(name, Status.OK, f"{host}:{port} answers; EHLO offers "
+        return False, f"cannot talk SMTP to {host}:{port}: {exc or type(exc).__name__}"
+    return True, (f"{host}:{port} answers; EHLO offers "
                   f"{', '.join(features) or 'none of ' + ', '.join(_FEATURES).upper()}")
+
+
+def check_smarthost(d: Deployment) -> Result:
+    """Every copy goes out through them; a greeting and EHLO is what the server will
+    see. One smarthost of several that fails is a failure too: it gets no copies."""
+    name = "smarthost"
+    delivery = d.config.delivery
+    answers = [_greets(d, s.host, s.port) for s in delivery.smarthosts()]
+    failed = [detail for ok, detail in answers if not ok]
+    if not failed:
+        return Result(name, Status.OK, "; ".join(detail for _, detail in answers))
+    if delivery.smarthost:
+        fix = "start the MTA there, or correct its [[delivery.smarthost]] entry"
+    else:
+        fix = (f"start the MTA on {delivery.smarthost_host}:{delivery.smarthost_port}, or "
+               "set [delivery] smarthost_host and smarthost_port to the relay that sends "
+               "the list's mail")
+    return Result(name, Status.FAIL, "; ".join(failed), fix)
 
 
 # --- the web ----------------------------------------------------------------------------

@@ -78,6 +78,17 @@ async def pause(seconds: float, stop: asyncio.Event | None) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def first(wanted: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait for `wanted` or `stop`; whether `wanted` came (and `stop` did not)."""
+    waits = [asyncio.create_task(wanted.wait()), asyncio.create_task(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    return wanted.is_set() and not stop.is_set()
+
+
 async def retrying(outage: Outage, call: Callable[[], Awaitable[T]],
                    stop: asyncio.Event | None = None) -> T:
     """`call()` tried until the database answers. Once `stop` is set a failure is

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from listserv import doctor, doctor_check, doctor_dns, signing
-from listserv.config import Config, DeliveryConfig, DkimConfig, WebConfig
+from listserv.config import Config, DeliveryConfig, DkimConfig, SmarthostConfig, WebConfig
 from listserv.resolver import Resolver
 from tests.helpers import assert_one_line_error, published, run_listserv
 
@@ -168,6 +168,17 @@ def test_smarthost_on_a_closed_port_fails(config, mlist, closed_port):
     assert result.status is doctor_check.Status.FAIL
     assert f"cannot talk SMTP to 127.0.0.1:{port}" in result.detail
     assert "smarthost_port" in result.fix
+
+
+def test_each_of_several_smarthosts_is_checked(config, mlist, sink, closed_port):
+    several = DeliveryConfig(smarthost=[SmarthostConfig("127.0.0.1", sink.port),
+                                        SmarthostConfig("127.0.0.1", closed_port)])
+    result = check(dataclasses.replace(config, delivery=several), mlist,
+                   doctor.check_smarthost)
+    assert result.status is doctor.Status.FAIL
+    assert result.detail.startswith(f"cannot talk SMTP to 127.0.0.1:{closed_port}: ")
+    assert f"127.0.0.1:{sink.port}" not in result.detail  # the one that works
+    assert "[[delivery.smarthost]]" in result.fix
 
 
 @pytest.mark.parametrize(("typed", "status", "said"), [
