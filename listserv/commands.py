@@ -17,7 +17,18 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import limits, loops, moderation, notices, policy, roster, store, thread, tokens, view
+from listserv import (
+    fanout,
+    limits,
+    loops,
+    moderation,
+    notices,
+    policy,
+    roster,
+    thread,
+    tokens,
+    view,
+)
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.models import (
@@ -127,7 +138,7 @@ def first_line(raw: bytes, subject: str) -> str:
 
 def _command_addresses(mlist: MailingList) -> dict[str, str]:
     """What the templates tell people to write to."""
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     return {"request_address": addresses.at(Purpose.REQUEST),
             "join_address": addresses.at(Purpose.JOIN),
             "leave_address": addresses.at(Purpose.LEAVE),
@@ -158,7 +169,7 @@ def _ask(session: Session, config: Config, mlist: MailingList, address: str, kin
     hours = config.lists.confirm_expiry_hours
     token, value = tokens.new(session, kind, mlist.id, address, timedelta(hours=hours),
                               data=data)
-    confirm_address = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
+    confirm_address = mlist.addresses.at(Purpose.CONFIRM, value)
     if not _send(session, config, mlist, address, template, reply_to=confirm_address,
                  token=value, confirm_address=confirm_address, address=address,
                  hours=hours):
@@ -251,8 +262,8 @@ def _ask_moderators(session: Session, config: Config, mlist: MailingList,
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     _, approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
                              lifetime, data=token.data)
-    reply_to = store.addresses_of(mlist).at(Purpose.CONFIRM, approval)
-    moderators = store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
+    reply_to = mlist.addresses.at(Purpose.CONFIRM, approval)
+    moderators = fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
     if not moderators:
         log.warning("%s waits for approval on %s, which has no owner or moderator",
                     token.address, mlist.address)
@@ -444,7 +455,7 @@ def _reply(session: Session, config: Config, mlist: MailingList, to: str,
     help_text = ""
     if not results or any(r.outcome is Outcome.HELP for r in results):
         _, help_text = notices.render_mail(
-            "help", mlist=mlist, addresses=store.addresses_of(mlist),
+            "help", mlist=mlist, addresses=mlist.addresses,
             base_url=config.web.base_url.rstrip("/"), **_command_addresses(mlist))
     _send(session, config, mlist, to, "command_results", in_reply_to=message.message_id,
           results=results, address=to, help_text=help_text)
@@ -492,7 +503,7 @@ def over_the_cap(session: Session, config: Config, mlist: MailingList, target: R
     told = session.get(Setting, key)
     if told is None or told.value != hour:
         session.merge(Setting(key=key, value=hour))
-        for owner in store.role_addresses(session, mlist.id, [Role.OWNER]):
+        for owner in fanout.role_addresses(session, mlist.id, [Role.OWNER]):
             _send(session, config, mlist, owner, "requests_capped", limit=False,
                   auto="auto-generated", requests=limit)
         log.warning("%s: more than %d requests in an hour; not answering more",

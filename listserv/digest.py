@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import compose, privacy, store, thread, view
+from listserv import compose, fanout, outbox, privacy, thread, view
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -224,7 +224,7 @@ def _item_text(raw: bytes) -> str:
 
 def _context(mlist: MailingList, base_url: str, volume: int, number: int,
              entries: Sequence[Entry]) -> dict:
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     web = mlist.archive is not ArchivePolicy.OFF
 
     def item(entry: Entry) -> dict:
@@ -373,8 +373,8 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
                                           "position": i.entry.position} for i in found])
     mlist.digest_volume, mlist.digest_issue, mlist.digest_last_sent_at = volume, number, now
     session.add(mlist)
-    mime_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
-    plain_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
+    mime_rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
+    plain_rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
     _queue(session, config, mlist, mime_rcpts, mime)
     if plain_rcpts:  # made only for those who take it: the archive keeps the MIME form
         _queue(session, config, mlist, plain_rcpts,
@@ -385,9 +385,9 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
 def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],
            copy: Form) -> None:
     if rcpts:
-        store.queue(session, copy.copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
-                    rcpts, config.delivery.max_recipients_per_transaction,
-                    slots=copy.copy.slots_json(), list_id=mlist.id)
+        outbox.queue(session, copy.copy.data, mlist.addresses.at(Purpose.BOUNCES),
+                     rcpts, config.delivery.max_recipients_per_transaction,
+                     slots=copy.copy.slots_json(), list_id=mlist.id)
 
 
 def due_lists(session: Session, now: datetime) -> list[int]:
@@ -481,7 +481,7 @@ def replied_issue(session: Session, mlist: MailingList, parsed: Parsed) -> Diges
     parent = thread.own_parent(parsed)
     if parent is not None:
         match = _MSGID.match(parent)
-        addresses = store.addresses_of(mlist)
+        addresses = mlist.addresses
         if not match or match.group(1) != addresses.local or \
                 not parent.endswith("@" + addresses.domain):
             return None

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import dkim
 
-from listserv import compose, deliver, dmarc, parse, signing, store
+from listserv import compose, copies, dmarc, fanout, parse, signing, store
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config, ConfigError
 from listserv.models import MailingList, MessageKind, MessageState, Verp, utcnow
@@ -445,11 +445,11 @@ def sample_copy(d: Deployment) -> bytes:
     parsed = parse.parse(raw)
     message = store.new_message(d.mlist, raw, parsed, kind=MessageKind.POST,
                                 state=MessageState.ACCEPTED)
-    copy, _ = store.list_copy(d.mlist, message, parsed, d.config.web.base_url,
-                              config=d.config)
+    copy, _ = fanout.list_copy(d.mlist, message, parsed, d.config.web.base_url,
+                               config=d.config)
     verp = addresses if d.mlist.verp is Verp.ON else None
-    personal = deliver.Personal(copy, d.secret, d.mlist.id, None, verp,
-                                signing.Signer.from_config(d.config.dkim))
+    personal = copies.Personal(copy, d.secret, d.mlist.id, None, verp,
+                               signing.Signer.from_config(d.config.dkim))
     return personal.copy_for(SAMPLE_MEMBER)
 
 

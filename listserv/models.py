@@ -13,6 +13,8 @@ from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+from listserv.address import ListAddresses
+
 
 def utcnow() -> datetime:
     """Aware UTC: the column type refuses naive datetimes, so no local time sneaks in."""
@@ -171,6 +173,11 @@ class MailingList(SQLModel, table=True):
     digest_issue: int = 0  # the number of the last issue sent in that volume (0: none)
     digest_last_sent_at: datetime | None = None
     verp: Verp = Field(default=Verp.ON, sa_type=_enum(Verp))
+
+    @property
+    def addresses(self) -> ListAddresses:
+        """LIST-bounces@, LIST-owner@ and the others, for headers and envelopes."""
+        return ListAddresses(self.address)
 
 
 class Member(SQLModel, table=True):

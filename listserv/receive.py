@@ -31,10 +31,12 @@ from listserv import (
     commands,
     db,
     digest,
+    fanout,
     limits,
     metrics,
     moderation,
     notices,
+    outbox,
     policy,
     roster,
     store,
@@ -42,6 +44,7 @@ from listserv import (
 from listserv.address import Purpose, Route, candidates, split
 from listserv.authenticity import Asked
 from listserv.config import Config
+from listserv.drain import Drain
 from listserv.loops import thread_rate
 from listserv.models import (
     MailingList,
@@ -167,8 +170,9 @@ class Batch:
     moment of the first read, as they would be in one transaction. Mail to a command
     address (a subscription confirmed) can change the members, so it forgets them."""
 
-    def __init__(self, *, inline: bool) -> None:
+    def __init__(self, *, inline: bool, handoff: outbox.Handoff | None = None) -> None:
         self.inline = inline
+        self.handoff = handoff  # the jobs of its posts, for the worker of this process
         self.targets: dict[str, tuple[Route, MailingList]] = {}
         self.accepted: list[Accepted] = []
         self._standing: dict[tuple[int, str, str], Standing] = {}
@@ -188,7 +192,7 @@ class Batch:
             self._standing[key] = _standing(session, mlist.id, parsed.from_address, mail_from)
         is_member, moderated, rule = self._standing[key]
         return policy.Facts(
-            mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed,
+            mlist=mlist, addresses=mlist.addresses, parsed=parsed,
             mail_from=mail_from, size=size, is_member=is_member, moderated=moderated,
             sender_rule=rule)
 
@@ -214,9 +218,10 @@ class Batch:
         for same in by_list.values():
             pairs = [(p.message, p.parsed) for p in same]
             store.archive_all(session, same[0].mlist, pairs)
-            jobs = store.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
-                                     config.delivery.max_recipients_per_transaction,
-                                     config=config, asked=[p.asked for p in same])
+            jobs = fanout.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
+                                      config.delivery.max_recipients_per_transaction,
+                                      config=config, asked=[p.asked for p in same],
+                                      handoff=self.handoff)
             for post, count in zip(same, jobs, strict=True):
                 post.outcome.deliveries = count
 
@@ -268,9 +273,9 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
         state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
     jobs = 0
     if target.purpose is Purpose.OWNER:
-        owners = store.role_addresses(session, mlist.id, [Role.OWNER])
-        jobs = store.queue(session, raw, store.addresses_of(mlist).at(Purpose.BOUNCES), owners,
-                           config.delivery.max_recipients_per_transaction, message.id)
+        owners = fanout.role_addresses(session, mlist.id, [Role.OWNER])
+        jobs = outbox.queue(session, raw, mlist.addresses.at(Purpose.BOUNCES), owners,
+                            config.delivery.max_recipients_per_transaction, message.id)
     elif target.purpose in _COMMANDS:
         commands.handle(session, config, mlist, target, message, parsed)
         jobs = 1  # replies may be queued: wake the worker
@@ -340,7 +345,7 @@ class Redo(Exception):
 
 
 def ingest_group(engine: Engine, config: Config, group: list[Incoming],
-                 handoff: store.Handoff | None = None) -> list[Result]:
+                 handoff: outbox.Handoff | None = None) -> list[Result]:
     """Store several SMTP transactions in one database transaction: one commit (one
     fsync) for them all, and nothing is answered before it. One refused or failing
     transaction must not take the others with it, and savepoints cost two statements
@@ -377,11 +382,10 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming],
 
 
 def _write_group(engine: Engine, config: Config, group: list[Incoming],
-                 handoff: store.Handoff | None, *, careful: bool) -> list[Result]:
-    batch = Batch(inline=careful)
+                 handoff: outbox.Handoff | None, *, careful: bool) -> list[Result]:
+    batch = Batch(inline=careful, handoff=handoff)
     try:
         with db.session(engine) as session:
-            session.info[store.HANDOFF] = handoff
             if careful:
                 results = [_in_savepoint(session, config, incoming, batch)
                            for incoming in group]
@@ -471,8 +475,8 @@ class GroupCommit:
         self.limit = limit
         self.gather = gather
         self.worker = worker  # the delivery worker of this process, handed the jobs
-        self.waiting: list[tuple[Incoming, asyncio.Future[Result]]] = []
-        self.writer: asyncio.Task | None = None
+        self.groups: Drain[Incoming, Result] = Drain(self._write, limit=limit,
+                                                     delay=self._gather)
         # A thread of its own: in the loop's default pool, a group waited behind the
         # parsing and RCPT lookups of every client.
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-writer")
@@ -489,39 +493,25 @@ class GroupCommit:
     async def store(self, incoming: Incoming, *, ask: bool = False) -> list[Outcome]:
         """Store one transaction with the next group; with `ask`, what DNS says of its
         post is asked first, outside the writer (Incoming.ask)."""
-        loop = asyncio.get_running_loop()
         if ask:
-            await loop.run_in_executor(self.asking, incoming.ask, self.config)
-        future: asyncio.Future[Result] = loop.create_future()
-        self.waiting.append((incoming, future))
-        if self.writer is None:
-            self.writer = asyncio.create_task(self._write())
-        result = await future
+            await asyncio.get_running_loop().run_in_executor(self.asking, incoming.ask,
+                                                             self.config)
+        result = await self.groups.put(incoming)
         if isinstance(result, Exception):
             raise result
         return result
 
-    async def _write(self) -> None:
-        try:
-            while self.waiting:
-                if 1 < len(self.waiting) < self.limit:
-                    await asyncio.sleep(self.gather)
-                group, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
-                handoff = self.worker.handoff() if self.worker is not None else None
-                try:
-                    results = await asyncio.get_running_loop().run_in_executor(
-                        self.thread, ingest_group, self.engine, self.config,
-                        [i for i, _ in group], handoff)
-                except Exception as exc:  # noqa: BLE001  each client of the group gets its 451
-                    results = [exc] * len(group)
-                else:
-                    if self.worker is not None and handoff is not None:
-                        self.worker.take(handoff)
-                for (_, future), result in zip(group, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self.writer = None
+    def _gather(self, waiting: int) -> float:
+        return self.gather if 1 < waiting < self.limit else 0.0
+
+    async def _write(self, group: list[Incoming]) -> list[Result]:
+        """One group stored; a failure of the whole is each client's 451."""
+        handoff = self.worker.handoff() if self.worker is not None else None
+        results = await asyncio.get_running_loop().run_in_executor(
+            self.thread, ingest_group, self.engine, self.config, group, handoff)
+        if self.worker is not None and handoff is not None:
+            self.worker.take(handoff)
+        return results
 
 
 # How long a recipient found to be ours is taken as ours without asking again.

@@ -154,7 +154,7 @@ async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = Non
     await asyncio.to_thread(_ensure_secret, engine, config)
     await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
     bookkeeping = db.make_engine(config.database.url, durable=False)
-    worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
+    worker = deliver.Worker(bookkeeping, config)
     digest_check = asyncio.Event()
     handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
     smtp = await loop.create_server(protocol_factory(handler, config), sock=smtp_socket)

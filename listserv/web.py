@@ -38,7 +38,6 @@ from listserv import (
     privacy,
     roster,
     search,
-    store,
     tokens,
     view,
 )
@@ -361,7 +360,7 @@ def archive_routes(engine: Engine, config: Config,
         mlist = await asyncio.to_thread(work)
         if mlist is None:
             return page("invalid", 400, kind="archive")
-        response = RedirectResponse(compose.archive_url(base, store.addresses_of(mlist)),
+        response = RedirectResponse(compose.archive_url(base, mlist.addresses),
                                     status_code=303)
         response.set_cookie(archive_cookie(mlist), value,
                             max_age=config.web.archive_link_days * 86400,
@@ -413,7 +412,7 @@ def feed_and_export_routes(engine: Engine, config: Config) -> list[Route]:
     async def feed(request: Request) -> Response:
         mlist, posts = await read(request, lambda session, mlist: archive.latest_posts(
             session, mlist.id, FEED_POSTS))
-        addresses = store.addresses_of(mlist)
+        addresses = mlist.addresses
         entries = [(post, compose.message_url(config.web.base_url, addresses,
                                               post.message_id)) for post in posts]
         body = render("web/feed.atom", mlist=mlist, entries=entries,
@@ -457,7 +456,7 @@ def digest_routes(engine: Engine, config: Config,
     read = archive_reader(engine, config)
 
     def urls(mlist: MailingList) -> dict[str, Any]:
-        addresses = store.addresses_of(mlist)
+        addresses = mlist.addresses
         return {"archive_url": compose.archive_url(config.web.base_url, addresses),
                 "message_url": lambda mid: compose.message_url(config.web.base_url,
                                                                addresses, mid),
