@@ -287,11 +287,17 @@ def release(session: Session, worker: str, unsent: list[int]) -> int:
 
 def renew(session: Session, worker: str, ids: list[int], lease: timedelta) -> set[int]:
     """Extend the lease of the jobs `worker` still holds among `ids`; those it still
-    holds (a job recorded meanwhile, or taken over after an outage, is not among them)."""
-    kept = session.scalars(
-        update(Delivery).where(col(Delivery.id).in_(ids), col(Delivery.worker) == worker,
-                               col(Delivery.state) == DeliveryState.SENDING)
-        .values(lease_until=utcnow() + lease).returning(col(Delivery.id))).all()
+    holds (a job recorded meanwhile, or taken over after an outage, is not among them).
+    The rows are locked in id order first, as mark_sent and record_all lock them: an
+    UPDATE of several rows locks them in the order its plan reads them, which can
+    deadlock with those shared commits on PostgreSQL (test_outage once saw a deadlock
+    among this process's writers under load)."""
+    held = (col(Delivery.id).in_(ids), col(Delivery.worker) == worker,
+            col(Delivery.state) == DeliveryState.SENDING)
+    session.execute(select(col(Delivery.id)).where(*held).order_by(col(Delivery.id))
+                    .with_for_update())
+    kept = session.scalars(update(Delivery).where(*held).values(
+        lease_until=utcnow() + lease).returning(col(Delivery.id))).all()
     session.commit()
     return {job_id for job_id in kept if job_id is not None}
 
