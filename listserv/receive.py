@@ -493,9 +493,9 @@ class GroupCommit:
     async def store(self, incoming: Incoming, *, ask: bool = False) -> list[Outcome]:
         """Store one transaction with the next group; with `ask`, what DNS says of its
         post is asked first, outside the writer (Incoming.ask)."""
+        loop = asyncio.get_running_loop()
         if ask:
-            await asyncio.get_running_loop().run_in_executor(self.asking, incoming.ask,
-                                                             self.config)
+            await loop.run_in_executor(self.asking, incoming.ask, self.config)
         result = await self.groups.put(incoming)
         if isinstance(result, Exception):
             raise result
