@@ -14,7 +14,18 @@ from dataclasses import dataclass
 
 from sqlmodel import Session
 
-from listserv import limits, loops, moderation, notices, policy, roster, store, thread, tokens, view
+from listserv import (
+    fanout,
+    limits,
+    loops,
+    moderation,
+    notices,
+    policy,
+    roster,
+    thread,
+    tokens,
+    view,
+)
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.member_actions import (
@@ -205,7 +216,7 @@ def _reply(session: Session, config: Config, mlist: MailingList, to: str,
     help_text = ""
     if not results or any(r.outcome is Outcome.HELP for r in results):
         _, help_text = notices.render_mail(
-            "help", mlist=mlist, addresses=store.addresses_of(mlist),
+            "help", mlist=mlist, addresses=mlist.addresses,
             base_url=config.web.base_url.rstrip("/"), **command_addresses(mlist))
     send(session, config, mlist, to, "command_results", in_reply_to=message.message_id,
          results=results, address=to, help_text=help_text)
@@ -253,7 +264,7 @@ def over_the_cap(session: Session, config: Config, mlist: MailingList, target: R
     told = session.get(Setting, key)
     if told is None or told.value != hour:
         session.merge(Setting(key=key, value=hour))
-        for owner in store.role_addresses(session, mlist.id, [Role.OWNER]):
+        for owner in fanout.role_addresses(session, mlist.id, [Role.OWNER]):
             send(session, config, mlist, owner, "requests_capped", limit=False,
                  auto="auto-generated", requests=limit)
         log.warning("%s: more than %d requests in an hour; not answering more",

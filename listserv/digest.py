@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import headers, store
+from listserv import fanout, headers, outbox
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.digest_format import (
@@ -213,8 +213,8 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
                                           "position": i.entry.position} for i in found])
     mlist.digest_volume, mlist.digest_issue, mlist.digest_last_sent_at = volume, number, now
     session.add(mlist)
-    mime_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
-    plain_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
+    mime_rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
+    plain_rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
     _queue(session, config, mlist, mime_rcpts, mime)
     if plain_rcpts:  # made only for those who take it: the archive keeps the MIME form
         _queue(session, config, mlist, plain_rcpts,
@@ -225,7 +225,7 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
 def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],
            copy: Form) -> None:
     if rcpts:
-        store.queue(session, copy.copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
+        outbox.queue(session, copy.copy.data, mlist.addresses.at(Purpose.BOUNCES),
                     rcpts, config.delivery.max_recipients_per_transaction,
                     slots=copy.copy.slots_json(), list_id=mlist.id)
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from sqlalchemy import select
 from sqlmodel import Session
 
-from listserv import digest, store, thread, urls, view
+from listserv import digest, thread, urls, view
 from listserv.digest_format import reply_subject
 from listserv.models import DigestIssue, MailingList, Message, ThreadNode
 from listserv.parse import Parsed, parse
@@ -106,7 +106,7 @@ def replied_issue(session: Session, mlist: MailingList, parsed: Parsed) -> Diges
     parent = thread.own_parent(parsed)
     if parent is not None:
         match = _MSGID.match(parent)
-        addresses = store.addresses_of(mlist)
+        addresses = mlist.addresses
         if not match or match.group(1) != addresses.local or \
                 not parent.endswith("@" + addresses.domain):
             return None

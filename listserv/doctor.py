@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import dkim
 
-from listserv import deliver, parse, signing, store, urls
+from listserv import copies, fanout, parse, signing, store, urls
 from listserv.address import Purpose
 from listserv.config import ConfigError
 from listserv.doctor_check import Deployment, Result, Status
@@ -131,10 +131,10 @@ def sample_copy(d: Deployment) -> bytes:
     parsed = parse.parse(raw)
     message = store.new_message(d.mlist, raw, parsed, kind=MessageKind.POST,
                                 state=MessageState.ACCEPTED)
-    copy, _ = store.list_copy(d.mlist, message, parsed, d.config.web.base_url,
+    copy, _ = fanout.list_copy(d.mlist, message, parsed, d.config.web.base_url,
                               config=d.config)
     verp = addresses if d.mlist.verp is Verp.ON else None
-    personal = deliver.Personal(copy, d.secret, d.mlist.id, None, verp,
+    personal = copies.Personal(copy, d.secret, d.mlist.id, None, verp,
                                 signing.Signer.from_config(d.config.dkim))
     return personal.copy_for(SAMPLE_MEMBER)
 

@@ -23,9 +23,11 @@ from listserv import (
     commands,
     db,
     digest_reply,
+    fanout,
     metrics,
     moderation,
     notices,
+    outbox,
     policy,
     posting_rules,
     roster,
@@ -150,8 +152,9 @@ class Batch:
     moment of the first read, as they would be in one transaction. Mail to a command
     address (a subscription confirmed) can change the members, so it forgets them."""
 
-    def __init__(self, *, inline: bool) -> None:
+    def __init__(self, *, inline: bool, handoff: outbox.Handoff | None = None) -> None:
         self.inline = inline
+        self.handoff = handoff  # the jobs of its posts, for the worker of this process
         self.targets: dict[str, tuple[Route, MailingList]] = {}
         self.accepted: list[Accepted] = []
         self._standing: dict[tuple[int, str, str], Standing] = {}
@@ -172,7 +175,7 @@ class Batch:
             self._standing[key] = _standing(session, mlist.id, parsed.from_address, mail_from)
         is_member, moderated, rule = self._standing[key]
         return policy.Facts(
-            mlist=mlist, addresses=store.addresses_of(mlist), parsed=parsed,
+            mlist=mlist, addresses=mlist.addresses, parsed=parsed,
             mail_from=mail_from, size=size, is_member=is_member, moderated=moderated,
             sender_rule=rule)
 
@@ -198,9 +201,10 @@ class Batch:
         for same in by_list.values():
             pairs = [(p.message, p.parsed) for p in same]
             store.archive_all(session, same[0].mlist, pairs)
-            jobs = store.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
-                                     config.delivery.max_recipients_per_transaction,
-                                     config=config, asked=[p.asked for p in same])
+            jobs = fanout.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
+                                      config.delivery.max_recipients_per_transaction,
+                                      config=config, asked=[p.asked for p in same],
+                                      handoff=self.handoff)
             for post, count in zip(same, jobs, strict=True):
                 post.outcome.deliveries = count
 
@@ -254,8 +258,8 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
         state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
     jobs = 0
     if target.purpose is Purpose.OWNER:
-        owners = store.role_addresses(session, mlist.id, [Role.OWNER])
-        jobs = store.queue(session, raw, store.addresses_of(mlist).at(Purpose.BOUNCES), owners,
+        owners = fanout.role_addresses(session, mlist.id, [Role.OWNER])
+        jobs = outbox.queue(session, raw, mlist.addresses.at(Purpose.BOUNCES), owners,
                            config.delivery.max_recipients_per_transaction, message.id)
     elif target.purpose in _COMMANDS:
         commands.handle(session, config, mlist, target, message, parsed)
@@ -334,7 +338,7 @@ class Redo(Exception):
 
 
 def ingest_group(engine: Engine, config: Config, group: list[Incoming],
-                 handoff: store.Handoff | None = None) -> list[Result]:
+                 handoff: outbox.Handoff | None = None) -> list[Result]:
     """Store several SMTP transactions in one database transaction: one commit (one
     fsync) for them all, and nothing is answered before it. One refused or failing
     transaction must not take the others with it, and savepoints cost two statements
@@ -371,11 +375,10 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming],
 
 
 def _write_group(engine: Engine, config: Config, group: list[Incoming],
-                 handoff: store.Handoff | None, *, careful: bool) -> list[Result]:
-    batch = Batch(inline=careful)
+                 handoff: outbox.Handoff | None, *, careful: bool) -> list[Result]:
+    batch = Batch(inline=careful, handoff=handoff)
     try:
         with db.session(engine) as session:
-            session.info[store.HANDOFF] = handoff
             if careful:
                 results = [_in_savepoint(session, config, incoming, batch)
                            for incoming in group]

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import notices, posting_rules, store, tokens
+from listserv import fanout, notices, posting_rules, tokens
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -65,7 +65,7 @@ class Outcome(enum.StrEnum):
 
 def command_addresses(mlist: MailingList) -> dict[str, str]:
     """What the templates tell people to write to."""
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     return {"request_address": addresses.at(Purpose.REQUEST),
             "join_address": addresses.at(Purpose.JOIN),
             "leave_address": addresses.at(Purpose.LEAVE),
@@ -96,7 +96,7 @@ def _ask(session: Session, config: Config, mlist: MailingList, address: str, kin
     hours = config.lists.confirm_expiry_hours
     token, value = tokens.new(session, kind, mlist.id, address, timedelta(hours=hours),
                               data=data)
-    confirm_address = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
+    confirm_address = mlist.addresses.at(Purpose.CONFIRM, value)
     if not send(session, config, mlist, address, template, reply_to=confirm_address,
                 token=value, confirm_address=confirm_address, address=address,
                 hours=hours):
@@ -194,8 +194,8 @@ def _ask_moderators(session: Session, config: Config, mlist: MailingList,
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     _, approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
                              lifetime, data=token.data)
-    reply_to = store.addresses_of(mlist).at(Purpose.CONFIRM, approval)
-    moderators = store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
+    reply_to = mlist.addresses.at(Purpose.CONFIRM, approval)
+    moderators = fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
     if not moderators:
         log.warning("%s waits for approval on %s, which has no owner or moderator",
                     token.address, mlist.address)

@@ -13,6 +13,8 @@ from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+from listserv.address import ListAddresses
+
 
 def utcnow() -> datetime:
     """Aware UTC: the column type refuses naive datetimes, so no local time sneaks in."""
@@ -191,6 +193,11 @@ class MailingList(SQLModel, table=True):
     member_action: MemberAction = Field(default=MemberAction.ACCEPT,
                                         sa_type=_enum(MemberAction))
     new_member_holds: int = 0  # a member's first N posts are held; 0: none
+
+    @property
+    def addresses(self) -> ListAddresses:
+        """LIST-bounces@, LIST-owner@ and the others, for headers and envelopes."""
+        return ListAddresses(self.address)
 
 
 class Member(SQLModel, table=True):

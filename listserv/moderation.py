@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlmodel import Session
 
-from listserv import digest_reply, notices, roster, store, tokens
+from listserv import digest_reply, fanout, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import MAX_INT, Config
 from listserv.models import (
@@ -53,8 +53,8 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     token, value = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
                               lifetime, message_pk=message.id)
-    reply = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
-    for moderator in store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+    reply = mlist.addresses.at(Purpose.CONFIRM, value)
+    for moderator in fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
         notices.send(session, config, mlist, moderator, "held_notice", limit=False,
                      auto="auto-generated", reply_to=reply, attach=message.raw,
                      message=message, reasons=message.reasons.splitlines(), token=value,
@@ -82,8 +82,8 @@ def approve(session: Session, config: Config, message: Message) -> int:
         return 0
     store.set_state(session, message, MessageState.ACCEPTED)
     store.archive(session, mlist, message, parsed)
-    return store.fan_out(session, mlist, message, parsed, config.web.base_url,
-                         config.delivery.max_recipients_per_transaction, config=config)
+    return fanout.fan_out(session, mlist, message, parsed, config.web.base_url,
+                          config.delivery.max_recipients_per_transaction, config=config)
 
 
 def reject(session: Session, config: Config, message: Message, reason: str = "") -> None:

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from listserv import db, limits, metrics
 from listserv.address import Purpose, Route
 from listserv.config import Config
+from listserv.drain import Drain
 from listserv.ingest import REFUSALS, Incoming, Outcome, Result, ingest_group, route
 from listserv.models import MessageState
 from listserv.recent import Recent
@@ -62,8 +63,8 @@ class GroupCommit:
         self.limit = limit
         self.gather = gather
         self.worker = worker  # the delivery worker of this process, handed the jobs
-        self.waiting: list[tuple[Incoming, asyncio.Future[Result]]] = []
-        self.writer: asyncio.Task | None = None
+        self.groups: Drain[Incoming, Result] = Drain(self._write, limit=limit,
+                                                     delay=self._gather)
         # A thread of its own: in the loop's default pool, a group waited behind the
         # parsing and RCPT lookups of every client.
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receive-writer")
@@ -84,36 +85,22 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         if ask and not incoming.ask(self.config, cached_only=True):
             await loop.run_in_executor(self.asking, incoming.ask, self.config)
-        future: asyncio.Future[Result] = loop.create_future()
-        self.waiting.append((incoming, future))
-        if self.writer is None:
-            self.writer = asyncio.create_task(self._write())
-        result = await future
+        result = await self.groups.put(incoming)
         if isinstance(result, Exception):
             raise result
         return result
 
-    async def _write(self) -> None:
-        try:
-            while self.waiting:
-                if 1 < len(self.waiting) < self.limit:
-                    await asyncio.sleep(self.gather)
-                group, self.waiting = self.waiting[:self.limit], self.waiting[self.limit:]
-                handoff = self.worker.handoff() if self.worker is not None else None
-                try:
-                    results = await asyncio.get_running_loop().run_in_executor(
-                        self.thread, ingest_group, self.engine, self.config,
-                        [i for i, _ in group], handoff)
-                except Exception as exc:  # noqa: BLE001  each client of the group gets its 451
-                    results = [exc] * len(group)
-                else:
-                    if self.worker is not None and handoff is not None:
-                        self.worker.take(handoff)
-                for (_, future), result in zip(group, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
-        finally:
-            self.writer = None
+    def _gather(self, waiting: int) -> float:
+        return self.gather if 1 < waiting < self.limit else 0.0
+
+    async def _write(self, group: list[Incoming]) -> list[Result]:
+        """One group stored; a failure of the whole is each client's 451."""
+        handoff = self.worker.handoff() if self.worker is not None else None
+        results = await asyncio.get_running_loop().run_in_executor(
+            self.thread, ingest_group, self.engine, self.config, group, handoff)
+        if self.worker is not None and handoff is not None:
+            self.worker.take(handoff)
+        return results
 
 
 # How long a recipient found to be ours is taken as ours without asking again.

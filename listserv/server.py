@@ -168,7 +168,7 @@ def _worker(config: Config, roles: tuple[str, ...]) -> deliver.Worker | None:
     if "deliver" not in roles:
         return None
     bookkeeping = db.make_engine(config.database.url, durable=False)
-    return deliver.Worker(bookkeeping, config.delivery, server_config=config)
+    return deliver.Worker(bookkeeping, config)
 
 
 def _app(engine: Engine, config: Config, loops: health.Loops, worker: deliver.Worker | None,

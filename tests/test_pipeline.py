@@ -11,7 +11,7 @@ import threading
 import pytest
 from sqlalchemy import func, select, text, update
 
-from listserv import db, ingest, receive, store
+from listserv import db, fanout, ingest, receive
 from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
 from tests.helpers import message, ok
 
@@ -326,13 +326,13 @@ def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine
     """The group's posts are archived and fanned out together; when that fails, the
     group is stored again post by post and only the failing one is refused."""
     make_list(members=MEMBERS)
-    list_copy = store.list_copy
+    list_copy = fanout.list_copy
 
     def failing(mlist, message, *args, **kwargs):
         if message.subject == "boom":
             raise RuntimeError("cannot compose this one")
         return list_copy(mlist, message, *args, **kwargs)
-    monkeypatch.setattr(store, "list_copy", failing)
+    monkeypatch.setattr(fanout, "list_copy", failing)
     results = ingest.ingest_group(engine, config, _group(
         message("one"), message("boom"), message("Re: one")))
     assert isinstance(results[1], RuntimeError)

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from listserv import archive_export, db, store, urls
+from listserv import archive_export, db, urls
 from listserv.models import MailingList
 from listserv.templating import render
 from listserv.web import pages
@@ -29,7 +29,7 @@ async def feed(request: Request) -> Response:
     base = pages.config(request).web.base_url
     mlist, posts = await read(request, lambda session, mlist: archive_export.latest_posts(
         session, mlist.id, FEED_POSTS))
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     entries = [(post, urls.message_url(base, addresses, post.message_id))
                for post in posts]
     body = render("web/feed.atom", mlist=mlist, entries=entries,
