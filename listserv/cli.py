@@ -69,6 +69,15 @@ class _LazyConsole:
                                     soft_wrap=True)
         return self._console
 
+    def print(self, *objects: Any, **options: Any) -> None:
+        """A line of text goes out as it is, without rich: importing rich cost a short
+        command a twentieth of its start, and rich turned ":smile:" in a subject or a held
+        message into an emoji. Tables and the like are rich's."""
+        if len(objects) == 1 and isinstance(objects[0], str) and not options:
+            (sys.stderr if self._stderr else sys.stdout).write(objects[0] + "\n")
+        else:
+            self.console().print(*objects, **options)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.console(), name)
 

@@ -138,6 +138,13 @@ def test_list_texts_are_printed_as_written_not_as_markup(cli):
     assert "[dev] list" in ok(cli("list", "ls")).stdout
 
 
+def test_list_texts_are_printed_without_turning_emoji_codes_into_emoji(cli):
+    """A ":thumbs_up:" in a name is text someone typed, not a picture to draw."""
+    created = ok(cli("list", "create", LIST, "--name", ":thumbs_up: team")).stdout
+    assert created == f"created {LIST} (:thumbs_up: team)\n"
+    assert "name: :thumbs_up: team" in ok(cli("list", "show", LIST)).stdout
+
+
 def test_list_ls_json_lists_every_list(cli):
     ok(cli("list", "create", "b@lists.example.org"))
     ok(cli("list", "create", "a@lists.example.org", "--description", "first"))
