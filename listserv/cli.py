@@ -743,7 +743,8 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
 
 @db_app.command("upgrade")
 def db_upgrade(ctx: typer.Context) -> None:
-    """Migrate the database schema to this version's (back the database up first).
+    """Migrate the database schema to this version's (back the database up first). Run
+    twice at once, the second waits for the first and finds nothing left to do.
 
     \b
     Example:
