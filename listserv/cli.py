@@ -304,7 +304,7 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argume
       listserv held ls
       listserv held ls dev@lists.example.org --json
     """
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from listserv import archive, db, roster
 
@@ -317,7 +317,9 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argume
                 for m in archive.held(s, mlist)]
     if as_json:
         return _print_json(rows)
-    table = Table("id", *([] if mlist else ["list"]), "sender", "subject", "reason")
+    # An address cut to "dev@lists.example.o…" cannot be copied: the texts wrap instead.
+    table = Table("id", *([] if mlist else [Column("list", no_wrap=True)]),
+                  Column("sender", no_wrap=True), "subject", "reason")
     for r in rows:
         table.add_row(str(r["id"]), *([] if mlist else [r["list"]]), r["sender"],
                       r["subject"], r["reason"])

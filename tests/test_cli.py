@@ -304,6 +304,18 @@ def test_held_ls_shows_a_held_post(make_list, cli, engine: Engine, config_file):
     assert "[dev]" in ok(cli("held", "ls", LIST)).stdout
 
 
+def test_held_ls_of_every_list_prints_addresses_whole(make_list, engine, config_file):
+    """At 80 columns the table squeezed "dev@lists.example.org" to "dev@lists.example.o…":
+    an address an operator cannot copy. The subject and reason wrap instead."""
+    make_list(LIST, members=["ann@example.org"])
+    sender = "a.rather.long.sender.name@example.net"
+    post = message("A subject " * 4, sender=sender)
+    receive.ingest(engine, config_mod.load(config_file), sender, [LIST], post.encode())
+    proc = run_listserv("--config", config_file, "held", "ls", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert LIST in proc.stdout and sender in proc.stdout
+
+
 def test_held_ls_is_empty_without_held_posts(make_list, cli):
     make_list(LIST)
     assert as_json(cli("held", "ls", LIST, "--json")) == []
