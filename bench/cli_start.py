@@ -1,6 +1,8 @@
 """How long `listserv` takes to start: the median wall time of N runs of `listserv
 --help`, `python -c "import typer"` (the floor a typer program cannot go under) and
-`listserv member add` on a SQLite file, the command an admin types most.
+`listserv member add` on a SQLite file, the command an admin types most; and the floor
+under that one: a bare python importing what it cannot do without (typer, SQLAlchemy's
+ORM, sqlmodel, and listserv's model classes), with the collector set as the CLI sets it.
 
 With it, the median CPU time (user + system) of the same runs: on a machine others
 share, wall time measures the load as much as the program, CPU time much less so.
@@ -25,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 LIST = "bench@lists.example.org"
+FLOOR = "import gc; gc.disable(); import typer, sqlalchemy.orm, sqlmodel{}; gc.freeze()"
 
 
 def timed(argv: list[str]) -> tuple[float, float]:
@@ -59,6 +62,10 @@ def main() -> None:
             ("listserv --help", median(runs, lambda _: [script, "--help"])),
             ("listserv member add", median(runs, lambda i: [*base, "member", "add", LIST,
                                                             f"m{i}@example.org"])),
+            ("floor: typer + ORM", median(runs, lambda _: [
+                sys.executable, "-c", FLOOR.format("")])),
+            ("floor: + listserv.models", median(runs, lambda _: [
+                sys.executable, "-c", FLOOR.format(", listserv.models")])),
         ]
     print(f"median of {runs} runs: wall, CPU (user + system); load average "
           f"{os.getloadavg()[0]:.2f}")

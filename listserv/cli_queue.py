@@ -39,15 +39,16 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
     from listserv.models import utcnow
 
     with db.read_session(_state(ctx).engine) as s:
-        address = roster.get_list(s, list_address).address if list_address else None
-        jobs = delivery_queue.jobs(s, address)
+        mlist = roster.get_list(s, list_address) if list_address else None
+        summaries = delivery_queue.summaries(s)
+        jobs = delivery_queue.jobs(s, mlist) if mlist else []
+    address = mlist.address if mlist else None
     now = utcnow()
     lists = [{"list": x.list, **x.counts, "oldest_age_seconds": None if x.oldest is None
               else int((now - x.oldest).total_seconds())}
-             for x in delivery_queue.summaries(jobs)]
+             for x in summaries if address is None or x.list == address]
     if as_json:
-        return _print_json({"lists": lists, "jobs": [vars(j) for j in jobs] if address
-                            else []})
+        return _print_json({"lists": lists, "jobs": [vars(j) for j in jobs]})
     if not lists:
         out.print("the queue is empty")
         return None

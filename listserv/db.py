@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session, create_engine
@@ -209,15 +209,36 @@ def _alembic_config(engine: Engine) -> AlembicConfig:
     return cfg
 
 
-def upgrade(engine: Engine) -> None:
-    """Run the alembic migrations up to the newest."""
+def upgrade(engine: Engine) -> str | None:
+    """Run the alembic migrations up to the newest; the revision the database had
+    when this process got its turn (see lock_migrations), None for an empty one."""
     from alembic import command
 
+    config = _alembic_config(engine)
     try:
-        command.upgrade(_alembic_config(engine), "head")
+        command.upgrade(config, "head")
     except SQLAlchemyError as exc:
         raise DatabaseError(f"cannot upgrade the database: {exc.__class__.__name__}: "
                             f"{str(exc).splitlines()[0]}") from exc
+    return config.attributes["before"]
+
+
+# The first key of the advisory lock that migrations take on PostgreSQL ("lsmg"); the
+# second is the schema's name, hashed, so schemas of one database do not wait on each other.
+MIGRATION_LOCK = 0x6C736D67
+
+
+def lock_migrations(connection: Connection) -> None:
+    """Make the other processes that would migrate this schema wait until this
+    connection's transaction ends. Two `listserv db upgrade` (or `serve --upgrade`, or
+    the first start of several servers on an empty database) at once would otherwise
+    both find the schema old and both run the same migrations: on PostgreSQL the second
+    failed half-way (its tables already there). The migrations then read the revision
+    again, and the second finds nothing to do. On SQLite the transaction already holds
+    the database's write lock from its BEGIN IMMEDIATE (see _tune_sqlite) to its end."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(text(
+            f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK}, hashtext(current_schema()))"))
 
 
 def _revision(engine: Engine) -> str | None:
@@ -306,8 +327,11 @@ def ensure_schema(engine: Engine, upgrade_existing: bool = False) -> Revisions:
         raise DatabaseError(
             f"the database schema is at revision {found.database}, this listserv needs "
             f"{found.code}: back it up and run `listserv db upgrade`")
-    upgrade(engine)
-    if found.database is None:
+    found = Revisions(upgrade(engine), found.code, found.known)
+    if found.current:
+        log.info("the database schema was upgraded to %s by another process meanwhile",
+                 found.code)
+    elif found.database is None:
         log.info("created the database schema (revision %s) in %s", found.code, _where(engine))
     else:
         log.warning("upgraded the database schema of %s from revision %s to %s",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Subquery, and_, case, func, or_, select, update
 from sqlmodel import Session
 
 from listserv.address import split
@@ -49,34 +49,53 @@ def _list_of(mail_from: str, by_id: dict[int, str], list_id: int | None) -> str:
     return f"{local.removesuffix('-bounces')}@{domain}" if local.endswith("-bounces") else ""
 
 
-def jobs(session: Session, list_address: str | None = None) -> list[Job]:
-    """Every job not done, oldest first; with a list address, only that list's."""
+def _unfinished() -> Subquery:
+    """Each job not done with its list id (the copy's, else its post's; None for a
+    notice), the mail_from that names a notice's list, and its state as `queue ls` shows
+    it. The states are spelled out so that both databases compare the same strings."""
+    list_id = func.coalesce(Outgoing.list_id, Message.list_id)
+    queued = Delivery.state == DeliveryState.QUEUED
+    return (select(Delivery.id, Delivery.created_at, list_id.label("list_id"),
+                   case((list_id.is_(None), Delivery.mail_from), else_="").label("notice_from"),
+                   case((and_(queued, Delivery.attempts > 0), "deferred"), (queued, "queued"),
+                        (Delivery.state == DeliveryState.SENDING, "sending"),
+                        else_="failed").label("state"))
+            .join(Outgoing, Outgoing.id == Delivery.outgoing_id)
+            .outerjoin(Message, Message.id == Outgoing.message_pk)
+            .where(Delivery.state.in_(_SHOWN)).subquery())
+
+
+def summaries(session: Session) -> list[Summary]:
+    """Counts by state per list, by list address, counted by the database: a queue
+    backed up behind a dead smarthost holds 10^5 jobs or more, and loading each as an
+    object took seconds. Jobs are grouped by list and state, notices by their sender."""
     by_id = {m.id: m.address for m in session.scalars(select(MailingList))}
+    jobs = _unfinished()
+    oldest = func.min(case((jobs.c.state.in_(_WAITING), jobs.c.created_at)))
     rows = session.execute(
-        select(Delivery, func.coalesce(Outgoing.list_id, Message.list_id))
-        .join(Outgoing, Outgoing.id == Delivery.outgoing_id)
-        .outerjoin(Message, Message.id == Outgoing.message_pk)
-        .where(Delivery.state.in_(_SHOWN)).order_by(Delivery.id))
-    found = []
-    for d, list_id in rows:
-        owner = _list_of(d.mail_from, by_id, list_id)
-        if list_address is not None and owner != list_address:
-            continue
-        state = "deferred" if d.state is DeliveryState.QUEUED and d.attempts else d.state.value
-        found.append(Job(d.id, owner, state, d.attempts, len(d.recipients.split("\n")),
-                         d.created_at, d.next_attempt_at, d.last_error))
-    return found
-
-
-def summaries(found: list[Job]) -> list[Summary]:
-    """Counts by state per list, by list address."""
+        select(jobs.c.list_id, jobs.c.notice_from, jobs.c.state, func.count(), oldest)
+        .group_by(jobs.c.list_id, jobs.c.notice_from, jobs.c.state))
     by_list: dict[str, Summary] = {}
-    for job in found:
-        summary = by_list.setdefault(job.list, Summary(job.list))
-        summary.counts[job.state] += 1
-        if job.state in _WAITING and (summary.oldest is None or job.created_at < summary.oldest):
-            summary.oldest = job.created_at
+    for list_id, notice_from, state, count, created in rows:
+        owner = _list_of(notice_from, by_id, list_id)
+        summary = by_list.setdefault(owner, Summary(owner))
+        summary.counts[state] += count
+        if created is not None and (summary.oldest is None or created < summary.oldest):
+            summary.oldest = created
     return [by_list[k] for k in sorted(by_list)]
+
+
+def jobs(session: Session, mlist: MailingList) -> list[Job]:
+    """Every job of one list not done, oldest first: its copies and its notices."""
+    local, domain = split(mlist.address)
+    unfinished = _unfinished()
+    rows = session.execute(
+        select(Delivery, unfinished.c.state).join(unfinished, unfinished.c.id == Delivery.id)
+        .where(or_(unfinished.c.list_id == mlist.id,
+                   unfinished.c.notice_from == f"{local}-bounces@{domain}"))
+        .order_by(Delivery.id))
+    return [Job(d.id, mlist.address, state, d.attempts, len(d.recipients.split("\n")),
+                d.created_at, d.next_attempt_at, d.last_error) for d, state in rows]
 
 
 def _pick(session: Session, ids: list[int]) -> list[Delivery]:

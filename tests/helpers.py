@@ -173,16 +173,28 @@ def free_port() -> int:
 
 # --- the command line ----------------------------------------------------------------------
 
-def run_listserv(*args: str | Path, env: dict[str, str] | None = None,
-                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def start_listserv(*args: str | Path, env: dict[str, str] | None = None,
+                   cwd: Path | None = None) -> subprocess.Popen[str]:
     """The installed console script as a user runs it: no tty, a narrow terminal."""
     script = Path(sys.executable).parent / "listserv"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("LISTSERV_")}
     # At 40 columns, an error that rich wraps at the terminal width is no longer one line.
     clean["COLUMNS"] = "40"
-    return subprocess.run([str(script), *map(str, args)], env={**clean, **(env or {})},
-                          cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.Popen([str(script), *map(str, args)], env={**clean, **(env or {})},
+                            cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def run_listserv(*args: str | Path, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """start_listserv, run to its end."""
+    proc = start_listserv(*args, env=env, cwd=cwd)
+    try:
+        stdout, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess[str], *named: str) -> None:

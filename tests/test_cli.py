@@ -147,6 +147,13 @@ def test_list_texts_are_printed_as_written_not_as_markup(cli):
     assert "[dev] list" in ok(cli("list", "ls")).stdout
 
 
+def test_list_texts_are_printed_without_turning_emoji_codes_into_emoji(cli):
+    """A ":thumbs_up:" in a name is text someone typed, not a picture to draw."""
+    created = ok(cli("list", "create", LIST, "--name", ":thumbs_up: team")).stdout
+    assert created == f"created {LIST} (:thumbs_up: team)\n"
+    assert "name: :thumbs_up: team" in ok(cli("list", "show", LIST)).stdout
+
+
 def test_list_ls_json_lists_every_list(cli):
     ok(cli("list", "create", "b@lists.example.org"))
     ok(cli("list", "create", "a@lists.example.org", "--description", "first"))
@@ -304,6 +311,18 @@ def test_held_ls_shows_a_held_post(make_list, cli, engine: Engine, config_file):
     assert rows[0]["subject"] == "[dev] Who can help?"
     assert "non-member" in rows[0]["reason"]
     assert "[dev]" in ok(cli("held", "ls", LIST)).stdout
+
+
+def test_held_ls_of_every_list_prints_addresses_whole(make_list, engine, config_file):
+    """At 80 columns the table squeezed "dev@lists.example.org" to "dev@lists.example.o…":
+    an address an operator cannot copy. The subject and reason wrap instead."""
+    make_list(LIST, members=["ann@example.org"])
+    sender = "a.rather.long.sender.name@example.net"
+    post = message("A subject " * 4, sender=sender)
+    ingest_mail(engine, config_mod.load(config_file), sender, [LIST], post.encode())
+    proc = run_listserv("--config", config_file, "held", "ls", env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    assert LIST in proc.stdout and sender in proc.stdout
 
 
 def test_held_ls_is_empty_without_held_posts(make_list, cli):

@@ -130,3 +130,28 @@ def test_a_cancelled_job_goes_with_retention_like_a_sent_one(make_list, engine,
         s.commit()
     assert retention.sweep(engine, config.retention).deliveries == 1
     assert states(engine) == Counter()
+
+
+def test_queue_ls_counts_each_list_with_its_notices(make_list, engine, config_file):
+    """The counts come from the database grouped by list and state: a post's copies count
+    for its list, and so does a notice its owner is sent (from LIST-bounces@)."""
+    other = "ops@lists.example.org"
+    make_list(LIST, owner="owner@example.org", members=[ANN, BOB])
+    make_list(other, owner=None, members=[ANN])
+    config = config_mod.load(config_file)
+    for sender, address in ((ANN, LIST), (ANN, LIST), (ANN, other),
+                            ("stranger@example.net", LIST)):  # held: the owner is told
+        ingest_mail(engine, config, sender, [address], message("Hi", sender=sender).encode())
+    with db.session(engine) as s:
+        ids = list(s.scalars(select(Delivery.id).order_by(Delivery.id)))
+        s.execute(update(Delivery).where(Delivery.id == ids[0]).values(attempts=2))
+        s.execute(update(Delivery).where(Delivery.id == ids[2]).values(state="failed"))
+        s.commit()
+    found = {x.pop("list"): x for x in queue(config_file)["lists"]}
+    assert {k: (v["queued"], v["sending"], v["deferred"], v["failed"])
+            for k, v in found.items()} == {LIST: (2, 0, 1, 0), other: (0, 0, 0, 1)}
+    assert found[LIST]["oldest_age_seconds"] >= 0
+    assert found[other]["oldest_age_seconds"] is None  # a failed job waits for nothing
+    mine = queue(config_file, LIST)
+    assert [x["list"] for x in mine["lists"]] == [LIST]
+    assert sorted(j["state"] for j in mine["jobs"]) == ["deferred", "queued", "queued"]

@@ -4,6 +4,7 @@ migration, and the migrations build exactly the tables the models describe."""
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import signal
 
 import pytest
@@ -16,7 +17,13 @@ from sqlmodel import SQLModel
 
 from listserv import db
 from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
-from tests.helpers import assert_one_line_error, run_listserv, write_config
+from tests.helpers import (
+    assert_one_line_error,
+    run_listserv,
+    start_listserv,
+    wait_until,
+    write_config,
+)
 from tests.servers import ports_logged, start_serve
 
 # Made by the migrations with each database's own full-text engine, not by the models.
@@ -125,6 +132,38 @@ def test_code_older_than_the_database_says_so_in_one_line(db_url, tmp_path):
         assert_one_line_error(run_listserv("--config", config, *args), "0099",
                               "upgrade listserv")
     assert _revision_now(db_url) == "0099"
+
+
+def _waiting_for_the_lock(engine, procs, db_url: str) -> bool:
+    """Both processes are at the lock: on PostgreSQL, waiting for the advisory lock; on
+    SQLite, holding the database file open (its BEGIN IMMEDIATE then waits)."""
+    if db.is_sqlite(engine):
+        path = db_url.removeprefix("sqlite:///")
+        return all(any(os.path.realpath(f"/proc/{p.pid}/fd/{fd}") == path
+                       for fd in os.listdir(f"/proc/{p.pid}/fd")) for p in procs)
+    with engine.connect() as c:
+        return c.execute(text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            f"AND classid = {db.MIGRATION_LOCK} AND objsubid = 2")).scalar() == len(procs)
+
+
+def test_two_upgrades_at_once_migrate_once(db_url, tmp_path):
+    """Two hosts of the README's several-process setup run `listserv db upgrade` at the
+    same moment: one migrates, the other waits for it and finds nothing left to do."""
+    config = write_config(tmp_path / "listserv.toml", db_url)
+    _at_revision(db_url, "0007")
+    engine = db.make_engine(db_url)
+    with engine.begin() as holder:  # both start while a migration is under way
+        db.lock_migrations(holder)
+        procs = [start_listserv("--config", config, "db", "upgrade") for _ in range(2)]
+        wait_until(lambda: _waiting_for_the_lock(engine, procs, db_url),
+                   "both upgrades waiting for the migration lock")
+    outputs = sorted(p.communicate(timeout=120)[0] for p in procs)
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert outputs == [f"database is up to date (revision {HEAD})\n",
+                       f"upgraded the database schema from revision 0007 to {HEAD}\n"]
+    assert _revision_now(db_url) == HEAD
+    engine.dispose()
 
 
 @pytest.mark.parametrize("revision, args, logged", [
