@@ -317,7 +317,7 @@ class Personal:
 
     def __init__(self, copy: compose.Copy, secret: str, list_id: int,
                  message_pk: int | None, verp: ListAddresses | None = None,
-                 signer: signing.Signer | None = None) -> None:
+                 signer: signing.Signer | None = None, manage_hours: int = 24) -> None:
         self.copy = copy
         self.secret = secret
         self.list_id = list_id
@@ -325,6 +325,7 @@ class Personal:
         self.signer = signer
         self.verp = verp  # the list's addresses when its copies go out with VERP
         self.pieces = _stuffed_pieces(copy)
+        self.manage_hours = manage_hours if copy.links_manage() else 0
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -332,11 +333,13 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def _links(self, rcpt: str) -> tuple[str, str]:
+    def _links(self, rcpt: str) -> tuple[str, str, str]:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return unsubscribe, mute
+        manage = (tokens.manage_link(self.secret, rcpt, self.manage_hours)
+                  if self.manage_hours else "")
+        return unsubscribe, mute, manage
 
     def copy_for(self, rcpt: str) -> bytes:
         """The message one recipient gets: their own links filled in, then signed."""
@@ -347,9 +350,8 @@ class Personal:
         """The dot-stuffed bytes for one recipient, end-of-data line included."""
         if self.signer is not None:
             return prepare(self.copy_for(rcpt))
-        unsubscribe, mute = self._links(rcpt)
-        return b"".join(p if isinstance(p, bytes) else p.fill(unsubscribe, mute)
-                        for p in self.pieces)
+        links = self._links(rcpt)
+        return b"".join(p if isinstance(p, bytes) else p.fill(*links) for p in self.pieces)
 
 
 @dataclass(frozen=True)
@@ -363,9 +365,8 @@ class _Line:
     qp: bool
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str) -> bytes:
-        raw = self.text.replace(compose.UNSUBSCRIBE, unsubscribe).replace(
-            compose.MUTE, mute).encode(self.charset)
+    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
+        raw = compose.fill_links(self.text, unsubscribe, mute, manage).encode(self.charset)
         return stuff(compose.crlf(binascii.b2a_qp(raw) if self.qp else raw),
                      line_start=self.line_start)
 
@@ -377,8 +378,8 @@ class _Whole:
     slot: compose.Slot
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str) -> bytes:
-        return stuff(self.slot.fill(unsubscribe, mute), line_start=self.line_start)
+    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
+        return stuff(self.slot.fill(unsubscribe, mute, manage), line_start=self.line_start)
 
 
 Piece = bytes | _Line | _Whole
@@ -393,7 +394,7 @@ def _slot_pieces(slot: compose.Slot, line_start: bool) -> list[Piece]:
     pieces: list[Piece] = []
     for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
         first = line_start or index > 0
-        if compose.UNSUBSCRIBE in line or compose.MUTE in line:
+        if compose.UNSUBSCRIBE in line or compose.MUTE in line or compose.MANAGE in line:
             pieces.append(_Line(line, slot.charset, qp, first))
         else:
             raw = line.encode(slot.charset)
@@ -608,7 +609,8 @@ class Worker:
             return prepare(self.signer.sign(stored.data) if self.signer else stored.data)
         verp = ListAddresses(stored.verp) if stored.verp else None
         return Personal(compose.Copy.load(stored.data, stored.slots), self._secret,
-                        stored.list_id or 0, stored.message_pk, verp, self.signer)
+                        stored.list_id or 0, stored.message_pk, verp, self.signer,
+                        self.server_config.web.manage_link_hours)
 
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from jinja2 import TemplateError
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
@@ -116,7 +116,9 @@ _RECIPIENTS = (select(Member.__table__.c.address)
                .where(Member.__table__.c.list_id == bindparam("list_id"),
                       Member.__table__.c.role == Role.MEMBER,
                       Member.__table__.c.delivery == bindparam("mode"),
-                      Member.__table__.c.disabled_by.is_(None))
+                      Member.__table__.c.disabled_by.is_(None),
+                      or_(Member.__table__.c.nomail_until.is_(None),
+                          Member.__table__.c.nomail_until <= bindparam("now")))
                .order_by(Member.__table__.c.address)
                .execution_options(yield_per=5000))
 _INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id,
@@ -396,10 +398,11 @@ def archive(session: Session, mlist: MailingList, message: Message, parsed: Pars
 def recipients(session: Session, list_id: int,
                mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
     """Addresses that get each post (or, for a digest mode, each digest of that form),
-    streamed from one query (never member by member)."""
+    streamed from one query (never member by member). A member whose `nomail_until`
+    is still ahead is left out, and is back once it has passed."""
     session.flush()  # members the ORM still holds count too
     yield from session.connection().execute(_RECIPIENTS, {
-        "list_id": list_id, "mode": mode}).scalars()
+        "list_id": list_id, "mode": mode, "now": utcnow()}).scalars()
 
 
 def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:

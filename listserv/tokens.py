@@ -203,3 +203,57 @@ def archive_pass_holder(session: Session, secret: str, value: str, list_id: int)
         return None
     joined = _joined(session, list_id, address)
     return address if joined is not None and _made_after(made, joined) else None
+
+
+def _expires(hours: float) -> str:
+    return str(int((utcnow() + timedelta(hours=hours)).timestamp()))
+
+
+def _live(expires: str) -> bool:
+    return expires.isdigit() and int(expires) > utcnow().timestamp()
+
+
+def form_stamp(secret: str, list_id: int, hours: float) -> str:
+    """The hidden value of a list's join form: a POST without one made by us lately, for
+    this list, comes from no page of ours (a form on another site, a script)."""
+    return sign(secret, "join-form", str(list_id), _expires(hours))
+
+
+def form_stamp_ok(secret: str, list_id: int, value: str) -> bool:
+    parts = verify(secret, "join-form", value)
+    return parts is not None and len(parts) == 2 and parts[0] == str(list_id) and _live(
+        parts[1])
+
+
+def manage_link(secret: str, address: str, hours: float) -> str:
+    """The token of an address's page of subscriptions, every list's: the link is mailed
+    to that address only (or put in its own copies), so holding it shows one reads it."""
+    return sign(secret, "manage", address, _expires(hours))
+
+
+def manage_holder(secret: str, value: str) -> str | None:
+    """The address a manage link was made for, if it is ours and not expired."""
+    parts = verify(secret, "manage", value)
+    if parts is None or len(parts) != 2 or not _live(parts[1]):
+        return None
+    return parts[0]
+
+
+def manage_link_expired(secret: str, value: str) -> str | None:
+    """The address of a manage link of ours that has expired (to offer a new one)."""
+    parts = verify(secret, "manage", value)
+    return parts[0] if parts is not None and len(parts) == 2 else None
+
+
+def address_change_link(secret: str, old: str, new: str, hours: float) -> str:
+    """What the new address is mailed to confirm a change of address: the reader of the
+    new mailbox agrees to take over every subscription of the old one."""
+    return sign(secret, "change-address", old, new, _expires(hours))
+
+
+def address_change(secret: str, value: str) -> tuple[str, str] | None:
+    """(old, new) of an address change link of ours that has not expired."""
+    parts = verify(secret, "change-address", value)
+    if parts is None or len(parts) != 3 or not _live(parts[2]):
+        return None
+    return parts[0], parts[1]
