@@ -33,7 +33,7 @@ def copy_of(raw: bytes, name: str = "Dev", template: str | None = None) -> bytes
     copy = compose.list_copy(raw, addresses=ADDRESSES, name=name, base_url=BASE,
                              message_id="post@example.com", subject="Hello",
                              add_message_id=False, footer=footer(name, template))
-    return copy.personal("UNSUB-TOKEN", "MUTE-TOKEN")
+    return copy.personal("UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN")
 
 
 def parse(data: bytes) -> Message:
@@ -49,8 +49,7 @@ def decoded(part: Message) -> bytes:
 
 
 def filled(text: str, charset: str) -> bytes:
-    text = text.replace(compose.UNSUBSCRIBE, "UNSUB-TOKEN").replace(compose.MUTE, "MUTE-TOKEN")
-    return text.encode(charset)
+    return compose.fill_links(text, "UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN").encode(charset)
 
 
 def same_payload(new: Message, old: Message, defective: bool) -> bool:
