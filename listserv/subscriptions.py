@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlmodel import Session
 
-from listserv import commands, notices, roster, tokens
+from listserv import commands, notices, roster, store, tokens
+from listserv.address import Purpose
 from listserv.config import Config
 from listserv.models import MailingList, Member, Mute, Role, ThreadSummary
 
@@ -111,7 +112,8 @@ def change_address(session: Session, config: Config, old: str, new: str) -> list
     if mlist is not None and moved:
         log.info("%s is now %s on %s", old, new, ", ".join(moved))
         notices.send(session, config, mlist, old, "address_changed", limit=False, old=old,
-                     new=new, lists=moved)
+                     new=new, lists=moved,
+                     owner_address=store.addresses_of(mlist).at(Purpose.OWNER))
     return moved
 
 
