@@ -5,8 +5,9 @@ is 32 hex characters: the first 16 find its row, the last 16 are a secret of whi
 row keeps only a SHA-256, compared in constant time. So neither the index lookup (a
 B-tree compares the value it is given byte by byte) nor a copy of the database tells
 anyone a usable token.
-Unsubscribe and mute links are signed instead (HMAC with the server secret), so a
-copy can carry one for each member without a row per member per post. Each says when
+Unsubscribe, mute and manage links (and the join form's value) are signed instead
+(HMAC with the server secret), so a copy can carry one for each member without a row
+per member per post. Each says when
 it was made, so it acts only on the membership of that time: after the member leaves
 and joins again, an old link is refused. Each has one spelling: a token that decodes to
 the same bytes but is written otherwise (padding, stray characters, "+/" for "-_",
@@ -113,8 +114,8 @@ def _pads(secret: str) -> tuple[hashlib._Hash, hashlib._Hash]:
 
 
 def _mac(secret: str, data: bytes) -> bytes:
-    """HMAC-SHA256 from hashes keyed once: a personal copy signs two links for every
-    recipient, and hmac.digest spends most of its time keying."""
+    """HMAC-SHA256 from hashes keyed once: a personal copy signs two or three links for
+    every recipient, and hmac.digest spends most of its time keying."""
     keyed_inner, keyed_outer = _pads(secret)
     inner, outer = keyed_inner.copy(), keyed_outer.copy()
     inner.update(data)
