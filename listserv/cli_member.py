@@ -13,6 +13,7 @@ from listserv.cli import (
     FileArg,
     JsonOpt,
     ListArg,
+    _day,
     _print_json,
     _progress,
     _state,
@@ -99,6 +100,8 @@ def _row(member: Any, now: Any, config: Any) -> dict:
             "moderated": member.moderated,
             "disabled_by": member.disabled_by.value if member.disabled_by else None,
             "delivery_status": roster.delivery_status(member),
+            "nomail_until": member.nomail_until.date().isoformat() if member.nomail_until
+            else None,
             "bounce_score": bounces.score_now(member.bounce_score, member.last_bounce_at,
                                                now, config.bounces)}
 
@@ -229,24 +232,54 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
                    "digest-plain or nomail.")] = None,
                role: Annotated[str | None, typer.Option(
                    metavar="ROLE", help="Change the address's role: member, moderator or "
-                   "owner.")] = None) -> None:
-    """Change a member's moderation flag, delivery mode or role.
+                   "owner.")] = None,
+               nomail_until: Annotated[str | None, typer.Option(
+                   "--nomail-until", metavar="YYYY-MM-DD", help="No mail until that day "
+                   "(UTC), then delivery resumes by itself; \"\" for mail again now."
+               )] = None) -> None:
+    """Change a member's moderation flag, delivery mode, role or pause.
 
     \b
     Example:
       listserv member set dev@lists.example.org ann@example.org --delivery digest-mime
+      listserv member set dev@lists.example.org ann@example.org --nomail-until 2027-01-10
     """
     from listserv import db, list_settings, roster
     from listserv.models import DeliveryMode, Role
 
     mode = None if delivery is None else choice(DeliveryMode, delivery, "--delivery")
     kind = None if role is None else choice(Role, role, "--role")
+    until = None if not nomail_until else _day(nomail_until, "--nomail-until")
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
         flag = None if moderated is None else list_settings.parse_bool(moderated, "--moderated")
         changed = roster.set_member(s, mlist, address, moderated=flag, delivery=mode,
                                     role=kind)
+        if nomail_until is not None:
+            roster.pause(s, mlist, address, until)
         s.commit()
     out.print(f"{changed}: " + ", ".join(f"{k} = {v}" for k, v in (
         ("moderated", moderated), ("delivery", mode and mode.value),
-        ("role", kind and kind.value)) if v is not None))
+        ("role", kind and kind.value), ("nomail_until", nomail_until)) if v is not None))
+
+
+@member_app.command("change-address")
+def member_change_address(ctx: typer.Context, old: Annotated[str, typer.Argument(
+                              metavar="OLD")], new: Annotated[str, typer.Argument(
+                              metavar="NEW")]) -> None:
+    """Move every role and muted thread of OLD, on every list, to NEW (what a member's
+    confirmed change of address on the web does, without the mails).
+
+    \b
+    Example:
+      listserv member change-address ann@old.example ann@new.example
+    """
+    from listserv import db, roster
+
+    with db.session(_state(ctx).engine) as s:
+        moved = roster.change_address(s, old, new)
+        s.commit()
+    if not moved:
+        raise roster.UserError(f"{old} is on no list")
+    for mlist in moved:
+        out.print(f"{mlist}: {old} is now {new}")

@@ -94,6 +94,8 @@ class WebConfig:
     secret: str = ""
     # How long the signed link that opens a private archive to a member stays valid.
     archive_link_days: int = 30
+    # How long a link to a member's page of subscriptions (/manage/TOKEN) stays valid.
+    manage_link_hours: int = 24
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ _RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("delivery", "retry_max_hours"): (0, _DAYS * 24),
     ("delivery", "lease_seconds"): (1, _DAYS * 86_400),
     ("web", "archive_link_days"): (1, _DAYS),
+    ("web", "manage_link_hours"): (1, _DAYS * 24),
     ("lists", "confirm_expiry_hours"): (1, _DAYS * 24),
     ("lists", "hold_expiry_days"): (1, _DAYS),
     ("lists", "thread_rate_minutes"): (1, _DAYS * 1440),

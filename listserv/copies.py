@@ -31,7 +31,7 @@ class Personal:
 
     def __init__(self, copy: slots.Copy, secret: str, list_id: int,
                  message_pk: int | None, verp: ListAddresses | None = None,
-                 signer: signing.Signer | None = None) -> None:
+                 signer: signing.Signer | None = None, manage_hours: int = 24) -> None:
         self.copy = copy
         self.secret = secret
         self.list_id = list_id
@@ -39,6 +39,7 @@ class Personal:
         self.signer = signer
         self.verp = verp  # the list's addresses when its copies go out with VERP
         self.pieces = _stuffed_pieces(copy)
+        self.manage_hours = manage_hours if copy.links_manage() else 0
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -46,11 +47,13 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def _links(self, rcpt: str) -> tuple[str, str]:
+    def _links(self, rcpt: str) -> tuple[str, str, str]:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
-        return unsubscribe, mute
+        manage = (tokens.manage_link(self.secret, rcpt, self.manage_hours)
+                  if self.manage_hours else "")
+        return unsubscribe, mute, manage
 
     def copy_for(self, rcpt: str) -> bytes:
         """The message one recipient gets: their own links filled in, then signed."""
@@ -61,9 +64,8 @@ class Personal:
         """The dot-stuffed bytes for one recipient, end-of-data line included."""
         if self.signer is not None:
             return prepare(self.copy_for(rcpt))
-        unsubscribe, mute = self._links(rcpt)
-        return b"".join(p if isinstance(p, bytes) else p.fill(unsubscribe, mute)
-                        for p in self.pieces)
+        links = self._links(rcpt)
+        return b"".join(p if isinstance(p, bytes) else p.fill(*links) for p in self.pieces)
 
 
 @dataclass(frozen=True)
@@ -77,9 +79,8 @@ class _Line:
     qp: bool
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str) -> bytes:
-        raw = self.text.replace(slots.UNSUBSCRIBE, unsubscribe).replace(
-            slots.MUTE, mute).encode(self.charset)
+    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
+        raw = slots.fill_links(self.text, unsubscribe, mute, manage).encode(self.charset)
         return stuff(headers.crlf(binascii.b2a_qp(raw) if self.qp else raw),
                      line_start=self.line_start)
 
@@ -91,8 +92,8 @@ class _Whole:
     slot: slots.Slot
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str) -> bytes:
-        return stuff(self.slot.fill(unsubscribe, mute), line_start=self.line_start)
+    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
+        return stuff(self.slot.fill(unsubscribe, mute, manage), line_start=self.line_start)
 
 
 Piece = bytes | _Line | _Whole
@@ -107,7 +108,7 @@ def _slot_pieces(slot: slots.Slot, line_start: bool) -> list[Piece]:
     pieces: list[Piece] = []
     for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
         first = line_start or index > 0
-        if slots.UNSUBSCRIBE in line or slots.MUTE in line:
+        if slots.UNSUBSCRIBE in line or slots.MUTE in line or slots.MANAGE in line:
             pieces.append(_Line(line, slot.charset, qp, first))
         else:
             raw = line.encode(slot.charset)
@@ -147,10 +148,12 @@ class Copies:
     `using`), and a few more that were sent last. An LRU of the copies alone threw out
     the copies of the jobs next in line, FIFO being its worst case."""
 
-    def __init__(self, calls: supervise.Calls, signer: signing.Signer | None) -> None:
+    def __init__(self, calls: supervise.Calls, signer: signing.Signer | None,
+                 manage_hours: int) -> None:
         self.calls = calls
         self.signer = signer
         self.secret = ""  # [web] secret, for the members' links: read when the worker starts
+        self.manage_hours = manage_hours  # [web] manage_link_hours
         self.data: OrderedDict[int, Prepared] = OrderedDict()
         self.using: Counter[int] = Counter()
 
@@ -203,4 +206,5 @@ class Copies:
             return prepare(self.signer.sign(stored.data) if self.signer else stored.data)
         verp = ListAddresses(stored.verp) if stored.verp else None
         return Personal(slots.Copy.load(stored.data, stored.slots), self.secret,
-                        stored.list_id or 0, stored.message_pk, verp, self.signer)
+                        stored.list_id or 0, stored.message_pk, verp, self.signer,
+                        self.manage_hours)

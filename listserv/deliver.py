@@ -93,7 +93,8 @@ class Worker:
         # Every database call waits out an outage (logged once for the worker); once
         # `run`'s stop is set, a failure is given up instead.
         self.calls = supervise.Calls(engine, "delivery")
-        self.copies = Copies(self.calls, signing.Signer.from_config(config.dkim))
+        self.copies = Copies(self.calls, signing.Signer.from_config(config.dkim),
+                             config.web.manage_link_hours)
         self.progress = Progress(self.calls, self.name)
         self.recorder = Recorder(self.calls, config)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())

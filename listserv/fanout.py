@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Iterator, Sequence
 
 from jinja2 import TemplateError
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, or_, select
 from sqlmodel import Session
 
 from listserv import authenticity, compose, db, outbox, slots
@@ -48,7 +48,9 @@ _RECIPIENTS = (select(_member.address)
                .where(_member.list_id == bindparam("list_id"),
                       _member.role == Role.MEMBER,
                       _member.delivery == bindparam("mode"),
-                      _member.disabled_by.is_(None))
+                      _member.disabled_by.is_(None),
+                      or_(_member.nomail_until.is_(None),
+                          _member.nomail_until <= bindparam("now")))
                .order_by(_member.address)
                .execution_options(yield_per=5000))
 _INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
@@ -57,10 +59,11 @@ _INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
 def recipients(session: Session, list_id: int,
                mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
     """Addresses that get each post (or, for a digest mode, each digest of that form),
-    streamed from one query (never member by member)."""
+    streamed from one query (never member by member). A member whose `nomail_until`
+    is still ahead is left out, and is back once it has passed."""
     session.flush()  # members the ORM still holds count too
     yield from session.connection().execute(_RECIPIENTS, {
-        "list_id": list_id, "mode": mode}).scalars()
+        "list_id": list_id, "mode": mode, "now": utcnow()}).scalars()
 
 
 def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from listserv import mime
 from listserv.address import ListAddresses
 from listserv.headers import crlf, field_name
-from listserv.slots import MUTE, UNSUBSCRIBE, Edit, Piece, Slot
+from listserv.slots import MANAGE, MUTE, UNSUBSCRIBE, Edit, Piece, Slot
 from listserv.templating import environment, owner_environment
-from listserv.urls import archive_url, mute_url, unsubscribe_url
+from listserv.urls import archive_url, manage_url, mute_url, unsubscribe_url
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Footer:
     @property
     def personal(self) -> bool:
         """Whether it links to a member's own pages (unsubscribe_url, mute_url)."""
-        return UNSUBSCRIBE in self.text or MUTE in self.text
+        return UNSUBSCRIBE in self.text or MUTE in self.text or MANAGE in self.text
 
     @property
     def html(self) -> str:
@@ -51,6 +51,7 @@ def render_footer(template: str | None, *, name: str, addresses: ListAddresses,
         "archive_url": archive_url(base_url, addresses) if archive else None,
         "unsubscribe_url": unsubscribe_url(base_url, UNSUBSCRIBE),
         "mute_url": mute_url(base_url, MUTE),
+        "manage_url": manage_url(base_url, MANAGE),
     }
     compiled = (environment().get_template("mail/footer.txt") if template is None
                 else owner_environment().from_string(template))

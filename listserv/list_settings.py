@@ -117,7 +117,8 @@ def _footer(text: str) -> str | None:
                           base_url="https://example.org", archive=True)
         except TemplateError as exc:
             raise UserError(f"the footer template does not render ({exc}); it may use "
-                            "name, address, archive_url, unsubscribe_url, mute_url") from None
+                            "name, address, archive_url, unsubscribe_url, mute_url, "
+                            "manage_url") from None
     return value
 
 

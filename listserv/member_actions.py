@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import fanout, notices, posting_rules, tokens
+from listserv import fanout, notices, posting_rules, tokens, urls
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -142,6 +142,14 @@ def unsubscribe_url(session: Session, config: Config, mlist: MailingList, addres
             f"{tokens.unsubscribe_link(secret, mlist.id, address)}")
 
 
+def manage_url(session: Session, config: Config, address: str) -> str:
+    """The address's own link to its page of subscriptions (every list's), valid
+    `[web] manage_link_hours`: for mail to that address only."""
+    value = tokens.manage_link(tokens.server_secret(session, config), address,
+                               config.web.manage_link_hours)
+    return urls.manage_url(config.web.base_url, value)
+
+
 def archive_access(session: Session, config: Config, mlist: MailingList,
                    address: str) -> Outcome:
     """Mail a member the signed link that opens a private archive in their browser; the
@@ -176,7 +184,8 @@ def welcome(session: Session, config: Config, mlist: MailingList, address: str,
     """The mail a new member gets, whether they joined or an admin imported them: how to
     post, change delivery and leave."""
     send(session, config, mlist, address, "welcome", limit=False, address=address,
-         delivery=mode.value, unsubscribe_url=unsubscribe_url(session, config, mlist, address))
+         delivery=mode.value, unsubscribe_url=unsubscribe_url(session, config, mlist, address),
+         manage_url=manage_url(session, config, address), hours=config.web.manage_link_hours)
 
 
 def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:

@@ -213,6 +213,8 @@ class Member(SQLModel, table=True):
     role: Role = Field(default=Role.MEMBER, sa_type=_enum(Role))
     delivery: DeliveryMode = Field(default=DeliveryMode.REGULAR, sa_type=_enum(DeliveryMode))
     disabled_by: DisabledBy | None = Field(default=None, sa_type=_enum(DisabledBy))
+    # No mail until then (a holiday): delivery resumes by itself, with nothing to undo.
+    nomail_until: datetime | None = None
     moderated: bool = False
     created_at: datetime = Field(default_factory=utcnow)
     # Bounce scoring (see listserv/bounces.py): the score as of the last bounce that

@@ -7,12 +7,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
 from listserv.address import parse_mailbox, split, valid_list_local
-from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Role, utcnow
+from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Mute, Role, utcnow
 
 
 class UserError(Exception):
@@ -217,6 +218,55 @@ def set_member(session: Session, mlist: MailingList, address: str, *,
             row.disabled_by = None
         session.add(row)
     return key
+
+
+def pause(session: Session, mlist: MailingList, address: str, until: datetime | None) -> str:
+    """No posts or digests to this member until `until` (None: from now on again).
+    Nothing switches delivery back on: the fan-out skips a date still ahead."""
+    key = _key(address)
+    rows = [r for r in roles_of(session, mlist.id, [key]) if r.role is Role.MEMBER]
+    if not rows:
+        raise UserError(f"{key} is not a member of {mlist.address}")
+    rows[0].nomail_until = until
+    session.add(rows[0])
+    return key
+
+
+def change_address(session: Session, old: str, new: str) -> list[str]:
+    """Move every role and muted thread of `old`, on every list, to `new`; the lists
+    changed. A role `new` already holds on a list stays as it is, and `old`'s goes."""
+    old_key, found = _key(old), normalize(new)
+    if found is None:
+        raise UserError(f"invalid address {new!r}")
+    new_key = found[1]
+    if new_key == old_key:
+        raise UserError(f"{new_key} is already the address")
+    lists: set[str] = set()
+    for mlist, member in memberships(session, old_key):
+        lists.add(mlist.address)
+        if any(r.role is member.role for r in roles_of(session, mlist.id, [new_key])):
+            session.delete(member)
+        else:
+            member.address = new_key
+            session.add(member)
+        session.flush()
+    for mute in session.scalars(select(Mute).where(Mute.address == old_key)):
+        clash = session.scalars(select(Mute.id).where(
+            Mute.list_id == mute.list_id, Mute.address == new_key,
+            Mute.thread_id == mute.thread_id)).first()
+        if clash is None:
+            mute.address = new_key
+            session.add(mute)
+        else:
+            session.delete(mute)
+    session.flush()
+    return sorted(lists)
+
+
+def _key(address: str) -> str:
+    """The lower-case addr-spec an address is stored under."""
+    mailbox = normalize(address)
+    return mailbox[1] if mailbox else address.strip().lower()
 
 
 def memberships(session: Session, address: str) -> list[tuple[MailingList, Member]]:

@@ -5,8 +5,9 @@ is 32 hex characters: the first 16 find its row, the last 16 are a secret of whi
 row keeps only a SHA-256, compared in constant time. So neither the index lookup (a
 B-tree compares the value it is given byte by byte) nor a copy of the database tells
 anyone a usable token.
-Unsubscribe and mute links are signed instead (HMAC with the server secret), so a
-copy can carry one for each member without a row per member per post. Each says when
+Unsubscribe, mute and manage links (and the join form's value) are signed instead
+(HMAC with the server secret), so a copy can carry one for each member without a row
+per member per post. Each says when
 it was made, so it acts only on the membership of that time: after the member leaves
 and joins again, an old link is refused. Each has one spelling: a token that decodes to
 the same bytes but is written otherwise (padding, stray characters, "+/" for "-_",
@@ -21,6 +22,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import select, update
@@ -113,8 +115,8 @@ def _pads(secret: str) -> tuple[hashlib._Hash, hashlib._Hash]:
 
 
 def _mac(secret: str, data: bytes) -> bytes:
-    """HMAC-SHA256 from hashes keyed once: a personal copy signs two links for every
-    recipient, and hmac.digest spends most of its time keying."""
+    """HMAC-SHA256 from hashes keyed once: a personal copy signs two or three links for
+    every recipient, and hmac.digest spends most of its time keying."""
     keyed_inner, keyed_outer = _pads(secret)
     inner, outer = keyed_inner.copy(), keyed_outer.copy()
     inner.update(data)
@@ -203,3 +205,59 @@ def archive_pass_holder(session: Session, secret: str, value: str, list_id: int)
         return None
     joined = _joined(session, list_id, address)
     return address if joined is not None and _made_after(made, joined) else None
+
+
+def _expires(hours: float) -> str:
+    """In whole seconds since the epoch (time.time: the delivery worker signs one for
+    every recipient of a post)."""
+    return str(int(time.time() + hours * 3600))
+
+
+def _live(expires: str) -> bool:
+    return expires.isdigit() and int(expires) > time.time()
+
+
+def form_stamp(secret: str, list_id: int, hours: float) -> str:
+    """The hidden value of a list's join form: a POST without one made by us lately, for
+    this list, comes from no page of ours (a form on another site, a script)."""
+    return sign(secret, "join-form", str(list_id), _expires(hours))
+
+
+def form_stamp_ok(secret: str, list_id: int, value: str) -> bool:
+    parts = verify(secret, "join-form", value)
+    return parts is not None and len(parts) == 2 and parts[0] == str(list_id) and _live(
+        parts[1])
+
+
+def manage_link(secret: str, address: str, hours: float) -> str:
+    """The token of an address's page of subscriptions, every list's: the link is mailed
+    to that address only (or put in its own copies), so holding it shows one reads it."""
+    return sign(secret, "manage", address, _expires(hours))
+
+
+def manage_holder(secret: str, value: str) -> str | None:
+    """The address a manage link was made for, if it is ours and not expired."""
+    parts = verify(secret, "manage", value)
+    if parts is None or len(parts) != 2 or not _live(parts[1]):
+        return None
+    return parts[0]
+
+
+def manage_link_expired(secret: str, value: str) -> str | None:
+    """The address of a manage link of ours that has expired (to offer a new one)."""
+    parts = verify(secret, "manage", value)
+    return parts[0] if parts is not None and len(parts) == 2 else None
+
+
+def address_change_link(secret: str, old: str, new: str, hours: float) -> str:
+    """What the new address is mailed to confirm a change of address: the reader of the
+    new mailbox agrees to take over every subscription of the old one."""
+    return sign(secret, "change-address", old, new, _expires(hours))
+
+
+def address_change(secret: str, value: str) -> tuple[str, str] | None:
+    """(old, new) of an address change link of ours that has not expired."""
+    parts = verify(secret, "change-address", value)
+    if parts is None or len(parts) != 3 or not _live(parts[2]):
+        return None
+    return parts[0], parts[1]

@@ -55,6 +55,9 @@ _HTML_ATTRIBUTES = {
 }
 
 
+INLINE_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
 @dataclass(frozen=True)
 class Attachment:
     """What a download link needs to say before anyone fetches the bytes."""
@@ -63,6 +66,12 @@ class Attachment:
     filename: str  # safe to offer as a download name; "attachment-N" (N = index + 1) if none
     content_type: str  # as declared, lower case
     size: int  # decoded size in bytes
+
+    @property
+    def image(self) -> bool:
+        """Shown in the message page as an image: PNG, JPEG, GIF or WebP. Never SVG,
+        an image that can carry script and links."""
+        return self.content_type in INLINE_IMAGES
 
 
 @dataclass(frozen=True)

@@ -309,3 +309,15 @@ def nested_body(depth: int, kind: bytes) -> bytes:
     closing = b"".join(b"--b%d--\r\n" % i for i in reversed(range(depth)))
     return opening + b"--b%d\r\nContent-Type: text/plain\r\n\r\nhello from the bottom\r\n" % (
         depth - 1) + closing
+
+
+def join_stamp(page: str) -> str:
+    """The signed value of the first join form on a page."""
+    match = re.search(r'name="form" value="([^"]+)"', page)
+    assert match, "the page has no join form"
+    return match.group(1)
+
+
+def manage_path(address: str, hours: float = 24) -> str:
+    """The path of `address`'s page of subscriptions, as its mailed link names it."""
+    return f"/manage/{tokens.manage_link(SECRET, address, hours)}"

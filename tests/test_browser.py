@@ -6,16 +6,20 @@ hostile posts must run nothing on any of those pages, and read as the text they 
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
+from sqlalchemy import select
 
-from listserv import bounces, db
+from listserv import bounces, db, tokens
+from listserv.models import Member, Mute, Role
 from listserv.urls import quote_id
-from tests.helpers import CORPUS, ok, write_config
+from tests.helpers import CORPUS, SECRET, mails_to, ok, write_config
+from tests.helpers import is_member as helpers_is_member
 
 sync_api = pytest.importorskip("playwright.sync_api",
                                reason="the browser test needs playwright (the test extras)")
@@ -253,3 +257,121 @@ def test_the_reenable_page_fits_a_phone_and_leads_back_to_the_lists(running, mak
     assert "Delivery is on again" in page.content()
     page = r.follow(page.get_by_role("link", name="All lists"))
     assert page.url == r.origin + "/"
+
+
+# --- members: joining, and the page of subscriptions ----------------------------------
+
+SHOTS = Path("/tmp") / "listserv-member-shots"  # kept to look at after a run
+
+
+def fits_a_phone(page: sync_api.Page, name: str, tmp_path: Path) -> None:
+    """No sideways scrolling at 390 px, a label on every field a person fills in, and a
+    screenshot to look at."""
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll(
+        'input:not([type=hidden]), select, textarea')].filter(e => !e.labels.length)
+        .map(e => e.name)""")
+    assert unlabelled == [], page.url
+    SHOTS.mkdir(exist_ok=True)
+    for folder in (tmp_path, SHOTS):
+        page.screenshot(path=folder / f"{name}.png", full_page=True)
+
+
+def link_in(sink, address: str, pattern: str, count: int = 1) -> str:
+    """The path of the link matching `pattern` in the newest of `count` mails to `address`."""
+    mail = mails_to(sink, address, count)[-1]
+    found = re.search(pattern, mail.get_body(("plain",)).get_content())
+    assert found, mail.get_content()
+    return urlsplit(found.group(0)).path
+
+
+def test_a_visitor_joins_from_the_list_page_by_keyboard_and_confirms_from_the_mail(
+        running, make_list, reader, sink, engine, tmp_path):
+    make_list(LIST, members=[BOB])
+    r = reader(is_mobile=True, has_touch=True)
+    fits_a_phone(r.visit("/"), "index-join", tmp_path)
+    page = r.visit(f"/{LIST}/")
+    fits_a_phone(page, "list-join", tmp_path)
+    mailto = page.get_by_role("link", name=LIST).first.get_attribute("href")
+    assert mailto == f"mailto:{LIST}"
+    # Keyboard only: type the address, Tab to the delivery choice (the hidden field is
+    # not on the way), Tab to the button, Enter.
+    page.get_by_label("Your email address").focus()
+    page.keyboard.type("visitor@example.com")
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.name") == "delivery"
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Join Dev"
+    with page.expect_navigation() as navigation:
+        page.keyboard.press("Enter")
+    page = r.checked(navigation.value)
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text("Check your mail")
+    fits_a_phone(page, "join-sent", tmp_path)
+
+    confirm = link_in(sink, "visitor@example.com", r"http\S+/confirm/\S+")
+    page = r.visit(confirm)
+    assert not helpers_is_member(engine, "visitor@example.com")  # opening it did nothing
+    fits_a_phone(page, "confirm", tmp_path)
+    page = r.follow(page.get_by_role("button", name="Yes, subscribe me"))
+    sync_api.expect(page.get_by_text("is now subscribed")).to_be_visible()
+    assert helpers_is_member(engine, "visitor@example.com")
+
+    spent = page.goto(r.origin + confirm)  # the link again: used
+    assert spent.status == 404
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(
+        "This link is not valid")
+    sync_api.expect(page.get_by_text("Nothing was changed")).to_be_visible()
+
+
+def test_a_member_switches_to_the_digest_mutes_a_thread_and_leaves_one_list_of_two(
+        running, make_list, reader, sink, engine, tmp_path):
+    make_list(LIST, members=[ALICE, BOB])
+    make_list("ops@lists.example.org", name="Ops", members=[BOB])
+    post(running, "Release plans", "Shall we tag the tarball on Friday?\n", ALICE, "plans@x")
+    r = reader(is_mobile=True, has_touch=True)
+
+    # The footer of Bob's copy: mute the thread, then his page of subscriptions.
+    page = r.visit(link_in(sink, BOB, r"http\S+/mute/\S+"))
+    page = r.follow(page.get_by_role("button", name="Mute this thread"))
+    page = r.visit(link_in(sink, BOB, r"http\S+/manage/\S+"))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(
+        f"Subscriptions of {BOB}")
+    sync_api.expect(page.get_by_role("button", name="Unmute Release plans")).to_be_visible()
+    fits_a_phone(page, "manage", tmp_path)
+
+    dev = page.get_by_role("group", name="How posts of Dev reach you")
+    dev.get_by_label("A digest (MIME, each post a part)").check()
+    page = r.follow(page.get_by_role("button", name="Save delivery for Dev"))
+    sync_api.expect(page.get_by_role("status")).to_contain_text("now: digest-mime")
+    page = r.follow(page.get_by_role("button", name="Leave Ops"))
+    sync_api.expect(page.get_by_role("status")).to_contain_text("has left ops@")
+    sync_api.expect(page.get_by_role("heading", name="Ops")).to_have_count(0)
+    fits_a_phone(page, "manage-after", tmp_path)
+    with db.session(engine) as s:
+        rows = {(m.list_id, m.delivery.value) for m in s.scalars(
+            select(Member).where(Member.address == BOB, Member.role == Role.MEMBER))}
+        assert s.scalars(select(Mute.thread_id).where(Mute.address == BOB)).all() == [
+            "plans@x"]
+    assert rows == {(1, "digest-mime")}
+
+
+def test_expired_and_forged_manage_links_get_a_clear_page(running, make_list, reader,
+                                                          engine, tmp_path):
+    make_list(LIST, members=[BOB])
+    r = reader(is_mobile=True, has_touch=True)
+    page = r.page
+    expired = page.goto(r.origin + f"/manage/{tokens.manage_link(SECRET, BOB, -1)}")
+    assert expired.status == 410
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(
+        "This link has expired")
+    fits_a_phone(page, "manage-expired", tmp_path)
+    forged = page.goto(r.origin + f"/manage/{tokens.manage_link('not-ours', BOB, 24)}")
+    assert forged.status == 400
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text(
+        "This link is not valid")
+    assert helpers_is_member(engine, BOB)
+    page = r.visit("/manage")
+    fits_a_phone(page, "manage-request", tmp_path)
+    page.get_by_label("Your email address").fill(BOB)
+    page = r.follow(page.get_by_role("button", name="Mail me the link"))
+    sync_api.expect(page.get_by_role("heading", level=1)).to_have_text("Check your mail")

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from listserv import compose
+from listserv import compose, slots
 from listserv.address import ListAddresses
 from listserv.footer import Footer, render_footer
 from listserv.headers import crlf
-from listserv.slots import MUTE, UNSUBSCRIBE
 from tests.helpers import CORPUS
 
 ADDRESSES = ListAddresses("dev@lists.example.org")
@@ -36,7 +35,7 @@ def copy_of(raw: bytes, name: str = "Dev", template: str | None = None) -> bytes
     copy = compose.list_copy(raw, addresses=ADDRESSES, name=name, base_url=BASE,
                              message_id="post@example.com", subject="Hello",
                              add_message_id=False, footer=footer(name, template))
-    return copy.personal("UNSUB-TOKEN", "MUTE-TOKEN")
+    return copy.personal("UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN")
 
 
 def parse(data: bytes) -> Message:
@@ -52,8 +51,7 @@ def decoded(part: Message) -> bytes:
 
 
 def filled(text: str, charset: str) -> bytes:
-    text = text.replace(UNSUBSCRIBE, "UNSUB-TOKEN").replace(MUTE, "MUTE-TOKEN")
-    return text.encode(charset)
+    return slots.fill_links(text, "UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN").encode(charset)
 
 
 def same_payload(new: Message, old: Message, defective: bool) -> bool:

@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from listserv import db
+from listserv import db, limits
 from listserv.config import Config
-from listserv.web import access, archive, exports, member, pages
+from listserv.web import access, archive, exports, join, manage, member, pages
 
 POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -73,6 +73,14 @@ ROUTES: list[BaseRoute] = [
     Route("/unmute/{token}", member.unmute_form, methods=["GET"]),
     Route("/unmute/{token}", member.unmute, methods=["POST"]),
     Route("/reenable/{token}", member.reenable, methods=["GET", "POST"]),
+    Route("/manage", manage.request_form, methods=["GET"]),
+    Route("/manage", manage.request_link, methods=["POST"]),
+    Route("/manage/address/{token}", manage.address_form, methods=["GET"]),
+    Route("/manage/address/{token}", manage.change_address, methods=["POST"]),
+    Route("/manage/{token}", manage.page, methods=["GET"]),
+    Route("/manage/{token}", manage.change, methods=["POST"]),
+    Route("/{address}/subscribe", join.join_form, methods=["GET"]),
+    Route("/{address}/subscribe", join.subscribe, methods=["POST"]),
     Route("/{address}/feed.atom", exports.feed),
     Route("/{address}/export.mbox", exports.export),
     Route("/{address}/", archive.list_page),
@@ -124,4 +132,6 @@ def make_app(engine: Engine, config: Config, extra_routes: Sequence[BaseRoute] =
                     routes=[*extra_routes, *ROUTES])
     app.state.engine = engine
     app.state.config = config
+    # Web requests that mail someone (join, manage links), per client IP an hour.
+    app.state.web_requests = limits.PerHour(config.lists.max_confirmations_per_hour)
     return app

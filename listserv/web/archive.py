@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from listserv import archive, db, digest, digest_format, privacy, search, urls, view
 from listserv.models import DigestIssue, MailingList
-from listserv.web import pages
+from listserv.web import join, pages
 from listserv.web.access import read
 
 THREADS_PER_PAGE = 50
@@ -25,7 +25,8 @@ HITS_PER_PAGE = 20
 MAX_QUERY = 500  # characters of a search query kept
 # Attachments a browser may show as themselves (still offered as a download); anything
 # else is application/octet-stream, so no HTML or SVG of a stranger's runs on our origin.
-SHOWN_TYPES = {"image/png", "image/jpeg", "image/gif", "text/plain", "application/pdf"}
+SHOWN_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "text/plain",
+               "application/pdf"}
 _ATTACHMENT = re.compile(r"(.+)/attachment/([0-9]+)/[^/]*")
 MAX_ATTACHMENTS = 999_999  # an index past this is no attachment (and no 5,000-digit int)
 
@@ -41,19 +42,25 @@ async def archive_page(request: Request, name: str, mlist: MailingList,
 
 
 async def index(request: Request) -> Response:
-    """/: every list with a public archive."""
-    def work() -> list[archive.ListEntry]:
+    """/: every list with an archive, each with its join form."""
+    def work() -> tuple[list[archive.ListEntry], dict[int, str]]:
         with db.read_session(pages.engine(request)) as session:
-            return archive.listed(session)
-    return pages.page(request, "index", lists=await asyncio.to_thread(work))
+            lists = archive.listed(session)
+            return lists, join.stamps(session, pages.config(request),
+                                      [entry.mlist for entry in lists])
+    lists, stamps = await asyncio.to_thread(work)
+    return pages.page(request, "index", lists=lists, stamps=stamps,
+                      join_address=join.join_address)
 
 
 async def list_page(request: Request) -> Response:
     number = pages.page_number(request)
-    mlist, (threads, months) = await read(request, lambda session, mlist: (
+    mlist, (threads, months, stamps) = await read(request, lambda session, mlist: (
         archive.threads(session, mlist.id, number, THREADS_PER_PAGE),
-        archive.months(session, mlist.id)))
-    return await archive_page(request, "list", mlist, threads=threads, months=months)
+        archive.months(session, mlist.id),
+        join.stamps(session, pages.config(request), [mlist])))
+    return await archive_page(request, "list", mlist, threads=threads, months=months,
+                              stamp=stamps[mlist.id], join_address=join.join_address(mlist))
 
 
 async def month_page(request: Request) -> Response:
@@ -94,7 +101,9 @@ async def thread_page(request: Request) -> Response:
     mlist, posts = await read(request, work)
     if not posts:
         raise HTTPException(404, "There is no such thread in this archive.")
-    return await archive_page(request, "thread", mlist, posts=posts, thread_id=thread_id)
+    return await archive_page(request, "thread", mlist, posts=posts, thread_id=thread_id,
+                              reply=lambda post: urls.reply_mailto(
+                                  mlist.address, post.message_id, post.subject))
 
 
 async def message_routes(request: Request) -> Response:

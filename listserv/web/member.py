@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import bounces, member_actions, tokens
+from listserv import bounces, member_actions, roster, tokens
 from listserv.config import Config
-from listserv.models import MailingList
+from listserv.models import DeliveryMode, MailingList, utcnow
 from listserv.web import pages
 
 
@@ -121,13 +122,40 @@ async def unsubscribe_form(request: Request) -> Response:
                       action=request.url.path)
 
 
+PAUSE_DAYS = 30  # "no mail for a while", the unsubscribe page's gentler choice
+
+
+def _instead(session: Session, link: Link, choice: str) -> str:
+    """A gentler choice than leaving, for a member (as `set delivery` by mail and
+    `listserv member set` make it); "" when the address is no member now."""
+    if not member_actions.is_member(session, link.mlist.id, link.address):
+        return ""
+    if choice == "pause":
+        until = utcnow() + timedelta(days=PAUSE_DAYS)
+        roster.pause(session, link.mlist, link.address, until)
+        return f"no mail until {until.date().isoformat()}"
+    roster.set_member(session, link.mlist, link.address, delivery=DeliveryMode.DIGEST_MIME)
+    return "a digest"
+
+
 async def unsubscribe(request: Request) -> Response:
-    """RFC 8058 one-click: the POST itself is the confirmation."""
+    """RFC 8058 one-click: the POST itself is the confirmation. The page's gentler
+    buttons post `instead` (digest or pause) and the member stays."""
     config = pages.config(request)
-    link = await signed_link(request, unsubscribe_target, lambda session, link:
-                             member_actions.leave(session, config, link.mlist, link.address))
+    choice = str((await request.form()).get("instead", ""))
+    done: list[str] = []
+
+    def act(session: Session, link: Link) -> None:
+        if choice in ("digest", "pause"):
+            done.append(_instead(session, link, choice))
+        else:
+            member_actions.leave(session, config, link.mlist, link.address)
+    link = await signed_link(request, unsubscribe_target, act)
     if link is None:
         return pages.invalid(request, "unsubscribe", 400)
+    if done:
+        return pages.page(request, "done", outcome="instead", instead=done[0],
+                          mlist=link.mlist, address=link.address)
     return pages.page(request, "done", outcome=member_actions.Outcome.UNSUBSCRIBED.value,
                       mlist=link.mlist, address=link.address)
 
