@@ -197,7 +197,7 @@ def _section(cls: type, name: str, values: object) -> object:
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"unknown key [{name}] {key}; valid keys: {', '.join(fields)}")

@@ -271,8 +271,8 @@ def test_a_moderator_s_link_opens_no_owner_page(running, dev, engine):
 def test_owner_adds_sets_and_removes_members_and_exports_them(running, dev, sink, engine):
     path = admin_path(dev.id, OWNER)
     with web(running) as client:
-        added = client.post(f"{path}/members", data={"do": "add", "address": "Dan <dan@example.com>",
-                                                     "welcome": "yes"})
+        added = client.post(f"{path}/members", data={
+            "do": "add", "address": "Dan <dan@example.com>", "welcome": "yes"})
         quiet = client.post(f"{path}/members", data={"do": "add", "address": "erin@example.com"})
         twice = client.post(f"{path}/members", data={"do": "add", "address": "dan@example.com"})
         assert added.status_code == quiet.status_code == 200 and twice.status_code == 409

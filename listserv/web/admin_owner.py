@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from listserv import bounces, list_settings, roster, staff
+from listserv.config import Config
 from listserv.models import DeliveryMode, Member, utcnow
 from listserv.staff import Staff
 from listserv.web import pages
@@ -144,12 +145,16 @@ async def setting_change(request: Request) -> Response:
 
 # --- bounces ---------------------------------------------------------------------------
 
+def _bounces(session: Session, config: Config, who: Staff) -> tuple[list, list]:
+    """What `listserv bounce ls` prints: the bounces, and refusals for policy by domain."""
+    since = utcnow() - timedelta(days=bounces.HISTORY_DAYS)
+    return (bounces.recent(session, config, who.mlist),
+            bounces.policy_by_domain(session, who.mlist.id or 0, since))
+
+
 async def bounce_list(request: Request) -> Response:
     config = pages.config(request)
-    found = await owners_only(request, lambda session, who: (
-        bounces.recent(session, config, who.mlist),
-        bounces.policy_by_domain(session, who.mlist.id,
-                                 utcnow() - timedelta(days=bounces.HISTORY_DAYS))))
+    found = await owners_only(request, lambda session, who: _bounces(session, config, who))
     if isinstance(found, Response):
         return found
     who, (rows, policy) = found
