@@ -49,10 +49,15 @@ async def owners_only(request: Request, work: Callable[[Session, Staff], Any]
 
 # --- members -------------------------------------------------------------------------------
 
-def _matching(session: Session, who: Staff, query: str) -> list[Member]:
+def _matching(session: Session, who: Staff, query: str) -> list[list[Member]]:
+    """The roles of each address that matches, one entry an address (an owner who gets
+    posts holds two roles; removing the address removes both, as the CLI does)."""
     query = query.strip().lower()
-    return [m for m in roster.members(session, who.mlist)
-            if not query or query in m.address or query in m.display_name.lower()]
+    by_address: dict[str, list[Member]] = {}
+    for m in roster.members(session, who.mlist):
+        if not query or query in m.address or query in m.display_name.lower():
+            by_address.setdefault(m.address, []).append(m)
+    return list(by_address.values())
 
 
 async def members(request: Request) -> Response:
