@@ -63,6 +63,8 @@ def test_configuration_doc_documents_every_config_key():
     ("[smtp]\nprotocol = \"http\"\n", "protocol"),
     ("database = \"sqlite:///x.db\"\n", "database"),
     ("[smtp\nport = 8025\n", "line 1"),
+    ("[lists]\nheld_summary_hour = 24\n", "held_summary_hour"),
+    ("[lists]\nheld_summary_hour = \"8\"\n", "held_summary_hour"),
 ])
 def test_bad_config_stops_listserv_with_one_line_naming_the_key(tmp_path, workdir, toml,
                                                                named):
@@ -70,6 +72,12 @@ def test_bad_config_stops_listserv_with_one_line_naming_the_key(tmp_path, workdi
     path.write_text(toml, encoding="utf-8")
     assert_one_line_error(run_listserv("--config", path, "list", "ls", cwd=workdir), named)
     assert not (workdir / "listserv.db").exists()
+
+
+def test_an_empty_held_summary_hour_means_no_summary():
+    assert config_mod.from_dict({"lists": {"held_summary_hour": ""}}).lists.held_summary_hour \
+        is None
+    assert config_mod.from_dict({"lists": {"held_summary_hour": 0}}).lists.held_summary_hour == 0
 
 
 def test_bad_config_from_the_environment_stops_serve(tmp_path, workdir):
