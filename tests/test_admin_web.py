@@ -377,7 +377,7 @@ def test_a_moderator_answering_by_mail_gets_a_confirmation(running, dev, sink, e
     [notice] = [m for m in mails_to(sink, MOD) if "held" in m["Subject"]]
     running.send(MOD, [notice["Reply-To"]], message("Re: held", sender=MOD,
                                                     to=notice["Reply-To"], body="discard\n"))
-    done = [m for m in mails_to(sink, MOD, 2) if m["Subject"].startswith("Done")]
+    done = [m for m in mails_to(sink, MOD, 2) if "moderation:" in m["Subject"]]
     assert done and f"discarded message {post.id}" in done[0].get_content()
 
 

@@ -172,7 +172,8 @@ def test_approve_by_email_reply_fans_out_and_archives(running, dev, sink, engine
     got = sink.wait_for(4)
     # the members' copies, and the one-line confirmation to the moderator who answered
     assert sorted(got) == sorted(MEMBERS + ["owner@example.org", "mod@example.org"])
-    assert notice_for(sink, "mod@example.org")["Subject"].startswith("Done: approved")
+    assert notice_for(sink, "mod@example.org")["Subject"].startswith(
+        "Dev moderation: approved message 1")
     assert stored(engine)[0].state is MessageState.ACCEPTED
     threads = json.loads(ok(cli("archive", "threads", LIST, "--json")).stdout)
     assert [t["subject"] for t in threads] == ["Worth reading"]
