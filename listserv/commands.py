@@ -240,7 +240,9 @@ def _answer(session: Session, config: Config, mlist: MailingList, target: Route,
         return
     answer = first_line(message.raw, parsed.subject)
     if token.kind is TokenKind.HOLD:
-        moderation.reply_to_notice(session, config, token, answer, sender)
+        summary = moderation.reply_to_notice(session, config, token, answer, sender)
+        send(session, config, mlist, sender, "moderation_done", limit=False,
+             in_reply_to=message.message_id, summary=summary)
         return
     if token.kind is TokenKind.APPROVE_MEMBER:
         outcome = decide_member(session, config, token, answer)

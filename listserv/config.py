@@ -110,6 +110,8 @@ class ListsConfig:
     # Requests by mail (-join, -leave, -request) answered per list and per client IP in
     # an hour (0 = no limit); beyond it they are stored unanswered, the owners told once.
     max_confirmations_per_hour: int = 50
+    # The hour (UTC) of the daily mail to moderators listing held posts; "" (None): none.
+    held_summary_hour: int | None = 8
 
 
 @dataclass(frozen=True)
@@ -205,10 +207,13 @@ _RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("lists", "confirm_expiry_hours"): (1, _DAYS * 24),
     ("lists", "hold_expiry_days"): (1, _DAYS),
     ("lists", "thread_rate_minutes"): (1, _DAYS * 1440),
+    ("lists", "held_summary_hour"): (0, 23),
     ("bounces", "stale_after_days"): (0, _DAYS),
     ("bounces", "warning_interval_days"): (0, _DAYS),
 }
 _NUMBER = (0, MAX_INT)
+# Optional settings whose "" in TOML (which has no null) turns them off.
+_EMPTY_IS_NONE = {("lists", "held_summary_hour")}
 
 
 def _check_number(name: str, key: str, value: float) -> None:
@@ -228,10 +233,13 @@ def _section(cls: type, name: str, values: object) -> object:
     if not isinstance(values, dict):
         raise ConfigError(f"[{name}] must be a table")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"unknown key [{name}] {key}; valid keys: {', '.join(fields)}")
+        if (name, key) in _EMPTY_IS_NONE and value == "":
+            kwargs[key] = None
+            continue
         expected = type(getattr(cls(), key))
         # TOML has no int/bool confusion, but Python does: True is an int.
         if type(value) is not expected:

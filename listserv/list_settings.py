@@ -144,6 +144,33 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
 }
 
 
+# What the settings that are no fixed few take, as a form says it.
+_VALID = {
+    "name": "one line, not empty", "description": "one line",
+    "new_member_holds": "a number of posts up to 9999, 0 for none",
+    "subject_prefix": 'one line; "default" for [name]',
+    "footer": 'a template using name, address, archive_url, unsubscribe_url, mute_url; '
+              '"default" for the built-in one',
+    "max_message_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
+    "digest_send_hour": "an hour from 0 to 23 (UTC)",
+    "digest_max_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
+}
+
+
+def choices(key: str) -> list[str]:
+    """The values of a setting that takes a fixed few (a menu on the web); else []."""
+    parser = SETTINGS[key]
+    if parser is _bool:
+        return ["true", "false"]
+    valid: str = getattr(parser, "valid", "")
+    return valid.split(", ") if valid else []
+
+
+def valid(key: str) -> str:
+    """The values a setting takes, in words."""
+    return _VALID.get(key) or ", ".join(choices(key))
+
+
 def set_setting(mlist: MailingList, key: str, text: str) -> Any:
     """Parse and apply one setting; a one-line UserError names the valid keys or values."""
     parser = SETTINGS.get(key)

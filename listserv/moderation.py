@@ -27,6 +27,9 @@ from listserv.models import (
 log = logging.getLogger("listserv.moderation")
 
 ACTIONS = ("approve", "reject", "discard")
+# A hold token's data when the author may hear of decisions on the post: the decision
+# hold() made (a member, or a From its domain vouched for), kept for when one is made.
+TELL_AUTHOR = "tell-author"
 
 
 def held(session: Session, mlist: MailingList | None) -> list[Message]:
@@ -52,7 +55,8 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
     From (authenticity.Asked.authenticated)."""
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     token, value = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
-                              lifetime, message_pk=message.id)
+                              lifetime, message_pk=message.id,
+                              data=TELL_AUTHOR if tell_author else "")
     reply = mlist.addresses.at(Purpose.CONFIRM, value)
     for moderator in fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
         notices.send(session, config, mlist, moderator, "held_notice", limit=False,
@@ -72,8 +76,17 @@ def _spend_token(session: Session, message: Message) -> None:
         tokens.use(session, token)
 
 
+def tells_author(session: Session, message: Message) -> bool:
+    """Whether hold() found the author may be told (see TELL_AUTHOR): a member always,
+    a non-member only when its From was authenticated, never a forged From."""
+    return session.scalars(select(Token.id).where(
+        Token.message_pk == message.id, Token.kind == TokenKind.HOLD,
+        Token.data == TELL_AUTHOR)).first() is not None
+
+
 def approve(session: Session, config: Config, message: Message) -> int:
-    """Send a held post on as if it had just been accepted; returns the jobs queued."""
+    """Send a held post on as if it had just been accepted, and tell its author when
+    they may be told; returns the jobs queued."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
     parsed = digest_reply.stored_fields(session, message)
@@ -82,17 +95,21 @@ def approve(session: Session, config: Config, message: Message) -> int:
         return 0
     store.set_state(session, message, MessageState.ACCEPTED)
     store.archive(session, mlist, message, parsed)
+    if message.from_address and tells_author(session, message):
+        notices.send(session, config, mlist, message.from_address, "approved",
+                     message=message, in_reply_to=message.message_id)
     return fanout.fan_out(session, mlist, message, parsed, config.web.base_url,
                           config.delivery.max_recipients_per_transaction, config=config)
 
 
 def reject(session: Session, config: Config, message: Message, reason: str = "") -> None:
-    """Refuse a held post and tell its author why."""
+    """Refuse a held post and tell its author why, when they may be told."""
     mlist = session.get(MailingList, message.list_id)
+    told = tells_author(session, message)
     _spend_token(session, message)
     store.set_state(session, message, MessageState.REJECTED)
     author = message.from_address or message.mail_from
-    if author:
+    if author and told:
         notices.send(session, config, mlist, author, "rejected", message=message,
                      reason=reason or "The moderators did not give a reason.",
                      in_reply_to=message.message_id)

@@ -21,6 +21,7 @@ from listserv import (
     deliver,
     digest,
     health,
+    held_summary,
     listeners,
     metrics,
     moderation,
@@ -67,14 +68,24 @@ def _bounce_schedule(engine: Engine, config: Config) -> int:
     return count
 
 
+def _held_summaries(engine: Engine, config: Config) -> int:
+    """The daily moderation summary, once its hour has come."""
+    with db.session(engine) as session:
+        count = held_summary.send(session, config)
+        session.commit()
+    return count
+
+
 async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
                        wake: Callable[[], None]) -> None:
-    """Expire old holds now and then, telling their authors; warn and remove members
-    whose delivery bounces; delete old bookkeeping ([retention])."""
+    """Expire old holds now and then, telling their authors; send the daily moderation
+    summary; warn and remove members whose delivery bounces; delete old bookkeeping
+    ([retention])."""
 
     async def step() -> None:
         expired = await asyncio.to_thread(_expire_holds, engine, config)
         warned = await asyncio.to_thread(_bounce_schedule, engine, config)
+        summaries = await asyncio.to_thread(_held_summaries, engine, config)
         swept = await asyncio.to_thread(retention.sweep, engine, config.retention)
         if expired:
             log.info("discarded %d expired held messages", expired)
@@ -82,7 +93,7 @@ async def housekeeping(engine: Engine, config: Config, stop: asyncio.Event,
             log.info("retention: deleted %d finished delivery jobs, %d copies and %d "
                      "tokens, emptied %d old bounces", swept.deliveries, swept.copies,
                      swept.tokens, swept.bounce_raw)
-        if expired or warned:
+        if expired or warned or summaries:
             wake()
 
     await supervise.periodic("housekeeping", step,

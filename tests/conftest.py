@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,6 +36,9 @@ from tests.helpers import published, write_config
 from tests.servers import Busy, RunningServer, Serve, Smarthost, SmarthostController
 
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu",
+                  "--disable-background-networking"]
 
 
 @pytest.fixture
@@ -213,3 +217,21 @@ def cli(config_file: Path) -> Callable[..., Result]:
     def invoke(*args: str | Path) -> Result:
         return runner.invoke(app, ["--config", str(config_file), *map(str, args)])
     return invoke
+
+
+# --- a real browser ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One Debian Chromium for a module, driven by Playwright: starting it is the slow
+    part of the browser tests. Never a browser Playwright would download."""
+    sync_api = pytest.importorskip("playwright.sync_api",
+                                   reason="the browser tests need playwright (the test extras)")
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"the browser tests drive Debian's Chromium at {CHROMIUM}: "
+                    "apt-get install chromium")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                    args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()

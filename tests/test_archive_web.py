@@ -268,12 +268,15 @@ def test_a_post_with_5000_references_renders_and_its_pages_walk_a_bounded_chain(
     listener = lambda *args: statements.append(args[2])  # noqa: E731  (conn, cursor, sql, ...)
     with db.read_session(engine) as session:
         list_id = session.scalars(select(MailingList.id)).one()
-        event.listen(engine, "before_cursor_execute", listener)
+        # This session's own statements only: the running server's housekeeping shares
+        # the engine and may sweep meanwhile.
+        connection = session.connection()
+        event.listen(connection, "before_cursor_execute", listener)
         try:
             pages = {mid: archive.message_page(session, list_id, mid)
                      for mid in ("near@x", "far@x", "bomb@x")}
         finally:
-            event.remove(engine, "before_cursor_execute", listener)
+            event.remove(connection, "before_cursor_execute", listener)
         pages["root@x"] = archive.message_page(session, list_id, "root@x")
     assert len(statements) == 3 * 3  # the post, its parent, its replies: for each page
     assert pages["near@x"].parent.message_id == "root@x"  # through 3 placeholders

@@ -7,7 +7,6 @@ hostile posts must run nothing on any of those pages, and read as the text they 
 from __future__ import annotations
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -26,8 +25,6 @@ sync_api = pytest.importorskip("playwright.sync_api",
 
 pytestmark = pytest.mark.slow  # a real Chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PHONE = {"width": 390, "height": 844}
 LIST = "dev@lists.example.org"
 ALICE = "alice@example.com"
@@ -44,18 +41,6 @@ HOSTILE_HTML = ('<p onclick="window.__pwned=1">Hello <b>there</b></p>' + SCRIPT 
                 '<img src=x onerror="window.__pwned=1">'
                 '<img src="http://evil.example/track.png">'
                 '<a href="javascript:window.__pwned=1">click</a>')
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[sync_api.Browser]:
-    """One Chromium for the module: starting it is the slow part of these tests."""
-    if shutil.which(CHROMIUM) is None:
-        pytest.skip(f"the browser test drives Debian's Chromium at {CHROMIUM}: "
-                    "apt-get install chromium")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -69,6 +69,8 @@ def test_configuration_doc_documents_every_config_key():
     ("[delivery]\nsmarthost = [1]\n", "[delivery.smarthost]"),
     ("[delivery]\nsmarthost_port = 2525\n[[delivery.smarthost]]\nhost = \"relay\"\n",
      "smarthost_port"),
+    ("[lists]\nheld_summary_hour = 24\n", "held_summary_hour"),
+    ("[lists]\nheld_summary_hour = \"8\"\n", "held_summary_hour"),
 ])
 def test_bad_config_stops_listserv_with_one_line_naming_the_key(tmp_path, workdir, toml,
                                                                named):
@@ -87,6 +89,12 @@ def test_several_smarthosts_or_the_one_of_smarthost_host_and_port(tmp_path):
     path.write_text('[delivery]\nsmarthost_host = "relay"\nsmarthost_port = 2525\n')
     assert config_mod.load(path, environ={}).delivery.smarthosts() == [
         SmarthostConfig("relay", 2525, 1)]
+
+
+def test_an_empty_held_summary_hour_means_no_summary():
+    assert config_mod.from_dict({"lists": {"held_summary_hour": ""}}).lists.held_summary_hour \
+        is None
+    assert config_mod.from_dict({"lists": {"held_summary_hour": 0}}).lists.held_summary_hour == 0
 
 
 def test_bad_config_from_the_environment_stops_serve(tmp_path, workdir):

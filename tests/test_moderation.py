@@ -169,18 +169,24 @@ def test_approve_by_email_reply_fans_out_and_archives(running, dev, sink, engine
     post(running, subject="Worth reading")
     sink.wait_for(2)
     answer_notice(running, sink, "approve")
-    got = sink.wait_for(3)
-    assert sorted(got) == sorted(MEMBERS + ["owner@example.org"])
+    got = sink.wait_for(4)
+    # the members' copies, and the one-line confirmation to the moderator who answered
+    assert sorted(got) == sorted(MEMBERS + ["owner@example.org", "mod@example.org"])
+    assert notice_for(sink, "mod@example.org")["Subject"].startswith(
+        "Dev moderation: approved message 1")
     assert stored(engine)[0].state is MessageState.ACCEPTED
     threads = json.loads(ok(cli("archive", "threads", LIST, "--json")).stdout)
     assert [t["subject"] for t in threads] == ["Worth reading"]
 
 
-def test_reject_by_email_tells_the_author_why(running, dev, sink, engine):
+def test_reject_by_email_tells_the_author_why(running, dev, sink, engine, cli):
+    # A member is told (issue 17); an unauthenticated non-member would not be.
+    ok(cli("member", "add", LIST, "eve@example.org"))
+    ok(cli("member", "set", LIST, "eve@example.org", "--moderated", "true"))
     post(running, subject="Off topic")
-    sink.wait_for(2)
+    sink.wait_for(3)  # the owner, the moderator, and eve told of the hold
     answer_notice(running, sink, "reject please stay on topic")
-    sink.wait_for(1)
+    sink.wait_for(2)  # the author, and the confirmation to the moderator
     told = notice_for(sink, "eve@example.org")
     assert "please stay on topic" in told.get_content()
     assert told["Auto-Submitted"] == "auto-replied"
@@ -191,7 +197,8 @@ def test_discard_by_email_sends_nothing(running, dev, sink, engine):
     post(running)
     sink.wait_for(2)
     answer_notice(running, sink, "discard")
-    assert sink.wait_for(1, timeout=1.5) == []
+    # nothing but the one-line confirmation to the moderator who answered
+    assert sink.wait_for(2, timeout=1.5) == ["mod@example.org"]
     assert stored(engine)[0].state is MessageState.DISCARDED
 
 
@@ -224,8 +231,10 @@ def test_cli_show_approve_reject_discard(running, dev, sink, engine, cli):
     ok(cli("held", "discard", ids[2]))
     assert [m.state for m in stored(engine)] == [
         MessageState.ACCEPTED, MessageState.REJECTED, MessageState.DISCARDED]
-    got = sink.wait_for(4)
-    assert sorted(got) == sorted(MEMBERS + ["owner@example.org", "eve@example.org"])
+    got = sink.wait_for(3)
+    # eve, a non-member whose From no domain vouched for, is not told (issue 17)
+    assert sorted(got) == sorted(MEMBERS + ["owner@example.org"])
+    assert sink.wait_for(4, timeout=1.5) == got
     assert json.loads(ok(cli("held", "ls", LIST, "--json")).stdout) == []
 
 

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from listserv import db, limits
 from listserv.config import Config
-from listserv.web import access, archive, exports, join, manage, member, pages
+from listserv.web import access, admin, admin_owner, archive, exports, join, manage, member, pages
 
 POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -81,6 +81,21 @@ ROUTES: list[BaseRoute] = [
     Route("/manage/{token}", manage.change, methods=["POST"]),
     Route("/{address}/subscribe", join.join_form, methods=["GET"]),
     Route("/{address}/subscribe", join.subscribe, methods=["POST"]),
+    # An owner's or moderator's pages, opened by a signed link (admin.py, admin_owner.py).
+    Route("/{address}/admin", admin.ask_form, methods=["GET"]),
+    Route("/{address}/admin", admin.ask, methods=["POST"]),
+    Route("/{address}/admin/{token}", admin.overview, methods=["GET"]),
+    Route("/{address}/admin/{token}/held/{id:number}", admin.held_action, methods=["POST"]),
+    Route("/{address}/admin/{token}/request/{id:number}", admin.request_action,
+          methods=["POST"]),
+    Route("/{address}/admin/{token}/members", admin_owner.members, methods=["GET"]),
+    Route("/{address}/admin/{token}/members", admin_owner.member_change, methods=["POST"]),
+    Route("/{address}/admin/{token}/members.csv", admin_owner.members_csv, methods=["GET"]),
+    Route("/{address}/admin/{token}/settings", admin_owner.settings, methods=["GET"]),
+    Route("/{address}/admin/{token}/settings", admin_owner.setting_change, methods=["POST"]),
+    Route("/{address}/admin/{token}/bounces", admin_owner.bounce_list, methods=["GET"]),
+    Route("/{address}/held/{token}", admin.held_form, methods=["GET"]),
+    Route("/{address}/held/{token}", admin.held_decide, methods=["POST"]),
     Route("/{address}/feed.atom", exports.feed),
     Route("/{address}/export.mbox", exports.export),
     Route("/{address}/", archive.list_page),
