@@ -34,7 +34,8 @@ import psycopg
 from sqlalchemy import insert
 
 from listserv import db, roster
-from listserv.models import Delivery, DeliveryState, Outgoing, utcnow
+from listserv.enums import DeliveryState
+from listserv.models import Delivery, Outgoing, utcnow
 
 LISTS = 20
 PER_COPY = 100

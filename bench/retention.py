@@ -24,8 +24,9 @@ from sqlalchemy.engine import Engine
 
 from listserv import db, retention, roster
 from listserv.config import Config, DatabaseConfig
+from listserv.enums import DeliveryState
 from listserv.ingest import Incoming, ingest_group
-from listserv.models import Delivery, DeliveryState, Message, Outgoing, Token, utcnow
+from listserv.models import Delivery, Message, Outgoing, Token, utcnow
 
 LIST = "bench@lists.example.org"
 BODY = ("A post of about the usual size, a few paragraphs of plain text.\n" * 30)

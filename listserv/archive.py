@@ -17,14 +17,8 @@ from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from listserv import thread
-from listserv.models import (
-    ArchivePolicy,
-    MailingList,
-    Message,
-    MessageKind,
-    ThreadNode,
-    ThreadSummary,
-)
+from listserv.enums import ArchivePolicy, MessageKind
+from listserv.models import MailingList, Message, ThreadNode, ThreadSummary
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from sqlmodel import Session
 
 from listserv import mbox, privacy, thread, view
 from listserv.archive import month_span
-from listserv.models import MailingList, Message, MessageKind, ThreadNode
+from listserv.enums import MessageKind
+from listserv.models import MailingList, Message, ThreadNode
 
 # --- mbox exports ----------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from sqlmodel import Session
 
 from listserv import mbox, store, view
-from listserv.models import MailingList, MessageKind, MessageState
+from listserv.enums import MessageKind, MessageState
+from listserv.models import MailingList
 from listserv.parse import Parsed, parse
 
 _IMPORTED_FIELDS = [f for f in store.Imported.__dataclass_fields__ if f != "id"]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from listserv import authresults, dmarc, resolver, signing
 from listserv.config import Config
-from listserv.models import DmarcMode, MailingList, Message
+from listserv.enums import DmarcMode
+from listserv.models import MailingList, Message
 from listserv.parse import read_headers
 
 _RESULTS = frozenset({"authentication-results"})

@@ -28,18 +28,9 @@ from listserv import dsn, fanout, metrics, notices, roster, tokens
 from listserv.address import split, verp_recipient
 from listserv.config import BouncesConfig, Config
 from listserv.dsn import BounceReport
+from listserv.enums import DisabledBy, MessageKind, Role
 from listserv.failure import BounceClass, Failure, refusal
-from listserv.models import (
-    BounceEvent,
-    DisabledBy,
-    MailingList,
-    Member,
-    Message,
-    MessageKind,
-    Outgoing,
-    Role,
-    utcnow,
-)
+from listserv.models import BounceEvent, MailingList, Member, Message, Outgoing, utcnow
 from listserv.relay import Reply, refuses_recipient
 
 # The logger keeps the name operators filter on from before the module was renamed.

@@ -57,7 +57,7 @@ def member_add(ctx: typer.Context, list_address: ListArg, addresses: AddressesAr
       listserv member add dev@lists.example.org ann@example.org "Bob <bob@example.org>"
     """
     from listserv import db, roster
-    from listserv.models import Role
+    from listserv.enums import Role
 
     kind = choice(Role, role, "--role")
     with db.session(_state(ctx).engine) as s:
@@ -215,7 +215,7 @@ def _welcome(s: Any, config: Any, mlist: Any, added: set[str]) -> None:
     """Queue the welcome for each member just added, in the import's transaction: the
     members and their welcomes are stored together or not at all."""
     from listserv import member_actions, roster
-    from listserv.models import Role
+    from listserv.enums import Role
 
     for member in roster.members(s, mlist):
         if member.role is Role.MEMBER and member.address in added:
@@ -245,7 +245,7 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
       listserv member set dev@lists.example.org ann@example.org --nomail-until 2027-01-10
     """
     from listserv import db, list_settings, roster
-    from listserv.models import DeliveryMode, Role
+    from listserv.enums import DeliveryMode, Role
 
     mode = None if delivery is None else choice(DeliveryMode, delivery, "--delivery")
     kind = None if role is None else choice(Role, role, "--role")

@@ -34,7 +34,7 @@ def _table(rows: list[dict], *columns: str) -> None:
 
 def _sender(ctx: typer.Context, list_address: str, pattern: str, action: str) -> None:
     from listserv import db, posting_rules, roster
-    from listserv.models import SenderAction
+    from listserv.enums import SenderAction
 
     with db.session(_state(ctx).engine) as s:
         added = posting_rules.set_sender(s, roster.get_list(s, list_address), pattern,
@@ -188,7 +188,7 @@ def rule_add(ctx: typer.Context, list_address: ListArg,
     """
     from listserv import db, posting_rules, roster
     from listserv.cli_member import choice
-    from listserv.models import HeaderAction
+    from listserv.enums import HeaderAction
 
     kind = choice(HeaderAction, action, "the action")
     with db.session(_state(ctx).engine) as s:

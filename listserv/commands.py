@@ -28,6 +28,7 @@ from listserv import (
 )
 from listserv.address import Purpose, Route
 from listserv.config import Config
+from listserv.enums import DeliveryMode, Role, TokenKind
 from listserv.member_actions import (
     Outcome,
     archive_access,
@@ -42,15 +43,7 @@ from listserv.member_actions import (
     unmute,
     unsubscribe,
 )
-from listserv.models import (
-    DeliveryMode,
-    MailingList,
-    Message,
-    Role,
-    Setting,
-    TokenKind,
-    utcnow,
-)
+from listserv.models import MailingList, Message, Setting, utcnow
 from listserv.parse import Parsed
 
 log = logging.getLogger("listserv.commands")

@@ -12,7 +12,8 @@ from sqlalchemy import Subquery, and_, case, func, or_, select, update
 from sqlmodel import Session
 
 from listserv.address import split
-from listserv.models import Delivery, DeliveryState, MailingList, Message, Outgoing, utcnow
+from listserv.enums import DeliveryState
+from listserv.models import Delivery, MailingList, Message, Outgoing, utcnow
 from listserv.roster import UserError
 
 # What `queue ls` counts; "deferred" is a queued job that already failed for the moment.

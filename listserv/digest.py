@@ -29,17 +29,8 @@ from listserv.digest_format import (
     mime_body,
     plain_body,
 )
-from listserv.models import (
-    DeliveryMode,
-    DigestFrequency,
-    DigestIssue,
-    DigestItem,
-    MailingList,
-    Message,
-    ThreadNode,
-    ThreadSummary,
-    VolumeFrequency,
-)
+from listserv.enums import DeliveryMode, DigestFrequency, VolumeFrequency
+from listserv.models import DigestIssue, DigestItem, MailingList, Message, ThreadNode, ThreadSummary
 
 # --- when ------------------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 from listserv import compose, headers, privacy, slots, thread, urls, view
 from listserv.address import ListAddresses, Purpose
-from listserv.models import ArchivePolicy, MailingList
+from listserv.enums import ArchivePolicy
+from listserv.models import MailingList
 from listserv.templating import render
 
 # --- what an issue holds ------------------------------------------------------------------

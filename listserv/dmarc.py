@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import tld
 
-from listserv.models import DmarcMode
+from listserv.enums import DmarcMode
 from listserv.resolver import LookupFailed, Resolver
 
 log = logging.getLogger("listserv.dmarc")

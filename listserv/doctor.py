@@ -27,7 +27,8 @@ from listserv.address import Purpose
 from listserv.config import ConfigError
 from listserv.doctor_check import Deployment, Result, Status
 from listserv.doctor_dns import check_dkim, check_dmarc, check_mx, check_spf
-from listserv.models import MessageKind, MessageState, Verp, utcnow
+from listserv.enums import MessageKind, MessageState, Verp
+from listserv.models import utcnow
 
 TIMEOUT = 5.0  # seconds for the smarthost and the web pages to answer
 SAMPLE_MEMBER = "member@example.com"  # whose copy is composed; no mail is sent

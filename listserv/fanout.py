@@ -17,21 +17,9 @@ from listserv import authenticity, compose, db, outbox, slots
 from listserv.address import ListAddresses, Purpose
 from listserv.authenticity import Asked
 from listserv.config import Config
+from listserv.enums import ArchivePolicy, DeliveryMode, ReplyTo, Role, Verp
 from listserv.footer import Footer, render_footer
-from listserv.models import (
-    ArchivePolicy,
-    DeliveryMode,
-    DigestItem,
-    MailingList,
-    Member,
-    Message,
-    Mute,
-    ReplyTo,
-    Role,
-    ThreadNode,
-    Verp,
-    utcnow,
-)
+from listserv.models import DigestItem, MailingList, Member, Message, Mute, ThreadNode, utcnow
 from listserv.parse import Parsed
 
 log = logging.getLogger("listserv.fanout")

@@ -15,7 +15,8 @@ from sqlmodel import Session
 
 from listserv import fanout, moderation, notices, tokens
 from listserv.config import Config
-from listserv.models import MailingList, Message, MessageState, Role, Setting, utcnow
+from listserv.enums import MessageState, Role
+from listserv.models import MailingList, Message, Setting, utcnow
 
 log = logging.getLogger("listserv.held_summary")
 

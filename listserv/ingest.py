@@ -36,17 +36,9 @@ from listserv import (
 from listserv.address import Purpose, Route, candidates, split
 from listserv.authenticity import Asked
 from listserv.config import Config
+from listserv.enums import MessageKind, MessageState, Role, SenderAction
 from listserv.loops import thread_rate
-from listserv.models import (
-    MailingList,
-    Member,
-    Message,
-    MessageKind,
-    MessageState,
-    Role,
-    SenderAction,
-    SenderRule,
-)
+from listserv.models import MailingList, Member, Message, SenderRule
 from listserv.parse import Parsed, parse
 from listserv.resolver import NotCached
 

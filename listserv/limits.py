@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 from sqlmodel import Session
 
 from listserv.address import Purpose
-from listserv.models import Message, MessageKind, utcnow
+from listserv.enums import MessageKind
+from listserv.models import Message, utcnow
 from listserv.recent import Recent
 
 HOUR = timedelta(hours=1)

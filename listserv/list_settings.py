@@ -14,13 +14,10 @@ from jinja2 import TemplateError
 from listserv.address import ListAddresses
 from listserv.compose import subject_tag
 from listserv.config import MAX_INT
-from listserv.footer import render_footer
-from listserv.headers import has_control
-from listserv.models import (
+from listserv.enums import (
     ArchivePolicy,
     DigestFrequency,
     DmarcMode,
-    MailingList,
     MemberAction,
     NonmemberAction,
     ReplyTo,
@@ -28,6 +25,9 @@ from listserv.models import (
     Verp,
     VolumeFrequency,
 )
+from listserv.footer import render_footer
+from listserv.headers import has_control
+from listserv.models import MailingList
 from listserv.roster import UserError
 from listserv.templating import environment
 

@@ -17,18 +17,8 @@ from sqlmodel import Session
 from listserv import fanout, notices, posting_rules, tokens, urls
 from listserv.address import Purpose
 from listserv.config import Config
-from listserv.models import (
-    ArchivePolicy,
-    DeliveryMode,
-    MailingList,
-    Member,
-    Mute,
-    Role,
-    Subscription,
-    ThreadNode,
-    Token,
-    TokenKind,
-)
+from listserv.enums import ArchivePolicy, DeliveryMode, Role, Subscription, TokenKind
+from listserv.models import MailingList, Member, Mute, ThreadNode, Token
 from listserv.parse import Parsed
 
 log = logging.getLogger("listserv.commands")  # the name operators filter on, kept

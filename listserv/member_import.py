@@ -10,8 +10,8 @@ import csv
 import io
 from dataclasses import dataclass, field
 
+from listserv.enums import DeliveryMode
 from listserv.headers import has_control
-from listserv.models import DeliveryMode
 from listserv.roster import Entry, UserError
 
 _ADDRESS = ("address", "email", "email address", "e-mail", "e-mail address")

@@ -20,7 +20,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from listserv.models import Delivery, DeliveryState
+from listserv.enums import DeliveryState
+from listserv.models import Delivery
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # memory, CPU and open file descriptors

@@ -14,15 +14,8 @@ from sqlmodel import Session
 from listserv import digest_reply, fanout, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import MAX_INT, Config
-from listserv.models import (
-    MailingList,
-    Message,
-    MessageState,
-    Role,
-    Token,
-    TokenKind,
-    utcnow,
-)
+from listserv.enums import MessageState, Role, TokenKind
+from listserv.models import MailingList, Message, Token, utcnow
 
 log = logging.getLogger("listserv.moderation")
 

@@ -22,15 +22,8 @@ from sqlmodel import Session, col
 
 from listserv import headers
 from listserv.config import DeliveryConfig
-from listserv.models import (
-    Delivery,
-    DeliveryState,
-    MailingList,
-    Outgoing,
-    RecipientFailure,
-    Verp,
-    utcnow,
-)
+from listserv.enums import DeliveryState, Verp
+from listserv.models import Delivery, MailingList, Outgoing, RecipientFailure, utcnow
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")

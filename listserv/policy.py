@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from listserv import loops
 from listserv.address import ListAddresses
-from listserv.models import HeaderAction, MailingList, MemberAction, NonmemberAction, SenderAction
+from listserv.enums import HeaderAction, MemberAction, NonmemberAction, SenderAction
+from listserv.models import MailingList
 from listserv.parse import Parsed
 
 

@@ -14,20 +14,8 @@ from sqlmodel import Session
 
 from listserv import patterns, policy
 from listserv.config import MAX_INT
-from listserv.models import (
-    Ban,
-    HeaderAction,
-    HeaderRule,
-    MailingList,
-    Member,
-    MemberAction,
-    Message,
-    MessageKind,
-    MessageState,
-    Role,
-    SenderAction,
-    SenderRule,
-)
+from listserv.enums import HeaderAction, MemberAction, MessageKind, MessageState, Role, SenderAction
+from listserv.models import Ban, HeaderRule, MailingList, Member, Message, SenderRule
 from listserv.parse import read_headers
 from listserv.roster import UserError
 

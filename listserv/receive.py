@@ -24,8 +24,8 @@ from listserv import db, limits, metrics
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.drain import Drain
+from listserv.enums import MessageState
 from listserv.ingest import REFUSALS, Incoming, Outcome, Result, ingest_group, route
-from listserv.models import MessageState
 from listserv.recent import Recent
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from sqlmodel import Session
 from listserv import bounces, metrics, outbox, supervise
 from listserv.config import Config
 from listserv.drain import Drain
-from listserv.models import DeliveryState
+from listserv.enums import DeliveryState
 from listserv.outbox import Attempt, Job
 from listserv.relay import RelayError, Reply
 

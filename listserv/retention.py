@@ -17,15 +17,8 @@ from sqlmodel import Session
 
 from listserv import db
 from listserv.config import RetentionConfig
-from listserv.models import (
-    Delivery,
-    DeliveryState,
-    Message,
-    MessageKind,
-    Outgoing,
-    Token,
-    utcnow,
-)
+from listserv.enums import DeliveryState, MessageKind
+from listserv.models import Delivery, Message, Outgoing, Token, utcnow
 
 # Rows a transaction: a few milliseconds of the write lock.
 BATCH = 500

@@ -13,7 +13,8 @@ from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
 from listserv.address import parse_mailbox, split, valid_list_local
-from listserv.models import DeliveryMode, DisabledBy, MailingList, Member, Mute, Role, utcnow
+from listserv.enums import DeliveryMode, DisabledBy, Role
+from listserv.models import MailingList, Member, Mute, utcnow
 
 
 class UserError(Exception):

@@ -14,15 +14,8 @@ from sqlmodel import Session
 
 from listserv import member_actions, moderation, notices, posting_rules, roster, tokens
 from listserv.config import MAX_INT, Config
-from listserv.models import (
-    DeliveryMode,
-    MailingList,
-    Role,
-    SenderAction,
-    Token,
-    TokenKind,
-    utcnow,
-)
+from listserv.enums import DeliveryMode, Role, SenderAction, TokenKind
+from listserv.models import MailingList, Token, utcnow
 from listserv.roster import UserError
 
 log = logging.getLogger("listserv.staff")

@@ -16,17 +16,8 @@ from sqlalchemy import bindparam, delete, insert, select, update
 from sqlmodel import Session
 
 from listserv import db, search, thread, view
-from listserv.models import (
-    ArchivePolicy,
-    MailingList,
-    Message,
-    MessageKind,
-    MessageState,
-    Mute,
-    ThreadNode,
-    ThreadSummary,
-    utcnow,
-)
+from listserv.enums import ArchivePolicy, MessageKind, MessageState
+from listserv.models import MailingList, Message, Mute, ThreadNode, ThreadSummary, utcnow
 from listserv.parse import Parsed
 
 # How far back a subject-only reply may find the thread it answers.

@@ -15,7 +15,8 @@ from sqlmodel import Session
 from listserv import member_actions, notices, roster, tokens
 from listserv.address import Purpose
 from listserv.config import Config
-from listserv.models import MailingList, Member, Mute, Role, ThreadSummary
+from listserv.enums import Role
+from listserv.models import MailingList, Member, Mute, ThreadSummary
 
 log = logging.getLogger("listserv.subscriptions")
 

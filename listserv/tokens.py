@@ -29,7 +29,8 @@ from sqlalchemy import select, update
 from sqlmodel import Session
 
 from listserv.config import Config
-from listserv.models import Member, Role, Setting, Token, TokenKind, utcnow
+from listserv.enums import Role, TokenKind
+from listserv.models import Member, Setting, Token, utcnow
 
 _SECRET_KEY = "web_secret"
 

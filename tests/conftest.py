@@ -30,7 +30,8 @@ from listserv.config import (
     SmtpConfig,
     WebConfig,
 )
-from listserv.models import MailingList, Role
+from listserv.enums import Role
+from listserv.models import MailingList
 from tests.dns_server import DnsServer
 from tests.helpers import published, write_config
 from tests.servers import Busy, RunningServer, Serve, Smarthost, SmarthostController

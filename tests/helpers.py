@@ -30,8 +30,9 @@ from typer.testing import Result
 
 from listserv import db, tokens
 from listserv.config import Config
+from listserv.enums import ArchivePolicy, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
-from listserv.models import ArchivePolicy, Delivery, DeliveryState, MailingList, Member, Role
+from listserv.models import Delivery, MailingList, Member
 
 if TYPE_CHECKING:  # servers.py builds on this module
     from tests.servers import SinkHandler

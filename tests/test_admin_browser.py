@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from listserv import db, held_summary, roster, tokens
-from listserv.models import Message, MessageState
+from listserv.enums import MessageState
+from listserv.models import Message
 from tests.helpers import BOB, CAROL, LIST, SECRET, mails_to, message
 
 pytestmark = pytest.mark.slow  # a real Chromium

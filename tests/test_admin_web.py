@@ -15,16 +15,8 @@ import pytest
 from sqlalchemy import select, update
 
 from listserv import db, held_summary, roster, tokens
-from listserv.models import (
-    DeliveryMode,
-    MailingList,
-    Member,
-    Message,
-    MessageState,
-    SenderRule,
-    Setting,
-    utcnow,
-)
+from listserv.enums import DeliveryMode, MessageState
+from listserv.models import MailingList, Member, Message, SenderRule, Setting, utcnow
 from tests.helpers import BOB, CAROL, LIST, SECRET, mails_to, message, web
 
 OWNER = "owner@example.org"

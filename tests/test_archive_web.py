@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from listserv import archive, db, search, tokens
 from listserv.cli import app
-from listserv.models import ArchivePolicy, MailingList, Message, ThreadNode, ThreadSummary
+from listserv.enums import ArchivePolicy
+from listserv.models import MailingList, Message, ThreadNode, ThreadSummary
 from listserv.urls import quote_id
 from tests.helpers import (
     BOB,

@@ -18,17 +18,9 @@ from sqlalchemy import select, update
 from listserv import bounces, db
 from listserv.config import BouncesConfig
 from listserv.dsn import BounceReport
+from listserv.enums import DeliveryState, DisabledBy, Role
 from listserv.failure import BounceClass, Failure
-from listserv.models import (
-    BounceEvent,
-    Delivery,
-    DeliveryState,
-    DisabledBy,
-    Member,
-    RecipientFailure,
-    Role,
-    utcnow,
-)
+from listserv.models import BounceEvent, Delivery, Member, RecipientFailure, utcnow
 from tests.helpers import (
     BOB,
     BOB_VERP,

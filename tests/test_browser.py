@@ -15,7 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from listserv import bounces, db, tokens
-from listserv.models import Member, Mute, Role
+from listserv.enums import Role
+from listserv.models import Member, Mute
 from listserv.urls import quote_id
 from tests.helpers import CORPUS, SECRET, mails_to, ok, write_config
 from tests.helpers import is_member as helpers_is_member

@@ -10,17 +10,8 @@ import pytest
 from sqlalchemy import select, update
 
 from listserv import db
-from listserv.models import (
-    DeliveryMode,
-    MailingList,
-    Member,
-    Mute,
-    Role,
-    Subscription,
-    ThreadNode,
-    Token,
-    utcnow,
-)
+from listserv.enums import DeliveryMode, Role, Subscription
+from listserv.models import MailingList, Member, Mute, ThreadNode, Token, utcnow
 from tests.helpers import delivered_to, mails_to, message
 
 LIST = "dev@lists.example.org"

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from listserv import db, fanout, headers, outbox, tokens
-from listserv.models import MailingList, RecipientFailure, ReplyTo
+from listserv.enums import ReplyTo
+from listserv.models import MailingList, RecipientFailure
 from listserv.models import Message as Stored
 from tests.helpers import CORPUS, message
 

@@ -19,7 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from listserv import db
-from listserv.models import Message, MessageKind, MessageState
+from listserv.enums import MessageKind, MessageState
+from listserv.models import Message
 from tests.helpers import LIST, SENDER, message, message_id, post, settled, wait_until
 from tests.servers import Serve, Smarthost, import_members
 

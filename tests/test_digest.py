@@ -15,15 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from listserv import db, digest, digest_reply, roster
-from listserv.models import (
-    DeliveryMode,
-    DigestFrequency,
-    DigestIssue,
-    DigestItem,
-    MailingList,
-    Message,
-    VolumeFrequency,
-)
+from listserv.enums import DeliveryMode, DigestFrequency, VolumeFrequency
+from listserv.models import DigestIssue, DigestItem, MailingList, Message
 from listserv.parse import parse
 from tests.helpers import (
     as_json,

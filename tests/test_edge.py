@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import func, select, update
 
 from listserv import db
-from listserv.models import MailingList, Message, NonmemberAction
+from listserv.enums import NonmemberAction
+from listserv.models import MailingList, Message
 from tests.helpers import delivered_to, free_port, mails_to, message, wait_until, write_config
 from tests.servers import connect, connect_when_counted_out, wait_for_smtp
 

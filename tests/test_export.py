@@ -28,7 +28,8 @@ from listserv import (
 )
 from listserv.address import ListAddresses
 from listserv.cli import app
-from listserv.models import Message, MessageState, ThreadNode, ThreadSummary, utcnow
+from listserv.enums import MessageState
+from listserv.models import Message, ThreadNode, ThreadSummary, utcnow
 from listserv.urls import message_url
 from listserv.web.access import archive_cookie
 from tests.helpers import (

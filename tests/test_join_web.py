@@ -12,7 +12,8 @@ from email.message import EmailMessage
 from sqlalchemy import update
 
 from listserv import db, tokens
-from listserv.models import MailingList, Subscription
+from listserv.enums import Subscription
+from listserv.models import MailingList
 from tests.helpers import (
     BOB,
     LIST,

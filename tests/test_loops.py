@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import select
 
 from listserv import db
-from listserv.models import Message, MessageKind
+from listserv.enums import MessageKind
+from listserv.models import Message
 from tests.helpers import mails_to, message
 
 LIST = "dev@lists.example.org"

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import select, update
 
 from listserv import db, roster, tokens
-from listserv.models import DeliveryMode, Member, Mute, Role, ThreadNode, utcnow
+from listserv.enums import DeliveryMode, Role
+from listserv.models import Member, Mute, ThreadNode, utcnow
 from tests.helpers import (
     BOB,
     CAROL,

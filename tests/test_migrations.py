@@ -16,7 +16,8 @@ from sqlalchemy import select, text
 from sqlmodel import SQLModel
 
 from listserv import db
-from listserv.models import DigestFrequency, MailingList, Member, Message, Verp
+from listserv.enums import DigestFrequency, Verp
+from listserv.models import MailingList, Member, Message
 from tests.helpers import (
     assert_one_line_error,
     run_listserv,

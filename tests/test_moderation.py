@@ -13,7 +13,8 @@ import pytest
 from sqlalchemy import select, update
 
 from listserv import db, moderation
-from listserv.models import MailingList, Message, MessageState, Token, utcnow
+from listserv.enums import MessageState
+from listserv.models import MailingList, Message, Token, utcnow
 from tests.helpers import assert_one_line_error, message, ok, run_listserv
 
 LIST = "dev@lists.example.org"

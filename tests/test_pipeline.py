@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from listserv import db, fanout, ingest, receive
-from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
+from listserv.enums import MessageState, Verp
+from listserv.models import Delivery, MailingList, Message, ThreadNode
 from tests.helpers import message, ok
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]

@@ -13,7 +13,8 @@ import regex
 from sqlalchemy import select
 
 from listserv import authresults, db, patterns
-from listserv.models import Message, MessageState, Token
+from listserv.enums import MessageState
+from listserv.models import Message, Token
 from tests.helpers import (
     LIST,
     assert_one_line_error,

@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from listserv import db
-from listserv.models import DeliveryMode, DigestIssue, MailingList, Member
+from listserv.enums import DeliveryMode
+from listserv.models import DigestIssue, MailingList, Member
 from tests.helpers import LIST, SENDER, message, post, run_listserv, wait_until
 from tests.helpers import web as web_client
 

@@ -18,7 +18,8 @@ import pytest
 from sqlalchemy import select, text, update
 
 from listserv import db, digest, limits, tokens
-from listserv.models import ArchivePolicy, MailingList, Message, Token, utcnow
+from listserv.enums import ArchivePolicy
+from listserv.models import MailingList, Message, Token, utcnow
 from listserv.web.access import archive_cookie
 from tests.helpers import (
     CSP,

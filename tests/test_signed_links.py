@@ -11,7 +11,8 @@ import pytest
 from sqlalchemy import update
 
 from listserv import db, member_actions, roster, tokens
-from listserv.models import ArchivePolicy, MailingList, Member, utcnow
+from listserv.enums import ArchivePolicy
+from listserv.models import MailingList, Member, utcnow
 from tests.helpers import (
     BOB,
     CAROL,

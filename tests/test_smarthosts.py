@@ -10,7 +10,7 @@ import pytest
 
 from listserv import smarthosts
 from listserv.config import SmarthostConfig
-from listserv.models import DeliveryState
+from listserv.enums import DeliveryState
 from tests.helpers import LIST, SENDER, free_port, jobs, message, settled, wait_until
 from tests.helpers import web as web_client
 

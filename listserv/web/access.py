@@ -17,7 +17,8 @@ from starlette.responses import RedirectResponse, Response
 
 from listserv import db, roster, tokens, urls
 from listserv.config import Config
-from listserv.models import ArchivePolicy, MailingList
+from listserv.enums import ArchivePolicy
+from listserv.models import MailingList
 from listserv.web import pages
 
 T = TypeVar("T")

@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from listserv import bounces, list_settings, roster, staff
 from listserv.config import Config
-from listserv.models import DeliveryMode, Member, utcnow
+from listserv.enums import DeliveryMode
+from listserv.models import Member, utcnow
 from listserv.staff import Staff
 from listserv.web import pages
 from listserv.web.admin import done_page, form, signed, staff_page

@@ -24,8 +24,9 @@ from starlette.responses import Response
 from listserv import commands, roster, tokens
 from listserv.address import Purpose
 from listserv.config import Config
+from listserv.enums import DeliveryMode
 from listserv.limits import PerHour
-from listserv.models import DeliveryMode, MailingList
+from listserv.models import MailingList
 from listserv.web import pages
 
 FORM_HOURS = 6  # how long a page's join form may be sent after the page was served

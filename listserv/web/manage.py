@@ -18,7 +18,8 @@ from starlette.responses import Response
 
 from listserv import commands, member_actions, roster, subscriptions, tokens
 from listserv.config import Config
-from listserv.models import DeliveryMode, MailingList
+from listserv.enums import DeliveryMode
+from listserv.models import MailingList
 from listserv.web import pages
 from listserv.web.join import form_address, too_many
 

@@ -17,7 +17,8 @@ from starlette.responses import Response
 
 from listserv import bounces, member_actions, roster, tokens
 from listserv.config import Config
-from listserv.models import DeliveryMode, MailingList, utcnow
+from listserv.enums import DeliveryMode
+from listserv.models import MailingList, utcnow
 from listserv.web import pages
 
 
