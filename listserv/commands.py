@@ -22,6 +22,8 @@ from listserv import (
     loops,
     moderation,
     notices,
+    notify_owners,
+    owner_templates,
     policy,
     posting_rules,
     roster,
@@ -56,7 +58,8 @@ MAX_UNKNOWN_LINES = 5
 
 _DIGEST = {"mime": DeliveryMode.DIGEST_MIME, "plain": DeliveryMode.DIGEST_PLAIN,
            "no": DeliveryMode.REGULAR}
-_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}
+_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}  # what /confirm/ pages act on
+_ANSWERABLE = {*_CONFIRMABLE, TokenKind.INVITE}  # what a reply or `confirm` line acts on
 
 
 class Outcome(enum.StrEnum):
@@ -242,15 +245,19 @@ def join(session: Session, config: Config, mlist: MailingList, address: str,
         session.flush()
         log.info("%s subscribed to %s (%s)", address, mlist.address, mode.value)
         welcome(session, config, mlist, address, mode)
+        notify_owners.tell(session, config, mlist, notify_owners.Change.JOINED, [address])
     return Outcome.SUBSCRIBED
 
 
 def welcome(session: Session, config: Config, mlist: MailingList, address: str,
             mode: DeliveryMode) -> None:
     """The mail a new member gets, whether they joined or an admin imported them: how to
-    post, change delivery and leave."""
+    post, change delivery and leave; or the text the list's owners wrote instead."""
+    url = unsubscribe_url(session, config, mlist, address)
+    own = owner_templates.rendered(mlist, "welcome", config.web.base_url, member=address,
+                                   delivery=mode.value, unsubscribe_url=url)
     _send(session, config, mlist, address, "welcome", limit=False, address=address,
-          delivery=mode.value, unsubscribe_url=unsubscribe_url(session, config, mlist, address))
+          delivery=mode.value, unsubscribe_url=url, own_body=own)
 
 
 def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:
@@ -259,7 +266,10 @@ def leave(session: Session, config: Config, mlist: MailingList, address: str) ->
         Member.list_id == mlist.id, Member.address == address, Member.role == Role.MEMBER))
     if gone.rowcount:
         log.info("%s unsubscribed from %s", address, mlist.address)
-        _send(session, config, mlist, address, "goodbye", limit=False, address=address)
+        own = owner_templates.rendered(mlist, "goodbye", config.web.base_url, member=address)
+        _send(session, config, mlist, address, "goodbye", limit=False, address=address,
+              own_body=own)
+        notify_owners.tell(session, config, mlist, notify_owners.Change.LEFT, [address])
     return Outcome.UNSUBSCRIBED
 
 
@@ -290,16 +300,20 @@ def find_confirmable(session: Session, value: str) -> tuple[Token, MailingList] 
 
 
 def confirm(session: Session, config: Config, token: Token) -> Outcome:
-    """The address owner answered a confirmation: by reply, `confirm` line or web POST."""
-    if token.kind not in _CONFIRMABLE:
+    """The address owner answered a confirmation or an invitation: by reply, `confirm`
+    line or web POST. An invitation subscribes whatever the list's subscription policy:
+    its owners asked."""
+    if token.kind not in _ANSWERABLE:
         return Outcome.MODERATOR_TOKEN
-    if token.kind is TokenKind.SUBSCRIBE and posting_rules.banned(session, token.address):
-        return Outcome.BAD_TOKEN  # banned since it asked
+    if token.kind is not TokenKind.UNSUBSCRIBE and posting_rules.banned(session, token.address):
+        return Outcome.BAD_TOKEN  # banned since it asked, or was invited
     if not tokens.use(session, token):
         return Outcome.BAD_TOKEN
     mlist = session.get(MailingList, token.list_id)
     if token.kind is TokenKind.UNSUBSCRIBE:
         return leave(session, config, mlist, token.address)
+    if token.kind is TokenKind.INVITE:
+        return join(session, config, mlist, token.address, DeliveryMode(token.data))
     if mlist.subscription is Subscription.CLOSED:  # closed since the request
         _send(session, config, mlist, token.address, "subscribe_closed", address=token.address)
         return Outcome.CLOSED

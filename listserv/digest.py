@@ -24,7 +24,7 @@ from urllib.parse import quote
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import compose, headers, privacy, slots, store, thread, urls, view
+from listserv import compose, headers, owner_templates, privacy, slots, store, thread, urls, view
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import (
@@ -235,13 +235,17 @@ def _context(mlist: MailingList, base_url: str, volume: int, number: int,
                 "web_url": urls.message_url(base_url, addresses, entry.message_id)
                 if web else ""}
     groups = by_thread(entries)
+    subject = subject_of(mlist.name, volume, number)
+    url = issue_url(base_url, addresses, volume, number) if web else ""
+    header = owner_templates.rendered(mlist, "digest_header", base_url, subject=subject,
+                                      volume=volume, number=number, issue_url=url)
     return {"name": mlist.name, "addresses": addresses, "volume": volume, "number": number,
-            "subject": subject_of(mlist.name, volume, number),
+            "subject": subject, "header": (header or "").strip("\n"),
             "threads": [{"subject": g.subject, "entries": [item(e) for e in g.entries]}
                         for g in groups],
             "items": [item(e) for e in entries],
             "separator": _SEPARATOR,
-            "issue_url": issue_url(base_url, addresses, volume, number) if web else ""}
+            "issue_url": url}
 
 
 def subject_of(name: str, volume: int, number: int) -> str:

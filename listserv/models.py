@@ -109,6 +109,14 @@ class TokenKind(enum.StrEnum):
     UNSUBSCRIBE = "unsubscribe"  # the address owner confirms leaving
     APPROVE_MEMBER = "approve-member"  # a moderator approves a confirmed subscription
     HOLD = "hold"  # a moderator acts on a held post
+    INVITE = "invite"  # the invited address accepts an owner's invitation
+
+
+class NotifyOwners(enum.StrEnum):
+    """Whether the owners get a mail when someone joins, leaves, is disabled or removed."""
+
+    ON = "on"
+    OFF = "off"
 
 
 class SenderAction(enum.StrEnum):
@@ -191,6 +199,11 @@ class MailingList(SQLModel, table=True):
     member_action: MemberAction = Field(default=MemberAction.ACCEPT,
                                         sa_type=_enum(MemberAction))
     new_member_holds: int = 0  # a member's first N posts are held; 0: none
+    notify_owners: NotifyOwners = Field(default=NotifyOwners.OFF, sa_type=_enum(NotifyOwners))
+    # The owners' own templates (owner_templates.py), as `footer`; None: the built-in one.
+    welcome: str | None = None  # the welcome mail's body
+    goodbye: str | None = None  # the body of the mail on leaving
+    digest_header: str | None = None  # text at the top of each digest; None: none
 
 
 class Member(SQLModel, table=True):

@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from listserv import db
 from listserv.config import Config
-from listserv.web import access, archive, exports, member, pages
+from listserv.web import access, archive, exports, invite, member, pages
 
 POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -73,6 +73,8 @@ ROUTES: list[BaseRoute] = [
     Route("/unmute/{token}", member.unmute_form, methods=["GET"]),
     Route("/unmute/{token}", member.unmute, methods=["POST"]),
     Route("/reenable/{token}", member.reenable, methods=["GET", "POST"]),
+    Route("/invite/{token}", invite.form, methods=["GET"]),
+    Route("/invite/{token}", invite.accept, methods=["POST"]),
     Route("/{address}/feed.atom", exports.feed),
     Route("/{address}/export.mbox", exports.export),
     Route("/{address}/", archive.list_page),
