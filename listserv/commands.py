@@ -253,11 +253,8 @@ def welcome(session: Session, config: Config, mlist: MailingList, address: str,
             mode: DeliveryMode) -> None:
     """The mail a new member gets, whether they joined or an admin imported them: how to
     post, change delivery and leave; or the text the list's owners wrote instead."""
-    url = unsubscribe_url(session, config, mlist, address)
-    own = owner_templates.rendered(mlist, "welcome", config.web.base_url, member=address,
-                                   delivery=mode.value, unsubscribe_url=url)
-    _send(session, config, mlist, address, "welcome", limit=False, address=address,
-          delivery=mode.value, unsubscribe_url=url, own_body=own)
+    owner_templates.send(session, config, mlist, address, "welcome", delivery=mode.value,
+                         unsubscribe_url=unsubscribe_url(session, config, mlist, address))
 
 
 def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:
@@ -266,9 +263,7 @@ def leave(session: Session, config: Config, mlist: MailingList, address: str) ->
         Member.list_id == mlist.id, Member.address == address, Member.role == Role.MEMBER))
     if gone.rowcount:
         log.info("%s unsubscribed from %s", address, mlist.address)
-        own = owner_templates.rendered(mlist, "goodbye", config.web.base_url, member=address)
-        _send(session, config, mlist, address, "goodbye", limit=False, address=address,
-              own_body=own)
+        owner_templates.send(session, config, mlist, address, "goodbye")
         notify_owners.tell(session, config, mlist, notify_owners.Change.LEFT, [address])
     return Outcome.UNSUBSCRIBED
 

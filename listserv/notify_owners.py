@@ -38,5 +38,5 @@ def tell(session: Session, config: Config, mlist: MailingList, change: Change,
     for owner in owners:
         notices.send(session, config, mlist, owner, "members_changed", limit=False,
                      auto="auto-generated", change=change.value, how=how,
-                     addresses=list(addresses[:NAMED]), more=max(0, len(addresses) - NAMED))
+                     changed=list(addresses[:NAMED]), more=max(0, len(addresses) - NAMED))
     return len(owners)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from sqlmodel import Session
+
+from listserv import notices
 from listserv.address import ListAddresses, Purpose
+from listserv.config import Config
 from listserv.footer import render_footer
 from listserv.headers import has_control
 from listserv.models import ArchivePolicy, MailingList
@@ -109,7 +113,10 @@ def shown(mlist: MailingList, name: str) -> tuple[str, bool]:
     if name not in BUILT_IN:
         return "", True
     env = environment()
-    return env.loader.get_source(env, BUILT_IN[name])[0], True  # type: ignore[union-attr]
+    text = env.loader.get_source(env, BUILT_IN[name])[0]  # type: ignore[union-attr]
+    if text.startswith("Subject:"):  # the subject is the server's; the body theirs
+        text = text.partition("\n")[2].lstrip("\n")
+    return text, True
 
 
 def rendered(mlist: MailingList, name: str, base_url: str, **values: Any) -> str | None:
@@ -124,3 +131,14 @@ def rendered(mlist: MailingList, name: str, base_url: str, **values: Any) -> str
         log.warning("%s: the owners' %s template does not render (%s); using the built-in",
                     mlist.address, name, exc)
         return None
+
+
+def send(session: Session, config: Config, mlist: MailingList, member: str, name: str,
+         **values: Any) -> None:
+    """The welcome or goodbye mail to `member`: the built-in body or the owners', which
+    see the same variables, so the built-in one is where an owner's starts from."""
+    base_url = config.web.base_url
+    values |= {"member": member}
+    notices.send(session, config, mlist, member, name, limit=False,
+                 own_body=rendered(mlist, name, base_url, **values),
+                 **list_context(mlist, base_url), **values)
