@@ -165,6 +165,18 @@ def test_owners_hear_when_bounces_disable_a_member(running, make_list, sink, eng
     assert mails_to(sink, BOB)[0]["Subject"] == "Dev: posts to you are bouncing"
 
 
+def test_owners_hear_when_a_spam_complaint_removes_a_member(running, make_list, sink, engine,
+                                                            cli):
+    make_list(members=[BOB])
+    ok(cli("list", "set", LIST, "notify_owners", "on"))
+    bounce(running, dsn(("messages/auto/arf-16.eml", "kijitora@example.com")),
+           to="dev-bounces@lists.example.org")
+    [notice] = mails_to(sink, OWNER)
+    assert notice["Subject"] == f"Dev: {BOB} removed"
+    assert "marked a post as spam" in text(notice)
+    assert not is_member(engine, BOB)
+
+
 # --- the list's own templates -----------------------------------------------------------
 
 def test_the_owners_welcome_and_goodbye_are_the_ones_sent(running, make_list, sink, engine,
