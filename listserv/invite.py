@@ -13,8 +13,8 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from listserv import commands, notices, posting_rules, roster, store, tokens
-from listserv.address import Purpose
+from listserv import commands, notices, posting_rules, roster, tokens
+from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import DeliveryMode, MailingList, Token, TokenKind
 
@@ -60,7 +60,7 @@ def _send(session: Session, config: Config, mlist: MailingList, address: str) ->
     hours = config.lists.confirm_expiry_hours
     token, value = tokens.new(session, TokenKind.INVITE, mlist.id, address,
                               timedelta(hours=hours), data=DeliveryMode.REGULAR.value)
-    confirm_address = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
+    confirm_address = ListAddresses(mlist.address).at(Purpose.CONFIRM, value)
     if notices.send(session, config, mlist, address, "invite", reply_to=confirm_address,
                     token=value, confirm_address=confirm_address, address=address,
                     hours=hours):
