@@ -22,8 +22,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, select, text, update
 from sqlalchemy.engine import Engine
 
-from listserv import db, receive, retention, roster
+from listserv import db, retention, roster
 from listserv.config import Config, DatabaseConfig
+from listserv.ingest import Incoming, ingest_group
 from listserv.models import Delivery, DeliveryState, Message, Outgoing, Token, utcnow
 
 LIST = "bench@lists.example.org"
@@ -39,17 +40,24 @@ def post(number: int) -> bytes:
             ).encode()
 
 
+def store_one(engine: Engine, config: Config, incoming: Incoming) -> None:
+    """Stored as the receiver stores it, in a transaction of its own."""
+    result = ingest_group(engine, config, [incoming])[0]
+    if isinstance(result, Exception):
+        raise result
+
+
 def fill(engine: Engine, config: Config, members: int, posts: int) -> int:
     with db.session(engine) as s:
         mlist = roster.create_list(s, LIST, name="Bench", owner=None)
         roster.add_members(s, mlist, [f"m{i}@example.com" for i in range(members)])
         s.commit()
     for number in range(posts):
-        receive.ingest(engine, config, "m0@example.com", [LIST], post(number))
+        store_one(engine, config, Incoming("m0@example.com", [LIST], post(number)))
     bounce = BOUNCE.read_bytes().replace(b"kijitora@example.org", b"m1@example.com")
     for _ in range(members * posts // 100):
-        receive.ingest(engine, config, "", ["bench-bounces+m1=example.com@lists.example.org"],
-                       bounce)
+        store_one(engine, config, Incoming(
+            "", ["bench-bounces+m1=example.com@lists.example.org"], bounce))
     with db.session(engine) as s:
         s.execute(update(Delivery).values(state=DeliveryState.DONE, done_at=utcnow()))
         s.commit()

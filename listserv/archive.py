@@ -1,20 +1,13 @@
-"""Reading the store: the threaded archive, its feed and mbox export, and the
-moderation queue; plus importing old mail into the archive (stored and threaded,
-never sent).
-
-The archive's pages read through the functions below: each is one or two indexed
-queries returning plain data, so a page costs the same at 100 or 100,000 messages.
-Only what went through store.archive is shown: a post with a thread node.
+"""What the archive's pages read: the lists on the front page, a list's threads (by
+activity or by month), a thread in reading order, a message with its parent and
+replies, its stored bytes. Each is one or two indexed queries returning plain data,
+so a page costs the same at 100 or 100,000 messages. Only what went through
+store.archive is shown: a post with a thread node.
 """
 
 from __future__ import annotations
 
-import itertools
-import multiprocessing
-import re
-from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -23,129 +16,16 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from listserv import mbox, privacy, store, thread, view
+from listserv import thread
 from listserv.models import (
     ArchivePolicy,
     MailingList,
     Message,
     MessageKind,
-    MessageState,
     ThreadNode,
     ThreadSummary,
 )
-from listserv.parse import Parsed, parse
 
-
-def held(session: Session, mlist: MailingList | None) -> list[Message]:
-    """The posts held on one list, or on every list (None), oldest first."""
-    query = select(Message).where(Message.state == MessageState.HELD)
-    if mlist is not None:
-        query = query.where(Message.list_id == mlist.id)
-    return list(session.scalars(query.order_by(Message.id)))
-
-
-_IMPORTED_FIELDS = [f for f in store.Imported.__dataclass_fields__ if f != "id"]
-
-
-def import_mail(session: Session, mlist: MailingList, mails: Iterable[Read]) -> int:
-    """Archive old messages (stored and threaded, never sent), given with what reading
-    them found (see parsed_mails); how many were new. A Message-ID already archived, or
-    met earlier in `mails`, is skipped. A message without a usable Date keeps its
-    envelope's date, so it is shown when it was sent, not when it was imported."""
-    rows: dict[str, tuple[dict, Read]] = {}
-    for read in mails:
-        values = store.message_values(mlist, read.mail.raw, read.parsed,
-                                      kind=MessageKind.POST, state=MessageState.IMPORTED,
-                                      mail_from=read.mail.sender)
-        values["date"] = values["date"] or read.mail.date
-        rows.setdefault(values["message_id"], (values, read))
-    known = store.archived_ids(session, mlist.id, rows)
-    new = [(values, read) for mid, (values, read) in rows.items() if mid not in known]
-    if not new:
-        return 0
-    ids = store.insert_messages(session, [values for values, _ in new])
-    posts = [(store.Imported(id=pk, **{f: values[f] for f in _IMPORTED_FIELDS}), read.parsed)
-             for pk, (values, read) in zip(ids, new, strict=True)]
-    store.archive_all(session, mlist, posts, [read.text for _, read in new])
-    return len(posts)
-
-
-@dataclass(frozen=True)
-class Read:
-    """A mail with what archiving it needs read out of its bytes: the fields, and the
-    text for the search index."""
-
-    mail: mbox.Mail
-    parsed: Parsed
-    text: str
-
-
-def _read(raw: bytes) -> tuple[Parsed, str]:
-    return parse(raw), view.plain_text(raw)
-
-
-def _read_all(raws: list[bytes]) -> list[tuple[Parsed, str]]:
-    return [_read(raw) for raw in raws]
-
-
-# Mails handed to a parsing process at a time, and chunks read ahead per process: enough
-# to keep the processes busy while the database is written, little enough to stay a
-# few megabytes.
-PARSE_CHUNK = 200
-READ_AHEAD = 2
-# Fewer mails than this are parsed here: starting a process (and flanker in it) takes
-# longer than parsing them.
-IN_PROCESS = 1000
-
-
-def parsed_mails(mails: Iterable[mbox.Mail], workers: int = 0) -> Iterator[Read]:
-    """Each mail with what reading it found, in order. Reading is half of an import's
-    time and needs nothing from the database, so with `workers` other processes parse
-    the next mails while this one stores the last ones (spawned, not forked: the
-    database connection must not be shared with a child)."""
-    mails = iter(mails)
-    head = list(itertools.islice(mails, IN_PROCESS))
-    if workers < 1 or len(head) < IN_PROCESS:
-        yield from (Read(mail, *_read(mail.raw)) for mail in itertools.chain(head, mails))
-        return
-    mails = itertools.chain(head, mails)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pending: deque[tuple[list[mbox.Mail], Future[list[tuple[Parsed, str]]]]] = deque()
-
-        def submit() -> None:
-            if chunk := list(itertools.islice(mails, PARSE_CHUNK)):
-                pending.append((chunk, pool.submit(_read_all, [m.raw for m in chunk])))
-
-        for _ in range(workers * READ_AHEAD):
-            submit()
-        while pending:
-            chunk, done = pending.popleft()
-            submit()
-            yield from (Read(mail, *read) for mail, read in zip(chunk, done.result(),
-                                                                strict=True))
-
-
-def import_message(session: Session, mlist: MailingList, raw: bytes) -> bool:
-    """Archive one old message; False when its Message-ID is already archived."""
-    return import_mail(session, mlist, parsed_mails([mbox.Mail(raw)])) == 1
-
-
-def thread_rows(session: Session, mlist: MailingList) -> list[dict]:
-    """One row per archived message: its nearest archived ancestor and its thread."""
-    nodes = {}
-    for row in session.scalars(select(ThreadNode).where(ThreadNode.list_id == mlist.id)):
-        nodes[row.message_id] = thread.Node(row.message_id, real=row.message_pk is not None,
-                                            parent_id=row.parent_id, thread_id=row.thread_id)
-    result = session.execute(
-        select(ThreadNode.message_id, ThreadNode.thread_id, Message.subject)
-        .join(Message, Message.id == ThreadNode.message_pk)
-        .where(ThreadNode.list_id == mlist.id).order_by(Message.id))
-    parents = thread.nearest_real_parents(nodes)
-    return [{"message_id": mid, "parent_id": parents[mid], "thread_id": tid,
-             "subject": subject} for mid, tid, subject in result]
-
-
-# --- what the archive's pages read ------------------------------------------------------
 
 @dataclass(frozen=True)
 class ListEntry:
@@ -161,63 +41,6 @@ class ThreadPage:
     threads: list[ThreadSummary]
     number: int  # 1-based
     has_next: bool
-
-
-# --- export and feed: what went through store.archive, read back -------------------------
-
-@dataclass(frozen=True)
-class Selection:
-    """Which archived messages of a list: all, one thread, or a span of dates (by the
-    message's Date, else when it was received: the date the archive orders by)."""
-
-    list_id: int
-    thread_id: str | None = None
-    start: datetime | None = None  # inclusive
-    end: datetime | None = None  # exclusive
-
-
-def month_of(month: str) -> tuple[datetime, datetime]:
-    """The span of a YYYY-MM a reader typed; ValueError if it is not one."""
-    if not re.fullmatch(r"\d{4}-\d{2}", month):
-        raise ValueError(month)
-    return month_span(int(month[:4]), int(month[5:]))
-
-
-def _archived(selection: Selection) -> Select:
-    """Messages with a real thread node are exactly those store.archive took in: held,
-    discarded, looped and duplicate mail never gets one."""
-    query = (select(Message.raw, Message.mail_from, Message.from_address, ThreadNode.date)
-             .join(ThreadNode, ThreadNode.message_pk == Message.id)
-             .where(ThreadNode.list_id == selection.list_id,
-                    Message.kind == MessageKind.POST))
-    if selection.thread_id is not None:
-        query = query.where(ThreadNode.thread_id == selection.thread_id)
-    if selection.start is not None:
-        query = query.where(ThreadNode.date >= selection.start)
-    if selection.end is not None:
-        query = query.where(ThreadNode.date < selection.end)
-    return query
-
-
-def any_archived(session: Session, selection: Selection) -> bool:
-    return session.execute(_archived(selection).with_only_columns(Message.id).limit(1)
-                           ).first() is not None
-
-
-# Rows fetched at a time when exporting: a 100,000-message list is never all in memory.
-EXPORT_ROWS = 200
-
-
-def export_mbox(session: Session, selection: Selection, *, public: bool = False
-                ) -> Iterator[bytes]:
-    """The selected messages as mbox entries, oldest first; `listserv archive import`
-    of them stores the same bytes again (see mbox). A `public` export, as the web
-    serves it, leaves out the fields that show where a poster was (see privacy)."""
-    result = session.execute(_archived(selection).order_by(ThreadNode.date, Message.id)
-                             .execution_options(yield_per=EXPORT_ROWS))
-    for raw, mail_from, from_address, date in result:
-        yield mbox.entry(privacy.public(raw) if public else raw, mail_from or from_address,
-                         date)
 
 
 @dataclass(frozen=True)
@@ -448,34 +271,3 @@ def raw_message(session: Session, list_id: int, message_id: str) -> bytes | None
         select(Message.raw).join(ThreadNode, ThreadNode.message_pk == Message.id)
         .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
                Message.kind == MessageKind.POST)).first()
-
-
-@dataclass(frozen=True)
-class FeedEntry:
-    """One entry of the list's feed."""
-
-    message_id: str
-    subject: str
-    author: str  # the sender's name, else the part of the address before "@"
-    date: datetime
-    summary: str
-
-
-FEED_SUMMARY = 500  # characters of text per feed entry
-
-
-def latest_posts(session: Session, list_id: int, limit: int = 30) -> list[FeedEntry]:
-    """The newest archived posts, newest first, with the start of their text."""
-    rows = session.execute(
-        select(Message.message_id, Message.subject, Message.from_name, Message.from_address,
-               ThreadNode.date, Message.raw)
-        .join(ThreadNode, ThreadNode.message_pk == Message.id)
-        .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST)
-        .order_by(ThreadNode.date.desc(), Message.id.desc()).limit(limit))
-    posts = []
-    for message_id, subject, name, address, date, raw in rows:
-        text = " ".join(view.plain_text(raw, limit=FEED_SUMMARY * 2).split())
-        summary = text if len(text) <= FEED_SUMMARY else text[:FEED_SUMMARY] + "…"
-        posts.append(FeedEntry(message_id, subject, name or address.partition("@")[0], date,
-                          summary))
-    return posts

@@ -6,8 +6,9 @@ for it (a held non-member is told only then).
 The receiver stores posts one group at a time, in one writer thread holding one
 database transaction; a lookup in there waited for the slowest name server (up to the
 resolver's 2 s timeout) with every other client's 250 and the delivery bookkeeping
-behind it. So the receiver asks in a thread of its own first (`ask`), and the fan-out
-in the transaction only reads the answers (`copy_identity`).
+behind it. So the receiver asks first (`ask`): from the resolver's cache where that
+holds every answer, else in a thread of its own; and the fan-out in the transaction only
+reads the answers (`copy_identity`).
 """
 
 from __future__ import annotations
@@ -34,18 +35,24 @@ class Asked:
 
 
 def ask(raw: bytes, from_address: str, config: Config,
-        mode: DmarcMode = DmarcMode.AUTO, vouch: bool = True) -> Asked:
+        mode: DmarcMode = DmarcMode.AUTO, vouch: bool = True, *,
+        cached_only: bool = False) -> Asked:
     """Ask DNS about a post (blocking: not in the event loop, not in a transaction).
     Only a list's AUTO mode needs the DMARC policy; the receiver, which does not know
-    the lists yet, asks for it, and whether the From domain vouches (`vouch`)."""
+    the lists yet, asks for it, and whether the From domain vouches (`vouch`). With
+    `cached_only`, the resolver's cache answers, or resolver.NotCached says that a name
+    server would have to: that does not block."""
     dns = resolver.for_config(config.dns)
+    if cached_only:
+        dns = dns.cache_only
     domain = from_address.rpartition("@")[2]
     results = signing.inbound_results(raw, config.dkim.domain, dns) if config.dkim.arc else None
     return Asked(dmarc.policy(domain, dns) if domain and mode is DmarcMode.AUTO else None,
-                 results, vouch and bool(domain) and _vouched(raw, domain, config, results))
+                 results, vouch and bool(domain) and _vouched(raw, domain, config, results, dns))
 
 
-def _vouched(raw: bytes, domain: str, config: Config, results: str | None) -> bool:
+def _vouched(raw: bytes, domain: str, config: Config, results: str | None,
+             dns: resolver.Resolver) -> bool:
     """A trusted MTA's DMARC pass costs no lookup; our own DKIM results, when `arc` had
     them checked, are read rather than checked again."""
     trusted = config.smtp.trusted_authserv_ids
@@ -54,7 +61,7 @@ def _vouched(raw: bytes, domain: str, config: Config, results: str | None) -> bo
         return True
     if results is not None:
         return authresults.dkim_pass(results, domain)
-    return signing.aligned_pass(raw, domain, resolver.for_config(config.dns))
+    return signing.aligned_pass(raw, domain, dns)
 
 
 def copy_identity(mlist: MailingList, message: Message, config: Config,

@@ -285,7 +285,7 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argume
     """
     from rich.table import Table
 
-    from listserv import archive, db, roster
+    from listserv import db, moderation, roster
 
     with db.session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address) if list_address is not None else None
@@ -293,7 +293,7 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argume
         rows = [{"id": m.id, "list": lists[m.list_id], "sender": m.from_address or m.mail_from,
                  "subject": m.subject, "reason": "; ".join(m.reasons.splitlines()),
                  "received_at": m.received_at}
-                for m in archive.held(s, mlist)]
+                for m in moderation.held(s, mlist)]
     if as_json:
         return _print_json(rows)
     table = Table("id", *([] if mlist else ["list"]), "sender", "subject", "reason")
@@ -418,7 +418,7 @@ def _read_mailbox(path: Path) -> Iterator[mbox.Mail]:
 
 
 @archive_app.command("import")
-def archive_import(ctx: typer.Context, list_address: ListArg, file: FileArg) -> None:
+def archive_import_cmd(ctx: typer.Context, list_address: ListArg, file: FileArg) -> None:
     """Store and thread every message of an mbox or Maildir, sending nothing.
 
     \b
@@ -427,7 +427,7 @@ def archive_import(ctx: typer.Context, list_address: ListArg, file: FileArg) -> 
     """
     import itertools
 
-    from listserv import archive, db, roster
+    from listserv import archive_import, db, roster
 
     read = imported = 0
     mails = _read_mailbox(file)
@@ -435,10 +435,10 @@ def archive_import(ctx: typer.Context, list_address: ListArg, file: FileArg) -> 
     with db.session(engine) as s, _progress() as bar:
         mlist = roster.get_list(s, list_address)
         task = bar.add_task("importing", total=None)
-        parsed = archive.parsed_mails(mails, workers=_parsing_processes())
+        parsed = archive_import.parsed_mails(mails, workers=_parsing_processes())
         analyzed_at = 0
         while batch := list(itertools.islice(parsed, IMPORT_BATCH)):
-            imported += archive.import_mail(s, mlist, batch)
+            imported += archive_import.import_mail(s, mlist, batch)
             s.commit()
             read += len(batch)
             bar.update(task, completed=read)
@@ -466,7 +466,7 @@ def _day(value: str, option: str) -> datetime:
 
 
 @archive_app.command("export")
-def archive_export(ctx: typer.Context, list_address: ListArg, since: Annotated[
+def archive_export_cmd(ctx: typer.Context, list_address: ListArg, since: Annotated[
         str | None, typer.Option(metavar="DATE", help="Only messages dated on or after this "
                                  "day (YYYY-MM-DD, UTC).")] = None) -> None:
     """Write the archived messages to stdout as an mbox (mboxrd), oldest first; `archive
@@ -476,13 +476,14 @@ def archive_export(ctx: typer.Context, list_address: ListArg, since: Annotated[
     Example:
       listserv archive export dev@lists.example.org --since 2026-01-01 > dev.mbox
     """
-    from listserv import archive, db, roster
+    from listserv import archive_export, db, roster
 
     start = _day(since, "--since") if since is not None else None
     with db.read_session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
         stdout = sys.stdout.buffer
-        for entry in archive.export_mbox(s, archive.Selection(mlist.id, start=start)):
+        selection = archive_export.Selection(mlist.id, start=start)
+        for entry in archive_export.export_mbox(s, selection):
             stdout.write(entry)
         stdout.flush()
 
@@ -498,10 +499,10 @@ def archive_threads(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt 
     """
     from rich.table import Table
 
-    from listserv import archive, db, roster
+    from listserv import archive_export, db, roster
 
     with db.session(_state(ctx).engine) as s:
-        rows = archive.thread_rows(s, roster.get_list(s, list_address))
+        rows = archive_export.thread_rows(s, roster.get_list(s, list_address))
     if as_json:
         return _print_json(rows)
     table = Table("message_id", "parent_id", "thread_id", "subject")
@@ -621,15 +622,15 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
     Example:
       listserv doctor dev@lists.example.org
     """
-    from listserv import db, doctor, resolver, roster, tokens
+    from listserv import db, doctor, doctor_check, resolver, roster, tokens
 
     state = _state(ctx)
     with db.session(state.engine) as s:  # never committed: a test copy leaves no trace
         mlist = roster.get_list(s, list_address)
         secret = tokens.server_secret(s, state.config)
     # A resolver of its own: what DNS says now, not what a cache remembers.
-    deployment = doctor.Deployment(state.config, mlist, resolver.Resolver(state.config.dns),
-                                   secret)
+    deployment = doctor_check.Deployment(state.config, mlist,
+                                         resolver.Resolver(state.config.dns), secret)
     results = doctor.run(deployment)
     if as_json:
         _print_json([r.as_dict() for r in results])
@@ -638,7 +639,7 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
             out.print(f"{r.status.upper():<4}  {r.check}: {r.detail}")
             if r.fix:
                 out.print(f"      fix: {r.fix}")
-    if any(r.status is doctor.Status.FAIL for r in results):
+    if any(r.status is doctor_check.Status.FAIL for r in results):
         raise typer.Exit(1)
 
 
@@ -674,15 +675,29 @@ def db_status(ctx: typer.Context) -> None:
         raise typer.Exit(1)
 
 
+def _roles(text: str) -> tuple[str, ...]:
+    try:
+        return config_mod.parse_roles(text)
+    except config_mod.ConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="'--roles'") from None
+
+
 @app.command("serve")
 def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
-        "--upgrade", help="Migrate an older database schema first.")] = False) -> None:
+        "--upgrade", help="Migrate an older database schema first.")] = False,
+        roles: Annotated[str, typer.Option(
+            "--roles", metavar="ROLES", help="What this process does, separated by commas: "
+            "smtp (receive), deliver, web (the archive and member pages), housekeeping "
+            "(digests, hold expiry, bounce warnings, retention; on PostgreSQL one process "
+            "at a time).")] = ",".join(config_mod.ROLES)) -> None:
     """Receive, deliver and serve the web pages in one process until SIGTERM or Ctrl-C.
 
     \b
-    Example:
+    Examples:
       listserv --config /etc/listserv.toml serve --upgrade
+      listserv serve --roles smtp,web          # and elsewhere: --roles deliver,housekeeping
     """
+    chosen = _roles(roles)  # a bad word stops here, before the database is opened
     import logging
 
     from listserv import server
@@ -696,7 +711,7 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
     # nothing the "accepted"/"refused" line does not and cost a tenth of the ingest CPU.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     server.check_keys(state.config)
-    server.run(state.engine, state.config)
+    server.run(state.engine, state.config, chosen)
 
 
 # The nouns in modules of their own use the helpers above, so they come after them.

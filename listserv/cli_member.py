@@ -257,12 +257,12 @@ def member_import(ctx: typer.Context, list_address: ListArg, file: FileArg,
 def _welcome(s: Any, config: Any, mlist: Any, added: set[str]) -> None:
     """Queue the welcome for each member just added, in the import's transaction: the
     members and their welcomes are stored together or not at all."""
-    from listserv import commands, roster
+    from listserv import member_actions, roster
     from listserv.models import Role
 
     for member in roster.members(s, mlist):
         if member.role is Role.MEMBER and member.address in added:
-            commands.welcome(s, config, mlist, member.address, member.delivery)
+            member_actions.welcome(s, config, mlist, member.address, member.delivery)
 
 
 @member_app.command("set")

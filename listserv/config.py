@@ -57,9 +57,21 @@ class SmtpConfig:
 
 
 @dataclass(frozen=True)
+class SmarthostConfig:
+    """One of several smarthosts ([[delivery.smarthost]]); `weight` is its share of the
+    connections, against the others' weights."""
+
+    host: str = ""
+    port: int = 25
+    weight: int = 1
+
+
+@dataclass(frozen=True)
 class DeliveryConfig:
     smarthost_host: str = "127.0.0.1"
     smarthost_port: int = 25
+    # Several smarthosts instead of the one above (a list: TOML's array of tables).
+    smarthost: list[SmarthostConfig] = field(default_factory=list)
     max_recipients_per_transaction: int = 100
     concurrency: int = 4
     retry_initial_seconds: int = 60
@@ -67,6 +79,11 @@ class DeliveryConfig:
     # How long a claimed job stays reserved for a worker that stopped answering; a live
     # worker renews its leases every third of this.
     lease_seconds: int = 30
+
+    def smarthosts(self) -> list[SmarthostConfig]:
+        """Where copies go out: the [[delivery.smarthost]] entries, else the one host of
+        smarthost_host and smarthost_port."""
+        return self.smarthost or [SmarthostConfig(self.smarthost_host, self.smarthost_port)]
 
 
 @dataclass(frozen=True)
@@ -150,6 +167,20 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
 
 
+# What a `listserv serve` process does (`--roles`); every one of them by default.
+ROLES = ("smtp", "deliver", "web", "housekeeping")
+
+
+def parse_roles(text: str) -> tuple[str, ...]:
+    """`--roles smtp,deliver`: the roles named, in ROLES' order."""
+    words = {word.strip() for word in text.split(",") if word.strip()}
+    unknown = sorted(words - set(ROLES))
+    if unknown or not words:
+        what = f"unknown role {', '.join(unknown)}" if unknown else "no role given"
+        raise ConfigError(f"{what}; the roles are {', '.join(ROLES)}, separated by commas")
+    return tuple(role for role in ROLES if role in words)
+
+
 _CHOICES = {("smtp", "protocol"): ("smtp", "lmtp")}
 # What a number may be, checked at start so a value that cannot work stops the server
 # with its name rather than failing later (a port that cannot be bound, no delivery
@@ -160,6 +191,8 @@ _LISTEN = (0, 65_535)  # 0: any free port, named in the "listening" log line
 _RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("smtp", "port"): _LISTEN, ("web", "port"): _LISTEN, ("dns", "port"): _PORT,
     ("delivery", "smarthost_port"): _PORT,
+    ("delivery.smarthost", "port"): _PORT,
+    ("delivery.smarthost", "weight"): (1, 1000),
     ("delivery", "concurrency"): (1, 1000),
     ("delivery", "max_recipients_per_transaction"): (1, 100_000),
     ("delivery", "retry_initial_seconds"): (1, _DAYS * 86_400),
@@ -207,10 +240,21 @@ def _section(cls: type, name: str, values: object) -> object:
             raise ConfigError(f"[{name}] {key} must be one of {', '.join(choices)}")
         if expected in (int, float):
             _check_number(name, key, value)
-        if expected is list and not all(isinstance(item, str) for item in value):
+        if (name, key) in _TABLE_ARRAYS:
+            value = _tables(name, key, value)
+        elif expected is list and not all(isinstance(item, str) for item in value):
             raise ConfigError(f"[{name}] {key} must be an array of strings")
         kwargs[key] = value
     return cls(**kwargs)
+
+
+# Arrays of tables, by section and key: the dataclass of each entry.
+_TABLE_ARRAYS: dict[tuple[str, str], type] = {("delivery", "smarthost"): SmarthostConfig}
+
+
+def _tables(name: str, key: str, values: list) -> list:
+    kind = _TABLE_ARRAYS[(name, key)]
+    return [_section(kind, f"{name}.{key}", value) for value in values]
 
 
 def from_dict(data: dict) -> Config:
@@ -240,6 +284,7 @@ def load(path: str | Path | None = None, environ: dict[str, str] | None = None) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
     config = from_dict(data)
+    _check_smarthosts(data.get("delivery", {}))
     _check_database_url(config.database.url, "[database] url")
     _check_dkim(config.dkim)
     _check_tls(config.smtp)
@@ -259,6 +304,19 @@ def _check_database_url(url: str, source: str) -> None:
     scheme = url.partition(":")[0]
     if scheme not in _DATABASE_SCHEMES:
         raise ConfigError(f"{source} must be sqlite:///PATH or postgresql://..., not {scheme}:")
+
+
+def _check_smarthosts(delivery: dict) -> None:
+    """[[delivery.smarthost]] replaces smarthost_host and smarthost_port: a file with
+    both would leave one of them ignored while the owner believes it used."""
+    entries = delivery.get("smarthost", [])
+    single = [k for k in ("smarthost_host", "smarthost_port") if k in delivery]
+    if entries and single:
+        raise ConfigError(f"[[delivery.smarthost]] replaces [delivery] {' and '.join(single)}:"
+                          " set one or the other")
+    if any(not entry.get("host") for entry in entries):
+        raise ConfigError("[delivery.smarthost] host must be set in every "
+                          "[[delivery.smarthost]]")
 
 
 def _check_dkim(dkim: DkimConfig) -> None:

@@ -10,7 +10,7 @@ import importlib.metadata
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,16 @@ class DatabaseError(Exception):
 # How the drivers report a database that is away (stopped, unreachable, its disk full)
 # rather than a query that is wrong: the web answers these with 503, not 500.
 UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+
+# Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound values.
+_IN_CHUNK = 1000
+
+
+def chunks(values: Iterable[str]) -> Iterator[list[str]]:
+    """`values` cut into lists short enough for one IN (...) each."""
+    values = list(values)
+    for start in range(0, len(values), _IN_CHUNK):
+        yield values[start:start + _IN_CHUNK]
 
 
 def normalize_url(url: str) -> str:

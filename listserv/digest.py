@@ -2,33 +2,34 @@
 members who asked for digests, and kept for the archive.
 
 `fan_out` queues a DigestItem for every accepted post; this module only reads the
-store, and writes the issues and their delivery jobs. An issue is built in one
-transaction with the list row locked, so two servers sharing a database never send
-the same post twice (each item gets its issue once).
-
-Replies to a digest as a whole ("Re: Dev Digest, Vol 3, Issue 12") would start a
-thread of their own; `rethread` finds the item they answer and threads them under it.
+store, and writes the issues and their delivery jobs (`digest_format` writes their
+bytes). An issue is built in one transaction with the list row locked, so two servers
+sharing a database never send the same post twice (each item gets its issue once).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
-import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.utils import format_datetime
-from urllib.parse import quote
 
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import compose, headers, owner_templates, privacy, slots, store, thread, urls, view
-from listserv.address import ListAddresses, Purpose
+from listserv import fanout, headers, outbox, owner_templates
+from listserv.address import Purpose
 from listserv.config import Config
+from listserv.digest_format import (
+    Entry,
+    Form,
+    by_thread,
+    form,
+    issue_context,
+    mime_body,
+    plain_body,
+)
 from listserv.models import (
-    ArchivePolicy,
     DeliveryMode,
     DigestFrequency,
     DigestIssue,
@@ -39,8 +40,6 @@ from listserv.models import (
     ThreadSummary,
     VolumeFrequency,
 )
-from listserv.parse import Parsed, parse
-from listserv.templating import render
 
 # --- when ------------------------------------------------------------------------------
 
@@ -92,28 +91,7 @@ def numbering(mlist: MailingList, now: datetime) -> tuple[int, int]:
     return mlist.digest_volume, mlist.digest_issue + 1
 
 
-# --- what an issue holds ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Entry:
-    """One post as a digest (and its archive page) shows it."""
-
-    position: int
-    message_id: str
-    subject: str
-    author: str
-    from_header: str
-    date: datetime
-    thread_id: str
-    thread_subject: str
-    raw: bytes = b""
-
-
-@dataclass(frozen=True)
-class Group:
-    subject: str
-    entries: list[Entry]
-
+# --- the items of an issue ----------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Item:
@@ -154,15 +132,6 @@ def _items(session: Session, list_id: int, where: object, order: object,
     return found
 
 
-def by_thread(entries: Iterable[Entry]) -> list[Group]:
-    """Entries grouped by thread, threads in the order their first entry came."""
-    groups: dict[str, Group] = {}
-    for entry in entries:
-        group = groups.setdefault(entry.thread_id, Group(entry.thread_subject, []))
-        group.entries.append(entry)
-    return list(groups.values())
-
-
 def pending(session: Session, list_id: int) -> list[Item]:
     """The posts waiting for the next issue, read thread by thread and numbered in that
     order, so a thread's items stand together in the digest."""
@@ -173,10 +142,12 @@ def pending(session: Session, list_id: int) -> list[Item]:
             for n, e in enumerate(ordered, 1)]
 
 
-def issue_entries(session: Session, issue: DigestIssue) -> list[Entry]:
-    """The posts of a sent issue in their order, for its archive page."""
+def issue_entries(session: Session, issue: DigestIssue, *, with_raw: bool = False
+                  ) -> list[Entry]:
+    """The posts of a sent issue in their order, for its archive page (and, with their
+    bytes, for finding the one a reply to the issue answers)."""
     return [i.entry for i in _items(session, issue.list_id, DigestItem.issue_id == issue.id,
-                                    DigestItem.position, with_raw=False)]
+                                    DigestItem.position, with_raw=with_raw)]
 
 
 def issues(session: Session, list_id: int) -> list[tuple[DigestIssue, int]]:
@@ -194,141 +165,6 @@ def find_issue(session: Session, list_id: int, volume: int, number: int
     return session.scalars(select(DigestIssue).where(
         DigestIssue.list_id == list_id, DigestIssue.volume == volume,
         DigestIssue.number == number)).first()
-
-
-# --- how it reads ---------------------------------------------------------------------
-
-def reply_subject(subject: str) -> str:
-    return "Re: " + thread.strip_prefixes(subject)
-
-
-def reply_link(addresses: ListAddresses, message_id: str, subject: str) -> str:
-    """A mailto: that answers one post on the list, in its thread (RFC 6068)."""
-    return (f"mailto:{addresses.posting}?In-Reply-To={quote(f'<{message_id}>', safe='')}"
-            f"&subject={quote(reply_subject(subject), safe='')}")
-
-
-def issue_url(base_url: str, addresses: ListAddresses, volume: int, number: int) -> str:
-    return f"{urls.archive_url(base_url, addresses)}digest/{volume}/{number}/"
-
-
-_SEPARATOR = "-" * 30  # between messages (RFC 1153)
-_STUFFED = re.compile(r"^(-{30})$", re.MULTILINE)
-
-
-def _item_text(raw: bytes) -> str:
-    """A post's readable text for the plain digest; a line that would read as the
-    message separator gets a space in front (RFC 1153)."""
-    return _STUFFED.sub(r" \1", view.plain_text(raw).replace("\r\n", "\n").strip("\n"))
-
-
-def _context(mlist: MailingList, base_url: str, volume: int, number: int,
-             entries: Sequence[Entry]) -> dict:
-    addresses = store.addresses_of(mlist)
-    web = mlist.archive is not ArchivePolicy.OFF
-
-    def item(entry: Entry) -> dict:
-        return {"position": entry.position, "message_id": entry.message_id,
-                "subject": entry.subject, "author": entry.author, "from": entry.from_header,
-                "date": format_datetime(entry.date),
-                "reply_url": reply_link(addresses, entry.message_id, entry.subject),
-                "web_url": urls.message_url(base_url, addresses, entry.message_id)
-                if web else ""}
-    groups = by_thread(entries)
-    subject = subject_of(mlist.name, volume, number)
-    url = issue_url(base_url, addresses, volume, number) if web else ""
-    header = owner_templates.rendered(mlist, "digest_header", base_url, subject=subject,
-                                      volume=volume, number=number, issue_url=url)
-    return {"name": mlist.name, "addresses": addresses, "volume": volume, "number": number,
-            "subject": subject, "header": (header or "").strip("\n"),
-            "threads": [{"subject": g.subject, "entries": [item(e) for e in g.entries]}
-                        for g in groups],
-            "items": [item(e) for e in entries],
-            "separator": _SEPARATOR,
-            "issue_url": url}
-
-
-def subject_of(name: str, volume: int, number: int) -> str:
-    return render("mail/digest_subject.txt", name=name, volume=volume, number=number).strip()
-
-
-# A reply to the digest as a whole: its subject, or its In-Reply-To, names the issue.
-_SUBJECT = re.compile(r"Digest, Vol (\d+), Issue (\d+)", re.IGNORECASE)
-_MSGID = re.compile(r"^(.+)\.digest\.(\d+)\.(\d+)\.\w+\.[0-9a-f]+@")
-
-
-def digest_message_id(addresses: ListAddresses, volume: int, number: int, form: str) -> str:
-    """Names the list and the issue, so a reply's In-Reply-To leads back to it."""
-    return f"{addresses.local}.digest.{volume}.{number}.{form}.{secrets.token_hex(6)}@" \
-           f"{addresses.domain}"
-
-
-def _boundary(parts: Sequence[bytes]) -> bytes:
-    while True:
-        boundary = b"=_digest_" + secrets.token_hex(12).encode()
-        if not any(boundary in part for part in parts):
-            return boundary
-
-
-def _eight_bit(data: bytes) -> bytes:
-    """The transfer encoding an entity holding `data` must declare (RFC 2045 6.4)."""
-    return b"" if data.isascii() else b"Content-Transfer-Encoding: 8bit\r\n"
-
-
-def _multipart(kind: str, parts: Sequence[bytes]) -> bytes:
-    """A multipart entity (header and body) holding `parts` (each a whole entity)."""
-    boundary = _boundary(parts)
-    body = b"".join(b"--" + boundary + b"\r\n" + part + b"\r\n" for part in parts)
-    return (f'Content-Type: multipart/{kind}; boundary="'.encode() + boundary + b'"\r\n'
-            + _eight_bit(body) + b"\r\n" + body + b"--" + boundary + b"--\r\n")
-
-
-def mime_body(context: dict, entries: Sequence[Entry]) -> bytes:
-    """multipart/mixed: the table of contents, then a multipart/digest of the posts as
-    message/rfc822, each the stored bytes (RFC 2046 5.1.5) less the fields that show
-    where its poster was (see privacy)."""
-    posts = [b"Content-Type: message/rfc822\r\n" + _eight_bit(e.raw) + b"\r\n"
-             + headers.crlf(privacy.public(e.raw)) for e in entries]
-    toc = headers.text_part(render("mail/digest_toc.txt", **context))
-    return _multipart("mixed", [toc, _multipart("digest", posts)])
-
-
-def plain_body(context: dict, entries: Sequence[Entry]) -> bytes:
-    """RFC 1153: one text/plain body in UTF-8, each post as its readable text (made
-    here: only this form has it)."""
-    items = [item | {"text": _item_text(e.raw)}
-             for item, e in zip(context["items"], entries, strict=True)]
-    return headers.text_part(render("mail/digest_plain.txt", **context | {"items": items}))
-
-
-@dataclass(frozen=True)
-class Form:
-    """One form of an issue: the copy members get (with their own List-Unsubscribe in a
-    slot) and the same bytes with the plain mailto: form, as the archive keeps it."""
-
-    copy: slots.Copy
-    archived: bytes
-
-
-def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: str,
-         date: datetime) -> Form:
-    addresses = context["addresses"]
-    message_id = digest_message_id(addresses, context["volume"], context["number"], kind)
-    fields = [("From", headers.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
-              ("To", addresses.posting), ("Reply-To", addresses.posting),
-              ("Subject", headers.unstructured(context["subject"])),
-              ("Date", format_datetime(date)), ("Message-ID", f"<{message_id}>")]
-    fields += [(k, v) for k, v in compose.list_headers(
-        addresses, mlist.name, base_url, message_id,
-        archived=mlist.archive is not ArchivePolicy.OFF) if k != "Archived-At"]
-    if context["issue_url"]:
-        fields.append(("Archived-At", f"<{context['issue_url']}>"))
-    head = headers.render_fields(fields)
-    rest = b"MIME-Version: 1.0\r\n" + body
-    slot = compose.unsubscribe_header(addresses, base_url)
-    leave = f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n".encode()
-    return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
-                head + leave + rest)
 
 
 # --- building and sending ---------------------------------------------------------------
@@ -366,7 +202,10 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
     volume, number = numbering(mlist, now)
     base_url = config.web.base_url
     entries = [i.entry for i in found]
-    context = _context(mlist, base_url, volume, number, entries)
+    context = issue_context(mlist, base_url, volume, number, entries)
+    context["header"] = (owner_templates.rendered(
+        mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
+        number=number, issue_url=context["issue_url"]) or "").strip("\n")
     mime = form(mlist, base_url, context, mime_body(context, entries), "mime", now)
     issue = DigestIssue(list_id=list_id, volume=volume, number=number,
                         subject=context["subject"], created_at=now, size=size,
@@ -377,8 +216,8 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
                                           "position": i.entry.position} for i in found])
     mlist.digest_volume, mlist.digest_issue, mlist.digest_last_sent_at = volume, number, now
     session.add(mlist)
-    mime_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
-    plain_rcpts = list(store.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
+    mime_rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.DIGEST_MIME))
+    plain_rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.DIGEST_PLAIN))
     _queue(session, config, mlist, mime_rcpts, mime)
     if plain_rcpts:  # made only for those who take it: the archive keeps the MIME form
         _queue(session, config, mlist, plain_rcpts,
@@ -389,7 +228,7 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
 def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],
            copy: Form) -> None:
     if rcpts:
-        store.queue(session, copy.copy.data, store.addresses_of(mlist).at(Purpose.BOUNCES),
+        outbox.queue(session, copy.copy.data, mlist.addresses.at(Purpose.BOUNCES),
                     rcpts, config.delivery.max_recipients_per_transaction,
                     slots=copy.copy.slots_json(), list_id=mlist.id)
 
@@ -401,141 +240,3 @@ def due_lists(session: Session, now: datetime) -> list[int]:
         .join(DigestItem, DigestItem.list_id == MailingList.id)
         .where(DigestItem.issue_id.is_(None)).group_by(MailingList.id))
     return [mlist.id for mlist, size, oldest in rows if due(mlist, size or 0, oldest, now)]
-
-
-# --- replies to a digest as a whole -------------------------------------------------------
-
-@dataclass(frozen=True)
-class Candidate:
-    """An item a reply to its digest may be answering."""
-
-    position: int
-    message_id: str
-    subject: str
-    text: str  # its readable text
-
-
-_QUOTED = re.compile(r"^\s*>[>\s]*(.*)$")
-_MESSAGE_NO = re.compile(r"^message:\s*(\d+)$")  # RFC 1153 digests, ours and Mailman's
-_TOC_LINE = re.compile(r"^(\d+)\.\s+(.+)$")
-_SUBJECT_LINE = re.compile(r"^subject:\s*(.+)$")
-_MENTION = re.compile(r"(?:\bmessage|\bitem|\bno\.|#)\s*(\d+)\b", re.IGNORECASE)
-# Shorter quoted lines ("Hi all,", "Thanks!") say nothing about which post is answered.
-_MIN_LINE = 12
-
-
-def _norm(line: str) -> str:
-    return " ".join(line.split()).casefold()
-
-
-def _split_quote(text: str) -> tuple[list[str], str]:
-    """The quoted lines (normalised, without their ">"), and the reply's own text."""
-    quoted, own = [], []
-    for line in text.splitlines():
-        match = _QUOTED.match(line)
-        if match:
-            if match.group(1).strip():
-                quoted.append(_norm(match.group(1)))
-        else:
-            own.append(line)
-    return quoted, "\n".join(own)
-
-
-def _id_forms(message_id: str) -> tuple[str, ...]:
-    """How a Message-ID appears in a digest: bare, in a web link, in a mailto: link."""
-    return message_id, urls.quote_id(message_id), quote(f"<{message_id}>", safe="")
-
-
-def _evidence(text: str, items: Sequence[Candidate]) -> Iterable[dict[int, int]]:
-    """Scores per item position, from the most telling evidence to the least."""
-    quoted, own = _split_quote(text)
-    subjects = {c.position: _norm(c.subject) for c in items}
-    yield {c.position: 1 for c in items if any(f in text for f in _id_forms(c.message_id))}
-    yield {int(m.group(1)): 1 for line in quoted if (m := _MESSAGE_NO.match(line))}
-    yield {int(m.group(1)): 1 for line in quoted if (m := _TOC_LINE.match(line))
-           and subjects.get(int(m.group(1))) and m.group(2).startswith(
-               subjects[int(m.group(1))])}
-    lines = {line for line in quoted if len(line) >= _MIN_LINE}
-    yield {c.position: len(lines & {_norm(t) for t in c.text.splitlines()}) for c in items}
-    said = {m.group(1) for line in quoted if (m := _SUBJECT_LINE.match(line))}
-    yield {c.position: 1 for c in items if subjects[c.position] in said}
-    yield {int(n): 1 for n in _MENTION.findall(own)}
-
-
-def answered(text: str, items: Sequence[Candidate]) -> int | None:
-    """The position of the item a reply to the whole digest answers, or None when it
-    cannot tell. Each kind of evidence narrows the items the earlier ones left (the
-    best scored stay); the first to leave exactly one decides."""
-    left = {c.position for c in items}
-    for scores in _evidence(text, items):
-        scores = {p: s for p, s in scores.items() if p in left and s > 0}
-        if not scores:
-            continue
-        best = max(scores.values())
-        left = {p for p, s in scores.items() if s == best}
-        if len(left) == 1:
-            return left.pop()
-    return None
-
-
-def replied_issue(session: Session, mlist: MailingList, parsed: Parsed) -> DigestIssue | None:
-    """The issue a post answers as a whole: its own parent is a digest of this list, or
-    it names no parent and its subject names an issue. A reply to another reply of the
-    digest answers that reply, not the digest."""
-    parent = thread.own_parent(parsed)
-    if parent is not None:
-        match = _MSGID.match(parent)
-        addresses = store.addresses_of(mlist)
-        if not match or match.group(1) != addresses.local or \
-                not parent.endswith("@" + addresses.domain):
-            return None
-    else:
-        match = _SUBJECT.search(parsed.subject)
-        if not match:
-            return None
-    return find_issue(session, mlist.id, int(match.group(2 if parent else 1)),
-                      int(match.group(3 if parent else 2)))
-
-
-def rethread(session: Session, mlist: MailingList, raw: bytes, parsed: Parsed) -> Parsed:
-    """A reply to a digest as a whole, threaded under the item it answers: its fields
-    as if it answered the item (inferred_parent set); the bytes are not touched, only
-    the copies carry the item's In-Reply-To, References and subject.
-    Any other post, and a reply whose item cannot be told, comes back as it was."""
-    issue = replied_issue(session, mlist, parsed)
-    if issue is None:
-        return parsed
-    entries = {i.entry.position: i.entry for i in _items(
-        session, mlist.id, DigestItem.issue_id == issue.id, DigestItem.position, True)}
-    candidates = [Candidate(e.position, e.message_id, e.subject, view.plain_text(e.raw))
-                  for e in entries.values()]
-    position = answered(view.plain_text(raw), candidates)
-    if position is None:
-        return parsed
-    item = entries[position]
-    return _answering(parsed, item.message_id, item.raw, item.subject)
-
-
-def _answering(parsed: Parsed, item_id: str, item_raw: bytes, item_subject: str) -> Parsed:
-    return dataclasses.replace(parsed, in_reply_to=[item_id], inferred_parent=item_id,
-                               references=[*parse(item_raw).references, item_id],
-                               subject=reply_subject(item_subject))
-
-
-def stored_fields(session: Session, message: Message) -> Parsed:
-    """A stored post's fields, a digest reply's inferred ones again (a held post,
-    approved), from the item it answers as the archive holds it."""
-    parsed = parse(message.raw)
-    if not message.inferred_parent:
-        return parsed
-    item = session.execute(
-        select(Message.raw, Message.subject).join(ThreadNode, ThreadNode.message_pk == Message.id)
-        .where(ThreadNode.list_id == message.list_id,
-               ThreadNode.message_id == message.inferred_parent)).first()
-    if item is None:  # no longer archived: its id is still the parent
-        return dataclasses.replace(parsed, in_reply_to=[message.inferred_parent],
-                                   references=[message.inferred_parent],
-                                   subject=message.subject,
-                                   inferred_parent=message.inferred_parent)
-    return _answering(parsed, message.inferred_parent, *item)
-

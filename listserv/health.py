@@ -16,8 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from listserv import db, metrics
+from listserv.config import ROLES
 from listserv.models import utcnow
-from listserv.smarthost import Smarthost
+from listserv.smarthosts import Smarthosts
 
 
 class Loops:
@@ -49,15 +50,25 @@ async def _read_queue(engine: Engine) -> metrics.Queue | None:
         return None
 
 
-def routes(engine: Engine, loops: Loops, smarthost: Smarthost) -> list[Route]:
+async def _probe(smarthosts: Smarthosts | None) -> dict[str, bool]:
+    return await smarthosts.probe() if smarthosts is not None else {}
+
+
+def routes(engine: Engine, loops: Loops, smarthosts: Smarthosts | None,
+           roles: tuple[str, ...] = ROLES) -> list[Route]:
+    """The two pages; `smarthosts` is None in a process without the deliver role, which
+    sends nothing and so has no smarthost to report on."""
+
     async def healthz(_request: Request) -> Response:
-        queue, reachable = await asyncio.gather(_read_queue(engine), smarthost.probe())
+        queue, reached = await asyncio.gather(_read_queue(engine), _probe(smarthosts))
         alive = loops.alive()
         healthy = queue is not None and all(alive.values())
         body = {"status": "ok" if healthy else "unavailable",
-                "database": queue is not None, "smarthost": reachable,
+                "database": queue is not None,
+                "smarthost": all(reached.values()) if smarthosts is not None else None,
+                "smarthosts": reached,
                 "oldest_queued_seconds": queue.oldest_age(utcnow()) if queue else None,
-                "loops": alive}
+                "loops": alive, "roles": list(roles)}
         return JSONResponse(body, status_code=200 if healthy else 503,
                             headers={"Cache-Control": "no-store"})
 

@@ -1,7 +1,7 @@
 """Invitations (`listserv member invite`): the owners ask addresses to join, and each
 gets a mail that subscribes it only when it is answered: a reply (to the list's
 LIST-confirm+TOKEN@ address), a `confirm TOKEN` line to LIST-request@, or the button
-on the /invite/TOKEN page. commands.confirm does the subscribing.
+on the /invite/TOKEN page. member_actions.confirm does the subscribing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from sqlmodel import Session
 
-from listserv import commands, notices, posting_rules, roster, tokens
+from listserv import member_actions, notices, posting_rules, roster, tokens
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.models import DeliveryMode, MailingList, Token, TokenKind
@@ -45,7 +45,7 @@ def invite(session: Session, config: Config, mlist: MailingList,
             result.invalid.append(address)
         elif posting_rules.banned(session, address):
             result.banned.append(address)
-        elif commands.is_member(session, mlist.id, address):
+        elif member_actions.is_member(session, mlist.id, address):
             result.members.append(address)
         elif tokens.pending(session, TokenKind.INVITE, mlist.id, address):
             result.pending.append(address)

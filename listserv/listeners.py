@@ -21,9 +21,11 @@ def bind(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family)
 
 
-def bound(config: Config, smtp: socket.socket, web: socket.socket) -> Config:
-    """`config` with the ports the listeners got: the same unless a port was 0."""
-    smtp_port, web_port = smtp.getsockname()[1], web.getsockname()[1]
+def bound(config: Config, smtp: socket.socket | None, web: socket.socket) -> Config:
+    """`config` with the ports the listeners got: the same unless a port was 0. No SMTP
+    listener (a process without the smtp role) leaves [smtp] port as it is."""
+    smtp_port = smtp.getsockname()[1] if smtp is not None else config.smtp.port
+    web_port = web.getsockname()[1]
     base = urlsplit(config.web.base_url)
     base_url = config.web.base_url
     if base.port == 0:

@@ -13,6 +13,8 @@ from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
+from listserv.address import ListAddresses
+
 
 def utcnow() -> datetime:
     """Aware UTC: the column type refuses naive datetimes, so no local time sneaks in."""
@@ -204,6 +206,11 @@ class MailingList(SQLModel, table=True):
     welcome: str | None = None  # the welcome mail's body
     goodbye: str | None = None  # the body of the mail on leaving
     digest_header: str | None = None  # text at the top of each digest; None: none
+
+    @property
+    def addresses(self) -> ListAddresses:
+        """LIST-bounces@, LIST-owner@ and the others, for headers and envelopes."""
+        return ListAddresses(self.address)
 
 
 class Member(SQLModel, table=True):

@@ -11,7 +11,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlmodel import Session
 
-from listserv import digest, notices, roster, store, tokens
+from listserv import digest_reply, fanout, notices, roster, store, tokens
 from listserv.address import Purpose
 from listserv.config import MAX_INT, Config
 from listserv.models import (
@@ -27,6 +27,14 @@ from listserv.models import (
 log = logging.getLogger("listserv.moderation")
 
 ACTIONS = ("approve", "reject", "discard")
+
+
+def held(session: Session, mlist: MailingList | None) -> list[Message]:
+    """The posts held on one list, or on every list (None), oldest first."""
+    query = select(Message).where(Message.state == MessageState.HELD)
+    if mlist is not None:
+        query = query.where(Message.list_id == mlist.id)
+    return list(session.scalars(query.order_by(Message.id)))
 
 
 def held_message(session: Session, message_pk: int) -> Message:
@@ -45,8 +53,8 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     token, value = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
                               lifetime, message_pk=message.id)
-    reply = store.addresses_of(mlist).at(Purpose.CONFIRM, value)
-    for moderator in store.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+    reply = mlist.addresses.at(Purpose.CONFIRM, value)
+    for moderator in fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
         notices.send(session, config, mlist, moderator, "held_notice", limit=False,
                      auto="auto-generated", reply_to=reply, attach=message.raw,
                      message=message, reasons=message.reasons.splitlines(), token=value,
@@ -68,14 +76,14 @@ def approve(session: Session, config: Config, message: Message) -> int:
     """Send a held post on as if it had just been accepted; returns the jobs queued."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
-    parsed = digest.stored_fields(session, message)
+    parsed = digest_reply.stored_fields(session, message)
     if store.is_archived(session, mlist.id, message.message_id):
         store.set_state(session, message, MessageState.DUPLICATE)
         return 0
     store.set_state(session, message, MessageState.ACCEPTED)
     store.archive(session, mlist, message, parsed)
-    return store.fan_out(session, mlist, message, parsed, config.web.base_url,
-                         config.delivery.max_recipients_per_transaction, config=config)
+    return fanout.fan_out(session, mlist, message, parsed, config.web.base_url,
+                          config.delivery.max_recipients_per_transaction, config=config)
 
 
 def reject(session: Session, config: Config, message: Message, reason: str = "") -> None:

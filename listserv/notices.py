@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlmodel import Session
 
-from listserv import store
+from listserv import outbox
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.headers import crlf, mailbox, one_line, text_part
@@ -66,7 +66,7 @@ def write(mlist: MailingList, to: str, subject: str, body: str, *,
             attach: bytes | None = None, auto: str = "auto-replied",
             in_reply_to: str | None = None) -> bytes:
     """A notice as bytes; an attached post goes in verbatim as message/rfc822."""
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     head = EmailMessage(policy=SMTP)
     head["From"] = mailbox(mlist.name, addresses.at(from_purpose))
     head["To"] = to
@@ -101,12 +101,12 @@ def send(session: Session, config: Config, mlist: MailingList, to: str, template
     `own_body`, the list owners' text for this mail, replaces the template's body."""
     if limit and not allowed(session, config, to):
         return False
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     subject, body = render_mail(template, mlist=mlist, addresses=addresses,
                                 base_url=config.web.base_url.rstrip("/"), **context)
     body = body if own_body is None else own_body
     data = write(mlist, to, subject, body, reply_to=reply_to, attach=attach, auto=auto,
                  in_reply_to=in_reply_to, from_purpose=from_purpose)
-    store.queue(session, data, addresses.at(Purpose.BOUNCES), [to],
-                config.delivery.max_recipients_per_transaction)
+    outbox.queue(session, data, addresses.at(Purpose.BOUNCES), [to],
+                 config.delivery.max_recipients_per_transaction)
     return True

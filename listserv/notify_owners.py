@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session
 
-from listserv import notices, store
+from listserv import fanout, notices
 from listserv.config import Config
 from listserv.models import MailingList, NotifyOwners, Role
 
@@ -34,7 +34,7 @@ def tell(session: Session, config: Config, mlist: MailingList, change: Change,
     notify_owners is off."""
     if mlist.notify_owners is not NotifyOwners.ON or not addresses:
         return 0
-    owners = store.role_addresses(session, mlist.id, [Role.OWNER])
+    owners = fanout.role_addresses(session, mlist.id, [Role.OWNER])
     for owner in owners:
         notices.send(session, config, mlist, owner, "members_changed", limit=False,
                      auto="auto-generated", change=change.value, how=how,

@@ -47,7 +47,7 @@ class Parsed:
     precedence: str = ""  # lower case, "" when absent
     autoresponder: str = ""  # "name: value" of an autoresponder's own field, lower case
     error: str = ""  # set when no parser could read the message
-    # Set by digest.rethread for a reply to a whole digest, whose in_reply_to,
+    # Set by digest_reply.rethread for a reply to a whole digest, whose in_reply_to,
     # references and subject are then the item's it answers, not its own headers'.
     inferred_parent: str = ""
 

@@ -8,6 +8,7 @@ for FAILURE_TTL seconds: a DNS outage must not hold every post for seconds.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import threading
@@ -35,12 +36,20 @@ class LookupFailed(Exception):
     """The resolver gave no answer (timeout, SERVFAIL): nothing is known about the name."""
 
 
+class NotCached(BaseException):
+    """A name the cache holds no answer for, asked of `Resolver.cache_only`. Not an
+    Exception: it must pass the checks that read whatever DNS says and treat any
+    Exception as the sender's fault (signing.inbound_results), up to the caller that
+    then asks the network in a thread of its own."""
+
+
 class Resolver:
     """TXT records by name, cached; safe to share between the receiver's threads."""
 
     def __init__(self, config: DnsConfig) -> None:
         self._cache: OrderedDict[str, tuple[float, tuple[bytes, ...] | None]] = OrderedDict()
         self._lock = threading.Lock()
+        self._network = True
         try:
             self._resolver: dns.resolver.Resolver | None = dns.resolver.Resolver(
                 configure=not config.nameserver)
@@ -65,6 +74,8 @@ class Resolver:
                 if records is None:
                     raise LookupFailed(f"{key}: no answer (cached)")
                 return list(records)
+        if not self._network:
+            raise NotCached(key)
         try:
             ttl, found = self._ask(key)
         except LookupFailed:
@@ -72,6 +83,15 @@ class Resolver:
             raise
         self._store(key, now + ttl, found)
         return list(found)
+
+    @functools.cached_property
+    def cache_only(self) -> Resolver:
+        """This resolver without the network: what its cache holds (a cached failure
+        too), and NotCached for any other name. For a caller that may not wait for a
+        name server, which learns so whether it would have to."""
+        view = copy.copy(self)  # the same cache and lock
+        view._network = False
+        return view
 
     def records(self, name: str, rdtype: str) -> list[str]:
         """The records of any type (MX, A, AAAA) as zone-file text, asked now, not cached:

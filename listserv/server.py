@@ -1,5 +1,6 @@
-"""`listserv serve`: one event loop runs the SMTP receiver, the delivery worker and the
-web app together, and stops them all within seconds of SIGTERM or Ctrl-C.
+"""`listserv serve`: one event loop runs the SMTP receiver, the delivery worker, the web
+app and the housekeeping loops together (or those of its `--roles`), and stops them all
+within seconds of SIGTERM or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import uvicorn
 from sqlalchemy.engine import Engine
+from starlette.applications import Starlette
 
 from listserv import (
     bounces,
@@ -30,8 +32,9 @@ from listserv import (
     tokens,
     web,
 )
-from listserv.config import Config
+from listserv.config import ROLES, Config
 from listserv.descriptors import ExhaustionLog
+from listserv.leadership import Leadership
 from listserv.models import utcnow
 from listserv.protocol import protocol_factory, tls_context
 
@@ -127,7 +130,7 @@ async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: as
 
     async def wait() -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(check.wait(), DIGEST_CHECK_SECONDS)
+            await asyncio.wait_for(supervise.first(check, stop), DIGEST_CHECK_SECONDS)
         await supervise.pause(DIGEST_SIZE_CHECK_SECONDS, stop)
 
     await supervise.periodic("digests", step, wait, stop)
@@ -141,55 +144,108 @@ class _Uvicorn(uvicorn.Server):
         yield
 
 
+async def _housekeeper(leadership: Leadership, stop: asyncio.Event,
+                       run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """The lock kept and the housekeeping loop run while it is held, as one task: when
+    either ends, housekeeping no longer happens here (supervise.watch)."""
+    await asyncio.gather(leadership.keep(stop), leadership.during(stop, run))
+
+
+def _listening(config: Config, roles: tuple[str, ...], worker: deliver.Worker | None) -> str:
+    """The "listening" log line: what this process serves, and where."""
+    parts = [f"{config.smtp.protocol.upper()} on {config.smtp.host}:{config.smtp.port}"
+             ] if "smtp" in roles else []
+    web_only = "" if "web" in roles else " (/healthz and /metrics only)"
+    parts.append(f"web on http://{config.web.host}:{config.web.port}/{web_only}")
+    if worker is not None:
+        parts.append(f"smarthost {worker.smarthosts.names()}")
+    return f"listening: {', '.join(parts)}; roles {','.join(roles)}"
+
+
+def _worker(config: Config, roles: tuple[str, ...]) -> deliver.Worker | None:
+    """The delivery worker of a process with the deliver role, on an engine of its own
+    whose commits skip the fsync (delivery bookkeeping: docs/postgresql.md)."""
+    if "deliver" not in roles:
+        return None
+    bookkeeping = db.make_engine(config.database.url, durable=False)
+    return deliver.Worker(bookkeeping, config)
+
+
+def _app(engine: Engine, config: Config, loops: health.Loops, worker: deliver.Worker | None,
+         roles: tuple[str, ...]) -> Starlette:
+    """The pages with the web role; /healthz and /metrics in any case."""
+    monitoring = health.routes(engine, loops, worker.smarthosts if worker else None, roles)
+    if "web" in roles:
+        return web.make_app(engine, config, monitoring)
+    return Starlette(routes=monitoring)
+
+
+def _housekeeping_tasks(engine: Engine, config: Config, stop: asyncio.Event,
+                  digest_check: asyncio.Event, wake: Callable[[], None]
+                  ) -> dict[str, asyncio.Task]:
+    """The housekeeping and digest loops, run while this process holds the lock."""
+    leadership = Leadership(engine)
+    return {"housekeeping": asyncio.create_task(_housekeeper(
+                leadership, stop, lambda until: housekeeping(engine, config, until, wake))),
+            "digests": asyncio.create_task(leadership.during(
+                stop, lambda until: digests(engine, config, until, digest_check, wake)))}
+
+
 async def serve(engine: Engine, config: Config, stop: asyncio.Event | None = None,
-                ready: Callable[[Config], None] | None = None) -> None:
+                ready: Callable[[Config], None] | None = None,
+                roles: tuple[str, ...] = ROLES) -> None:
     """Run until `stop` is set (by a signal when run from the command line). `ready` is
-    called once listening, with the config naming the ports bound (port 0: any free one)."""
+    called once listening, with the config naming the ports bound (port 0: any free one).
+    `roles` says what this process does (docs/postgresql.md); /healthz and /metrics are
+    served whatever they are, each process having its own counters."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(ExhaustionLog())
     stop = stop or asyncio.Event()
-    smtp_socket = listeners.bind(config.smtp.host, config.smtp.port)
+    smtp_socket = listeners.bind(config.smtp.host, config.smtp.port) if "smtp" in roles else None
     web_socket = listeners.bind(config.web.host, config.web.port)
     config = listeners.bound(config, smtp_socket, web_socket)
     await asyncio.to_thread(_ensure_secret, engine, config)
     await asyncio.to_thread(preflight.warn_about_base_url, engine, config)
-    bookkeeping = db.make_engine(config.database.url, durable=False)
-    worker = deliver.Worker(bookkeeping, config.delivery, server_config=config)
+    worker = _worker(config, roles)
+    tasks = {"delivery": asyncio.create_task(worker.run(stop))} if worker else {}
     digest_check = asyncio.Event()
-    handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
-    smtp = await loop.create_server(protocol_factory(handler, config), sock=smtp_socket)
+    handler = smtp = None
+    if smtp_socket is not None:
+        handler = receive.Handler(engine, config, worker, on_accepted=digest_check.set)
+        smtp = await loop.create_server(protocol_factory(handler, config), sock=smtp_socket)
     loops = health.Loops()
-    app = web.make_app(engine, config, health.routes(engine, loops, worker.smarthost))
-    http = _Uvicorn(uvicorn.Config(app, host=config.web.host,
-                                   port=config.web.port, log_level="warning",
-                                   lifespan="off"))
-    tasks = {"delivery": asyncio.create_task(worker.run(stop)),
-             "web": asyncio.create_task(http.serve([web_socket])),
-             "housekeeping": asyncio.create_task(housekeeping(engine, config, stop,
-                                                              worker.wake)),
-             "digests": asyncio.create_task(digests(engine, config, stop, digest_check,
-                                                    worker.wake))}
+    http = _Uvicorn(uvicorn.Config(_app(engine, config, loops, worker, roles),
+                                   host=config.web.host, port=config.web.port,
+                                   log_level="warning", lifespan="off"))
+    tasks["web"] = asyncio.create_task(http.serve([web_socket]))
+    if "housekeeping" in roles:
+        tasks |= _housekeeping_tasks(engine, config, stop, digest_check,
+                                     worker.wake if worker else _nothing)
     for name, task in tasks.items():
         loops.watch(name, task)  # for /healthz
-    probe = asyncio.create_task(worker.smarthost.probe())  # logs if it cannot be reached
-    log.info("listening: %s on %s:%d, web on http://%s:%d/, smarthost %s:%d",
-             config.smtp.protocol.upper(), config.smtp.host, config.smtp.port,
-             config.web.host, config.web.port, config.delivery.smarthost_host,
-             config.delivery.smarthost_port)
+    # Logs if a smarthost cannot be reached.
+    probe = asyncio.create_task(worker.smarthosts.probe() if worker else asyncio.sleep(0))
+    log.info("%s", _listening(config, roles, worker))
     if ready is not None:
         ready(config)
     try:
         await supervise.watch(tasks, stop)
     finally:
         log.info("stopping")
-        digest_check.set()  # the digest loop sees `stop` at once
-        smtp.close()
+        if smtp is not None:
+            smtp.close()
         http.should_exit = True
         await asyncio.wait([*tasks.values(), probe], timeout=10)
-        handler.group.close()
+        if handler is not None:
+            handler.group.close()
         # Python 3.12+ waits here for open client connections; do not hang on them.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(smtp.wait_closed(), 2)
+        if smtp is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(smtp.wait_closed(), 2)
+
+
+def _nothing() -> None:
+    """Wakes no worker: this process has none (no deliver role)."""
 
 
 def check_keys(config: Config) -> None:
@@ -199,7 +255,7 @@ def check_keys(config: Config) -> None:
     signing.Signer.from_config(config.dkim)
 
 
-def run(engine: Engine, config: Config) -> None:
+def run(engine: Engine, config: Config, roles: tuple[str, ...] = ROLES) -> None:
     """Entry point for the CLI: serve with signal handling until told to stop."""
 
     async def main() -> None:
@@ -207,7 +263,7 @@ def run(engine: Engine, config: Config) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(engine, config, stop)
+        await serve(engine, config, stop, roles=roles)
 
     try:
         asyncio.run(main())

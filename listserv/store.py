@@ -1,57 +1,36 @@
-"""Writes that must happen together: a message, its thread, its delivery jobs.
+"""Writes that must happen together: a message, its thread, its place in the archive.
 
 Every function here takes a session and leaves the commit to the caller, so the
-receiver commits a whole SMTP transaction at once and only then answers 250.
+receiver commits a whole SMTP transaction at once and only then answers 250. Who gets
+the message is fanout's; its copies and jobs are the outbox's.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from jinja2 import TemplateError
 from sqlalchemy import bindparam, delete, insert, select, update
-from sqlalchemy.engine import Connection
 from sqlmodel import Session
 
-from listserv import authenticity, compose, headers, search, slots, thread, view
-from listserv.address import ListAddresses, Purpose
-from listserv.authenticity import Asked
-from listserv.config import Config
-from listserv.footer import Footer, render_footer
+from listserv import db, search, thread, view
 from listserv.models import (
     ArchivePolicy,
-    Delivery,
-    DeliveryMode,
-    DigestItem,
     MailingList,
-    Member,
     Message,
     MessageKind,
     MessageState,
     Mute,
-    Outgoing,
-    ReplyTo,
-    Role,
     ThreadNode,
     ThreadSummary,
-    Verp,
     utcnow,
 )
 from listserv.parse import Parsed
 
-log = logging.getLogger("listserv.store")
-
 # How far back a subject-only reply may find the thread it answers.
 SUBJECT_FALLBACK_WINDOW = timedelta(days=60)
-
-
-def addresses_of(mlist: MailingList) -> ListAddresses:
-    return ListAddresses(mlist.address)
 
 
 def generated_message_id(raw: bytes, domain: str) -> str:
@@ -82,20 +61,10 @@ def new_message(mlist: MailingList, raw: bytes, parsed: Parsed, *, kind: Message
                                     mail_from=mail_from, rcpt_to=rcpt_to, reasons=reasons))
 
 
-# Ids per IN (...) list: well under SQLite's and PostgreSQL's limits on bound values.
-_IN_CHUNK = 1000
-
-
-def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
-    values = list(values)
-    for start in range(0, len(values), _IN_CHUNK):
-        yield values[start:start + _IN_CHUNK]
-
-
 def archived_ids(session: Session, list_id: int, message_ids: Iterable[str]) -> set[str]:
     """Those of `message_ids` the archive already holds a message for."""
     found: set[str] = set()
-    for chunk in _chunks(set(message_ids)):
+    for chunk in db.chunks(set(message_ids)):
         found.update(session.scalars(select(ThreadNode.message_id).where(
             ThreadNode.list_id == list_id, ThreadNode.message_id.in_(chunk),
             ThreadNode.message_pk.is_not(None))))
@@ -105,30 +74,13 @@ def archived_ids(session: Session, list_id: int, message_ids: Iterable[str]) -> 
 # The statements run for every post received, built once: building one (and its cache
 # key) cost more than running it. Core, on the session's connection: they read and
 # write nothing the ORM holds.
-_node, _mute = ThreadNode.__table__.c, Mute.__table__.c
+_node = ThreadNode.__table__.c
 _ARCHIVED = select(_node.id).where(
     _node.list_id == bindparam("list_id"), _node.message_id == bindparam("message_id"),
     _node.message_pk.is_not(None)).limit(1)
-_MUTED = select(_node.message_id, _mute.address).join(
-    Mute.__table__, (_mute.list_id == _node.list_id) & (_mute.thread_id == _node.thread_id)).where(
-    _node.list_id == bindparam("list_id"),
-    _node.message_id.in_(bindparam("message_ids", expanding=True)))
-_RECIPIENTS = (select(Member.__table__.c.address)
-               .where(Member.__table__.c.list_id == bindparam("list_id"),
-                      Member.__table__.c.role == Role.MEMBER,
-                      Member.__table__.c.delivery == bindparam("mode"),
-                      Member.__table__.c.disabled_by.is_(None))
-               .order_by(Member.__table__.c.address)
-               .execution_options(yield_per=5000))
 _INSERT_MESSAGE = insert(Message.__table__).returning(Message.__table__.c.id,
                                                      sort_by_parameter_order=True)
 _MESSAGE_COLUMNS = [c.name for c in Message.__table__.c if c.name != "id"]
-_INSERT_OUTGOING = insert(Outgoing.__table__).returning(Outgoing.__table__.c.id,
-                                                       sort_by_parameter_order=True)
-_INSERT_DELIVERY = insert(Delivery.__table__)
-_INSERT_HANDED = insert(Delivery.__table__).returning(Delivery.__table__.c.id,
-                                                      sort_by_parameter_order=True)
-_INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
 
 
 def is_archived(session: Session, list_id: int, message_id: str) -> bool:
@@ -176,14 +128,14 @@ class Threads:
         self.changed: set[str] = set()  # message ids whose rows the table does not have yet
         self.subjects: dict[str, list[_Row]] = {}  # subject key -> rows made real here
         thread_ids: set[str] = set()
-        for chunk in _chunks(set(message_ids)):
+        for chunk in db.chunks(set(message_ids)):
             thread_ids.update(session.scalars(select(_NODE.thread_id).where(
                 _NODE.list_id == list_id, _NODE.message_id.in_(chunk))))
         self.load(thread_ids)
 
     def load(self, thread_ids: Iterable[str]) -> None:
         """Read the threads not read yet (a subject-only reply joins one of those)."""
-        for chunk in _chunks(set(thread_ids) - self.members.keys()):
+        for chunk in db.chunks(set(thread_ids) - self.members.keys()):
             for r in self.session.execute(select(ThreadNode.__table__).where(
                     _NODE.list_id == self.list_id, _NODE.thread_id.in_(chunk))):
                 if r.message_id not in self.rows:
@@ -300,7 +252,7 @@ def _summary_rows(session: Session, list_id: int, thread_ids: list[str]
     """The archived messages of these threads in date order, and their summaries' ids."""
     messages: dict[str, list] = {tid: [] for tid in thread_ids}
     summaries: dict[str, int] = {}
-    for chunk in _chunks(thread_ids):
+    for chunk in db.chunks(thread_ids):
         for row in session.execute(
                 select(_NODE.thread_id, Message.from_name, Message.from_address,
                        Message.subject, _NODE.date)
@@ -333,7 +285,7 @@ def summarize(session: Session, list_id: int, thread_ids: Iterable[str]) -> None
     messages, summaries = _summary_rows(session, list_id, sorted(set(thread_ids)))
     connection = session.connection()
     gone = [summaries[tid] for tid, rows in messages.items() if not rows and tid in summaries]
-    for chunk in _chunks(gone):
+    for chunk in db.chunks(gone):
         connection.execute(delete(ThreadSummary.__table__).where(_SUMMARY.id.in_(chunk)))
     new = [{"list_id": list_id, "thread_id": tid, **_summary(rows)}
            for tid, rows in messages.items() if rows and tid not in summaries]
@@ -392,248 +344,6 @@ def archive_all(session: Session, mlist: MailingList,
 def archive(session: Session, mlist: MailingList, message: Message, parsed: Parsed) -> None:
     """One post into the archive (see archive_all)."""
     archive_all(session, mlist, [(message, parsed)])
-
-
-def recipients(session: Session, list_id: int,
-               mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
-    """Addresses that get each post (or, for a digest mode, each digest of that form),
-    streamed from one query (never member by member)."""
-    session.flush()  # members the ORM still holds count too
-    yield from session.connection().execute(_RECIPIENTS, {
-        "list_id": list_id, "mode": mode}).scalars()
-
-
-def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:
-    return sorted(set(session.scalars(select(Member.address).where(
-        Member.list_id == list_id, Member.role.in_(list(roles))))))
-
-
-@dataclass(frozen=True)
-class Send:
-    """One outgoing copy and who gets it. `slots` (see slots.Copy) makes the copy
-    personal: the worker then fills each recipient's links into `data` and sends every
-    recipient a transaction of their own."""
-
-    data: bytes
-    mail_from: str
-    rcpts: Iterable[str]
-    message_pk: int | None = None
-    slots: str = ""
-    list_id: int | None = None
-
-
-def _jobs(rcpts: Iterable[str], batch: int) -> list[str]:
-    """The recipients of each delivery job: `batch` at most, one per line."""
-    jobs, chunk = [], []
-    for rcpt in rcpts:
-        chunk.append(rcpt)
-        if len(chunk) == batch:
-            jobs.append("\n".join(chunk))
-            chunk = []
-    if chunk:
-        jobs.append("\n".join(chunk))
-    return jobs
-
-
-@dataclass(frozen=True)
-class CopyOf:
-    """An outgoing copy as the delivery worker needs it to send its jobs: `verp` is the
-    list's address when its personal copies go out with VERP."""
-
-    data: bytes
-    slots: str
-    list_id: int | None
-    message_pk: int | None
-    verp: str | None
-
-
-@dataclass
-class Handoff:
-    """Jobs claimed for the delivery worker of this process in the transaction that
-    queues them, as far as its queue has room (`reserve` says how many): once it
-    commits, the worker sends them with what it already has here, instead of finding
-    them with a claim of its own and reading their copy back. They are stored claimed
-    (state sending, this worker's name and lease), so a crash before they go out
-    leaves them to the same recovery as any claimed job. `queued` counts the jobs left
-    for a claim, for which the worker must be woken. With `claiming` off, every job is
-    left for a claim (and counted there)."""
-
-    worker: str
-    lease: timedelta
-    reserve: Callable[[int], int]
-    release: Callable[[int], None]
-    claiming: bool = True
-    jobs: list[dict] = field(default_factory=list)  # the delivery rows, with their ids
-    copies: dict[int, CopyOf] = field(default_factory=dict)
-    queued: int = 0
-
-    def abandon(self) -> None:
-        """The transaction did not commit: nothing was handed."""
-        self.release(len(self.jobs))
-        self.jobs, self.copies, self.queued = [], {}, 0
-
-
-# session.info key: the Handoff of a receiving transaction, when it has one.
-HANDOFF = "listserv.handoff"
-
-
-def queue_all(session: Session, sends: Sequence[Send], batch: int, *,
-              verp: str | None = None, handoff: Handoff | None = None) -> list[int]:
-    """Store outgoing copies and a delivery job per `batch` recipients of each, in two
-    statements however many there are; the count of jobs of each. With `handoff`, the
-    jobs its worker has room for are stored claimed by it (the copies' `verp` must
-    then be given: the worker will not read it back)."""
-    if not sends:
-        return []
-    now = utcnow()
-    # Core inserts, not ORM objects: nothing reads them back in this transaction, and
-    # an ORM flush costs more than the insert (this runs for every post received).
-    connection = session.connection()
-    datas = [s.data if s.slots else headers.crlf(s.data) for s in sends]
-    ids = connection.execute(_INSERT_OUTGOING, [
-        {"message_pk": s.message_pk, "list_id": s.list_id, "slots": s.slots, "data": data,
-         "created_at": now} for s, data in zip(sends, datas, strict=True)]).scalars().all()
-    jobs = [_jobs(s.rcpts, batch) for s in sends]
-    rows = [{"outgoing_id": outgoing_id, "mail_from": send.mail_from, "recipients": job,
-             "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
-             "created_at": now}
-            for outgoing_id, send, its in zip(ids, sends, jobs, strict=True) for job in its]
-    handed = handoff.reserve(len(rows)) if handoff is not None and handoff.claiming else 0
-    if handed:
-        _hand(connection, handoff, rows[:handed], now)
-        wanted = {row["outgoing_id"] for row in rows[:handed]}
-        handoff.copies.update((i, CopyOf(data, s.slots, s.list_id, s.message_pk, verp))
-                              for i, s, data in zip(ids, sends, datas, strict=True)
-                              if i in wanted)
-    if rows[handed:]:
-        connection.execute(_INSERT_DELIVERY, rows[handed:])
-        if handoff is not None:
-            handoff.queued += len(rows) - handed
-    return [len(its) for its in jobs]
-
-
-def _hand(connection: Connection, handoff: Handoff, rows: list[dict], now: datetime) -> None:
-    """Insert `rows` as claimed by the handoff's worker (deliver.claim's values: the
-    attempt counts from the claim) and hand them over with their ids."""
-    for row in rows:
-        row.update(state="sending", worker=handoff.worker, lease_until=now + handoff.lease,
-                   attempts=1)
-    ids = connection.execute(_INSERT_HANDED, rows).scalars().all()
-    handoff.jobs += [row | {"id": i} for row, i in zip(rows, ids, strict=True)]
-
-
-def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],
-          batch: int, message_pk: int | None = None, *, slots: str = "",
-          list_id: int | None = None) -> int:
-    """Store one outgoing copy and a delivery job per `batch` recipients; the count
-    (see Send)."""
-    return queue_all(session, [Send(data, mail_from, rcpts, message_pk, slots, list_id)],
-                     batch)[0]
-
-
-def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[str, set[str]]:
-    """The members who muted the thread each of these messages belongs to, by message,
-    in one query per thousand."""
-    session.flush()  # the messages' nodes may still be in the ORM's hands
-    found: dict[str, set[str]] = {}
-    for chunk in _chunks(set(message_ids)):
-        for message_id, address in session.connection().execute(_MUTED, {
-                "list_id": list_id, "message_ids": chunk}):
-            found.setdefault(message_id, set()).add(address)
-    return found
-
-
-def footer(mlist: MailingList, base_url: str) -> Footer | None:
-    """The list's footer; a template an owner broke falls back to the default one, so
-    posts still go out (and the log says why)."""
-    if mlist.footer == "":
-        return None
-    key = (mlist.name, mlist.address, base_url, mlist.archive is not ArchivePolicy.OFF)
-    try:
-        return _rendered_footer(mlist.footer, *key)
-    except TemplateError as exc:
-        log.warning("list %s: footer template failed (%s); using the default", mlist.address,
-                    exc)
-        return _rendered_footer(None, *key)
-
-
-@functools.lru_cache(maxsize=256)
-def _rendered_footer(template: str | None, name: str, address: str, base_url: str,
-                     archive: bool) -> Footer | None:
-    """A list's footer is the same for all its posts until its settings change, and
-    those are the key: rendering made a Jinja environment and compiled the template
-    again for every post. (A template that fails raises, and is not remembered.)"""
-    return render_footer(template, name=name, addresses=ListAddresses(address),
-                                 base_url=base_url, archive=archive)
-
-
-def shared_copies(mlist: MailingList, list_footer: Footer | None) -> bool:
-    """Whether every member gets the same copy of a post: only when nothing in it is
-    the member's own, that is `verp` off (one envelope sender) and a footer without
-    `unsubscribe_url` or `mute_url`. The copy then goes to up to
-    `max_recipients_per_transaction` members at once, and its List-Unsubscribe is the
-    list's leave address alone: members lose the one-click unsubscribe (RFC 8058), the
-    mute link and bounces that name them without parsing."""
-    return mlist.verp is Verp.OFF and not (list_footer and list_footer.personal)
-
-
-def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: str, *,
-              config: Config, asked: Asked | None = None) -> tuple[slots.Copy, bool]:
-    """The copy of a post that members get, with slots for each member's links, and
-    whether it is shared (see shared_copies); also what `listserv doctor` inspects, so
-    it checks the very headers members see. `asked`: what DNS said of the post, when
-    the receiver asked before its transaction (see authenticity)."""
-    addresses = addresses_of(mlist)
-    via, results = authenticity.copy_identity(mlist, message, config, asked)
-    list_footer = footer(mlist, base_url)
-    shared = shared_copies(mlist, list_footer)
-    return compose.list_copy(
-        message.raw, addresses=addresses, name=mlist.name, base_url=base_url,
-        message_id=message.message_id, subject=message.subject,
-        add_message_id=parsed.message_id is None, subject_prefix=mlist.subject_prefix,
-        reply_to=addresses.posting if mlist.reply_to is ReplyTo.LIST else None,
-        footer=list_footer, via=via, authentication=results,
-        archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared,
-        replaced=compose.answer_fields(parsed.inferred_parent, parsed.references,
-                                       parsed.subject) if parsed.inferred_parent else []
-    ), shared
-
-
-def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
-            base_url: str, batch: int, *, config: Config) -> int:
-    """One post (see fan_out_all); its jobs."""
-    return fan_out_all(session, mlist, [(message, parsed)], base_url, batch, config=config)[0]
-
-
-def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Message, Parsed]],
-                base_url: str, batch: int, *, config: Config,
-                asked: Sequence[Asked | None] = ()) -> list[int]:
-    """Queue the list copy of each accepted post for every member who gets posts, except
-    those who muted its thread, and the post itself for the next digest; the jobs of
-    each. Each copy is composed once, with slots for each member's unsubscribe and
-    mute links, or shared (see shared_copies). The members, the mutes and each table's
-    rows are read and written once for all the posts (a group of the receiver), which
-    may come with what DNS said of each (`asked`, see authenticity)."""
-    connection = session.connection()
-    connection.execute(_INSERT_DIGEST_ITEM, [
-        {"list_id": mlist.id, "message_pk": message.id, "size": message.size,
-         "created_at": utcnow()} for message, _ in posts])
-    members = list(recipients(session, mlist.id))
-    quiet = muted(session, mlist.id, [message.message_id for message, _ in posts])
-    bounces = addresses_of(mlist).at(Purpose.BOUNCES)
-    verp = mlist.address if mlist.verp is Verp.ON else None
-    sends = []
-    for (message, parsed), known in zip(posts, asked or [None] * len(posts), strict=True):
-        copy, shared = list_copy(mlist, message, parsed, base_url, config=config, asked=known)
-        mutes = quiet.get(message.message_id, set())
-        rcpts = [a for a in members if a not in mutes] if mutes else members
-        if shared:  # a footer without links is still a slot: filled once, for everyone
-            sends.append(Send(copy.personal("", ""), bounces, rcpts, message.id,
-                              list_id=mlist.id))
-        else:
-            sends.append(Send(copy.data, bounces, rcpts, message.id, copy.slots_json(),
-                              mlist.id))
-    return queue_all(session, sends, batch, verp=verp, handoff=session.info.get(HANDOFF))
 
 
 def save(session: Session, message: Message) -> Message:

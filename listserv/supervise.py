@@ -15,9 +15,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from listserv import db
 
 log = logging.getLogger("listserv")
 
@@ -78,6 +83,17 @@ async def pause(seconds: float, stop: asyncio.Event | None) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
 
 
+async def first(wanted: asyncio.Event, stop: asyncio.Event) -> bool:
+    """Wait for `wanted` or `stop`; whether `wanted` came (and `stop` did not)."""
+    waits = [asyncio.create_task(wanted.wait()), asyncio.create_task(stop.wait())]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+    return wanted.is_set() and not stop.is_set()
+
+
 async def retrying(outage: Outage, call: Callable[[], Awaitable[T]],
                    stop: asyncio.Event | None = None) -> T:
     """`call()` tried until the database answers. Once `stop` is set a failure is
@@ -93,6 +109,50 @@ async def retrying(outage: Outage, call: Callable[[], Awaitable[T]],
         else:
             outage.recovered()
             return result
+
+
+class Calls:
+    """The database calls of one background task, run on threads of its own (in the
+    loop's default pool, bookkeeping queued behind the receiver's work of hundreds of
+    clients, and deliveries stalled under load). The `until_done` ones wait out an
+    outage (logged once for the task); once `stop` is set, a failure is raised
+    instead. Each call gets a session as its first argument."""
+
+    def __init__(self, engine: Engine, name: str, threads: int = 2) -> None:
+        self.engine = engine
+        self.outage = Outage(name)
+        self.stop = asyncio.Event()  # the task's own, once it runs
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=f"{name}-db")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False)
+
+    async def write(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, self._in_session, fn, *args)
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """A read: it needs no turn at the write lock (a receiver under load holds it
+        most of the time)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, self._in_read_session, fn, *args)
+
+    async def until_done(self, fn: Callable[..., T], *args: Any) -> T:
+        """`write`, through any outage of the database (see retrying)."""
+        return await retrying(self.outage, lambda: self.write(fn, *args), self.stop)
+
+    async def read_until_done(self, fn: Callable[..., T], *args: Any) -> T:
+        return await retrying(self.outage, lambda: self.read(fn, *args), self.stop)
+
+    def _in_session(self, fn: Callable[..., T], *args: Any) -> T:
+        session: Session
+        with db.session(self.engine) as session:
+            return fn(session, *args)
+
+    def _in_read_session(self, fn: Callable[..., T], *args: Any) -> T:
+        session: Session
+        with db.read_session(self.engine) as session:
+            return fn(session, *args)
 
 
 async def periodic(name: str, step: Callable[[], Awaitable[object]],

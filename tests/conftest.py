@@ -21,6 +21,7 @@ from typer.testing import CliRunner, Result
 from listserv import db, roster, signing
 from listserv.cli import app
 from listserv.config import (
+    ROLES,
     Config,
     DatabaseConfig,
     DeliveryConfig,
@@ -31,7 +32,7 @@ from listserv.config import (
 from listserv.models import MailingList, Role
 from tests.dns_server import DnsServer
 from tests.helpers import published, write_config
-from tests.servers import RunningServer, Serve, Smarthost, SmarthostController
+from tests.servers import Busy, RunningServer, Serve, Smarthost, SmarthostController
 
 PG_URL = os.environ.get("LISTSERV_TEST_DATABASE_URL", "")
 
@@ -95,6 +96,14 @@ def sink(make_sink: Callable[..., Smarthost]) -> Smarthost:
 
 
 @pytest.fixture
+def busy_smarthost() -> Iterator[Busy]:
+    """A smarthost that answers every connection with 421 (tests/servers.py's Busy)."""
+    busy = Busy()
+    yield busy
+    busy.close()
+
+
+@pytest.fixture
 def dns_server() -> Iterator[DnsServer]:
     """The DNS the server asks (DMARC policies, DKIM keys): NXDOMAIN for every name
     until a test puts records in `dns_server.records`."""
@@ -140,15 +149,16 @@ def running(engine: Engine, config: Config) -> Iterator[RunningServer]:
 
 @pytest.fixture
 def make_server(engine: Engine, config: Config) -> Iterator[Callable[..., RunningServer]]:
-    """Start a server with some config sections replaced: make_server(delivery={...})."""
+    """Start a server with some config sections replaced: make_server(delivery={...}),
+    and with some of the roles only: make_server(roles=("web",))."""
     started: list[RunningServer] = []
 
-    def make(**sections: dict) -> RunningServer:
+    def make(roles: tuple[str, ...] = ROLES, **sections: dict) -> RunningServer:
         cfg = config
         for name, values in sections.items():
             cfg = dataclasses.replace(cfg, **{name: dataclasses.replace(getattr(cfg, name),
                                                                       **values)})
-        srv = RunningServer(engine, cfg).start()
+        srv = RunningServer(engine, cfg, roles).start()
         started.append(srv)
         return srv
     yield make
@@ -178,8 +188,9 @@ def make_list(engine: Engine) -> Callable[..., MailingList]:
 def make_serve(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Serve]]:
     started: list[Serve] = []
 
-    def make(smarthost_port: int, name: str = "serve", concurrency: int = 1) -> Serve:
-        srv = Serve(tmp_path, db_url, smarthost_port, name, concurrency)
+    def make(smarthost_port: int, name: str = "serve", concurrency: int = 1,
+             roles: str = "") -> Serve:
+        srv = Serve(tmp_path, db_url, smarthost_port, name, concurrency, roles)
         started.append(srv)
         return srv
     yield make

@@ -29,6 +29,8 @@ from sqlalchemy.engine import Engine
 from typer.testing import Result
 
 from listserv import db, tokens
+from listserv.config import Config
+from listserv.ingest import Incoming, Outcome, ingest_group
 from listserv.models import ArchivePolicy, Delivery, DeliveryState, MailingList, Member, Role
 
 if TYPE_CHECKING:  # servers.py builds on this module
@@ -107,6 +109,16 @@ def post(subject: str = "Hello") -> str:
 def message_id(data: bytes | str) -> str:
     return email.message_from_bytes(data if isinstance(data, bytes) else data.encode())[
         "Message-ID"]
+
+
+def ingest_mail(engine: Engine, config: Config, mail_from: str, rcpts: list[str],
+                raw: bytes) -> list[Outcome]:
+    """Store one SMTP transaction as the receiver does, with no server running; its
+    refusal (NoRoute, Rejected) raised."""
+    result = ingest_group(engine, config, [Incoming(mail_from, rcpts, raw)])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
 
 
 # --- what reached the smarthost, and the queue ---------------------------------------------

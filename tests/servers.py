@@ -5,9 +5,11 @@ operator starts (Serve, start_serve), with ways to connect to it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ from aiosmtpd.smtp import SMTP
 from sqlalchemy.engine import Engine
 
 from listserv import server
-from listserv.config import Config
+from listserv.config import ROLES, Config
 from tests.helpers import LIST, LISTSERV, SENDER, free_port, message_id, wait_until, write_config
 
 # --- the smarthost --------------------------------------------------------------------
@@ -150,6 +152,31 @@ class SmarthostController(SinkController):
         return HangupCountingSMTP(self.handler, **self.SMTP_kwargs)
 
 
+class Busy:
+    """A smarthost that greets every connection with 421 and hangs up, as an MTA with
+    too many clients does."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.greeted = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.sendall(b"421 4.3.2 too many connections, try later\r\n")
+                self.greeted += 1
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the accept
+        self.sock.close()
+
 
 # --- the server -----------------------------------------------------------------------
 
@@ -157,9 +184,11 @@ class RunningServer:
     """`listserv serve` in a thread with its own event loop, as the CLI runs it; once
     started, `config` names the ports it listens on."""
 
-    def __init__(self, engine: Engine, config: Config) -> None:
+    def __init__(self, engine: Engine, config: Config,
+                 roles: tuple[str, ...] = ROLES) -> None:
         self.engine = engine
         self.config = config
+        self.roles = roles
         self.loop: asyncio.AbstractEventLoop | None = None
         self.stop_event: asyncio.Event | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -169,7 +198,8 @@ class RunningServer:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
             self.stop_event = asyncio.Event()
-            await server.serve(self.engine, self.config, self.stop_event, self._listening)
+            await server.serve(self.engine, self.config, self.stop_event, self._listening,
+                               self.roles)
         asyncio.run(main())
 
     def _listening(self, config: Config) -> None:
@@ -182,7 +212,8 @@ class RunningServer:
         return self
 
     def stop(self) -> None:
-        if self.loop and self.stop_event:
+        """Stop the server (again: nothing more)."""
+        if self.loop and self.stop_event and self.thread.is_alive():
             self.loop.call_soon_threadsafe(self.stop_event.set)
         self.thread.join(15)
 
@@ -224,9 +255,13 @@ def wait_for_smtp(port: int, proc: subprocess.Popen, deadline: float) -> None:
 
 
 class Started(NamedTuple):
-    smtp_port: int
+    smtp_port: int  # 0 for a process without the smtp role
     web_port: int
     log: str  # what the server logged up to and with its "listening" line
+
+
+# The "listening" line, with its SMTP port when the process has the smtp role.
+_LISTENING = re.compile(r" listening: (?:\w+ on [^ ]+:(\d+), )?web on http://[^/]+:(\d+)/")
 
 
 def ports_logged(proc: subprocess.Popen) -> Started:
@@ -234,9 +269,8 @@ def ports_logged(proc: subprocess.Popen) -> Started:
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if found := re.search(r" listening: \w+ on [^ ]+:(\d+), web on http://[^/]+:(\d+)/",
-                              line):
-            return Started(int(found[1]), int(found[2]), "".join(lines))
+        if found := _LISTENING.search(line):
+            return Started(int(found[1] or 0), int(found[2]), "".join(lines))
     raise AssertionError("listserv serve did not start: " + "".join(lines))
 
 
@@ -264,7 +298,8 @@ class Serve:
     environment as an operator would; its log (stderr) goes to a file."""
 
     def __init__(self, tmp_path: Path, db_url: str, smarthost_port: int, name: str,
-                 concurrency: int) -> None:
+                 concurrency: int, roles: str = "") -> None:
+        self.args = ["--roles", roles] if roles else []
         self.smtp_port = free_port()  # kept across restarts: the clients of test_crash
         config = tmp_path / f"{name}.toml"
         config.write_text(f"""
@@ -297,7 +332,7 @@ secret = "test-secret"
         starts = self.log().count(" listening: ")
         with self.log_path.open("ab") as log:
             proc = self.proc = subprocess.Popen(
-                [LISTSERV, "serve"], env=self.env, stdin=subprocess.DEVNULL,
+                [LISTSERV, "serve", *self.args], env=self.env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL, stderr=log)
         wait_until(lambda: self.log().count(" listening: ") > starts or proc.poll() is not None,
                    "listserv serve to listen")
@@ -306,6 +341,10 @@ secret = "test-secret"
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def web_port(self) -> int:
+        """The web port of the last start (port 0 in the config: any free one)."""
+        return int(_LISTENING.findall(self.log())[-1][1])
 
     def send(self, rcpts: list[str], data: str) -> None:
         with smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30) as client:

@@ -593,8 +593,8 @@ def test_a_member_who_leaves_loses_the_archive(running, make_list, engine):
         assert client.get(f"/{LIST}/access/{value}").status_code == 303
         assert client.get(f"/{LIST}/").status_code == 200
         with db.session(engine) as s:
-            from listserv import commands
-            commands.leave(s, running.config, s.get(MailingList, mlist.id), ALICE)
+            from listserv import member_actions
+            member_actions.leave(s, running.config, s.get(MailingList, mlist.id), ALICE)
             s.commit()
         assert client.get(f"/{LIST}/").status_code == 403
         assert client.get(f"/{LIST}/access/{value}").status_code == 400

@@ -22,9 +22,18 @@ from sqlalchemy.engine import Engine
 from typer.testing import Result
 
 from listserv import config as config_mod
-from listserv import db, receive
+from listserv import db
 from listserv.cli import app
-from tests.helpers import CORPUS, LIST, as_json, assert_one_line_error, message, ok, run_listserv
+from tests.helpers import (
+    CORPUS,
+    LIST,
+    as_json,
+    assert_one_line_error,
+    ingest_mail,
+    message,
+    ok,
+    run_listserv,
+)
 from tests.servers import ports_logged, start_serve
 
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
@@ -285,8 +294,8 @@ def test_member_import_csv_without_address_column_is_one_line_error(make_list, c
 def test_held_ls_shows_a_held_post(make_list, cli, engine: Engine, config_file):
     make_list(LIST, members=["ann@example.org"])
     post = message("[dev] Who can help?", sender="stranger@example.net")
-    outcomes = receive.ingest(engine, config_mod.load(config_file), "stranger@example.net",
-                              [LIST], post.encode())
+    outcomes = ingest_mail(engine, config_mod.load(config_file), "stranger@example.net",
+                           [LIST], post.encode())
     assert [o.state for o in outcomes] == ["held"]
     rows = as_json(cli("held", "ls", LIST, "--json"))
     assert len(rows) == 1

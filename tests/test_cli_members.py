@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 from listserv import config as config_mod
-from listserv import receive
 from tests.helpers import (
     DATA,
     MAILBOX,
@@ -19,6 +18,7 @@ from tests.helpers import (
     assert_one_line_error,
     bounce,
     dsn,
+    ingest_mail,
     mails_to,
     message,
     run_listserv,
@@ -122,15 +122,15 @@ def test_sender_remove_undoes_a_deny_entry(make_list, config_file, engine):
     listserv(config_file, "sender", "deny", LIST, "Spam@Example.net")
     config = config_mod.load(config_file)
     post = message("Hello", sender="spam@example.net").encode()
-    assert [o.state for o in receive.ingest(engine, config, "spam@example.net", [LIST],
-                                            post)] == ["discarded"]
+    assert [o.state for o in ingest_mail(engine, config, "spam@example.net", [LIST],
+                                         post)] == ["discarded"]
     assert listserv(config_file, "sender", "remove", LIST, "spam@example.net") == (
         "spam@example.net: removed\n")
     assert json.loads(listserv(config_file, "sender", "ls", LIST, "--json")) == []
     # A non-member again: held for a moderator, not discarded.
     post = message("Hello again", sender="spam@example.net").encode()
-    assert [o.state for o in receive.ingest(engine, config, "spam@example.net", [LIST],
-                                            post)] == ["held"]
+    assert [o.state for o in ingest_mail(engine, config, "spam@example.net", [LIST],
+                                         post)] == ["held"]
     assert_one_line_error(run_listserv("--config", config_file, "sender", "remove", LIST,
                                        "spam@example.net"), "spam@example.net")
 
@@ -143,7 +143,7 @@ def test_held_ls_without_a_list_shows_every_lists_held_posts(make_list, engine,
     for list_address in (LIST, OTHER):
         post = message(f"For {list_address}", sender="stranger@example.net",
                        to=list_address).encode()
-        receive.ingest(engine, config, "stranger@example.net", [list_address], post)
+        ingest_mail(engine, config, "stranger@example.net", [list_address], post)
     rows = json.loads(listserv(config_file, "held", "ls", "--json"))
     assert [(r["list"], r["subject"]) for r in rows] == [(LIST, f"For {LIST}"),
                                                          (OTHER, f"For {OTHER}")]

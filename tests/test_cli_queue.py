@@ -14,9 +14,16 @@ from pathlib import Path
 from sqlalchemy import select, update
 
 from listserv import config as config_mod
-from listserv import db, receive, retention
+from listserv import db, retention
 from listserv.models import Delivery, utcnow
-from tests.helpers import assert_one_line_error, mails_to, message, run_listserv, wait_until
+from tests.helpers import (
+    assert_one_line_error,
+    ingest_mail,
+    mails_to,
+    message,
+    run_listserv,
+    wait_until,
+)
 from tests.servers import RunningServer
 
 LIST = "dev@lists.example.org"
@@ -47,8 +54,8 @@ def wait_for_states(engine, wanted: dict[str, int], timeout: float = 15.0) -> No
 
 def post(engine, config_path: Path) -> None:
     """Ann's post, stored and queued as the receiver does it, with no server running."""
-    outcomes = receive.ingest(engine, config_mod.load(config_path), ANN, [LIST],
-                              message("Hello", sender=ANN).encode())
+    outcomes = ingest_mail(engine, config_mod.load(config_path), ANN, [LIST],
+                           message("Hello", sender=ANN).encode())
     assert [o.state for o in outcomes] == ["accepted"]
 
 

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from listserv import db, headers, store, tokens
+from listserv import db, fanout, headers, outbox, tokens
 from listserv.models import MailingList, RecipientFailure, ReplyTo
 from listserv.models import Message as Stored
 from tests.helpers import CORPUS, message
@@ -222,8 +222,8 @@ def test_copies_without_slots_keep_one_transaction_per_job(running, make_list, s
     the whole job."""
     make_list()
     with db.session(engine) as s:
-        store.queue(s, b"Subject: notice\r\n\r\nSame for all.\r\n", "dev-bounces@x.org",
-                    ["a@example.org", "b@example.org"], 2)
+        outbox.queue(s, b"Subject: notice\r\n\r\nSame for all.\r\n", "dev-bounces@x.org",
+                     ["a@example.org", "b@example.org"], 2)
         s.commit()
     sink.wait_for(2)  # the worker finds it at its next poll
     assert [m.rcpt_tos for m in sink.received] == [["a@example.org", "b@example.org"]]
@@ -232,9 +232,9 @@ def test_copies_without_slots_keep_one_transaction_per_job(running, make_list, s
 def test_a_broken_footer_template_falls_back_to_the_default():
     mlist = MailingList(address=LIST, domain="lists.example.org", name="Dev",
                         footer="{{ no_such_variable }}")
-    assert "Mute this thread" in store.footer(mlist, "http://x").text
+    assert "Mute this thread" in fanout.footer(mlist, "http://x").text
     mlist.footer = ""
-    assert store.footer(mlist, "http://x") is None
+    assert fanout.footer(mlist, "http://x") is None
 
 
 @given(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=300)

@@ -12,7 +12,7 @@ import pytest
 
 from listserv import config as config_mod
 from listserv import db, roster
-from listserv.config import Config
+from listserv.config import Config, SmarthostConfig
 from tests.helpers import LIST, assert_one_line_error, run_listserv, write_config
 
 ROOT = Path(__file__).parent.parent
@@ -63,6 +63,12 @@ def test_configuration_doc_documents_every_config_key():
     ("[smtp]\nprotocol = \"http\"\n", "protocol"),
     ("database = \"sqlite:///x.db\"\n", "database"),
     ("[smtp\nport = 8025\n", "line 1"),
+    ("[[delivery.smarthost]]\nport = 25\n", "host"),
+    ("[[delivery.smarthost]]\nhost = \"relay\"\nweight = 0\n", "weight"),
+    ("[[delivery.smarthost]]\nhost = \"relay\"\nhots = \"x\"\n", "hots"),
+    ("[delivery]\nsmarthost = [1]\n", "[delivery.smarthost]"),
+    ("[delivery]\nsmarthost_port = 2525\n[[delivery.smarthost]]\nhost = \"relay\"\n",
+     "smarthost_port"),
 ])
 def test_bad_config_stops_listserv_with_one_line_naming_the_key(tmp_path, workdir, toml,
                                                                named):
@@ -70,6 +76,17 @@ def test_bad_config_stops_listserv_with_one_line_naming_the_key(tmp_path, workdi
     path.write_text(toml, encoding="utf-8")
     assert_one_line_error(run_listserv("--config", path, "list", "ls", cwd=workdir), named)
     assert not (workdir / "listserv.db").exists()
+
+
+def test_several_smarthosts_or_the_one_of_smarthost_host_and_port(tmp_path):
+    path = tmp_path / "listserv.toml"
+    path.write_text('[[delivery.smarthost]]\nhost = "relay1"\nweight = 3\n\n'
+                    '[[delivery.smarthost]]\nhost = "relay2"\nport = 2525\n')
+    assert config_mod.load(path, environ={}).delivery.smarthosts() == [
+        SmarthostConfig("relay1", 25, 3), SmarthostConfig("relay2", 2525, 1)]
+    path.write_text('[delivery]\nsmarthost_host = "relay"\nsmarthost_port = 2525\n')
+    assert config_mod.load(path, environ={}).delivery.smarthosts() == [
+        SmarthostConfig("relay", 2525, 1)]
 
 
 def test_bad_config_from_the_environment_stops_serve(tmp_path, workdir):

@@ -10,10 +10,10 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
-from listserv import db, store
+from listserv import db, outbox
 from listserv.config import DeliveryConfig
-from listserv.deliver import backoff
 from listserv.models import Delivery, DeliveryState, RecipientFailure, utcnow
+from listserv.outbox import backoff
 from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
 from tests.servers import Smarthost
 
@@ -46,7 +46,7 @@ def queue_mail(engine: Engine, rcpts: list[str]) -> str:
     """Queue a post to `rcpts` in jobs of two, as fan-out does; the post."""
     data = post()
     with db.session(engine) as s:
-        store.queue(s, data.encode(), "dev-bounces@lists.example.org", rcpts, 2)
+        outbox.queue(s, data.encode(), "dev-bounces@lists.example.org", rcpts, 2)
         s.commit()
     return data
 
@@ -177,7 +177,7 @@ def recorded(engine: Engine, addresses: list[str]) -> bool:
 @pytest.mark.slow
 def test_kill_9_mid_fan_out_then_restart_delivers_every_member_exactly_once(
         make_serve, make_list, sink, engine):
-    """A copy the smarthost took is recorded within deliver.MARK_INTERVAL; a kill inside
+    """A copy the smarthost took is recorded within recorder.MARK_INTERVAL; a kill inside
     that window may send it again (README, and tests/test_crash.py allows for it). Here
     the kill comes once the taken copies are recorded: then nothing goes twice."""
     members = many_members(20)

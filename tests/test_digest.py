@@ -14,7 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from listserv import db, digest, receive, roster
+from listserv import db, digest, digest_reply, roster
 from listserv.models import (
     DeliveryMode,
     DigestFrequency,
@@ -29,6 +29,7 @@ from tests.helpers import (
     as_json,
     assert_one_line_error,
     delivered_to,
+    ingest_mail,
     mails_to,
     message,
     ok,
@@ -144,11 +145,11 @@ def test_first_issue_is_volume_1_issue_1():
 # --- finding the item a reply to the digest answers (pure) ------------------------------
 
 ITEMS = [
-    digest.Candidate(1, "a1@example.com", "Build fails on ARM",
+    digest_reply.Candidate(1, "a1@example.com", "Build fails on ARM",
                      "The build fails on ARM since yesterday's merge.\nAny idea?"),
-    digest.Candidate(2, "a2@example.com", "Re: Build fails on ARM",
+    digest_reply.Candidate(2, "a2@example.com", "Re: Build fails on ARM",
                      "Try cleaning the cache first, that fixed it for me.\n"),
-    digest.Candidate(3, "b1@example.com", "Release planning",
+    digest_reply.Candidate(3, "b1@example.com", "Release planning",
                      "We should cut the release candidate next Tuesday.\n"),
 ]
 
@@ -164,7 +165,7 @@ ITEMS = [
     ("Re #1: same here.\n\n> Message: 1\n> Message: 2\n> Message: 3\n", 1),
 ])
 def test_the_answered_item_is_found(text, expected):
-    assert digest.answered(text, ITEMS) == expected
+    assert digest_reply.answered(text, ITEMS) == expected
 
 
 @pytest.mark.parametrize("text", [
@@ -174,7 +175,7 @@ def test_the_answered_item_is_found(text, expected):
     "",
 ])
 def test_an_unclear_reply_names_no_item(text):
-    assert digest.answered(text, ITEMS) is None
+    assert digest_reply.answered(text, ITEMS) is None
 
 
 # --- over SMTP, through the sink --------------------------------------------------------
@@ -346,7 +347,7 @@ def test_plain_digest_is_rfc_1153_in_utf8(running, make_list, sink, engine, cli)
 def test_digest_goes_out_when_its_slot_comes(make_server, make_list, sink, engine, config):
     mlist = four_modes(make_list, engine)
     raw = message("Waiting", sender=REG)
-    receive.ingest(engine, config, REG, [LIST], raw.encode())
+    ingest_mail(engine, config, REG, [LIST], raw.encode())
     with db.session(engine) as s:  # posted two days ago, before today's slot
         for item in s.scalars(select(DigestItem)):
             item.created_at -= timedelta(days=2)
@@ -378,7 +379,7 @@ def test_numbering_and_volume_rollover(running, make_list, sink, engine, cli, co
     ok(cli("list", "set", LIST, "digest_volume_frequency", "daily"))
 
     def send_one(subject: str) -> str:
-        receive.ingest(engine, config, REG, [LIST], message(subject, sender=REG).encode())
+        ingest_mail(engine, config, REG, [LIST], message(subject, sender=REG).encode())
         return ok(cli("digest", "send", LIST)).stdout
     assert send_one("one").startswith("Dev Digest, Vol 1, Issue 1: 1 messages, queued for "
                                       "1 digest-mime and 1 digest-plain members")
@@ -398,7 +399,7 @@ def test_two_builders_at_once_send_each_post_once(engine, make_list, config):
     """Two `listserv serve` on one database: the second waits for the first's lock and
     then finds nothing pending (no second issue, no post in two issues)."""
     mlist = four_modes(make_list, engine)
-    receive.ingest(engine, config, REG, [LIST], message("once", sender=REG).encode())
+    ingest_mail(engine, config, REG, [LIST], message("once", sender=REG).encode())
     now = datetime.now(UTC)
     results: list[object] = []
     with db.session(engine) as first:

@@ -165,6 +165,23 @@ def test_a_policy_is_asked_once_and_cached_for_its_ttl(running, make_list, sink,
     assert dns_server.queries.count("_dmarc.example.net") == 1
 
 
+def test_a_policy_answered_from_the_cache_rewrites_from_as_the_first_answer_did(
+        running, make_list, sink, dns_server):
+    """The receiver reads cached answers without a DNS thread: a subdomain's second post,
+    whose two names (its own, with no record, and its organisation's) are both cached,
+    goes out From the list like the first."""
+    dns_server.records["_dmarc.parent.example"] = ["v=DMARC1; p=none; sp=reject"]
+    make_list(members=["alice@news.parent.example", READER], owner=None)
+    for subject in ("first", "second"):
+        running.send("alice@news.parent.example", [LIST],
+                     message(subject, sender="Alice <alice@news.parent.example>"))
+    copies = [email.message_from_bytes(raw, policy=email.policy.compat32)
+              for raw in sink.copies_to(READER, 2)]
+    assert [c["From"] for c in copies] == ['"Alice via Dev" <dev@lists.example.org>'] * 2
+    assert [dns_server.queries.count(f"_dmarc.{d}") for d in ("news.parent.example",
+                                                             "parent.example")] == [1, 1]
+
+
 def test_dns_down_delivers_the_post_with_from_untouched(make_server, make_list, sink):
     """Nothing answers on this port: the lookup times out and the post goes out as it is."""
     make_list(members=["alice@strict.example", READER], owner=None)

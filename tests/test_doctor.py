@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from listserv import doctor, signing
-from listserv.config import Config, DeliveryConfig, DkimConfig, WebConfig
+from listserv import doctor, doctor_check, doctor_dns, signing
+from listserv.config import Config, DeliveryConfig, DkimConfig, SmarthostConfig, WebConfig
 from listserv.resolver import Resolver
 from tests.helpers import assert_one_line_error, published, run_listserv
 
@@ -66,7 +66,7 @@ def mlist(make_list):
 
 def check(config: Config, mlist, which):
     """One check on its own."""
-    return which(doctor.Deployment(config, mlist, Resolver(config.dns), "test-secret"))
+    return which(doctor_check.Deployment(config, mlist, Resolver(config.dns), "test-secret"))
 
 
 # --- the whole deployment, through the console script ----------------------------------
@@ -156,7 +156,7 @@ def test_an_unknown_list_is_a_one_line_error(tmp_path, make_list, config):
 def test_smarthost_reports_its_ehlo_features(config, mlist, sink):
     sink.pipelining = True
     result = check(config, mlist, doctor.check_smarthost)
-    assert result.status is doctor.Status.OK
+    assert result.status is doctor_check.Status.OK
     assert f"127.0.0.1:{sink.port} answers" in result.detail
     assert "PIPELINING" in result.detail and "SIZE" in result.detail
 
@@ -165,9 +165,20 @@ def test_smarthost_on_a_closed_port_fails(config, mlist, closed_port):
     port = closed_port
     closed = dataclasses.replace(config, delivery=DeliveryConfig(smarthost_port=port))
     result = check(closed, mlist, doctor.check_smarthost)
-    assert result.status is doctor.Status.FAIL
+    assert result.status is doctor_check.Status.FAIL
     assert f"cannot talk SMTP to 127.0.0.1:{port}" in result.detail
     assert "smarthost_port" in result.fix
+
+
+def test_each_of_several_smarthosts_is_checked(config, mlist, sink, closed_port):
+    several = DeliveryConfig(smarthost=[SmarthostConfig("127.0.0.1", sink.port),
+                                        SmarthostConfig("127.0.0.1", closed_port)])
+    result = check(dataclasses.replace(config, delivery=several), mlist,
+                   doctor.check_smarthost)
+    assert result.status is doctor.Status.FAIL
+    assert result.detail.startswith(f"cannot talk SMTP to 127.0.0.1:{closed_port}: ")
+    assert f"127.0.0.1:{sink.port}" not in result.detail  # the one that works
+    assert "[[delivery.smarthost]]" in result.fix
 
 
 @pytest.mark.parametrize(("typed", "status", "said"), [
@@ -181,7 +192,7 @@ def test_smarthost_on_a_closed_port_fails(config, mlist, closed_port):
 ])
 def test_mx(config, mlist, dns_server, typed, status, said):
     dns_server.typed.update(typed)
-    result = check(config, mlist, doctor.check_mx)
+    result = check(config, mlist, doctor_dns.check_mx)
     assert (result.status, said in result.detail) == (status, True), result
     assert bool(result.fix) == (status != "ok")
 
@@ -219,54 +230,54 @@ def test_spf(config, mlist, dns_server, records, status, said):
         "wide.example.net": ["v=spf1 " + " ".join(f"a:h{i}.example.net" for i in range(7))
                              + " include:_spf.example.net -all"],
         DOMAIN: records})
-    result = check(config, mlist, doctor.check_spf)
+    result = check(config, mlist, doctor_dns.check_spf)
     assert (result.status, said in result.detail) == (status, True), result
     assert bool(result.fix) == (status != "ok")
 
 
 def test_dmarc_falls_back_to_the_organisational_domain(config, mlist, dns_server):
     dns_server.records["_dmarc.example.org"] = ["v=DMARC1; p=reject; sp=none"]
-    result = check(config, mlist, doctor.check_dmarc)
-    assert (result.status, result.detail) == (doctor.Status.OK,
+    result = check(config, mlist, doctor_dns.check_dmarc)
+    assert (result.status, result.detail) == (doctor_check.Status.OK,
                                               "_dmarc.example.org: sp=none")
 
 
 def test_a_strict_dmarc_policy_without_a_list_signature_warns(config, mlist, dns_server):
     dns_server.records[f"_dmarc.{DOMAIN}"] = [DMARC]
-    result = check(config, mlist, doctor.check_dmarc)
-    assert result.status is doctor.Status.WARN and "only SPF can pass them" in result.detail
+    result = check(config, mlist, doctor_dns.check_dmarc)
+    assert result.status is doctor_check.Status.WARN and "only SPF can pass them" in result.detail
     assert result.fix.startswith(f'set [dkim] domain = "{DOMAIN}"')
 
 
 def test_dmarc_without_a_valid_policy_fails(config, mlist, dns_server):
     dns_server.records[f"_dmarc.{DOMAIN}"] = ["v=DMARC1; rua=mailto:x@example.org"]
-    result = check(config, mlist, doctor.check_dmarc)
-    assert result.status is doctor.Status.FAIL and "p=(missing)" in result.detail
+    result = check(config, mlist, doctor_dns.check_dmarc)
+    assert result.status is doctor_check.Status.FAIL and "p=(missing)" in result.detail
 
 
 def test_dkim_without_a_record_fails_with_the_record_to_publish(config, mlist, key):
-    result = check(with_dkim(config, key), mlist, doctor.check_dkim)
-    assert result.status is doctor.Status.FAIL
+    result = check(with_dkim(config, key), mlist, doctor_dns.check_dkim)
+    assert result.status is doctor_check.Status.FAIL
     assert result.detail == f"no DKIM record at listserv._domainkey.{DOMAIN}"
     assert result.fix == f"publish {key.record}"
 
 
 def test_dkim_with_an_unreadable_key_file_fails(config, mlist, key, tmp_path):
     broken = dataclasses.replace(key, private_file=tmp_path / "missing.key")
-    result = check(with_dkim(config, broken), mlist, doctor.check_dkim)
-    assert result.status is doctor.Status.FAIL and "missing.key" in result.detail
+    result = check(with_dkim(config, broken), mlist, doctor_dns.check_dkim)
+    assert result.status is doctor_check.Status.FAIL and "missing.key" in result.detail
 
 
 def test_a_public_https_base_url_passes(config, mlist):
     public = dataclasses.replace(config, web=WebConfig(base_url=f"https://{DOMAIN}"))
-    assert check(public, mlist, doctor.check_base_url).status is doctor.Status.OK
+    assert check(public, mlist, doctor.check_base_url).status is doctor_check.Status.OK
     headers = check(public, mlist, doctor.check_copy_headers)
-    assert headers.status is doctor.Status.OK and f"https://{DOMAIN}" in headers.detail
+    assert headers.status is doctor_check.Status.OK and f"https://{DOMAIN}" in headers.detail
 
 
 def test_a_dns_server_that_does_not_answer_is_a_failure_naming_dns(config, mlist,
                                                                     dns_server):
     dns_server.close()
-    result = check(config, mlist, doctor.check_mx)
-    assert result.status is doctor.Status.FAIL
+    result = check(config, mlist, doctor_dns.check_mx)
+    assert result.status is doctor_check.Status.FAIL
     assert "DNS did not answer" in result.detail and "[dns] nameserver" in result.fix

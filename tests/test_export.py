@@ -17,7 +17,15 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
 
-from listserv import archive, db, list_settings, mbox, roster, tokens
+from listserv import (
+    archive_export,
+    archive_import,
+    db,
+    list_settings,
+    mbox,
+    roster,
+    tokens,
+)
 from listserv.address import ListAddresses
 from listserv.cli import app
 from listserv.models import Message, MessageState, ThreadNode, ThreadSummary, utcnow
@@ -57,8 +65,8 @@ def day(month: int, number: int, year: int = 2026) -> datetime:
 
 def import_raws(engine: Engine, raws: list[bytes], address: str = LIST) -> None:
     with db.session(engine) as s:
-        archive.import_mail(s, roster.get_list(s, address),
-                            archive.parsed_mails(mbox.Mail(r) for r in raws))
+        archive_import.import_mail(s, roster.get_list(s, address),
+                            archive_import.parsed_mails(mbox.Mail(r) for r in raws))
         s.commit()
 
 
@@ -196,7 +204,7 @@ def test_hostile_mail_stays_text_in_a_feed_that_parses_as_xml(running, make_list
     assert entry.findtext(f"{ATOM}title") == "<script>alert(1)</script>"
     summary = entry.findtext(f"{ATOM}summary")
     assert summary.startswith("Look: ]]> <img src=x onerror=alert(1)> bell & more long")
-    assert len(summary) <= archive.FEED_SUMMARY + 1 and summary.endswith("…")
+    assert len(summary) <= archive_export.FEED_SUMMARY + 1 and summary.endswith("…")
 
 
 def test_feed_of_a_list_with_no_posts_is_valid_and_empty(running, make_list):
@@ -284,7 +292,7 @@ def imported(engine: Engine, address: str = LIST) -> dict[str, Message]:
 def parents(engine: Engine) -> dict[str, str | None]:
     with db.session(engine) as s:
         return {r["message_id"]: r["parent_id"]
-                for r in archive.thread_rows(s, roster.get_list(s, LIST))}
+                for r in archive_export.thread_rows(s, roster.get_list(s, LIST))}
 
 
 def summaries(engine: Engine) -> dict[str, tuple]:

@@ -11,7 +11,7 @@ import threading
 import pytest
 from sqlalchemy import func, select, text, update
 
-from listserv import db, receive, store
+from listserv import db, fanout, ingest, receive
 from listserv.models import Delivery, MailingList, Message, MessageState, ThreadNode, Verp
 from tests.helpers import message, ok
 
@@ -316,8 +316,8 @@ def test_the_receiver_sees_at_once_a_list_an_admin_created_or_deleted(running, m
         assert set(s.scalars(select(Message.subject))) == {"new"}
 
 
-def _group(*posts: str) -> list[receive.Incoming]:
-    return [receive.Incoming("bob@example.com", ["dev@lists.example.org"], p.encode())
+def _group(*posts: str) -> list[ingest.Incoming]:
+    return [ingest.Incoming("bob@example.com", ["dev@lists.example.org"], p.encode())
             for p in posts]
 
 
@@ -326,14 +326,14 @@ def test_a_post_that_fails_to_fan_out_fails_alone_in_its_group(make_list, engine
     """The group's posts are archived and fanned out together; when that fails, the
     group is stored again post by post and only the failing one is refused."""
     make_list(members=MEMBERS)
-    list_copy = store.list_copy
+    list_copy = fanout.list_copy
 
     def failing(mlist, message, *args, **kwargs):
         if message.subject == "boom":
             raise RuntimeError("cannot compose this one")
         return list_copy(mlist, message, *args, **kwargs)
-    monkeypatch.setattr(store, "list_copy", failing)
-    results = receive.ingest_group(engine, config, _group(
+    monkeypatch.setattr(fanout, "list_copy", failing)
+    results = ingest.ingest_group(engine, config, _group(
         message("one"), message("boom"), message("Re: one")))
     assert isinstance(results[1], RuntimeError)
     assert [r[0].state for r in (results[0], results[2])] == ["accepted", "accepted"]
@@ -348,8 +348,8 @@ def test_a_refused_transaction_takes_nothing_of_its_group_with_it(make_list, eng
     make_list(members=MEMBERS)
     group = _group(message("one"), message("nowhere"), message("two"))
     group[1].rcpts = ["dev@lists.example.org", "gone@lists.example.org"]
-    results = receive.ingest_group(engine, config, group)
-    assert isinstance(results[1], receive.NoRoute) and str(results[1]).startswith("550")
+    results = ingest.ingest_group(engine, config, group)
+    assert isinstance(results[1], ingest.NoRoute) and str(results[1]).startswith("550")
     with db.session(engine) as s:
         assert sorted(s.scalars(select(Message.subject))) == ["one", "two"]
 
@@ -358,7 +358,7 @@ def test_the_second_post_of_a_group_with_the_same_message_id_is_a_duplicate(make
                                                                             engine, config):
     make_list(members=MEMBERS)
     post = message("twice")
-    first, second = receive.ingest_group(engine, config, _group(post, post))
+    first, second = ingest.ingest_group(engine, config, _group(post, post))
     assert (first[0].state, second[0].state) == ("accepted", "duplicate")
     assert first[0].deliveries and not second[0].deliveries
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from listserv import commands, db, roster, tokens
+from listserv import db, member_actions, roster, tokens
 from listserv.models import ArchivePolicy, MailingList, Member, utcnow
 from tests.helpers import (
     BOB,
@@ -79,7 +79,7 @@ def test_an_archive_pass_does_not_open_the_archive_to_a_new_membership(running, 
     set_archive(engine, ArchivePolicy.PRIVATE)
     value = tokens.archive_pass(SECRET, mlist.id, BOB, 30)
     with db.session(engine) as s:
-        commands.leave(s, running.config, s.get(MailingList, mlist.id), BOB)
+        member_actions.leave(s, running.config, s.get(MailingList, mlist.id), BOB)
         s.commit()
     join_again_later(engine, mlist.id, BOB)
     with web(running) as client:

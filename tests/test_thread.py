@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner, Result
 
-from listserv import archive, db, mbox, roster, store, thread
+from listserv import archive_export, archive_import, db, mbox, roster, store, thread
 from listserv.cli import app
 from listserv.models import Mute
 from listserv.parse import Parsed, parse
@@ -313,10 +313,10 @@ def test_import_maven_mbox_threads_like_notmuch_plus_subject_fallback(cli):
 
 
 def test_a_large_import_parsed_in_other_processes_threads_the_same(cli, monkeypatch):
-    """Past archive.IN_PROCESS mails, `archive import` parses in other processes (here
+    """Past archive_import.IN_PROCESS mails, `archive import` parses in other processes (here
     from the 10th mail on): the archive must come out as if parsed in-process."""
-    monkeypatch.setattr(archive, "IN_PROCESS", 10)
-    monkeypatch.setattr(archive, "PARSE_CHUNK", 64)  # several chunks in flight
+    monkeypatch.setattr(archive_import, "IN_PROCESS", 10)
+    monkeypatch.setattr(archive_import, "PARSE_CHUNK", 64)  # several chunks in flight
     raws = corpus(CASES[MAVEN])
     summary = import_into_list(cli, threads_input(CASES[MAVEN]))
     assert "538 messages read: 538 imported, 0 duplicates skipped" in summary
@@ -326,10 +326,10 @@ def test_a_large_import_parsed_in_other_processes_threads_the_same(cli, monkeypa
 
 
 def test_parsing_in_other_processes_gives_what_parsing_here_gives(monkeypatch):
-    monkeypatch.setattr(archive, "IN_PROCESS", 10)
+    monkeypatch.setattr(archive_import, "IN_PROCESS", 10)
     mails = [mbox.Mail(raw) for raw in corpus(CASES[MAVEN])]
-    here = list(archive.parsed_mails(mails, workers=0))
-    there = list(archive.parsed_mails(mails, workers=2))
+    here = list(archive_import.parsed_mails(mails, workers=0))
+    there = list(archive_import.parsed_mails(mails, workers=2))
     assert there == here
     assert [read.mail for read in there] == mails
     assert len({read.parsed.message_id for read in there}) == len(mails)
@@ -410,9 +410,9 @@ def arrive(engine: Engine, *raws: bytes) -> dict[str, dict]:
     with db.session(engine) as s:
         mlist = roster.get_list(s, LIST)
         for raw in raws:
-            assert archive.import_message(s, mlist, raw)
+            assert archive_import.import_message(s, mlist, raw)
         s.commit()
-        return {row["message_id"]: row for row in archive.thread_rows(s, mlist)}
+        return {row["message_id"]: row for row in archive_export.thread_rows(s, mlist)}
 
 
 def eml(name: str) -> bytes:

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from listserv import db, roster, store, tokens, urls
+from listserv import db, roster, tokens, urls
 from listserv.config import Config
 from listserv.models import ArchivePolicy, MailingList
 from listserv.web import pages
@@ -75,7 +75,7 @@ async def enter(request: Request) -> Response:
     mlist = await asyncio.to_thread(work)
     if mlist is None:
         return pages.invalid(request, "archive", 400)
-    response = RedirectResponse(urls.archive_url(base, store.addresses_of(mlist)),
+    response = RedirectResponse(urls.archive_url(base, mlist.addresses),
                                 status_code=303)
     response.set_cookie(archive_cookie(mlist), value,
                         max_age=config.web.archive_link_days * 86400,

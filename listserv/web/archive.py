@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from listserv import archive, db, digest, privacy, search, store, urls, view
+from listserv import archive, db, digest, digest_format, privacy, search, urls, view
 from listserv.models import DigestIssue, MailingList
 from listserv.web import pages
 from listserv.web.access import read
@@ -187,7 +187,7 @@ async def search_page(request: Request) -> Response:
 # --- digests in the archive -----------------------------------------------------------
 
 def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
-    base, addresses = pages.config(request).web.base_url, store.addresses_of(mlist)
+    base, addresses = pages.config(request).web.base_url, mlist.addresses
     return {"archive_url": urls.archive_url(base, addresses),
             "message_url": lambda mid: urls.message_url(base, addresses, mid),
             "thread_url": lambda tid: urls.thread_url(base, addresses, tid)}
@@ -207,11 +207,11 @@ async def digest_issue(request: Request) -> Response:
     number = pages.path_number(request, "number")
 
     def work(session: Session, mlist: MailingList
-             ) -> tuple[DigestIssue, list[digest.Group]] | None:
+             ) -> tuple[DigestIssue, list[digest_format.Group]] | None:
         found = digest.find_issue(session, mlist.id, volume, number)
         if found is None:
             return None
-        return found, digest.by_thread(digest.issue_entries(session, found))
+        return found, digest_format.by_thread(digest.issue_entries(session, found))
     mlist, found = await read(request, work)
     if found is None:
         raise HTTPException(404, f"{mlist.name} has no digest Vol {volume}, Issue {number}.")

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from listserv import archive, db, store, urls
+from listserv import archive_export, db, urls
 from listserv.models import MailingList
 from listserv.templating import render
 from listserv.web import pages
@@ -27,9 +27,9 @@ FEED_POSTS = 30
 
 async def feed(request: Request) -> Response:
     base = pages.config(request).web.base_url
-    mlist, posts = await read(request, lambda session, mlist: archive.latest_posts(
+    mlist, posts = await read(request, lambda session, mlist: archive_export.latest_posts(
         session, mlist.id, FEED_POSTS))
-    addresses = store.addresses_of(mlist)
+    addresses = mlist.addresses
     entries = [(post, urls.message_url(base, addresses, post.message_id))
                for post in posts]
     body = render("web/feed.atom", mlist=mlist, entries=entries,
@@ -38,14 +38,14 @@ async def feed(request: Request) -> Response:
     return Response(body, media_type="application/atom+xml; charset=utf-8")
 
 
-def _mbox_chunks(engine: Engine, selection: archive.Selection) -> Iterator[bytes]:
+def _mbox_chunks(engine: Engine, selection: archive_export.Selection) -> Iterator[bytes]:
     """A plain iterator, which StreamingResponse runs in its thread pool a chunk at a
     time: the event loop never waits on the database, and a list of any size is never
     all in memory."""
     with db.read_session(engine) as session:
         pending: list[bytes] = []
         size = 0
-        for entry in archive.export_mbox(session, selection, public=True):
+        for entry in archive_export.export_mbox(session, selection, public=True):
             pending.append(entry)
             size += len(entry)
             if size >= EXPORT_CHUNK:
@@ -65,13 +65,13 @@ async def export(request: Request) -> Response:
     start = end = None
     if month is not None:
         try:
-            start, end = archive.month_of(month)
+            start, end = archive_export.month_of(month)
         except ValueError:
             raise HTTPException(400, "The month must be written YYYY-MM.") from None
 
-    def check(session: Session, mlist: MailingList) -> archive.Selection:
-        selection = archive.Selection(mlist.id, thread_id, start, end)
-        if (thread_id is not None or month is not None) and not archive.any_archived(
+    def check(session: Session, mlist: MailingList) -> archive_export.Selection:
+        selection = archive_export.Selection(mlist.id, thread_id, start, end)
+        if (thread_id is not None or month is not None) and not archive_export.any_archived(
                 session, selection):
             raise HTTPException(404, "The archive has no such thread or month.")
         return selection

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import bounces, commands, tokens
+from listserv import bounces, member_actions, tokens
 from listserv.config import Config
 from listserv.models import MailingList, Token
 from listserv.web import pages
@@ -65,7 +65,7 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
     mlist = session.get(MailingList, int(parts[0]))
     if mlist is None or not tokens.made_for_current(session, mlist.id, parts[1], parts[3]):
         return None
-    thread_id = commands.thread_of_message(session, mlist.id, int(parts[2]))
+    thread_id = member_actions.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
 
 
@@ -101,7 +101,7 @@ async def offer(request: Request, find: Finder, kind: str, name: str) -> Respons
 
 
 async def answer(request: Request, find: Finder, kind: str) -> Response:
-    """POST: commands.confirm acts on the token, in the same transaction that finds it."""
+    """POST: member_actions.confirm acts on the token, in the same transaction that finds it."""
     value, config = request.path_params["token"], pages.config(request)
 
     def act(session: Session) -> tuple[str, MailingList, str] | None:
@@ -109,20 +109,20 @@ async def answer(request: Request, find: Finder, kind: str) -> Response:
         if found is None:
             return None
         token, mlist = found
-        return commands.confirm(session, config, token).value, mlist, token.address
+        return member_actions.confirm(session, config, token).value, mlist, token.address
     done = await pages.in_db(request, act)
-    if done is None or done[0] == commands.Outcome.BAD_TOKEN:
+    if done is None or done[0] == member_actions.Outcome.BAD_TOKEN:
         return pages.invalid(request, kind, 404)
     outcome, mlist, address = done
     return pages.page(request, "done", outcome=outcome, mlist=mlist, address=address)
 
 
 async def confirm_form(request: Request) -> Response:
-    return await offer(request, commands.find_confirmable, "confirm", "confirm")
+    return await offer(request, member_actions.find_confirmable, "confirm", "confirm")
 
 
 async def confirm(request: Request) -> Response:
-    return await answer(request, commands.find_confirmable, "confirm")
+    return await answer(request, member_actions.find_confirmable, "confirm")
 
 
 # --- unsubscribe -----------------------------------------------------------------------
@@ -139,10 +139,10 @@ async def unsubscribe(request: Request) -> Response:
     """RFC 8058 one-click: the POST itself is the confirmation."""
     config = pages.config(request)
     link = await signed_link(request, unsubscribe_target, lambda session, link:
-                             commands.leave(session, config, link.mlist, link.address))
+                             member_actions.leave(session, config, link.mlist, link.address))
     if link is None:
         return pages.invalid(request, "unsubscribe", 400)
-    return pages.page(request, "done", outcome=commands.Outcome.UNSUBSCRIBED.value,
+    return pages.page(request, "done", outcome=member_actions.Outcome.UNSUBSCRIBED.value,
                       mlist=link.mlist, address=link.address)
 
 
@@ -160,7 +160,7 @@ async def _offer(request: Request, verb: str) -> Response:
 async def _change(request: Request, on: bool) -> Response:
     """POST /mute/TOKEN or /unmute/TOKEN: done, and the page offers to undo it."""
     verb, other = ("mute", "unmute") if on else ("unmute", "mute")
-    change = commands.mute if on else commands.unmute
+    change = member_actions.mute if on else member_actions.unmute
     link = await signed_link(request, mute_target, lambda session, link: change(
         session, link.mlist.id, link.address, link.thread_id))
     if link is None:
@@ -193,7 +193,7 @@ async def reenable(request: Request) -> Response:
     member: list[bool] = []
 
     def act(session: Session, link: Link) -> None:
-        change = bounces.reenable if done else commands.is_member
+        change = bounces.reenable if done else member_actions.is_member
         member.append(change(session, link.mlist.id, link.address))
     link = await signed_link(request, reenable_target, act)
     if link is None:

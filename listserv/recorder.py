@@ -1,0 +1,124 @@
+"""What the delivery worker writes back as it sends: the recipients of a personal copy
+marked sent one by one, and each job's outcome. Senders share commits for both (each a
+drain.Drain), so a mark or an outcome costs a share of a commit, not a commit of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from listserv import bounces, metrics, outbox, supervise
+from listserv.config import Config
+from listserv.drain import Drain
+from listserv.models import DeliveryState
+from listserv.outbox import Attempt, Job
+from listserv.relay import RelayError, Reply
+
+log = logging.getLogger("listserv.deliver")
+
+# How long sent-marks gather before their shared commit; a kill -9 may resend the
+# copies of this window (and no more), as it may between any 250 and its commit.
+MARK_INTERVAL = 0.02
+
+
+def _mark_interval(waiting: int) -> float:
+    # Gather the marks of a few milliseconds into one commit: a commit per copy would
+    # cost more than sending it.
+    return MARK_INTERVAL
+
+
+class Progress:
+    """Recipients of personal copies marked sent as the smarthost takes them, before
+    the next copy goes out."""
+
+    def __init__(self, calls: supervise.Calls, worker: str) -> None:
+        self.calls = calls
+        self.worker = worker
+        self.sent: dict[int, tuple[Job, set[str]]] = {}
+        self.marks: Drain[int, None] = Drain(self._write, delay=_mark_interval)
+
+    def mark(self, job: Job, rcpt: str) -> None:
+        """Note `rcpt` as sent; a shared commit writes it within MARK_INTERVAL while the
+        next copies go out, so a kill -9 can resend only the copies of that window.
+        The last recipient is left to the outcome, which follows at once: the job's
+        state changes in one place only."""
+        sent = self.sent.setdefault(job.id, (job, set()))[1]
+        sent.add(rcpt)
+        if len(sent) < len(job.recipients):
+            self.marks.put(job.id)
+
+    async def _write(self, job_ids: list[int]) -> list[None]:
+        remaining = {job.id: [r for r in job.recipients if r not in sent]
+                     for job, sent in (self.sent[i] for i in set(job_ids) if i in self.sent)
+                     if len(sent) < len(job.recipients)}
+        try:
+            if remaining:
+                # Kept through an outage, and written when the database is back.
+                await self.calls.until_done(outbox.mark_sent, self.worker, remaining)
+        except SQLAlchemyError:
+            # Stopping with the database away: unrecorded marks only risk a resend of
+            # those copies, as a kill would.
+            log.exception("could not record recipients as sent")
+        return [None] * len(job_ids)
+
+    async def flush(self) -> None:
+        """Wait for marks being written (on stop, before jobs are given back)."""
+        await self.marks.idle()
+
+    def forget(self, job: Job) -> None:
+        """The job's outcome is being recorded: its marks are of no more use."""
+        self.sent.pop(job.id, None)
+
+
+def _write_outcomes(session: Session, config: Config, attempts: list[Attempt]
+                    ) -> list[DeliveryState]:
+    """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)."""
+    states, refusals = outbox.record_all(session, config.delivery, attempts)
+    for outgoing_id, permanent in refusals:
+        bounces.refused(session, config, outgoing_id, permanent)
+    session.commit()
+    return states
+
+
+class Recorder:
+    """The outcome of each attempt, written in the next shared commit (senders that
+    finish together share one)."""
+
+    def __init__(self, calls: supervise.Calls, config: Config) -> None:
+        self.calls = calls
+        self.config = config
+        self.outcomes: Drain[Attempt, None] = Drain(self._write)
+
+    async def record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
+                     ) -> None:
+        """Wait for the outcome to be written before the next job: then a kill resends
+        at most the one job each sender has in flight, the bound the crash tests hold."""
+        await self.outcomes.put((job, refused, error))
+
+    async def flush(self) -> None:
+        await self.outcomes.idle()
+
+    async def _write(self, batch: list[Attempt]) -> list[None]:
+        """The batch written, tried again while the database is away (its senders wait:
+        no more copies go out unrecorded than the jobs in flight); given up only when
+        stopping, when the jobs stay claimed and their lease brings them back."""
+        try:
+            states = await self.calls.until_done(_write_outcomes, self.config, batch)
+        except SQLAlchemyError:
+            log.exception("%d delivery outcomes could not be recorded", len(batch))
+            return [None] * len(batch)
+        for (job, refused, error), state in zip(batch, states, strict=True):
+            _log(job, refused, error, state)
+        return [None] * len(batch)
+
+
+def _log(job: Job, refused: dict[str, Reply], error: RelayError | None,
+         state: DeliveryState) -> None:
+    delivered = len(job.recipients) - len(refused) if error is None else 0
+    metrics.copies(delivered, *outbox.undelivered(job, refused, error, state))
+    log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
+             len(job.recipients), delivered, len(refused) if error is None else 0,
+             state.value, f" error={error}" if error else "")
