@@ -24,7 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import dsn, fanout, metrics, notices, roster, tokens
+from listserv import dsn, fanout, metrics, notices, notify_owners, roster, tokens
 from listserv.address import split, verp_recipient
 from listserv.config import BouncesConfig, Config
 from listserv.dsn import BounceReport
@@ -126,8 +126,7 @@ def process(session: Session, config: Config, mlist: MailingList, message: Messa
     report = dsn.parse_bounce(message.raw)
     verp = (verp_recipient(rcpt) or "").lower() or None
     if report.complaint is not None:
-        _complaint(session, mlist, message, report.complaint, verp, now)
-        return 0
+        return _complaint(session, config, mlist, message, report.complaint, verp, now)
     source = _Source(message.id, lambda: _sender_domain(session, mlist, message.raw))
     return _act(session, config, mlist, report, verp, source, now)
 
@@ -245,8 +244,8 @@ def _author_domain(session: Session, post_pk: int | None) -> str:
     return split(author or "")[1]
 
 
-def _complaint(session: Session, mlist: MailingList, message: Message,
-               complaint: dsn.Complaint, verp: str | None, now: datetime) -> None:
+def _complaint(session: Session, config: Config, mlist: MailingList, message: Message,
+               complaint: dsn.Complaint, verp: str | None, now: datetime) -> int:
     """A recipient marked a copy as spam: they never want it again, so they leave now,
     without the confirmation an unsubscribe needs. No goodbye is sent: mail to someone
     who reports our mail as spam is more spam to their provider, and it counts against
@@ -255,7 +254,7 @@ def _complaint(session: Session, mlist: MailingList, message: Message,
     member = _members(session, mlist.id, {address}).get(address)
     if member is None and verp is None:
         log.info("spam complaint list=%s about %s: not a member", mlist.address, address)
-        return
+        return 0
     session.add(BounceEvent(list_id=mlist.id, address=address, bounce_class=COMPLAINT,
                             diagnostic=complaint.feedback_type or "abuse",
                             message_pk=message.id, created_at=now))
@@ -265,6 +264,8 @@ def _complaint(session: Session, mlist: MailingList, message: Message,
     log.info("spam complaint list=%s from=%s (%s): %s", mlist.address, address,
              complaint.feedback_type or "unspecified",
              "unsubscribed" if member else "not a member")
+    return notify_owners.tell(session, config, mlist, notify_owners.Change.REMOVED,
+                              [address] if member else [], "they marked a post as spam")
 
 
 # --- disabled, warned, removed --------------------------------------------------------
@@ -276,7 +277,9 @@ def _disable(session: Session, config: Config, mlist: MailingList, member: Membe
     session.add(member)
     log.info("delivery disabled list=%s member=%s score=%.1f", mlist.address, member.address,
              member.bounce_score)
-    return _advance(session, config, mlist, member, now)
+    told = notify_owners.tell(session, config, mlist, notify_owners.Change.DISABLED,
+                              [member.address])
+    return told + _advance(session, config, mlist, member, now)
 
 
 def _advance(session: Session, config: Config, mlist: MailingList, member: Member,

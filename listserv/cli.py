@@ -272,7 +272,9 @@ def list_delete(ctx: typer.Context, address: ListArg,
 def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None:
     """Change one setting: subscription, nonmember_action, member_action (accept, hold:
     the owners approve each member's post, reject: only owners and moderators post),
-    new_member_holds (a new member's first N posts are held; 0 for none), emergency,
+    new_member_holds (a new member's first N posts are held; 0 for none), notify_owners
+    (on: the owners get a mail when someone joins, leaves, is disabled by bounces or is
+    removed; off, the default), emergency,
     reply_to, subject_prefix, footer, max_message_bytes, archive, digest_frequency,
     digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, dmarc, name,
     description. VALUE "default" gives subject_prefix and footer back the built-in ones.
@@ -739,12 +741,13 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
 
 
 # The nouns in modules of their own use the helpers above, so they come after them.
-from listserv import cli_bounce, cli_member, cli_queue, cli_rules  # noqa: E402, F401
+from listserv import cli_bounce, cli_member, cli_queue, cli_rules, cli_templates  # noqa: E402, F401
 
 app.add_typer(cli_queue.queue_app, name="queue")
 app.add_typer(cli_rules.sender_app, name="sender")
 app.add_typer(cli_rules.ban_app, name="ban")
 app.add_typer(cli_rules.rule_app, name="rule")
+app.add_typer(cli_templates.template_app, name="template")
 
 
 def _usage_error(exc: Exception) -> int | None:

@@ -59,9 +59,13 @@ def member_add(ctx: typer.Context, list_address: ListArg, addresses: AddressesAr
     from listserv import db, roster
     from listserv.enums import Role
 
+    state = _state(ctx)
     kind = choice(Role, role, "--role")
-    with db.session(_state(ctx).engine) as s:
-        result = roster.add_members(s, roster.get_list(s, list_address), addresses, kind)
+    with db.session(state.engine) as s:
+        mlist = roster.get_list(s, list_address)
+        result = roster.add_members(s, mlist, addresses, kind)
+        if kind is Role.MEMBER:
+            _tell_owners(s, state.config, mlist, "joined", result.added, "member add")
         s.commit()
     for a in result.added:
         out.print(f"added {a} as {kind.value}")
@@ -80,15 +84,56 @@ def member_remove(ctx: typer.Context, list_address: ListArg, addresses: Addresse
     """
     from listserv import db, roster
 
-    with db.session(_state(ctx).engine) as s:
-        removed, missing = roster.remove_members(s, roster.get_list(s, list_address),
-                                                 addresses)
+    state = _state(ctx)
+    with db.session(state.engine) as s:
+        mlist = roster.get_list(s, list_address)
+        removed, missing = roster.remove_members(s, mlist, addresses)
+        _tell_owners(s, state.config, mlist, "removed", removed, "member remove")
         s.commit()
     for a in removed:
         out.print(f"removed {a}")
     for a in missing:
         err.print(f"{a}: not on {list_address}")
     if missing:
+        raise typer.Exit(1)
+
+
+def _tell_owners(s: Any, config: Any, mlist: Any, change: str, addresses: list[str],
+                 command: str) -> None:
+    """The owners hear of what the command line did too (when notify_owners is on)."""
+    from listserv import notify_owners
+
+    notify_owners.tell(s, config, mlist, notify_owners.Change(change), addresses,
+                       f"by `listserv {command}`")
+
+
+@member_app.command("invite")
+def member_invite(ctx: typer.Context, list_address: ListArg, addresses: AddressesArg) -> None:
+    """Mail each address an invitation to join; it becomes a member only when it
+    accepts (a reply, a confirm line, or the button on the invitation's web page). An
+    address already a member, already invited, banned or over its daily automatic
+    mails is reported and not mailed; exit 1 when any was not invited.
+
+    \b
+    Example:
+      listserv member invite dev@lists.example.org ann@example.org "Bob <bob@example.org>"
+    """
+    from listserv import db, invite, roster
+
+    state = _state(ctx)
+    with db.session(state.engine) as s:
+        result = invite.invite(s, state.config, roster.get_list(s, list_address), addresses)
+        s.commit()
+    for a in result.sent:
+        out.print(f"invited {a}")
+    for group, why in ((result.members, "already a member"),
+                       (result.pending, "already invited (the invitation is unanswered)"),
+                       (result.banned, "banned"),
+                       (result.limited, "had its automatic mails for today"),
+                       (result.invalid, "not a valid address")):
+        for a in group:
+            err.print(f"{a}: {why}; not invited")
+    if len(result.sent) < len(addresses):
         raise typer.Exit(1)
 
 
@@ -199,6 +244,7 @@ def member_import(ctx: typer.Context, list_address: ListArg, file: FileArg,
                                     progress=lambda n: bar.advance(task, n))
         if welcome:
             _welcome(s, state.config, mlist, set(result.added))
+        _tell_owners(s, state.config, mlist, "joined", result.added, "member import")
         s.commit()
     for line in found.skipped:
         err.print(f"{line}: skipped")

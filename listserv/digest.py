@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import fanout, headers, outbox
+from listserv import fanout, headers, outbox, owner_templates
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.digest_format import (
@@ -194,6 +194,9 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
     base_url = config.web.base_url
     entries = [i.entry for i in found]
     context = issue_context(mlist, base_url, volume, number, entries)
+    context["header"] = (owner_templates.rendered(
+        mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
+        number=number, issue_url=context["issue_url"]) or "").strip("\n")
     mime = form(mlist, base_url, context, mime_body(context, entries), "mime", now)
     issue = DigestIssue(list_id=list_id, volume=volume, number=number,
                         subject=context["subject"], created_at=now, size=size,

@@ -98,7 +98,7 @@ def issue_context(mlist: MailingList, base_url: str, volume: int, number: int,
             "threads": [{"subject": g.subject, "entries": [item(e) for e in g.entries]}
                         for g in groups],
             "items": [item(e) for e in entries],
-            "separator": _SEPARATOR,
+            "separator": _SEPARATOR, "header": "",  # the owners' digest_header: digest.build
             "issue_url": issue_url(base_url, addresses, volume, number) if web else ""}
 
 

@@ -91,6 +91,14 @@ class TokenKind(enum.StrEnum):
     UNSUBSCRIBE = "unsubscribe"  # the address owner confirms leaving
     APPROVE_MEMBER = "approve-member"  # a moderator approves a confirmed subscription
     HOLD = "hold"  # a moderator acts on a held post
+    INVITE = "invite"  # the invited address accepts an owner's invitation
+
+
+class NotifyOwners(enum.StrEnum):
+    """Whether the owners get a mail when someone joins, leaves, is disabled or removed."""
+
+    ON = "on"
+    OFF = "off"
 
 
 class SenderAction(enum.StrEnum):

@@ -9,9 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError
-
-from listserv.address import ListAddresses
+from listserv import owner_templates
 from listserv.compose import subject_tag
 from listserv.config import MAX_INT
 from listserv.enums import (
@@ -20,16 +18,15 @@ from listserv.enums import (
     DmarcMode,
     MemberAction,
     NonmemberAction,
+    NotifyOwners,
     ReplyTo,
     Subscription,
     Verp,
     VolumeFrequency,
 )
-from listserv.footer import render_footer
 from listserv.headers import has_control
 from listserv.models import MailingList
 from listserv.roster import UserError
-from listserv.templating import environment
 
 DEFAULT = "default"  # resets subject_prefix and footer to the built-in ones
 
@@ -106,20 +103,8 @@ def _optional_text(text: str) -> str | None:
 
 
 def _footer(text: str) -> str | None:
-    """A footer must render now, with sample values, not fail on the next post. It is
-    body text, so it has lines, but no other control character (a bare CR, a NUL)."""
-    value = None if text.strip().lower() == DEFAULT else text.replace("\r\n", "\n")
-    if value and has_control(value.replace("\n", "").replace("\t", "")):
-        raise UserError("a footer may have lines and tabs but no other control characters")
-    if value:
-        try:
-            render_footer(value, name="Sample", addresses=ListAddresses("sample@example.org"),
-                          base_url="https://example.org", archive=True)
-        except TemplateError as exc:
-            raise UserError(f"the footer template does not render ({exc}); it may use "
-                            "name, address, archive_url, unsubscribe_url, mute_url, "
-                            "manage_url") from None
-    return value
+    """The owners' footer template, checked as their other templates are."""
+    return None if text.strip().lower() == DEFAULT else owner_templates.check("footer", text)
 
 
 SETTINGS: dict[str, Callable[[str], Any]] = {
@@ -129,6 +114,7 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "nonmember_action": _choice(NonmemberAction),
     "member_action": _choice(MemberAction),
     "new_member_holds": _count,
+    "notify_owners": _choice(NotifyOwners),
     "emergency": _bool,
     "reply_to": _choice(ReplyTo),
     "subject_prefix": _optional_text,
@@ -204,7 +190,5 @@ def effective(mlist: MailingList) -> Effective:
     defaults = [key for key, value in values.items() if value is None]
     if mlist.subject_prefix is None:
         values["subject_prefix"] = subject_tag(mlist.name)
-    if mlist.footer is None:
-        env = environment()
-        values["footer"] = env.loader.get_source(env, "mail/footer.txt")[0]  # type: ignore[union-attr]
+    values["footer"] = owner_templates.shown(mlist, "footer")[0]
     return Effective(values, defaults)

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import fanout, notices, posting_rules, tokens, urls
+from listserv import fanout, notices, notify_owners, owner_templates, posting_rules, tokens, urls
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryMode, Role, Subscription, TokenKind
@@ -23,7 +23,8 @@ from listserv.parse import Parsed
 
 log = logging.getLogger("listserv.commands")  # the name operators filter on, kept
 
-_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}
+_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}  # what /confirm/ pages act on
+_ANSWERABLE = {*_CONFIRMABLE, TokenKind.INVITE}  # what a reply or `confirm` line acts on
 
 class Outcome(enum.StrEnum):
     """What one command came to; templates/mail/command_results.txt words each one."""
@@ -166,16 +167,18 @@ def join(session: Session, config: Config, mlist: MailingList, address: str,
         session.flush()
         log.info("%s subscribed to %s (%s)", address, mlist.address, mode.value)
         welcome(session, config, mlist, address, mode)
+        notify_owners.tell(session, config, mlist, notify_owners.Change.JOINED, [address])
     return Outcome.SUBSCRIBED
 
 
 def welcome(session: Session, config: Config, mlist: MailingList, address: str,
             mode: DeliveryMode) -> None:
     """The mail a new member gets, whether they joined or an admin imported them: how to
-    post, change delivery and leave."""
-    send(session, config, mlist, address, "welcome", limit=False, address=address,
-         delivery=mode.value, unsubscribe_url=unsubscribe_url(session, config, mlist, address),
-         manage_url=manage_url(session, config, address), hours=config.web.manage_link_hours)
+    post, change delivery and leave; or the text the list's owners wrote instead."""
+    owner_templates.send(session, config, mlist, address, "welcome", delivery=mode.value,
+                         unsubscribe_url=unsubscribe_url(session, config, mlist, address),
+                         manage_url=manage_url(session, config, address),
+                         hours=config.web.manage_link_hours)
 
 
 def leave(session: Session, config: Config, mlist: MailingList, address: str) -> Outcome:
@@ -184,7 +187,8 @@ def leave(session: Session, config: Config, mlist: MailingList, address: str) ->
         Member.list_id == mlist.id, Member.address == address, Member.role == Role.MEMBER))
     if gone.rowcount:
         log.info("%s unsubscribed from %s", address, mlist.address)
-        send(session, config, mlist, address, "goodbye", limit=False, address=address)
+        owner_templates.send(session, config, mlist, address, "goodbye")
+        notify_owners.tell(session, config, mlist, notify_owners.Change.LEFT, [address])
     return Outcome.UNSUBSCRIBED
 
 
@@ -215,16 +219,20 @@ def find_confirmable(session: Session, value: str) -> tuple[Token, MailingList] 
 
 
 def confirm(session: Session, config: Config, token: Token) -> Outcome:
-    """The address owner answered a confirmation: by reply, `confirm` line or web POST."""
-    if token.kind not in _CONFIRMABLE:
+    """The address owner answered a confirmation or an invitation: by reply, `confirm`
+    line or web POST. An invitation subscribes whatever the list's subscription policy:
+    its owners asked."""
+    if token.kind not in _ANSWERABLE:
         return Outcome.MODERATOR_TOKEN
-    if token.kind is TokenKind.SUBSCRIBE and posting_rules.banned(session, token.address):
-        return Outcome.BAD_TOKEN  # banned since it asked
+    if token.kind is not TokenKind.UNSUBSCRIBE and posting_rules.banned(session, token.address):
+        return Outcome.BAD_TOKEN  # banned since it asked, or was invited
     if not tokens.use(session, token):
         return Outcome.BAD_TOKEN
     mlist = session.get(MailingList, token.list_id)
     if token.kind is TokenKind.UNSUBSCRIBE:
         return leave(session, config, mlist, token.address)
+    if token.kind is TokenKind.INVITE:
+        return join(session, config, mlist, token.address, DeliveryMode(token.data))
     if mlist.subscription is Subscription.CLOSED:  # closed since the request
         send(session, config, mlist, token.address, "subscribe_closed", address=token.address)
         return Outcome.CLOSED

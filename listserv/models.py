@@ -26,6 +26,7 @@ from listserv.enums import (
     MessageKind,
     MessageState,
     NonmemberAction,
+    NotifyOwners,
     ReplyTo,
     Role,
     SenderAction,
@@ -80,6 +81,11 @@ class MailingList(SQLModel, table=True):
     member_action: MemberAction = Field(default=MemberAction.ACCEPT,
                                         sa_type=_enum(MemberAction))
     new_member_holds: int = 0  # a member's first N posts are held; 0: none
+    notify_owners: NotifyOwners = Field(default=NotifyOwners.OFF, sa_type=_enum(NotifyOwners))
+    # The owners' own templates (owner_templates.py), as `footer`; None: the built-in one.
+    welcome: str | None = None  # the welcome mail's body
+    goodbye: str | None = None  # the body of the mail on leaving
+    digest_header: str | None = None  # text at the top of each digest; None: none
 
     @property
     def addresses(self) -> ListAddresses:

@@ -95,13 +95,16 @@ def write(mlist: MailingList, to: str, subject: str, body: str, *,
 def send(session: Session, config: Config, mlist: MailingList, to: str, template: str, *,
          limit: bool = True, reply_to: str | None = None, attach: bytes | None = None,
          auto: str = "auto-replied", in_reply_to: str | None = None,
-         from_purpose: Purpose = Purpose.REQUEST, **context: Any) -> bool:
-    """Render and queue one notice; False when the daily limit for `to` stopped it."""
+         from_purpose: Purpose = Purpose.REQUEST, own_body: str | None = None,
+         **context: Any) -> bool:
+    """Render and queue one notice; False when the daily limit for `to` stopped it.
+    `own_body`, the list owners' text for this mail, replaces the template's body."""
     if limit and not allowed(session, config, to):
         return False
     addresses = mlist.addresses
     subject, body = render_mail(template, mlist=mlist, addresses=addresses,
                                 base_url=config.web.base_url.rstrip("/"), **context)
+    body = body if own_body is None else own_body
     data = write(mlist, to, subject, body, reply_to=reply_to, attach=attach, auto=auto,
                  in_reply_to=in_reply_to, from_purpose=from_purpose)
     outbox.queue(session, data, addresses.at(Purpose.BOUNCES), [to],

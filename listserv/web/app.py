@@ -23,7 +23,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from listserv import db, limits
 from listserv.config import Config
-from listserv.web import access, admin, admin_owner, archive, exports, join, manage, member, pages
+from listserv.web import (
+    access,
+    admin,
+    admin_owner,
+    archive,
+    exports,
+    invite,
+    join,
+    manage,
+    member,
+    pages,
+)
 
 POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
           "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -96,6 +107,8 @@ ROUTES: list[BaseRoute] = [
     Route("/{address}/admin/{token}/bounces", admin_owner.bounce_list, methods=["GET"]),
     Route("/{address}/held/{token}", admin.held_form, methods=["GET"]),
     Route("/{address}/held/{token}", admin.held_decide, methods=["POST"]),
+    Route("/invite/{token}", invite.form, methods=["GET"]),
+    Route("/invite/{token}", invite.accept, methods=["POST"]),
     Route("/{address}/feed.atom", exports.feed),
     Route("/{address}/export.mbox", exports.export),
     Route("/{address}/", archive.list_page),

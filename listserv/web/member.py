@@ -18,7 +18,7 @@ from starlette.responses import Response
 from listserv import bounces, member_actions, roster, tokens
 from listserv.config import Config
 from listserv.enums import DeliveryMode
-from listserv.models import MailingList, utcnow
+from listserv.models import MailingList, Token, utcnow
 from listserv.web import pages
 
 
@@ -87,30 +87,44 @@ async def signed_link(request: Request, target: Callable[[Session, Config, str],
 
 # --- confirm: the web answer to a subscribe or unsubscribe confirmation ----------------
 
-async def confirm_form(request: Request) -> Response:
+# What a confirm or invitation page acts on: a usable token and its list.
+Finder = Callable[[Session, str], tuple[Token, MailingList] | None]
+
+
+async def offer(request: Request, find: Finder, kind: str, name: str) -> Response:
+    """GET: templates/web/NAME.html, with the button that POSTs the answer."""
     value = request.path_params["token"]
-    found = await pages.in_db(request, lambda s: member_actions.find_confirmable(s, value))
+    found = await pages.in_db(request, lambda s: find(s, value))
     if found is None:
-        return pages.invalid(request, "confirm", 404)
+        return pages.invalid(request, kind, 404)
     token, mlist = found
-    return pages.page(request, "confirm", kind=token.kind.value, address=token.address,
+    return pages.page(request, name, kind=token.kind.value, address=token.address,
                       mlist=mlist, action=request.url.path)
 
 
-async def confirm(request: Request) -> Response:
+async def answer(request: Request, find: Finder, kind: str) -> Response:
+    """POST: member_actions.confirm acts on the token, in the same transaction that finds it."""
     value, config = request.path_params["token"], pages.config(request)
 
     def act(session: Session) -> tuple[str, MailingList, str] | None:
-        found = member_actions.find_confirmable(session, value)
+        found = find(session, value)
         if found is None:
             return None
         token, mlist = found
         return member_actions.confirm(session, config, token).value, mlist, token.address
     done = await pages.in_db(request, act)
     if done is None or done[0] == member_actions.Outcome.BAD_TOKEN:
-        return pages.invalid(request, "confirm", 404)
+        return pages.invalid(request, kind, 404)
     outcome, mlist, address = done
     return pages.page(request, "done", outcome=outcome, mlist=mlist, address=address)
+
+
+async def confirm_form(request: Request) -> Response:
+    return await offer(request, member_actions.find_confirmable, "confirm", "confirm")
+
+
+async def confirm(request: Request) -> Response:
+    return await answer(request, member_actions.find_confirmable, "confirm")
 
 
 # --- unsubscribe -----------------------------------------------------------------------

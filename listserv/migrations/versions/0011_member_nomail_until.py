@@ -1,7 +1,7 @@
 """member.nomail_until: no mail until a date, after which delivery resumes by itself
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-06
 
 A member going away asks for no mail until they are back (the web page of their
