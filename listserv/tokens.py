@@ -267,14 +267,12 @@ def address_change(secret: str, value: str) -> tuple[str, str] | None:
 def staff_link(secret: str, list_id: int, address: str, hours: int) -> str:
     """An owner's or moderator's admin page for one list. It names the address, not
     its role: each request reads the role anew, so removing someone closes their link."""
-    expires = int((utcnow() + timedelta(hours=hours)).timestamp())
-    return sign(secret, "admin", str(list_id), address, str(expires))
+    return sign(secret, "admin", str(list_id), address, _expires(hours))
 
 
 def held_link(secret: str, list_id: int, address: str, message_pk: int, days: int) -> str:
     """One held post's decision page, in the moderation summary sent to `address`."""
-    expires = int((utcnow() + timedelta(days=days)).timestamp())
-    return sign(secret, "held", str(list_id), address, str(expires), str(message_pk))
+    return sign(secret, "held", str(list_id), address, _expires(days * 24), str(message_pk))
 
 
 def staff_link_holder(secret: str, purpose: str, value: str
@@ -283,6 +281,6 @@ def staff_link_holder(secret: str, purpose: str, value: str
     forged, expired or of another purpose."""
     parts = verify(secret, purpose, value)
     if (parts is None or len(parts) < 3 or not parts[0].isdigit()
-            or not parts[2].isdigit() or int(parts[2]) <= utcnow().timestamp()):
+            or not _live(parts[2])):
         return None
     return int(parts[0]), parts[1], parts[3:]
