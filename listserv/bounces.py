@@ -24,7 +24,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
-from listserv import dsn, fanout, metrics, notices, notify_owners, roster, tokens
+from listserv import dsn, metrics, notices, notify_owners, roster, tokens
 from listserv.address import split, verp_recipient
 from listserv.config import BouncesConfig, Config
 from listserv.dsn import BounceReport
@@ -311,7 +311,7 @@ def _remove(session: Session, config: Config, mlist: MailingList, member: Member
         BounceEvent.created_at >= since).order_by(BounceEvent.created_at.desc())))
     session.execute(delete(Member).where(Member.id == member.id))
     log.info("removed for bounces list=%s member=%s", mlist.address, member.address)
-    owners = fanout.role_addresses(session, mlist.id, [Role.OWNER])
+    owners = roster.role_addresses(session, mlist.id, [Role.OWNER])
     for owner in owners:
         notices.send(session, config, mlist, owner, "bounce_removed", limit=False,
                      auto="auto-generated", address=member.address, events=events,

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from sqlmodel import Session
 
 from listserv import (
-    fanout,
     limits,
     loops,
     moderation,
@@ -259,7 +258,7 @@ def over_the_cap(session: Session, config: Config, mlist: MailingList, target: R
     told = session.get(Setting, key)
     if told is None or told.value != hour:
         session.merge(Setting(key=key, value=hour))
-        for owner in fanout.role_addresses(session, mlist.id, [Role.OWNER]):
+        for owner in roster.role_addresses(session, mlist.id, [Role.OWNER]):
             send(session, config, mlist, owner, "requests_capped", limit=False,
                  auto="auto-generated", requests=limit)
         log.warning("%s: more than %d requests in an hour; not answering more",

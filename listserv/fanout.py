@@ -54,10 +54,6 @@ def recipients(session: Session, list_id: int,
         "list_id": list_id, "mode": mode, "now": utcnow()}).scalars()
 
 
-def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:
-    return sorted(set(session.scalars(select(Member.address).where(
-        Member.list_id == list_id, Member.role.in_(list(roles))))))
-
 
 def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[str, set[str]]:
     """The members who muted the thread each of these messages belongs to, by message,

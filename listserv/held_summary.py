@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlmodel import Session
 
-from listserv import fanout, moderation, notices, tokens
+from listserv import moderation, notices, roster, tokens
 from listserv.config import Config
 from listserv.enums import MessageState, Role
 from listserv.models import MailingList, Message, Setting, utcnow
@@ -70,7 +70,7 @@ def send(session: Session, config: Config, now: datetime | None = None) -> int:
         return 0
     sent = 0
     for mlist in _lists_with_held(session):
-        for to in fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+        for to in roster.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
             entries = _entries(session, config, mlist, to, now)
             sent += notices.send(session, config, mlist, to, "held_summary", limit=False,
                                  auto="auto-generated", entries=entries,

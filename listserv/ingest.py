@@ -250,7 +250,7 @@ def _other(session: Session, config: Config, batch: Batch, mlist: MailingList, t
         state=MessageState.STORED, mail_from=mail_from, rcpt_to=rcpt))
     jobs = 0
     if target.purpose is Purpose.OWNER:
-        owners = fanout.role_addresses(session, mlist.id, [Role.OWNER])
+        owners = roster.role_addresses(session, mlist.id, [Role.OWNER])
         jobs = outbox.queue(session, raw, mlist.addresses.at(Purpose.BOUNCES), owners,
                            config.delivery.max_recipients_per_transaction, message.id)
     elif target.purpose in _COMMANDS:

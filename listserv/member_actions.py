@@ -14,7 +14,15 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlmodel import Session
 
-from listserv import fanout, notices, notify_owners, owner_templates, posting_rules, tokens, urls
+from listserv import (
+    notices,
+    notify_owners,
+    owner_templates,
+    posting_rules,
+    roster,
+    tokens,
+    urls,
+)
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryMode, Role, Subscription, TokenKind
@@ -198,7 +206,7 @@ def _ask_moderators(session: Session, config: Config, mlist: MailingList,
     _, approval = tokens.new(session, TokenKind.APPROVE_MEMBER, mlist.id, token.address,
                              lifetime, data=token.data)
     reply_to = mlist.addresses.at(Purpose.CONFIRM, approval)
-    moderators = fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
+    moderators = roster.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR])
     if not moderators:
         log.warning("%s waits for approval on %s, which has no owner or moderator",
                     token.address, mlist.address)

@@ -51,7 +51,7 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
                               lifetime, message_pk=message.id,
                               data=TELL_AUTHOR if tell_author else "")
     reply = mlist.addresses.at(Purpose.CONFIRM, value)
-    for moderator in fanout.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
+    for moderator in roster.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
         notices.send(session, config, mlist, moderator, "held_notice", limit=False,
                      auto="auto-generated", reply_to=reply, attach=message.raw,
                      message=message, reasons=message.reasons.splitlines(), token=value,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session
 
-from listserv import fanout, notices
+from listserv import notices, roster
 from listserv.config import Config
 from listserv.enums import NotifyOwners, Role
 from listserv.models import MailingList
@@ -35,7 +35,7 @@ def tell(session: Session, config: Config, mlist: MailingList, change: Change,
     notify_owners is off."""
     if mlist.notify_owners is not NotifyOwners.ON or not addresses:
         return 0
-    owners = fanout.role_addresses(session, mlist.id, [Role.OWNER])
+    owners = roster.role_addresses(session, mlist.id, [Role.OWNER])
     for owner in owners:
         notices.send(session, config, mlist, owner, "members_changed", limit=False,
                      auto="auto-generated", change=change.value, how=how,

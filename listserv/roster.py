@@ -277,3 +277,7 @@ def memberships(session: Session, address: str) -> list[tuple[MailingList, Membe
     return [(mlist, member) for member, mlist in session.execute(
         select(Member, MailingList).join(MailingList, Member.list_id == MailingList.id)
         .where(Member.address == key).order_by(MailingList.address, Member.role))]
+
+def role_addresses(session: Session, list_id: int, roles: Iterable[Role]) -> list[str]:
+    return sorted(set(session.scalars(select(Member.address).where(
+        Member.list_id == list_id, Member.role.in_(list(roles))))))
