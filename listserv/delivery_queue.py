@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Subquery, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select, update
 from sqlmodel import Session
 
 from listserv.address import split
@@ -50,17 +50,24 @@ def _list_of(mail_from: str, by_id: dict[int, str], list_id: int | None) -> str:
     return f"{local.removesuffix('-bounces')}@{domain}" if local.endswith("-bounces") else ""
 
 
+def shown_state() -> ColumnElement[str]:
+    """A job's state the way `queue ls` and /metrics both name it, so that an operator
+    reading one sees the other's numbers. The states are spelled out so that both
+    databases compare the same strings."""
+    queued = Delivery.state == DeliveryState.QUEUED
+    return case((and_(queued, Delivery.attempts > 0), "deferred"),
+                *((Delivery.state == s, s.value) for s in DeliveryState
+                  if s is not DeliveryState.QUEUED), else_="queued")
+
+
 def _unfinished() -> Subquery:
     """Each job not done with its list id (the copy's, else its post's; None for a
     notice), the mail_from that names a notice's list, and its state as `queue ls` shows
-    it. The states are spelled out so that both databases compare the same strings."""
+    it."""
     list_id = func.coalesce(Outgoing.list_id, Message.list_id)
-    queued = Delivery.state == DeliveryState.QUEUED
     return (select(Delivery.id, Delivery.created_at, list_id.label("list_id"),
                    case((list_id.is_(None), Delivery.mail_from), else_="").label("notice_from"),
-                   case((and_(queued, Delivery.attempts > 0), "deferred"), (queued, "queued"),
-                        (Delivery.state == DeliveryState.SENDING, "sending"),
-                        else_="failed").label("state"))
+                   shown_state().label("state"))
             .join(Outgoing, Outgoing.id == Delivery.outgoing_id)
             .outerjoin(Message, Message.id == Outgoing.message_pk)
             .where(Delivery.state.in_(_SHOWN)).subquery())

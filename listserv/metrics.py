@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from listserv import delivery_queue
 from listserv.enums import DeliveryState
 from listserv.models import Delivery
 
@@ -87,11 +88,12 @@ _WAITING = (DeliveryState.QUEUED, DeliveryState.SENDING)
 
 def read_queue(session: Session) -> Queue:
     """Two aggregate reads (the ready index serves the second)."""
-    by_state = session.execute(select(Delivery.state, func.count())
-                               .group_by(Delivery.state)).all()
+    shown = select(delivery_queue.shown_state().label("state")).subquery()
+    by_state = session.execute(select(shown.c.state, func.count())
+                               .group_by(shown.c.state)).all()
     oldest = session.scalar(select(func.min(Delivery.created_at))
                             .where(Delivery.state.in_(_WAITING)))
-    return Queue({state.value: count for state, count in by_state}, _aware(oldest))
+    return Queue(dict(by_state), _aware(oldest))
 
 
 def _aware(moment: datetime | None) -> datetime | None:
