@@ -20,6 +20,9 @@ _LINES = frozenset({"div", "li", "tr", "dt", "dd", "section", "article", "header
 _HIDDEN = frozenset({"script", "style", "head", "title", "template", "noscript"})
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
 _SPACE = re.compile(r"\s+")
+# Quote marks and list indents shown at most: each line carries them, so a post nesting
+# thousands of levels would otherwise grow by the square of its size.
+MAX_NESTING = 8
 
 
 class _Text(HTMLParser):
@@ -51,8 +54,8 @@ class _Text(HTMLParser):
                 self.out.append("\n" * min(self.breaks, 2))
             self.breaks, self.line_start = 0, True
         if self.line_start:
-            indent = "  " * max(len(self.lists) - 1, 0) if self.lists else ""
-            self.out.append("> " * self.quote + indent + self.marker)
+            indent = "  " * min(max(len(self.lists) - 1, 0), MAX_NESTING)
+            self.out.append("> " * min(self.quote, MAX_NESTING) + indent + self.marker)
             self.marker, self.line_start = "", False
         elif not self.pre and text.startswith(" ") and self.out[-1].endswith(" "):
             text = text[1:]
