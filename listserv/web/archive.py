@@ -140,8 +140,9 @@ def _gone() -> HTTPException:
 async def message_page(request: Request, message_id: str) -> Response:
     def work(session: Session, mlist: MailingList) -> tuple | None:
         found = archive.message_page(session, mlist.id, message_id)
-        return (found, view.view(content_filter.filtered(found.post.raw, mlist))
-                if found is not None else None)
+        if found is None:
+            return None
+        return found, view.view(content_filter.filtered(found.post.raw, mlist))
     mlist, found = await read(request, work)
     if found is None:
         raise _gone()
