@@ -160,6 +160,8 @@ _VALID = {
     "max_message_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
     "digest_send_hour": "an hour from 0 to 23 (UTC)",
     "digest_max_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
+    "collapse_alternatives": "true: a post in text and HTML goes as its text; false",
+    "html_to_text": "true: an HTML-only post goes as text; false",
     "pass_types": 'MIME types kept in copies and on the archive, such as "text/plain '
                   'image/*"; text/plain always is; empty for every type',
     "max_attachment_bytes": f"a number of bytes up to {MAX_INT}: larger attachments are "
