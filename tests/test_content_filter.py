@@ -350,3 +350,20 @@ def test_owners_set_the_filter_on_their_settings_page(running, make_list, engine
         mlist = roster.get_list(s, LIST)
         assert mlist.pass_types == "text/plain image/*" and mlist.collapse_alternatives
 
+
+
+def test_search_finds_what_members_got_not_what_the_filter_removed(running, make_list, sink,
+                                                                  engine):
+    make_list(LIST, members=[BOB, CAROL], owner=None)
+    configure(engine, pass_types="text/plain")
+    post = EmailMessage()
+    post["From"], post["To"], post["Subject"] = BOB, LIST, "Offer"
+    post["Message-ID"] = "<offer@example.com>"
+    post.set_content("<p>Buy kumquats today</p>", subtype="html")
+    running.send(BOB, [LIST], post.as_bytes())
+    assert b"kumquats" not in sink.copies_to(CAROL)[0]
+    with web(running) as client:
+        removed = client.get(f"/{LIST}/search", params={"q": "kumquats"}).text
+        noted = client.get(f"/{LIST}/search", params={"q": "removed"}).text
+    assert "No messages match" in removed
+    assert "offer@example.com" in noted
