@@ -278,6 +278,12 @@ def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None
     reply_to, subject_prefix, footer, max_message_bytes, archive, digest_frequency,
     digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, dmarc, name,
     description. VALUE "default" gives subject_prefix and footer back the built-in ones.
+    The content filter (what copies, digests and the archive's pages carry; the stored
+    post stays as received): pass_types (the MIME types kept, "text/plain image/*";
+    others are removed with a note; text/plain always passes; "" keeps every type),
+    collapse_alternatives (true: a multipart/alternative goes as its text/plain),
+    html_to_text (true: HTML-only posts go as text), max_attachment_bytes (larger
+    attachments are removed with a note; 0 for no limit).
 
     \b
     Example:

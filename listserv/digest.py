@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import fanout, headers, outbox, owner_templates
+from listserv import content_filter, fanout, headers, outbox, owner_templates
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.digest_format import (
@@ -192,7 +192,9 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
         return None
     volume, number = numbering(mlist, now)
     base_url = config.web.base_url
-    entries = [i.entry for i in found]
+    content = content_filter.rules(mlist)
+    entries = [dataclasses.replace(i.entry, raw=content_filter.apply(i.entry.raw, content).data)
+               for i in found]
     context = issue_context(mlist, base_url, volume, number, entries)
     context["header"] = (owner_templates.rendered(
         mlist, "digest_header", base_url, subject=context["subject"], volume=volume,

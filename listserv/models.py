@@ -86,6 +86,11 @@ class MailingList(SQLModel, table=True):
     welcome: str | None = None  # the welcome mail's body
     goodbye: str | None = None  # the body of the mail on leaving
     digest_header: str | None = None  # text at the top of each digest; None: none
+    # The content filter (content_filter.py): what copies and the archive's pages carry.
+    pass_types: str = ""  # MIME types kept, "text/plain image/*"; "": every type
+    collapse_alternatives: bool = False  # multipart/alternative sent as its text/plain
+    html_to_text: bool = False  # HTML-only posts sent as text/plain
+    max_attachment_bytes: int = 0  # larger attachments are removed; 0: no limit
 
     @property
     def addresses(self) -> ListAddresses:
