@@ -560,7 +560,9 @@ def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
         out.print(f"{mlist.address}: nothing pending")
         return
     out.print(f"{sent.issue.subject}: {sent.messages} messages, queued for "
-              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members")
+              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members"
+              + (f", and a summary for {sent.summary_members} summary members"
+                 if sent.summary_members else ""))
 
 
 @digest_app.command("ls")

@@ -226,7 +226,7 @@ def member_import(ctx: typer.Context, list_address: ListArg, file: FileArg,
     `mailman members` writes them), a CSV with an address or email column and optional
     name and delivery columns (Mailman 3's members CSV), or Google Groups' members
     export as downloaded: the nickname becomes the name, the email preference the
-    delivery (Abridged: digest-plain), and invited or pending people are left out. Exit 1
+    delivery (Abridged: summary), and invited or pending people are left out. Exit 1
     when a line was refused; the others still go in.
 
     \b
@@ -275,7 +275,7 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
                    help="true: hold this address's posts for a moderator.")] = None,
                delivery: Annotated[str | None, typer.Option(
                    metavar="MODE", help="How posts arrive: regular, digest-mime, "
-                   "digest-plain or nomail.")] = None,
+                   "digest-plain, summary or nomail.")] = None,
                role: Annotated[str | None, typer.Option(
                    metavar="ROLE", help="Change the address's role: member, moderator or "
                    "owner.")] = None,

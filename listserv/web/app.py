@@ -120,6 +120,8 @@ ROUTES: list[BaseRoute] = [
     Route("/{address}/digest/", archive.digest_index, methods=["GET"]),
     Route("/{address}/digest/{volume:number}/{number:number}/", archive.digest_issue,
           methods=["GET"]),
+    Route("/{address}/digest/{volume:number}/{number:number}/summary/",
+          archive.digest_summary, methods=["GET"]),
 ]
 
 

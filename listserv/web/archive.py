@@ -15,8 +15,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from listserv import archive, db, digest, digest_format, privacy, search, urls, view
-from listserv.models import DigestIssue, MailingList
+from listserv import archive, db, digest, digest_format, privacy, search, summary, urls, view
+from listserv.models import DigestIssue, DigestSummary, MailingList
 from listserv.web import join, pages
 from listserv.web.access import read
 
@@ -204,9 +204,10 @@ def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
 
 async def digest_index(request: Request) -> Response:
     """/{list}/digest/: the issues, newest first."""
-    mlist, issues = await read(request, lambda s, m: digest.issues(s, m.id))
+    mlist, (issues, summarized) = await read(
+        request, lambda s, m: (digest.issues(s, m.id), digest.summarized(s, m.id)))
     return pages.page(request, "digest_index", mlist=mlist, issues=issues,
-                      **_digest_urls(request, mlist))
+                      summarized=summarized, **_digest_urls(request, mlist))
 
 
 async def digest_issue(request: Request) -> Response:
@@ -227,3 +228,24 @@ async def digest_issue(request: Request) -> Response:
     return pages.page(request, "digest_issue", mlist=mlist, issue=found[0],
                       threads=found[1], obfuscate=view.obfuscate,
                       **_digest_urls(request, mlist))
+
+
+async def digest_summary(request: Request) -> Response:
+    """/{list}/digest/{volume}/{issue}/summary/: the summary made with an issue, as its
+    summary members read it (less their own links)."""
+    volume = pages.path_number(request, "volume")
+    number = pages.path_number(request, "number")
+
+    def work(session: Session, mlist: MailingList
+             ) -> tuple[DigestIssue, DigestSummary, list[summary.Topic]] | None:
+        found = digest.find_issue(session, mlist.id, volume, number)
+        made = digest.find_summary(session, found) if found is not None else None
+        if found is None or made is None:
+            return None
+        return found, made, summary.topics(digest.issue_entries(session, found, with_raw=True))
+    mlist, found = await read(request, work)
+    if found is None:
+        raise HTTPException(404, f"{mlist.name} has no summary of Vol {volume}, Issue {number}.")
+    issue, made, topics = found
+    return pages.page(request, "digest_summary", mlist=mlist, issue=issue, summary=made,
+                      topics=topics, obfuscate=view.obfuscate, **_digest_urls(request, mlist))
