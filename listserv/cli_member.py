@@ -126,13 +126,8 @@ def member_invite(ctx: typer.Context, list_address: ListArg, addresses: Addresse
         s.commit()
     for a in result.sent:
         out.print(f"invited {a}")
-    for group, why in ((result.members, "already a member"),
-                       (result.pending, "already invited (the invitation is unanswered)"),
-                       (result.banned, "banned"),
-                       (result.limited, "had its automatic mails for today"),
-                       (result.invalid, "not a valid address")):
-        for a in group:
-            err.print(f"{a}: {why}; not invited")
+    for a, why in result.refused():
+        err.print(f"{a}: {why}; not invited")
     if len(result.sent) < len(addresses):
         raise typer.Exit(1)
 
