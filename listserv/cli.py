@@ -542,7 +542,8 @@ def archive_threads(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt 
 @digest_app.command("send")
 def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
     """Build the next issue from the pending posts now and queue it for the digest
-    members (`listserv serve` delivers it).
+    members, and its summary for the summary members (`listserv serve` delivers
+    them).
 
     \b
     Example:

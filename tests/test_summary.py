@@ -123,3 +123,25 @@ def test_set_delivery_summary_by_mail(running, make_list, sink, engine):
     assert "summary" in text_of(answer)
     post(running, "Release plan", "When do we ship?\n", sender=SUM)
     assert delivered_to(engine, sink, REG) == 1  # the answer; no copy of the post
+
+
+def test_summary_page_on_a_phone(browser, running, make_list, sink, engine, cli, tmp_path):
+    summary_list(make_list, engine)
+    root = post(running, "A rather long subject about the release plan for next week",
+                "When do we ship?\n")
+    post(running, "Re: A rather long subject about the release plan for next week",
+         "> When do we ship?\n" + SIGNED, sender=SUM, **{"In-Reply-To": f"<{root}>"})
+    ok(cli("digest", "send", LIST))
+    context = browser.new_context(viewport={"width": 390, "height": 844},
+                                  java_script_enabled=False)
+    page = context.new_page()
+    try:
+        base = running.config.web.base_url
+        for name, url in (("digests", f"{base}/{LIST}/digest/"),
+                          ("summary", f"{base}/{LIST}/digest/1/1/summary/")):
+            page.goto(url)
+            page.screenshot(path=tmp_path / f"{name}.png", full_page=True)
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, name
+        assert "Let us ship on Tuesday." in page.content()
+    finally:
+        context.close()
