@@ -8,9 +8,9 @@ import re
 
 import httpx
 
-from listserv import summary
+from listserv import db, roster, summary
 from listserv.enums import DeliveryMode
-from tests.helpers import delivered_to, mails_to, ok
+from tests.helpers import delivered_to, mails_to, manage_path, ok, web
 from tests.test_digest import LIST, REG, config_file, post, set_modes  # noqa: F401  config_file: the CLI links to the running server
 
 SUM, SUM2 = "sum@example.com", "sum2@example.com"
@@ -123,6 +123,27 @@ def test_set_delivery_summary_by_mail(running, make_list, sink, engine):
     assert "summary" in text_of(answer)
     post(running, "Release plan", "When do we ship?\n", sender=SUM)
     assert delivered_to(engine, sink, REG) == 1  # the answer; no copy of the post
+
+
+def delivery_of(engine, address: str) -> DeliveryMode:
+    with db.session(engine) as s:
+        [found] = [m for m in roster.members(s, roster.get_list(s, LIST)) if m.address == address]
+        return found.delivery
+
+
+def test_summary_is_chosen_on_the_cli_and_the_page_of_subscriptions(running, make_list,
+                                                                    engine, cli):
+    make_list(members=[REG, SUM], owner=None)
+    assert "summary" in ok(cli("member", "set", "--help")).output
+    ok(cli("member", "set", LIST, REG, "--delivery", "summary"))
+    assert delivery_of(engine, REG) is DeliveryMode.SUMMARY
+    with web(running) as client:
+        path = manage_path(SUM)
+        assert 'value="summary"' in client.get(path).text
+        changed = client.post(path, data={"action": "delivery", "list": LIST,
+                                          "delivery": "summary"})
+        assert changed.status_code == 200 and "now: summary" in changed.text
+    assert delivery_of(engine, SUM) is DeliveryMode.SUMMARY
 
 
 def test_summary_page_on_a_phone(browser, running, make_list, sink, engine, cli, tmp_path):
