@@ -242,8 +242,8 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
 
 def _summaries(session: Session, config: Config, mlist: MailingList, issue: DigestIssue,
                context: dict, entries: list[Entry], now: datetime) -> int:
-    """Queue the issue's summary for the summary members, and keep it (only when someone
-    got it). A member who muted a thread does not see it listed again: members are
+    """Queue the issue's summary for the summary members, and keep it (only when the
+    list has any). A member who muted a thread does not see it listed again: members are
     grouped by the threads they muted, one copy written a group, and most mute none."""
     rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.SUMMARY))
     if not rcpts:
