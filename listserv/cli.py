@@ -548,7 +548,8 @@ def archive_threads(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt 
 @digest_app.command("send")
 def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
     """Build the next issue from the pending posts now and queue it for the digest
-    members (`listserv serve` delivers it).
+    members, and its summary for the summary members (`listserv serve` delivers
+    them).
 
     \b
     Example:
@@ -566,7 +567,9 @@ def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
         out.print(f"{mlist.address}: nothing pending")
         return
     out.print(f"{sent.issue.subject}: {sent.messages} messages, queued for "
-              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members")
+              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members"
+              + (f", and a summary for {sent.summary_members} summary members"
+                 if sent.summary_members else ""))
 
 
 @digest_app.command("ls")

@@ -203,6 +203,19 @@ class DigestIssue(SQLModel, table=True):
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the MIME form sent
 
 
+class DigestSummary(SQLModel, table=True):
+    """The summary of a digest issue's posts, as its summary members got it (less their
+    own links): built with the issue, from the same posts, and shown beside it."""
+
+    __tablename__ = "digest_summary"
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="digest_issue.id", unique=True, ondelete="CASCADE")
+    subject: str  # "Dev Summary, Vol 3, Issue 12"
+    threads: int = 0  # how many threads it lists
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the mail sent
+
+
 class DigestItem(SQLModel, table=True):
     """A post waiting for the next digest (`issue_id` None), or item `position` of one.
 

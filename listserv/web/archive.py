@@ -23,10 +23,11 @@ from listserv import (
     digest_format,
     privacy,
     search,
+    summary,
     urls,
     view,
 )
-from listserv.models import DigestIssue, MailingList
+from listserv.models import DigestIssue, DigestSummary, MailingList
 from listserv.web import join, pages
 from listserv.web.access import read
 
@@ -226,9 +227,10 @@ def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
 
 async def digest_index(request: Request) -> Response:
     """/{list}/digest/: the issues, newest first."""
-    mlist, issues = await read(request, lambda s, m: digest.issues(s, m.id))
+    mlist, (issues, summarized) = await read(
+        request, lambda s, m: (digest.issues(s, m.id), digest.summarized(s, m.id)))
     return pages.page(request, "digest_index", mlist=mlist, issues=issues,
-                      **_digest_urls(request, mlist))
+                      summarized=summarized, **_digest_urls(request, mlist))
 
 
 async def digest_issue(request: Request) -> Response:
@@ -249,3 +251,24 @@ async def digest_issue(request: Request) -> Response:
     return pages.page(request, "digest_issue", mlist=mlist, issue=found[0],
                       threads=found[1], obfuscate=view.obfuscate,
                       **_digest_urls(request, mlist))
+
+
+async def digest_summary(request: Request) -> Response:
+    """/{list}/digest/{volume}/{issue}/summary/: the summary made with an issue, as its
+    summary members read it (less their own links)."""
+    volume = pages.path_number(request, "volume")
+    number = pages.path_number(request, "number")
+
+    def work(session: Session, mlist: MailingList
+             ) -> tuple[DigestIssue, DigestSummary, list[summary.Topic]] | None:
+        found = digest.find_issue(session, mlist.id, volume, number)
+        made = digest.find_summary(session, found) if found is not None else None
+        if found is None or made is None:
+            return None
+        return found, made, summary.topics(digest.issue_entries(session, found, with_raw=True))
+    mlist, found = await read(request, work)
+    if found is None:
+        raise HTTPException(404, f"{mlist.name} has no summary of Vol {volume}, Issue {number}.")
+    issue, made, topics = found
+    return pages.page(request, "digest_summary", mlist=mlist, issue=issue, summary=made,
+                      topics=topics, obfuscate=view.obfuscate, **_digest_urls(request, mlist))

@@ -32,7 +32,8 @@ from listserv.web import pages
 FORM_HOURS = 6  # how long a page's join form may be sent after the page was served
 HONEYPOT = "website"  # the field hidden from people; a bot filling every field fills it
 MAX_ADDRESS = 254  # characters of an address (RFC 5321's path limit)
-CHOICES = (DeliveryMode.REGULAR, DeliveryMode.DIGEST_MIME, DeliveryMode.DIGEST_PLAIN)
+CHOICES = (DeliveryMode.REGULAR, DeliveryMode.DIGEST_MIME, DeliveryMode.DIGEST_PLAIN,
+           DeliveryMode.SUMMARY)
 
 
 def stamps(session: Session, config: Config, lists: Iterable[MailingList]) -> dict[int, str]:
