@@ -9,7 +9,7 @@ from the link mailed to the new address, /manage/address/TOKEN.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlmodel import Session
 from starlette.datastructures import FormData
@@ -22,8 +22,6 @@ from listserv.enums import DeliveryMode
 from listserv.models import MailingList
 from listserv.web import pages
 from listserv.web.join import form_address, too_many
-
-MAX_PAUSE = timedelta(days=366)  # "no mail until" at most this far ahead
 
 
 class Refused(Exception):
@@ -106,21 +104,9 @@ def _delivery(session: Session, config: Config, address: str, form: FormData) ->
     return f"Delivery on {mlist.address} is now: {mode.value}."
 
 
-def _until(text: str) -> datetime:
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise Refused("Give the date as YYYY-MM-DD.") from None
-    until = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    now = datetime.now(UTC)
-    if not now < until <= now + MAX_PAUSE:
-        raise Refused("Choose a date after today and within a year.")
-    return until
-
-
 def _pause(session: Session, config: Config, address: str, form: FormData) -> str:
     mlist = _list_of(session, address, form)
-    until = _until(str(form.get("until", "")))
+    until = roster.pause_until(str(form.get("until", "")))
     roster.pause(session, mlist, address, until)
     return f"No mail from {mlist.address} until {until.date().isoformat()}."
 
