@@ -40,6 +40,7 @@ class Personal:
         self.verp = verp  # the list's addresses when its copies go out with VERP
         self.pieces = _stuffed_pieces(copy)
         self.manage_hours = manage_hours if copy.links_manage() else 0
+        self.follows = copy.links_follow() and message_pk is not None
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -47,13 +48,15 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def _links(self, rcpt: str) -> tuple[str, str, str]:
+    def _links(self, rcpt: str) -> tuple[str, str, str, str]:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
         manage = (tokens.manage_link(self.secret, rcpt, self.manage_hours)
                   if self.manage_hours else "")
-        return unsubscribe, mute, manage
+        follow = (tokens.follow_link(self.secret, self.list_id, rcpt, self.message_pk)
+                  if self.follows and self.message_pk is not None else "")
+        return unsubscribe, mute, manage, follow
 
     def copy_for(self, rcpt: str) -> bytes:
         """The message one recipient gets: their own links filled in, then signed."""
@@ -79,8 +82,8 @@ class _Line:
     qp: bool
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
-        raw = slots.fill_links(self.text, unsubscribe, mute, manage).encode(self.charset)
+    def fill(self, unsubscribe: str, mute: str, manage: str, follow: str) -> bytes:
+        raw = slots.fill_links(self.text, unsubscribe, mute, manage, follow).encode(self.charset)
         return stuff(headers.crlf(binascii.b2a_qp(raw) if self.qp else raw),
                      line_start=self.line_start)
 
@@ -92,8 +95,9 @@ class _Whole:
     slot: slots.Slot
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
-        return stuff(self.slot.fill(unsubscribe, mute, manage), line_start=self.line_start)
+    def fill(self, unsubscribe: str, mute: str, manage: str, follow: str) -> bytes:
+        return stuff(self.slot.fill(unsubscribe, mute, manage, follow),
+                     line_start=self.line_start)
 
 
 Piece = bytes | _Line | _Whole
@@ -108,7 +112,7 @@ def _slot_pieces(slot: slots.Slot, line_start: bool) -> list[Piece]:
     pieces: list[Piece] = []
     for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
         first = line_start or index > 0
-        if slots.UNSUBSCRIBE in line or slots.MUTE in line or slots.MANAGE in line:
+        if any(placeholder in line for placeholder in slots.PLACEHOLDERS):
             pieces.append(_Line(line, slot.charset, qp, first))
         else:
             raw = line.encode(slot.charset)

@@ -1,6 +1,7 @@
 """Copies composed once with a slot for each member's own links.
 
-Every member's copy of a post differs only in two signed tokens (unsubscribe, mute), so
+Every member's copy of a post differs only in a few signed tokens (unsubscribe, mute,
+manage, follow), so
 compose writes the copy once with slots, and the delivery worker fills them for each
 recipient in microseconds. The footer and the list headers are where slots go.
 """
@@ -19,11 +20,14 @@ from listserv.headers import crlf
 UNSUBSCRIBE = "\x00unsubscribe\x00"  # stands for the member's unsubscribe token
 MUTE = "\x00mute\x00"  # stands for the member's mute token for this post's thread
 MANAGE = "\x00manage\x00"  # stands for the member's token to their page of subscriptions
+FOLLOW = "\x00follow\x00"  # stands for the member's follow token for this post's thread
+PLACEHOLDERS = (UNSUBSCRIBE, MUTE, MANAGE, FOLLOW)
 
 
-def fill_links(text: str, unsubscribe: str, mute: str, manage: str) -> str:
+def fill_links(text: str, unsubscribe: str, mute: str, manage: str, follow: str = "") -> str:
     """A slot's text with one recipient's tokens in place of the placeholders."""
-    return text.replace(UNSUBSCRIBE, unsubscribe).replace(MUTE, mute).replace(MANAGE, manage)
+    return (text.replace(UNSUBSCRIBE, unsubscribe).replace(MUTE, mute)
+            .replace(MANAGE, manage).replace(FOLLOW, follow))
 
 
 @dataclass(frozen=True)
@@ -37,9 +41,9 @@ class Slot:
     carry: bytes = b""  # base64: decoded bytes before the text, short of a 3-byte group
     rest: bytes = b""  # base64: decoded bytes after the text ("</body></html>")
 
-    def fill(self, unsubscribe: str, mute: str, manage: str = "") -> bytes:
+    def fill(self, unsubscribe: str, mute: str, manage: str = "", follow: str = "") -> bytes:
         """The bytes this slot holds for one recipient; they always end a line."""
-        raw = fill_links(self.text, unsubscribe, mute, manage).encode(self.charset)
+        raw = fill_links(self.text, unsubscribe, mute, manage, follow).encode(self.charset)
         if self.encoding == "base64":
             return crlf(base64.encodebytes(self.carry + crlf(raw) + self.rest))
         if self.encoding == "quoted-printable":
@@ -62,14 +66,19 @@ class Copy:
             pos = slot.at
         yield self.data[pos:], None
 
-    def personal(self, unsubscribe: str, mute: str, manage: str = "") -> bytes:
+    def personal(self, unsubscribe: str, mute: str, manage: str = "", follow: str = ""
+                 ) -> bytes:
         """The bytes one recipient gets."""
-        return b"".join(chunk + (slot.fill(unsubscribe, mute, manage) if slot else b"")
+        return b"".join(chunk + (slot.fill(unsubscribe, mute, manage, follow) if slot else b"")
                         for chunk, slot in self.chunks())
 
     def links_manage(self) -> bool:
         """Whether a slot holds the manage link (signed per recipient only then)."""
         return any(MANAGE in slot.text for slot in self.slots)
+
+    def links_follow(self) -> bool:
+        """Whether a slot holds the follow link (signed per recipient only then)."""
+        return any(FOLLOW in slot.text for slot in self.slots)
 
     def slots_json(self) -> str:
         """For Outgoing.slots; "" when everyone gets the same bytes."""

@@ -123,6 +123,21 @@ def _unmute(session: Session, config: Config, address: str, form: FormData) -> s
     return f"That thread of {mlist.address} reaches you again."
 
 
+def _unfollow(session: Session, config: Config, address: str, form: FormData) -> str:
+    mlist = _list_of(session, address, form)
+    member_actions.unfollow(session, mlist.id, address, str(form.get("thread", "")))
+    return f"Posts of that thread of {mlist.address} reach you as your delivery says again."
+
+
+def _options(session: Session, config: Config, address: str, form: FormData) -> str:
+    """The checkboxes of the options form: a box left unticked is not sent, so each
+    option the form shows is set, to "on" or off."""
+    mlist = _list_of(session, address, form)
+    chosen = {name: form.get(name) == "on" for name in roster.OPTIONS}
+    roster.set_options(session, mlist, address, **chosen)
+    return f"Your options on {mlist.address} are saved."
+
+
 def _leave(session: Session, config: Config, address: str, form: FormData) -> str:
     mlist = _list_of(session, address, form)
     member_actions.leave(session, config, mlist, address)
@@ -147,6 +162,7 @@ def _new_address(session: Session, config: Config, address: str, form: FormData)
 
 CHANGES: dict[str, Change] = {
     "delivery": _delivery, "pause": _pause, "resume": _resume, "unmute": _unmute,
+    "unfollow": _unfollow, "options": _options,
     "leave": _leave, "leave-all": _leave_all, "change-address": _new_address,
 }
 
