@@ -309,3 +309,16 @@ def test_cli_member_set_options_and_ls_show(cli, config_file, make_list, engine)
     assert_one_line_error(run_listserv("--config", config_file, "member", "set", LIST, BOB,
                                        "--acknowledge", "perhaps"), "--acknowledge")
     assert member(engine, BOB).acknowledge is True
+
+
+def test_the_owners_member_page_shows_a_members_options(running, make_list, engine):
+    mlist = make_list(members=[BOB, CAROL], owner="owner@example.org")
+    with db.session(engine) as s:
+        roster.set_options(s, mlist, BOB, own_posts=False, acknowledge=True)
+        s.commit()
+    path = f"/{LIST}/admin/{tokens.staff_link(SECRET, mlist.id, 'owner@example.org', 12)}"
+    with web(running) as client:
+        page = client.get(f"{path}/members").text
+    bob, carol = page.split(f"<strong>{BOB}")[1], page.split(f"<strong>{CAROL}")[1]
+    assert "options: no copy of own posts · acknowledgements</p>" in bob.split("</section>")[0]
+    assert "options:" not in carol.split("</section>")[0]
