@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 
 from listserv import db, roster, tokens
 from listserv.enums import DeliveryMode, Role
-from listserv.models import DigestItem, Follow, MailingList, Member, ThreadNode
+from listserv.models import DigestItem, Follow, MailingList, Member, Message, ThreadNode
 from tests.helpers import (
     BOB,
     CAROL,
@@ -99,7 +99,7 @@ def test_skip_if_addressed_sends_no_list_copy_to_a_member_in_to_or_cc(running, m
 
 
 def test_acknowledge_tells_the_author_the_post_went_out_but_not_when_held(running, make_list,
-                                                                        sink, engine):
+                                                                        sink, engine, cli):
     make_list(members=[BOB, CAROL], owner=None)
     assert "acknowledge is now yes" in command(running, sink, BOB, "set acknowledge yes")
     msgid = post(running, "Release 1.0")
@@ -111,8 +111,13 @@ def test_acknowledge_tells_the_author_the_post_went_out_but_not_when_held(runnin
     with db.session(engine) as s:
         roster.set_member(s, roster.get_list(s, LIST), BOB, moderated=True)
         s.commit()
-    post(running, "Release 1.1")  # held for a moderator: it did not go out
+    held = post(running, "Release 1.1")  # held for a moderator: it did not go out
     assert sum("went out" in s for s in subjects_to(engine, sink, BOB)) == 1
+    with db.session(engine) as s:
+        held_pk = s.scalars(select(Message.id).where(Message.message_id == held)).one()
+    ok(cli("held", "approve", str(held_pk)))  # now it does
+    assert "Your post to dev@lists.example.org went out: Release 1.1" in subjects_to(
+        engine, sink, BOB)
 
 
 def test_an_author_who_did_not_ask_gets_no_acknowledgement(running, make_list, sink, engine):
