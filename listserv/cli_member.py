@@ -142,6 +142,8 @@ def _row(member: Any, now: Any, config: Any) -> dict:
             "delivery_status": roster.delivery_status(member),
             "nomail_until": member.nomail_until.date().isoformat() if member.nomail_until
             else None,
+            "own_posts": member.own_posts, "skip_if_addressed": member.skip_if_addressed,
+            "acknowledge": member.acknowledge,
             "bounce_score": bounces.score_now(member.bounce_score, member.last_bounce_at,
                                                now, config.bounces)}
 
@@ -166,9 +168,10 @@ def member_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fals
                 for m in roster.members(s, roster.get_list(s, list_address))]
     if as_json:
         return _print_json(rows)
-    table = Table("address", "role", "delivery", "status", "name")
+    table = Table("address", "role", "delivery", "status", "options", "name")
     for r in rows:
-        table.add_row(r["address"], r["role"], r["delivery"], r["delivery_status"], r["name"])
+        table.add_row(r["address"], r["role"], r["delivery"], r["delivery_status"],
+                      _options(r), r["name"])
     out.print(table)
     return None
 
@@ -194,11 +197,21 @@ def member_show(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = Fals
         raise roster.UserError(f"{address} is on no list")
     if as_json:
         return _print_json(rows)
-    out.print("list  role  delivery  status  bounce score")
+    out.print("list  role  delivery  status  bounce score  options")
     for r in rows:
         out.print(f"{r['list']}  {r['role']}  {r['delivery']}  {r['delivery_status']}  "
-                  f"{r['bounce_score']:g}")
+                  f"{r['bounce_score']:g}  {_options(r)}")
     return None
+
+
+def _options(row: dict) -> str:
+    """A member's own options that differ from the defaults, as `set` spells them."""
+    if row["role"] != "member":
+        return ""
+    changed = [f"{name}={'yes' if row[name] else 'no'}"
+               for name, default in (("own_posts", True), ("skip_if_addressed", False),
+                                     ("acknowledge", False)) if row[name] != default]
+    return " ".join(changed) or "-"
 
 
 def _read_file(file: Any) -> str:
@@ -277,13 +290,23 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
                nomail_until: Annotated[str | None, typer.Option(
                    "--nomail-until", metavar="YYYY-MM-DD", help="No mail until that day "
                    "(UTC), then delivery resumes by itself; \"\" for mail again now."
-               )] = None) -> None:
-    """Change a member's moderation flag, delivery mode, role or pause.
+               )] = None,
+               own_posts: Annotated[str | None, typer.Option(
+                   "--own-posts", metavar="yes|no",
+                   help="yes: a copy of the member's own posts (the default).")] = None,
+               skip_if_addressed: Annotated[str | None, typer.Option(
+                   "--skip-if-addressed", metavar="yes|no", help="yes: no list copy of a "
+                   "post whose To or Cc names the member already.")] = None,
+               acknowledge: Annotated[str | None, typer.Option(
+                   "--acknowledge", metavar="yes|no", help="yes: a short mail to the "
+                   "member when their post went out.")] = None) -> None:
+    """Change a member's moderation flag, delivery mode, role, pause or own options.
 
     \b
     Example:
       listserv member set dev@lists.example.org ann@example.org --delivery digest-mime
       listserv member set dev@lists.example.org ann@example.org --nomail-until 2027-01-10
+      listserv member set dev@lists.example.org ann@example.org --own-posts no --acknowledge yes
     """
     from listserv import db, list_settings, roster
     from listserv.enums import DeliveryMode, Role
@@ -298,10 +321,19 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
                                     role=kind)
         if nomail_until is not None:
             roster.pause(s, mlist, address, until)
+        options = {name: None if text is None else list_settings.parse_bool(text, option)
+                   for name, option, text in (
+                       ("own_posts", "--own-posts", own_posts),
+                       ("skip_if_addressed", "--skip-if-addressed", skip_if_addressed),
+                       ("acknowledge", "--acknowledge", acknowledge))}
+        if any(v is not None for v in options.values()):
+            roster.set_options(s, mlist, address, **options)
         s.commit()
     out.print(f"{changed}: " + ", ".join(f"{k} = {v}" for k, v in (
         ("moderated", moderated), ("delivery", mode and mode.value),
-        ("role", kind and kind.value), ("nomail_until", nomail_until)) if v is not None))
+        ("role", kind and kind.value), ("nomail_until", nomail_until),
+        *((k, None if v is None else "yes" if v else "no") for k, v in options.items()))
+        if v is not None))
 
 
 @member_app.command("change-address")

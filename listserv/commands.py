@@ -34,11 +34,13 @@ from listserv.member_actions import (
     command_addresses,
     confirm,
     decide_member,
+    follow,
     is_member,
     mute,
     send,
     subscribe,
     thread_of_reply,
+    unfollow,
     unmute,
     unsubscribe,
 )
@@ -129,28 +131,70 @@ def _confirm_command(req: Request, args: list[str]) -> Outcome:
     return confirm(req.session, req.config, token)
 
 
+_YES_NO = {"yes": True, "no": False}
+
+
 def _set_command(req: Request, args: list[str]) -> Outcome:
-    modes = {m.value: m for m in DeliveryMode}
-    if len(args) != 2 or args[0].lower() != "delivery" or args[1].lower() not in modes:
+    """set delivery MODE | set OPTION yes|no | set nomail until YYYY-MM-DD | set nomail off"""
+    words = [a.lower() for a in args]
+    change = _setting(words)
+    if change is None:
         return Outcome.BAD_ARGUMENT
     if not is_member(req.session, req.mlist.id, req.sender):
         return Outcome.NOT_MEMBER
-    roster.set_member(req.session, req.mlist, req.sender, delivery=modes[args[1].lower()])
+    try:
+        return change(req)
+    except roster.UserError:  # a date in the past or too far ahead
+        return Outcome.BAD_ARGUMENT
+
+
+def _setting(words: list[str]) -> Callable[[Request], Outcome] | None:
+    """What a `set` line changes, or None when it is not one of its forms."""
+    modes = {m.value: m for m in DeliveryMode}
+    if len(words) == 2 and words[0] == "delivery" and words[1] in modes:
+        return lambda req: _set_delivery(req, modes[words[1]])
+    if len(words) == 2 and words[0] in roster.OPTIONS and words[1] in _YES_NO:
+        return lambda req: _set_option(req, words[0], _YES_NO[words[1]])
+    if words == ["nomail", "off"]:
+        return lambda req: _set_nomail(req, None)
+    if len(words) == 3 and words[:2] == ["nomail", "until"]:
+        return lambda req: _set_nomail(req, words[2])
+    return None
+
+
+def _set_delivery(req: Request, mode: DeliveryMode) -> Outcome:
+    roster.set_member(req.session, req.mlist, req.sender, delivery=mode)
     return Outcome.DELIVERY_SET
 
 
-def _mute_command(req: Request, args: list[str], *, on: bool = True) -> Outcome:
+def _set_option(req: Request, name: str, value: bool) -> Outcome:
+    roster.set_options(req.session, req.mlist, req.sender, **{name: value})
+    return Outcome.OPTION_SET
+
+
+def _set_nomail(req: Request, day: str | None) -> Outcome:
+    until = None if day is None else roster.pause_until(day)
+    roster.pause(req.session, req.mlist, req.sender, until)
+    return Outcome.NOMAIL_OFF if until is None else Outcome.NOMAIL_SET
+
+
+ThreadChange = Callable[[Session, int, str, str], None]
+
+
+def _on_thread(req: Request, change: ThreadChange, outcome: Outcome) -> Outcome:
+    """mute, unmute, follow, unfollow: in a reply to a post, about the post's thread."""
     if not is_member(req.session, req.mlist.id, req.sender):
         return Outcome.NOT_MEMBER
     thread_id = thread_of_reply(req.session, req.mlist.id, req.parsed)
     if thread_id is None:
         return Outcome.NO_THREAD
-    (mute if on else unmute)(req.session, req.mlist.id, req.sender, thread_id)
-    return Outcome.MUTED if on else Outcome.UNMUTED
+    change(req.session, req.mlist.id, req.sender, thread_id)
+    return outcome
 
 
-def _unmute_command(req: Request, args: list[str]) -> Outcome:
-    return _mute_command(req, args, on=False)
+def _thread_command(change: ThreadChange, outcome: Outcome
+                    ) -> Callable[[Request, list[str]], Outcome]:
+    return lambda req, args: _on_thread(req, change, outcome)
 
 
 def _archive_command(req: Request, args: list[str]) -> Outcome:
@@ -165,7 +209,11 @@ COMMANDS: dict[str, Callable[[Request, list[str]], Outcome]] = {
     "subscribe": _subscribe_command, "join": _subscribe_command,
     "unsubscribe": _unsubscribe_command, "leave": _unsubscribe_command,
     "confirm": _confirm_command, "set": _set_command, "help": _help_command,
-    "mute": _mute_command, "unmute": _unmute_command, "archive": _archive_command,
+    "archive": _archive_command,
+    "mute": _thread_command(mute, Outcome.MUTED),
+    "unmute": _thread_command(unmute, Outcome.UNMUTED),
+    "follow": _thread_command(follow, Outcome.FOLLOWED),
+    "unfollow": _thread_command(unfollow, Outcome.UNFOLLOWED),
 }
 
 

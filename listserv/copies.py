@@ -19,7 +19,8 @@ from listserv.outbox import CopyOf, Job
 from listserv.relay import prepare, stuff
 
 # The signed links a summary gives for each thread it lists, by the kind its slots name.
-THREAD_LINKS: dict[str, Callable[[str, int, str, int], str]] = {"mute": tokens.mute_link}
+THREAD_LINKS: dict[str, Callable[[str, int, str, int], str]] = {
+    "mute": tokens.mute_link, "follow": tokens.follow_link}
 
 # Copies kept after their last queued job went: the next claim may bring more of them.
 SENT_COPIES_KEPT = 8
@@ -44,6 +45,7 @@ class Personal:
         self.pieces = _stuffed_pieces(copy)
         self.manage_hours = manage_hours if copy.links_manage() else 0
         self.links_threads = copy.links_threads()
+        self.follows = copy.links_follow() and message_pk is not None
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -51,13 +53,15 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def _links(self, rcpt: str) -> tuple[str, str, str, slots.ThreadLinks | None]:
+    def _links(self, rcpt: str) -> slots.Links:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
         manage = (tokens.manage_link(self.secret, rcpt, self.manage_hours)
                   if self.manage_hours else "")
-        return unsubscribe, mute, manage, self._thread_links(rcpt)
+        follow = (tokens.follow_link(self.secret, self.list_id, rcpt, self.message_pk)
+                  if self.follows and self.message_pk is not None else "")
+        return slots.Links(unsubscribe, mute, manage, follow, self._thread_links(rcpt))
 
     def _thread_links(self, rcpt: str) -> slots.ThreadLinks | None:
         """One recipient's token of each kind for any thread a summary lists."""
@@ -68,7 +72,7 @@ class Personal:
 
     def copy_for(self, rcpt: str) -> bytes:
         """The message one recipient gets: their own links filled in, then signed."""
-        data = self.copy.personal(*self._links(rcpt))
+        data = self.copy.personal(self._links(rcpt))
         return self.signer.sign(data) if self.signer is not None else data
 
     def prepared_for(self, rcpt: str) -> bytes:
@@ -76,7 +80,7 @@ class Personal:
         if self.signer is not None:
             return prepare(self.copy_for(rcpt))
         links = self._links(rcpt)
-        return b"".join(p if isinstance(p, bytes) else p.fill(*links) for p in self.pieces)
+        return b"".join(p if isinstance(p, bytes) else p.fill(links) for p in self.pieces)
 
 
 @dataclass(frozen=True)
@@ -90,9 +94,8 @@ class _Line:
     qp: bool
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str, manage: str,
-             thread: slots.ThreadLinks | None) -> bytes:
-        raw = slots.fill_links(self.text, unsubscribe, mute, manage, thread).encode(self.charset)
+    def fill(self, links: slots.Links) -> bytes:
+        raw = slots.fill_links(self.text, links).encode(self.charset)
         return stuff(headers.crlf(binascii.b2a_qp(raw) if self.qp else raw),
                      line_start=self.line_start)
 
@@ -104,9 +107,8 @@ class _Whole:
     slot: slots.Slot
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str, manage: str,
-             thread: slots.ThreadLinks | None) -> bytes:
-        return stuff(self.slot.fill(unsubscribe, mute, manage, thread),
+    def fill(self, links: slots.Links) -> bytes:
+        return stuff(self.slot.fill(links),
                      line_start=self.line_start)
 
 

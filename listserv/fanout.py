@@ -1,6 +1,8 @@
 """Who gets a post and the copy they get: the members, less those who muted its
-thread, and the list copy composed once (shared, or with slots for each member's
-links); queued in the outbox with the post's digest item, in the caller's transaction.
+thread or whose own options leave it out (own_posts, skip_if_addressed), plus the digest
+members who follow its thread; the list copy composed once (shared, or with slots for
+each member's links); queued in the outbox with the post's digest item and the author's
+acknowledgement, in the caller's transaction.
 """
 
 from __future__ import annotations
@@ -8,19 +10,30 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from email.utils import getaddresses
 
 from jinja2 import TemplateError
-from sqlalchemy import bindparam, insert, or_, select
+from sqlalchemy import Select, bindparam, insert, or_, select
 from sqlmodel import Session
 
-from listserv import authenticity, compose, content_filter, db, outbox, slots
+from listserv import authenticity, compose, content_filter, db, notices, outbox, slots, urls
 from listserv.address import ListAddresses, Purpose
 from listserv.authenticity import Asked
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryMode, ReplyTo, Role, Verp
 from listserv.footer import Footer, render_footer
-from listserv.models import DigestItem, MailingList, Member, Message, Mute, ThreadNode, utcnow
-from listserv.parse import Parsed
+from listserv.models import (
+    DigestItem,
+    Follow,
+    MailingList,
+    Member,
+    Message,
+    Mute,
+    ThreadNode,
+    utcnow,
+)
+from listserv.parse import Parsed, read_headers
 
 log = logging.getLogger("listserv.fanout")
 
@@ -28,19 +41,38 @@ log = logging.getLogger("listserv.fanout")
 # key) cost more than running it. Core, on the session's connection: they read and
 # write nothing the ORM holds.
 _node, _mute, _member = ThreadNode.__table__.c, Mute.__table__.c, Member.__table__.c
+_follow = Follow.__table__.c
+# A member who gets mail now: delivery not switched off, no pause still ahead.
+_RECEIVING = (_member.role == Role.MEMBER, _member.disabled_by.is_(None),
+              or_(_member.nomail_until.is_(None), _member.nomail_until <= bindparam("now")))
+_OF_MESSAGES = (_node.list_id == bindparam("list_id"),
+                _node.message_id.in_(bindparam("message_ids", expanding=True)))
 _MUTED = select(_node.message_id, _mute.address).join(
-    Mute.__table__, (_mute.list_id == _node.list_id) & (_mute.thread_id == _node.thread_id)).where(
-    _node.list_id == bindparam("list_id"),
-    _node.message_id.in_(bindparam("message_ids", expanding=True)))
+    Mute.__table__, (_mute.list_id == _node.list_id) & (_mute.thread_id == _node.thread_id)
+).where(*_OF_MESSAGES)
+_FOLLOWED = select(_node.message_id, _follow.address).join(
+    Follow.__table__,
+    (_follow.list_id == _node.list_id) & (_follow.thread_id == _node.thread_id)
+).where(*_OF_MESSAGES)
+# Of some followers, those whose delivery sends no single posts (a digest of any form):
+# who gets each post anyway needs nothing more, and nomail means no mail. A query of
+# its own: joined to the follows, SQLite walked every member of the list first.
+_DIGEST_MEMBERS = select(_member.address).where(
+    _member.list_id == bindparam("list_id"),
+    _member.address.in_(bindparam("addresses", expanding=True)), *_RECEIVING,
+    _member.delivery.not_in([DeliveryMode.REGULAR, DeliveryMode.NOMAIL]))
 _RECIPIENTS = (select(_member.address)
                .where(_member.list_id == bindparam("list_id"),
-                      _member.role == Role.MEMBER,
-                      _member.delivery == bindparam("mode"),
-                      _member.disabled_by.is_(None),
-                      or_(_member.nomail_until.is_(None),
-                          _member.nomail_until <= bindparam("now")))
+                      _member.delivery == bindparam("mode"), *_RECEIVING)
                .order_by(_member.address)
                .execution_options(yield_per=5000))
+# Of the authors and the addressed (To, Cc) of some posts: the few members whose own
+# options are not the defaults.
+_OPTIONS = select(_member.address, _member.own_posts, _member.skip_if_addressed,
+                  _member.acknowledge).where(
+    _member.list_id == bindparam("list_id"), _member.role == Role.MEMBER,
+    _member.address.in_(bindparam("addresses", expanding=True)),
+    or_(~_member.own_posts, _member.skip_if_addressed, _member.acknowledge))
 _INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
 
 
@@ -55,15 +87,70 @@ def recipients(session: Session, list_id: int,
 
 
 
-def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[str, set[str]]:
-    """The members who muted the thread each of these messages belongs to, by message,
-    in one query per thousand."""
+def _by_message(session: Session, statement: Select, list_id: int,
+                message_ids: Iterable[str]) -> dict[str, set[str]]:
     session.flush()  # the messages' nodes may still be in the ORM's hands
     found: dict[str, set[str]] = {}
     for chunk in db.chunks(set(message_ids)):
-        for message_id, address in session.connection().execute(_MUTED, {
-                "list_id": list_id, "message_ids": chunk}):
+        for message_id, address in session.connection().execute(statement, {
+                "list_id": list_id, "message_ids": chunk, "now": utcnow()}):
             found.setdefault(message_id, set()).add(address)
+    return found
+
+
+def muted(session: Session, list_id: int, message_ids: Iterable[str]) -> dict[str, set[str]]:
+    """The members who muted the thread each of these messages belongs to, by message,
+    in one query per thousand."""
+    return _by_message(session, _MUTED, list_id, message_ids)
+
+
+def following(session: Session, list_id: int, message_ids: Iterable[str]
+              ) -> dict[str, set[str]]:
+    """The digest members who follow the thread of each of these messages, by message:
+    they get its posts one by one as well as the digest."""
+    followed = _by_message(session, _FOLLOWED, list_id, message_ids)
+    digest: set[str] = set()
+    for chunk in db.chunks(set().union(*followed.values())):
+        digest.update(session.connection().execute(_DIGEST_MEMBERS, {
+            "list_id": list_id, "addresses": chunk, "now": utcnow()}).scalars())
+    return {message_id: addresses & digest for message_id, addresses in followed.items()}
+
+
+def addressed(raw: bytes) -> set[str]:
+    """The lower-case addresses a post's To and Cc name."""
+    fields, _ = read_headers(raw, frozenset({"to", "cc"}))
+    values = fields.get("to", []) + fields.get("cc", [])
+    return {address.lower() for _, address in getaddresses(values) if "@" in address}
+
+
+@dataclass
+class Options:
+    """The members' own options that bear on a group of posts, read in one query."""
+
+    no_own_posts: set[str] = field(default_factory=set)
+    skip_if_addressed: set[str] = field(default_factory=set)
+    acknowledge: set[str] = field(default_factory=set)
+
+    def left_out(self, author: str, to_cc: set[str]) -> set[str]:
+        """Who gets no list copy of this post for options of their own."""
+        left = (to_cc & self.skip_if_addressed) if self.skip_if_addressed else set()
+        if author in self.no_own_posts:
+            left.add(author)
+        return left
+
+
+def options(session: Session, list_id: int, addresses: set[str]) -> Options:
+    """The options of those of `addresses` who are members and changed one."""
+    found = Options()
+    for chunk in db.chunks(addresses):
+        for address, own_posts, skip, ack in session.connection().execute(_OPTIONS, {
+                "list_id": list_id, "addresses": chunk}):
+            if not own_posts:
+                found.no_own_posts.add(address)
+            if skip:
+                found.skip_if_addressed.add(address)
+            if ack:
+                found.acknowledge.add(address)
     return found
 
 
@@ -135,8 +222,10 @@ def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Mess
                 asked: Sequence[Asked | None] = (),
                 handoff: outbox.Handoff | None = None) -> list[int]:
     """Queue the list copy of each accepted post for every member who gets posts, except
-    those who muted its thread, and the post itself for the next digest; the jobs of
-    each. Each copy is composed once, with slots for each member's unsubscribe and
+    those who muted its thread or whose options leave it out (own_posts,
+    skip_if_addressed), and for the digest members who follow its thread; the post
+    itself for the next digest; an acknowledgement to an author who asked for one; the
+    jobs of each. Each copy is composed once, with slots for each member's unsubscribe and
     mute links, or shared (see shared_copies). The members, the mutes and each table's
     rows are read and written once for all the posts (a group of the receiver), which
     may come with what DNS said of each (`asked`, see authenticity), and with the
@@ -146,18 +235,44 @@ def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Mess
         {"list_id": mlist.id, "message_pk": message.id, "size": message.size,
          "created_at": utcnow()} for message, _ in posts])
     members = list(recipients(session, mlist.id))
-    quiet = muted(session, mlist.id, [message.message_id for message, _ in posts])
+    message_ids = [message.message_id for message, _ in posts]
+    quiet = muted(session, mlist.id, message_ids)
+    followers = following(session, mlist.id, message_ids)
+    to_cc = [addressed(message.raw) for message, _ in posts]
+    chosen = options(session, mlist.id, set().union(
+        *to_cc, (parsed.from_address for _, parsed in posts)))
     bounces = mlist.addresses.at(Purpose.BOUNCES)
     verp = mlist.address if mlist.verp is Verp.ON else None
     sends = []
-    for (message, parsed), known in zip(posts, asked or [None] * len(posts), strict=True):
+    for (message, parsed), known, named in zip(posts, asked or [None] * len(posts), to_cc,
+                                               strict=True):
         copy, shared = list_copy(mlist, message, parsed, base_url, config=config, asked=known)
-        mutes = quiet.get(message.message_id, set())
-        rcpts = [a for a in members if a not in mutes] if mutes else members
+        left = quiet.get(message.message_id, set()) | chosen.left_out(parsed.from_address,
+                                                                      named)
+        rcpts = [a for a in members if a not in left] if left else members
+        extra = followers.get(message.message_id, set()) - left
+        if extra:
+            rcpts = sorted([*rcpts, *extra])
         if shared:  # a footer without links is still a slot: filled once, for everyone
-            sends.append(outbox.Send(copy.personal("", ""), bounces, rcpts, message.id,
+            sends.append(outbox.Send(copy.personal(slots.Links()), bounces, rcpts, message.id,
                               list_id=mlist.id))
         else:
             sends.append(outbox.Send(copy.data, bounces, rcpts, message.id, copy.slots_json(),
                               mlist.id))
-    return outbox.queue_all(session, sends, batch, verp=verp, handoff=handoff)
+    jobs = outbox.queue_all(session, sends, batch, verp=verp, handoff=handoff)
+    for message, parsed in posts:
+        if parsed.from_address in chosen.acknowledge:
+            acknowledge(session, config, mlist, message, parsed.from_address)
+    return jobs
+
+
+def acknowledge(session: Session, config: Config, mlist: MailingList, message: Message,
+                author: str) -> None:
+    """Tell an author who asked for it that their post went out to the list: a notice,
+    through the outbox like the others, and within their daily share of them."""
+    archived = mlist.archive is not ArchivePolicy.OFF
+    notices.send(session, config, mlist, author, "acknowledge", auto="auto-generated",
+                 subject=message.subject, in_reply_to=message.message_id,
+                 request_address=mlist.addresses.at(Purpose.REQUEST),
+                 message_url=urls.message_url(config.web.base_url, mlist.addresses,
+                                              message.message_id) if archived else "")

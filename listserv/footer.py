@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from listserv import mime
 from listserv.address import ListAddresses
 from listserv.headers import crlf, field_name
-from listserv.slots import MANAGE, MUTE, UNSUBSCRIBE, Edit, Piece, Slot
+from listserv.slots import FOLLOW, MANAGE, MUTE, PLACEHOLDERS, UNSUBSCRIBE, Edit, Piece, Slot
 from listserv.templating import environment, owner_environment
-from listserv.urls import archive_url, manage_url, mute_url, unsubscribe_url
+from listserv.urls import archive_url, follow_url, manage_url, mute_url, unsubscribe_url
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,9 @@ class Footer:
 
     @property
     def personal(self) -> bool:
-        """Whether it links to a member's own pages (unsubscribe_url, mute_url)."""
-        return UNSUBSCRIBE in self.text or MUTE in self.text or MANAGE in self.text
+        """Whether it links to a member's own pages (unsubscribe_url, mute_url,
+        manage_url, follow_url)."""
+        return any(placeholder in self.text for placeholder in PLACEHOLDERS)
 
     @property
     def html(self) -> str:
@@ -52,6 +53,7 @@ def render_footer(template: str | None, *, name: str, addresses: ListAddresses,
         "unsubscribe_url": unsubscribe_url(base_url, UNSUBSCRIBE),
         "mute_url": mute_url(base_url, MUTE),
         "manage_url": manage_url(base_url, MANAGE),
+        "follow_url": follow_url(base_url, FOLLOW),
     }
     compiled = (environment().get_template("mail/footer.txt") if template is None
                 else owner_environment().from_string(template))
@@ -72,7 +74,9 @@ _HOLDERS = _TEXT | {"multipart/alternative", "multipart/related"}
 def _encodes(text: str, charset: str, cte: str) -> bool:
     """Whether `text` can go into a part in `charset` sent with `cte`, links intact."""
     try:
-        encoded = text.replace(UNSUBSCRIBE, "x").replace(MUTE, "x").encode(charset)
+        for placeholder in PLACEHOLDERS:
+            text = text.replace(placeholder, "x")
+        encoded = text.encode(charset)
         same = _PROBE.encode(charset) == _PROBE.encode("ascii")
     except (LookupError, UnicodeError):
         return False

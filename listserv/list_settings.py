@@ -155,7 +155,8 @@ _VALID = {
     "name": "one line, not empty", "description": "one line",
     "new_member_holds": "a number of posts up to 9999, 0 for none",
     "subject_prefix": 'one line; "default" for [name]',
-    "footer": 'a template using name, address, archive_url, unsubscribe_url, mute_url; '
+    "footer": 'a template using name, address, archive_url, unsubscribe_url, mute_url, '
+              'follow_url; '
               '"default" for the built-in one',
     "max_message_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
     "digest_send_hour": "an hour from 0 to 23 (UTC)",

@@ -1,6 +1,6 @@
 """What a person does about their membership, by mail, on the web or through an admin:
 subscribe and unsubscribe (confirmed by the address itself), join and leave, the
-moderators' approval, muting a thread, the link to a private archive. `commands`
+moderators' approval, muting or following a thread, the link to a private archive. `commands`
 (LIST-request@ and friends), the web's member pages and the CLI call these.
 """
 
@@ -26,7 +26,7 @@ from listserv import (
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryMode, Role, Subscription, TokenKind
-from listserv.models import MailingList, Member, Mute, ThreadNode, Token
+from listserv.models import Follow, MailingList, Member, Mute, ThreadNode, Token
 from listserv.parse import Parsed
 
 log = logging.getLogger("listserv.commands")  # the name operators filter on, kept
@@ -56,7 +56,12 @@ class Outcome(enum.StrEnum):
     NOT_MEMBER = "not-member"  # only said to the address itself
     MUTED = "muted"
     UNMUTED = "unmuted"
-    NO_THREAD = "no-thread"  # mute/unmute in a mail that replies to no archived post
+    FOLLOWED = "followed"
+    UNFOLLOWED = "unfollowed"
+    NO_THREAD = "no-thread"  # (un)mute/(un)follow in a mail that replies to no archived post
+    OPTION_SET = "option-set"  # set own_posts|skip_if_addressed|acknowledge yes|no
+    NOMAIL_SET = "nomail-set"  # set nomail until YYYY-MM-DD
+    NOMAIL_OFF = "nomail-off"  # set nomail off
     HELP = "help"
     BAD_ARGUMENT = "bad-argument"
     UNKNOWN = "unknown"  # not a command
@@ -296,4 +301,20 @@ def mute(session: Session, list_id: int, address: str, thread_id: str) -> None:
 def unmute(session: Session, list_id: int, address: str, thread_id: str) -> None:
     session.execute(delete(Mute).where(
         Mute.list_id == list_id, Mute.address == address, Mute.thread_id == thread_id))
+
+
+def follow(session: Session, list_id: int, address: str, thread_id: str) -> None:
+    """Each post of this thread as it is sent, even to a digest member (who still gets
+    the digest); asking twice is harmless."""
+    exists = session.scalars(select(Follow.id).where(
+        Follow.list_id == list_id, Follow.address == address,
+        Follow.thread_id == thread_id)).first()
+    if exists is None:
+        session.add(Follow(list_id=list_id, address=address, thread_id=thread_id))
+        session.flush()
+
+
+def unfollow(session: Session, list_id: int, address: str, thread_id: str) -> None:
+    session.execute(delete(Follow).where(
+        Follow.list_id == list_id, Follow.address == address, Follow.thread_id == thread_id))
 

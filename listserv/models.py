@@ -114,6 +114,10 @@ class Member(SQLModel, table=True):
     # No mail until then (a holiday): delivery resumes by itself, with nothing to undo.
     nomail_until: datetime | None = None
     moderated: bool = False
+    # The member's own options (set by mail, CLI and their page of subscriptions):
+    own_posts: bool = True  # a copy of their own posts
+    skip_if_addressed: bool = False  # no list copy of a post whose To or Cc names them
+    acknowledge: bool = False  # a short mail saying their post went out
     created_at: datetime = Field(default_factory=utcnow)
     # Bounce scoring (see listserv/bounces.py): the score as of the last bounce that
     # counted, and, once delivery is disabled for bounces, the warnings sent so far.
@@ -277,6 +281,20 @@ class Mute(SQLModel, table=True):
     """A member who asked for no more posts of one thread."""
 
     __tablename__ = "mute"
+    __table_args__ = (UniqueConstraint("list_id", "address", "thread_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    address: str
+    thread_id: str = Field(index=True)
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class Follow(SQLModel, table=True):
+    """A member who asked for each post of one thread as it is sent, whatever their
+    delivery (a digest member still gets the digest too)."""
+
+    __tablename__ = "follow"
     __table_args__ = (UniqueConstraint("list_id", "address", "thread_id"),)
 
     id: int | None = Field(default=None, primary_key=True)

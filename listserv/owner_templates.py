@@ -33,7 +33,7 @@ VARIABLES: dict[str, tuple[str, ...]] = {
     "welcome": (*_LIST, "member", "delivery", "unsubscribe_url", "manage_url", "hours"),
     "goodbye": (*_LIST, "member"),
     "footer": ("name", "address", "archive_url", "unsubscribe_url", "mute_url",
-               "manage_url"),
+               "manage_url", "follow_url"),
     "digest_header": (*_LIST, "subject", "volume", "number", "issue_url"),
 }
 

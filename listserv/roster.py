@@ -7,14 +7,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import delete, insert, select
 from sqlmodel import Session
 
 from listserv.address import parse_mailbox, split, valid_list_local
 from listserv.enums import DeliveryMode, DisabledBy, Role
-from listserv.models import MailingList, Member, Mute, utcnow
+from listserv.models import Follow, MailingList, Member, Mute, utcnow
 
 
 class UserError(Exception):
@@ -224,17 +224,55 @@ def set_member(session: Session, mlist: MailingList, address: str, *,
 def pause(session: Session, mlist: MailingList, address: str, until: datetime | None) -> str:
     """No posts or digests to this member until `until` (None: from now on again).
     Nothing switches delivery back on: the fan-out skips a date still ahead."""
+    member = _member_row(session, mlist, address)
+    member.nomail_until = until
+    session.add(member)
+    return member.address
+
+
+# What a member may switch for themself (by mail, CLI or their page); each a bool.
+OPTIONS = ("own_posts", "skip_if_addressed", "acknowledge")
+MAX_PAUSE = timedelta(days=366)  # a member's "no mail until" at most this far ahead
+
+
+def set_options(session: Session, mlist: MailingList, address: str,
+                **options: bool | None) -> str:
+    """Switch a member's own options (OPTIONS; None leaves one as it is)."""
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise UserError(f"no such option: {', '.join(sorted(unknown))}")
+    member = _member_row(session, mlist, address)
+    for name, value in options.items():
+        if value is not None:
+            setattr(member, name, value)
+    session.add(member)
+    return member.address
+
+
+def pause_until(text: str) -> datetime:
+    """A member's "no mail until" day as they type it (YYYY-MM-DD, UTC): after today and
+    within a year, so a typo does not stop their mail for good."""
+    try:
+        day = date.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError("Give the date as YYYY-MM-DD.") from None
+    until = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    now = datetime.now(UTC)
+    if not now < until <= now + MAX_PAUSE:
+        raise UserError("Choose a date after today and within a year.")
+    return until
+
+
+def _member_row(session: Session, mlist: MailingList, address: str) -> Member:
     key = _key(address)
     rows = [r for r in roles_of(session, mlist.id, [key]) if r.role is Role.MEMBER]
     if not rows:
         raise UserError(f"{key} is not a member of {mlist.address}")
-    rows[0].nomail_until = until
-    session.add(rows[0])
-    return key
+    return rows[0]
 
 
 def change_address(session: Session, old: str, new: str) -> list[str]:
-    """Move every role and muted thread of `old`, on every list, to `new`; the lists
+    """Move every role, muted and followed thread of `old`, on every list, to `new`; the lists
     changed. A role `new` already holds on a list stays as it is, and `old`'s goes."""
     old_key, found = _key(old), normalize(new)
     if found is None:
@@ -251,15 +289,16 @@ def change_address(session: Session, old: str, new: str) -> list[str]:
             member.address = new_key
             session.add(member)
         session.flush()
-    for mute in session.scalars(select(Mute).where(Mute.address == old_key)):
-        clash = session.scalars(select(Mute.id).where(
-            Mute.list_id == mute.list_id, Mute.address == new_key,
-            Mute.thread_id == mute.thread_id)).first()
-        if clash is None:
-            mute.address = new_key
-            session.add(mute)
-        else:
-            session.delete(mute)
+    for table in (Mute, Follow):
+        for row in session.scalars(select(table).where(table.address == old_key)):
+            clash = session.scalars(select(table.id).where(
+                table.list_id == row.list_id, table.address == new_key,
+                table.thread_id == row.thread_id)).first()
+            if clash is None:
+                row.address = new_key
+                session.add(row)
+            else:
+                session.delete(row)
     session.flush()
     return sorted(lists)
 

@@ -1,6 +1,7 @@
 """Copies composed once with a slot for each member's own links.
 
-Every member's copy of a post differs only in two signed tokens (unsubscribe, mute), so
+Every member's copy of a post differs only in a few signed tokens (unsubscribe, mute,
+manage, follow), so
 compose writes the copy once with slots, and the delivery worker fills them for each
 recipient in microseconds. The footer and the list headers are where slots go.
 """
@@ -20,12 +21,26 @@ from listserv.headers import crlf
 UNSUBSCRIBE = "\x00unsubscribe\x00"  # stands for the member's unsubscribe token
 MUTE = "\x00mute\x00"  # stands for the member's mute token for this post's thread
 MANAGE = "\x00manage\x00"  # stands for the member's token to their page of subscriptions
+FOLLOW = "\x00follow\x00"  # stands for the member's follow token for this post's thread
+PLACEHOLDERS = (UNSUBSCRIBE, MUTE, MANAGE, FOLLOW)
 # A mail about many threads (a summary) has a link per thread: "\x00thread:KIND:PK\x00"
-# stands for the member's KIND token (mute) for the thread of post PK.
+# stands for the member's KIND token (mute, follow) for the thread of post PK.
 THREAD = "\x00thread:"
 _THREAD = re.compile("\x00thread:([a-z]+):([0-9]+)\x00")
 
 ThreadLinks = Callable[[str, int], str]  # (kind, post pk) -> one recipient's token
+
+
+@dataclass(frozen=True)
+class Links:
+    """One recipient's signed tokens, each in place of its placeholder ("" where the
+    copy has none of that kind)."""
+
+    unsubscribe: str = ""
+    mute: str = ""
+    manage: str = ""
+    follow: str = ""
+    thread: ThreadLinks | None = None
 
 
 def thread_token(kind: str, message_pk: int) -> str:
@@ -35,15 +50,15 @@ def thread_token(kind: str, message_pk: int) -> str:
 
 def has_token(text: str) -> bool:
     """Whether `text` differs from one recipient to the next."""
-    return UNSUBSCRIBE in text or MUTE in text or MANAGE in text or THREAD in text
+    return THREAD in text or any(placeholder in text for placeholder in PLACEHOLDERS)
 
 
-def fill_links(text: str, unsubscribe: str, mute: str, manage: str,
-               thread: ThreadLinks | None = None) -> str:
+def fill_links(text: str, links: Links) -> str:
     """A slot's text with one recipient's tokens in place of the placeholders."""
-    text = text.replace(UNSUBSCRIBE, unsubscribe).replace(MUTE, mute).replace(MANAGE, manage)
-    if thread is not None:
-        text = _THREAD.sub(lambda m: thread(m[1], int(m[2])), text)
+    text = (text.replace(UNSUBSCRIBE, links.unsubscribe).replace(MUTE, links.mute)
+            .replace(MANAGE, links.manage).replace(FOLLOW, links.follow))
+    if links.thread is not None:
+        text = _THREAD.sub(lambda m: links.thread(m[1], int(m[2])), text)  # type: ignore[misc]
     return text
 
 
@@ -58,10 +73,9 @@ class Slot:
     carry: bytes = b""  # base64: decoded bytes before the text, short of a 3-byte group
     rest: bytes = b""  # base64: decoded bytes after the text ("</body></html>")
 
-    def fill(self, unsubscribe: str, mute: str, manage: str = "",
-             thread: ThreadLinks | None = None) -> bytes:
+    def fill(self, links: Links) -> bytes:
         """The bytes this slot holds for one recipient; they always end a line."""
-        raw = fill_links(self.text, unsubscribe, mute, manage, thread).encode(self.charset)
+        raw = fill_links(self.text, links).encode(self.charset)
         if self.encoding == "base64":
             return crlf(base64.encodebytes(self.carry + crlf(raw) + self.rest))
         if self.encoding == "quoted-printable":
@@ -84,10 +98,9 @@ class Copy:
             pos = slot.at
         yield self.data[pos:], None
 
-    def personal(self, unsubscribe: str, mute: str, manage: str = "",
-                 thread: ThreadLinks | None = None) -> bytes:
+    def personal(self, links: Links) -> bytes:
         """The bytes one recipient gets."""
-        return b"".join(chunk + (slot.fill(unsubscribe, mute, manage, thread) if slot else b"")
+        return b"".join(chunk + (slot.fill(links) if slot else b"")
                         for chunk, slot in self.chunks())
 
     def links_manage(self) -> bool:
@@ -97,6 +110,10 @@ class Copy:
     def links_threads(self) -> bool:
         """Whether a slot holds per-thread links (a summary's)."""
         return any(THREAD in slot.text for slot in self.slots)
+
+    def links_follow(self) -> bool:
+        """Whether a slot holds the follow link (signed per recipient only then)."""
+        return any(FOLLOW in slot.text for slot in self.slots)
 
     def slots_json(self) -> str:
         """For Outgoing.slots; "" when everyone gets the same bytes."""

@@ -17,7 +17,15 @@ from sqlmodel import Session
 
 from listserv import content_filter, db, search, thread, view
 from listserv.enums import ArchivePolicy, MessageKind, MessageState
-from listserv.models import MailingList, Message, Mute, ThreadNode, ThreadSummary, utcnow
+from listserv.models import (
+    Follow,
+    MailingList,
+    Message,
+    Mute,
+    ThreadNode,
+    ThreadSummary,
+    utcnow,
+)
 from listserv.parse import Parsed
 
 # How far back a subject-only reply may find the thread it answers.
@@ -200,10 +208,19 @@ def _subject_thread(threads: Threads, message: Archivable) -> str | None:
 
 
 def _follow_mutes(session: Session, list_id: int, moves: set[tuple[str, str]]) -> None:
-    """A thread renamed by a late parent keeps its mutes (they name the thread's root)."""
-    for old, new in moves:
-        session.execute(update(Mute).where(Mute.list_id == list_id, Mute.thread_id == old)
-                        .values(thread_id=new))
+    """A thread renamed by a late parent keeps its mutes and follows (they name the
+    thread's root). A member who had muted (or followed) both threads keeps one row: two
+    would break the table's unique constraint, and the post that merged them with it."""
+    for table in (Mute, Follow):
+        for old, new in moves:
+            there = select(table.address).where(table.list_id == list_id,
+                                                table.thread_id == new)
+            session.execute(delete(table).where(table.list_id == list_id,
+                                                table.thread_id == old,
+                                                table.address.in_(there)))
+            session.execute(update(table).where(table.list_id == list_id,
+                                                table.thread_id == old)
+                            .values(thread_id=new))
 
 
 def thread_message(session: Session, threads: Threads, message: Archivable,

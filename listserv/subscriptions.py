@@ -16,13 +16,15 @@ from listserv import member_actions, notices, roster, tokens
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.enums import Role
-from listserv.models import MailingList, Member, Mute, ThreadSummary
+from listserv.models import Follow, MailingList, Member, Mute, ThreadSummary
 
 log = logging.getLogger("listserv.subscriptions")
 
 
 @dataclass(frozen=True)
-class Muted:
+class Thread:
+    """A thread a member muted or follows."""
+
     thread_id: str
     subject: str  # of the thread's first archived post; "" when not archived
 
@@ -30,22 +32,24 @@ class Muted:
 @dataclass(frozen=True)
 class Entry:
     """One list an address is on: its member row (None when it only owns or moderates
-    the list), its other roles and the threads it muted there."""
+    the list), its other roles and the threads it muted and follows there."""
 
     mlist: MailingList
     member: Member | None
     roles: tuple[Role, ...]
-    muted: tuple[Muted, ...]
+    muted: tuple[Thread, ...] = ()
+    followed: tuple[Thread, ...] = ()
 
 
-def _muted(session: Session, list_id: int, address: str) -> tuple[Muted, ...]:
+def _threads(session: Session, table: type[Mute] | type[Follow], list_id: int,
+             address: str) -> tuple[Thread, ...]:
     rows = session.execute(
-        select(Mute.thread_id, ThreadSummary.subject)
-        .outerjoin(ThreadSummary, (ThreadSummary.list_id == Mute.list_id)
-                   & (ThreadSummary.thread_id == Mute.thread_id))
-        .where(Mute.list_id == list_id, Mute.address == address)
-        .order_by(Mute.id))
-    return tuple(Muted(thread_id, subject or "") for thread_id, subject in rows)
+        select(table.thread_id, ThreadSummary.subject)
+        .outerjoin(ThreadSummary, (ThreadSummary.list_id == table.list_id)
+                   & (ThreadSummary.thread_id == table.thread_id))
+        .where(table.list_id == list_id, table.address == address)
+        .order_by(table.id))
+    return tuple(Thread(thread_id, subject or "") for thread_id, subject in rows)
 
 
 def overview(session: Session, address: str) -> list[Entry]:
@@ -58,9 +62,10 @@ def overview(session: Session, address: str) -> list[Entry]:
     entries = []
     for list_id, rows in by_list.items():
         member = next((r for r in rows if r.role is Role.MEMBER), None)
-        entries.append(Entry(lists[list_id], member,
-                             tuple(r.role for r in rows if r.role is not Role.MEMBER),
-                             _muted(session, list_id, address) if member else ()))
+        roles = tuple(r.role for r in rows if r.role is not Role.MEMBER)
+        entries.append(Entry(lists[list_id], member, roles) if member is None else Entry(
+            lists[list_id], member, roles, _threads(session, Mute, list_id, address),
+            _threads(session, Follow, list_id, address)))
     return entries
 
 

@@ -67,11 +67,9 @@ def subject_of(name: str, volume: int, number: int) -> str:
 
 
 def follow_url(base_url: str, message_pk: int) -> str:
-    """A member's link to follow a thread (each post then comes to them as it is sent).
-    Following is the `options` branch's: "" until its `urls.follow_url` and its token
-    (named "follow" in copies.THREAD_LINKS) are merged, and the template leaves the link
-    out meanwhile."""
-    return ""
+    """A member's link to follow a thread (each post then comes to them as it is sent),
+    their own token filled in at delivery."""
+    return urls.follow_url(base_url, slots.thread_token("follow", message_pk))
 
 
 def _text(mlist: MailingList, base_url: str, context: dict, found: list[Topic],

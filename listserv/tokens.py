@@ -5,7 +5,7 @@ is 32 hex characters: the first 16 find its row, the last 16 are a secret of whi
 row keeps only a SHA-256, compared in constant time. So neither the index lookup (a
 B-tree compares the value it is given byte by byte) nor a copy of the database tells
 anyone a usable token.
-Unsubscribe, mute and manage links (and the join form's value) are signed instead
+Unsubscribe, mute, follow and manage links (and the join form's value) are signed instead
 (HMAC with the server secret), so a copy can carry one for each member without a row
 per member per post. Each says when
 it was made, so it acts only on the membership of that time: after the member leaves
@@ -186,6 +186,12 @@ def reenable_link(secret: str, list_id: int, address: str) -> str:
 
 def mute_link(secret: str, list_id: int, address: str, message_pk: int) -> str:
     return sign(secret, "mute", str(list_id), address, str(message_pk), _now())
+
+
+def follow_link(secret: str, list_id: int, address: str, message_pk: int) -> str:
+    """Follow the thread of a post: its posts come one by one even to a digest member.
+    A purpose of its own, so a mute link can never be replayed as a follow."""
+    return sign(secret, "follow", str(list_id), address, str(message_pk), _now())
 
 
 def archive_pass(secret: str, list_id: int, address: str, days: int) -> str:

@@ -39,6 +39,11 @@ def mute_url(base_url: str, token: str) -> str:
     return f"{base_url.rstrip('/')}/mute/{token}"
 
 
+def follow_url(base_url: str, token: str) -> str:
+    """The page that follows one thread for a member (see tokens.follow_link)."""
+    return f"{base_url.rstrip('/')}/follow/{token}"
+
+
 def manage_url(base_url: str, token: str) -> str:
     """A member's page of every subscription on the server (a signed, timed link)."""
     return f"{base_url.rstrip('/')}/manage/{token}"

@@ -12,11 +12,11 @@ from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from listserv import bounces, db, tokens
 from listserv.enums import Role
-from listserv.models import Member, Mute
+from listserv.models import Follow, MailingList, Member, Mute
 from listserv.urls import quote_id
 from tests.helpers import CORPUS, SECRET, mails_to, ok, write_config
 from tests.helpers import is_member as helpers_is_member
@@ -339,6 +339,39 @@ def test_a_member_switches_to_the_digest_mutes_a_thread_and_leaves_one_list_of_t
         assert s.scalars(select(Mute.thread_id).where(Mute.address == BOB)).all() == [
             "plans@x"]
     assert rows == {(1, "digest-mime")}
+
+
+def test_a_digest_member_follows_a_thread_from_the_footer_and_sets_options_on_the_page(
+        running, make_list, reader, sink, engine, tmp_path):
+    make_list(LIST, members=[ALICE, BOB])
+    with db.session(engine) as s:
+        s.execute(update(MailingList).values(
+            footer="-- {{ name }}\nFollow this thread: {{ follow_url }}\n"
+                   "Your subscriptions: {{ manage_url }}"))
+        s.commit()
+    post(running, "Release plans", "Shall we tag the tarball on Friday?\n", ALICE, "plans@x")
+    r = reader(is_mobile=True, has_touch=True)
+
+    page = r.visit(link_in(sink, BOB, r"http\S+/follow/\S+"))
+    fits_a_phone(page, "follow", tmp_path)
+    page = r.follow(page.get_by_role("button", name="Follow this thread"))
+    sync_api.expect(page.get_by_role("button", name="Unfollow this thread")).to_be_visible()
+    fits_a_phone(page, "followed", tmp_path)
+
+    page = r.visit(link_in(sink, BOB, r"http\S+/manage/\S+"))
+    options = page.get_by_role("group", name="Your options on Dev")
+    options.get_by_label("A copy of my own posts").uncheck()
+    options.get_by_label("A short mail when my post went out").check()
+    page = r.follow(page.get_by_role("button", name="Save options for Dev"))
+    sync_api.expect(page.get_by_role("status")).to_contain_text("options on dev@")
+    sync_api.expect(page.get_by_role("button", name="Unfollow Release plans")).to_be_visible()
+    fits_a_phone(page, "manage-options", tmp_path)
+    with db.session(engine) as s:
+        bob = s.scalars(select(Member).where(Member.address == BOB)).one()
+        assert (bob.own_posts, bob.acknowledge) == (False, True)
+        assert s.scalars(select(Follow.thread_id)).all() == ["plans@x"]
+    page = r.follow(page.get_by_role("button", name="Unfollow Release plans"))
+    sync_api.expect(page.get_by_role("button", name="Unfollow Release plans")).to_have_count(0)
 
 
 def test_expired_and_forged_manage_links_get_a_clear_page(running, make_list, reader,

@@ -111,8 +111,8 @@ def test_member_show_lists_every_list_of_an_address(make_list, config_file):
         (OTHER, "member", "nomail", 0.0)]
     text = listserv(config_file, "member", "show", "ann@example.org")
     assert text.splitlines()[0].split() == ["list", "role", "delivery", "status", "bounce",
-                                            "score"]
-    assert f"{OTHER}  member  nomail  enabled  0" in text
+                                            "score", "options"]
+    assert f"{OTHER}  member  nomail  enabled  0  -" in text
     assert_one_line_error(run_listserv("--config", config_file, "member", "show",
                                        "nobody@example.org"), "nobody@example.org")
 

@@ -35,7 +35,7 @@ def copy_of(raw: bytes, name: str = "Dev", template: str | None = None) -> bytes
     copy = compose.list_copy(raw, addresses=ADDRESSES, name=name, base_url=BASE,
                              message_id="post@example.com", subject="Hello",
                              add_message_id=False, footer=footer(name, template))
-    return copy.personal("UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN")
+    return copy.personal(slots.Links("UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN"))
 
 
 def parse(data: bytes) -> Message:
@@ -51,7 +51,8 @@ def decoded(part: Message) -> bytes:
 
 
 def filled(text: str, charset: str) -> bytes:
-    return slots.fill_links(text, "UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN").encode(charset)
+    links = slots.Links("UNSUB-TOKEN", "MUTE-TOKEN", "MANAGE-TOKEN")
+    return slots.fill_links(text, links).encode(charset)
 
 
 def same_payload(new: Message, old: Message, defective: bool) -> bool:

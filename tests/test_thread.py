@@ -24,7 +24,7 @@ from typer.testing import CliRunner, Result
 
 from listserv import archive_export, archive_import, db, mbox, roster, store, thread
 from listserv.cli import app
-from listserv.models import Mute
+from listserv.models import Follow, Mute
 from listserv.parse import Parsed, parse
 from tests.helpers import CORPUS, corpus_path, message
 
@@ -526,3 +526,31 @@ def test_a_mute_follows_its_thread_when_a_late_parent_renames_it(engine, make_li
     assert new_name != first_name
     with db.session(engine) as s:
         assert [m.thread_id for m in s.scalars(select(Mute))] == [new_name]
+
+
+def test_a_member_who_muted_and_followed_both_halves_of_a_merged_thread_keeps_one_of_each(
+        engine, make_list):
+    """A late parent that joins two threads must not give a member two rows of one thread
+    (the unique constraint would refuse the post that joined them)."""
+    def mail(message_id: str, parent: str = "") -> bytes:
+        answer = f"In-Reply-To: <{parent}>\r\n" if parent else ""
+        return (f"From: a@example.org\r\nSubject: {message_id}\r\n"
+                f"Message-ID: <{message_id}>\r\n{answer}\r\nHi\r\n").encode()
+
+    make_list(LIST)
+    rows = arrive(engine, mail("reply@x", parent="middle@x"), mail("root@x"))
+    names = {rows["reply@x"]["thread_id"], rows["root@x"]["thread_id"]}
+    assert len(names) == 2
+    with db.session(engine) as s:
+        list_id = roster.get_list(s, LIST).id
+        for table in (Mute, Follow):
+            for name in names:
+                s.add(table(list_id=list_id, address="bob@example.com", thread_id=name))
+        s.commit()
+    rows = arrive(engine, mail("middle@x", parent="root@x"))
+    joined = rows["reply@x"]["thread_id"]
+    assert joined == rows["root@x"]["thread_id"]
+    with db.session(engine) as s:
+        for table in (Mute, Follow):
+            assert [(m.address, m.thread_id) for m in s.scalars(select(table))] == [
+                ("bob@example.com", joined)]

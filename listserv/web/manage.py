@@ -9,7 +9,7 @@ from the link mailed to the new address, /manage/address/TOKEN.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 
 from sqlmodel import Session
 from starlette.datastructures import FormData
@@ -22,8 +22,6 @@ from listserv.enums import DeliveryMode
 from listserv.models import MailingList
 from listserv.web import pages
 from listserv.web.join import form_address, too_many
-
-MAX_PAUSE = timedelta(days=366)  # "no mail until" at most this far ahead
 
 
 class Refused(Exception):
@@ -106,21 +104,9 @@ def _delivery(session: Session, config: Config, address: str, form: FormData) ->
     return f"Delivery on {mlist.address} is now: {mode.value}."
 
 
-def _until(text: str) -> datetime:
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise Refused("Give the date as YYYY-MM-DD.") from None
-    until = datetime(day.year, day.month, day.day, tzinfo=UTC)
-    now = datetime.now(UTC)
-    if not now < until <= now + MAX_PAUSE:
-        raise Refused("Choose a date after today and within a year.")
-    return until
-
-
 def _pause(session: Session, config: Config, address: str, form: FormData) -> str:
     mlist = _list_of(session, address, form)
-    until = _until(str(form.get("until", "")))
+    until = roster.pause_until(str(form.get("until", "")))
     roster.pause(session, mlist, address, until)
     return f"No mail from {mlist.address} until {until.date().isoformat()}."
 
@@ -135,6 +121,21 @@ def _unmute(session: Session, config: Config, address: str, form: FormData) -> s
     mlist = _list_of(session, address, form)
     member_actions.unmute(session, mlist.id, address, str(form.get("thread", "")))
     return f"That thread of {mlist.address} reaches you again."
+
+
+def _unfollow(session: Session, config: Config, address: str, form: FormData) -> str:
+    mlist = _list_of(session, address, form)
+    member_actions.unfollow(session, mlist.id, address, str(form.get("thread", "")))
+    return f"Posts of that thread of {mlist.address} reach you as your delivery says again."
+
+
+def _options(session: Session, config: Config, address: str, form: FormData) -> str:
+    """The checkboxes of the options form: a box left unticked is not sent, so each
+    option the form shows is set, to "on" or off."""
+    mlist = _list_of(session, address, form)
+    chosen = {name: form.get(name) == "on" for name in roster.OPTIONS}
+    roster.set_options(session, mlist, address, **chosen)
+    return f"Your options on {mlist.address} are saved."
 
 
 def _leave(session: Session, config: Config, address: str, form: FormData) -> str:
@@ -161,6 +162,7 @@ def _new_address(session: Session, config: Config, address: str, form: FormData)
 
 CHANGES: dict[str, Change] = {
     "delivery": _delivery, "pause": _pause, "resume": _resume, "unmute": _unmute,
+    "unfollow": _unfollow, "options": _options,
     "leave": _leave, "leave-all": _leave_all, "change-address": _new_address,
 }
 

@@ -1,5 +1,6 @@
 """The pages behind the links in a member's mail: confirm a subscription, unsubscribe
-(RFC 8058 one-click), mute or unmute a thread, turn delivery back on after bounces.
+(RFC 8058 one-click), mute or follow a thread (and undo it), turn delivery back on after
+bounces.
 
 They only ever act on POST: a GET shows a page with a button, because link scanners
 and previews fetch every URL. Each link is checked again on the POST that acts.
@@ -24,7 +25,8 @@ from listserv.web import pages
 
 @dataclass(frozen=True)
 class Link:
-    """What a signed link in a member's copy names: a member, and for mute a thread."""
+    """What a signed link in a member's copy names: a member, and for mute or follow a
+    thread."""
 
     mlist: MailingList
     address: str
@@ -59,9 +61,9 @@ def reenable_target(session: Session, config: Config, value: str) -> Link | None
     return _member_link(session, config, "reenable", value)
 
 
-def mute_target(session: Session, config: Config, value: str) -> Link | None:
-    """The member and thread a mute link was made for; None if forged or gone."""
-    parts = _signed(session, config, "mute", value, 4)
+def _thread_link(session: Session, config: Config, purpose: str, value: str) -> Link | None:
+    """The member and thread a mute or follow link was made for; None if forged or gone."""
+    parts = _signed(session, config, purpose, value, 4)
     if parts is None or not parts[2].isdigit():
         return None
     mlist = session.get(MailingList, int(parts[0]))
@@ -69,6 +71,14 @@ def mute_target(session: Session, config: Config, value: str) -> Link | None:
         return None
     thread_id = member_actions.thread_of_message(session, mlist.id, int(parts[2]))
     return Link(mlist, parts[1], thread_id) if thread_id else None
+
+
+def mute_target(session: Session, config: Config, value: str) -> Link | None:
+    return _thread_link(session, config, "mute", value)
+
+
+def follow_target(session: Session, config: Config, value: str) -> Link | None:
+    return _thread_link(session, config, "follow", value)
 
 
 async def signed_link(request: Request, target: Callable[[Session, Config, str], Link | None],
@@ -175,27 +185,49 @@ async def unsubscribe(request: Request) -> Response:
                       mlist=link.mlist, address=link.address)
 
 
-# --- mute and unmute a thread: one link, and each page offers the other -----------------
+# --- mute, unmute, follow, unfollow a thread: one link, each page offers the undo ------
+
+@dataclass(frozen=True)
+class ThreadVerb:
+    """What a thread link's page does: its undo, the change, the link and page it uses."""
+
+    undo: str
+    done: str  # the page's word for it done
+    change: Callable[[Session, int, str, str], None]
+    target: Callable[[Session, Config, str], Link | None]
+    page: str  # templates/web/PAGE.html, and the purpose of the signed link
+
+
+VERBS = {
+    "mute": ThreadVerb("unmute", "muted", member_actions.mute, mute_target, "mute"),
+    "unmute": ThreadVerb("mute", "unmuted", member_actions.unmute, mute_target, "mute"),
+    "follow": ThreadVerb("unfollow", "followed", member_actions.follow, follow_target,
+                         "follow"),
+    "unfollow": ThreadVerb("follow", "unfollowed", member_actions.unfollow, follow_target,
+                           "follow"),
+}
+
 
 async def _offer(request: Request, verb: str) -> Response:
-    """GET /mute/TOKEN or /unmute/TOKEN: the page with the button."""
-    link = await signed_link(request, mute_target)
+    """GET /VERB/TOKEN: the page with the button."""
+    what = VERBS[verb]
+    link = await signed_link(request, what.target)
     if link is None:
-        return pages.invalid(request, "mute", 400)
-    return pages.page(request, "mute", done="", offer=verb, mlist=link.mlist,
+        return pages.invalid(request, what.page, 400)
+    return pages.page(request, what.page, done="", offer=verb, mlist=link.mlist,
                       address=link.address, action=request.url.path)
 
 
-async def _change(request: Request, on: bool) -> Response:
-    """POST /mute/TOKEN or /unmute/TOKEN: done, and the page offers to undo it."""
-    verb, other = ("mute", "unmute") if on else ("unmute", "mute")
-    change = member_actions.mute if on else member_actions.unmute
-    link = await signed_link(request, mute_target, lambda session, link: change(
+async def _change(request: Request, verb: str) -> Response:
+    """POST /VERB/TOKEN: done, and the page offers to undo it."""
+    what = VERBS[verb]
+    link = await signed_link(request, what.target, lambda session, link: what.change(
         session, link.mlist.id, link.address, link.thread_id))
     if link is None:
-        return pages.invalid(request, "mute", 400)
-    return pages.page(request, "mute", done=f"{verb}d", offer=other, mlist=link.mlist,
-                      address=link.address, action=f"/{other}/{request.path_params['token']}")
+        return pages.invalid(request, what.page, 400)
+    return pages.page(request, what.page, done=what.done, offer=what.undo, mlist=link.mlist,
+                      address=link.address,
+                      action=f"/{what.undo}/{request.path_params['token']}")
 
 
 async def mute_form(request: Request) -> Response:
@@ -203,7 +235,7 @@ async def mute_form(request: Request) -> Response:
 
 
 async def mute(request: Request) -> Response:
-    return await _change(request, on=True)
+    return await _change(request, "mute")
 
 
 async def unmute_form(request: Request) -> Response:
@@ -211,7 +243,23 @@ async def unmute_form(request: Request) -> Response:
 
 
 async def unmute(request: Request) -> Response:
-    return await _change(request, on=False)
+    return await _change(request, "unmute")
+
+
+async def follow_form(request: Request) -> Response:
+    return await _offer(request, "follow")
+
+
+async def follow(request: Request) -> Response:
+    return await _change(request, "follow")
+
+
+async def unfollow_form(request: Request) -> Response:
+    return await _offer(request, "unfollow")
+
+
+async def unfollow(request: Request) -> Response:
+    return await _change(request, "unfollow")
 
 
 # --- re-enable delivery after bounces --------------------------------------------------
