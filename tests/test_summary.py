@@ -87,6 +87,26 @@ def test_a_thread_muted_from_the_summary_is_left_out_of_the_next(running, make_l
     assert "Release plan" in other and "Build fails" in other
 
 
+def test_a_thread_followed_from_the_summary_comes_post_by_post(running, make_list, sink,
+                                                               engine, cli):
+    summary_list(make_list, engine)
+    root = post(running, "Release plan", "When do we ship?\n")
+    post(running, "Build fails", "It fails on ARM.\n")
+    ok(cli("digest", "send", LIST))
+    text = text_of(mails_to(sink, SUM)[0])
+    follows = re.findall(r"Follow: (\S+)", text)
+    assert len(follows) == 2 and set(follows).isdisjoint(
+        re.findall(r"Follow: (\S+)", text_of(mails_to(sink, SUM2)[0])))
+    with httpx.Client(timeout=10) as client:
+        assert "Follow this thread" in client.get(follows[0]).text  # a button, not yet an act
+        assert client.post(follows[0]).is_success
+    post(running, "Re: Release plan", "Tuesday.\n", **{"In-Reply-To": f"<{root}>"})
+    post(running, "Re: Build fails", "Fixed.\n")
+    assert delivered_to(engine, sink, SUM) == 2  # the summary, then the followed reply
+    assert mails_to(sink, SUM, 2)[1]["Subject"].endswith("Re: Release plan")
+    assert delivered_to(engine, sink, SUM2) == 1  # who did not follow waits for the next
+
+
 def test_summary_page_beside_its_digest_issue(running, make_list, sink, engine, cli):
     summary_list(make_list, engine)
     root = post(running, "Build <fails>", "It fails on ARM.\nSee the log.\n")
