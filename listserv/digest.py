@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import fanout, headers, outbox, owner_templates
+from listserv import fanout, headers, outbox, owner_templates, parse
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.digest_format import (
@@ -101,7 +101,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
         select(DigestItem.id, DigestItem.size, DigestItem.created_at, DigestItem.position,
                Message.message_id, Message.subject, Message.from_name, Message.from_address,
                Message.date, Message.received_at, ThreadNode.thread_id,
-               ThreadSummary.subject.label("thread_subject"),
+               ThreadSummary.subject.label("thread_subject"), Message.erased_at,
                (Message.raw if with_raw else Message.size).label("raw"))
         .join(Message, Message.id == DigestItem.message_pk)
         .outerjoin(ThreadNode, and_(ThreadNode.list_id == DigestItem.list_id,
@@ -118,7 +118,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
             from_header=headers.mailbox(name, address) if address else headers.one_line(name),
             date=row.date or row.received_at, thread_id=row.thread_id or row.message_id,
             thread_subject=row.thread_subject or row.subject,
-            raw=row.raw if with_raw else b"")
+            raw=row.raw if with_raw else b"", erased=row.erased_at is not None)
         found.append(Item(row.id, row.size, row.created_at, entry))
     return found
 
@@ -193,10 +193,7 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
     volume, number = numbering(mlist, now)
     base_url = config.web.base_url
     entries = [i.entry for i in found]
-    context = issue_context(mlist, base_url, volume, number, entries)
-    context["header"] = (owner_templates.rendered(
-        mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
-        number=number, issue_url=context["issue_url"]) or "").strip("\n")
+    context = _context(mlist, base_url, volume, number, entries)
     mime = form(mlist, base_url, context, mime_body(context, entries), "mime", now)
     issue = DigestIssue(list_id=list_id, volume=volume, number=number,
                         subject=context["subject"], created_at=now, size=size,
@@ -214,6 +211,28 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
         _queue(session, config, mlist, plain_rcpts,
                form(mlist, base_url, context, plain_body(context, entries), "plain", now))
     return Sent(issue, len(entries), len(mime_rcpts), len(plain_rcpts))
+
+
+def _context(mlist: MailingList, base_url: str, volume: int, number: int,
+             entries: list[Entry]) -> dict:
+    """issue_context with the owners' digest header rendered into it."""
+    context = issue_context(mlist, base_url, volume, number, entries)
+    context["header"] = (owner_templates.rendered(
+        mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
+        number=number, issue_url=context["issue_url"]) or "").strip("\n")
+    return context
+
+
+def rewrite(session: Session, config: Config, issue: DigestIssue) -> None:
+    """The MIME form an issue keeps, written again from its posts as they are now (one
+    was erased or anonymised since), with its date and Message-ID as sent."""
+    mlist = session.get_one(MailingList, issue.list_id)
+    entries = issue_entries(session, issue, with_raw=True)
+    context = _context(mlist, config.web.base_url, issue.volume, issue.number, entries)
+    sent_id = parse.parse(issue.data).message_id
+    issue.data = form(mlist, config.web.base_url, context, mime_body(context, entries), "mime",
+                      issue.created_at, message_id=sent_id).archived
+    session.add(issue)
 
 
 def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],

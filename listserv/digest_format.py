@@ -36,6 +36,7 @@ class Entry:
     thread_id: str
     thread_subject: str
     raw: bytes = b""
+    erased: bool = False  # a tombstone (erasure.py): no subject, sender or text
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def issue_context(mlist: MailingList, base_url: str, volume: int, number: int,
 
     def item(entry: Entry) -> dict:
         return {"position": entry.position, "message_id": entry.message_id,
+                "erased": entry.erased,
                 "subject": entry.subject, "author": entry.author, "from": entry.from_header,
                 "date": format_datetime(entry.date),
                 "reply_url": reply_link(addresses, entry.message_id, entry.subject),
@@ -160,9 +162,12 @@ class Form:
 
 
 def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: str,
-         date: datetime) -> Form:
+         date: datetime, message_id: str | None = None) -> Form:
+    """An issue's form; `message_id` is given when an issue kept is written again (an
+    erased post), so replies to it still find it."""
     addresses = context["addresses"]
-    message_id = digest_message_id(addresses, context["volume"], context["number"], kind)
+    message_id = message_id or digest_message_id(addresses, context["volume"],
+                                                 context["number"], kind)
     fields = [("From", headers.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
               ("To", addresses.posting), ("Reply-To", addresses.posting),
               ("Subject", headers.unstructured(context["subject"])),
