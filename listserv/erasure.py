@@ -14,7 +14,7 @@ from datetime import datetime
 from sqlalchemy import delete, exists, func, select, update
 from sqlmodel import Session
 
-from listserv import digest, headers, roster, search, store, view
+from listserv import db, digest, headers, roster, search, store, view
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryState, MessageKind, MessageState, TokenKind
 from listserv.models import (
@@ -139,8 +139,10 @@ def _thread_of(session: Session, message: Message) -> str | None:
 
 def _stop_copies(session: Session, message: Message, *, cancel: bool) -> None:
     """With `cancel`, jobs not yet claimed are cancelled; then the bytes of every copy
-    with no job in a worker's hands are emptied (nothing will send them again). A copy
-    being sent at this moment keeps its bytes: the worker holds them already."""
+    with no job left to send are emptied: the message's own copies and notices, and the
+    list's digests that carry it (found by its Message-ID in their bytes; one still to
+    go out carries the others' posts too, and keeps its bytes). A copy being sent at
+    this moment keeps its bytes: the worker holds them already."""
     copies = select(Outgoing.id).where(Outgoing.message_pk == message.id)
     if cancel:
         session.execute(update(Delivery).where(
@@ -149,7 +151,11 @@ def _stop_copies(session: Session, message: Message, *, cancel: bool) -> None:
                     last_error="the message was erased"))
     sending = exists().where(Delivery.outgoing_id == Outgoing.id,
                              Delivery.state.in_([DeliveryState.QUEUED, DeliveryState.SENDING]))
-    session.execute(update(Outgoing).where(Outgoing.message_pk == message.id, ~sending)
+    digests = ((Outgoing.message_pk.is_(None)) & (Outgoing.list_id == message.list_id)
+               & db.holds_bytes(session.get_bind(), Outgoing.data,
+                                f"<{message.message_id}>".encode()))
+    session.execute(update(Outgoing).where((Outgoing.message_pk == message.id) | digests,
+                                           ~sending)
                     .values(data=b"", slots=""), execution_options={"synchronize_session": False})
 
 
