@@ -112,13 +112,14 @@ class Listed:
     erased: bool
 
 
-def recent(session: Session, list_id: int, words: str = "", limit: int = 50) -> list[Listed]:
+def recent(session: Session, mlist: MailingList, words: str = "", limit: int = 50
+           ) -> list[Listed]:
     """The newest archived posts, or those whose Message-ID, subject or sender holds
     `words`: what an owner picks the post to erase from."""
     query = (select(Message.message_id, Message.subject, Message.from_name,
                     Message.from_address, ThreadNode.date, Message.erased_at)
              .join(ThreadNode, ThreadNode.message_pk == Message.id)
-             .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST))
+             .where(ThreadNode.list_id == mlist.id, Message.kind == MessageKind.POST))
     words = words.strip().strip("<>")
     if words:
         like = f"%{words.lower()}%"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, text
@@ -398,3 +399,52 @@ def test_an_erased_held_post_is_never_approved(dev, engine, config, cli):
         assert not s.scalars(select(Token).where(Token.message_pk == row.id,
                                                  Token.kind == TokenKind.HOLD)).all()
     assert SECRET_WORD not in database_text(engine)
+
+
+# --- in a browser, on a phone ---------------------------------------------------------------
+
+PHONE = {"width": 390, "height": 844}
+SHOTS = Path("/tmp") / "listserv-erase-shots"  # kept to look at after a run
+
+
+def shot(page, name: str) -> None:
+    """No sideways scrolling at 390 px, a label on every field, and a screenshot."""
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll(
+        'input:not([type=hidden]), select, textarea')].filter(e => !e.labels.length)
+        .map(e => e.name)""")
+    assert unlabelled == [], page.url
+    SHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SHOTS / f"{name}.png", full_page=True)
+
+
+def test_the_author_and_an_owner_erase_by_pressing_buttons(running, dev, engine, sink,
+                                                           browser):
+    root, secret, answer = thread_of_three(running, engine)
+    origin = running.config.web.base_url
+    context = browser.new_context(viewport=PHONE)
+    context.set_default_timeout(10_000)
+    page = context.new_page()
+    page.goto(f"{origin}/{LIST}/message/{quote_id(secret)}/")
+    shot(page, "message")
+    page.get_by_role("link", name="Remove my message").click()
+    shot(page, "remove")
+    page.get_by_role("button", name="Mail the confirmation to the author").click()
+    page.get_by_text("on its way").wait_for()
+    shot(page, "remove-sent")
+    page.goto(f"{origin}/confirm/{confirmation_token(sink, CAROL)}")
+    shot(page, "confirm")
+    page.get_by_role("button", name="Yes, remove my message").click()
+    page.get_by_text("is removed from the archive").wait_for()
+    page.goto(f"{origin}/{LIST}/thread/{quote_id(root)}/")
+    assert "removed at its author" in page.content()
+    shot(page, "thread-with-tombstone")
+    page.goto(f"{origin}{admin_path(dev.id, OWNER)}/archive")
+    shot(page, "owner-archive")
+    post = page.locator("section.item", has_text="Re: the plan")
+    post.get_by_label("Reason").fill("off topic")
+    post.get_by_role("button", name="Erase this post").click()
+    page.get_by_text(f"erased <{answer}>").wait_for()
+    shot(page, "owner-erased")
+    context.close()
+    assert stored(engine, answer).erased_reason == "off topic"

@@ -21,7 +21,7 @@ POSTS_SHOWN = 50
 async def archive(request: Request) -> Response:
     query = request.query_params.get("q", "")[:200]
     found = await owners_only(request, lambda s, who: erasure.recent(
-        s, who.mlist.id, query, POSTS_SHOWN))
+        s, who.mlist, query, POSTS_SHOWN))
     if isinstance(found, Response):
         return found
     who, posts = found
