@@ -92,12 +92,14 @@ FEED_SUMMARY = 500  # characters of text per feed entry
 
 
 def latest_posts(session: Session, list_id: int, limit: int = 30) -> list[FeedEntry]:
-    """The newest archived posts, newest first, with the start of their text."""
+    """The newest archived posts, newest first, with the start of their text; an erased
+    one is no news (its tombstone stays in the pages and exports, for its thread)."""
     rows = session.execute(
         select(Message.message_id, Message.subject, Message.from_name, Message.from_address,
                ThreadNode.date, Message.raw)
         .join(ThreadNode, ThreadNode.message_pk == Message.id)
-        .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST)
+        .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST,
+               Message.erased_at.is_(None))
         .order_by(ThreadNode.date.desc(), Message.id.desc()).limit(limit))
     posts = []
     for message_id, subject, name, address, date, raw in rows:

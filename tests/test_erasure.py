@@ -185,6 +185,7 @@ def test_an_erased_post_leaves_no_trace_and_its_thread_holds(running, dev, engin
             assert_no_trace(shown.text)
         assert "(removed)" in client.get(f"/{LIST}/digest/1/1/").text
         assert secret in client.get(f"/{LIST}/export.mbox").text  # the tombstone stays
+        assert quote_id(secret) not in client.get(f"/{LIST}/feed.atom").text  # no news
         for words in (SECRET_WORD, SECRET_NAME):
             hits = client.get(f"/{LIST}/search", params={"q": words}).text
             assert quote_id(secret) not in hits and "<mark>" not in hits
