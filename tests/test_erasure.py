@@ -209,6 +209,9 @@ def test_an_erased_post_goes_to_no_one_it_has_not_reached(dev, engine, config, s
     with db.session(engine) as s:
         assert set(s.scalars(select(Delivery.state))) == {DeliveryState.CANCELLED}
         assert all(o.data == b"" for o in s.scalars(select(Outgoing)))
+        job = s.scalars(select(Delivery.id)).first()
+    refused = cli("queue", "retry", str(job))  # an admin cannot send it by mistake
+    assert refused.exit_code == 1 and "erased" in str(refused.exception)
     make_server()
     assert delivered_to(engine, sink, BOB) == 0
     ok(cli("digest", "send", LIST))  # its digest item went with it: no issue at all
