@@ -36,6 +36,7 @@ class Entry:
     thread_id: str
     thread_subject: str
     raw: bytes = b""
+    message_pk: int = 0
     erased: bool = False  # a tombstone (erasure.py): no subject, sender or text
 
 
@@ -162,9 +163,11 @@ class Form:
 
 
 def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: str,
-         date: datetime, message_id: str | None = None) -> Form:
-    """An issue's form; `message_id` is given when an issue kept is written again (an
-    erased post), so replies to it still find it."""
+         date: datetime, personal: tuple[slots.Slot, str] | None = None,
+         message_id: str | None = None) -> Form:
+    """`personal`, for a summary: a slot of text with each member's links that ends the
+    body, and the text the archive keeps in its place. `message_id` is given when an
+    issue kept is written again (an erased post), so replies to it still find it."""
     addresses = context["addresses"]
     message_id = message_id or digest_message_id(addresses, context["volume"],
                                                  context["number"], kind)
@@ -181,6 +184,10 @@ def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: st
     rest = b"MIME-Version: 1.0\r\n" + body
     slot = compose.unsubscribe_header(addresses, base_url)
     leave = f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n".encode()
-    return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
-                head + leave + rest)
-
+    if personal is None:
+        return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
+                    head + leave + rest)
+    text, archived = personal
+    return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),
+                                         dataclasses.replace(text, at=len(head + rest)))),
+                head + leave + rest + headers.crlf(archived.encode()))

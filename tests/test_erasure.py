@@ -48,6 +48,7 @@ from tests.helpers import (
 OWNER = "owner@example.org"
 MOD = "mod@example.org"
 DIGESTER = "dana@example.com"  # gets the MIME digest
+SUMMARIZED = "sam@example.com"  # gets the summary of each issue
 SECRET_WORD = "zanzibarquokka"  # in the erased post's subject, body and attachment
 SECRET_NAME = "Secretname"  # its author's display name
 AUTHOR = f"Xerxes {SECRET_NAME} <{CAROL}>"
@@ -66,10 +67,12 @@ def config_file(tmp_path, db_url, config, request):
 
 @pytest.fixture
 def dev(make_list, engine):
-    mlist = make_list(members=[BOB, CAROL, DIGESTER], owner=OWNER, moderators=[MOD])
+    mlist = make_list(members=[BOB, CAROL, DIGESTER, SUMMARIZED], owner=OWNER,
+                      moderators=[MOD])
     with db.session(engine) as s:
-        roster.set_member(s, s.get(type(mlist), mlist.id), DIGESTER,
-                          delivery=DeliveryMode.DIGEST_MIME)
+        for address, mode in ((DIGESTER, DeliveryMode.DIGEST_MIME),
+                              (SUMMARIZED, DeliveryMode.SUMMARY)):
+            roster.set_member(s, s.get(type(mlist), mlist.id), address, delivery=mode)
         s.commit()
     return mlist
 
@@ -179,7 +182,7 @@ def test_an_erased_post_leaves_no_trace_and_its_thread_holds(running, dev, engin
         for path in (f"/{LIST}/thread/{quote_id(root)}/", f"/{LIST}/", "/",
                      f"/{LIST}/2026/11/", f"/{LIST}/feed.atom", f"/{LIST}/export.mbox",
                      f"/{LIST}/export.mbox?thread={quote_id(root)}", f"/{LIST}/digest/",
-                     f"/{LIST}/digest/1/1/"):
+                     f"/{LIST}/digest/1/1/", f"/{LIST}/digest/1/1/summary/"):
             shown = client.get(path)
             assert shown.status_code == 200, path
             assert_no_trace(shown.text)
@@ -195,6 +198,21 @@ def test_an_erased_post_leaves_no_trace_and_its_thread_holds(running, dev, engin
     assert row.erased_at is not None and row.erased_reason == "leaked plans"
     assert row.from_address == row.subject == ""
     assert f"<{secret}>".encode() in row.raw and f"<{root}>".encode() in row.raw
+
+
+def test_an_erased_post_leaves_the_digest_summary_kept(running, dev, engine, sink, cli):
+    """A summary quotes the first lines of a thread's newest post: here the secret one."""
+    secret = send(running, secret_post("elsewhere@example.com"), CAROL)
+    wait_archived(engine, secret)
+    settled(engine)
+    ok(cli("digest", "send", LIST))
+    settled(engine)
+    with web(running) as client:
+        summary = f"/{LIST}/digest/1/1/summary/"
+        assert SECRET_WORD in client.get(summary).text
+        ok(cli("message", "erase", LIST, secret))
+        assert_no_trace(client.get(summary).text)
+    assert_no_trace(database_text(engine))
 
 
 def test_an_erased_post_goes_to_no_one_it_has_not_reached(dev, engine, config, sink,

@@ -1,7 +1,7 @@
 """Erased messages: when and why a message was made a tombstone
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0016
+Revises: 0015
 Create Date: 2026-12-06
 
 message gains erased_at (NULL: not erased) and erased_reason. An erased message keeps
@@ -14,8 +14,8 @@ import sqlalchemy as sa
 import sqlmodel
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0016"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 
