@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import ColumnElement, delete, exists, false, func, or_, select, update
 from sqlmodel import Session
 
 from listserv import db, digest, headers, roster, search, store, view
@@ -141,8 +141,8 @@ def _thread_of(session: Session, message: Message) -> str | None:
 def _stop_copies(session: Session, message: Message, *, cancel: bool) -> None:
     """With `cancel`, jobs not yet claimed are cancelled; then the bytes of every copy
     with no job left to send are emptied: the message's own copies and notices, and the
-    list's digests that carry it (found by its Message-ID in their bytes; one still to
-    go out carries the others' posts too, and keeps its bytes). A copy being sent at
+    copies of the digest issues and summaries that carry it (one still to go out
+    carries the others' posts too, and keeps its bytes). A copy being sent at
     this moment keeps its bytes: the worker holds them already."""
     copies = select(Outgoing.id).where(Outgoing.message_pk == message.id)
     if cancel:
@@ -152,12 +152,24 @@ def _stop_copies(session: Session, message: Message, *, cancel: bool) -> None:
                     last_error="the message was erased"))
     sending = exists().where(Delivery.outgoing_id == Outgoing.id,
                              Delivery.state.in_([DeliveryState.QUEUED, DeliveryState.SENDING]))
-    digests = ((Outgoing.message_pk.is_(None)) & (Outgoing.list_id == message.list_id)
-               & db.holds_bytes(session.get_bind(), Outgoing.data,
-                                f"<{message.message_id}>".encode()))
-    session.execute(update(Outgoing).where((Outgoing.message_pk == message.id) | digests,
-                                           ~sending)
+    session.execute(update(Outgoing).where((Outgoing.message_pk == message.id)
+                                           | _digest_copies(session, message), ~sending)
                     .values(data=b"", slots=""), execution_options={"synchronize_session": False})
+
+
+def _digest_copies(session: Session, message: Message) -> ColumnElement[bool]:
+    """The stored copies of the digest issues (and their summaries) that carry the
+    message: each form's Message-ID names its list, volume and issue
+    (digest_format.digest_message_id)."""
+    local = session.get_one(MailingList, message.list_id).addresses.local
+    named = [db.holds_bytes(session.get_bind(), Outgoing.data,
+                            f"<{local}.digest.{volume}.{number}.".encode())
+             for volume, number in session.execute(
+                 select(DigestIssue.volume, DigestIssue.number).join(
+                     DigestItem, DigestItem.issue_id == DigestIssue.id)
+                 .where(DigestItem.message_pk == message.id))]
+    return (Outgoing.message_pk.is_(None) & (Outgoing.list_id == message.list_id)
+            & or_(false(), *named))
 
 
 def _rewrite_issues(session: Session, config: Config, message: Message) -> None:
