@@ -7,6 +7,7 @@ store.archive is shown: a post with a thread node.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ class Post:
     date: datetime | None
     raw: bytes
     depth: int = 0
+    erased: bool = False  # a tombstone: no sender, subject or text (erasure.py)
 
 
 @dataclass(frozen=True)
@@ -146,17 +148,18 @@ def _skeleton(session: Session, list_id: int, thread_id: str
     archived posts, in one query."""
     rows = session.execute(
         select(ThreadNode.message_id, ThreadNode.parent_id, ThreadNode.date, Message.id,
-               *_POST_COLUMNS[1:], Message.raw)
+               *_POST_COLUMNS[1:], Message.raw, Message.erased_at)
         .outerjoin(Message, (Message.id == ThreadNode.message_pk)
                    & (Message.kind == MessageKind.POST))
         .where(ThreadNode.list_id == list_id, ThreadNode.thread_id == thread_id))
     nodes: dict[str, thread.Node] = {}
     posts: dict[str, Post] = {}
-    for mid, parent_id, node_date, pk, subject, name, address, date, data in rows:
+    for mid, parent_id, node_date, pk, subject, name, address, date, data, erased in rows:
         nodes[mid] = thread.Node(mid, real=pk is not None, parent_id=parent_id,
                                  thread_id=thread_id)
         if pk is not None:
-            posts[mid] = Post(mid, subject, name, address, date or node_date, data or b"")
+            posts[mid] = Post(mid, subject, name, address, date or node_date, data or b"",
+                              erased=erased is not None)
     return nodes, posts
 
 
@@ -186,8 +189,7 @@ def tree_order(nodes: dict[str, thread.Node], posts: dict[str, Post]) -> list[Po
             continue
         seen.add(mid)
         post = posts[mid]
-        ordered.append(Post(post.message_id, post.subject, post.from_name, post.from_address,
-                            post.date, post.raw, depth))
+        ordered.append(dataclasses.replace(post, depth=depth))
         stack.extend((child, depth + 1) for child in reversed(children.get(mid, [])))
     return ordered
 
@@ -247,21 +249,27 @@ def _replies(session: Session, list_id: int, message_id: str) -> list[Ref]:
 def message_page(session: Session, list_id: int, message_id: str) -> MessagePage | None:
     """An archived post with its parent and replies, whatever the size of its thread."""
     row = session.execute(
-        select(*_POST_COLUMNS, Message.raw, ThreadNode.thread_id, ThreadNode.parent_id)
+        select(*_POST_COLUMNS, Message.raw, Message.erased_at, ThreadNode.thread_id,
+               ThreadNode.parent_id)
         .join(ThreadNode, ThreadNode.message_pk == Message.id)
         .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
                Message.kind == MessageKind.POST)).first()
     if row is None:
         return None
-    *fields, thread_id, parent_id = row
-    return MessagePage(Post(*fields), thread_id,
+    *fields, erased_at, thread_id, parent_id = row
+    return MessagePage(Post(*fields, erased=erased_at is not None), thread_id,
                        _parent(session, list_id, message_id, parent_id),
                        _replies(session, list_id, message_id))
 
 
 def raw_message(session: Session, list_id: int, message_id: str) -> bytes | None:
-    """The stored bytes of an archived post."""
-    return session.scalars(
-        select(Message.raw).join(ThreadNode, ThreadNode.message_pk == Message.id)
+    """The stored bytes of an archived post; b"" for an erased one (its tombstone is no
+    message as received: /raw and its attachments answer 410 Gone)."""
+    row = session.execute(
+        select(Message.raw, Message.erased_at)
+        .join(ThreadNode, ThreadNode.message_pk == Message.id)
         .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
                Message.kind == MessageKind.POST)).first()
+    if row is None:
+        return None
+    return b"" if row.erased_at is not None else row.raw

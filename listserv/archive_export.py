@@ -94,14 +94,16 @@ FEED_SUMMARY = 500  # characters of text per feed entry
 
 def latest_posts(session: Session, mlist: MailingList, limit: int = 30) -> list[FeedEntry]:
     """The newest archived posts, newest first, with the start of their text (as the
-    list's content filter gives it)."""
+    list's content filter gives it); an erased one is no news (its tombstone stays in
+    the pages and exports, for its thread)."""
     content = content_filter.rules(mlist)
     list_id = mlist.id
     rows = session.execute(
         select(Message.message_id, Message.subject, Message.from_name, Message.from_address,
                ThreadNode.date, Message.raw)
         .join(ThreadNode, ThreadNode.message_pk == Message.id)
-        .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST)
+        .where(ThreadNode.list_id == list_id, Message.kind == MessageKind.POST,
+               Message.erased_at.is_(None))
         .order_by(ThreadNode.date.desc(), Message.id.desc()).limit(limit))
     posts = []
     for message_id, subject, name, address, date, raw in rows:

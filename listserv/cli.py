@@ -750,13 +750,21 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
 
 
 # The nouns in modules of their own use the helpers above, so they come after them.
-from listserv import cli_bounce, cli_member, cli_queue, cli_rules, cli_templates  # noqa: E402, F401
+from listserv import (  # noqa: E402, F401
+    cli_bounce,
+    cli_member,
+    cli_message,
+    cli_queue,
+    cli_rules,
+    cli_templates,
+)
 
 app.add_typer(cli_queue.queue_app, name="queue")
 app.add_typer(cli_rules.sender_app, name="sender")
 app.add_typer(cli_rules.ban_app, name="ban")
 app.add_typer(cli_rules.rule_app, name="rule")
 app.add_typer(cli_templates.template_app, name="template")
+app.add_typer(cli_message.message_app, name="message")
 
 
 def _usage_error(exc: Exception) -> int | None:

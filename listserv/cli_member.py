@@ -356,3 +356,41 @@ def member_change_address(ctx: typer.Context, old: Annotated[str, typer.Argument
         raise roster.UserError(f"{old} is on no list")
     for mlist in moved:
         out.print(f"{mlist}: {old} is now {new}")
+
+
+@member_app.command("forget")
+def member_forget(ctx: typer.Context, address: AddressArg,
+                  messages: Annotated[bool, typer.Option(
+                      "--messages", help="Also erase everything the address posted, on "
+                      "every list.")] = False,
+                  anonymise: Annotated[bool, typer.Option(
+                      "--anonymise", help="With --messages: keep the posts' text and take "
+                      "the sender's name and address out instead of erasing.")] = False
+                  ) -> None:
+    """Forget an address (a request under privacy law): remove it from every list, with
+    its bounce records, tokens and muted threads; nobody is mailed. With --messages,
+    every post it sent is erased as `message erase` does, or with --anonymise kept
+    without its From, Sender and Reply-To.
+
+    \b
+    Examples:
+      listserv member forget ann@example.org
+      listserv member forget ann@example.org --messages
+      listserv member forget ann@example.org --messages --anonymise
+    """
+    from listserv import db, erasure, roster
+
+    if anonymise and not messages:
+        raise typer.BadParameter("--anonymise goes with --messages", param_hint="--anonymise")
+    state = _state(ctx)
+    with db.session(state.engine) as s:
+        done = erasure.forget(s, state.config, address, messages=messages,
+                              anonymise_only=anonymise)
+        s.commit()
+    if not done.lists and not done.records and not done.messages:
+        raise roster.UserError(f"{address} is on no list and left no records")
+    verb = "anonymised" if anonymise else "erased"
+    out.print(f"{address}: removed from {len(done.lists)} lists"
+              f"{' (' + ', '.join(done.lists) + ')' if done.lists else ''}, "
+              f"{done.records} records deleted"
+              + (f", {done.messages} messages {verb}" if messages else ""))

@@ -31,12 +31,14 @@ from listserv.enums import DeliveryMode, Role, TokenKind
 from listserv.member_actions import (
     Outcome,
     archive_access,
+    ask_erase,
     command_addresses,
     confirm,
     decide_member,
     follow,
     is_member,
     mute,
+    replied_message,
     send,
     subscribe,
     thread_of_reply,
@@ -201,6 +203,15 @@ def _archive_command(req: Request, args: list[str]) -> Outcome:
     return archive_access(req.session, req.config, req.mlist, req.sender)
 
 
+def _erase_command(req: Request, args: list[str]) -> Outcome:
+    """In a reply to one's own post: its author is asked to confirm (From may be forged,
+    the confirmation goes to the post's own From address)."""
+    message = replied_message(req.session, req.mlist.id, req.parsed)
+    if message is None or message.from_address != req.sender:
+        return Outcome.NOT_YOUR_POST
+    return ask_erase(req.session, req.config, req.mlist, message)
+
+
 def _help_command(req: Request, args: list[str]) -> Outcome:
     return Outcome.HELP
 
@@ -214,6 +225,7 @@ COMMANDS: dict[str, Callable[[Request, list[str]], Outcome]] = {
     "unmute": _thread_command(unmute, Outcome.UNMUTED),
     "follow": _thread_command(follow, Outcome.FOLLOWED),
     "unfollow": _thread_command(unfollow, Outcome.UNFOLLOWED),
+    "erase": _erase_command,
 }
 
 

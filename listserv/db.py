@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Table, event, text
+from sqlalchemy import ColumnElement, LargeBinary, Table, event, func, literal, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
@@ -68,6 +68,15 @@ def normalize_url(url: str) -> str:
 
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def holds_bytes(engine: Engine, column: ColumnElement[bytes], needle: bytes
+                ) -> ColumnElement[bool]:
+    """`column` (a BLOB or bytea) holds `needle`: instr and position are each
+    database's own, and LIKE does not read SQLite's BLOBs as text."""
+    if is_sqlite(engine):
+        return func.instr(column, needle) > 0
+    return func.position(literal(needle, LargeBinary).op("IN")(column)) > 0
 
 
 def make_engine(url: str, durable: bool = True) -> Engine:

@@ -154,12 +154,19 @@ def retry(session: Session, ids: list[int] | None) -> list[int]:
     """Send these jobs (None: every failed one) at the next claim, with a fresh retry
     window: a job that gave up after retry_max_hours would otherwise give up again at
     its first temporary failure."""
+    # A copy emptied by erasure.py carried an erased message: nothing to send again.
+    emptied = select(Delivery.id).join(Outgoing, Outgoing.id == Delivery.outgoing_id).where(
+        func.length(Outgoing.data) == 0)
     if ids is None:
         ids = list(session.scalars(select(Delivery.id).where(
-            Delivery.state == DeliveryState.FAILED).order_by(Delivery.id)))
+            Delivery.state == DeliveryState.FAILED, Delivery.id.not_in(emptied))
+            .order_by(Delivery.id)))
     done = [str(d.id) for d in _pick(session, ids) if d.state is DeliveryState.DONE]
     if done:
         raise UserError(f"job {', '.join(done)} was delivered already")
+    gone = [str(i) for i in session.scalars(emptied.where(Delivery.id.in_(ids)))]
+    if gone:
+        raise UserError(f"job {', '.join(gone)} carried a message erased since")
     now = utcnow()
     if ids:
         session.execute(update(Delivery).where(Delivery.id.in_(ids)).values(

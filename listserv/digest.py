@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import content_filter, db, fanout, headers, outbox, owner_templates, summary
+from listserv import content_filter, db, fanout, headers, outbox, owner_templates, parse, summary
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.digest_format import (
@@ -111,7 +111,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
                Message.message_id, Message.subject, Message.from_name, Message.from_address,
                Message.date, Message.received_at, Message.id.label("message_pk"),
                ThreadNode.thread_id,
-               ThreadSummary.subject.label("thread_subject"),
+               ThreadSummary.subject.label("thread_subject"), Message.erased_at,
                (Message.raw if with_raw else Message.size).label("raw"))
         .join(Message, Message.id == DigestItem.message_pk)
         .outerjoin(ThreadNode, and_(ThreadNode.list_id == DigestItem.list_id,
@@ -128,7 +128,8 @@ def _items(session: Session, list_id: int, where: object, order: object,
             from_header=headers.mailbox(name, address) if address else headers.one_line(name),
             date=row.date or row.received_at, thread_id=row.thread_id or row.message_id,
             thread_subject=row.thread_subject or row.subject,
-            raw=row.raw if with_raw else b"", message_pk=row.message_pk)
+            raw=row.raw if with_raw else b"", message_pk=row.message_pk,
+            erased=row.erased_at is not None)
         found.append(Item(row.id, row.size, row.created_at, entry))
     return found
 
@@ -215,13 +216,8 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
         return None
     volume, number = numbering(mlist, now)
     base_url = config.web.base_url
-    content = content_filter.rules(mlist)
-    entries = [dataclasses.replace(i.entry, raw=content_filter.apply(i.entry.raw, content).data)
-               for i in found]
-    context = issue_context(mlist, base_url, volume, number, entries)
-    context["header"] = (owner_templates.rendered(
-        mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
-        number=number, issue_url=context["issue_url"]) or "").strip("\n")
+    entries = _filtered(mlist, [i.entry for i in found])
+    context = _context(mlist, base_url, volume, number, entries)
     mime = form(mlist, base_url, context, mime_body(context, entries), "mime", now)
     issue = DigestIssue(list_id=list_id, volume=volume, number=number,
                         subject=context["subject"], created_at=now, size=size,
@@ -274,6 +270,42 @@ def _muted(session: Session, list_id: int, thread_ids: set[str]) -> dict[str, fr
                 Mute.list_id == list_id, Mute.thread_id.in_(chunk))):
             found.setdefault(address, set()).add(thread_id)
     return {address: frozenset(threads) for address, threads in found.items()}
+
+
+def _context(mlist: MailingList, base_url: str, volume: int, number: int,
+             entries: list[Entry]) -> dict:
+    """issue_context with the owners' digest header rendered into it."""
+    context = issue_context(mlist, base_url, volume, number, entries)
+    context["header"] = (owner_templates.rendered(
+        mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
+        number=number, issue_url=context["issue_url"]) or "").strip("\n")
+    return context
+
+
+def _filtered(mlist: MailingList, entries: list[Entry]) -> list[Entry]:
+    """The posts as the list's content filter gives them to members."""
+    content = content_filter.rules(mlist)
+    return [dataclasses.replace(e, raw=content_filter.apply(e.raw, content).data)
+            for e in entries]
+
+
+def rewrite(session: Session, config: Config, issue: DigestIssue) -> None:
+    """The MIME form an issue keeps, and its summary, written again from its posts as
+    they are now (one was erased or anonymised since), with the issue's date and
+    Message-ID as sent."""
+    mlist = session.get_one(MailingList, issue.list_id)
+    base_url = config.web.base_url
+    entries = _filtered(mlist, issue_entries(session, issue, with_raw=True))
+    context = _context(mlist, base_url, issue.volume, issue.number, entries)
+    sent_id = parse.parse(issue.data).message_id
+    issue.data = form(mlist, base_url, context, mime_body(context, entries), "mime",
+                      issue.created_at, message_id=sent_id).archived
+    session.add(issue)
+    kept = find_summary(session, issue)
+    if kept is not None:
+        made = summary.mail(mlist, base_url, context, entries, issue.created_at)
+        kept.threads, kept.data = made.topics, made.form.archived
+        session.add(kept)
 
 
 def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],

@@ -37,6 +37,7 @@ class Entry:
     thread_subject: str
     raw: bytes = b""
     message_pk: int = 0
+    erased: bool = False  # a tombstone (erasure.py): no subject, sender or text
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ def issue_context(mlist: MailingList, base_url: str, volume: int, number: int,
 
     def item(entry: Entry) -> dict:
         return {"position": entry.position, "message_id": entry.message_id,
+                "erased": entry.erased,
                 "subject": entry.subject, "author": entry.author, "from": entry.from_header,
                 "date": format_datetime(entry.date),
                 "reply_url": reply_link(addresses, entry.message_id, entry.subject),
@@ -161,11 +163,14 @@ class Form:
 
 
 def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: str,
-         date: datetime, personal: tuple[slots.Slot, str] | None = None) -> Form:
+         date: datetime, personal: tuple[slots.Slot, str] | None = None,
+         message_id: str | None = None) -> Form:
     """`personal`, for a summary: a slot of text with each member's links that ends the
-    body, and the text the archive keeps in its place."""
+    body, and the text the archive keeps in its place. `message_id` is given when an
+    issue kept is written again (an erased post), so replies to it still find it."""
     addresses = context["addresses"]
-    message_id = digest_message_id(addresses, context["volume"], context["number"], kind)
+    message_id = message_id or digest_message_id(addresses, context["volume"],
+                                                 context["number"], kind)
     fields = [("From", headers.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
               ("To", addresses.posting), ("Reply-To", addresses.posting),
               ("Subject", headers.unstructured(context["subject"])),

@@ -93,6 +93,7 @@ class TokenKind(enum.StrEnum):
     APPROVE_MEMBER = "approve-member"  # a moderator approves a confirmed subscription
     HOLD = "hold"  # a moderator acts on a held post
     INVITE = "invite"  # the invited address accepts an owner's invitation
+    ERASE = "erase"  # a post's author confirms its erasure (message_pk: the post)
 
 
 class NotifyOwners(enum.StrEnum):

@@ -15,6 +15,7 @@ from sqlalchemy import delete, select
 from sqlmodel import Session
 
 from listserv import (
+    erasure,
     notices,
     notify_owners,
     owner_templates,
@@ -26,12 +27,13 @@ from listserv import (
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryMode, Role, Subscription, TokenKind
-from listserv.models import Follow, MailingList, Member, Mute, ThreadNode, Token
+from listserv.models import Follow, MailingList, Member, Message, Mute, ThreadNode, Token, utcnow
 from listserv.parse import Parsed
 
 log = logging.getLogger("listserv.commands")  # the name operators filter on, kept
 
-_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE}  # what /confirm/ pages act on
+# What /confirm/ pages act on.
+_CONFIRMABLE = {TokenKind.SUBSCRIBE, TokenKind.UNSUBSCRIBE, TokenKind.ERASE}
 _ANSWERABLE = {*_CONFIRMABLE, TokenKind.INVITE}  # what a reply or `confirm` line acts on
 
 class Outcome(enum.StrEnum):
@@ -58,6 +60,9 @@ class Outcome(enum.StrEnum):
     UNMUTED = "unmuted"
     FOLLOWED = "followed"
     UNFOLLOWED = "unfollowed"
+    ERASE_ASKED = "erase-asked"  # the post's author is asked to confirm its removal
+    ERASED = "erased"
+    NOT_YOUR_POST = "not-your-post"  # erase in a mail that answers no archived post of its sender's
     NO_THREAD = "no-thread"  # (un)mute/(un)follow in a mail that replies to no archived post
     OPTION_SET = "option-set"  # set own_posts|skip_if_addressed|acknowledge yes|no
     NOMAIL_SET = "nomail-set"  # set nomail until YYYY-MM-DD
@@ -95,15 +100,16 @@ def _pending(session: Session, mlist: MailingList, address: str, *kinds: TokenKi
 
 
 def _ask(session: Session, config: Config, mlist: MailingList, address: str, kind: TokenKind,
-         template: str, data: str = "") -> None:
+         template: str, data: str = "", message_pk: int | None = None,
+         **context: Any) -> None:
     """Send a confirmation that a reply, a `confirm` line or a web click answers."""
     hours = config.lists.confirm_expiry_hours
     token, value = tokens.new(session, kind, mlist.id, address, timedelta(hours=hours),
-                              data=data)
+                              data=data, message_pk=message_pk)
     confirm_address = mlist.addresses.at(Purpose.CONFIRM, value)
     if not send(session, config, mlist, address, template, reply_to=confirm_address,
                 token=value, confirm_address=confirm_address, address=address,
-                hours=hours):
+                hours=hours, **context):
         session.delete(token)  # never sent: a later attempt must not find it pending
 
 
@@ -223,6 +229,33 @@ def _ask_moderators(session: Session, config: Config, mlist: MailingList,
     return Outcome.AWAITING_APPROVAL
 
 
+def ask_erase(session: Session, config: Config, mlist: MailingList, message: Message) -> Outcome:
+    """The author's way to have a post erased: a confirmation mailed to the post's From
+    address, so no one else's request removes it. The link on the message page and the
+    `erase` command both come here; a second request while one waits sends nothing."""
+    author = message.from_address
+    if message.erased_at is not None or not author:
+        return Outcome.NOT_YOUR_POST
+    waiting = session.scalars(select(Token.id).where(
+        Token.kind == TokenKind.ERASE, Token.message_pk == message.id,
+        Token.used_at.is_(None), Token.expires_at > utcnow())).first()
+    if waiting is None:
+        _ask(session, config, mlist, author, TokenKind.ERASE, "confirm_erase",
+             message_pk=message.id, message_date=message.date or message.received_at,
+             message_url=urls.message_url(config.web.base_url, mlist.addresses,
+                                          message.message_id))
+    return Outcome.ERASE_ASKED
+
+
+def _erase_confirmed(session: Session, config: Config, token: Token) -> Outcome:
+    message = session.get(Message, token.message_pk) if token.message_pk else None
+    if message is None:
+        return Outcome.BAD_TOKEN
+    erasure.erase(session, config, message, reason="asked for by its author",
+                  by=erasure.By.AUTHOR)
+    return Outcome.ERASED
+
+
 def find_confirmable(session: Session, value: str) -> tuple[Token, MailingList] | None:
     """A usable subscribe or unsubscribe token and its list (what a web link may act on)."""
     token = tokens.find(session, value)
@@ -237,10 +270,13 @@ def confirm(session: Session, config: Config, token: Token) -> Outcome:
     its owners asked."""
     if token.kind not in _ANSWERABLE:
         return Outcome.MODERATOR_TOKEN
-    if token.kind is not TokenKind.UNSUBSCRIBE and posting_rules.banned(session, token.address):
+    leaving = {TokenKind.UNSUBSCRIBE, TokenKind.ERASE}
+    if token.kind not in leaving and posting_rules.banned(session, token.address):
         return Outcome.BAD_TOKEN  # banned since it asked, or was invited
     if not tokens.use(session, token):
         return Outcome.BAD_TOKEN
+    if token.kind is TokenKind.ERASE:
+        return _erase_confirmed(session, config, token)
     mlist = session.get(MailingList, token.list_id)
     if token.kind is TokenKind.UNSUBSCRIBE:
         return leave(session, config, mlist, token.address)
@@ -281,6 +317,17 @@ def thread_of_reply(session: Session, list_id: int, parsed: Parsed) -> str | Non
             ThreadNode.message_pk.is_not(None))).first()
         if thread_id:
             return thread_id
+    return None
+
+
+def replied_message(session: Session, list_id: int, parsed: Parsed) -> Message | None:
+    """The archived post a mail answers (its In-Reply-To, else its last reference)."""
+    for message_id in [*parsed.in_reply_to, *reversed(parsed.references)]:
+        found = session.scalars(select(Message).join(
+            ThreadNode, ThreadNode.message_pk == Message.id).where(
+            ThreadNode.list_id == list_id, ThreadNode.message_id == message_id)).first()
+        if found is not None:
+            return found
     return None
 
 

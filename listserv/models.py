@@ -157,6 +157,11 @@ class Message(SQLModel, table=True):
     received_at: datetime = Field(default_factory=utcnow, index=True)
     size: int = 0
     raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Erased (erasure.py): `raw` is then a tombstone and the sender and subject columns
+    # are empty; the row, its Message-ID, date and thread node stay, so replies keep
+    # their parent. None: not erased. The reason is the owners' note, never shown.
+    erased_at: datetime | None = None
+    erased_reason: str = ""
 
 
 class ThreadNode(SQLModel, table=True):

@@ -54,6 +54,7 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
     for moderator in roster.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
         notices.send(session, config, mlist, moderator, "held_notice", limit=False,
                      auto="auto-generated", reply_to=reply, attach=message.raw,
+                     about=message.id,
                      message=message, reasons=message.reasons.splitlines(), token=value,
                      expires=token.expires_at)
     # Telling any non-member would send backscatter to every forged From of every

@@ -96,9 +96,10 @@ def send(session: Session, config: Config, mlist: MailingList, to: str, template
          limit: bool = True, reply_to: str | None = None, attach: bytes | None = None,
          auto: str = "auto-replied", in_reply_to: str | None = None,
          from_purpose: Purpose = Purpose.REQUEST, own_body: str | None = None,
-         **context: Any) -> bool:
+         about: int | None = None, **context: Any) -> bool:
     """Render and queue one notice; False when the daily limit for `to` stopped it.
-    `own_body`, the list owners' text for this mail, replaces the template's body."""
+    `own_body`, the list owners' text for this mail, replaces the template's body;
+    `about`, the id of the post it carries, lets erasing that post reach the copy."""
     if limit and not allowed(session, config, to):
         return False
     addresses = mlist.addresses
@@ -108,5 +109,5 @@ def send(session: Session, config: Config, mlist: MailingList, to: str, template
     data = write(mlist, to, subject, body, reply_to=reply_to, attach=attach, auto=auto,
                  in_reply_to=in_reply_to, from_purpose=from_purpose)
     outbox.queue(session, data, addresses.at(Purpose.BOUNCES), [to],
-                 config.delivery.max_recipients_per_transaction)
+                 config.delivery.max_recipients_per_transaction, message_pk=about)
     return True

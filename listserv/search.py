@@ -85,6 +85,17 @@ def forget_list(session: Session, list_id: int) -> None:
                         {"list_id": list_id})
 
 
+def forget(session: Session, messages: Iterable[Message]) -> None:
+    """Take messages out of the index (an erased one), each by its own key."""
+    rows = [{"pk": m.id, "newest": newest_key(m)} for m in messages]
+    if not rows:
+        return
+    if _sqlite(session):
+        session.execute(text("DELETE FROM message_fts WHERE rowid = :newest"), rows)
+    else:
+        session.execute(text("DELETE FROM message_search WHERE message_pk = :pk"), rows)
+
+
 def fts5_query(query: str) -> str:
     """The words of what a reader typed, each quoted: FTS5 syntax errors cannot happen
     and every word must match."""

@@ -173,6 +173,17 @@ def set_member(session: Session, staff: Staff, address: str, delivery: str,
     return summary
 
 
+def erase_message(session: Session, config: Config, staff: Staff, message_id: str,
+                  reason: str) -> str:
+    """`listserv message erase`: the post becomes a tombstone everywhere."""
+    from listserv import erasure  # the digest and search writers, only for this
+
+    message = erasure.erase_id(session, config, staff.mlist, message_id, reason)
+    summary = f"erased <{message.message_id}>"
+    log.info("%s on %s by %s on the web", summary, staff.mlist.address, staff.address)
+    return summary
+
+
 def change_setting(session: Session, staff: Staff, key: str, text: str) -> str:
     """`listserv list set`: the same parsing, the same refusals."""
     from listserv import list_settings  # loads the footer's sandbox, only for this

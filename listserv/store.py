@@ -278,8 +278,9 @@ def _summary(rows: list) -> dict:
     """What the list page shows of a thread, from its messages in date order."""
     authors: dict[str, str] = {}
     for row in rows:
-        authors.setdefault(row.from_address or row.from_name,
-                           row.from_name or row.from_address.partition("@")[0])
+        if row.from_address or row.from_name:  # an erased message has no sender
+            authors.setdefault(row.from_address or row.from_name,
+                               row.from_name or row.from_address.partition("@")[0])
     dates = [r.date for r in rows if r.date is not None]
     return {"subject": rows[0].subject, "messages": len(rows), "participants": len(authors),
             "authors": "\n".join(list(authors.values())[:SUMMARY_AUTHORS]),

@@ -21,6 +21,8 @@ from listserv import (
     db,
     digest,
     digest_format,
+    erasure,
+    member_actions,
     privacy,
     search,
     summary,
@@ -28,7 +30,7 @@ from listserv import (
     view,
 )
 from listserv.models import DigestIssue, DigestSummary, MailingList
-from listserv.web import join, pages
+from listserv.web import access, join, pages
 from listserv.web.access import read
 
 THREADS_PER_PAGE = 50
@@ -123,6 +125,8 @@ async def message_routes(request: Request) -> Response:
     rest = request.path_params["rest"]
     if rest.endswith("/raw"):
         return await raw_page(request, rest.removesuffix("/raw"))
+    if rest.endswith("/remove"):
+        return await remove_form(request, rest.removesuffix("/remove"))
     found = _ATTACHMENT.fullmatch(rest)
     if found:
         digits = found.group(2)
@@ -136,6 +140,10 @@ async def message_routes(request: Request) -> Response:
 
 def _gone() -> HTTPException:
     return HTTPException(404, "There is no such message in this archive.")
+
+
+def _erased() -> HTTPException:
+    return HTTPException(410, "This message was removed from the archive.")
 
 
 async def message_page(request: Request, message_id: str) -> Response:
@@ -172,6 +180,8 @@ async def raw_page(request: Request, message_id: str) -> Response:
         session, mlist.id, message_id))
     if raw is None:
         raise _gone()
+    if not raw:
+        raise _erased()
     return raw_response(privacy.public(content_filter.filtered(raw, mlist)))
 
 
@@ -191,10 +201,14 @@ async def attachment_page(request: Request, message_id: str, name: str, index: i
                           ) -> Response:
     """An attachment of the message as the list's members got it: a part the content
     filter removed is no download here, and a link to it by its name says so (410)."""
-    def work(session: Session, mlist: MailingList) -> content_filter.Filtered | None:
+    def work(session: Session, mlist: MailingList) -> content_filter.Filtered | bytes | None:
         raw = archive.raw_message(session, mlist.id, message_id)
-        return content_filter.apply(raw, content_filter.rules(mlist)) if raw is not None else None
+        if not raw:
+            return raw  # None: no such message; b"": erased
+        return content_filter.apply(raw, content_filter.rules(mlist))
     _, shown = await read(request, work)
+    if isinstance(shown, bytes):
+        raise _erased()
     found = view.attachment(shown.data, index) if shown is not None else None
     removed = shown is not None and any(r.filename == name for r in shown.removed)
     if removed and (found is None or found[0].filename != name):
@@ -203,6 +217,47 @@ async def attachment_page(request: Request, message_id: str, name: str, index: i
     if found is None:
         raise HTTPException(404, "There is no such attachment.")
     return attachment_response(*found)
+
+
+# --- an author's request to remove a post ----------------------------------------------
+
+async def _remove_page(request: Request, message_id: str, sent: bool) -> Response:
+    mlist = await pages.in_db(request, lambda s: access.readable_list(
+        s, pages.config(request), request.path_params["address"], request.cookies))
+    return await archive_page(request, "erase_ask", mlist, sent=sent,
+                              action=request.url.path,
+                              message_url=f"{pages.base_url(request)}/{mlist.address}/"
+                                          f"message/{urls.quote_id(message_id)}/")
+
+
+async def remove_form(request: Request, message_id: str) -> Response:
+    """GET /message/ID/remove: what asking does, and the button that asks."""
+    _, found = await read(request, lambda session, mlist: erasure.find(
+        session, mlist, message_id, archived=True))
+    if found is None or found.erased_at is not None:
+        raise _gone()
+    return await _remove_page(request, message_id, sent=False)
+
+
+async def remove(request: Request) -> Response:
+    """POST /message/ID/remove: the post's author is mailed a confirmation
+    (member_actions.ask_erase); the page says so whoever pressed the button."""
+    message_id = request.path_params["rest"].removesuffix("/remove")
+    if message_id == request.path_params["rest"]:
+        raise HTTPException(405, "Only a message's remove page takes a POST.")
+    config = pages.config(request)
+
+    def work(session: Session) -> bool:
+        mlist = access.readable_list(session, config, request.path_params["address"],
+                                     request.cookies)
+        message = erasure.find(session, mlist, message_id, archived=True)
+        if message is None or message.erased_at is not None:
+            return False
+        member_actions.ask_erase(session, config, mlist, message)
+        return True
+    if not await pages.in_db(request, work):
+        raise _gone()
+    return await _remove_page(request, message_id, sent=True)
 
 
 async def search_page(request: Request) -> Response:
