@@ -287,7 +287,7 @@ def kill_during_expansion(workdir: Path, url: str, listserv: str, sink_bin: str,
     finally:
         stop_pair(nodes)
         sink.stop()
-    copies = copies_in_dump(dump / "sink.dump", message_id)
+    copies = sum((copies_in_dump(path, message_id) for path in dump.iterdir()), Counter())
     k.served, k.twice = len(copies), sum(copies.values()) - len(copies)
     return k
 
