@@ -2,9 +2,10 @@
 
 JOBS delivery jobs (default 200,000) of 20 lists, 100 jobs to each copy, in the mix a
 long outage leaves: 70% deferred, 20% queued, 5% sending and 5% failed, plus one notice
-per list (sent by LIST-bounces@). The rows are written directly, in bulk; then
-`listserv queue ls` and `listserv queue ls LIST --json` run as an admin types them, and
-the median wall and CPU time of RUNS runs is printed.
+per list (sent by LIST-bounces@), each job to one of DOMAINS recipient domains, 10 of
+them in back-off. The rows are written directly, in bulk; then `listserv queue ls`,
+`listserv queue ls LIST --json` and `listserv queue ls --by-domain` run as an admin types
+them, and the median wall and CPU time of RUNS runs is printed.
 
     python bench/queue_ls.py                                   # SQLite in a temporary folder
     python bench/queue_ls.py --database-url postgresql://postgres@127.0.0.1:5432/test
@@ -35,9 +36,10 @@ from sqlalchemy import insert
 
 from listserv import db, roster
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, Outgoing, utcnow
+from listserv.models import Delivery, Destination, Outgoing, utcnow
 
 LISTS = 20
+DOMAINS = 1000
 PER_COPY = 100
 # (state, attempts) in the proportions of a long outage, one in 20 jobs each
 MIX = ([(DeliveryState.QUEUED, 3)] * 14 + [(DeliveryState.QUEUED, 0)] * 4
@@ -58,7 +60,7 @@ def fill(url: str, jobs: int) -> None:
             {"list_id": None, "data": b"x", "slots": "", "created_at": now}
             for _ in lists]).scalars().all()
         mix = itertools.cycle(MIX)
-        rows = [_job(copy, m.address, *next(mix), now - timedelta(seconds=n))
+        rows = [_job(copy, m.address, *next(mix), now - timedelta(seconds=n), n % DOMAINS)
                 for n, (copy, m) in enumerate(
                     (copies[i // PER_COPY], lists[(i // PER_COPY) % LISTS])
                     for i in range(jobs))]
@@ -66,17 +68,22 @@ def fill(url: str, jobs: int) -> None:
                  for notice, m in zip(notices, lists, strict=True)]
         for start in range(0, len(rows), 10_000):
             s.execute(insert(Delivery), rows[start:start + 10_000])
+        s.execute(insert(Destination), [
+            {"domain": f"d{i}.example.com", "backoff_until": now + timedelta(minutes=5),
+             "deferrals": 3, "last_reply": "421 4.7.0 Try again later", "updated_at": now}
+            for i in range(10)])
         s.commit()
     engine.dispose()
 
 
 def _job(outgoing: int, address: str, state: DeliveryState, attempts: int, created: object,
-         notice: bool = False) -> dict:
+         rcpt_domain: int = 0, notice: bool = False) -> dict:
     local, domain = address.split("@")
+    to = f"d{rcpt_domain}.example.com"
     return {"outgoing_id": outgoing, "state": state, "attempts": attempts,
             "mail_from": f"{local}-bounces@{domain}" if notice
             else f"{local}-bounces+r=example.com@{domain}",
-            "recipients": "\n".join(f"r{k}@example.com" for k in range(5)),
+            "recipients": "\n".join(f"r{k}@{to}" for k in range(5)), "domain": to,
             "created_at": created, "next_attempt_at": created, "last_error": ""}
 
 
@@ -128,7 +135,8 @@ def main() -> None:
                    "from listserv.cli import main; main()", "--config", str(config)]
             for name, argv in (("queue ls", [*cli, "queue", "ls"]),
                                ("queue ls LIST --json",
-                                [*cli, "queue", "ls", "list0@lists.example.org", "--json"])):
+                                [*cli, "queue", "ls", "list0@lists.example.org", "--json"]),
+                               ("queue ls --by-domain", [*cli, "queue", "ls", "--by-domain"])):
                 walls, cpus = zip(*(timed(argv, tmp) for _ in range(args.runs)), strict=True)
                 print(f"{python}: {name:<22} {statistics.median(walls):.3f} s wall  "
                       f"{statistics.median(cpus):.3f} s CPU  ({args.jobs} jobs, "

@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Select, select
 from sqlmodel import Session
 
-from listserv import mbox, privacy, thread, view
+from listserv import content_filter, mbox, privacy, thread, view
 from listserv.archive import month_span
 from listserv.enums import MessageKind
 from listserv.models import MailingList, Message, ThreadNode
@@ -63,16 +63,17 @@ def any_archived(session: Session, selection: Selection) -> bool:
 EXPORT_ROWS = 200
 
 
-def export_mbox(session: Session, selection: Selection, *, public: bool = False
-                ) -> Iterator[bytes]:
+def export_mbox(session: Session, selection: Selection, *,
+                public: content_filter.Rules | None = None) -> Iterator[bytes]:
     """The selected messages as mbox entries, oldest first; `listserv archive import`
     of them stores the same bytes again (see mbox). A `public` export, as the web
-    serves it, leaves out the fields that show where a poster was (see privacy)."""
+    serves it, is in the form the list's content filter gives its posts, and leaves out
+    the fields that show where a poster was (see privacy)."""
     result = session.execute(_archived(selection).order_by(ThreadNode.date, Message.id)
                              .execution_options(yield_per=EXPORT_ROWS))
     for raw, mail_from, from_address, date in result:
-        yield mbox.entry(privacy.public(raw) if public else raw, mail_from or from_address,
-                         date)
+        shown = raw if public is None else privacy.public(content_filter.apply(raw, public).data)
+        yield mbox.entry(shown, mail_from or from_address, date)
 
 
 # --- the feed -------------------------------------------------------------------------
@@ -91,8 +92,11 @@ class FeedEntry:
 FEED_SUMMARY = 500  # characters of text per feed entry
 
 
-def latest_posts(session: Session, list_id: int, limit: int = 30) -> list[FeedEntry]:
-    """The newest archived posts, newest first, with the start of their text."""
+def latest_posts(session: Session, mlist: MailingList, limit: int = 30) -> list[FeedEntry]:
+    """The newest archived posts, newest first, with the start of their text (as the
+    list's content filter gives it)."""
+    content = content_filter.rules(mlist)
+    list_id = mlist.id
     rows = session.execute(
         select(Message.message_id, Message.subject, Message.from_name, Message.from_address,
                ThreadNode.date, Message.raw)
@@ -101,7 +105,8 @@ def latest_posts(session: Session, list_id: int, limit: int = 30) -> list[FeedEn
         .order_by(ThreadNode.date.desc(), Message.id.desc()).limit(limit))
     posts = []
     for message_id, subject, name, address, date, raw in rows:
-        text = " ".join(view.plain_text(raw, limit=FEED_SUMMARY * 2).split())
+        text = " ".join(view.plain_text(content_filter.apply(raw, content).data,
+                                        limit=FEED_SUMMARY * 2).split())
         summary = text if len(text) <= FEED_SUMMARY else text[:FEED_SUMMARY] + "…"
         posts.append(FeedEntry(message_id, subject, name or address.partition("@")[0], date,
                           summary))

@@ -278,6 +278,12 @@ def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None
     reply_to, subject_prefix, footer, max_message_bytes, archive, digest_frequency,
     digest_send_hour, digest_max_bytes, digest_volume_frequency, verp, dmarc, name,
     description. VALUE "default" gives subject_prefix and footer back the built-in ones.
+    The content filter (what copies, digests and the archive's pages carry; the stored
+    post stays as received): pass_types (the MIME types kept, "text/plain image/*";
+    others are removed with a note; text/plain always passes; "" keeps every type),
+    collapse_alternatives (true: a multipart/alternative goes as its text/plain),
+    html_to_text (true: HTML-only posts go as text), max_attachment_bytes (larger
+    attachments are removed with a note; 0 for no limit).
 
     \b
     Example:
@@ -542,7 +548,8 @@ def archive_threads(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt 
 @digest_app.command("send")
 def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
     """Build the next issue from the pending posts now and queue it for the digest
-    members (`listserv serve` delivers it).
+    members, and its summary for the summary members (`listserv serve` delivers
+    them).
 
     \b
     Example:
@@ -560,7 +567,9 @@ def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
         out.print(f"{mlist.address}: nothing pending")
         return
     out.print(f"{sent.issue.subject}: {sent.messages} messages, queued for "
-              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members")
+              f"{sent.mime_members} digest-mime and {sent.plain_members} digest-plain members"
+              + (f", and a summary for {sent.summary_members} summary members"
+                 if sent.summary_members else ""))
 
 
 @digest_app.command("ls")

@@ -126,13 +126,8 @@ def member_invite(ctx: typer.Context, list_address: ListArg, addresses: Addresse
         s.commit()
     for a in result.sent:
         out.print(f"invited {a}")
-    for group, why in ((result.members, "already a member"),
-                       (result.pending, "already invited (the invitation is unanswered)"),
-                       (result.banned, "banned"),
-                       (result.limited, "had its automatic mails for today"),
-                       (result.invalid, "not a valid address")):
-        for a in group:
-            err.print(f"{a}: {why}; not invited")
+    for a, why in result.refused():
+        err.print(f"{a}: {why}; not invited")
     if len(result.sent) < len(addresses):
         raise typer.Exit(1)
 
@@ -226,7 +221,7 @@ def member_import(ctx: typer.Context, list_address: ListArg, file: FileArg,
     `mailman members` writes them), a CSV with an address or email column and optional
     name and delivery columns (Mailman 3's members CSV), or Google Groups' members
     export as downloaded: the nickname becomes the name, the email preference the
-    delivery (Abridged: digest-plain), and invited or pending people are left out. Exit 1
+    delivery (Abridged: summary), and invited or pending people are left out. Exit 1
     when a line was refused; the others still go in.
 
     \b
@@ -275,7 +270,7 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
                    help="true: hold this address's posts for a moderator.")] = None,
                delivery: Annotated[str | None, typer.Option(
                    metavar="MODE", help="How posts arrive: regular, digest-mime, "
-                   "digest-plain or nomail.")] = None,
+                   "digest-plain, summary or nomail.")] = None,
                role: Annotated[str | None, typer.Option(
                    metavar="ROLE", help="Change the address's role: member, moderator or "
                    "owner.")] = None,

@@ -25,19 +25,28 @@ def _age(seconds: float) -> str:
 @queue_app.command("ls")
 def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argument(
         metavar="LIST", help="Only this list's, one line a job.")] = None,
+        by_domain: Annotated[bool, typer.Option(
+            "--by-domain", help="Copies waiting per recipient domain instead, with the "
+            "deferrals and back-off of each.")] = False,
         as_json: JsonOpt = False) -> None:
     """Delivery jobs by state per list (queued, sending, deferred, failed) and the age
     of the oldest still to be sent. With LIST, each of its jobs too, with the ID that
-    `queue retry` and `queue cancel` take.
+    `queue retry` and `queue cancel` take. With --by-domain, per destination: copies
+    waiting, copies deferred, back-off (421 or 4.7.x from its servers) and last reply.
 
     \b
     Examples:
       listserv queue ls
       listserv queue ls dev@lists.example.org --json
+      listserv queue ls --by-domain
     """
     from listserv import db, delivery_queue, roster
     from listserv.models import utcnow
 
+    if by_domain:
+        if list_address:
+            raise roster.UserError("--by-domain counts every list's copies: give no LIST")
+        return _by_domain(ctx, as_json)
     with db.read_session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address) if list_address else None
         summaries = delivery_queue.summaries(s)
@@ -62,6 +71,29 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
         for j in jobs:
             out.print(f"{j.id}  {j.state}  {j.attempts}  {j.recipients}  "
                       f"{_age((now - j.created_at).total_seconds())}  {j.last_error or '-'}")
+    return None
+
+
+def _by_domain(ctx: typer.Context, as_json: bool) -> None:
+    from listserv import db, delivery_queue
+    from listserv.models import utcnow
+
+    with db.read_session(_state(ctx).engine) as s:
+        rows = delivery_queue.by_domain(s)
+    now = utcnow()
+    if as_json:
+        return _print_json({"domains": [
+            vars(r) | {"backoff_until": r.backoff_until.isoformat() if r.backoff_until
+                       else None} for r in rows]})
+    if not rows:
+        out.print("the queue is empty")
+        return None
+    out.print("domain  waiting  deferred  back-off  deferrals  last reply")
+    for r in rows:
+        backoff = ("-" if r.backoff_until is None or r.backoff_until <= now
+                   else f"until {r.backoff_until:%Y-%m-%d %H:%M:%S} UTC")
+        out.print(f"{r.domain or '(unknown)'}  {r.waiting}  {r.deferred}  {backoff}  "
+                  f"{r.deferrals}  {r.last_reply or '-'}")
     return None
 
 

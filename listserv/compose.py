@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from email.header import Header
 
-from listserv import privacy
+from listserv import content_filter, privacy
 from listserv.address import ListAddresses, Purpose
 from listserv.footer import Footer, with_footer
 from listserv.headers import (
@@ -170,16 +170,23 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
               subject_prefix: str | None = None, reply_to: str | None = None,
               footer: Footer | None = None, via: str | None = None,
               authentication: str | None = None, archived: bool = True,
-              one_click: bool = True, replaced: Sequence[tuple[str, str]] = ()) -> Copy:
+              one_click: bool = True, replaced: Sequence[tuple[str, str]] = (),
+              content: content_filter.Rules = content_filter.OFF) -> Copy:
     """The copy members receive: the post's own headers and body with list headers, the
     footer, and slots for each member's links. Parts the footer does not go into keep
     their bytes. `via` rewrites From to the list (see `dmarc`); `authentication` is the
     Authentication-Results value ARC seals. Without `one_click`, List-Unsubscribe is
     the list's leave address alone, the same for everyone (a shared copy). `replaced`
-    fields take the place of the post's own of the same names (see answer_fields)."""
-    data = crlf(raw)
-    original, body_at = split_head(data)
-    fields = _replace_fields(original, replaced)
+    fields take the place of the post's own of the same names (see answer_fields).
+    `content`: the list's content filter, applied before all else."""
+    received = crlf(raw)
+    original, body_at = split_head(received)
+    data = content_filter.apply(received, content).data
+    filtered = data is not received
+    fields = original
+    if filtered:
+        fields, body_at = split_head(data)
+    fields = _replace_fields(fields, replaced)
     fields = _edit_fields(fields, subject=subject, tag=subject_tag(name, subject_prefix),
                           reply_to=reply_to)
     if via is not None:
@@ -198,7 +205,7 @@ def list_copy(raw: bytes, *, addresses: ListAddresses, name: str, base_url: str,
                           f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n"
                           .encode())
     added = split_head(headers + b"List-Unsubscribe: <one per member>\r\n")[0]
-    broken = _broken_signatures(original, fields + added, bool(edits))
+    broken = _broken_signatures(original, fields + added, bool(edits) or filtered)
     fields = [f for f in fields if f not in broken]
     head: list[Piece] = [*fields, headers, unsubscribe, b"\r\n"]
     return assemble(apply_edits(data, [(0, body_at, head), *edits]))

@@ -79,6 +79,11 @@ class DeliveryConfig:
     # How long a claimed job stays reserved for a worker that stopped answering; a live
     # worker renews its leases every third of this.
     lease_seconds: int = 30
+    # Shaping by destination (the recipients' domain), in each delivery process: SMTP
+    # transactions in flight to one domain at most, and copies (recipients) a minute to
+    # one domain at most (0: no limit). Postfix's own default concurrency is 20.
+    max_connections_per_domain: int = 20
+    max_copies_per_minute_per_domain: int = 0
 
     def smarthosts(self) -> list[SmarthostConfig]:
         """Where copies go out: the [[delivery.smarthost]] entries, else the one host of
@@ -202,6 +207,7 @@ _RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("delivery", "retry_initial_seconds"): (1, _DAYS * 86_400),
     ("delivery", "retry_max_hours"): (0, _DAYS * 24),
     ("delivery", "lease_seconds"): (1, _DAYS * 86_400),
+    ("delivery", "max_connections_per_domain"): (1, 1000),
     ("web", "archive_link_days"): (1, _DAYS),
     ("web", "manage_link_hours"): (1, _DAYS * 24),
     ("lists", "confirm_expiry_hours"): (1, _DAYS * 24),

@@ -18,6 +18,9 @@ from listserv.address import ListAddresses
 from listserv.outbox import CopyOf, Job
 from listserv.relay import prepare, stuff
 
+# The signed links a summary gives for each thread it lists, by the kind its slots name.
+THREAD_LINKS: dict[str, Callable[[str, int, str, int], str]] = {"mute": tokens.mute_link}
+
 # Copies kept after their last queued job went: the next claim may bring more of them.
 SENT_COPIES_KEPT = 8
 
@@ -40,6 +43,7 @@ class Personal:
         self.verp = verp  # the list's addresses when its copies go out with VERP
         self.pieces = _stuffed_pieces(copy)
         self.manage_hours = manage_hours if copy.links_manage() else 0
+        self.links_threads = copy.links_threads()
 
     def mail_from(self, job: Job) -> Callable[[str], str]:
         """Each recipient's envelope sender: a bounce to it names the recipient."""
@@ -47,13 +51,20 @@ class Personal:
             return lambda rcpt: job.mail_from
         return self.verp.verp
 
-    def _links(self, rcpt: str) -> tuple[str, str, str]:
+    def _links(self, rcpt: str) -> tuple[str, str, str, slots.ThreadLinks | None]:
         unsubscribe = tokens.unsubscribe_link(self.secret, self.list_id, rcpt)
         mute = (tokens.mute_link(self.secret, self.list_id, rcpt, self.message_pk)
                 if self.message_pk is not None else "")
         manage = (tokens.manage_link(self.secret, rcpt, self.manage_hours)
                   if self.manage_hours else "")
-        return unsubscribe, mute, manage
+        return unsubscribe, mute, manage, self._thread_links(rcpt)
+
+    def _thread_links(self, rcpt: str) -> slots.ThreadLinks | None:
+        """One recipient's token of each kind for any thread a summary lists."""
+        if not self.links_threads:
+            return None
+        return lambda kind, message_pk: THREAD_LINKS[kind](
+            self.secret, self.list_id, rcpt, message_pk)
 
     def copy_for(self, rcpt: str) -> bytes:
         """The message one recipient gets: their own links filled in, then signed."""
@@ -79,8 +90,9 @@ class _Line:
     qp: bool
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
-        raw = slots.fill_links(self.text, unsubscribe, mute, manage).encode(self.charset)
+    def fill(self, unsubscribe: str, mute: str, manage: str,
+             thread: slots.ThreadLinks | None) -> bytes:
+        raw = slots.fill_links(self.text, unsubscribe, mute, manage, thread).encode(self.charset)
         return stuff(headers.crlf(binascii.b2a_qp(raw) if self.qp else raw),
                      line_start=self.line_start)
 
@@ -92,8 +104,10 @@ class _Whole:
     slot: slots.Slot
     line_start: bool
 
-    def fill(self, unsubscribe: str, mute: str, manage: str) -> bytes:
-        return stuff(self.slot.fill(unsubscribe, mute, manage), line_start=self.line_start)
+    def fill(self, unsubscribe: str, mute: str, manage: str,
+             thread: slots.ThreadLinks | None) -> bytes:
+        return stuff(self.slot.fill(unsubscribe, mute, manage, thread),
+                     line_start=self.line_start)
 
 
 Piece = bytes | _Line | _Whole
@@ -108,7 +122,7 @@ def _slot_pieces(slot: slots.Slot, line_start: bool) -> list[Piece]:
     pieces: list[Piece] = []
     for index, line in enumerate(re.findall(r"[^\n]*\n|[^\n]+$", slot.text)):
         first = line_start or index > 0
-        if slots.UNSUBSCRIBE in line or slots.MUTE in line or slots.MANAGE in line:
+        if slots.has_token(line):
             pieces.append(_Line(line, slot.charset, qp, first))
         else:
             raw = line.encode(slot.charset)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import event, text
+from sqlalchemy import Table, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -48,6 +49,14 @@ def chunks(values: Iterable[str]) -> Iterator[list[str]]:
     values = list(values)
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start:start + _IN_CHUNK]
+
+
+def insert_missing(session: Session, table: Table, rows: list[dict]) -> None:
+    """Insert the rows whose primary key is not there yet, leaving the others alone:
+    two processes adding one row at once must not fail the loser's whole transaction
+    (ON CONFLICT DO NOTHING, spelled by each database's dialect)."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def normalize_url(url: str) -> str:

@@ -27,6 +27,7 @@ from listserv.lease import Leases
 from listserv.outbox import Job
 from listserv.recorder import Progress, Recorder
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply
+from listserv.shaping import Shaper
 from listserv.smarthosts import Smarthosts
 
 log = logging.getLogger("listserv.deliver")
@@ -96,7 +97,9 @@ class Worker:
         self.copies = Copies(self.calls, signing.Signer.from_config(config.dkim),
                              config.web.manage_link_hours)
         self.progress = Progress(self.calls, self.name)
-        self.recorder = Recorder(self.calls, config)
+        self.shaper = Shaper(config.delivery.max_connections_per_domain,
+                             config.delivery.max_copies_per_minute_per_domain, self._requeue)
+        self.recorder = Recorder(self.calls, config, self.shaper.hold_off)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())
         self.leases = Leases(self.name, config.delivery.lease_seconds, self.calls)
 
@@ -117,7 +120,7 @@ class Worker:
         for row in handoff.jobs:
             self._enqueue(Job(row["id"], row["outgoing_id"], row["mail_from"],
                               row["recipients"].split("\n"), row["attempts"],
-                              row["created_at"]))
+                              row["created_at"], row["domain"]))
         if handoff.queued:
             self.wake()
 
@@ -143,7 +146,7 @@ class Worker:
         finally:
             renewing.cancel()
             self.room.close()
-            unsent = [job.id for job in self._drain()]
+            unsent = [job.id for job in [*self._drain(), *self.shaper.drain()]]
             await self._stop_senders(senders)
             await self.recorder.flush()
             await self.progress.flush()
@@ -168,8 +171,8 @@ class Worker:
             self.wakeup.clear()
             room = self.room.free
             try:
-                jobs = (await self.calls.until_done(outbox.claim, self.name, room, lease)
-                        if room else [])
+                jobs = (await self.calls.until_done(outbox.claim, self.name, room, lease,
+                                                    self.shaper.busy()) if room else [])
             except SQLAlchemyError:
                 return  # stopping with the database away
             self.room.take(len(jobs))
@@ -205,11 +208,19 @@ class Worker:
             self.room.release(1)
             if self._behind and self.room.used <= self.room.size // 2:
                 self.wakeup.set()  # room for more: the claimer should not wait its poll
-            if job.id not in self.leases.lost:
+            if job.id in self.leases.lost:
+                self.done_with(job)  # another worker may be sending it
+            elif self.shaper.admit(job):
                 return job
-            self.done_with(job)  # another worker may be sending it
+            # else parked until its domain has room (shaping.Shaper), still held here
+
+    def _requeue(self, job: Job) -> None:
+        """A parked job whose domain has room now: back into the queue, in the room."""
+        self.room.take(1)
+        self.queue.put_nowait(job)
 
     def done_with(self, job: Job) -> None:
+        self.shaper.finish(job)
         self.leases.drop(job.id)
         self.copies.unpin(job.outgoing_id)
 
@@ -264,8 +275,11 @@ class Sender:
         """One attempt at one job, and its outcome recorded."""
         refused: dict[str, Reply] = {}
         error: RelayError | None = None
-        if self.relay is not None and self.worker.smarthosts.worn(self.relay):
-            await self._close()  # the next connection goes where the weights say
+        if self.relay is not None and (self.relay.broken
+                                       or self.worker.smarthosts.worn(self.relay)):
+            # Closed by the smarthost (a 421), or the next connection goes where the
+            # weights say.
+            await self._close()
         try:
             data = await self.worker.copies.get(job.outgoing_id)
             try:

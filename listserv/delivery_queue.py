@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import Subquery, and_, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Subquery, and_, case, func, or_, select, update
 from sqlmodel import Session
 
 from listserv.address import split
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, MailingList, Message, Outgoing, utcnow
+from listserv.models import Delivery, Destination, MailingList, Message, Outgoing, utcnow
 from listserv.roster import UserError
 
 # What `queue ls` counts; "deferred" is a queued job that already failed for the moment.
@@ -50,17 +50,24 @@ def _list_of(mail_from: str, by_id: dict[int, str], list_id: int | None) -> str:
     return f"{local.removesuffix('-bounces')}@{domain}" if local.endswith("-bounces") else ""
 
 
+def shown_state() -> ColumnElement[str]:
+    """A job's state the way `queue ls` and /metrics both name it, so that an operator
+    reading one sees the other's numbers. The states are spelled out so that both
+    databases compare the same strings."""
+    queued = Delivery.state == DeliveryState.QUEUED
+    return case((and_(queued, Delivery.attempts > 0), "deferred"),
+                *((Delivery.state == s, s.value) for s in DeliveryState
+                  if s is not DeliveryState.QUEUED), else_="queued")
+
+
 def _unfinished() -> Subquery:
     """Each job not done with its list id (the copy's, else its post's; None for a
     notice), the mail_from that names a notice's list, and its state as `queue ls` shows
-    it. The states are spelled out so that both databases compare the same strings."""
+    it."""
     list_id = func.coalesce(Outgoing.list_id, Message.list_id)
-    queued = Delivery.state == DeliveryState.QUEUED
     return (select(Delivery.id, Delivery.created_at, list_id.label("list_id"),
                    case((list_id.is_(None), Delivery.mail_from), else_="").label("notice_from"),
-                   case((and_(queued, Delivery.attempts > 0), "deferred"), (queued, "queued"),
-                        (Delivery.state == DeliveryState.SENDING, "sending"),
-                        else_="failed").label("state"))
+                   shown_state().label("state"))
             .join(Outgoing, Outgoing.id == Delivery.outgoing_id)
             .outerjoin(Message, Message.id == Outgoing.message_pk)
             .where(Delivery.state.in_(_SHOWN)).subquery())
@@ -97,6 +104,39 @@ def jobs(session: Session, mlist: MailingList) -> list[Job]:
         .order_by(Delivery.id))
     return [Job(d.id, mlist.address, state, d.attempts, len(d.recipients.split("\n")),
                 d.created_at, d.next_attempt_at, d.last_error) for d, state in rows]
+
+
+@dataclass
+class ByDomain:
+    """One destination as `queue ls --by-domain` shows it."""
+
+    domain: str  # "" for jobs queued before jobs had a domain
+    waiting: int = 0  # copies (recipients) not sent yet: queued, being sent or deferred
+    deferred: int = 0  # of those, copies already tried and deferred
+    backoff_until: datetime | None = None  # no job of it is claimed before this
+    deferrals: int = 0  # back-offs in a row (421, 4.7.x)
+    last_reply: str = ""
+
+
+# A job's copies: its recipients, one a line, counted without reading them out.
+_COPIES = (func.length(Delivery.recipients)
+           - func.length(func.replace(Delivery.recipients, "\n", "")) + 1)
+
+
+def by_domain(session: Session) -> list[ByDomain]:
+    """Copies waiting and deferred per recipient domain, counted by the database (the
+    domain index serves it), with each domain's back-off; most copies waiting first."""
+    deferred = and_(Delivery.state == DeliveryState.QUEUED, Delivery.attempts > 0)
+    rows = session.execute(
+        select(Delivery.domain, func.sum(_COPIES), func.sum(case((deferred, _COPIES), else_=0)))
+        .where(Delivery.state.in_([DeliveryState.QUEUED, DeliveryState.SENDING]))
+        .group_by(Delivery.domain))
+    found = {domain: ByDomain(domain, int(waiting), int(late)) for domain, waiting, late in rows}
+    for d in session.scalars(select(Destination)):
+        found.setdefault(d.domain, ByDomain(d.domain))
+        found[d.domain].backoff_until = d.backoff_until
+        found[d.domain].deferrals, found[d.domain].last_reply = d.deferrals, d.last_reply
+    return sorted(found.values(), key=lambda x: (-x.waiting, x.domain))
 
 
 def _pick(session: Session, ids: list[int]) -> list[Delivery]:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, func, select, update
 from sqlmodel import Session
 
-from listserv import fanout, headers, outbox, owner_templates
+from listserv import content_filter, db, fanout, headers, outbox, owner_templates, summary
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.digest_format import (
@@ -30,7 +30,16 @@ from listserv.digest_format import (
     plain_body,
 )
 from listserv.enums import DeliveryMode, DigestFrequency, VolumeFrequency
-from listserv.models import DigestIssue, DigestItem, MailingList, Message, ThreadNode, ThreadSummary
+from listserv.models import (
+    DigestIssue,
+    DigestItem,
+    DigestSummary,
+    MailingList,
+    Message,
+    Mute,
+    ThreadNode,
+    ThreadSummary,
+)
 
 # --- when ------------------------------------------------------------------------------
 
@@ -100,7 +109,8 @@ def _items(session: Session, list_id: int, where: object, order: object,
     query = (
         select(DigestItem.id, DigestItem.size, DigestItem.created_at, DigestItem.position,
                Message.message_id, Message.subject, Message.from_name, Message.from_address,
-               Message.date, Message.received_at, ThreadNode.thread_id,
+               Message.date, Message.received_at, Message.id.label("message_pk"),
+               ThreadNode.thread_id,
                ThreadSummary.subject.label("thread_subject"),
                (Message.raw if with_raw else Message.size).label("raw"))
         .join(Message, Message.id == DigestItem.message_pk)
@@ -118,7 +128,7 @@ def _items(session: Session, list_id: int, where: object, order: object,
             from_header=headers.mailbox(name, address) if address else headers.one_line(name),
             date=row.date or row.received_at, thread_id=row.thread_id or row.message_id,
             thread_subject=row.thread_subject or row.subject,
-            raw=row.raw if with_raw else b"")
+            raw=row.raw if with_raw else b"", message_pk=row.message_pk)
         found.append(Item(row.id, row.size, row.created_at, entry))
     return found
 
@@ -151,6 +161,18 @@ def issues(session: Session, list_id: int) -> list[tuple[DigestIssue, int]]:
     return [(issue, messages) for issue, messages in rows]
 
 
+def summarized(session: Session, list_id: int) -> set[int]:
+    """The issues of a list that have a summary."""
+    return set(session.scalars(select(DigestSummary.issue_id).join(
+        DigestIssue, DigestIssue.id == DigestSummary.issue_id).where(
+        DigestIssue.list_id == list_id)))
+
+
+def find_summary(session: Session, issue: DigestIssue) -> DigestSummary | None:
+    return session.scalars(select(DigestSummary).where(
+        DigestSummary.issue_id == issue.id)).first()
+
+
 def find_issue(session: Session, list_id: int, volume: int, number: int
                ) -> DigestIssue | None:
     return session.scalars(select(DigestIssue).where(
@@ -168,6 +190,7 @@ class Sent:
     messages: int
     mime_members: int
     plain_members: int
+    summary_members: int = 0
 
 
 def _locked(session: Session, list_id: int) -> MailingList | None:
@@ -192,7 +215,9 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
         return None
     volume, number = numbering(mlist, now)
     base_url = config.web.base_url
-    entries = [i.entry for i in found]
+    content = content_filter.rules(mlist)
+    entries = [dataclasses.replace(i.entry, raw=content_filter.apply(i.entry.raw, content).data)
+               for i in found]
     context = issue_context(mlist, base_url, volume, number, entries)
     context["header"] = (owner_templates.rendered(
         mlist, "digest_header", base_url, subject=context["subject"], volume=volume,
@@ -213,7 +238,42 @@ def build(session: Session, config: Config, list_id: int, now: datetime, *,
     if plain_rcpts:  # made only for those who take it: the archive keeps the MIME form
         _queue(session, config, mlist, plain_rcpts,
                form(mlist, base_url, context, plain_body(context, entries), "plain", now))
-    return Sent(issue, len(entries), len(mime_rcpts), len(plain_rcpts))
+    summarized = _summaries(session, config, mlist, issue, context, entries, now)
+    return Sent(issue, len(entries), len(mime_rcpts), len(plain_rcpts), summarized)
+
+
+def _summaries(session: Session, config: Config, mlist: MailingList, issue: DigestIssue,
+               context: dict, entries: list[Entry], now: datetime) -> int:
+    """Queue the issue's summary for the summary members, and keep it (only when the
+    list has any). A member who muted a thread does not see it listed again: members are
+    grouped by the threads they muted, one copy written a group, and most mute none."""
+    rcpts = list(fanout.recipients(session, mlist.id, DeliveryMode.SUMMARY))
+    if not rcpts:
+        return 0
+    base_url = config.web.base_url
+    made = summary.mail(mlist, base_url, context, entries, now)
+    session.add(DigestSummary(issue_id=issue.id, subject=made.subject, threads=made.topics,
+                              data=made.form.archived))
+    muted = _muted(session, mlist.id, {e.thread_id for e in entries})
+    groups: dict[frozenset[str], list[str]] = {}
+    for address in rcpts:
+        groups.setdefault(muted.get(address, frozenset()), []).append(address)
+    for threads, members in groups.items():
+        kept = [e for e in entries if e.thread_id not in threads]
+        if kept:
+            _queue(session, config, mlist, members, made.form if len(kept) == len(entries)
+                   else summary.mail(mlist, base_url, context, kept, now).form)
+    return len(rcpts)
+
+
+def _muted(session: Session, list_id: int, thread_ids: set[str]) -> dict[str, frozenset[str]]:
+    """Which of these threads each member muted."""
+    found: dict[str, set[str]] = {}
+    for chunk in db.chunks(thread_ids):
+        for address, thread_id in session.execute(select(Mute.address, Mute.thread_id).where(
+                Mute.list_id == list_id, Mute.thread_id.in_(chunk))):
+            found.setdefault(address, set()).add(thread_id)
+    return {address: frozenset(threads) for address, threads in found.items()}
 
 
 def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str],

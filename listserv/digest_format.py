@@ -36,6 +36,7 @@ class Entry:
     thread_id: str
     thread_subject: str
     raw: bytes = b""
+    message_pk: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,9 @@ class Form:
 
 
 def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: str,
-         date: datetime) -> Form:
+         date: datetime, personal: tuple[slots.Slot, str] | None = None) -> Form:
+    """`personal`, for a summary: a slot of text with each member's links that ends the
+    body, and the text the archive keeps in its place."""
     addresses = context["addresses"]
     message_id = digest_message_id(addresses, context["volume"], context["number"], kind)
     fields = [("From", headers.mailbox(mlist.name, addresses.at(Purpose.REQUEST))),
@@ -176,6 +179,10 @@ def form(mlist: MailingList, base_url: str, context: dict, body: bytes, kind: st
     rest = b"MIME-Version: 1.0\r\n" + body
     slot = compose.unsubscribe_header(addresses, base_url)
     leave = f"List-Unsubscribe: <mailto:{addresses.at(Purpose.LEAVE)}>\r\n".encode()
-    return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
-                head + leave + rest)
-
+    if personal is None:
+        return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),)),
+                    head + leave + rest)
+    text, archived = personal
+    return Form(slots.Copy(head + rest, (dataclasses.replace(slot, at=len(head)),
+                                         dataclasses.replace(text, at=len(head + rest)))),
+                head + leave + rest + headers.crlf(archived.encode()))

@@ -19,6 +19,7 @@ class DeliveryMode(enum.StrEnum):
     DIGEST_MIME = "digest-mime"  # periodic digest, MIME format (RFC 1153 successor)
     DIGEST_PLAIN = "digest-plain"  # periodic digest, plain text (RFC 1153)
     NOMAIL = "nomail"  # stays a member (may post) but receives nothing
+    SUMMARY = "summary"  # on the digest schedule, one short mail of the active threads
 
 
 class DisabledBy(enum.StrEnum):

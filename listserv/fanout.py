@@ -13,7 +13,7 @@ from jinja2 import TemplateError
 from sqlalchemy import bindparam, insert, or_, select
 from sqlmodel import Session
 
-from listserv import authenticity, compose, db, outbox, slots
+from listserv import authenticity, compose, content_filter, db, outbox, slots
 from listserv.address import ListAddresses, Purpose
 from listserv.authenticity import Asked
 from listserv.config import Config
@@ -119,7 +119,8 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
         footer=list_footer, via=via, authentication=results,
         archived=mlist.archive is not ArchivePolicy.OFF, one_click=not shared,
         replaced=compose.answer_fields(parsed.inferred_parent, parsed.references,
-                                       parsed.subject) if parsed.inferred_parent else []
+                                       parsed.subject) if parsed.inferred_parent else [],
+        content=content_filter.rules(mlist)
     ), shared
 
 

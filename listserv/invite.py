@@ -11,13 +11,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy import select
 from sqlmodel import Session
 
 from listserv import member_actions, notices, posting_rules, roster, tokens
 from listserv.address import ListAddresses, Purpose
 from listserv.config import Config
 from listserv.enums import DeliveryMode, TokenKind
-from listserv.models import MailingList, Token
+from listserv.models import MailingList, Token, utcnow
 
 log = logging.getLogger("listserv.invite")
 
@@ -32,6 +33,14 @@ class Invited:
     banned: list[str] = field(default_factory=list)  # `listserv ban`: never invited
     limited: list[str] = field(default_factory=list)  # had their automatic mails today
     invalid: list[str] = field(default_factory=list)
+
+    def refused(self) -> list[tuple[str, str]]:
+        """Each address not mailed, with why, as the CLI and the owners' page say it."""
+        return [(a, why) for group, why in (
+            (self.members, "already a member"),
+            (self.pending, "already invited (the invitation is unanswered)"),
+            (self.banned, "banned"), (self.limited, "had its automatic mails for today"),
+            (self.invalid, "not a valid address")) for a in group]
 
 
 def invite(session: Session, config: Config, mlist: MailingList,
@@ -69,6 +78,13 @@ def _send(session: Session, config: Config, mlist: MailingList, address: str) ->
         return True
     session.delete(token)  # never sent: a later invitation must not find it pending
     return False
+
+
+def pending(session: Session, mlist: MailingList) -> list[Token]:
+    """The invitations of a list not answered yet and not expired, oldest first."""
+    return list(session.scalars(select(Token).where(
+        Token.list_id == mlist.id, Token.kind == TokenKind.INVITE, Token.used_at.is_(None),
+        Token.expires_at > utcnow()).order_by(Token.id)))
 
 
 def find(session: Session, value: str) -> tuple[Token, MailingList] | None:

@@ -5,6 +5,7 @@ each key with the values it takes, parsed from text the same way everywhere.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,6 +103,21 @@ def _optional_text(text: str) -> str | None:
     return None if text.strip().lower() == DEFAULT else _text(text)
 
 
+# A MIME type as pass_types takes it: "type/subtype", or "type/*" for all of a type.
+_TOKEN = r"[a-z0-9][a-z0-9!#$&^_.+-]*"
+_MIME_TYPE = re.compile(rf"{_TOKEN}/(?:\*|{_TOKEN})")
+
+
+def _mime_types(text: str) -> str:
+    """pass_types: MIME types apart by spaces or commas, kept lower case and one space
+    apart; "" (none given) keeps every type."""
+    types = text.replace(",", " ").lower().split()
+    wrong = [t for t in types if not _MIME_TYPE.fullmatch(t)]
+    if wrong:
+        raise UserError(f"{wrong[0]!r} is no MIME type: {_VALID['pass_types']}")
+    return " ".join(dict.fromkeys(types))
+
+
 def _footer(text: str) -> str | None:
     """The owners' footer template, checked as their other templates are."""
     return None if text.strip().lower() == DEFAULT else owner_templates.check("footer", text)
@@ -127,6 +143,10 @@ SETTINGS: dict[str, Callable[[str], Any]] = {
     "digest_volume_frequency": _choice(VolumeFrequency),
     "verp": _choice(Verp),
     "dmarc": _choice(DmarcMode),
+    "pass_types": _mime_types,
+    "collapse_alternatives": _bool,
+    "html_to_text": _bool,
+    "max_attachment_bytes": _size,
 }
 
 
@@ -140,6 +160,12 @@ _VALID = {
     "max_message_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
     "digest_send_hour": "an hour from 0 to 23 (UTC)",
     "digest_max_bytes": f"a number of bytes up to {MAX_INT}, 0 for no limit",
+    "collapse_alternatives": "true: a post in text and HTML goes as its text; false",
+    "html_to_text": "true: an HTML-only post goes as text; false",
+    "pass_types": 'MIME types kept in copies and on the archive, such as "text/plain '
+                  'image/*"; text/plain always is; empty for every type',
+    "max_attachment_bytes": f"a number of bytes up to {MAX_INT}: larger attachments are "
+                            "removed; 0 for no limit",
 }
 
 

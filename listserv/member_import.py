@@ -31,7 +31,8 @@ DELIVERY_NAMES = {
     "digest": DeliveryMode.DIGEST_MIME, "digest-mime": DeliveryMode.DIGEST_MIME,
     "mime_digests": DeliveryMode.DIGEST_MIME,
     "digest-plain": DeliveryMode.DIGEST_PLAIN, "plaintext_digests": DeliveryMode.DIGEST_PLAIN,
-    "abridged": DeliveryMode.DIGEST_PLAIN, "summary_digests": DeliveryMode.DIGEST_PLAIN,
+    "abridged": DeliveryMode.SUMMARY, "summary_digests": DeliveryMode.SUMMARY,
+    "summary": DeliveryMode.SUMMARY,
     "nomail": DeliveryMode.NOMAIL, "no email": DeliveryMode.NOMAIL,
 }
 # Google Groups lists people who were invited or asked to join; they are not members.

@@ -20,8 +20,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from listserv import delivery_queue
 from listserv.enums import DeliveryState
-from listserv.models import Delivery
+from listserv.models import Delivery, Destination, utcnow
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # memory, CPU and open file descriptors
@@ -74,6 +75,8 @@ class Queue:
 
     jobs_by_state: dict[str, int] = field(default_factory=dict)
     oldest_queued: datetime | None = None  # created_at of the oldest job not finished
+    # The destinations in back-off and their deferrals in a row, BACKOFF_LABELS at most.
+    backoffs: dict[str, int] = field(default_factory=dict)
 
     def oldest_age(self, now: datetime) -> float | None:
         """Seconds; None for an empty queue."""
@@ -83,15 +86,25 @@ class Queue:
 
 
 _WAITING = (DeliveryState.QUEUED, DeliveryState.SENDING)
+# A label per destination in back-off, the worst first: each label value is a series
+# Prometheus keeps, and a list server sends to thousands of domains.
+BACKOFF_LABELS = 20
 
 
 def read_queue(session: Session) -> Queue:
-    """Two aggregate reads (the ready index serves the second)."""
-    by_state = session.execute(select(Delivery.state, func.count())
-                               .group_by(Delivery.state)).all()
+    """Two aggregate reads (the ready index serves the second), and the destinations in
+    back-off (a few rows, usually none)."""
+    shown = select(delivery_queue.shown_state().label("state")).subquery()
+    by_state = session.execute(select(shown.c.state, func.count())
+                               .group_by(shown.c.state)).all()
     oldest = session.scalar(select(func.min(Delivery.created_at))
                             .where(Delivery.state.in_(_WAITING)))
-    return Queue({state.value: count for state, count in by_state}, _aware(oldest))
+    backoffs = session.execute(
+        select(Destination.domain, Destination.deferrals)
+        .where(Destination.backoff_until > utcnow())
+        .order_by(Destination.deferrals.desc(), Destination.domain).limit(BACKOFF_LABELS))
+    return Queue(dict(by_state), _aware(oldest),
+                 {domain: deferrals for domain, deferrals in backoffs})
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -114,7 +127,13 @@ class _QueueCollector(Collector):
         oldest = GaugeMetricFamily("listserv_oldest_queued_job_seconds",
                                    "Age of the oldest delivery job not yet done "
                                    "(0 when none waits).", value=age or 0.0)
-        return iter([jobs, oldest])
+        backoffs = GaugeMetricFamily(
+            "listserv_destination_backoff_deferrals", "Deferrals in a row (421, 4.7.x) "
+            f"of each recipient domain in back-off now, the {BACKOFF_LABELS} worst.",
+            labels=["destination"])
+        for domain, deferrals in self.queue.backoffs.items():
+            backoffs.add_metric([domain], deferrals)
+        return iter([jobs, oldest, backoffs])
 
 
 def exposition(queue: Queue | None, now: datetime) -> bytes:

@@ -86,6 +86,11 @@ class MailingList(SQLModel, table=True):
     welcome: str | None = None  # the welcome mail's body
     goodbye: str | None = None  # the body of the mail on leaving
     digest_header: str | None = None  # text at the top of each digest; None: none
+    # The content filter (content_filter.py): what copies and the archive's pages carry.
+    pass_types: str = ""  # MIME types kept, "text/plain image/*"; "": every type
+    collapse_alternatives: bool = False  # multipart/alternative sent as its text/plain
+    html_to_text: bool = False  # HTML-only posts sent as text/plain
+    max_attachment_bytes: int = 0  # larger attachments are removed; 0: no limit
 
     @property
     def addresses(self) -> ListAddresses:
@@ -196,6 +201,19 @@ class DigestIssue(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     size: int = 0  # bytes of the posts it carries
     data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the MIME form sent
+
+
+class DigestSummary(SQLModel, table=True):
+    """The summary of a digest issue's posts, as its summary members got it (less their
+    own links): built with the issue, from the same posts, and shown beside it."""
+
+    __tablename__ = "digest_summary"
+
+    id: int | None = Field(default=None, primary_key=True)
+    issue_id: int = Field(foreign_key="digest_issue.id", unique=True, ondelete="CASCADE")
+    subject: str  # "Dev Summary, Vol 3, Issue 12"
+    threads: int = 0  # how many threads it lists
+    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # the mail sent
 
 
 class DigestItem(SQLModel, table=True):
@@ -347,12 +365,16 @@ class Delivery(SQLModel, table=True):
     """One SMTP transaction to the smarthost: one copy, at most N recipients."""
 
     __tablename__ = "delivery"
-    __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),)
+    __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),
+                      Index("ix_delivery_domain", "domain", "state"))
 
     id: int | None = Field(default=None, primary_key=True)
     outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")
     mail_from: str
     recipients: str = Field(sa_column=Column(Text, nullable=False))  # one address a line
+    # The recipients' domain, lower case (a job has one; "" for jobs queued before 0018):
+    # the destination that claims and the worker shape by (destinations.py).
+    domain: str = ""
     state: DeliveryState = Field(default=DeliveryState.QUEUED, sa_type=_enum(DeliveryState))
     attempts: int = 0
     next_attempt_at: datetime = Field(default_factory=utcnow)
@@ -361,6 +383,20 @@ class Delivery(SQLModel, table=True):
     last_error: str = ""
     created_at: datetime = Field(default_factory=utcnow)
     done_at: datetime | None = None
+
+
+class Destination(SQLModel, table=True):
+    """A recipient domain that deferred copies (421, 4.7.x) and is being slowed: shared
+    through the database, so that every worker holds back from it. Deleted once a copy
+    to it goes through."""
+
+    __tablename__ = "destination"
+
+    domain: str = Field(primary_key=True)
+    backoff_until: datetime  # no job of this domain is claimed before this
+    deferrals: int = 0  # back-offs in a row, which double it
+    last_reply: str = ""  # the deferral's words, for `queue ls --by-domain`
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class BounceEvent(SQLModel, table=True):

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from sqlmodel import Session
 
-from listserv import notices, roster
+from listserv import roster
 from listserv.config import Config
 from listserv.enums import NotifyOwners, Role
 from listserv.models import MailingList
@@ -35,6 +35,10 @@ def tell(session: Session, config: Config, mlist: MailingList, change: Change,
     notify_owners is off."""
     if mlist.notify_owners is not NotifyOwners.ON or not addresses:
         return 0
+    # Imported here: every member command calls this, and notices brings jinja2 and the
+    # outbox, which only a list whose owners are notified needs (member add: -0.2 s).
+    from listserv import notices
+
     owners = roster.role_addresses(session, mlist.id, [Role.OWNER])
     for owner in owners:
         notices.send(session, config, mlist, owner, "members_changed", limit=False,

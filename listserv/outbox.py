@@ -21,9 +21,17 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Session, col
 
 from listserv import headers
+from listserv.address import split
 from listserv.config import DeliveryConfig
 from listserv.enums import DeliveryState, Verp
-from listserv.models import Delivery, MailingList, Outgoing, RecipientFailure, utcnow
+from listserv.models import (
+    Delivery,
+    Destination,
+    MailingList,
+    Outgoing,
+    RecipientFailure,
+    utcnow,
+)
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
@@ -41,6 +49,7 @@ class Job:
     recipients: list[str]
     attempts: int
     created_at: datetime
+    domain: str = ""  # the recipients' (see Delivery.domain)
 
 
 def worker_name() -> str:
@@ -62,16 +71,27 @@ class Send:
     list_id: int | None = None
 
 
-def _jobs(rcpts: Iterable[str], batch: int) -> list[str]:
-    """The recipients of each delivery job: `batch` at most, one per line."""
-    jobs, chunk = [], []
-    for rcpt in rcpts:
-        chunk.append(rcpt)
-        if len(chunk) == batch:
-            jobs.append("\n".join(chunk))
+def _domain_order(rcpt: str) -> list[str]:
+    """The domain's labels from the top down: sorted by it, a domain's recipients are
+    together, and its subdomains next to it."""
+    return split(rcpt)[1].split(".")[::-1]
+
+
+def _jobs(rcpts: Iterable[str], batch: int) -> list[tuple[str, str]]:
+    """The domain and the recipients (one per line) of each delivery job: `batch` at
+    most, all of one domain, so that a domain that defers copies holds back its own
+    jobs only, and the worker can count the transactions in flight to each."""
+    jobs: list[tuple[str, str]] = []
+    chunk: list[str] = []
+    domain = ""
+    for rcpt in sorted(rcpts, key=_domain_order):
+        if chunk and (len(chunk) == batch or split(rcpt)[1] != domain):
+            jobs.append((domain, "\n".join(chunk)))
             chunk = []
+        domain = split(rcpt)[1]
+        chunk.append(rcpt)
     if chunk:
-        jobs.append("\n".join(chunk))
+        jobs.append((domain, "\n".join(chunk)))
     return jobs
 
 
@@ -138,9 +158,12 @@ def queue_all(session: Session, sends: Sequence[Send], batch: int, *,
          "created_at": now} for s, data in zip(sends, datas, strict=True)]).scalars().all()
     jobs = [_jobs(s.rcpts, batch) for s in sends]
     rows = [{"outgoing_id": outgoing_id, "mail_from": send.mail_from, "recipients": job,
-             "state": "queued", "attempts": 0, "next_attempt_at": now, "last_error": "",
-             "created_at": now}
-            for outgoing_id, send, its in zip(ids, sends, jobs, strict=True) for job in its]
+             "domain": domain, "state": "queued", "attempts": 0, "next_attempt_at": now,
+             "last_error": "", "created_at": now}
+            for outgoing_id, send, its in zip(ids, sends, jobs, strict=True)
+            for domain, job in its]
+    if handoff is not None and handoff.claiming:
+        rows = _handed_first(connection, handoff, rows, now)
     handed = handoff.reserve(len(rows)) if handoff is not None and handoff.claiming else 0
     if handed:
         _hand(connection, handoff, rows[:handed], now)
@@ -153,6 +176,24 @@ def queue_all(session: Session, sends: Sequence[Send], batch: int, *,
         if handoff is not None:
             handoff.queued += len(rows) - handed
     return [len(its) for its in jobs]
+
+
+# The domains in back-off (see destinations.py): a handful at most, usually none.
+_PAUSED = select(Destination.__table__.c.domain).where(
+    Destination.__table__.c.backoff_until > bindparam("now"))
+
+
+def _handed_first(connection: Connection, handoff: Handoff, rows: list[dict],
+                  now: datetime) -> list[dict]:
+    """`rows` with those the handoff may take first: a job to a domain in back-off is
+    left for a claim, which waits for the back-off's end, and counted as left."""
+    paused = set(connection.execute(_PAUSED, {"now": now}).scalars())
+    if not paused:
+        return rows
+    held = [row for row in rows if row["domain"] in paused]
+    handoff.queued += len(held)
+    connection.execute(_INSERT_DELIVERY, held)
+    return [row for row in rows if row["domain"] not in paused]
 
 
 def _hand(connection: Connection, handoff: Handoff, rows: list[dict], now: datetime) -> None:
@@ -192,14 +233,18 @@ _READY = or_(and_(_d.state == DeliveryState.QUEUED, _d.next_attempt_at <= bindpa
 # One statement, built once: the WHERE repeats the readiness test of the subquery, which
 # stops two claimers taking the same job where there are no row locks (SQLite); on
 # PostgreSQL the subquery locks the rows it picks and skips those others hold.
+# A job to a domain in back-off (destinations.py) waits for its end, and one to a domain
+# this worker holds jobs for that wait already (`busy`) is left to other workers.
+_SHAPED = and_(_d.domain.not_in(_PAUSED.scalar_subquery()),
+               _d.domain.not_in(bindparam("busy", expanding=True)))
 _CLAIM = (update(Delivery.__table__)
-          .where(_d.id.in_(select(_d.id).where(_READY).order_by(_d.id)
+          .where(_d.id.in_(select(_d.id).where(_READY, _SHAPED).order_by(_d.id)
                            .limit(bindparam("room")).with_for_update(skip_locked=True)
                            .scalar_subquery()), _READY)
           .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
                   lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
           .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
-                     _d.created_at))
+                     _d.created_at, _d.domain))
 
 
 # Jobs whose lease ran out, and who held them, read by a claim before it takes them: a
@@ -223,17 +268,20 @@ def _log_takeovers(expired: dict[int, str], claimed: list[int]) -> None:
                     count, previous)
 
 
-def claim(session: Session, worker: str, limit: int, lease: timedelta) -> list[Job]:
-    """Reserve up to `limit` ready jobs for this worker and commit the reservation."""
+def claim(session: Session, worker: str, limit: int, lease: timedelta,
+          busy: Sequence[str] = ()) -> list[Job]:
+    """Reserve up to `limit` ready jobs for this worker and commit the reservation; none
+    to the domains in `busy`."""
     now = utcnow()
     connection = session.connection()
     expired = _past_lease(connection, now)
     rows = connection.execute(_CLAIM, {
-        "now": now, "room": limit, "worker": worker, "lease_until": now + lease}).all()
+        "now": now, "room": limit, "worker": worker, "lease_until": now + lease,
+        "busy": list(busy)}).all()
     session.commit()
     _log_takeovers(expired, [r.id for r in rows])
     return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,
-                r.created_at) for r in sorted(rows, key=lambda r: r.id)]
+                r.created_at, r.domain) for r in sorted(rows, key=lambda r: r.id)]
 
 
 def recover_dead_workers(session: Session, host: str) -> int:

@@ -6,11 +6,12 @@ drain.Drain), so a mark or an outcome costs a share of a commit, not a commit of
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import bounces, metrics, outbox, supervise
+from listserv import bounces, destinations, metrics, outbox, supervise
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
@@ -74,22 +75,26 @@ class Progress:
 
 
 def _write_outcomes(session: Session, config: Config, attempts: list[Attempt]
-                    ) -> list[DeliveryState]:
-    """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)."""
+                    ) -> tuple[list[DeliveryState], dict[str, float]]:
+    """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)
+    and what a deferral does to its destination (the seconds each now waits)."""
     states, refusals = outbox.record_all(session, config.delivery, attempts)
     for outgoing_id, permanent in refusals:
         bounces.refused(session, config, outgoing_id, permanent)
+    waits = destinations.note(session, config.delivery, attempts)
     session.commit()
-    return states
+    return states, waits
 
 
 class Recorder:
     """The outcome of each attempt, written in the next shared commit (senders that
     finish together share one)."""
 
-    def __init__(self, calls: supervise.Calls, config: Config) -> None:
+    def __init__(self, calls: supervise.Calls, config: Config,
+                 hold_off: Callable[[str, float], None]) -> None:
         self.calls = calls
         self.config = config
+        self.hold_off = hold_off  # a destination backed off, for the seconds given
         self.outcomes: Drain[Attempt, None] = Drain(self._write)
 
     async def record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
@@ -106,10 +111,13 @@ class Recorder:
         no more copies go out unrecorded than the jobs in flight); given up only when
         stopping, when the jobs stay claimed and their lease brings them back."""
         try:
-            states = await self.calls.until_done(_write_outcomes, self.config, batch)
+            states, waits = await self.calls.until_done(_write_outcomes, self.config, batch)
         except SQLAlchemyError:
             log.exception("%d delivery outcomes could not be recorded", len(batch))
             return [None] * len(batch)
+        for domain, seconds in waits.items():
+            log.info("destination %s deferred copies: backed off for %d s", domain, seconds)
+            self.hold_off(domain, seconds)
         for (job, refused, error), state in zip(batch, states, strict=True):
             _log(job, refused, error, state)
         return [None] * len(batch)

@@ -251,6 +251,8 @@ class Relay:
             mail_reply = await self._open(mail)
             rcpt_replies = [await self._command(c) for c in commands] if mail_reply.ok else []
         refused = {r: rep for r, rep in zip(rcpts, rcpt_replies, strict=False) if not rep.ok}
+        if any(rep.code == 421 for rep in refused.values()):
+            return self._closing(rcpts, refused)
         if not mail_reply.ok or len(refused) == len(rcpts):
             if data_reply is not None and data_reply.code == 354:
                 await self._finish_data(b".\r\n")  # a server that said 354 anyway
@@ -269,6 +271,15 @@ class Relay:
         if not final.ok:
             raise RelayError(f"message refused: {final}", final.temporary, final.code)
         return refused
+
+    def _closing(self, rcpts: list[str], refused: dict[str, Reply]) -> dict[str, Reply]:
+        """A 421 to a RCPT: the server is closing the connection (RFC 5321 3.8), often
+        because the destination asked for fewer connections. The transaction ends
+        there: the recipients it took are refused as lost, and the 421 is kept as the
+        reply of its own, for destinations.py to back that domain off."""
+        self.broken = True
+        lost = Reply(451, "connection closed by the smarthost (421) before DATA")
+        return {r: refused.get(r, lost) for r in rcpts}
 
     async def send_each(self, mail_from: Callable[[str], str], rcpts: list[str],
                         prepared_for: Callable[[str], bytes],
@@ -301,6 +312,9 @@ class Relay:
                                                        prepared_for(rcpt)))
                 if rcpt not in refused:
                     on_sent(rcpt)
+                elif self.broken:  # a 421 (_closing): nothing more on this connection
+                    lost = Reply(451, "connection closed by the smarthost (421)")
+                    return refused | dict.fromkeys(rcpts[index + 1:], lost)
             except RelayError as exc:
                 if not self.broken:
                     refused[rcpt] = _refusal(exc)
@@ -359,6 +373,9 @@ class Relay:
         """What goes ahead of the next transaction after the replies to MAIL, RCPT and
         DATA: the message, or what closes a transaction that failed."""
         mail, rcpt_reply, data_reply = replies
+        if mail.ok and rcpt_reply.code == 421:  # kept as this recipient's reply
+            refused[rcpt] = rcpt_reply
+            finished.add(rcpt)
         if 421 in (r.code for r in replies):
             raise RelayError(f"smarthost is closing the connection: {mail}")
         if mail.ok and rcpt_reply.ok and data_reply.code == 354:

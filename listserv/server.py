@@ -133,9 +133,9 @@ async def digests(engine: Engine, config: Config, stop: asyncio.Event, check: as
         sent = await asyncio.to_thread(_send_digests, engine, config)
         for done in sent:
             metrics.DIGESTS.inc()
-            log.info("digest %r: %d messages, to %d digest-mime and %d digest-plain "
-                     "members", done.issue.subject, done.messages, done.mime_members,
-                     done.plain_members)
+            log.info("digest %r: %d messages, to %d digest-mime, %d digest-plain and %d "
+                     "summary members", done.issue.subject, done.messages, done.mime_members,
+                     done.plain_members, done.summary_members)
         if sent:
             wake()
 

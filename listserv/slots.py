@@ -11,7 +11,8 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from listserv.headers import crlf
@@ -19,11 +20,31 @@ from listserv.headers import crlf
 UNSUBSCRIBE = "\x00unsubscribe\x00"  # stands for the member's unsubscribe token
 MUTE = "\x00mute\x00"  # stands for the member's mute token for this post's thread
 MANAGE = "\x00manage\x00"  # stands for the member's token to their page of subscriptions
+# A mail about many threads (a summary) has a link per thread: "\x00thread:KIND:PK\x00"
+# stands for the member's KIND token (mute) for the thread of post PK.
+THREAD = "\x00thread:"
+_THREAD = re.compile("\x00thread:([a-z]+):([0-9]+)\x00")
+
+ThreadLinks = Callable[[str, int], str]  # (kind, post pk) -> one recipient's token
 
 
-def fill_links(text: str, unsubscribe: str, mute: str, manage: str) -> str:
+def thread_token(kind: str, message_pk: int) -> str:
+    """The placeholder for a recipient's `kind` token for the thread of a post."""
+    return f"{THREAD}{kind}:{message_pk}\x00"
+
+
+def has_token(text: str) -> bool:
+    """Whether `text` differs from one recipient to the next."""
+    return UNSUBSCRIBE in text or MUTE in text or MANAGE in text or THREAD in text
+
+
+def fill_links(text: str, unsubscribe: str, mute: str, manage: str,
+               thread: ThreadLinks | None = None) -> str:
     """A slot's text with one recipient's tokens in place of the placeholders."""
-    return text.replace(UNSUBSCRIBE, unsubscribe).replace(MUTE, mute).replace(MANAGE, manage)
+    text = text.replace(UNSUBSCRIBE, unsubscribe).replace(MUTE, mute).replace(MANAGE, manage)
+    if thread is not None:
+        text = _THREAD.sub(lambda m: thread(m[1], int(m[2])), text)
+    return text
 
 
 @dataclass(frozen=True)
@@ -37,9 +58,10 @@ class Slot:
     carry: bytes = b""  # base64: decoded bytes before the text, short of a 3-byte group
     rest: bytes = b""  # base64: decoded bytes after the text ("</body></html>")
 
-    def fill(self, unsubscribe: str, mute: str, manage: str = "") -> bytes:
+    def fill(self, unsubscribe: str, mute: str, manage: str = "",
+             thread: ThreadLinks | None = None) -> bytes:
         """The bytes this slot holds for one recipient; they always end a line."""
-        raw = fill_links(self.text, unsubscribe, mute, manage).encode(self.charset)
+        raw = fill_links(self.text, unsubscribe, mute, manage, thread).encode(self.charset)
         if self.encoding == "base64":
             return crlf(base64.encodebytes(self.carry + crlf(raw) + self.rest))
         if self.encoding == "quoted-printable":
@@ -62,14 +84,19 @@ class Copy:
             pos = slot.at
         yield self.data[pos:], None
 
-    def personal(self, unsubscribe: str, mute: str, manage: str = "") -> bytes:
+    def personal(self, unsubscribe: str, mute: str, manage: str = "",
+                 thread: ThreadLinks | None = None) -> bytes:
         """The bytes one recipient gets."""
-        return b"".join(chunk + (slot.fill(unsubscribe, mute, manage) if slot else b"")
+        return b"".join(chunk + (slot.fill(unsubscribe, mute, manage, thread) if slot else b"")
                         for chunk, slot in self.chunks())
 
     def links_manage(self) -> bool:
         """Whether a slot holds the manage link (signed per recipient only then)."""
         return any(MANAGE in slot.text for slot in self.slots)
+
+    def links_threads(self) -> bool:
+        """Whether a slot holds per-thread links (a summary's)."""
+        return any(THREAD in slot.text for slot in self.slots)
 
     def slots_json(self) -> str:
         """For Outgoing.slots; "" when everyone gets the same bytes."""

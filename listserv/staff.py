@@ -182,3 +182,36 @@ def change_setting(session: Session, staff: Staff, key: str, text: str) -> str:
     summary = f"{key} = {value if value is not None else 'default'}"
     log.info("%s on %s by %s on the web", summary, staff.mlist.address, staff.address)
     return summary
+
+
+def invite_addresses(session: Session, config: Config, staff: Staff, text: str) -> str:
+    """`listserv member invite`, one address a line. Refused when none was mailed;
+    otherwise the ones not mailed are named with why."""
+    from listserv import invite
+
+    entries = [line for line in text.splitlines() if line.strip()]
+    if not entries:
+        raise UserError("no address to invite")
+    result = invite.invite(session, config, staff.mlist, entries)
+    refused = "; ".join(f"{a}: {why}" for a, why in result.refused())
+    if not result.sent:
+        raise UserError(f"nobody was invited ({refused})")
+    summary = f"invited {', '.join(result.sent)}" + (
+        f"; not invited: {refused}" if refused else "")
+    log.info("%s on %s by %s on the web", summary, staff.mlist.address, staff.address)
+    return summary
+
+
+def change_template(session: Session, staff: Staff, name: str, text: str | None) -> str:
+    """`listserv template set` (checked the same way), or with no text `template reset`."""
+    from listserv import owner_templates  # the owners' sandbox, only for this
+
+    if text is None:
+        owner_templates.reset(staff.mlist, name)
+        summary = f"{name} is the built-in one again"
+    else:
+        owner_templates.set_template(staff.mlist, name, text)
+        summary = f"{name} saved"
+    session.add(staff.mlist)
+    log.info("%s on %s by %s on the web", summary, staff.mlist.address, staff.address)
+    return summary

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import bindparam, delete, insert, select, update
 from sqlmodel import Session
 
-from listserv import db, search, thread, view
+from listserv import content_filter, db, search, thread, view
 from listserv.enums import ArchivePolicy, MessageKind, MessageState
 from listserv.models import MailingList, Message, Mute, ThreadNode, ThreadSummary, utcnow
 from listserv.parse import Parsed
@@ -315,9 +315,9 @@ def archive_all(session: Session, mlist: MailingList,
     """Everything that makes stored posts part of the archive, in the caller's
     transaction, in order: their threads, the thread list's counts, and (unless the
     list keeps no web archive) the search index of their `texts` (view.plain_text of
-    each, made here unless the caller made them elsewhere: an import does that in
-    other processes). Many at once is much faster than one by one (an import): each
-    thread is read and recounted once."""
+    each as the list's content filter leaves it, made here unless the caller made them
+    elsewhere: an import does that in other processes). Many at once is much faster
+    than one by one (an import): each thread is read and recounted once."""
     threads = Threads(session, mlist.id, {mid for message, parsed in posts
                                           for mid in thread.touched(message.message_id,
                                                                     parsed)})
@@ -328,7 +328,8 @@ def archive_all(session: Session, mlist: MailingList,
     summarize(session, mlist.id, touched)
     if mlist.archive is not ArchivePolicy.OFF:
         if texts is None:
-            texts = [view.plain_text(message.raw) for message, _ in posts]
+            texts = [view.plain_text(content_filter.filtered(message.raw, mlist))
+                     for message, _ in posts]
         search.index(session, zip([message for message, _ in posts], texts, strict=True))
 
 

@@ -88,7 +88,9 @@ class View:
 _Leaf = tuple[bool, mime.Part]  # (is the body, the part)
 
 
-def _is_body(leaf: mime.Part) -> bool:
+def is_body(leaf: mime.Part) -> bool:
+    """Text a reader is shown as the post (not offered as a file): also what the
+    content filter never counts as an attachment."""
     return leaf.content_type.startswith("text/") and leaf.disposition() != "attachment"
 
 
@@ -97,7 +99,7 @@ def _leaves(part: mime.Part) -> list[_Leaf]:
     in a multipart/alternative only the chosen one's text counts; the images and files
     of the others are still offered."""
     if part.children is None:
-        return [(_is_body(part), part)]
+        return [(is_body(part), part)]
     versions = [_leaves(child) for child in part.children]
     chosen = _choose(versions) if part.content_type == "multipart/alternative" else None
     return [(is_body, leaf) for i, version in enumerate(versions) for is_body, leaf in version
@@ -179,7 +181,7 @@ def _unflow(text: str, delsp: bool) -> str:
     return "\n".join(lines)
 
 
-def _leaf_text(leaf: mime.Part, max_bytes: int | None = None) -> str:
+def leaf_text(leaf: mime.Part, max_bytes: int | None = None) -> str:
     """The part as text: HTML still HTML, flowed text unflowed."""
     data = leaf.payload if max_bytes is None else leaf.payload[:max_bytes]
     param = leaf.param
@@ -310,7 +312,9 @@ def _safe_filename(name: str) -> str:
     return stem[:200 - len(ext[:20])] + ext[:20]
 
 
-def _describe(index: int, leaf: mime.Part) -> Attachment:
+def describe(index: int, leaf: mime.Part) -> Attachment:
+    """What a download link says of a part, and the content filter's note of one it
+    removed."""
     name = _safe_filename(_header_words(leaf.headers.get_filename() or ""))
     if not name:
         name = f"attachment-{index + 1}" + (".eml" if leaf.content_type == "message/rfc822"
@@ -332,9 +336,9 @@ def view(raw: bytes) -> View:
 
 def _view(raw: bytes) -> View:
     leaves = _leaves(mime.parse(raw))
-    texts = [(leaf, text) for leaf in _bodies(leaves) if (text := _leaf_text(leaf)).strip()]
+    texts = [(leaf, text) for leaf in _bodies(leaves) if (text := leaf_text(leaf)).strip()]
     return View(text_html="".join(_leaf_html(leaf, text) for leaf, text in texts),
-                attachments=tuple(_describe(i, leaf)
+                attachments=tuple(describe(i, leaf)
                                   for i, leaf in enumerate(_attachment_leaves(leaves))),
                 plain="\n\n".join(_readable(leaf, text) for leaf, text in texts))
 
@@ -348,7 +352,7 @@ def attachment(raw: bytes, index: int) -> tuple[Attachment, bytes] | None:
         return None
     if not 0 <= index < len(leaves):
         return None
-    return _describe(index, leaves[index]), leaves[index].payload
+    return describe(index, leaves[index]), leaves[index].payload
 
 
 def plain_text(raw: bytes, limit: int = 65536) -> str:
@@ -358,7 +362,7 @@ def plain_text(raw: bytes, limit: int = 65536) -> str:
     size = 0
     try:
         for leaf in _bodies(_leaves(mime.parse(raw))):
-            text = _readable(leaf, _leaf_text(leaf, max_bytes=4 * (limit - size)))
+            text = _readable(leaf, leaf_text(leaf, max_bytes=4 * (limit - size)))
             if not text.strip():
                 continue
             out.append(text)

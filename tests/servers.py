@@ -108,11 +108,18 @@ class SinkController(Controller):
         return self._bound()
 
 
+def domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
 @dataclass
 class Smarthost(SinkHandler):
     """The sink, also counting connections; it can answer DATA slowly, or park DATA
     after `hold_data_after` transactions until `gate` opens. A parked DATA whose client
-    goes away is cut short, so that message was never acknowledged nor received."""
+    goes away is cut short, so that message was never acknowledged nor received. As a
+    destination passes it on through Postfix, it refuses the RCPTs of the domains in
+    `deferring` with their reply (421 4.7.0, 450 4.7.1); `peaks` is the most DATA
+    transactions it had at once to each domain."""
 
     connections: int = 0  # counted at EHLO: the controller's own probe never says it
     hangups: int = 0
@@ -121,10 +128,21 @@ class Smarthost(SinkHandler):
     parked: threading.Event = field(default_factory=threading.Event)
     gate: threading.Event = field(default_factory=threading.Event)
     transactions: int = 0
+    deferring: dict[str, str] = field(default_factory=dict)  # domain -> RCPT reply
+    deferred: Counter[str] = field(default_factory=Counter)  # RCPTs refused so, by domain
+    in_data: Counter[str] = field(default_factory=Counter)
+    peaks: Counter[str] = field(default_factory=Counter)
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         self.connections += 1
         return await super().handle_EHLO(server, session, envelope, hostname, responses)
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.deferring.get(domain(address))
+        if reply:
+            self.deferred[domain(address)] += 1
+            return reply
+        return await super().handle_RCPT(server, session, envelope, address, rcpt_options)
 
     async def handle_DATA(self, server, session, envelope):
         self.transactions += 1
@@ -132,8 +150,16 @@ class Smarthost(SinkHandler):
             self.parked.set()
             while not self.gate.is_set():
                 await asyncio.sleep(0.01)
-        await asyncio.sleep(self.data_delay)
-        return await super().handle_DATA(server, session, envelope)
+        domains = {domain(r) for r in envelope.rcpt_tos}
+        for d in domains:
+            self.in_data[d] += 1
+            self.peaks[d] = max(self.peaks[d], self.in_data[d])
+        try:
+            await asyncio.sleep(self.data_delay)
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            for d in domains:
+                self.in_data[d] -= 1
 
     def copies(self) -> Counter[tuple[str, str]]:
         """How many copies each (Message-ID, recipient) pair arrived in."""

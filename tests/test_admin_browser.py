@@ -159,3 +159,27 @@ def test_expired_forged_and_spent_links_change_nothing(running, dev, engine, pho
     assert "no longer held" in phone.content()
     with db.session(engine) as s:
         assert s.get(Message, post).state is MessageState.DISCARDED
+
+
+def test_owner_invites_and_sets_a_template_on_a_phone(phone, running, dev, sink, engine,
+                                                       tmp_path):
+    path = (f"{running.config.web.base_url}/{LIST}/admin/"
+            f"{tokens.staff_link(SECRET, dev.id, OWNER, 12)}")
+    phone.goto(f"{path}/invite")
+    phone.fill("#invite-addresses", "Dan <dan@example.com>")
+    look(phone, "invite", tmp_path)
+    phone.click("text=Send the invitations")
+    assert "invited dan@example.com" in phone.content()
+    mails_to(sink, "dan@example.com")
+    phone.goto(f"{path}/invite")
+    assert "Waiting for an answer (1)" in phone.content()
+    look(phone, "invite-pending", tmp_path)
+    phone.goto(f"{path}/templates")
+    look(phone, "templates", tmp_path)
+    phone.fill("#tpl-goodbye", "Goodbye {{ member }}, from {{ name }}.")
+    phone.click("text=Save goodbye")
+    assert "goodbye saved" in phone.content()
+    phone.goto(f"{path}/templates")
+    assert "Back to the built-in goodbye" in phone.content()
+    with db.session(engine) as s:
+        assert roster.get_list(s, LIST).goodbye == "Goodbye {{ member }}, from {{ name }}."

@@ -246,15 +246,20 @@ def test_a_moderator_approves_a_pending_subscription(running, dev, sink, engine)
 
 # --- owners only: members, settings, bounces ----------------------------------------------------
 
-def test_a_moderator_s_link_opens_no_owner_page(running, dev, engine):
+def test_a_moderator_s_link_opens_no_owner_page(running, dev, sink, engine):
     path = admin_path(dev.id, MOD)
     with web(running) as client:
         assert client.get(path).status_code == 200
-        for page in ("members", "settings", "bounces", "members.csv"):
+        for page in ("members", "settings", "bounces", "members.csv", "invite", "templates"):
             assert client.get(f"{path}/{page}").status_code == 403
         removed = client.post(f"{path}/members", data={"do": "remove", "address": BOB})
         changed = client.post(f"{path}/settings", data={"key": "emergency", "value": "true"})
+        invited = client.post(f"{path}/invite", data={"addresses": "dan@example.com"})
+        templated = client.post(f"{path}/templates", data={
+            "name": "welcome", "do": "set", "text": "Hi"})
     assert removed.status_code == changed.status_code == 403
+    assert invited.status_code == templated.status_code == 403
+    assert subjects_to(sink, "dan@example.com") == []
     with db.session(engine) as s:
         assert roster.get_list(s, LIST).emergency is False
         assert s.scalars(select(Member).where(Member.address == BOB)).first() is not None
@@ -285,6 +290,69 @@ def test_owner_adds_sets_and_removes_members_and_exports_them(running, dev, sink
     with db.session(engine) as s:
         bob = s.scalars(select(Member).where(Member.address == BOB)).one()
         assert bob.delivery is DeliveryMode.DIGEST_MIME and bob.moderated
+
+
+def test_owner_sets_a_member_to_summary(running, dev, engine):
+    path = admin_path(dev.id, OWNER)
+    with web(running) as client:
+        assert '<option value="summary"' in client.get(f"{path}/members").text
+        assert client.post(f"{path}/members", data={
+            "do": "set", "address": BOB, "delivery": "summary"}).status_code == 200
+    with db.session(engine) as s:
+        bob = s.scalars(select(Member).where(Member.address == BOB)).one()
+        assert bob.delivery is DeliveryMode.SUMMARY
+
+
+def test_owner_invites_and_sees_the_invitations_waiting(running, dev, sink, engine):
+    path = admin_path(dev.id, OWNER)
+    with web(running) as client:
+        assert "No invitation is waiting" in client.get(f"{path}/invite").text
+        sent = client.post(f"{path}/invite", data={
+            "addresses": f"Dan <dan@example.com>\n\n{BOB}\nnot an address\n"})
+        assert sent.status_code == 200
+        assert "invited dan@example.com" in sent.text
+        assert f"{BOB}: already a member" in sent.text and "not a valid address" in sent.text
+        page = client.get(f"{path}/invite").text
+        assert "Waiting for an answer (1)" in page and "dan@example.com" in page
+        again = client.post(f"{path}/invite", data={"addresses": "dan@example.com"})
+        assert again.status_code == 409 and "already invited" in again.text
+        empty = client.post(f"{path}/invite", data={"addresses": "  \n"})
+        assert empty.status_code == 409
+    [invitation] = mails_to(sink, "dan@example.com")  # once, not twice
+    assert "/invite/" in invitation.get_body(("plain",)).get_content()
+    with db.session(engine) as s:
+        assert s.scalars(select(Member).where(Member.address == "dan@example.com")).first() \
+            is None  # a member only once they accept
+
+
+def test_owner_sets_and_resets_a_template_checked_as_the_cli_checks_it(running, dev, sink,
+                                                                       engine):
+    path = admin_path(dev.id, OWNER)
+    with web(running) as client:
+        page = client.get(f"{path}/templates").text
+        for name in ("welcome", "goodbye", "footer", "digest_header"):
+            assert f'<label for="tpl-{name}">' in page
+        assert "the built-in one" in page and "{{ member }}" in page
+        broken = client.post(f"{path}/templates", data={
+            "name": "welcome", "do": "set", "text": "Hello {{ member.nope() }}"})
+        assert broken.status_code == 409 and "does not render" in broken.text
+        unknown = client.post(f"{path}/templates", data={"name": "x", "do": "set", "text": "a"})
+        assert unknown.status_code == 409 and "unknown template" in unknown.text
+        too_long = client.post(f"{path}/templates", data={
+            "name": "welcome", "do": "set", "text": "a" * 20_001})
+        assert too_long.status_code == 409
+        saved = client.post(f"{path}/templates", data={
+            "name": "welcome", "do": "set", "text": "Hello {{ member }}, welcome to {{ name }}."})
+        assert saved.status_code == 200
+        assert "Hello {{ member }}, welcome to {{ name }}." in client.get(f"{path}/templates").text
+        client.post(f"{path}/members", data={"do": "add", "address": "dan@example.com",
+                                             "welcome": "yes"})
+        [welcome] = mails_to(sink, "dan@example.com")
+        assert "Hello dan@example.com, welcome to" in welcome.get_body(("plain",)).get_content()
+        reset = client.post(f"{path}/templates", data={"name": "welcome", "do": "reset"})
+        assert reset.status_code == 200
+    with db.session(engine) as s:
+        assert roster.get_list(s, LIST).welcome is None
 
 
 def test_owner_changes_a_setting_checked_as_list_set_checks_it(running, dev, engine):

@@ -57,7 +57,7 @@ def test_google_groups_export_is_imported_as_downloaded(make_list, config_file):
     assert members(config_file) == {
         "ann@example.org": ("Ann Smith", "regular"),
         "bob@example.org": ("", "digest-mime"),
-        "cat@example.org": ("Lee, Cat", "digest-plain"),  # Abridged: the nearest mode
+        "cat@example.org": ("Lee, Cat", "summary"),  # Abridged: Google Groups' summary
         "dan@example.org": ("Dan", "nomail"),
     }
 

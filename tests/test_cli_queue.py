@@ -25,6 +25,7 @@ from tests.helpers import (
     wait_until,
 )
 from tests.servers import RunningServer
+from tests.test_operations import scrape
 
 LIST = "dev@lists.example.org"
 ANN, BOB = "ann@example.org", "bob@example.org"
@@ -94,12 +95,17 @@ def test_failed_and_deferred_jobs_are_shown_and_sent_again(make_list, engine, co
     wait_for_states(engine, {"failed": 1})
     impatient.stop()
     # ...and one that retries in an hour a deferred one.
-    make_server(delivery={"retry_initial_seconds": 3600})
+    running = make_server(delivery={"retry_initial_seconds": 3600})
     sink.data_replies = ["451 4.3.0 try later"]
     post(engine, config_file)
     wait_for_states(engine, {"failed": 1, "deferred": 1})
     [summary] = queue(config_file)["lists"]
     assert (summary["queued"], summary["deferred"], summary["failed"]) == (0, 1, 1)
+    # /metrics names the jobs the way queue ls does
+    jobs = {labels: value for (name, labels), value in scrape(running).items()
+            if name == "listserv_delivery_jobs"}
+    assert (jobs.get((("state", "queued"),), 0), jobs[(("state", "deferred"),)],
+            jobs[(("state", "failed"),)]) == (0, 1, 1)
     text = listserv(config_file, "queue", "ls", LIST)
     assert text.splitlines()[0].split() == ["list", "queued", "sending", "deferred",
                                             "failed", "oldest"]

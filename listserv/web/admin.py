@@ -22,10 +22,10 @@ from listserv.web import pages
 MAX_FIELD = 2000  # characters of a form field kept (a reason, an address, a setting)
 
 
-async def form(request: Request) -> dict[str, str]:
-    """The POSTed fields as text, each cut to MAX_FIELD; files are refused."""
+async def form(request: Request, limit: int = MAX_FIELD) -> dict[str, str]:
+    """The POSTed fields as text, each cut to `limit`; files are refused."""
     async with request.form(max_files=0, max_fields=50) as data:
-        return {k: v[:MAX_FIELD] for k, v in data.items() if isinstance(v, str)}
+        return {k: v[:limit] for k, v in data.items() if isinstance(v, str)}
 
 
 def staff_page(request: Request, name: str, who: Staff, status: int = 200,

@@ -1,6 +1,7 @@
 """The owners' admin pages of one list: members (search, add, remove, delivery and the
-moderated flag, a CSV export), every per-list setting, and the bounces `listserv bounce
-ls` shows. A moderator's link opens none of them. The link itself and the changes'
+moderated flag, a CSV export), invitations (send, see those unanswered), every per-list
+setting, the owners' templates (see, set, reset), and the bounces `listserv bounce ls`
+shows. A moderator's link opens none of them. The link itself and the changes'
 log lines are admin.py's and staff.py's.
 """
 
@@ -16,15 +17,17 @@ from sqlmodel import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import bounces, list_settings, roster, staff
+from listserv import bounces, invite, list_settings, owner_templates, roster, staff
 from listserv.config import Config
 from listserv.enums import DeliveryMode
 from listserv.models import Member, utcnow
+from listserv.roster import UserError
 from listserv.staff import Staff
 from listserv.web import pages
 from listserv.web.admin import done_page, form, signed, staff_page
 
 MEMBERS_SHOWN = 200  # of a search's matches on one page; the CSV has them all
+MAX_TEXT = 20_000  # characters of a template or a list of addresses to invite
 
 
 def _owners(work: Callable[[Session, Staff], Any]) -> Callable[[Session, Staff], Any]:
@@ -147,6 +150,75 @@ async def setting_change(request: Request) -> Response:
     if isinstance(found, Response):
         return found
     return done_page(request, *found, page="settings")
+
+
+# --- invitations -------------------------------------------------------------------------
+
+async def invitations(request: Request) -> Response:
+    found = await owners_only(request, lambda s, who: invite.pending(s, who.mlist))
+    if isinstance(found, Response):
+        return found
+    who, waiting = found
+    return staff_page(request, "admin_invite", who, pending=waiting, max_text=MAX_TEXT)
+
+
+async def invite_send(request: Request) -> Response:
+    """POST .../invite: `listserv member invite` with the addresses of the form."""
+    text = _long_text(await form(request, MAX_TEXT + 1), "addresses")
+    config = pages.config(request)
+
+    def work(session: Session, who: Staff) -> str:
+        if isinstance(text, UserError):
+            raise text
+        return staff.invite_addresses(session, config, who, text)
+    found = await owners_only(request, work)
+    if isinstance(found, Response):
+        return found
+    return done_page(request, *found, page="invite")
+
+
+def _long_text(fields: dict[str, str], name: str) -> str | UserError:
+    """A field that may be long (a template, many addresses): refused past MAX_TEXT
+    rather than cut, which would save or mail something the owner did not write."""
+    value = fields.get(name, "")
+    if len(value) > MAX_TEXT:
+        return UserError(f"at most {MAX_TEXT} characters; nothing was changed")
+    return value
+
+
+# --- templates ---------------------------------------------------------------------------
+
+def _templates(who: Staff) -> list[dict[str, Any]]:
+    """Each template with the text the list uses and the variables it may use."""
+    shown = {name: owner_templates.shown(who.mlist, name) for name in owner_templates.VARIABLES}
+    return [{"name": name, "text": text, "built_in": built_in,
+             "variables": owner_templates.VARIABLES[name]}
+            for name, (text, built_in) in shown.items()]
+
+
+async def templates(request: Request) -> Response:
+    found = await owners_only(request, lambda s, who: None)
+    if isinstance(found, Response):
+        return found
+    who, _ = found
+    return staff_page(request, "admin_templates", who, templates=_templates(who),
+                      max_text=MAX_TEXT)
+
+
+async def template_change(request: Request) -> Response:
+    """POST .../templates: `template set` (do=set, checked the same way) or `template
+    reset` (do=reset) of the template `name`."""
+    fields = await form(request, MAX_TEXT + 1)
+    text = _long_text(fields, "text") if fields.get("do") == "set" else None
+
+    def work(session: Session, who: Staff) -> str:
+        if isinstance(text, UserError):
+            raise text
+        return staff.change_template(session, who, fields.get("name", ""), text)
+    found = await owners_only(request, work)
+    if isinstance(found, Response):
+        return found
+    return done_page(request, *found, page="templates")
 
 
 # --- bounces ---------------------------------------------------------------------------

@@ -105,6 +105,11 @@ ROUTES: list[BaseRoute] = [
     Route("/{address}/admin/{token}/settings", admin_owner.settings, methods=["GET"]),
     Route("/{address}/admin/{token}/settings", admin_owner.setting_change, methods=["POST"]),
     Route("/{address}/admin/{token}/bounces", admin_owner.bounce_list, methods=["GET"]),
+    Route("/{address}/admin/{token}/invite", admin_owner.invitations, methods=["GET"]),
+    Route("/{address}/admin/{token}/invite", admin_owner.invite_send, methods=["POST"]),
+    Route("/{address}/admin/{token}/templates", admin_owner.templates, methods=["GET"]),
+    Route("/{address}/admin/{token}/templates", admin_owner.template_change,
+          methods=["POST"]),
     Route("/{address}/held/{token}", admin.held_form, methods=["GET"]),
     Route("/{address}/held/{token}", admin.held_decide, methods=["POST"]),
     Route("/invite/{token}", invite.form, methods=["GET"]),
@@ -120,6 +125,8 @@ ROUTES: list[BaseRoute] = [
     Route("/{address}/digest/", archive.digest_index, methods=["GET"]),
     Route("/{address}/digest/{volume:number}/{number:number}/", archive.digest_issue,
           methods=["GET"]),
+    Route("/{address}/digest/{volume:number}/{number:number}/summary/",
+          archive.digest_summary, methods=["GET"]),
 ]
 
 

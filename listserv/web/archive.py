@@ -15,8 +15,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
-from listserv import archive, db, digest, digest_format, privacy, search, urls, view
-from listserv.models import DigestIssue, MailingList
+from listserv import (
+    archive,
+    content_filter,
+    db,
+    digest,
+    digest_format,
+    privacy,
+    search,
+    summary,
+    urls,
+    view,
+)
+from listserv.models import DigestIssue, DigestSummary, MailingList
 from listserv.web import join, pages
 from listserv.web.access import read
 
@@ -27,7 +38,7 @@ MAX_QUERY = 500  # characters of a search query kept
 # else is application/octet-stream, so no HTML or SVG of a stranger's runs on our origin.
 SHOWN_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "text/plain",
                "application/pdf"}
-_ATTACHMENT = re.compile(r"(.+)/attachment/([0-9]+)/[^/]*")
+_ATTACHMENT = re.compile(r"(.+)/attachment/([0-9]+)/([^/]*)")
 MAX_ATTACHMENTS = 999_999  # an index past this is no attachment (and no 5,000-digit int)
 
 
@@ -97,7 +108,7 @@ async def thread_page(request: Request) -> Response:
 
     def work(session: Session, mlist: MailingList) -> list:
         posts = archive.thread_posts(session, mlist.id, thread_id)
-        return [(post, view.view(post.raw)) for post in posts]
+        return [(post, view.view(content_filter.filtered(post.raw, mlist))) for post in posts]
     mlist, posts = await read(request, work)
     if not posts:
         raise HTTPException(404, "There is no such thread in this archive.")
@@ -116,7 +127,7 @@ async def message_routes(request: Request) -> Response:
     if found:
         digits = found.group(2)
         index = int(digits) if len(digits) <= len(str(MAX_ATTACHMENTS)) else -1
-        return await attachment_page(request, found.group(1), index)
+        return await attachment_page(request, found.group(1), found.group(3), index)
     message_id = trailing_slash(request, "message")
     if isinstance(message_id, Response):
         return message_id
@@ -130,7 +141,9 @@ def _gone() -> HTTPException:
 async def message_page(request: Request, message_id: str) -> Response:
     def work(session: Session, mlist: MailingList) -> tuple | None:
         found = archive.message_page(session, mlist.id, message_id)
-        return (found, view.view(found.post.raw)) if found is not None else None
+        if found is None:
+            return None
+        return found, view.view(content_filter.filtered(found.post.raw, mlist))
     mlist, found = await read(request, work)
     if found is None:
         raise _gone()
@@ -153,11 +166,13 @@ def raw_response(raw: bytes) -> Response:
 
 
 async def raw_page(request: Request, message_id: str) -> Response:
-    _, raw = await read(request, lambda session, mlist: archive.raw_message(
+    """The message as the list's members got it (see content_filter), less the fields
+    that show where its poster was (see privacy)."""
+    mlist, raw = await read(request, lambda session, mlist: archive.raw_message(
         session, mlist.id, message_id))
     if raw is None:
         raise _gone()
-    return raw_response(privacy.public(raw))
+    return raw_response(privacy.public(content_filter.filtered(raw, mlist)))
 
 
 def attachment_response(part: view.Attachment, data: bytes) -> Response:
@@ -172,11 +187,19 @@ def attachment_response(part: view.Attachment, data: bytes) -> Response:
         "content-security-policy": "sandbox"})
 
 
-async def attachment_page(request: Request, message_id: str, index: int) -> Response:
-    def work(session: Session, mlist: MailingList) -> tuple | None:
+async def attachment_page(request: Request, message_id: str, name: str, index: int
+                          ) -> Response:
+    """An attachment of the message as the list's members got it: a part the content
+    filter removed is no download here, and a link to it by its name says so (410)."""
+    def work(session: Session, mlist: MailingList) -> content_filter.Filtered | None:
         raw = archive.raw_message(session, mlist.id, message_id)
-        return view.attachment(raw, index) if raw is not None else None
-    _, found = await read(request, work)
+        return content_filter.apply(raw, content_filter.rules(mlist)) if raw is not None else None
+    _, shown = await read(request, work)
+    found = view.attachment(shown.data, index) if shown is not None else None
+    removed = shown is not None and any(r.filename == name for r in shown.removed)
+    if removed and (found is None or found[0].filename != name):
+        raise HTTPException(410, f"The list's content filter removed {name} from this "
+                                 "message: its members did not get it either.")
     if found is None:
         raise HTTPException(404, "There is no such attachment.")
     return attachment_response(*found)
@@ -204,9 +227,10 @@ def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
 
 async def digest_index(request: Request) -> Response:
     """/{list}/digest/: the issues, newest first."""
-    mlist, issues = await read(request, lambda s, m: digest.issues(s, m.id))
+    mlist, (issues, summarized) = await read(
+        request, lambda s, m: (digest.issues(s, m.id), digest.summarized(s, m.id)))
     return pages.page(request, "digest_index", mlist=mlist, issues=issues,
-                      **_digest_urls(request, mlist))
+                      summarized=summarized, **_digest_urls(request, mlist))
 
 
 async def digest_issue(request: Request) -> Response:
@@ -227,3 +251,24 @@ async def digest_issue(request: Request) -> Response:
     return pages.page(request, "digest_issue", mlist=mlist, issue=found[0],
                       threads=found[1], obfuscate=view.obfuscate,
                       **_digest_urls(request, mlist))
+
+
+async def digest_summary(request: Request) -> Response:
+    """/{list}/digest/{volume}/{issue}/summary/: the summary made with an issue, as its
+    summary members read it (less their own links)."""
+    volume = pages.path_number(request, "volume")
+    number = pages.path_number(request, "number")
+
+    def work(session: Session, mlist: MailingList
+             ) -> tuple[DigestIssue, DigestSummary, list[summary.Topic]] | None:
+        found = digest.find_issue(session, mlist.id, volume, number)
+        made = digest.find_summary(session, found) if found is not None else None
+        if found is None or made is None:
+            return None
+        return found, made, summary.topics(digest.issue_entries(session, found, with_raw=True))
+    mlist, found = await read(request, work)
+    if found is None:
+        raise HTTPException(404, f"{mlist.name} has no summary of Vol {volume}, Issue {number}.")
+    issue, made, topics = found
+    return pages.page(request, "digest_summary", mlist=mlist, issue=issue, summary=made,
+                      topics=topics, obfuscate=view.obfuscate, **_digest_urls(request, mlist))

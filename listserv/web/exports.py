@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from listserv import archive_export, db, urls
+from listserv import archive_export, content_filter, db, urls
 from listserv.models import MailingList
 from listserv.templating import render
 from listserv.web import pages
@@ -28,7 +28,7 @@ FEED_POSTS = 30
 async def feed(request: Request) -> Response:
     base = pages.config(request).web.base_url
     mlist, posts = await read(request, lambda session, mlist: archive_export.latest_posts(
-        session, mlist.id, FEED_POSTS))
+        session, mlist, FEED_POSTS))
     addresses = mlist.addresses
     entries = [(post, urls.message_url(base, addresses, post.message_id))
                for post in posts]
@@ -38,14 +38,15 @@ async def feed(request: Request) -> Response:
     return Response(body, media_type="application/atom+xml; charset=utf-8")
 
 
-def _mbox_chunks(engine: Engine, selection: archive_export.Selection) -> Iterator[bytes]:
+def _mbox_chunks(engine: Engine, selection: archive_export.Selection,
+                 content: content_filter.Rules) -> Iterator[bytes]:
     """A plain iterator, which StreamingResponse runs in its thread pool a chunk at a
     time: the event loop never waits on the database, and a list of any size is never
     all in memory."""
     with db.read_session(engine) as session:
         pending: list[bytes] = []
         size = 0
-        for entry in archive_export.export_mbox(session, selection, public=True):
+        for entry in archive_export.export_mbox(session, selection, public=content):
             pending.append(entry)
             size += len(entry)
             if size >= EXPORT_CHUNK:
@@ -80,5 +81,6 @@ async def export(request: Request) -> Response:
     name = _file_name(local, *(["thread"] if thread_id is not None else []),
                       *([month] if month is not None else []))
     return StreamingResponse(
-        _mbox_chunks(pages.engine(request), selection), media_type="application/mbox",
+        _mbox_chunks(pages.engine(request), selection, content_filter.rules(mlist)),
+        media_type="application/mbox",
         headers={"Content-Disposition": f'attachment; filename="{name}"'})

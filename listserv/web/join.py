@@ -1,11 +1,11 @@
 """Joining a list from the archive: the form the front page and each list page show, and
 POST /{list}/subscribe, which sends the confirmation a mail to LIST-join@ sends (through
-commands.subscribe). The answer is the same page whether or not the address is already
+member_actions.subscribe). The answer is the same page whether or not the address is already
 a member, so the form tells nobody who is on a list.
 
 Against abuse: the form carries a value signed by this server a few hours ago (a form
 on another site cannot post one it did not fetch lately), a field people do not see
-and bots fill in, a limit of requests per client IP an hour, and commands.subscribe's
+and bots fill in, a limit of requests per client IP an hour, and member_actions.subscribe's
 own limits per address (one pending confirmation at a time, and `[lists]
 max_autoreplies_per_day`). Confirming is the POST button of /confirm/TOKEN.
 """
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import commands, roster, tokens
+from listserv import member_actions, roster, tokens
 from listserv.address import Purpose
 from listserv.config import Config
 from listserv.enums import DeliveryMode
@@ -32,7 +32,8 @@ from listserv.web import pages
 FORM_HOURS = 6  # how long a page's join form may be sent after the page was served
 HONEYPOT = "website"  # the field hidden from people; a bot filling every field fills it
 MAX_ADDRESS = 254  # characters of an address (RFC 5321's path limit)
-CHOICES = (DeliveryMode.REGULAR, DeliveryMode.DIGEST_MIME, DeliveryMode.DIGEST_PLAIN)
+CHOICES = (DeliveryMode.REGULAR, DeliveryMode.DIGEST_MIME, DeliveryMode.DIGEST_PLAIN,
+           DeliveryMode.SUMMARY)
 
 
 def stamps(session: Session, config: Config, lists: Iterable[MailingList]) -> dict[int, str]:
@@ -81,7 +82,7 @@ async def join_form(request: Request) -> Response:
 
 
 async def subscribe(request: Request) -> Response:
-    """POST /{list}/subscribe: check the form, then commands.subscribe."""
+    """POST /{list}/subscribe: check the form, then member_actions.subscribe."""
     form = await request.form()
     config = pages.config(request)
     address, wanted = form_address(form), str(form.get("delivery", DeliveryMode.REGULAR))
@@ -102,7 +103,7 @@ async def subscribe(request: Request) -> Response:
         else:
             problem = ""
             if not form.get(HONEYPOT):
-                commands.subscribe(session, config, mlist, address, mode)
+                member_actions.subscribe(session, config, mlist, address, mode)
         return mlist, problem, tokens.form_stamp(secret, mlist.id, FORM_HOURS)
     found = await pages.in_db(request, work)
     if found is None:

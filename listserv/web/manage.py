@@ -16,7 +16,7 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from listserv import commands, member_actions, roster, subscriptions, tokens
+from listserv import member_actions, roster, subscriptions, tokens
 from listserv.config import Config
 from listserv.enums import DeliveryMode
 from listserv.models import MailingList
@@ -133,7 +133,7 @@ def _resume(session: Session, config: Config, address: str, form: FormData) -> s
 
 def _unmute(session: Session, config: Config, address: str, form: FormData) -> str:
     mlist = _list_of(session, address, form)
-    commands.unmute(session, mlist.id, address, str(form.get("thread", "")))
+    member_actions.unmute(session, mlist.id, address, str(form.get("thread", "")))
     return f"That thread of {mlist.address} reaches you again."
 
 

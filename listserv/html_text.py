@@ -1,0 +1,152 @@
+"""HTML as plain text a member reads in any client: what the content filter's
+`html_to_text` sends instead of an HTML-only post. Paragraphs stay paragraphs, line
+breaks and list items stay lines, a link keeps its address ("text <url>"); what a
+browser never shows (script, style, head) is left out.
+
+The stdlib's html.parser reads any markup without raising and without recursion, so a
+hostile post (thousands of unclosed tags) costs time in proportion to its size.
+"""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+# Elements that stand apart from the text around them by a blank line, and by one line.
+_PARAGRAPHS = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "ul",
+                         "ol", "dl", "table", "hr", "address", "figure"})
+_LINES = frozenset({"div", "li", "tr", "dt", "dd", "section", "article", "header", "footer",
+                    "nav", "main", "aside", "center", "form", "fieldset", "caption"})
+_HIDDEN = frozenset({"script", "style", "head", "title", "template", "noscript"})
+_LINK_SCHEMES = ("http://", "https://", "mailto:")
+_SPACE = re.compile(r"\s+")
+# Quote marks and list indents shown at most: each line carries them, so a post nesting
+# thousands of levels would otherwise grow by the square of its size.
+MAX_NESTING = 8
+
+
+class _Text(HTMLParser):
+    """One pass over the markup: text written as it comes, line breaks owed by the
+    elements around it paid before the next text (so empty elements leave none)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.out: list[str] = []
+        self.breaks = 0  # newlines owed before the next text (2: a blank line)
+        self.line_start = True
+        self.hidden = 0  # depth inside script, style, head...
+        self.pre = 0
+        self.quote = 0
+        self.lists: list[int | None] = []  # each open list: its next number, None: bullets
+        self.marker = ""  # an item's "- " or "3. ", written before its first text
+        self.links: list[tuple[str, list[str]]] = []  # open links: href, their text
+
+    def _owe(self, lines: int) -> None:
+        self.breaks = max(self.breaks, lines)
+
+    def _write(self, text: str) -> None:
+        if (self.breaks or self.line_start) and not self.pre:
+            text = text.lstrip(" ")
+            if not text:
+                return  # space between blocks is no text
+        if self.breaks:
+            if self.out:
+                self.out.append("\n" * min(self.breaks, 2))
+            self.breaks, self.line_start = 0, True
+        if self.line_start:
+            indent = "  " * min(max(len(self.lists) - 1, 0), MAX_NESTING)
+            self.out.append("> " * min(self.quote, MAX_NESTING) + indent + self.marker)
+            self.marker, self.line_start = "", False
+        elif not self.pre and text.startswith(" ") and self.out[-1].endswith(" "):
+            text = text[1:]
+        self.out.append(text)
+        for _, words in self.links:
+            words.append(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN:
+            self.hidden += 1
+        elif tag == "br":
+            self.breaks = self.breaks + 1 if self.breaks or not self.line_start else 1
+        elif tag == "li":
+            self._owe(1)
+            number = self.lists[-1] if self.lists else None
+            self.marker = "- " if number is None else f"{number}. "
+            if number is not None:
+                self.lists[-1] = number + 1
+        elif tag in ("td", "th") and not self.line_start:
+            self._write("  ")
+        elif tag == "img":
+            alt = dict(attrs).get("alt")
+            if alt and alt.strip():
+                self._write(f"[{' '.join(alt.split())}]")
+        elif tag == "a":
+            self.links.append((dict(attrs).get("href") or "", []))
+        self._block_start(tag, dict(attrs))
+
+    def _block_start(self, tag: str, attrs: dict[str, str | None]) -> None:
+        if tag in _PARAGRAPHS:
+            self._owe(1 if tag in ("ul", "ol") and self.lists else 2)  # a list in an item
+        elif tag in _LINES:
+            self._owe(1)
+        if tag == "blockquote":
+            self.quote += 1
+        elif tag == "pre":
+            self.pre += 1
+        elif tag in ("ul", "ol"):
+            start = attrs.get("start") or "1"
+            self.lists.append(int(start) if tag == "ol" and start.isdigit() else
+                              1 if tag == "ol" else None)
+        elif tag == "hr":
+            self._write("-" * 20)
+            self._owe(2)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)
+        if tag not in ("br", "img", "hr"):
+            self.handle_endtag(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN:
+            self.hidden = max(self.hidden - 1, 0)
+        elif tag == "a" and self.links:
+            self._link_end(*self.links.pop())
+        elif tag == "blockquote":
+            self.quote = max(self.quote - 1, 0)
+        elif tag == "pre":
+            self.pre = max(self.pre - 1, 0)
+        elif tag in ("ul", "ol") and self.lists:
+            self.lists.pop()
+        if tag in _PARAGRAPHS:
+            self._owe(1 if tag in ("ul", "ol") and self.lists else 2)
+        elif tag in _LINES:
+            self._owe(1)
+
+    def _link_end(self, href: str, words: list[str]) -> None:
+        """A link as "text <url>", the address once when the text already is it."""
+        href = " ".join(href.split())
+        text = "".join(words).strip()
+        if href.lower().startswith(_LINK_SCHEMES) and text not in (
+                href, href.removeprefix("mailto:")):
+            self._write(f" <{href}>" if text else f"<{href}>")
+
+    def handle_data(self, data: str) -> None:
+        if self.hidden:
+            return
+        if not self.pre:
+            self._write(_SPACE.sub(" ", data))
+            return
+        for index, line in enumerate(data.replace("\r\n", "\n").split("\n")):
+            if index:
+                self.breaks += 1
+            if line:
+                self._write(line)
+
+
+def to_text(markup: str) -> str:
+    """The text of an HTML document, lines without trailing spaces, ending in a newline."""
+    parser = _Text()
+    parser.feed(markup)
+    parser.close()
+    lines = [line.rstrip() for line in "".join(parser.out).split("\n")]
+    return "\n".join(lines).strip("\n") + "\n"

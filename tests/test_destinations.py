@@ -1,0 +1,170 @@
+"""Shaping by destination: a recipient domain whose servers defer copies (421, 4.7.x,
+passed on by the smarthost at RCPT) is backed off for every worker while the other
+domains' copies go on; at most max_connections_per_domain transactions to a domain at
+once; `queue ls --by-domain` shows each destination."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from sqlalchemy import select
+
+from listserv import db, destinations, outbox
+from listserv.enums import DeliveryState
+from listserv.models import Delivery, Destination
+from listserv.relay import Reply
+from listserv.shaping import Shaper
+from tests.helpers import (
+    LIST,
+    SENDER,
+    assert_one_line_error,
+    jobs,
+    message,
+    run_listserv,
+    settled,
+    wait_until,
+)
+from tests.helpers import web as web_client
+
+SLOW = "slow.example.net"
+FAST = [SENDER] + [f"f{i}@example.com" for i in range(3)]
+DEFERRED = [f"s{i}@{SLOW}" for i in range(4)]
+DEFERRALS = ["421 4.7.0 Too many connections from your IP", "450 4.7.1 Rate limited, try later"]
+
+
+def destination(engine) -> Destination | None:
+    with db.session(engine) as s:
+        return s.get(Destination, SLOW)
+
+
+def received(sink, domain: str) -> list[str]:
+    return sorted(r for r in sink.recipients() if r.endswith("@" + domain))
+
+
+def test_jobs_hold_the_recipients_of_one_domain_each():
+    rcpts = ["b@x.org", "a@y.com", "c@X.org", "d@sub.x.org", "e@x.org", "f@y.com"]
+    assert outbox._jobs(rcpts, 2) == [
+        ("y.com", "a@y.com\nf@y.com"), ("x.org", "b@x.org\nc@X.org"), ("x.org", "e@x.org"),
+        ("sub.x.org", "d@sub.x.org")]
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(421, "4.7.0 Too many connections"), Reply(450, "4.7.1 Rate limited"),
+    Reply(451, "4.7.28 Our system has detected an unusual rate")])
+def test_421_and_4_7_x_say_the_destination_wants_fewer_copies(reply):
+    assert destinations.defers(reply)
+
+
+@pytest.mark.parametrize("reply", [
+    Reply(450, "4.2.1 Mailbox busy"), Reply(550, "5.7.1 Rejected by policy"),
+    Reply(451, "connection lost before the smarthost answered")])
+def test_other_refusals_do_not_back_the_destination_off(reply):
+    assert not destinations.defers(reply)
+
+
+@pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
+@pytest.mark.parametrize("deferral", DEFERRALS, ids=["421", "450-4.7.1"])
+def test_a_deferring_domain_waits_while_the_others_get_their_copies(
+        make_server, sink, make_list, engine, cli, deferral, pipelining):
+    sink.pipelining = pipelining
+    sink.deferring[SLOW] = deferral
+    make_list(LIST, members=FAST + DEFERRED, owner=None)
+    srv = make_server()
+    srv.send(SENDER, [LIST], message(sender=SENDER))
+
+    assert wait_until(lambda: received(sink, "example.com") == sorted(FAST), "example.com")
+    backed_off = wait_until(lambda: destination(engine), "the slow domain's back-off")
+    assert backed_off.deferrals >= 1 and deferral in backed_off.last_reply
+    assert received(sink, SLOW) == []
+
+    shown = cli("queue", "ls", "--by-domain")
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    assert lines[0] == "domain  waiting  deferred  back-off  deferrals  last reply"
+    [slow] = [line for line in lines if line.startswith(SLOW)]
+    assert slow.startswith(f"{SLOW}  4  ") and slow.endswith(deferral)
+    assert not [line for line in lines if line.startswith("example.com")]
+    [row] = json.loads(cli("queue", "ls", "--by-domain", "--json").output)["domains"]
+    assert (row["domain"], row["waiting"], row["last_reply"]) == (SLOW, 4, deferral)
+
+    sink.deferring.clear()  # the destination takes copies again
+    done = settled(engine)
+    assert received(sink, SLOW) == sorted(DEFERRED)
+    assert set(sink.copies().values()) == {1}  # nobody got a copy twice
+    assert {j.state for j in done} == {DeliveryState.DONE}
+    assert destination(engine) is None  # the first copy it took ended the back-off
+
+
+def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
+        make_server, sink, make_list, engine):
+    sink.deferring[SLOW] = DEFERRALS[1]
+    make_list(LIST, members=FAST + DEFERRED[:1], owner=None)
+    srv = make_server(delivery={"retry_initial_seconds": 600})
+    srv.send(SENDER, [LIST], message("First", sender=SENDER))
+    wait_until(lambda: destination(engine), "the slow domain's back-off")
+    tried = sink.deferred[SLOW]
+
+    srv.send(SENDER, [LIST], message("Second", sender=SENDER))
+    wait_until(lambda: len(received(sink, "example.com")) == 2 * len(FAST),
+               "the second post's copies")
+    second = [j for j in jobs(engine) if j.domain == SLOW][-1]
+    assert (second.state, second.attempts) == (DeliveryState.QUEUED, 0)  # not even tried
+    assert sink.deferred[SLOW] == tried
+    metrics = web_client(srv).get("/metrics").text
+    assert f'listserv_destination_backoff_deferrals{{destination="{SLOW}"}} 1.0' in metrics
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_at_most_max_connections_per_domain_transactions_at_once(
+        make_server, sink, make_list, engine, limit):
+    sink.data_delay = 0.3  # transactions overlap, as they would with a slow destination
+    members = FAST + [f"o{i}@example.org" for i in range(8)] + DEFERRED
+    make_list(LIST, members=members, owner=None)
+    srv = make_server(delivery={"concurrency": 4, "max_connections_per_domain": limit})
+    srv.send(SENDER, [LIST], message(sender=SENDER))  # jobs of 2: 2, 4 and 2 a domain
+    done = settled(engine)
+    assert sorted(sink.recipients()) == sorted(members)
+    assert {j.state for j in done} == {DeliveryState.DONE}
+    assert max(sink.peaks.values()) == limit
+    with db.session(engine) as s:
+        assert set(s.scalars(select(Delivery.domain))) == {"example.com", "example.org", SLOW}
+
+
+def test_queue_ls_by_domain_takes_no_list(config_file):
+    assert_one_line_error(run_listserv("--config", config_file, "queue", "ls", LIST,
+                                       "--by-domain"), "--by-domain", "give no LIST")
+
+
+def job(job_id: int, domain: str, rcpts: int = 1) -> outbox.Job:
+    return outbox.Job(job_id, 1, "dev-bounces@lists.example.org",
+                      [f"m{i}@{domain}" for i in range(rcpts)], 1, None, domain)
+
+
+def test_the_shaper_parks_a_domain_past_its_rate_and_lets_the_others_go():
+    async def scenario() -> tuple[list[bool], list[str]]:
+        requeued: list[outbox.Job] = []
+        shaper = Shaper(connections=5, per_minute=60, requeue=requeued.append)
+        admitted = [shaper.admit(job(1, "a.org", 2)), shaper.admit(job(2, "a.org")),
+                    shaper.admit(job(3, "b.org"))]
+        busy = shaper.busy()
+        assert [j.id for j in shaper.drain()] == [2]
+        return admitted, busy
+    assert asyncio.run(scenario()) == ([True, False, True], ["a.org"])
+
+
+def test_the_shaper_holds_a_deferring_domain_off_and_releases_a_slot_when_one_ends():
+    async def scenario() -> list[int]:
+        requeued: list[outbox.Job] = []
+        shaper = Shaper(connections=1, per_minute=0, requeue=requeued.append)
+        first = job(1, "a.org")
+        assert shaper.admit(first) and not shaper.admit(job(2, "a.org"))
+        shaper.finish(first)  # room again: the parked job goes back to the queue
+        assert shaper.admit(requeued[-1])
+        shaper.hold_off("b.org", 600)
+        assert not shaper.admit(job(3, "b.org"))
+        assert shaper.busy() == ["b.org"]
+        shaper.drain()
+        return [j.id for j in requeued]
+    assert asyncio.run(scenario()) == [2]
