@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from sqlalchemy.engine import Engine
 from listserv import db, retention, roster
 from listserv.config import ListsConfig, RetentionConfig, SmtpConfig
 
-_n = run._n  # 1,000,000
+_n = run._n  # 1000000 -> '1,000,000'
 SMALL = 10
 JOINER = "joiner@bench.example"
 # The issue's targets.
@@ -163,10 +164,11 @@ def sent_at(probe: run.Probe, address: str) -> tuple[datetime.datetime, datetime
     return (row.created_at, row.done_at) if row else None
 
 
-def wait_until(what: str, ready: object, timeout: float, poll: float = 0.2) -> float:
+def wait_until(what: str, ready: Callable[[], bool], timeout: float, poll: float = 0.2
+               ) -> float:
     """Monotonic time at which `ready()` first held."""
     deadline = time.monotonic() + timeout
-    while not ready():  # type: ignore[operator]
+    while not ready():
         if time.monotonic() > deadline:
             raise RuntimeError(f"{what}: not after {timeout:.0f} s")
         time.sleep(poll)
