@@ -222,10 +222,14 @@ class Sink:
     """Postfix's smtp-sink on a high port; `-c` prints a counter at every "." it reads,
     which a thread timestamps as it arrives."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, dump: Path | None = None) -> None:
+        """With `dump`, smtp-sink also appends every transaction, envelope first, to that
+        file (`-D`): who got what, for counting copies sent twice."""
         self.port = free_port()
         user = ["-u", "nobody"] if os.geteuid() == 0 else []
-        self.proc = subprocess.Popen([binary, *user, "-c", f"127.0.0.1:{self.port}", "256"],
+        dumping = ["-D", str(dump)] if dump else []
+        self.proc = subprocess.Popen([binary, *user, "-c", *dumping, f"127.0.0.1:{self.port}",
+                                      "256"],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.events: list[tuple[float, int]] = [(time.monotonic(), 0)]
         self.changed = threading.Condition()
@@ -415,9 +419,17 @@ def send_one(port: int, list_address: str, tag: str) -> tuple[str, float, float]
     """Post once; the Message-ID, the time the 250 came back and how long after the
     end of the data it came (the receiver queues every delivery job before it)."""
     message_id, raw = post(list_address, tag)
+    t250, accept = send_raw(port, list_address, raw)
+    return message_id, t250, accept
+
+
+def send_raw(port: int, list_address: str, raw: bytes, mail_from: str = POSTER,
+             data_sent: threading.Event | None = None) -> tuple[float, float]:
+    """Post `raw`; the time the 250 came back and how long after the end of the data
+    (`data_sent` is set at that end: bench/scale.py kills a server at a moment after it)."""
     with smtplib.SMTP("127.0.0.1", port) as client:
         client.ehlo()
-        client.mail(POSTER)
+        client.mail(mail_from)
         client.rcpt(list_address)
         client.putcmd("data")
         code, reply = client.getreply()
@@ -427,11 +439,13 @@ def send_one(port: int, list_address: str, tag: str) -> tuple[str, float, float]
         client.send(b"".join(b"." * line.startswith(b".") + line + b"\r\n" for line in lines)
                     + b".\r\n")
         sent = time.monotonic()
+        if data_sent:
+            data_sent.set()
         code, reply = client.getreply()
         t250 = time.monotonic()
         if code != 250:
             raise RuntimeError(f"post refused: {code} {reply!r}")
-        return message_id, t250, t250 - sent
+        return t250, t250 - sent
 
 
 # --- phases -----------------------------------------------------------------------------
