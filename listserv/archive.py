@@ -67,6 +67,20 @@ class MessagePage:
     replies: list[Ref]
 
 
+@dataclass(frozen=True)
+class Found:
+    """An archived post as its message page first reads it: enough to tell a reader
+    who holds the page already that it has not changed (web/caching), before the
+    queries for its parent and replies."""
+
+    pk: int
+    post: Post
+    thread_id: str
+    parent_id: str | None
+    thread_messages: int  # the thread's count and last date: a new reply changes them
+    thread_last: datetime | None
+
+
 def listed(session: Session) -> list[ListEntry]:
     """The lists whose archive the front page names (private ones as members-only), with
     their counts summed over the thread summaries rather than counted message by message."""
@@ -244,24 +258,35 @@ def _replies(session: Session, list_id: int, message_id: str) -> list[Ref]:
     return [ref for _, ref in sorted(found.values(), key=lambda p: (p[0], p[1].message_id))]
 
 
-def message_page(session: Session, list_id: int, message_id: str) -> MessagePage | None:
-    """An archived post with its parent and replies, whatever the size of its thread."""
+def find_message(session: Session, list_id: int, message_id: str) -> Found | None:
+    """An archived post with its thread's state, in one query."""
     row = session.execute(
-        select(*_POST_COLUMNS, Message.raw, ThreadNode.thread_id, ThreadNode.parent_id)
+        select(Message.id, *_POST_COLUMNS, Message.raw, ThreadNode.thread_id,
+               ThreadNode.parent_id, ThreadSummary.messages, ThreadSummary.last_date)
         .join(ThreadNode, ThreadNode.message_pk == Message.id)
+        .outerjoin(ThreadSummary, (ThreadSummary.list_id == ThreadNode.list_id)
+                   & (ThreadSummary.thread_id == ThreadNode.thread_id))
         .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
                Message.kind == MessageKind.POST)).first()
     if row is None:
         return None
-    *fields, thread_id, parent_id = row
-    return MessagePage(Post(*fields), thread_id,
-                       _parent(session, list_id, message_id, parent_id),
+    pk, *fields, thread_id, parent_id, count, last = row
+    return Found(pk, Post(*fields), thread_id, parent_id, count or 0, last)
+
+
+def message_page(session: Session, list_id: int, found: Found) -> MessagePage:
+    """An archived post with its parent and replies, whatever the size of its thread."""
+    message_id = found.post.message_id
+    return MessagePage(found.post, found.thread_id,
+                       _parent(session, list_id, message_id, found.parent_id),
                        _replies(session, list_id, message_id))
 
 
-def raw_message(session: Session, list_id: int, message_id: str) -> bytes | None:
-    """The stored bytes of an archived post."""
-    return session.scalars(
-        select(Message.raw).join(ThreadNode, ThreadNode.message_pk == Message.id)
+def raw_message(session: Session, list_id: int, message_id: str
+                ) -> tuple[int, bytes] | None:
+    """The id and stored bytes of an archived post."""
+    row = session.execute(
+        select(Message.id, Message.raw).join(ThreadNode, ThreadNode.message_pk == Message.id)
         .where(ThreadNode.list_id == list_id, ThreadNode.message_id == message_id,
                Message.kind == MessageKind.POST)).first()
+    return (row.id, row.raw) if row is not None else None

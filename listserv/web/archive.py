@@ -17,7 +17,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from listserv import archive, db, digest, digest_format, privacy, search, urls, view
 from listserv.models import DigestIssue, MailingList
-from listserv.web import join, pages
+from listserv.web import caching, join, pages
 from listserv.web.access import read
 
 THREADS_PER_PAGE = 50
@@ -129,15 +129,26 @@ def _gone() -> HTTPException:
 
 async def message_page(request: Request, message_id: str) -> Response:
     def work(session: Session, mlist: MailingList) -> tuple | None:
-        found = archive.message_page(session, mlist.id, message_id)
-        return (found, view.view(found.post.raw)) if found is not None else None
+        found = archive.find_message(session, mlist.id, message_id)
+        if found is None:
+            return None
+        etag = caching.page_etag(caching.message_etag(found.pk, found.post.raw), (
+            found.thread_id, found.thread_messages, found.thread_last))
+        if caching.matches(request, etag):
+            return etag, None  # the reader's copy is current: no more queries
+        return etag, (archive.message_page(session, mlist.id, found),
+                      view.view(found.post.raw))
     mlist, found = await read(request, work)
     if found is None:
         raise _gone()
-    message, shown = found
-    return await archive_page(request, "message", mlist, message=message, view=shown,
-                              reply=urls.reply_mailto(mlist.address, message_id,
-                                                         message.post.subject))
+    etag, page = found
+    if page is None:
+        return caching.not_modified(mlist, etag)
+    message, shown = page
+    response = await archive_page(request, "message", mlist, message=message, view=shown,
+                                  reply=urls.reply_mailto(mlist.address, message_id,
+                                                          message.post.subject))
+    return caching.cached(response, mlist, etag)
 
 
 def raw_response(raw: bytes) -> Response:
@@ -153,11 +164,14 @@ def raw_response(raw: bytes) -> Response:
 
 
 async def raw_page(request: Request, message_id: str) -> Response:
-    _, raw = await read(request, lambda session, mlist: archive.raw_message(
+    mlist, found = await read(request, lambda session, mlist: archive.raw_message(
         session, mlist.id, message_id))
-    if raw is None:
+    if found is None:
         raise _gone()
-    return raw_response(privacy.public(raw))
+    etag = caching.message_etag(*found)
+    if caching.matches(request, etag):
+        return caching.not_modified(mlist, etag)
+    return caching.cached(raw_response(privacy.public(found[1])), mlist, etag)
 
 
 def attachment_response(part: view.Attachment, data: bytes) -> Response:
@@ -174,12 +188,21 @@ def attachment_response(part: view.Attachment, data: bytes) -> Response:
 
 async def attachment_page(request: Request, message_id: str, index: int) -> Response:
     def work(session: Session, mlist: MailingList) -> tuple | None:
-        raw = archive.raw_message(session, mlist.id, message_id)
-        return view.attachment(raw, index) if raw is not None else None
-    _, found = await read(request, work)
+        found = archive.raw_message(session, mlist.id, message_id)
+        if found is None:
+            return None
+        etag = f"{caching.message_etag(*found)}-{index}"
+        if caching.matches(request, etag):
+            return etag, None  # current: not parsed again
+        part = view.attachment(found[1], index)
+        return (etag, part) if part is not None else None
+    mlist, found = await read(request, work)
     if found is None:
         raise HTTPException(404, "There is no such attachment.")
-    return attachment_response(*found)
+    etag, part = found
+    if part is None:
+        return caching.not_modified(mlist, etag)
+    return caching.cached(attachment_response(*part), mlist, etag)
 
 
 async def search_page(request: Request) -> Response:
