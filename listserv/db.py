@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import event, text
+from sqlalchemy import ColumnElement, any_, bindparam, event, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 # was a third of the time of a command such as `listserv member add`.
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("listserv.db")
+T = TypeVar("T")
 
 
 class DatabaseError(Exception):
@@ -48,6 +50,15 @@ def chunks(values: Iterable[str]) -> Iterator[list[str]]:
     values = list(values)
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start:start + _IN_CHUNK]
+
+
+def among(session: Session, column: ColumnElement[T], values: list[T]) -> ColumnElement[bool]:
+    """`column IN values` for one of chunks(): on PostgreSQL `= ANY` of one array
+    parameter, since psycopg turns a query's placeholders into $n in Python and a
+    1,000-id IN list took it ~0.1 s, a fifth of an import's time."""
+    if session.get_bind().dialect.name == "sqlite":
+        return column.in_(values)
+    return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
 
 
 def normalize_url(url: str) -> str:
