@@ -125,7 +125,9 @@ def snapshot(rev: str, workdir: Path) -> Path:
     shutil.copytree(dest / "templates", dest / "listserv" / "templates")
     launcher = dest / "listserv-launcher"
     # Python puts the script's own directory first on sys.path: this listserv wins.
-    launcher.write_text(f"#!{sys.executable}\nfrom listserv.cli import main\n\nmain()\n")
+    # The guard: a process the import spawns runs this file again as __mp_main__.
+    launcher.write_text(f"#!{sys.executable}\nfrom listserv.cli import main\n\n"
+                        "if __name__ == \"__main__\":\n    main()\n")
     launcher.chmod(0o755)
     return launcher
 
