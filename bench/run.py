@@ -187,8 +187,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """VmHWM: the most resident memory the process has had (since the last reset)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """VmHWM: the most resident memory the process has had (since the last reset); 0
+    for a process gone by then (public-inbox-httpd may replace its worker), rather than
+    losing a whole run's report."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0
