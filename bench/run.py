@@ -125,7 +125,9 @@ def snapshot(rev: str, workdir: Path) -> Path:
     shutil.copytree(dest / "templates", dest / "listserv" / "templates")
     launcher = dest / "listserv-launcher"
     # Python puts the script's own directory first on sys.path: this listserv wins.
-    launcher.write_text(f"#!{sys.executable}\nfrom listserv.cli import main\n\nmain()\n")
+    # The guard: a process the import spawns runs this file again as __mp_main__.
+    launcher.write_text(f"#!{sys.executable}\nfrom listserv.cli import main\n\n"
+                        "if __name__ == \"__main__\":\n    main()\n")
     launcher.chmod(0o755)
     return launcher
 
@@ -185,8 +187,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 def peak_rss_mb(pid: int) -> float:
-    """VmHWM: the most resident memory the process has had (since the last reset)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """VmHWM: the most resident memory the process has had (since the last reset); 0
+    for a process gone by then (public-inbox-httpd may replace its worker), rather than
+    losing a whole run's report."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0

@@ -14,9 +14,19 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from sqlalchemy import ColumnElement, LargeBinary, Table, event, func, literal, text
+from sqlalchemy import (
+    ColumnElement,
+    LargeBinary,
+    Table,
+    any_,
+    bindparam,
+    event,
+    func,
+    literal,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
@@ -30,6 +40,7 @@ if TYPE_CHECKING:
 # was a third of the time of a command such as `listserv member add`.
 MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger("listserv.db")
+T = TypeVar("T")
 
 
 class DatabaseError(Exception):
@@ -57,6 +68,15 @@ def insert_missing(session: Session, table: Table, rows: list[dict]) -> None:
     (ON CONFLICT DO NOTHING, spelled by each database's dialect)."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
+
+
+def among(session: Session, column: ColumnElement[T], values: list[T]) -> ColumnElement[bool]:
+    """`column IN values` for one of chunks(): on PostgreSQL `= ANY` of one array
+    parameter, since psycopg turns a query's placeholders into $n in Python and a
+    1,000-id IN list took it ~0.1 s, a fifth of an import's time."""
+    if session.get_bind().dialect.name == "sqlite":
+        return column.in_(values)
+    return column == any_(bindparam(None, values, type_=postgresql.ARRAY(column.type)))
 
 
 def normalize_url(url: str) -> str:

@@ -31,6 +31,7 @@ from listserv.models import (
     Outgoing,
     RecipientFailure,
     ThreadNode,
+    ThreadSummary,
     Token,
     utcnow,
 )
@@ -190,6 +191,9 @@ def _recount(session: Session, message: Message) -> None:
         return
     mlist = session.get_one(MailingList, message.list_id)
     store.summarize(session, message.list_id, [thread_id])
+    session.execute(update(ThreadSummary).where(
+        ThreadSummary.list_id == message.list_id, ThreadSummary.thread_id == thread_id)
+        .values(version=ThreadSummary.version + 1))
     if message.erased_at is None and mlist.archive is not ArchivePolicy.OFF:
         search.index(session, [(message, view.plain_text(message.raw))])
 

@@ -261,6 +261,8 @@ class ThreadSummary(SQLModel, table=True):
     authors: str = ""  # the first few senders' names, one a line
     first_date: datetime | None = None
     last_date: datetime | None = None
+    # Bumped by erasure: the thread's message pages show its posts' subjects and senders.
+    version: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
 
 
 class Token(SQLModel, table=True):

@@ -274,11 +274,13 @@ def test_a_post_with_5000_references_renders_and_its_pages_walk_a_bounded_chain(
         connection = session.connection()
         event.listen(connection, "before_cursor_execute", listener)
         try:
-            pages = {mid: archive.message_page(session, list_id, mid)
-                     for mid in ("near@x", "far@x", "bomb@x")}
+            pages = {mid: archive.message_page(
+                session, list_id, archive.find_message(session, list_id, mid))
+                for mid in ("near@x", "far@x", "bomb@x")}
         finally:
             event.remove(connection, "before_cursor_execute", listener)
-        pages["root@x"] = archive.message_page(session, list_id, "root@x")
+        pages["root@x"] = archive.message_page(
+            session, list_id, archive.find_message(session, list_id, "root@x"))
     assert len(statements) == 3 * 3  # the post, its parent, its replies: for each page
     assert pages["near@x"].parent.message_id == "root@x"  # through 3 placeholders
     assert pages["far@x"].parent is None  # 40 away: past what a page walks

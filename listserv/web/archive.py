@@ -30,7 +30,7 @@ from listserv import (
     view,
 )
 from listserv.models import DigestIssue, DigestSummary, MailingList
-from listserv.web import access, join, pages
+from listserv.web import access, caching, join, pages
 from listserv.web.access import read
 
 THREADS_PER_PAGE = 50
@@ -146,19 +146,34 @@ def _erased() -> HTTPException:
     return HTTPException(410, "This message was removed from the archive.")
 
 
+def _version(pk: int, raw: bytes, mlist: MailingList) -> str:
+    """What a reader's cached copy of a message must match: its stored bytes (erasure
+    rewrites them) and the list's content filter (a change of it changes every page)."""
+    return caching.page_etag(caching.message_etag(pk, raw), [content_filter.rules(mlist)])
+
+
 async def message_page(request: Request, message_id: str) -> Response:
     def work(session: Session, mlist: MailingList) -> tuple | None:
-        found = archive.message_page(session, mlist.id, message_id)
+        found = archive.find_message(session, mlist.id, message_id)
         if found is None:
             return None
-        return found, view.view(content_filter.filtered(found.post.raw, mlist))
+        etag = caching.page_etag(_version(found.pk, found.post.raw, mlist), (
+            found.thread_id, found.thread_messages, found.thread_last, found.thread_version))
+        if caching.matches(request, etag):
+            return etag, None  # the reader's copy is current: no more queries
+        return etag, (archive.message_page(session, mlist.id, found),
+                      view.view(content_filter.filtered(found.post.raw, mlist)))
     mlist, found = await read(request, work)
     if found is None:
         raise _gone()
-    message, shown = found
-    return await archive_page(request, "message", mlist, message=message, view=shown,
-                              reply=urls.reply_mailto(mlist.address, message_id,
-                                                         message.post.subject))
+    etag, page = found
+    if page is None:
+        return caching.not_modified(mlist, etag)
+    message, shown = page
+    response = await archive_page(request, "message", mlist, message=message, view=shown,
+                                  reply=urls.reply_mailto(mlist.address, message_id,
+                                                          message.post.subject))
+    return caching.cached(response, mlist, etag)
 
 
 def raw_response(raw: bytes) -> Response:
@@ -176,13 +191,18 @@ def raw_response(raw: bytes) -> Response:
 async def raw_page(request: Request, message_id: str) -> Response:
     """The message as the list's members got it (see content_filter), less the fields
     that show where its poster was (see privacy)."""
-    mlist, raw = await read(request, lambda session, mlist: archive.raw_message(
+    mlist, found = await read(request, lambda session, mlist: archive.raw_message(
         session, mlist.id, message_id))
-    if raw is None:
+    if found is None:
         raise _gone()
+    pk, raw = found
     if not raw:
         raise _erased()
-    return raw_response(privacy.public(content_filter.filtered(raw, mlist)))
+    etag = _version(pk, raw, mlist)
+    if caching.matches(request, etag):
+        return caching.not_modified(mlist, etag)
+    return caching.cached(raw_response(privacy.public(content_filter.filtered(raw, mlist))),
+                          mlist, etag)
 
 
 def attachment_response(part: view.Attachment, data: bytes) -> Response:
@@ -201,22 +221,30 @@ async def attachment_page(request: Request, message_id: str, name: str, index: i
                           ) -> Response:
     """An attachment of the message as the list's members got it: a part the content
     filter removed is no download here, and a link to it by its name says so (410)."""
-    def work(session: Session, mlist: MailingList) -> content_filter.Filtered | bytes | None:
-        raw = archive.raw_message(session, mlist.id, message_id)
-        if not raw:
-            return raw  # None: no such message; b"": erased
-        return content_filter.apply(raw, content_filter.rules(mlist))
-    _, shown = await read(request, work)
-    if isinstance(shown, bytes):
+    def work(session: Session, mlist: MailingList) -> tuple | bytes | None:
+        found = archive.raw_message(session, mlist.id, message_id)
+        if not found or not found[1]:
+            return found and b""  # None: no such message; b"": erased
+        etag = f"{_version(found[0], found[1], mlist)}-{index}"
+        if caching.matches(request, etag):
+            return etag, None  # current: not parsed again
+        return etag, content_filter.apply(found[1], content_filter.rules(mlist))
+    mlist, found = await read(request, work)
+    if isinstance(found, bytes):
         raise _erased()
-    found = view.attachment(shown.data, index) if shown is not None else None
-    removed = shown is not None and any(r.filename == name for r in shown.removed)
-    if removed and (found is None or found[0].filename != name):
-        raise HTTPException(410, f"The list's content filter removed {name} from this "
-                                 "message: its members did not get it either.")
     if found is None:
         raise HTTPException(404, "There is no such attachment.")
-    return attachment_response(*found)
+    etag, shown = found
+    if shown is None:
+        return caching.not_modified(mlist, etag)
+    part = view.attachment(shown.data, index)
+    if any(r.filename == name for r in shown.removed) and (
+            part is None or part[0].filename != name):
+        raise HTTPException(410, f"The list's content filter removed {name} from this "
+                                 "message: its members did not get it either.")
+    if part is None:
+        raise HTTPException(404, "There is no such attachment.")
+    return caching.cached(attachment_response(*part), mlist, etag)
 
 
 # --- an author's request to remove a post ----------------------------------------------
