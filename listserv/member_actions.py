@@ -336,32 +336,38 @@ def thread_of_message(session: Session, list_id: int, message_pk: int) -> str | 
         ThreadNode.list_id == list_id, ThreadNode.message_pk == message_pk)).first()
 
 
-def mute(session: Session, list_id: int, address: str, thread_id: str) -> None:
-    """No more posts of this thread for `address` (asking twice is harmless)."""
-    exists = session.scalars(select(Mute.id).where(
-        Mute.list_id == list_id, Mute.address == address, Mute.thread_id == thread_id)).first()
+def _mark(session: Session, model: type[Mute] | type[Follow], list_id: int, address: str,
+          thread_id: str) -> None:
+    """A member's mark on one thread (asking twice is harmless)."""
+    exists = session.scalars(select(model.id).where(
+        model.list_id == list_id, model.address == address,
+        model.thread_id == thread_id)).first()
     if exists is None:
-        session.add(Mute(list_id=list_id, address=address, thread_id=thread_id))
+        session.add(model(list_id=list_id, address=address, thread_id=thread_id))
         session.flush()
 
 
+def _unmark(session: Session, model: type[Mute] | type[Follow], list_id: int, address: str,
+            thread_id: str) -> None:
+    session.execute(delete(model).where(
+        model.list_id == list_id, model.address == address, model.thread_id == thread_id))
+
+
+def mute(session: Session, list_id: int, address: str, thread_id: str) -> None:
+    """No more posts of this thread for `address`."""
+    _mark(session, Mute, list_id, address, thread_id)
+
+
 def unmute(session: Session, list_id: int, address: str, thread_id: str) -> None:
-    session.execute(delete(Mute).where(
-        Mute.list_id == list_id, Mute.address == address, Mute.thread_id == thread_id))
+    _unmark(session, Mute, list_id, address, thread_id)
 
 
 def follow(session: Session, list_id: int, address: str, thread_id: str) -> None:
     """Each post of this thread as it is sent, even to a digest member (who still gets
-    the digest); asking twice is harmless."""
-    exists = session.scalars(select(Follow.id).where(
-        Follow.list_id == list_id, Follow.address == address,
-        Follow.thread_id == thread_id)).first()
-    if exists is None:
-        session.add(Follow(list_id=list_id, address=address, thread_id=thread_id))
-        session.flush()
+    the digest)."""
+    _mark(session, Follow, list_id, address, thread_id)
 
 
 def unfollow(session: Session, list_id: int, address: str, thread_id: str) -> None:
-    session.execute(delete(Follow).where(
-        Follow.list_id == list_id, Follow.address == address, Follow.thread_id == thread_id))
+    _unmark(session, Follow, list_id, address, thread_id)
 

@@ -80,14 +80,9 @@ ROUTES: list[BaseRoute] = [
     Route("/confirm/{token}", member.confirm, methods=["POST"]),
     Route("/unsubscribe/{token}", member.unsubscribe_form, methods=["GET"]),
     Route("/unsubscribe/{token}", member.unsubscribe, methods=["POST"]),
-    Route("/mute/{token}", member.mute_form, methods=["GET"]),
-    Route("/mute/{token}", member.mute, methods=["POST"]),
-    Route("/unmute/{token}", member.unmute_form, methods=["GET"]),
-    Route("/unmute/{token}", member.unmute, methods=["POST"]),
-    Route("/follow/{token}", member.follow_form, methods=["GET"]),
-    Route("/follow/{token}", member.follow, methods=["POST"]),
-    Route("/unfollow/{token}", member.unfollow_form, methods=["GET"]),
-    Route("/unfollow/{token}", member.unfollow, methods=["POST"]),
+    *(Route(f"/{kind}/{{token}}", handler, methods=[method])
+      for kind in ("mute", "unmute", "follow", "unfollow")
+      for handler, method in zip(member.thread_pages(kind), ("GET", "POST"), strict=True)),
     Route("/reenable/{token}", member.reenable, methods=["GET", "POST"]),
     Route("/manage", manage.request_form, methods=["GET"]),
     Route("/manage", manage.request_link, methods=["POST"]),

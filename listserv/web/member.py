@@ -8,7 +8,7 @@ and previews fetch every URL. Each link is checked again on the POST that acts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -230,36 +230,16 @@ async def _change(request: Request, verb: str) -> Response:
                       action=f"/{what.undo}/{request.path_params['token']}")
 
 
-async def mute_form(request: Request) -> Response:
-    return await _offer(request, "mute")
+def thread_pages(kind: str) -> tuple[Callable[[Request], Awaitable[Response]],
+                                      Callable[[Request], Awaitable[Response]]]:
+    """GET (the offer: a button, since mail scanners open links) and POST (the change)
+    of /KIND/TOKEN, for mute, unmute, follow and unfollow alike."""
+    async def offer(request: Request) -> Response:
+        return await _offer(request, kind)
 
-
-async def mute(request: Request) -> Response:
-    return await _change(request, "mute")
-
-
-async def unmute_form(request: Request) -> Response:
-    return await _offer(request, "unmute")
-
-
-async def unmute(request: Request) -> Response:
-    return await _change(request, "unmute")
-
-
-async def follow_form(request: Request) -> Response:
-    return await _offer(request, "follow")
-
-
-async def follow(request: Request) -> Response:
-    return await _change(request, "follow")
-
-
-async def unfollow_form(request: Request) -> Response:
-    return await _offer(request, "unfollow")
-
-
-async def unfollow(request: Request) -> Response:
-    return await _change(request, "unfollow")
+    async def change(request: Request) -> Response:
+        return await _change(request, kind)
+    return offer, change
 
 
 # --- re-enable delivery after bounces --------------------------------------------------
