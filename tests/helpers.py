@@ -32,7 +32,7 @@ from listserv import db, tokens
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
-from listserv.models import Delivery, MailingList, Member
+from listserv.models import Delivery, Expansion, MailingList, Member
 
 if TYPE_CHECKING:  # servers.py builds on this module
     from tests.servers import SinkHandler
@@ -134,16 +134,20 @@ def delivered_to(engine: Engine, sink: SinkHandler, address: str,
                  timeout: float = 15.0) -> int:
     """How many mails reached `address` once the server sent all it had queued.
 
-    Everything the server answers for is queued before its 250, and a delivery is marked
-    done only after the smarthost's 250, so an empty queue means the count is final.
+    Everything the server answers for is queued (or waits for its expansion) before its
+    250, and a delivery is marked done only after the smarthost's 250, so an empty queue
+    with no expansion left means the count is final.
     """
-    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
-
-    def queue_empty() -> bool:
-        with db.session(engine) as s:
-            return s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None
-    wait_until(queue_empty, timeout=timeout)
+    wait_until(lambda: queue_empty(engine), timeout=timeout)
     return len(mails_to(sink, address, 0))
+
+
+def queue_empty(engine: Engine) -> bool:
+    """No job queued or being sent, and no post waiting to be expanded into jobs."""
+    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
+    with db.session(engine) as s:
+        return (s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None
+                and s.scalars(select(Expansion.id)).first() is None)
 
 
 def jobs(engine: Engine) -> list[Delivery]:
@@ -156,8 +160,7 @@ def settled(engine: Engine) -> list[Delivery]:
     more can reach the smarthost, so what it holds is final."""
     def finished() -> list[Delivery]:
         rows = jobs(engine)
-        busy = {DeliveryState.QUEUED, DeliveryState.SENDING}
-        return rows if rows and not any(j.state in busy for j in rows) else []
+        return rows if rows and queue_empty(engine) else []
     return wait_until(finished, "every delivery job to finish")
 
 
