@@ -28,7 +28,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from typer.testing import Result
 
-from listserv import db, tokens
+from listserv import db, fanout, tokens
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
@@ -148,6 +148,18 @@ def queue_empty(engine: Engine) -> bool:
     with db.session(engine) as s:
         return (s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None
                 and s.scalars(select(Expansion.id)).first() is None)
+
+
+def expand_all(engine: Engine, batch: int = 100) -> int:
+    """What a delivery worker does first with stored posts (fanout.expand), done here
+    with no server running; the jobs written."""
+    written = 0
+    while True:
+        with db.session(engine) as s:
+            jobs = fanout.expand(s, batch)
+        if jobs is None:
+            return written
+        written += jobs
 
 
 def jobs(engine: Engine) -> list[Delivery]:
