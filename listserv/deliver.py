@@ -85,11 +85,12 @@ async def _either(wanted: asyncio.Event, stop: asyncio.Event, poll: float) -> No
         task.cancel()
 
 
-def _expand(session: Session, batch: int, handoff: outbox.Handoff) -> int | None:
+def _expand(session: Session, batch: int, chunk: int, handoff: outbox.Handoff
+            ) -> int | None:
     """fanout.expand, with nothing left handed when its transaction fails (it is tried
     again, with the same handoff)."""
     try:
-        return fanout.expand(session, batch, handoff)
+        return fanout.expand(session, batch, chunk, handoff)
     except BaseException:
         handoff.abandon()
         raise
@@ -217,11 +218,12 @@ class Worker:
         while there are any; then wait for the receiver, or poll (posts approved or
         received by another process)."""
         batch = self.config.delivery.max_recipients_per_transaction
+        chunk = self.config.delivery.expansion_chunk
         while not stop.is_set():
             self.expansions.clear()
             handoff = self.handoff()
             try:
-                jobs = await self.calls.until_done(_expand, batch, handoff)
+                jobs = await self.calls.until_done(_expand, batch, chunk, handoff)
             except SQLAlchemyError:
                 return  # stopping with the database away
             self.take(handoff)

@@ -70,8 +70,8 @@ _ADVANCE = update(Expansion.__table__).where(_x.id == bindparam("expansion_id"))
     after=bindparam("last"), jobs=bindparam("total"), advanced_at=bindparam("now"))
 _DONE = delete(Expansion.__table__).where(_x.id == bindparam("expansion_id"))
 
-# Members read, and their jobs written, in one transaction of an expansion: a few
-# hundred kB of addresses, a few dozen jobs.
+# Members read at once: by the expansion, a few hundred kB of addresses and a few
+# dozen jobs in one transaction (`[delivery] expansion_chunk`); by a digest, in turn.
 CHUNK = 5000
 
 
@@ -201,8 +201,8 @@ def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Mess
         for outgoing_id in outbox.store(session, sends)])
 
 
-def expand(session: Session, batch: int, handoff: outbox.Handoff | None = None,
-           chunk: int = CHUNK) -> int | None:
+def expand(session: Session, batch: int, chunk: int = CHUNK,
+           handoff: outbox.Handoff | None = None) -> int | None:
     """Write the delivery jobs of the next `chunk` members of the post whose expansion
     waited longest (less those who muted its thread) and move its cursor past them, in
     one transaction: killed at any point, it has written both or neither, so nobody is
