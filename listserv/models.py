@@ -346,9 +346,11 @@ class Outgoing(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-# Jobs not finished yet: the claim's and the turns' indexes hold only these, so that the
-# finished ones (kept for days) are never read past.
-PENDING_JOBS = text("state IN ('queued', 'sending')")
+# Jobs not finished yet (queued or sending: every other state sets done_at): the claim's
+# and the turns' indexes hold only these, so that the finished ones (kept for days) are
+# never read past. Not a test of `state`, which ix_delivery_ready would serve: SQLite,
+# without statistics, then preferred that index and sorted every pending job.
+PENDING_JOBS = text("done_at IS NULL")
 
 
 class Expansion(SQLModel, table=True):

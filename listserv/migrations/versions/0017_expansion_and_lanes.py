@@ -19,7 +19,7 @@ down_revision = "0012"
 branch_labels = None
 depends_on = None
 
-_PENDING = sa.text("state IN ('queued', 'sending')")
+_PENDING = sa.text("done_at IS NULL")  # models.PENDING_JOBS
 
 
 def upgrade() -> None:
