@@ -113,6 +113,9 @@ class Worker:
         # Every database call waits out an outage (logged once for the worker); once
         # `run`'s stop is set, a failure is given up instead.
         self.calls = supervise.Calls(engine, "delivery")
+        # The expansion's own: its outage is logged once for it, and its transactions
+        # do not wait for the threads of the claims and the sent-marks.
+        self.expansion_calls = supervise.Calls(engine, "expansion", threads=1)
         self.copies = Copies(self.calls, signing.Signer.from_config(config.dkim),
                              config.web.manage_link_hours)
         self.progress = Progress(self.calls, self.name)
@@ -153,7 +156,7 @@ class Worker:
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
         and give back every job not sent, so no job waits for its lease to run out."""
-        self.calls.stop = stop
+        self.calls.stop = self.expansion_calls.stop = stop
         self.copies.secret = await self.calls.until_done(self._server_secret)
         recovered = await self.calls.until_done(outbox.recover_dead_workers,
                                                 socket.gethostname())
@@ -176,6 +179,7 @@ class Worker:
             await self.progress.flush()
             await self._give_back(unsent)
             self.calls.close()
+            self.expansion_calls.close()
 
     async def _give_back(self, unsent: list[int]) -> None:
         try:
@@ -223,7 +227,7 @@ class Worker:
             self.expansions.clear()
             handoff = self.handoff()
             try:
-                jobs = await self.calls.until_done(_expand, batch, chunk, handoff)
+                jobs = await self.expansion_calls.until_done(_expand, batch, chunk, handoff)
             except SQLAlchemyError:
                 return  # stopping with the database away
             self.take(handoff)
