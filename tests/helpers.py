@@ -143,11 +143,13 @@ def delivered_to(engine: Engine, sink: SinkHandler, address: str,
 
 
 def queue_empty(engine: Engine) -> bool:
-    """No job queued or being sent, and no post waiting to be expanded into jobs."""
+    """No post waiting to be expanded into jobs, then (read after: an expansion that
+    ends writes jobs) no job queued or being sent."""
     busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
     with db.session(engine) as s:
-        return (s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None
-                and s.scalars(select(Expansion.id)).first() is None)
+        return (s.scalars(select(Expansion.id)).first() is None
+                and s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first()
+                is None)
 
 
 def expand_all(engine: Engine, batch: int = 100) -> int:
@@ -171,8 +173,11 @@ def settled(engine: Engine) -> list[Delivery]:
     """Wait until there are jobs and none is queued or being sent; after that, nothing
     more can reach the smarthost, so what it holds is final."""
     def finished() -> list[Delivery]:
+        with db.session(engine) as s:  # read first: a post being expanded adds jobs
+            expanding = s.scalars(select(Expansion.id)).first() is not None
         rows = jobs(engine)
-        return rows if rows and queue_empty(engine) else []
+        busy = {DeliveryState.QUEUED, DeliveryState.SENDING}
+        return rows if rows and not expanding and not any(j.state in busy for j in rows) else []
     return wait_until(finished, "every delivery job to finish")
 
 
