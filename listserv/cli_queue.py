@@ -30,9 +30,10 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
             "deferrals and back-off of each.")] = False,
         as_json: JsonOpt = False) -> None:
     """Delivery jobs by state per list (queued, sending, deferred, failed) and the age
-    of the oldest still to be sent. With LIST, each of its jobs too, with the ID that
-    `queue retry` and `queue cancel` take. With --by-domain, per destination: copies
-    waiting, copies deferred, back-off (421 or 4.7.x from its servers) and last reply.
+    of the oldest still to be sent, then the posts whose jobs are still being written.
+    With LIST, each of its jobs too, with the ID that `queue retry` and `queue cancel`
+    take. With --by-domain, per destination: copies waiting, copies deferred, back-off
+    (421 or 4.7.x from its servers) and last reply.
 
     \b
     Examples:
@@ -50,22 +51,32 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
     with db.read_session(_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address) if list_address else None
         summaries = delivery_queue.summaries(s)
+        expanding = delivery_queue.expansions(s)
         jobs = delivery_queue.jobs(s, mlist) if mlist else []
     address = mlist.address if mlist else None
     now = utcnow()
     lists = [{"list": x.list, **x.counts, "oldest_age_seconds": None if x.oldest is None
               else int((now - x.oldest).total_seconds())}
              for x in summaries if address is None or x.list == address]
+    posts = [{"list": x.list, "message": x.message_pk, "jobs": x.jobs,
+              "age_seconds": int((now - x.created_at).total_seconds())}
+             for x in expanding if address is None or x.list == address]
     if as_json:
-        return _print_json({"lists": lists, "jobs": [vars(j) for j in jobs]})
-    if not lists:
+        return _print_json({"lists": lists, "expanding": posts,
+                            "jobs": [vars(j) for j in jobs]})
+    if not lists and not posts:
         out.print("the queue is empty")
         return None
-    out.print("list  " + "  ".join(delivery_queue.STATES) + "  oldest")
+    if lists:
+        out.print("list  " + "  ".join(delivery_queue.STATES) + "  oldest")
     for x in lists:
         age = "-" if x["oldest_age_seconds"] is None else _age(x["oldest_age_seconds"])
         out.print(f"{x['list'] or '(no list)'}  "
                   + "  ".join(str(x[k]) for k in delivery_queue.STATES) + f"  {age}")
+    if posts:
+        out.print("\nexpanding: list  message  jobs written  age")
+    for p in posts:
+        out.print(f"{p['list']}  {p['message']}  {p['jobs']}  {_age(p['age_seconds'])}")
     if address:
         out.print("\nid  state  attempts  recipients  age  last error")
         for j in jobs:

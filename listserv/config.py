@@ -84,6 +84,9 @@ class DeliveryConfig:
     # one domain at most (0: no limit). Postfix's own default concurrency is 20.
     max_connections_per_domain: int = 20
     max_copies_per_minute_per_domain: int = 0
+    # Members of a post read, and their jobs written, in one transaction of its
+    # expansion after the 250 (a kill -9 loses or repeats none of them).
+    expansion_chunk: int = 5000
 
     def smarthosts(self) -> list[SmarthostConfig]:
         """Where copies go out: the [[delivery.smarthost]] entries, else the one host of
@@ -208,6 +211,7 @@ _RANGES: dict[tuple[str, str], tuple[int, int]] = {
     ("delivery", "retry_max_hours"): (0, _DAYS * 24),
     ("delivery", "lease_seconds"): (1, _DAYS * 86_400),
     ("delivery", "max_connections_per_domain"): (1, 1000),
+    ("delivery", "expansion_chunk"): (1, 1_000_000),
     ("web", "archive_link_days"): (1, _DAYS),
     ("web", "manage_link_hours"): (1, _DAYS * 24),
     ("lists", "confirm_expiry_hours"): (1, _DAYS * 24),

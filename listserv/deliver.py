@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import outbox, signing, supervise, tokens
+from listserv import fanout, outbox, signing, supervise, tokens
 from listserv.config import Config
 from listserv.copies import Copies, Personal, Prepared
 from listserv.lease import Leases
@@ -78,6 +78,25 @@ class Room:
 
 
 
+async def _either(wanted: asyncio.Event, stop: asyncio.Event, poll: float) -> None:
+    """Wait for `wanted` or `stop`, `poll` seconds at most."""
+    waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(wanted.wait())]
+    _, pending = await asyncio.wait(waiters, timeout=poll, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+
+
+def _expand(session: Session, batch: int, chunk: int, handoff: outbox.Handoff
+            ) -> int | None:
+    """fanout.expand, with nothing left handed when its transaction fails (it is tried
+    again, with the same handoff)."""
+    try:
+        return fanout.expand(session, batch, chunk, handoff)
+    except BaseException:
+        handoff.abandon()
+        raise
+
+
 class Worker:
     """Claims jobs and keeps `concurrency` connections to the smarthost busy."""
 
@@ -87,6 +106,7 @@ class Worker:
         self.name = name or outbox.worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
+        self.expansions = asyncio.Event()
         # None tells a sender to stop. The room bounds the jobs in it.
         self.queue: asyncio.Queue[Job | None] = asyncio.Queue()
         self.room = Room(config.delivery.concurrency * 8)
@@ -94,6 +114,9 @@ class Worker:
         # Every database call waits out an outage (logged once for the worker); once
         # `run`'s stop is set, a failure is given up instead.
         self.calls = supervise.Calls(engine, "delivery")
+        # The expansion's own: its outage is logged once for it, and its transactions
+        # do not wait for the threads of the claims and the sent-marks.
+        self.expansion_calls = supervise.Calls(engine, "expansion", threads=1)
         self.copies = Copies(self.calls, signing.Signer.from_config(config.dkim),
                              config.web.manage_link_hours)
         self.progress = Progress(self.calls, self.name)
@@ -107,8 +130,12 @@ class Worker:
         """Called by the receiver after it queued jobs: claim now, not at the next poll."""
         self.wakeup.set()
 
+    def expand_soon(self) -> None:
+        """Called by the receiver after it stored posts: expand now, not at the next poll."""
+        self.expansions.set()
+
     def handoff(self) -> outbox.Handoff:
-        """For a receiving transaction of this process: the jobs it queues that this
+        """For an expansion's transaction in this process: the jobs it queues that this
         worker has room for are claimed for it there, and sent once it commits (take)."""
         return outbox.Handoff(self.name, timedelta(seconds=self.config.delivery.lease_seconds),
                               self.room.reserve, self.room.release)
@@ -132,7 +159,7 @@ class Worker:
     async def run(self, stop: asyncio.Event, poll: float = 1.0) -> None:
         """Claim and send until `stop` is set, then let the transactions under way finish
         and give back every job not sent, so no job waits for its lease to run out."""
-        self.calls.stop = stop
+        self.calls.stop = self.expansion_calls.stop = stop
         self.copies.secret = await self.calls.until_done(self._server_secret)
         recovered = await self.calls.until_done(outbox.recover_dead_workers,
                                                 socket.gethostname())
@@ -141,10 +168,13 @@ class Worker:
         senders = [asyncio.create_task(Sender(self).run())
                    for _ in range(self.config.delivery.concurrency)]
         renewing = asyncio.create_task(self.leases.keep(stop))
+        expanding = asyncio.create_task(self._expand_until(stop, poll))
         try:
             await self._claim_until(stop, poll)
         finally:
             renewing.cancel()
+            expanding.cancel()
+            await asyncio.gather(expanding, return_exceptions=True)
             self.room.close()
             unsent = [job.id for job in [*self._drain(), *self.shaper.drain()]]
             await self._stop_senders(senders)
@@ -152,6 +182,7 @@ class Worker:
             await self.progress.flush()
             await self._give_back(unsent)
             self.calls.close()
+            self.expansion_calls.close()
 
     async def _give_back(self, unsent: list[int]) -> None:
         try:
@@ -187,11 +218,24 @@ class Worker:
             self._behind = len(jobs) == room
             if self._behind and room:
                 continue
-            waiters = [asyncio.create_task(stop.wait()), asyncio.create_task(self.wakeup.wait())]
-            _, pending = await asyncio.wait(waiters, timeout=poll,
-                                            return_when=asyncio.FIRST_COMPLETED)
-            for task in pending:
-                task.cancel()
+            await _either(self.wakeup, stop, poll)
+
+    async def _expand_until(self, stop: asyncio.Event, poll: float) -> None:
+        """Turn stored posts into delivery jobs, a chunk a transaction (fanout.expand),
+        while there are any; then wait for the receiver, or poll (posts approved or
+        received by another process)."""
+        batch = self.config.delivery.max_recipients_per_transaction
+        chunk = self.config.delivery.expansion_chunk
+        while not stop.is_set():
+            self.expansions.clear()
+            handoff = self.handoff()
+            try:
+                jobs = await self.expansion_calls.until_done(_expand, batch, chunk, handoff)
+            except SQLAlchemyError:
+                return  # stopping with the database away
+            self.take(handoff)
+            if jobs is None:
+                await _either(self.expansions, stop, poll)
 
     def _enqueue(self, job: Job) -> None:
         self.copies.pin(job.outgoing_id)

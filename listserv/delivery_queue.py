@@ -1,6 +1,6 @@
 """The delivery queue as an admin sees it (`listserv queue`): jobs by list and state,
-the oldest one waiting, and the two things an admin does to a job by hand: send it
-again now, or take it out of the queue.
+the oldest one waiting, the posts still being expanded into jobs, and the two things an
+admin does to a job by hand: send it again now, or take it out of the queue.
 """
 
 from __future__ import annotations
@@ -13,7 +13,15 @@ from sqlmodel import Session
 
 from listserv.address import split
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, Destination, MailingList, Message, Outgoing, utcnow
+from listserv.models import (
+    Delivery,
+    Destination,
+    Expansion,
+    MailingList,
+    Message,
+    Outgoing,
+    utcnow,
+)
 from listserv.roster import UserError
 
 # What `queue ls` counts; "deferred" is a queued job that already failed for the moment.
@@ -91,6 +99,25 @@ def summaries(session: Session) -> list[Summary]:
         if created is not None and (summary.oldest is None or created < summary.oldest):
             summary.oldest = created
     return [by_list[k] for k in sorted(by_list)]
+
+
+@dataclass
+class Expanding:
+    """A post stored and answered whose members are still being given their jobs."""
+
+    list: str
+    message_pk: int | None
+    jobs: int  # written so far
+    created_at: datetime
+
+
+def expansions(session: Session) -> list[Expanding]:
+    """The posts still being expanded into jobs (fanout.expand), oldest first."""
+    rows = session.execute(
+        select(MailingList.address, Outgoing.message_pk, Expansion.jobs, Expansion.created_at)
+        .join(MailingList, MailingList.id == Expansion.list_id)
+        .join(Outgoing, Outgoing.id == Expansion.outgoing_id).order_by(Expansion.id))
+    return [Expanding(*row) for row in rows]
 
 
 def jobs(session: Session, mlist: MailingList) -> list[Job]:

@@ -29,7 +29,7 @@ from listserv.digest_format import (
     mime_body,
     plain_body,
 )
-from listserv.enums import DeliveryMode, DigestFrequency, VolumeFrequency
+from listserv.enums import DeliveryMode, DigestFrequency, Lane, VolumeFrequency
 from listserv.models import (
     DigestIssue,
     DigestItem,
@@ -313,7 +313,7 @@ def _queue(session: Session, config: Config, mlist: MailingList, rcpts: list[str
     if rcpts:
         outbox.queue(session, copy.copy.data, mlist.addresses.at(Purpose.BOUNCES),
                     rcpts, config.delivery.max_recipients_per_transaction,
-                    slots=copy.copy.slots_json(), list_id=mlist.id)
+                    slots=copy.copy.slots_json(), list_id=mlist.id, lane=Lane.POSTS)
 
 
 def due_lists(session: Session, now: datetime) -> list[int]:

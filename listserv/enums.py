@@ -143,6 +143,13 @@ class MessageState(enum.StrEnum):
     STORED = "stored"  # non-post mail kept for a later stage (bounces, commands)
 
 
+class Lane(enum.IntEnum):
+    """Which delivery jobs are claimed first."""
+
+    WAITING = 0  # a person waits for it: confirmations, replies, notices, owners' mail
+    POSTS = 1  # copies of posts and digests: the lists take turns
+
+
 class DeliveryState(enum.StrEnum):
     QUEUED = "queued"  # waiting for a worker, possibly until next_attempt_at
     SENDING = "sending"  # claimed by a worker (see worker and lease_until)

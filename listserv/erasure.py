@@ -23,6 +23,7 @@ from listserv.models import (
     Delivery,
     DigestIssue,
     DigestItem,
+    Expansion,
     Follow,
     MailingList,
     Member,
@@ -141,13 +142,15 @@ def _thread_of(session: Session, message: Message) -> str | None:
 
 
 def _stop_copies(session: Session, message: Message, *, cancel: bool) -> None:
-    """With `cancel`, jobs not yet claimed are cancelled; then the bytes of every copy
+    """With `cancel`, jobs not yet claimed are cancelled, and those not yet written
+    (an expansion still going) never will be; then the bytes of every copy
     with no job left to send are emptied: the message's own copies and notices, and the
     copies of the digest issues and summaries that carry it (one still to go out
     carries the others' posts too, and keeps its bytes). A copy being sent at
     this moment keeps its bytes: the worker holds them already."""
     copies = select(Outgoing.id).where(Outgoing.message_pk == message.id)
-    if cancel:
+    if cancel:  # members not yet given a job get none (fanout.expand)
+        session.execute(delete(Expansion).where(Expansion.outgoing_id.in_(copies)))
         session.execute(update(Delivery).where(
             Delivery.outgoing_id.in_(copies), Delivery.state == DeliveryState.QUEUED)
             .values(state=DeliveryState.CANCELLED, done_at=utcnow(),

@@ -1,8 +1,10 @@
-"""Who gets a post and the copy they get: the members, less those who muted its
-thread or whose own options leave it out (own_posts, skip_if_addressed), plus the digest
-members who follow its thread; the list copy composed once (shared, or with slots for
-each member's links); queued in the outbox with the post's digest item and the author's
-acknowledgement, in the caller's transaction.
+"""Who gets a post and the copy they get: the list copy composed once (shared, or with
+slots for each member's links), stored with the post's digest item, the author's
+acknowledgement and one expansion in the receiver's transaction; then, after the 250,
+the members read a chunk at a time by the delivery workers of any process (expand),
+less those who muted its thread or whose own options leave it out (own_posts,
+skip_if_addressed), plus the digest members who follow its thread, and their jobs
+queued in the outbox.
 """
 
 from __future__ import annotations
@@ -14,22 +16,24 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 
 from jinja2 import TemplateError
-from sqlalchemy import Select, bindparam, insert, or_, select
+from sqlalchemy import Row, Select, bindparam, delete, insert, or_, select, update
 from sqlmodel import Session
 
 from listserv import authenticity, compose, content_filter, db, notices, outbox, slots, urls
 from listserv.address import ListAddresses, Purpose
 from listserv.authenticity import Asked
 from listserv.config import Config
-from listserv.enums import ArchivePolicy, DeliveryMode, ReplyTo, Role, Verp
+from listserv.enums import ArchivePolicy, DeliveryMode, Lane, ReplyTo, Role, Verp
 from listserv.footer import Footer, render_footer
 from listserv.models import (
     DigestItem,
+    Expansion,
     Follow,
     MailingList,
     Member,
     Message,
     Mute,
+    Outgoing,
     ThreadNode,
     utcnow,
 )
@@ -61,11 +65,13 @@ _DIGEST_MEMBERS = select(_member.address).where(
     _member.list_id == bindparam("list_id"),
     _member.address.in_(bindparam("addresses", expanding=True)), *_RECEIVING,
     _member.delivery.not_in([DeliveryMode.REGULAR, DeliveryMode.NOMAIL]))
-_RECIPIENTS = (select(_member.address)
-               .where(_member.list_id == bindparam("list_id"),
-                      _member.delivery == bindparam("mode"), *_RECEIVING)
-               .order_by(_member.address)
-               .execution_options(yield_per=5000))
+# Who gets a post, or a digest of a form: the one member query, read by keyset (member
+# id after the last one read) down ix_member_list_id_id, a chunk at a time.
+_MEMBERS = (select(_member.id, _member.address)
+            .where(_member.list_id == bindparam("list_id"),
+                   _member.delivery == bindparam("mode"), *_RECEIVING,
+                   _member.id > bindparam("after"))
+            .order_by(_member.id).limit(bindparam("chunk")))
 # Of the authors and the addressed (To, Cc) of some posts: the few members whose own
 # options are not the defaults.
 _OPTIONS = select(_member.address, _member.own_posts, _member.skip_if_addressed,
@@ -74,17 +80,47 @@ _OPTIONS = select(_member.address, _member.own_posts, _member.skip_if_addressed,
     _member.address.in_(bindparam("addresses", expanding=True)),
     or_(~_member.own_posts, _member.skip_if_addressed, _member.acknowledge))
 _INSERT_DIGEST_ITEM = insert(DigestItem.__table__)
+_INSERT_EXPANSION = insert(Expansion.__table__)
+_x, _o = Expansion.__table__.c, Outgoing.__table__.c
+# The expansion that waited longest since its last chunk, so posts take turns; on
+# PostgreSQL one that another worker is expanding is skipped (its row is locked).
+_NEXT = (select(_x.id, _x.list_id, _x.outgoing_id, _x.mail_from, _x.after, _x.jobs,
+                Message.__table__.c.message_id, Message.__table__.c.from_address,
+                Message.__table__.c.raw)
+         .join(Outgoing.__table__, _o.id == _x.outgoing_id)
+         .join(Message.__table__, Message.__table__.c.id == _o.message_pk)
+         .order_by(_x.advanced_at, _x.id).limit(1)
+         .with_for_update(skip_locked=True, of=Expansion.__table__))
+_ADVANCE = update(Expansion.__table__).where(_x.id == bindparam("expansion_id")).values(
+    after=bindparam("last"), jobs=bindparam("total"), advanced_at=bindparam("now"))
+_DONE = delete(Expansion.__table__).where(_x.id == bindparam("expansion_id"))
+
+# Members read at once: by the expansion, a few hundred kB of addresses and a few
+# dozen jobs in one transaction (`[delivery] expansion_chunk`); by a digest, in turn.
+CHUNK = 5000
+
+
+def members(session: Session, list_id: int, after: int = 0, chunk: int = CHUNK,
+            mode: DeliveryMode = DeliveryMode.REGULAR) -> list[tuple[int, str]]:
+    """The next `chunk` members (id, address) after member id `after` who get each post
+    (or, for a digest mode, each digest of that form). A member whose `nomail_until` is
+    still ahead is left out, and is back once it has passed."""
+    return [(r.id, r.address) for r in session.connection().execute(_MEMBERS, {
+        "list_id": list_id, "mode": mode, "now": utcnow(), "after": after,
+        "chunk": chunk})]
 
 
 def recipients(session: Session, list_id: int,
                mode: DeliveryMode = DeliveryMode.REGULAR) -> Iterator[str]:
-    """Addresses that get each post (or, for a digest mode, each digest of that form),
-    streamed from one query (never member by member). A member whose `nomail_until`
-    is still ahead is left out, and is back once it has passed."""
+    """Every address `members` gives, chunk after chunk."""
     session.flush()  # members the ORM still holds count too
-    yield from session.connection().execute(_RECIPIENTS, {
-        "list_id": list_id, "mode": mode, "now": utcnow()}).scalars()
-
+    after = 0
+    while True:
+        found = members(session, list_id, after, mode=mode)
+        yield from (address for _, address in found)
+        if len(found) < CHUNK:
+            return
+        after = found[-1][0]
 
 
 def _by_message(session: Session, statement: Select, list_id: int,
@@ -212,58 +248,43 @@ def list_copy(mlist: MailingList, message: Message, parsed: Parsed, base_url: st
 
 
 def fan_out(session: Session, mlist: MailingList, message: Message, parsed: Parsed,
-            base_url: str, batch: int, *, config: Config) -> int:
-    """One post (see fan_out_all); its jobs."""
-    return fan_out_all(session, mlist, [(message, parsed)], base_url, batch, config=config)[0]
+            base_url: str, *, config: Config) -> None:
+    """One post (see fan_out_all)."""
+    fan_out_all(session, mlist, [(message, parsed)], base_url, config=config)
 
 
 def fan_out_all(session: Session, mlist: MailingList, posts: Sequence[tuple[Message, Parsed]],
-                base_url: str, batch: int, *, config: Config,
-                asked: Sequence[Asked | None] = (),
-                handoff: outbox.Handoff | None = None) -> list[int]:
-    """Queue the list copy of each accepted post for every member who gets posts, except
-    those who muted its thread or whose options leave it out (own_posts,
-    skip_if_addressed), and for the digest members who follow its thread; the post
-    itself for the next digest; an acknowledgement to an author who asked for one; the
-    jobs of each. Each copy is composed once, with slots for each member's unsubscribe and
-    mute links, or shared (see shared_copies). The members, the mutes and each table's
-    rows are read and written once for all the posts (a group of the receiver), which
-    may come with what DNS said of each (`asked`, see authenticity), and with the
-    `handoff` of the worker of this process (see outbox.Handoff)."""
+                base_url: str, *, config: Config, asked: Sequence[Asked | None] = ()) -> None:
+    """Store the list copy of each accepted post and one expansion of it, which the
+    delivery workers turn into jobs for its members after the 250 (expand); queue the
+    post for the next digest, and an acknowledgement to an author who asked for one.
+    However many members the list has, this writes a row or two a post. Each copy is
+    composed once, with slots for each member's own links, or shared (see
+    shared_copies); the posts come from a group of the receiver, with what DNS said of
+    each (`asked`, see authenticity)."""
+    now = utcnow()
     connection = session.connection()
     connection.execute(_INSERT_DIGEST_ITEM, [
         {"list_id": mlist.id, "message_pk": message.id, "size": message.size,
-         "created_at": utcnow()} for message, _ in posts])
-    members = list(recipients(session, mlist.id))
-    message_ids = [message.message_id for message, _ in posts]
-    quiet = muted(session, mlist.id, message_ids)
-    followers = following(session, mlist.id, message_ids)
-    to_cc = [addressed(message.raw) for message, _ in posts]
-    chosen = options(session, mlist.id, set().union(
-        *to_cc, (parsed.from_address for _, parsed in posts)))
+         "created_at": now} for message, _ in posts])
     bounces = mlist.addresses.at(Purpose.BOUNCES)
-    verp = mlist.address if mlist.verp is Verp.ON else None
     sends = []
-    for (message, parsed), known, named in zip(posts, asked or [None] * len(posts), to_cc,
-                                               strict=True):
+    for (message, parsed), known in zip(posts, asked or [None] * len(posts), strict=True):
         copy, shared = list_copy(mlist, message, parsed, base_url, config=config, asked=known)
-        left = quiet.get(message.message_id, set()) | chosen.left_out(parsed.from_address,
-                                                                      named)
-        rcpts = [a for a in members if a not in left] if left else members
-        extra = followers.get(message.message_id, set()) - left
-        if extra:
-            rcpts = sorted([*rcpts, *extra])
         if shared:  # a footer without links is still a slot: filled once, for everyone
-            sends.append(outbox.Send(copy.personal(slots.Links()), bounces, rcpts, message.id,
-                              list_id=mlist.id))
+            sends.append(outbox.Send(copy.personal(slots.Links()), bounces, (), message.id,
+                                     list_id=mlist.id))
         else:
-            sends.append(outbox.Send(copy.data, bounces, rcpts, message.id, copy.slots_json(),
-                              mlist.id))
-    jobs = outbox.queue_all(session, sends, batch, verp=verp, handoff=handoff)
+            sends.append(outbox.Send(copy.data, bounces, (), message.id, copy.slots_json(),
+                                     mlist.id))
+    connection.execute(_INSERT_EXPANSION, [
+        {"list_id": mlist.id, "outgoing_id": outgoing_id, "mail_from": bounces, "after": 0,
+         "jobs": 0, "created_at": now, "advanced_at": now}
+        for outgoing_id in outbox.store(session, sends)])
+    chosen = options(session, mlist.id, {parsed.from_address for _, parsed in posts})
     for message, parsed in posts:
         if parsed.from_address in chosen.acknowledge:
             acknowledge(session, config, mlist, message, parsed.from_address)
-    return jobs
 
 
 def acknowledge(session: Session, config: Config, mlist: MailingList, message: Message,
@@ -276,3 +297,47 @@ def acknowledge(session: Session, config: Config, mlist: MailingList, message: M
                  request_address=mlist.addresses.at(Purpose.REQUEST),
                  message_url=urls.message_url(config.web.base_url, mlist.addresses,
                                               message.message_id) if archived else "")
+
+
+def _chunk_of(session: Session, row: Row, chunk: int) -> tuple[list[tuple[int, str]],
+                                                                 list[str]]:
+    """The next members of a post's expansion and who of them (with, in the first
+    chunk, the digest members who follow its thread) get it: not those who muted its
+    thread, nor those whose own options leave it out."""
+    found = members(session, row.list_id, row.after, chunk)
+    named = addressed(row.raw)
+    left = (muted(session, row.list_id, [row.message_id]).get(row.message_id, set())
+            | options(session, row.list_id, {row.from_address, *named}).left_out(
+                row.from_address, named))
+    rcpts = [a for _, a in found if a not in left]
+    if row.after == 0:
+        rcpts += sorted(following(session, row.list_id, [row.message_id])
+                        .get(row.message_id, set()) - left)
+    return found, rcpts
+
+
+def expand(session: Session, batch: int, chunk: int = CHUNK,
+           handoff: outbox.Handoff | None = None) -> int | None:
+    """Write the delivery jobs of the next `chunk` members of the post whose expansion
+    waited longest and move its cursor past them, in one transaction: killed at any
+    point, it has written both or neither, so nobody is lost or served twice. The jobs
+    written; None when no post waits. With `handoff`, the jobs this worker has room for
+    are claimed for it (see outbox.Handoff)."""
+    row = session.connection().execute(_NEXT).first()
+    if row is None:
+        session.rollback()
+        return None
+    copy = outbox.copies(session, [row.outgoing_id])[row.outgoing_id]
+    found, rcpts = _chunk_of(session, row, chunk)
+    send = outbox.Send(copy.data, row.mail_from, rcpts, copy.message_pk, copy.slots,
+                       row.list_id, Lane.POSTS)
+    [jobs] = outbox.queue_jobs(session, [(row.outgoing_id, send)], batch, handoff,
+                               {row.outgoing_id: copy})
+    if len(found) < chunk:
+        session.connection().execute(_DONE, {"expansion_id": row.id})
+    else:
+        session.connection().execute(_ADVANCE, {
+            "expansion_id": row.id, "last": found[-1][0], "total": row.jobs + jobs,
+            "now": utcnow()})
+    session.commit()
+    return jobs

@@ -144,9 +144,8 @@ class Batch:
     moment of the first read, as they would be in one transaction. Mail to a command
     address (a subscription confirmed) can change the members, so it forgets them."""
 
-    def __init__(self, *, inline: bool, handoff: outbox.Handoff | None = None) -> None:
+    def __init__(self, *, inline: bool) -> None:
         self.inline = inline
-        self.handoff = handoff  # the jobs of its posts, for the worker of this process
         self.targets: dict[str, tuple[Route, MailingList]] = {}
         self.accepted: list[Accepted] = []
         self._standing: dict[tuple[int, str, str], Standing] = {}
@@ -193,12 +192,10 @@ class Batch:
         for same in by_list.values():
             pairs = [(p.message, p.parsed) for p in same]
             store.archive_all(session, same[0].mlist, pairs)
-            jobs = fanout.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
-                                      config.delivery.max_recipients_per_transaction,
-                                      config=config, asked=[p.asked for p in same],
-                                      handoff=self.handoff)
-            for post, count in zip(same, jobs, strict=True):
-                post.outcome.deliveries = count
+            fanout.fan_out_all(session, same[0].mlist, pairs, config.web.base_url,
+                               config=config, asked=[p.asked for p in same])
+            for post in same:
+                post.outcome.deliveries = 1  # its expansion: jobs come after the 250
 
 
 _STATES = {policy.Action.ACCEPT: MessageState.ACCEPTED, policy.Action.HOLD: MessageState.HELD,
@@ -329,8 +326,7 @@ class Redo(Exception):
     transaction back alone: it is written again carefully."""
 
 
-def ingest_group(engine: Engine, config: Config, group: list[Incoming],
-                 handoff: outbox.Handoff | None = None) -> list[Result]:
+def ingest_group(engine: Engine, config: Config, group: list[Incoming]) -> list[Result]:
     """Store several SMTP transactions in one database transaction: one commit (one
     fsync) for them all, and nothing is answered before it. One refused or failing
     transaction must not take the others with it, and savepoints cost two statements
@@ -342,23 +338,16 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming],
     - anything else failing there (a post that cannot be composed, two receivers
       threading into one thread at once on PostgreSQL) rolls the whole group back, and
       it is written again carefully: each transaction in a savepoint of its own, its
-      posts archived and fanned out in it, so that only that transaction fails.
-
-    With `handoff`, the jobs of the posts are claimed for the worker of this process as
-    far as it has room (written straight only: a savepoint rolled back would take
-    back jobs already handed)."""
+      posts archived and fanned out in it, so that only that transaction fails."""
     attempts = 3
     for attempt in range(attempts):
         try:
             try:
-                return _write_group(engine, config, group, handoff, careful=False)
+                return _write_group(engine, config, group, careful=False)
             except Redo as exc:
                 log.warning("a group of %d failed written straight (%r); writing it again "
                             "transaction by transaction", len(group), exc.__cause__)
-                if handoff is not None:
-                    # The same handoff, so that the worker is still woken for the jobs.
-                    handoff.claiming = False
-                return _write_group(engine, config, group, handoff, careful=True)
+                return _write_group(engine, config, group, careful=True)
         except OperationalError:
             # A busy or failing database: the whole group is redone from the start.
             if attempt == attempts - 1:
@@ -366,25 +355,20 @@ def ingest_group(engine: Engine, config: Config, group: list[Incoming],
     raise AssertionError("unreachable")
 
 
-def _write_group(engine: Engine, config: Config, group: list[Incoming],
-                 handoff: outbox.Handoff | None, *, careful: bool) -> list[Result]:
-    batch = Batch(inline=careful, handoff=handoff)
-    try:
-        with db.session(engine) as session:
-            if careful:
-                results = [_in_savepoint(session, config, incoming, batch)
-                           for incoming in group]
-            else:
-                results = [_straight(session, config, incoming, batch) for incoming in group]
-                with _or_redo():
-                    batch.publish(session, config)
-            with metrics.INGEST_COMMIT.time():
-                session.commit()
-            return results
-    except BaseException:
-        if handoff is not None:
-            handoff.abandon()
-        raise
+def _write_group(engine: Engine, config: Config, group: list[Incoming], *,
+                 careful: bool) -> list[Result]:
+    batch = Batch(inline=careful)
+    with db.session(engine) as session:
+        if careful:
+            results = [_in_savepoint(session, config, incoming, batch)
+                       for incoming in group]
+        else:
+            results = [_straight(session, config, incoming, batch) for incoming in group]
+            with _or_redo():
+                batch.publish(session, config)
+        with metrics.INGEST_COMMIT.time():
+            session.commit()
+        return results
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Index, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import Column, Index, Integer, LargeBinary, Text, UniqueConstraint, text
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -22,6 +22,7 @@ from listserv.enums import (
     DisabledBy,
     DmarcMode,
     HeaderAction,
+    Lane,
     MemberAction,
     MessageKind,
     MessageState,
@@ -102,7 +103,9 @@ class Member(SQLModel, table=True):
     """One role of one address on one list; an owner who also gets posts has two rows."""
 
     __tablename__ = "member"
-    __table_args__ = (UniqueConstraint("list_id", "address", "role"),)
+    # (list_id, id): the keyset a post's expansion reads its members by, chunk by chunk.
+    __table_args__ = (UniqueConstraint("list_id", "address", "role"),
+                      Index("ix_member_list_id_id", "list_id", "id"))
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
@@ -386,15 +389,50 @@ class Outgoing(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+# Jobs not finished yet (queued or sending: every other state sets done_at): the claim's
+# and the turns' indexes hold only these, so that the finished ones (kept for days) are
+# never read past. Not a test of `state`, which ix_delivery_ready would serve: SQLite,
+# without statistics, then preferred that index and sorted every pending job.
+PENDING_JOBS = text("done_at IS NULL")
+
+
+class Expansion(SQLModel, table=True):
+    """A post whose copy is stored and whose members are still being given delivery jobs,
+    chunk by chunk after the 250 (fanout.expand): `after` is the last member id done."""
+
+    __tablename__ = "expansion"
+
+    id: int | None = Field(default=None, primary_key=True)
+    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
+    outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")
+    mail_from: str
+    after: int = 0
+    jobs: int = 0  # written so far
+    created_at: datetime = Field(default_factory=utcnow)
+    # When a chunk was last written: the expansion waiting longest goes next.
+    advanced_at: datetime = Field(default_factory=utcnow)
+
+
 class Delivery(SQLModel, table=True):
-    """One SMTP transaction to the smarthost: one copy, at most N recipients."""
+    """One SMTP transaction to the smarthost: one copy, at most N recipients.
+
+    Claimed by `lane` first (enums.Lane: mail a person waits for goes first), then by
+    `turn`: the copies of posts and digests of each list are numbered on from the
+    backlog's head, so lists take turns (outbox.queue_all)."""
 
     __tablename__ = "delivery"
     __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),
-                      Index("ix_delivery_domain", "domain", "state"))
+                      Index("ix_delivery_domain", "domain", "state"),
+                      Index("ix_delivery_claim", "lane", "turn", "id",
+                            sqlite_where=PENDING_JOBS, postgresql_where=PENDING_JOBS),
+                      Index("ix_delivery_list_turn", "list_id", "turn",
+                            sqlite_where=PENDING_JOBS, postgresql_where=PENDING_JOBS))
 
     id: int | None = Field(default=None, primary_key=True)
     outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")
+    lane: Lane = Field(default=Lane.WAITING, sa_type=Integer)
+    list_id: int | None = None  # whose post or digest (None: anything else)
+    turn: int = 0
     mail_from: str
     recipients: str = Field(sa_column=Column(Text, nullable=False))  # one address a line
     # The recipients' domain, lower case (a job has one; "" for jobs queued before 0018):

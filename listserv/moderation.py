@@ -78,22 +78,22 @@ def tells_author(session: Session, message: Message) -> bool:
         Token.data == TELL_AUTHOR)).first() is not None
 
 
-def approve(session: Session, config: Config, message: Message) -> int:
+def approve(session: Session, config: Config, message: Message) -> bool:
     """Send a held post on as if it had just been accepted, and tell its author when
-    they may be told; returns the jobs queued."""
+    they may be told; whether it goes to the list (not a duplicate)."""
     mlist = session.get(MailingList, message.list_id)
     _spend_token(session, message)
     parsed = digest_reply.stored_fields(session, message)
     if store.is_archived(session, mlist.id, message.message_id):
         store.set_state(session, message, MessageState.DUPLICATE)
-        return 0
+        return False
     store.set_state(session, message, MessageState.ACCEPTED)
     store.archive(session, mlist, message, parsed)
     if message.from_address and tells_author(session, message):
         notices.send(session, config, mlist, message.from_address, "approved",
                      message=message, in_reply_to=message.message_id)
-    return fanout.fan_out(session, mlist, message, parsed, config.web.base_url,
-                          config.delivery.max_recipients_per_transaction, config=config)
+    fanout.fan_out(session, mlist, message, parsed, config.web.base_url, config=config)
+    return True
 
 
 def reject(session: Session, config: Config, message: Message, reason: str = "") -> None:
@@ -119,8 +119,9 @@ def act(session: Session, config: Config, message: Message, action: str,
         reason: str = "") -> str:
     """One moderator decision, the same for the CLI and for email; a line for the log."""
     if action == "approve":
-        jobs = approve(session, config, message)
-        return f"approved message {message.id} ({jobs} delivery jobs)"
+        if approve(session, config, message):
+            return f"approved message {message.id} (sent to the list)"
+        return f"approved message {message.id} (a duplicate: not sent)"
     if action == "reject":
         reject(session, config, message, reason)
         return f"rejected message {message.id}"

@@ -95,12 +95,8 @@ class GroupCommit:
 
     async def _write(self, group: list[Incoming]) -> list[Result]:
         """One group stored; a failure of the whole is each client's 451."""
-        handoff = self.worker.handoff() if self.worker is not None else None
-        results = await asyncio.get_running_loop().run_in_executor(
-            self.thread, ingest_group, self.engine, self.config, group, handoff)
-        if self.worker is not None and handoff is not None:
-            self.worker.take(handoff)
-        return results
+        return await asyncio.get_running_loop().run_in_executor(
+            self.thread, ingest_group, self.engine, self.config, group)
 
 
 # How long a recipient found to be ours is taken as ours without asking again.
@@ -226,8 +222,9 @@ class Handler:
         for outcome in distinct:
             metrics.STORED.labels(outcome.state).inc()
             log.info("accepted from=%s %s", mail_from or "<>", outcome.log_line())
-        # The jobs of accepted posts were handed to the worker, or it was woken for
-        # those it had no room for (GroupCommit); anything else queued wakes it here.
+        # An accepted post waits for its expansion; anything else queued, for a claim.
+        if self.worker is not None and any(o.state == MessageState.ACCEPTED for o in outcomes):
+            self.worker.expand_soon()
         if self.worker is not None and any(
                 o.deliveries for o in outcomes if o.state != MessageState.ACCEPTED):
             self.worker.wake()

@@ -18,7 +18,7 @@ from sqlmodel import Session
 from listserv import db
 from listserv.config import RetentionConfig
 from listserv.enums import DeliveryState, MessageKind
-from listserv.models import Delivery, Message, Outgoing, Token, utcnow
+from listserv.models import Delivery, Expansion, Message, Outgoing, Token, utcnow
 
 # Rows a transaction: a few milliseconds of the write lock.
 BATCH = 500
@@ -47,10 +47,12 @@ def _finished_deliveries(cutoff: datetime) -> Delete:
 
 
 def _unused_copies(cutoff: datetime) -> Delete:
-    """A copy's bytes once no delivery job is left to send them."""
+    """A copy's bytes once no delivery job is left to send them (nor any still to be
+    written: a post not fully expanded)."""
     orphan = select(Outgoing.id).where(
         Outgoing.created_at < cutoff,
-        ~exists().where(Delivery.outgoing_id == Outgoing.id))
+        ~exists().where(Delivery.outgoing_id == Outgoing.id),
+        ~exists().where(Expansion.outgoing_id == Outgoing.id))
     return delete(Outgoing).where(Outgoing.id.in_(orphan.limit(BATCH)))
 
 

@@ -194,8 +194,9 @@ def make_serve(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Serve]]:
     started: list[Serve] = []
 
     def make(smarthost_port: int, name: str = "serve", concurrency: int = 1,
-             roles: str = "") -> Serve:
-        srv = Serve(tmp_path, db_url, smarthost_port, name, concurrency, roles)
+             roles: str = "", expansion_chunk: int = 5000) -> Serve:
+        srv = Serve(tmp_path, db_url, smarthost_port, name, concurrency, roles,
+                    expansion_chunk)
         started.append(srv)
         return srv
     yield make

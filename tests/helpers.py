@@ -28,11 +28,11 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from typer.testing import Result
 
-from listserv import db, tokens
+from listserv import db, fanout, tokens
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
-from listserv.models import Delivery, MailingList, Member
+from listserv.models import Delivery, Expansion, MailingList, Member
 
 if TYPE_CHECKING:  # servers.py builds on this module
     from tests.servers import SinkHandler
@@ -134,16 +134,34 @@ def delivered_to(engine: Engine, sink: SinkHandler, address: str,
                  timeout: float = 15.0) -> int:
     """How many mails reached `address` once the server sent all it had queued.
 
-    Everything the server answers for is queued before its 250, and a delivery is marked
-    done only after the smarthost's 250, so an empty queue means the count is final.
+    Everything the server answers for is queued (or waits for its expansion) before its
+    250, and a delivery is marked done only after the smarthost's 250, so an empty queue
+    with no expansion left means the count is final.
     """
-    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
-
-    def queue_empty() -> bool:
-        with db.session(engine) as s:
-            return s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first() is None
-    wait_until(queue_empty, timeout=timeout)
+    wait_until(lambda: queue_empty(engine), timeout=timeout)
     return len(mails_to(sink, address, 0))
+
+
+def queue_empty(engine: Engine) -> bool:
+    """No post waiting to be expanded into jobs, then (read after: an expansion that
+    ends writes jobs) no job queued or being sent."""
+    busy = [DeliveryState.QUEUED, DeliveryState.SENDING]
+    with db.session(engine) as s:
+        return (s.scalars(select(Expansion.id)).first() is None
+                and s.scalars(select(Delivery.id).where(Delivery.state.in_(busy))).first()
+                is None)
+
+
+def expand_all(engine: Engine, batch: int = 100) -> int:
+    """What a delivery worker does first with stored posts (fanout.expand), done here
+    with no server running; the jobs written."""
+    written = 0
+    while True:
+        with db.session(engine) as s:
+            jobs = fanout.expand(s, batch)
+        if jobs is None:
+            return written
+        written += jobs
 
 
 def jobs(engine: Engine) -> list[Delivery]:
@@ -155,9 +173,11 @@ def settled(engine: Engine) -> list[Delivery]:
     """Wait until there are jobs and none is queued or being sent; after that, nothing
     more can reach the smarthost, so what it holds is final."""
     def finished() -> list[Delivery]:
+        with db.session(engine) as s:  # read first: a post being expanded adds jobs
+            expanding = s.scalars(select(Expansion.id)).first() is not None
         rows = jobs(engine)
         busy = {DeliveryState.QUEUED, DeliveryState.SENDING}
-        return rows if rows and not any(j.state in busy for j in rows) else []
+        return rows if rows and not expanding and not any(j.state in busy for j in rows) else []
     return wait_until(finished, "every delivery job to finish")
 
 

@@ -324,7 +324,7 @@ class Serve:
     environment as an operator would; its log (stderr) goes to a file."""
 
     def __init__(self, tmp_path: Path, db_url: str, smarthost_port: int, name: str,
-                 concurrency: int, roles: str = "") -> None:
+                 concurrency: int, roles: str = "", expansion_chunk: int = 5000) -> None:
         self.args = ["--roles", roles] if roles else []
         self.smtp_port = free_port()  # kept across restarts: the clients of test_crash
         config = tmp_path / f"{name}.toml"
@@ -342,6 +342,7 @@ max_recipients_per_transaction = 2
 concurrency = {concurrency}
 retry_initial_seconds = 1
 retry_max_hours = 1
+expansion_chunk = {expansion_chunk}
 
 [web]
 host = "127.0.0.1"

@@ -18,6 +18,7 @@ from listserv import db, retention
 from listserv.models import Delivery, utcnow
 from tests.helpers import (
     assert_one_line_error,
+    expand_all,
     ingest_mail,
     mails_to,
     message,
@@ -53,11 +54,28 @@ def wait_for_states(engine, wanted: dict[str, int], timeout: float = 15.0) -> No
     assert all(states(engine)[k] == n for k, n in wanted.items()), states(engine)
 
 
-def post(engine, config_path: Path) -> None:
-    """Ann's post, stored and queued as the receiver does it, with no server running."""
+def post(engine, config_path: Path, expand: bool = True) -> None:
+    """Ann's post, stored as the receiver does it and (`expand`) its jobs queued as a
+    worker does it, with no server running."""
     outcomes = ingest_mail(engine, config_mod.load(config_path), ANN, [LIST],
                            message("Hello", sender=ANN).encode())
     assert [o.state for o in outcomes] == ["accepted"]
+    if expand:
+        expand_all(engine)
+
+
+def test_a_post_whose_jobs_are_not_written_yet_is_shown_expanding(make_list, engine,
+                                                                  config_file):
+    make_list(LIST, owner=None, members=[ANN, BOB])
+    post(engine, config_file, expand=False)
+    listed = queue(config_file)
+    assert listed["lists"] == []
+    [waiting] = listed["expanding"]
+    assert (waiting["list"], waiting["jobs"]) == (LIST, 0)
+    assert "expanding: list" in listserv(config_file, "queue", "ls")
+    expand_all(engine)
+    assert queue(config_file)["expanding"] == []
+    assert listserv(config_file, "queue", "ls").startswith("list  queued")
 
 
 def test_a_cancelled_job_is_never_sent_until_retried(make_list, engine, make_server, sink,
@@ -148,6 +166,7 @@ def test_queue_ls_counts_each_list_with_its_notices(make_list, engine, config_fi
     for sender, address in ((ANN, LIST), (ANN, LIST), (ANN, other),
                             ("stranger@example.net", LIST)):  # held: the owner is told
         ingest_mail(engine, config, sender, [address], message("Hi", sender=sender).encode())
+        expand_all(engine)
     with db.session(engine) as s:
         ids = list(s.scalars(select(Delivery.id).order_by(Delivery.id)))
         s.execute(update(Delivery).where(Delivery.id == ids[0]).values(attempts=2))

@@ -15,12 +15,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from listserv import db
 from listserv.enums import MessageKind, MessageState
-from listserv.models import Message
+from listserv.models import Delivery, Expansion, Message
 from tests.helpers import LIST, SENDER, message, message_id, post, settled, wait_until
 from tests.servers import Serve, Smarthost, import_members
 
@@ -75,6 +75,51 @@ def test_kill_9_at_random_moments_of_a_fan_out_loses_no_member(tmp_path, engine,
     srv = make_serve(sink.port, concurrency=CONCURRENCY)
     fan_out_survives_kills(tmp_path, engine, sink, srv, FAN_OUT_MEMBERS, KILLS, seed=7)
     assert srv.log().count("requeued") >= 1
+
+
+def test_kill_9_during_a_posts_expansion_loses_nobody_and_repeats_no_chunk(
+        tmp_path, engine, sink, make_serve):
+    """The post is answered by a receiver alone; then a delivery worker expanding it a
+    few members at a time is killed at random moments and restarted. A chunk's jobs and
+    its cursor are one transaction: no member is skipped or given a second job, and only
+    copies in flight at a kill may go twice (as above)."""
+    receiver = make_serve(sink.port, "receiver", roles="smtp")
+    everyone = import_members(receiver, tmp_path, FAN_OUT_MEMBERS)
+    receiver.start()
+    receiver.send([LIST], post())
+    assert srv_jobs(engine) == (0, 1)  # answered: the post and its expansion, no job
+    # A chunk larger than the duplicates allowed: one given twice would fail the test.
+    worker = make_serve(sink.port, "worker", CONCURRENCY, roles="deliver",
+                        expansion_chunk=KILLS * CONCURRENCY * BATCH + 1)
+    rng = random.Random(5)
+    during = 0
+    # Random moments of the expansion: once a seeded random number of jobs is written.
+    for target in sorted(rng.sample(range(1, len(everyone) // BATCH), KILLS)):
+        worker.start()
+        wait_until(lambda t=target: srv_jobs(engine)[0] >= t or not srv_jobs(engine)[1],
+                   f"{target} jobs written")
+        assert worker.signal(signal.SIGKILL) == -signal.SIGKILL
+        during += srv_jobs(engine)[1]  # the kill came while the post was being expanded
+    worker.start()
+    wait_until(lambda: len(set(sink.recipients())) == len(everyone), "a copy for every member",
+               timeout=60 + len(everyone) / 50)
+    settled(engine)
+    copies = sink.copies()
+    assert {rcpt for _, rcpt in copies} == set(everyone)
+    # A chunk given twice would send its members two copies: only those in flight at a
+    # kill may go twice.
+    duplicates = sum(n - 1 for n in copies.values())
+    print(f"\n{len(everyone)} members, {KILLS} kills ({during} while expanding): "
+          f"{duplicates} sent twice")
+    assert duplicates <= KILLS * CONCURRENCY * BATCH, duplicates
+    assert during >= 1, "no kill fell inside the expansion"
+
+
+def srv_jobs(engine: Engine) -> tuple[int, int]:
+    """Delivery jobs, and expansions still under way."""
+    with db.session(engine) as s:
+        return (s.scalar(select(func.count()).select_from(Delivery)),
+                s.scalar(select(func.count()).select_from(Expansion)))
 
 
 # --- receiving --------------------------------------------------------------------------

@@ -15,11 +15,12 @@ import pytest
 from sqlalchemy import select, text
 from sqlmodel import SQLModel
 
-from listserv import db, roster, tokens
+from listserv import db, fanout, roster, tokens
 from listserv.enums import DeliveryMode, DeliveryState, MessageState, TokenKind
 from listserv.models import (
     BounceEvent,
     Delivery,
+    Expansion,
     Follow,
     Member,
     Message,
@@ -218,15 +219,19 @@ def test_an_erased_post_leaves_the_digest_summary_kept(running, dev, engine, sin
 
 def test_an_erased_post_goes_to_no_one_it_has_not_reached(dev, engine, config, sink,
                                                           make_server, cli):
-    """Stored and queued with no worker running: erased before any copy left."""
+    """Stored with no worker running, and half expanded into jobs: erased before any
+    copy left, and the members not yet given a job get none."""
     raw = secret_post("elsewhere@example.com")
     ingest_mail(engine, config, CAROL, [LIST], raw.encode())
     secret = re.search(r"Message-ID: <([^>]+)>", raw).group(1)
     with db.session(engine) as s:
+        assert fanout.expand(s, 1, chunk=1) == 1  # the first member's job; the rest wait
         assert set(s.scalars(select(Delivery.state))) == {DeliveryState.QUEUED}
+        assert s.scalars(select(Expansion)).all()
     ok(cli("message", "erase", LIST, secret))
     with db.session(engine) as s:
         assert set(s.scalars(select(Delivery.state))) == {DeliveryState.CANCELLED}
+        assert not s.scalars(select(Expansion)).all()
         assert all(o.data == b"" for o in s.scalars(select(Outgoing)))
         job = s.scalars(select(Delivery.id)).first()
     refused = cli("queue", "retry", str(job))  # an admin cannot send it by mistake

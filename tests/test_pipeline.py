@@ -372,9 +372,9 @@ def _grouping(engine, config, monkeypatch, **options) -> tuple[receive.GroupComm
     sizes: list[int] = []
     ingest_group = receive.ingest_group
 
-    def counted(engine, config, group, handoff=None):
+    def counted(engine, config, group):
         sizes.append(len(group))
-        return ingest_group(engine, config, group, handoff)
+        return ingest_group(engine, config, group)
     monkeypatch.setattr(receive, "ingest_group", counted)
     return receive.GroupCommit(engine, config, **options), sizes
 
