@@ -1,6 +1,6 @@
 """The claim with lanes and turns on a backlog: JOBS queued delivery jobs (default
 1,000,000) of LISTS lists in the posts' lane, plus a few in the lane a person waits in;
-the median time of `outbox.claim` taking ROOM jobs (RUNS runs, each claim given back
+the median time of `claims.claim` taking ROOM jobs (RUNS runs, each claim given back
 after), the plans of the claim and of the turns' look-ups, and the plan of an
 expansion's member chunk on a 100,000-member list.
 
@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from queue_ls import database  # bench/, the script's folder
 from sqlalchemy import insert, text, update
 
-from listserv import db, fanout, outbox, roster
+from listserv import claims, db, fanout, outbox, roster
 from listserv.enums import DeliveryState, Lane
 from listserv.models import Delivery, Member, Outgoing, utcnow
 
@@ -88,7 +88,7 @@ def main() -> None:
         for _ in range(args.runs):
             with db.session(engine) as s:
                 start = time.perf_counter()
-                jobs = outbox.claim(s, "bench:1", args.room, timedelta(seconds=30))
+                jobs = claims.claim(s, "bench:1", args.room, timedelta(seconds=30))
                 times.append(time.perf_counter() - start)
                 assert jobs
                 s.execute(update(Delivery).where(Delivery.state == DeliveryState.SENDING)
@@ -97,7 +97,7 @@ def main() -> None:
         print(f"{kind}: claim of {args.room} among {args.jobs} queued jobs: median "
               f"{statistics.median(times) * 1000:.1f} ms, worst {max(times) * 1000:.1f} ms")
         now = utcnow()
-        print("-- the claim:\n" + plan(engine, outbox._CLAIM, {
+        print("-- the claim:\n" + plan(engine, claims._CLAIM, {
             "now": now, "room": args.room, "worker": "w", "lease_until": now}))
         print("-- head turn:\n" + plan(engine, outbox._HEAD_TURN, {}))
         print("-- a list's last turn:\n" + plan(engine, outbox._LAST_TURN, {"list_id": 1}))

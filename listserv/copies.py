@@ -15,7 +15,8 @@ from sqlmodel import Session
 
 from listserv import headers, outbox, signing, slots, supervise, tokens
 from listserv.address import ListAddresses
-from listserv.outbox import CopyOf, Job
+from listserv.claims import Job
+from listserv.outbox import CopyOf
 from listserv.relay import prepare, stuff
 
 # The signed links a summary gives for each thread it lists, by the kind its slots name.

@@ -20,11 +20,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import fanout, outbox, signing, supervise, tokens
+from listserv import claims, fanout, outbox, signing, supervise, tokens
+from listserv.claims import Job
 from listserv.config import Config
 from listserv.copies import Copies, Personal, Prepared
 from listserv.lease import Leases
-from listserv.outbox import Job
 from listserv.recorder import Progress, Recorder
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply
 from listserv.shaping import Shaper
@@ -103,7 +103,7 @@ class Worker:
     def __init__(self, engine: Engine, config: Config, name: str | None = None,
                  idle_close: float = 5.0) -> None:
         self.config = config  # the whole config: `[web] secret` signs the members' links
-        self.name = name or outbox.worker_name()
+        self.name = name or claims.worker_name()
         self.idle_close = idle_close
         self.wakeup = asyncio.Event()
         self.expansions = asyncio.Event()
@@ -161,7 +161,7 @@ class Worker:
         and give back every job not sent, so no job waits for its lease to run out."""
         self.calls.stop = self.expansion_calls.stop = stop
         self.copies.secret = await self.calls.until_done(self._server_secret)
-        recovered = await self.calls.until_done(outbox.recover_dead_workers,
+        recovered = await self.calls.until_done(claims.recover_dead_workers,
                                                 socket.gethostname())
         if recovered:
             log.info("requeued %d deliveries left by stopped workers", recovered)
@@ -186,7 +186,7 @@ class Worker:
 
     async def _give_back(self, unsent: list[int]) -> None:
         try:
-            released = await self.calls.write(outbox.release, self.name, unsent)
+            released = await self.calls.write(claims.release, self.name, unsent)
         except SQLAlchemyError as exc:
             log.warning("could not give back the deliveries held here (%s): they resume "
                         "when their lease runs out, or at the next start on this host",
@@ -202,7 +202,7 @@ class Worker:
             self.wakeup.clear()
             room = self.room.free
             try:
-                jobs = (await self.calls.until_done(outbox.claim, self.name, room, lease,
+                jobs = (await self.calls.until_done(claims.claim, self.name, room, lease,
                                                     self.shaper.busy()) if room else [])
             except SQLAlchemyError:
                 return  # stopping with the database away

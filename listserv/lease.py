@@ -16,7 +16,7 @@ from datetime import timedelta
 from sqlalchemy.exc import SQLAlchemyError
 
 from listserv import supervise
-from listserv.outbox import renew
+from listserv.claims import renew
 
 log = logging.getLogger("listserv.deliver")
 

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import bounces, destinations, metrics, outbox, supervise
+from listserv import bounces, claims, destinations, metrics, supervise
+from listserv.claims import Attempt, Job
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
-from listserv.outbox import Attempt, Job
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
@@ -58,7 +58,7 @@ class Progress:
         try:
             if remaining:
                 # Kept through an outage, and written when the database is back.
-                await self.calls.until_done(outbox.mark_sent, self.worker, remaining)
+                await self.calls.until_done(claims.mark_sent, self.worker, remaining)
         except SQLAlchemyError:
             # Stopping with the database away: unrecorded marks only risk a resend of
             # those copies, as a kill would.
@@ -78,7 +78,7 @@ def _write_outcomes(session: Session, config: Config, attempts: list[Attempt]
                     ) -> tuple[list[DeliveryState], dict[str, float]]:
     """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)
     and what a deferral does to its destination (the seconds each now waits)."""
-    states, refusals = outbox.record_all(session, config.delivery, attempts)
+    states, refusals = claims.record_all(session, config.delivery, attempts)
     for outgoing_id, permanent in refusals:
         bounces.refused(session, config, outgoing_id, permanent)
     waits = destinations.note(session, config.delivery, attempts)
@@ -126,7 +126,7 @@ class Recorder:
 def _log(job: Job, refused: dict[str, Reply], error: RelayError | None,
          state: DeliveryState) -> None:
     delivered = len(job.recipients) - len(refused) if error is None else 0
-    metrics.copies(delivered, *outbox.undelivered(job, refused, error, state))
+    metrics.copies(delivered, *claims.undelivered(job, refused, error, state))
     log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
              len(job.recipients), delivered, len(refused) if error is None else 0,
              state.value, f" error={error}" if error else "")

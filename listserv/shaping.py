@@ -13,7 +13,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 
-from listserv.outbox import Job
+from listserv.claims import Job
 
 
 class Shaper:

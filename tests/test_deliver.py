@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from listserv import db, outbox
+from listserv.claims import backoff
 from listserv.config import DeliveryConfig
 from listserv.enums import DeliveryState
 from listserv.models import Delivery, RecipientFailure, utcnow
-from listserv.outbox import backoff
 from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
 from tests.servers import Smarthost
 

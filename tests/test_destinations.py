@@ -11,7 +11,7 @@ import json
 import pytest
 from sqlalchemy import select
 
-from listserv import db, destinations, outbox
+from listserv import claims, db, destinations, outbox
 from listserv.enums import DeliveryState
 from listserv.models import Delivery, Destination
 from listserv.relay import Reply
@@ -137,14 +137,14 @@ def test_queue_ls_by_domain_takes_no_list(config_file):
                                        "--by-domain"), "--by-domain", "give no LIST")
 
 
-def job(job_id: int, domain: str, rcpts: int = 1) -> outbox.Job:
-    return outbox.Job(job_id, 1, "dev-bounces@lists.example.org",
+def job(job_id: int, domain: str, rcpts: int = 1) -> claims.Job:
+    return claims.Job(job_id, 1, "dev-bounces@lists.example.org",
                       [f"m{i}@{domain}" for i in range(rcpts)], 1, None, domain)
 
 
 def test_the_shaper_parks_a_domain_past_its_rate_and_lets_the_others_go():
     async def scenario() -> tuple[list[bool], list[str]]:
-        requeued: list[outbox.Job] = []
+        requeued: list[claims.Job] = []
         shaper = Shaper(connections=5, per_minute=60, requeue=requeued.append)
         admitted = [shaper.admit(job(1, "a.org", 2)), shaper.admit(job(2, "a.org")),
                     shaper.admit(job(3, "b.org"))]
@@ -156,7 +156,7 @@ def test_the_shaper_parks_a_domain_past_its_rate_and_lets_the_others_go():
 
 def test_the_shaper_holds_a_deferring_domain_off_and_releases_a_slot_when_one_ends():
     async def scenario() -> list[int]:
-        requeued: list[outbox.Job] = []
+        requeued: list[claims.Job] = []
         shaper = Shaper(connections=1, per_minute=0, requeue=requeued.append)
         first = job(1, "a.org")
         assert shaper.admit(first) and not shaper.admit(job(2, "a.org"))
