@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, select, update
 from sqlmodel import Session
 
 from listserv import moderation, notices, roster, tokens
@@ -45,8 +45,18 @@ def _claim(session: Session, today: str) -> bool:
     return claimed.rowcount == 1
 
 
-def _lists_with_held(session: Session) -> list[MailingList]:
-    ids = select(Message.list_id).where(Message.state == MessageState.HELD).distinct()
+# A post held this recently was announced by its own notice minutes ago: the summary is
+# the reminder of those still waiting, not a second mail about the same post (a server
+# first started past the hour would otherwise send one at once).
+FRESH = timedelta(hours=1)
+
+
+def _waiting(now: datetime) -> ColumnElement[bool]:
+    return (Message.state == MessageState.HELD) & (Message.received_at <= now - FRESH)
+
+
+def _lists_with_held(session: Session, now: datetime) -> list[MailingList]:
+    ids = select(Message.list_id).where(_waiting(now)).distinct()
     return list(session.scalars(select(MailingList).where(MailingList.id.in_(ids))
                                 .order_by(MailingList.address)))
 
@@ -58,7 +68,7 @@ def _entries(session: Session, config: Config, mlist: MailingList, to: str,
     return [Entry(m, m.reasons.splitlines(), int((now - m.received_at).total_seconds() // 3600),
                   f"{base}/{mlist.address}/held/"
                   f"{tokens.held_link(secret, mlist.id, to, m.id, days)}")
-            for m in moderation.held(session, mlist)]
+            for m in moderation.held(session, mlist) if m.received_at <= now - FRESH]
 
 
 def send(session: Session, config: Config, now: datetime | None = None) -> int:
@@ -69,7 +79,7 @@ def send(session: Session, config: Config, now: datetime | None = None) -> int:
     if hour is None or now.hour < hour or not _claim(session, now.date().isoformat()):
         return 0
     sent = 0
-    for mlist in _lists_with_held(session):
+    for mlist in _lists_with_held(session, now):
         for to in roster.role_addresses(session, mlist.id, [Role.OWNER, Role.MODERATOR]):
             entries = _entries(session, config, mlist, to, now)
             sent += notices.send(session, config, mlist, to, "held_summary", limit=False,

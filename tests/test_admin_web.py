@@ -398,8 +398,13 @@ def test_the_summary_goes_once_a_day_with_a_link_per_post(make_server, dev, sink
     post_held(running, engine, subject="Second")
     config = dataclasses.replace(running.config, lists=dataclasses.replace(
         running.config.lists, held_summary_hour=8))
-    today = utcnow().replace(hour=9)
+    today = (utcnow() + timedelta(days=1)).replace(hour=9)
     with db.session(engine) as s:
+        # posts held within the hour were just announced, each by its own notice
+        anytime = dataclasses.replace(config, lists=dataclasses.replace(
+            config.lists, held_summary_hour=0))
+        assert held_summary.send(s, anytime, utcnow()) == 0
+        s.rollback()
         assert held_summary.send(s, config, today.replace(hour=7)) == 0  # not yet its hour
         assert held_summary.send(s, config, today) == 2  # the owner and the moderator
         s.commit()
