@@ -19,11 +19,13 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from email.message import EmailMessage
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from typer.testing import Result
@@ -33,6 +35,7 @@ from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
 from listserv.models import Delivery, Expansion, MailingList, Member
+from listserv.urls import quote_id
 
 if TYPE_CHECKING:  # servers.py builds on this module
     from tests.servers import SinkHandler
@@ -41,6 +44,7 @@ DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"
 LIST = "dev@lists.example.org"
 BOB = "bob@example.com"
+ALICE = "alice@example.com"
 CAROL = "carol@example.com"
 SECRET = "test-secret"  # [web] secret of the `config` fixture
 BOB_VERP = "dev-bounces+bob=example.com@lists.example.org"
@@ -342,3 +346,57 @@ def join_stamp(page: str) -> str:
 def manage_path(address: str, hours: float = 24) -> str:
     """The path of `address`'s page of subscriptions, as its mailed link names it."""
     return f"/manage/{tokens.manage_link(SECRET, address, hours)}"
+
+
+# --- the archive's pages and what /metrics says ---------------------------------------
+
+def mail(subject: str, message_id: str, *, date: str = "Thu, 26 Nov 2026 10:00:00 +0000",
+         sender: str = "Bob Example <bob@example.com>", body: str = "Hi all.\n",
+         parent: str | None = None, references: str | None = None) -> bytes:
+    lines = [f"From: {sender}", f"To: {LIST}", f"Subject: {subject}",
+             f"Message-ID: <{message_id}>", f"Date: {date}"]
+    if parent:
+        lines.append(f"In-Reply-To: <{parent}>")
+    if references or parent:
+        lines.append(f"References: {references or f'<{parent}>'}")
+    return ("\n".join(lines) + "\n\n" + body).encode()
+
+
+def url(kind: str, value: str) -> str:
+    return f"/{LIST}/{kind}/{quote_id(value)}/"
+
+
+def attachment_mail() -> bytes:
+    post = EmailMessage()
+    post["From"], post["To"], post["Subject"] = BOB, LIST, "Files"
+    post["Message-ID"], post["Date"] = "<files@x>", "Mon, 02 Mar 2026 09:00:00 +0000"
+    post.set_content("See the files.\n")
+    post.add_attachment(b"\x89PNG\r\n\x1a\nnot really", maintype="image", subtype="png",
+                        filename="chart.png")
+    post.add_attachment("<script>alert(1)</script>", subtype="html", filename="page.html")
+    post.add_attachment(b"<svg onload=alert(1)>", maintype="image", subtype="svg+xml",
+                        filename="r\u00e9sum\u00e9 \"x\".svg")
+    return post.as_bytes()
+
+
+def ask_for_archive(running, sink, sender: str) -> None:
+    running.send(sender, ["dev-request@lists.example.org"], message(
+        "archive", sender=sender, to="dev-request@lists.example.org", body=""))
+
+
+def access_link(mails: list) -> str:
+    for m in mails:
+        found = re.search(r"(http://\S+/access/\S+)", m.get_content())
+        if found:
+            return found.group(1)
+    raise AssertionError("no access link")
+
+
+def scrape(running) -> dict[tuple[str, tuple], float]:
+    """The /metrics page as {(sample name, sorted labels): value}."""
+    response = web(running).get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples}

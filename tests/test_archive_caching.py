@@ -16,8 +16,18 @@ from listserv import db
 from listserv.enums import ArchivePolicy
 from listserv.models import Message
 from listserv.web.caching import MAX_AGE
-from tests.helpers import LIST, mails_to, set_archive, web
-from tests.test_archive_web import ALICE, access_link, ask_for_archive, attachment_mail, mail, url
+from tests.helpers import (
+    ALICE,
+    LIST,
+    access_link,
+    ask_for_archive,
+    attachment_mail,
+    mail,
+    mails_to,
+    set_archive,
+    url,
+    web,
+)
 
 
 @pytest.fixture

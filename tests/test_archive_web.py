@@ -23,20 +23,25 @@ from listserv.enums import ArchivePolicy
 from listserv.models import MailingList, Message, ThreadNode, ThreadSummary
 from listserv.urls import quote_id
 from tests.helpers import (
+    ALICE,
     BOB,
     CORPUS,
     CSP,
     LIST,
     SECRET,
     Elements,
+    access_link,
+    ask_for_archive,
+    attachment_mail,
+    mail,
     mails_to,
     message,
     no_mail_markup,
     set_archive,
+    url,
     web,
 )
 
-ALICE = "alice@example.com"
 STRANGER = "mallory@example.net"
 NOTMUCH = CORPUS / "threads" / "notmuch-list-2009.mbox"
 
@@ -62,22 +67,6 @@ def import_mbox(tmp_path: Path, db_url: str):
         assert result.exit_code == 0, result.output
         return result.output
     return run
-
-
-def mail(subject: str, message_id: str, *, date: str = "Thu, 26 Nov 2026 10:00:00 +0000",
-         sender: str = "Bob Example <bob@example.com>", body: str = "Hi all.\n",
-         parent: str | None = None, references: str | None = None) -> bytes:
-    lines = [f"From: {sender}", f"To: {LIST}", f"Subject: {subject}",
-             f"Message-ID: <{message_id}>", f"Date: {date}"]
-    if parent:
-        lines.append(f"In-Reply-To: <{parent}>")
-    if references or parent:
-        lines.append(f"References: {references or f'<{parent}>'}")
-    return ("\n".join(lines) + "\n\n" + body).encode()
-
-
-def url(kind: str, value: str) -> str:
-    return f"/{LIST}/{kind}/{quote_id(value)}/"
 
 
 def thread_links(page: str) -> list[str]:
@@ -331,19 +320,6 @@ def test_raw_is_the_stored_bytes_as_plain_text(running, make_list, engine, impor
     assert unknown.status_code == 404
 
 
-def attachment_mail() -> bytes:
-    post = EmailMessage()
-    post["From"], post["To"], post["Subject"] = BOB, LIST, "Files"
-    post["Message-ID"], post["Date"] = "<files@x>", "Mon, 02 Mar 2026 09:00:00 +0000"
-    post.set_content("See the files.\n")
-    post.add_attachment(b"\x89PNG\r\n\x1a\nnot really", maintype="image", subtype="png",
-                        filename="chart.png")
-    post.add_attachment("<script>alert(1)</script>", subtype="html", filename="page.html")
-    post.add_attachment(b"<svg onload=alert(1)>", maintype="image", subtype="svg+xml",
-                        filename="r\u00e9sum\u00e9 \"x\".svg")
-    return post.as_bytes()
-
-
 # What webmail services add: the poster's own address, which SpamAssassin also reads as
 # a relay without reverse DNS.
 POSTER_IP = {"X-Originating-IP": "[203.0.113.7]", "X-SenderIP": "203.0.113.7",
@@ -516,19 +492,6 @@ ROUTES = ["/", "thread/root@x/", "message/root@x/", "message/root@x/raw", "2026/
 
 def archive_routes() -> list[str]:
     return [f"/{LIST}{'/' if r == '/' else '/' + r}" for r in ROUTES]
-
-
-def ask_for_archive(running, sink, sender: str) -> None:
-    running.send(sender, ["dev-request@lists.example.org"], message(
-        "archive", sender=sender, to="dev-request@lists.example.org", body=""))
-
-
-def access_link(mails: list) -> str:
-    for m in mails:
-        found = re.search(r"(http://\S+/access/\S+)", m.get_content())
-        if found:
-            return found.group(1)
-    raise AssertionError("no access link")
 
 
 def test_private_archive_opens_to_a_member_who_asks_by_mail(running, make_list, engine,

@@ -23,10 +23,10 @@ from tests.helpers import (
     mails_to,
     message,
     run_listserv,
+    scrape,
     wait_until,
 )
 from tests.servers import RunningServer
-from tests.test_operations import scrape
 
 LIST = "dev@lists.example.org"
 ANN, BOB = "ann@example.org", "bob@example.org"

@@ -11,27 +11,16 @@ from datetime import timedelta
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 
 from listserv import db, health, web
 from listserv.config import SmarthostConfig
 from listserv.models import BounceEvent, Delivery, Message, Outgoing, Token, utcnow
 from listserv.smarthosts import Smarthosts
-from tests.helpers import MAILBOX, delivered_to, dsn, free_port, message, wait_until
+from tests.helpers import MAILBOX, delivered_to, dsn, free_port, message, scrape, wait_until
 from tests.helpers import web as web_client
 
 LIST = "dev@lists.example.org"
-
-
-def scrape(running) -> dict[tuple[str, tuple], float]:
-    """The /metrics page as {(sample name, sorted labels): value}."""
-    response = web_client(running).get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples}
 
 
 def grew(before: dict, after: dict, name: str, **labels: str) -> float:
