@@ -21,7 +21,8 @@ from sqlalchemy import insert, text, update
 
 from listserv import claims, db, fanout, outbox, roster
 from listserv.enums import DeliveryState, Lane
-from listserv.models import Delivery, Member, Outgoing, utcnow
+from listserv.models import Member, utcnow
+from listserv.queue_tables import Delivery, Outgoing
 
 LISTS = 20
 

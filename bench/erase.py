@@ -31,7 +31,8 @@ import run
 
 from listserv import db, erasure, roster
 from listserv.config import load
-from listserv.models import MailingList, Message, Outgoing, ThreadNode
+from listserv.models import MailingList, Message, ThreadNode
+from listserv.queue_tables import Outgoing
 
 LIST = "bench@lists.example.org"
 

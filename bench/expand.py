@@ -28,7 +28,8 @@ from queue_ls import database  # bench/, the script's folder
 from sqlalchemy import func, insert, select, text
 
 from listserv import db, roster
-from listserv.models import Expansion, Member, utcnow
+from listserv.models import Member, utcnow
+from listserv.queue_tables import Expansion
 
 SIZES = {"small@lists.example.org": 10, "large@lists.example.org": 100_000}
 SENDER = "poster@example.com"

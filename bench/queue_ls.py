@@ -36,7 +36,8 @@ from sqlalchemy import insert
 
 from listserv import db, roster
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, Destination, Outgoing, utcnow
+from listserv.models import utcnow
+from listserv.queue_tables import Delivery, Destination, Outgoing
 
 LISTS = 20
 DOMAINS = 1000

@@ -26,7 +26,8 @@ from listserv import db, retention, roster
 from listserv.config import Config, DatabaseConfig
 from listserv.enums import DeliveryState
 from listserv.ingest import Incoming, ingest_group
-from listserv.models import Delivery, Message, Outgoing, Token, utcnow
+from listserv.models import Message, Token, utcnow
+from listserv.queue_tables import Delivery, Outgoing
 
 LIST = "bench@lists.example.org"
 BODY = ("A post of about the usual size, a few paragraphs of plain text.\n" * 30)

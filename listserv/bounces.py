@@ -30,7 +30,8 @@ from listserv.config import BouncesConfig, Config
 from listserv.dsn import BounceReport
 from listserv.enums import DisabledBy, MessageKind, Role
 from listserv.failure import BounceClass, Failure, refusal
-from listserv.models import BounceEvent, MailingList, Member, Message, Outgoing, utcnow
+from listserv.models import BounceEvent, MailingList, Member, Message, utcnow
+from listserv.queue_tables import Outgoing
 from listserv.relay import Reply, refuses_recipient
 
 # The logger keeps the name operators filter on from before the module was renamed.

@@ -22,13 +22,9 @@ from sqlmodel import Session, col
 
 from listserv.config import DeliveryConfig
 from listserv.enums import DeliveryState
-from listserv.models import (
-    PENDING_JOBS,
-    Delivery,
-    RecipientFailure,
-    utcnow,
-)
+from listserv.models import utcnow
 from listserv.outbox import PAUSED
+from listserv.queue_tables import PENDING_JOBS, Delivery, RecipientFailure
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")

@@ -13,15 +13,8 @@ from sqlmodel import Session
 
 from listserv.address import split
 from listserv.enums import DeliveryState
-from listserv.models import (
-    Delivery,
-    Destination,
-    Expansion,
-    MailingList,
-    Message,
-    Outgoing,
-    utcnow,
-)
+from listserv.models import MailingList, Message, utcnow
+from listserv.queue_tables import Delivery, Destination, Expansion, Outgoing
 from listserv.roster import UserError
 
 # What `queue ls` counts; "deferred" is a queued job that already failed for the moment.

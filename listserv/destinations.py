@@ -19,7 +19,8 @@ from sqlmodel import Session, col
 from listserv import db
 from listserv.claims import Attempt, backoff
 from listserv.config import DeliveryConfig
-from listserv.models import Destination, utcnow
+from listserv.models import utcnow
+from listserv.queue_tables import Destination
 from listserv.relay import Reply
 
 # RFC 3463 X.7.X is a security or policy status; a 4.7.x is the receiver asking the

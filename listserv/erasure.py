@@ -20,22 +20,19 @@ from listserv.enums import ArchivePolicy, DeliveryState, MessageKind, MessageSta
 from listserv.models import (
     AutoReply,
     BounceEvent,
-    Delivery,
     DigestIssue,
     DigestItem,
-    Expansion,
     Follow,
     MailingList,
     Member,
     Message,
     Mute,
-    Outgoing,
-    RecipientFailure,
     ThreadNode,
     ThreadSummary,
     Token,
     utcnow,
 )
+from listserv.queue_tables import Delivery, Expansion, Outgoing, RecipientFailure
 from listserv.roster import UserError
 from listserv.templating import render
 

@@ -27,17 +27,16 @@ from listserv.enums import ArchivePolicy, DeliveryMode, Lane, ReplyTo, Role, Ver
 from listserv.footer import Footer, render_footer
 from listserv.models import (
     DigestItem,
-    Expansion,
     Follow,
     MailingList,
     Member,
     Message,
     Mute,
-    Outgoing,
     ThreadNode,
     utcnow,
 )
 from listserv.parse import Parsed, read_headers
+from listserv.queue_tables import Expansion, Outgoing
 
 log = logging.getLogger("listserv.fanout")
 

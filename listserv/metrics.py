@@ -22,7 +22,8 @@ from sqlmodel import Session
 
 from listserv import delivery_queue
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, Destination, utcnow
+from listserv.models import utcnow
+from listserv.queue_tables import Delivery, Destination
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # memory, CPU and open file descriptors

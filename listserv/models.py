@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Index, Integer, LargeBinary, Text, UniqueConstraint, text
+from sqlalchemy import Column, Index, LargeBinary, UniqueConstraint
 from sqlalchemy import Enum as SAEnum
 from sqlmodel import Field, SQLModel
 
@@ -17,12 +17,10 @@ from listserv.address import ListAddresses
 from listserv.enums import (
     ArchivePolicy,
     DeliveryMode,
-    DeliveryState,
     DigestFrequency,
     DisabledBy,
     DmarcMode,
     HeaderAction,
-    Lane,
     MemberAction,
     MessageKind,
     MessageState,
@@ -43,7 +41,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _enum(cls: type[enum.Enum]) -> SAEnum:
+def enum_type(cls: type[enum.Enum]) -> SAEnum:
     # Store the readable value, not the Python name, and no native PG enum type:
     # adding a value later is then a code change, not a migration.
     return SAEnum(cls, values_callable=lambda e: [m.value for m in e], native_enum=False,
@@ -59,30 +57,30 @@ class MailingList(SQLModel, table=True):
     name: str  # display name, used in List-Id and the subject prefix
     description: str = ""
     created_at: datetime = Field(default_factory=utcnow)
-    subscription: Subscription = Field(default=Subscription.OPEN, sa_type=_enum(Subscription))
+    subscription: Subscription = Field(default=Subscription.OPEN, sa_type=enum_type(Subscription))
     nonmember_action: NonmemberAction = Field(default=NonmemberAction.HOLD,
-                                              sa_type=_enum(NonmemberAction))
+                                              sa_type=enum_type(NonmemberAction))
     emergency: bool = False  # hold every post
-    reply_to: ReplyTo = Field(default=ReplyTo.POSTER, sa_type=_enum(ReplyTo))
+    reply_to: ReplyTo = Field(default=ReplyTo.POSTER, sa_type=enum_type(ReplyTo))
     subject_prefix: str | None = None  # None: "[name]"; "": no prefix
     footer: str | None = None  # jinja2 template; None: templates/mail/footer.txt
     max_message_bytes: int = 1048576  # larger posts are held; 0: no limit
-    archive: ArchivePolicy = Field(default=ArchivePolicy.PUBLIC, sa_type=_enum(ArchivePolicy))
-    dmarc: DmarcMode = Field(default=DmarcMode.AUTO, sa_type=_enum(DmarcMode))
+    archive: ArchivePolicy = Field(default=ArchivePolicy.PUBLIC, sa_type=enum_type(ArchivePolicy))
+    dmarc: DmarcMode = Field(default=DmarcMode.AUTO, sa_type=enum_type(DmarcMode))
     digest_frequency: DigestFrequency = Field(default=DigestFrequency.DAILY,
-                                              sa_type=_enum(DigestFrequency))
+                                              sa_type=enum_type(DigestFrequency))
     digest_send_hour: int = 0  # 0..23, UTC
     digest_max_bytes: int = 30720  # pending posts larger than this send a digest at once
     digest_volume_frequency: VolumeFrequency = Field(default=VolumeFrequency.YEARLY,
-                                                     sa_type=_enum(VolumeFrequency))
+                                                     sa_type=enum_type(VolumeFrequency))
     digest_volume: int = 1  # the volume of the last digest sent (1 before any)
     digest_issue: int = 0  # the number of the last issue sent in that volume (0: none)
     digest_last_sent_at: datetime | None = None
-    verp: Verp = Field(default=Verp.ON, sa_type=_enum(Verp))
+    verp: Verp = Field(default=Verp.ON, sa_type=enum_type(Verp))
     member_action: MemberAction = Field(default=MemberAction.ACCEPT,
-                                        sa_type=_enum(MemberAction))
+                                        sa_type=enum_type(MemberAction))
     new_member_holds: int = 0  # a member's first N posts are held; 0: none
-    notify_owners: NotifyOwners = Field(default=NotifyOwners.OFF, sa_type=_enum(NotifyOwners))
+    notify_owners: NotifyOwners = Field(default=NotifyOwners.OFF, sa_type=enum_type(NotifyOwners))
     # The owners' own templates (owner_templates.py), as `footer`; None: the built-in one.
     welcome: str | None = None  # the welcome mail's body
     goodbye: str | None = None  # the body of the mail on leaving
@@ -111,9 +109,9 @@ class Member(SQLModel, table=True):
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     address: str  # lower-cased addr-spec, the key we match senders against
     display_name: str = ""
-    role: Role = Field(default=Role.MEMBER, sa_type=_enum(Role))
-    delivery: DeliveryMode = Field(default=DeliveryMode.REGULAR, sa_type=_enum(DeliveryMode))
-    disabled_by: DisabledBy | None = Field(default=None, sa_type=_enum(DisabledBy))
+    role: Role = Field(default=Role.MEMBER, sa_type=enum_type(Role))
+    delivery: DeliveryMode = Field(default=DeliveryMode.REGULAR, sa_type=enum_type(DeliveryMode))
+    disabled_by: DisabledBy | None = Field(default=None, sa_type=enum_type(DisabledBy))
     # No mail until then (a holiday): delivery resumes by itself, with nothing to undo.
     nomail_until: datetime | None = None
     moderated: bool = False
@@ -142,8 +140,8 @@ class Message(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
-    kind: MessageKind = Field(sa_type=_enum(MessageKind))
-    state: MessageState = Field(sa_type=_enum(MessageState))
+    kind: MessageKind = Field(sa_type=enum_type(MessageKind))
+    state: MessageState = Field(sa_type=enum_type(MessageState))
     reasons: str = ""  # why it was held or discarded, one reason per line
     message_id: str  # without angle brackets; generated when the mail had none
     mail_from: str = ""  # envelope sender, "" for the null sender <>
@@ -276,7 +274,7 @@ class Token(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     token: str = Field(unique=True, index=True)  # the lookup part (tokens.LOOKUP_CHARS)
     secret_hash: str = ""  # SHA-256 (hex) of the rest; only the mail sent holds that
-    kind: TokenKind = Field(sa_type=_enum(TokenKind))
+    kind: TokenKind = Field(sa_type=enum_type(TokenKind))
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     address: str = Field(index=True)  # whom it acts for (the subscriber, or the author)
     message_pk: int | None = Field(default=None, foreign_key="message.id",
@@ -323,7 +321,7 @@ class SenderRule(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     address: str  # the pattern: an address, "@domain" or "^regex$" (patterns.py)
-    action: SenderAction = Field(sa_type=_enum(SenderAction))
+    action: SenderAction = Field(sa_type=enum_type(SenderAction))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -346,7 +344,7 @@ class HeaderRule(SQLModel, table=True):
     list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
     header: str  # the field name as the owner wrote it (matched whatever its case)
     pattern: str  # a regular expression searched for in each of its values
-    action: HeaderAction = Field(sa_type=_enum(HeaderAction))
+    action: HeaderAction = Field(sa_type=enum_type(HeaderAction))
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -370,98 +368,6 @@ class Setting(SQLModel, table=True):
     value: str
 
 
-class Outgoing(SQLModel, table=True):
-    """The bytes of one mail we send, shared by all the delivery jobs that carry it.
-
-    A list copy is personal (RFC 8058 unsubscribe link, footer links): `slots` (JSON)
-    says where in `data` each recipient's own bytes go; "" means the same for all.
-    """
-
-    __tablename__ = "outgoing"
-
-    id: int | None = Field(default=None, primary_key=True)
-    message_pk: int | None = Field(default=None, foreign_key="message.id", index=True,
-                                   ondelete="CASCADE")
-    list_id: int | None = Field(default=None, foreign_key="mailing_list.id", index=True,
-                                ondelete="CASCADE")
-    slots: str = Field(default="", sa_column=Column(Text, nullable=False, default=""))
-    data: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # CRLF line ends
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-# Jobs not finished yet (queued or sending: every other state sets done_at): the claim's
-# and the turns' indexes hold only these, so that the finished ones (kept for days) are
-# never read past. Not a test of `state`, which ix_delivery_ready would serve: SQLite,
-# without statistics, then preferred that index and sorted every pending job.
-PENDING_JOBS = text("done_at IS NULL")
-
-
-class Expansion(SQLModel, table=True):
-    """A post whose copy is stored and whose members are still being given delivery jobs,
-    chunk by chunk after the 250 (fanout.expand): `after` is the last member id done."""
-
-    __tablename__ = "expansion"
-
-    id: int | None = Field(default=None, primary_key=True)
-    list_id: int = Field(foreign_key="mailing_list.id", index=True, ondelete="CASCADE")
-    outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")
-    mail_from: str
-    after: int = 0
-    jobs: int = 0  # written so far
-    created_at: datetime = Field(default_factory=utcnow)
-    # When a chunk was last written: the expansion waiting longest goes next.
-    advanced_at: datetime = Field(default_factory=utcnow)
-
-
-class Delivery(SQLModel, table=True):
-    """One SMTP transaction to the smarthost: one copy, at most N recipients.
-
-    Claimed by `lane` first (enums.Lane: mail a person waits for goes first), then by
-    `turn`: the copies of posts and digests of each list are numbered on from the
-    backlog's head, so lists take turns (outbox.queue_all)."""
-
-    __tablename__ = "delivery"
-    __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),
-                      Index("ix_delivery_domain", "domain", "state"),
-                      Index("ix_delivery_claim", "lane", "turn", "id",
-                            sqlite_where=PENDING_JOBS, postgresql_where=PENDING_JOBS),
-                      Index("ix_delivery_list_turn", "list_id", "turn",
-                            sqlite_where=PENDING_JOBS, postgresql_where=PENDING_JOBS))
-
-    id: int | None = Field(default=None, primary_key=True)
-    outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")
-    lane: Lane = Field(default=Lane.WAITING, sa_type=Integer)
-    list_id: int | None = None  # whose post or digest (None: anything else)
-    turn: int = 0
-    mail_from: str
-    recipients: str = Field(sa_column=Column(Text, nullable=False))  # one address a line
-    # The recipients' domain, lower case (a job has one; "" for jobs queued before 0018):
-    # the destination that claims and the worker shape by (destinations.py).
-    domain: str = ""
-    state: DeliveryState = Field(default=DeliveryState.QUEUED, sa_type=_enum(DeliveryState))
-    attempts: int = 0
-    next_attempt_at: datetime = Field(default_factory=utcnow)
-    worker: str | None = None  # "host:pid" of the worker that claimed it
-    lease_until: datetime | None = None
-    last_error: str = ""
-    created_at: datetime = Field(default_factory=utcnow)
-    done_at: datetime | None = None
-
-
-class Destination(SQLModel, table=True):
-    """A recipient domain that deferred copies (421, 4.7.x) and is being slowed: shared
-    through the database, so that every worker holds back from it. Deleted once a copy
-    to it goes through."""
-
-    __tablename__ = "destination"
-
-    domain: str = Field(primary_key=True)
-    backoff_until: datetime  # no job of this domain is claimed before this
-    deferrals: int = 0  # back-offs in a row, which double it
-    last_reply: str = ""  # the deferral's words, for `queue ls --by-domain`
-    updated_at: datetime = Field(default_factory=utcnow)
-
-
 class BounceEvent(SQLModel, table=True):
     """One failed recipient (or spam complaint) a mail to LIST-bounces@ reported."""
 
@@ -480,17 +386,4 @@ class BounceEvent(SQLModel, table=True):
     counted: bool = False  # it raised the member's bounce score
     message_pk: int | None = Field(default=None, foreign_key="message.id",
                                    ondelete="CASCADE")  # the stored bounce
-    created_at: datetime = Field(default_factory=utcnow)
-
-
-class RecipientFailure(SQLModel, table=True):
-    """A recipient the smarthost refused for good (5xx); bounce processing reads these."""
-
-    __tablename__ = "recipient_failure"
-
-    id: int | None = Field(default=None, primary_key=True)
-    delivery_id: int = Field(foreign_key="delivery.id", index=True, ondelete="CASCADE")
-    address: str = Field(index=True)
-    code: int
-    text: str = ""
     created_at: datetime = Field(default_factory=utcnow)

@@ -20,14 +20,8 @@ from sqlmodel import Session
 from listserv import headers
 from listserv.address import split
 from listserv.enums import Lane, Verp
-from listserv.models import (
-    PENDING_JOBS,
-    Delivery,
-    Destination,
-    MailingList,
-    Outgoing,
-    utcnow,
-)
+from listserv.models import MailingList, utcnow
+from listserv.queue_tables import PENDING_JOBS, Delivery, Destination, Outgoing
 
 log = logging.getLogger("listserv.deliver")
 

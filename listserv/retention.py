@@ -18,7 +18,8 @@ from sqlmodel import Session
 from listserv import db
 from listserv.config import RetentionConfig
 from listserv.enums import DeliveryState, MessageKind
-from listserv.models import Delivery, Expansion, Message, Outgoing, Token, utcnow
+from listserv.models import Message, Token, utcnow
+from listserv.queue_tables import Delivery, Expansion, Outgoing
 
 # Rows a transaction: a few milliseconds of the write lock.
 BATCH = 500

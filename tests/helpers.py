@@ -34,7 +34,8 @@ from listserv import db, fanout, tokens
 from listserv.config import Config
 from listserv.enums import ArchivePolicy, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
-from listserv.models import Delivery, Expansion, MailingList, Member
+from listserv.models import MailingList, Member
+from listserv.queue_tables import Delivery, Expansion
 from listserv.urls import quote_id
 
 if TYPE_CHECKING:  # servers.py builds on this module

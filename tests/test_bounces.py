@@ -20,7 +20,8 @@ from listserv.config import BouncesConfig
 from listserv.dsn import BounceReport
 from listserv.enums import DeliveryState, DisabledBy, Role
 from listserv.failure import BounceClass, Failure
-from listserv.models import BounceEvent, Delivery, Member, RecipientFailure, utcnow
+from listserv.models import BounceEvent, Member, utcnow
+from listserv.queue_tables import Delivery, RecipientFailure
 from tests.helpers import (
     BOB,
     BOB_VERP,

@@ -15,7 +15,8 @@ from sqlalchemy import select, update
 
 from listserv import config as config_mod
 from listserv import db, retention
-from listserv.models import Delivery, utcnow
+from listserv.models import utcnow
+from listserv.queue_tables import Delivery
 from tests.helpers import (
     assert_one_line_error,
     expand_all,

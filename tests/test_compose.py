@@ -17,8 +17,9 @@ from sqlalchemy import select, update
 
 from listserv import db, fanout, headers, outbox, tokens
 from listserv.enums import ReplyTo
-from listserv.models import MailingList, RecipientFailure
+from listserv.models import MailingList
 from listserv.models import Message as Stored
+from listserv.queue_tables import RecipientFailure
 from tests.helpers import CORPUS, message
 
 LIST = "dev@lists.example.org"

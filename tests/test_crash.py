@@ -20,7 +20,8 @@ from sqlalchemy.engine import Engine
 
 from listserv import db
 from listserv.enums import MessageKind, MessageState
-from listserv.models import Delivery, Expansion, Message
+from listserv.models import Message
+from listserv.queue_tables import Delivery, Expansion
 from tests.helpers import LIST, SENDER, message, message_id, post, settled, wait_until
 from tests.servers import Serve, Smarthost, import_members
 

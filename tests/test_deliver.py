@@ -14,7 +14,8 @@ from listserv import db, outbox
 from listserv.claims import backoff
 from listserv.config import DeliveryConfig
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, RecipientFailure, utcnow
+from listserv.models import utcnow
+from listserv.queue_tables import Delivery, RecipientFailure
 from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
 from tests.servers import Smarthost
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from listserv import claims, db, destinations, outbox
 from listserv.enums import DeliveryState
-from listserv.models import Delivery, Destination
+from listserv.queue_tables import Delivery, Destination
 from listserv.relay import Reply
 from listserv.shaping import Shaper
 from tests.helpers import (

@@ -17,17 +17,8 @@ from sqlmodel import SQLModel
 
 from listserv import db, fanout, roster, tokens
 from listserv.enums import DeliveryMode, DeliveryState, MessageState, TokenKind
-from listserv.models import (
-    BounceEvent,
-    Delivery,
-    Expansion,
-    Follow,
-    Member,
-    Message,
-    Outgoing,
-    ThreadNode,
-    Token,
-)
+from listserv.models import BounceEvent, Follow, Member, Message, ThreadNode, Token
+from listserv.queue_tables import Delivery, Expansion, Outgoing
 from listserv.urls import quote_id
 from tests.helpers import (
     BOB,

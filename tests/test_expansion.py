@@ -10,7 +10,8 @@ from collections import Counter
 from sqlalchemy import func, select, update
 
 from listserv import db
-from listserv.models import Delivery, Expansion, MailingList
+from listserv.models import MailingList
+from listserv.queue_tables import Delivery, Expansion
 from tests.helpers import SENDER, message, post, queue_empty, wait_until
 from tests.servers import Smarthost
 

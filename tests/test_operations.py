@@ -15,7 +15,8 @@ from sqlalchemy import select
 
 from listserv import db, health, web
 from listserv.config import SmarthostConfig
-from listserv.models import BounceEvent, Delivery, Message, Outgoing, Token, utcnow
+from listserv.models import BounceEvent, Message, Token, utcnow
+from listserv.queue_tables import Delivery, Outgoing
 from listserv.smarthosts import Smarthosts
 from tests.helpers import MAILBOX, delivered_to, dsn, free_port, message, scrape, wait_until
 from tests.helpers import web as web_client

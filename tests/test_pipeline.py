@@ -13,7 +13,8 @@ from sqlalchemy import func, select, text, update
 
 from listserv import db, fanout, ingest, receive
 from listserv.enums import MessageState, Verp
-from listserv.models import Delivery, MailingList, Message, ThreadNode
+from listserv.models import MailingList, Message, ThreadNode
+from listserv.queue_tables import Delivery
 from tests.helpers import message, ok
 
 MEMBERS = ["bob@example.com", "carol@example.com", "dave@example.net"]

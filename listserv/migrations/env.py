@@ -8,6 +8,7 @@ from sqlmodel import SQLModel
 from listserv import (
     db,
     models,  # noqa: F401  (registers the tables)
+    queue_tables,  # noqa: F401
 )
 
 engine = context.config.attributes["engine"]

@@ -19,7 +19,7 @@ down_revision = "0018"
 branch_labels = None
 depends_on = None
 
-_PENDING = sa.text("done_at IS NULL")  # models.PENDING_JOBS
+_PENDING = sa.text("done_at IS NULL")  # queue_tables.PENDING_JOBS
 
 
 def upgrade() -> None:
