@@ -207,8 +207,13 @@ def make_serve(tmp_path: Path, db_url: str) -> Iterator[Callable[..., Serve]]:
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, db_url: str) -> Path:
-    return write_config(tmp_path / "listserv.toml", db_url)
+def config_file(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Path:
+    """The CLI's config names the test's database and, in a test that runs the server,
+    its public URL (the links in what the CLI mails, a digest say, point there)."""
+    web = ""
+    if "running" in request.fixturenames:
+        web = f'[web]\nbase_url = "{request.getfixturevalue("running").config.web.base_url}"\n'
+    return write_config(tmp_path / "listserv.toml", db_url, web)
 
 
 @pytest.fixture

@@ -30,11 +30,12 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from typer.testing import Result
 
-from listserv import db, fanout, tokens
+from listserv import db, fanout, roster, tokens
 from listserv.config import Config
-from listserv.enums import ArchivePolicy, DeliveryState, Role
+from listserv.enums import ArchivePolicy, DeliveryMode, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
 from listserv.models import MailingList, Member
+from listserv.parse import parse
 from listserv.queue_tables import Delivery, Expansion
 from listserv.urls import quote_id
 
@@ -45,6 +46,7 @@ DATA = Path(__file__).parent / "data"
 CORPUS = DATA / "corpus"
 LIST = "dev@lists.example.org"
 BOB = "bob@example.com"
+REG = "reg@example.com"  # a member who gets each post
 ALICE = "alice@example.com"
 CAROL = "carol@example.com"
 SECRET = "test-secret"  # [web] secret of the `config` fixture
@@ -401,3 +403,26 @@ def scrape(running) -> dict[tuple[str, tuple], float]:
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(response.text)
             for s in family.samples}
+
+
+# --- posts for the digests' tests ---------------------------------------------------
+
+def set_modes(engine, mlist: MailingList, modes: dict[str, DeliveryMode]) -> None:
+    with db.session(engine) as s:
+        mlist = s.get(MailingList, mlist.id)
+        for address, mode in modes.items():
+            roster.set_member(s, mlist, address, delivery=mode)
+        s.commit()
+
+
+def send_post(running, subject: str, body: str, sender: str = REG, **headers: str) -> str:
+    """A member's post over SMTP to the running server; its Message-ID."""
+    raw = post_bytes(subject, body, sender, **headers)
+    running.send(sender, [LIST], raw)
+    return parse(raw).message_id
+
+
+def post_bytes(subject: str, body: str, sender: str = REG, **headers: str) -> bytes:
+    return message(subject, sender=sender, body=body, headers={
+        "Content-Type": "text/plain; charset=utf-8", "Content-Transfer-Encoding": "8bit",
+        **headers}).encode()

@@ -14,11 +14,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from listserv import db, digest, digest_reply, roster
+from listserv import db, digest, digest_reply
 from listserv.enums import DeliveryMode, DigestFrequency, VolumeFrequency
 from listserv.models import DigestIssue, DigestItem, MailingList, Message
 from listserv.parse import parse
 from tests.helpers import (
+    REG,
     as_json,
     assert_one_line_error,
     delivered_to,
@@ -26,26 +27,17 @@ from tests.helpers import (
     mails_to,
     message,
     ok,
+    post_bytes,
     run_listserv,
-    write_config,
+    send_post,
+    set_modes,
 )
 
 LIST = "dev@lists.example.org"
-REG, MIME, PLAIN, NOMAIL = ("reg@example.com", "mime@example.com", "plain@example.com",
-                            "nomail@example.com")
+MIME, PLAIN, NOMAIL = "mime@example.com", "plain@example.com", "nomail@example.com"
 MODES = {REG: DeliveryMode.REGULAR, MIME: DeliveryMode.DIGEST_MIME,
          PLAIN: DeliveryMode.DIGEST_PLAIN, NOMAIL: DeliveryMode.NOMAIL}
 HYPHENS_70, HYPHENS_30 = "-" * 70, "-" * 30
-
-
-@pytest.fixture
-def config_file(tmp_path, db_url, config, request):
-    """The CLI's config names the server's database and, in a test that runs the server,
-    its public URL (the links in a digest built by `digest send` point there)."""
-    if "running" in request.fixturenames:
-        config = request.getfixturevalue("running").config
-    return write_config(tmp_path / "listserv.toml", db_url,
-                        f'[web]\nbase_url = "{config.web.base_url}"\n')
 
 
 def t(day: int, hour: int = 0, minute: int = 0, month: int = 11, year: int = 2026) -> datetime:
@@ -173,14 +165,6 @@ def test_an_unclear_reply_names_no_item(text):
 
 # --- over SMTP, through the sink --------------------------------------------------------
 
-def set_modes(engine, mlist: MailingList, modes: dict[str, DeliveryMode]) -> None:
-    with db.session(engine) as s:
-        mlist = s.get(MailingList, mlist.id)
-        for address, mode in modes.items():
-            roster.set_member(s, mlist, address, delivery=mode)
-        s.commit()
-
-
 def four_modes(make_list, engine) -> MailingList:
     mlist = make_list(members=list(MODES), owner=None)
     set_modes(engine, mlist, MODES)
@@ -190,18 +174,6 @@ def four_modes(make_list, engine) -> MailingList:
 def stored(engine, message_id: str) -> Message:
     with db.session(engine) as s:
         return s.scalars(select(Message).where(Message.message_id == message_id)).one()
-
-
-def post(running, subject: str, body: str, sender: str = REG, **headers: str) -> str:
-    raw = post_bytes(subject, body, sender, **headers)
-    running.send(sender, [LIST], raw)
-    return parse(raw).message_id
-
-
-def post_bytes(subject: str, body: str, sender: str = REG, **headers: str) -> bytes:
-    return message(subject, sender=sender, body=body, headers={
-        "Content-Type": "text/plain; charset=utf-8", "Content-Transfer-Encoding": "8bit",
-        **headers}).encode()
 
 
 def digests_to(sink, address: str, count: int = 1) -> list[bytes]:
@@ -214,13 +186,13 @@ def digests_to(sink, address: str, count: int = 1) -> list[bytes]:
 def test_each_post_reaches_each_member_exactly_once_whatever_their_mode(
         running, make_list, sink, engine, cli):
     four_modes(make_list, engine)
-    first = [post(running, f"Topic {i}", f"Post number {i}.\n") for i in range(3)]
+    first = [send_post(running, f"Topic {i}", f"Post number {i}.\n") for i in range(3)]
     ok(cli("digest", "send", LIST))
     assert delivered_to(engine, sink, REG) == 3
     assert delivered_to(engine, sink, MIME) == 1
     assert delivered_to(engine, sink, PLAIN) == 1
     assert delivered_to(engine, sink, NOMAIL) == 0
-    later = post(running, "Topic 3", "Post number 3.\n")
+    later = send_post(running, "Topic 3", "Post number 3.\n")
     ok(cli("digest", "send", LIST))
     assert delivered_to(engine, sink, REG) == 4
     [(mime1, mime2), (plain1, plain2)] = [digests_to(sink, MIME, 2), digests_to(sink, PLAIN, 2)]
@@ -235,9 +207,9 @@ def test_each_post_reaches_each_member_exactly_once_whatever_their_mode(
 def test_mime_digest_is_a_toc_and_a_multipart_digest_of_the_stored_bytes(
         running, make_list, sink, engine, cli):
     four_modes(make_list, engine)
-    root = post(running, "Build fails", "It fails on ARM.\n")
-    other = post(running, "Release plan", "Next Tuesday.\n", sender=MIME)
-    reply = post(running, "Re: Build fails", "Clean the cache.\n", sender=PLAIN,
+    root = send_post(running, "Build fails", "It fails on ARM.\n")
+    other = send_post(running, "Release plan", "Next Tuesday.\n", sender=MIME)
+    reply = send_post(running, "Re: Build fails", "Clean the cache.\n", sender=PLAIN,
                  **{"In-Reply-To": f"<{root}>"})
     ok(cli("digest", "send", LIST))
     [raw] = digests_to(sink, MIME)
@@ -275,7 +247,8 @@ def test_mime_digest_is_a_toc_and_a_multipart_digest_of_the_stored_bytes(
 def test_the_mime_digest_leaves_out_the_posters_ip_address(running, make_list, sink, engine,
                                                              cli):
     four_modes(make_list, engine)
-    webmail = post(running, "Hello", "From the web.\n", **{"X-Originating-IP": "[203.0.113.7]"})
+    webmail = send_post(running, "Hello", "From the web.\n",
+                        **{"X-Originating-IP": "[203.0.113.7]"})
     ok(cli("digest", "send", LIST))
     [raw] = digests_to(sink, MIME)
     assert b"From the web." in raw and b"203.0.113.7" not in raw
@@ -297,10 +270,10 @@ def reply_target(link: str) -> tuple[str, str]:
 
 def test_plain_digest_is_rfc_1153_in_utf8(running, make_list, sink, engine, cli):
     four_modes(make_list, engine)
-    first = post(running, "=?utf-8?q?Gr=C3=BC=C3=9Fe?=",
+    first = send_post(running, "=?utf-8?q?Gr=C3=BC=C3=9Fe?=",
                  f"Ein schöner Tag.\n{HYPHENS_30}\nmehr\n")
     unwrapped = "Tuesday," + " and then some more words" * 8  # a client that does not wrap
-    second = post(running, "Plans", unwrapped + "\n")
+    second = send_post(running, "Plans", unwrapped + "\n")
     ok(cli("digest", "send", LIST))
     [raw] = digests_to(sink, PLAIN)
     mail = email.message_from_bytes(raw, policy=email.policy.default)
@@ -358,10 +331,10 @@ def test_digest_goes_out_at_once_when_pending_posts_exceed_the_size(
         running, make_list, sink, engine, cli):
     four_modes(make_list, engine)
     ok(cli("list", "set", LIST, "digest_max_bytes", "3000"))
-    small = post(running, "Small", "short\n")
+    small = send_post(running, "Small", "short\n")
     assert delivered_to(engine, sink, REG) == 1
     assert delivered_to(engine, sink, MIME) == 0  # under the size: it waits
-    big = post(running, "Big", ("x" * 70 + "\n") * 45)
+    big = send_post(running, "Big", ("x" * 70 + "\n") * 45)
     [raw] = digests_to(sink, MIME)
     assert f"<{small}>".encode() in raw and f"<{big}>".encode() in raw
     assert "nothing pending" in ok(cli("digest", "send", LIST)).stdout
@@ -460,10 +433,10 @@ def web(running) -> httpx.Client:
 def test_digest_pages_list_issues_and_their_messages_by_thread(running, make_list, sink,
                                                                engine, cli):
     four_modes(make_list, engine)
-    root = post(running, "Build <fails>", "It fails.\n")
-    reply = post(running, "Re: Build <fails>", "Clean.\n", **{"In-Reply-To": f"<{root}>"})
+    root = send_post(running, "Build <fails>", "It fails.\n")
+    reply = send_post(running, "Re: Build <fails>", "Clean.\n", **{"In-Reply-To": f"<{root}>"})
     ok(cli("digest", "send", LIST))
-    other = post(running, "Release", "Tuesday.\n")
+    other = send_post(running, "Release", "Tuesday.\n")
     ok(cli("digest", "send", LIST))
     with web(running) as client:
         index = client.get(f"/{LIST}/digest/")
@@ -498,10 +471,10 @@ def test_digest_pages_refuse_what_they_cannot_show(running, make_list, engine, c
 # --- replies to a digest ----------------------------------------------------------------
 
 def three_item_digest(running, sink, engine, cli) -> tuple[list[str], email.message.Message]:
-    ids = [post(running, "Build fails on ARM", "The build fails on ARM since the merge.\n"),
-           post(running, "Release planning", "We should cut the release candidate on "
+    ids = [send_post(running, "Build fails on ARM", "The build fails on ARM since the merge.\n"),
+           send_post(running, "Release planning", "We should cut the release candidate on "
                 "Tuesday.\nObjections?\n"),
-           post(running, "Docs", "The docs need a new chapter on digests.\n")]
+           send_post(running, "Docs", "The docs need a new chapter on digests.\n")]
     ok(cli("digest", "send", LIST))
     [plain] = mails_to(sink, PLAIN)
     return ids, plain
@@ -559,7 +532,7 @@ def test_reply_to_the_mime_digest_by_item_number_in_the_subject_only(
     four_modes(make_list, engine)
     ids, _ = three_item_digest(running, sink, engine, cli)
     # No In-Reply-To (some clients drop it), the TOC line of item 3 quoted.
-    answer = post(running, "Re: Dev Digest, Vol 1, Issue 1",
+    answer = send_post(running, "Re: Dev Digest, Vol 1, Issue 1",
                   "I can write it.\n\n>   3. Docs (reg@example.com)\n", sender=MIME)
     assert threads(cli)[answer]["parent_id"] == ids[2]
     assert stored(engine, answer).subject == "Re: Docs"
@@ -569,7 +542,7 @@ def test_unclear_reply_to_the_digest_starts_its_own_thread_and_is_not_held(
         running, make_list, sink, engine, cli):
     four_modes(make_list, engine)
     ids, plain = three_item_digest(running, sink, engine, cli)
-    answer = post(running, f"Re: {plain['Subject']}", "Thanks for all of this!\n",
+    answer = send_post(running, f"Re: {plain['Subject']}", "Thanks for all of this!\n",
                   sender=PLAIN, **{"In-Reply-To": plain["Message-ID"]})
     kept = stored(engine, answer)
     assert kept.state == "accepted"

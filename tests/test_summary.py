@@ -10,8 +10,17 @@ import httpx
 
 from listserv import db, roster, summary
 from listserv.enums import DeliveryMode
-from tests.helpers import delivered_to, mails_to, manage_path, ok, web
-from tests.test_digest import LIST, REG, config_file, post, set_modes  # noqa: F401  config_file: the CLI links to the running server
+from tests.helpers import (
+    LIST,
+    REG,
+    delivered_to,
+    mails_to,
+    manage_path,
+    ok,
+    send_post,
+    set_modes,
+    web,
+)
 
 SUM, SUM2 = "sum@example.com", "sum2@example.com"
 
@@ -41,10 +50,10 @@ def summary_list(make_list, engine):
 def test_summary_members_get_one_mail_listing_the_threads(running, make_list, sink,
                                                           engine, cli):
     summary_list(make_list, engine)
-    root = post(running, "Release plan", "When do we ship?\n")
-    post(running, "Re: Release plan", "> When do we ship?\n" + SIGNED, sender=SUM,
+    root = send_post(running, "Release plan", "When do we ship?\n")
+    send_post(running, "Re: Release plan", "> When do we ship?\n" + SIGNED, sender=SUM,
          **{"In-Reply-To": f"<{root}>"})
-    post(running, "Build fails", "It fails on ARM.\n")
+    send_post(running, "Build fails", "It fails on ARM.\n")
     result = ok(cli("digest", "send", LIST))
     assert "a summary for 2 summary members" in result.output
     assert delivered_to(engine, sink, REG) == 3
@@ -70,15 +79,15 @@ def test_summary_members_get_one_mail_listing_the_threads(running, make_list, si
 def test_a_thread_muted_from_the_summary_is_left_out_of_the_next(running, make_list, sink,
                                                                  engine, cli):
     summary_list(make_list, engine)
-    root = post(running, "Release plan", "When do we ship?\n")
+    root = send_post(running, "Release plan", "When do we ship?\n")
     ok(cli("digest", "send", LIST))
     [first] = mails_to(sink, SUM)
     mute = re.search(r"Mute:   (\S+)", text_of(first)).group(1)
     with httpx.Client(timeout=10) as client:
         assert "Mute this thread" in client.get(mute).text  # a button, not yet an act
         assert client.post(mute).is_success
-    post(running, "Re: Release plan", "Tuesday.\n", **{"In-Reply-To": f"<{root}>"})
-    post(running, "Build fails", "It fails on ARM.\n")
+    send_post(running, "Re: Release plan", "Tuesday.\n", **{"In-Reply-To": f"<{root}>"})
+    send_post(running, "Build fails", "It fails on ARM.\n")
     ok(cli("digest", "send", LIST))
     later = text_of(mails_to(sink, SUM, 2)[1])
     assert "Build fails" in later and "Release plan" not in later
@@ -90,8 +99,8 @@ def test_a_thread_muted_from_the_summary_is_left_out_of_the_next(running, make_l
 def test_a_thread_followed_from_the_summary_comes_post_by_post(running, make_list, sink,
                                                                engine, cli):
     summary_list(make_list, engine)
-    root = post(running, "Release plan", "When do we ship?\n")
-    post(running, "Build fails", "It fails on ARM.\n")
+    root = send_post(running, "Release plan", "When do we ship?\n")
+    send_post(running, "Build fails", "It fails on ARM.\n")
     ok(cli("digest", "send", LIST))
     text = text_of(mails_to(sink, SUM)[0])
     follows = re.findall(r"Follow: (\S+)", text)
@@ -100,8 +109,8 @@ def test_a_thread_followed_from_the_summary_comes_post_by_post(running, make_lis
     with httpx.Client(timeout=10) as client:
         assert "Follow this thread" in client.get(follows[0]).text  # a button, not yet an act
         assert client.post(follows[0]).is_success
-    post(running, "Re: Release plan", "Tuesday.\n", **{"In-Reply-To": f"<{root}>"})
-    post(running, "Re: Build fails", "Fixed.\n")
+    send_post(running, "Re: Release plan", "Tuesday.\n", **{"In-Reply-To": f"<{root}>"})
+    send_post(running, "Re: Build fails", "Fixed.\n")
     assert delivered_to(engine, sink, SUM) == 2  # the summary, then the followed reply
     assert mails_to(sink, SUM, 2)[1]["Subject"].endswith("Re: Release plan")
     assert delivered_to(engine, sink, SUM2) == 1  # who did not follow waits for the next
@@ -109,7 +118,7 @@ def test_a_thread_followed_from_the_summary_comes_post_by_post(running, make_lis
 
 def test_summary_page_beside_its_digest_issue(running, make_list, sink, engine, cli):
     summary_list(make_list, engine)
-    root = post(running, "Build <fails>", "It fails on ARM.\nSee the log.\n")
+    root = send_post(running, "Build <fails>", "It fails on ARM.\nSee the log.\n")
     ok(cli("digest", "send", LIST))
     mails_to(sink, SUM)
     with httpx.Client(base_url=running.config.web.base_url, timeout=10) as client:
@@ -127,7 +136,7 @@ def test_summary_page_beside_its_digest_issue(running, make_list, sink, engine, 
 
 def test_no_summary_members_no_summary(running, make_list, sink, engine, cli):
     make_list(members=[REG], owner=None)
-    post(running, "Release plan", "When do we ship?\n")
+    send_post(running, "Release plan", "When do we ship?\n")
     result = ok(cli("digest", "send", LIST))
     assert "summary" not in result.output
     with httpx.Client(base_url=running.config.web.base_url, timeout=10) as client:
@@ -141,7 +150,7 @@ def test_set_delivery_summary_by_mail(running, make_list, sink, engine):
                  "Message-ID: <set-summary@example.com>\r\n\r\nset delivery summary\r\n")
     [answer] = mails_to(sink, REG)
     assert "summary" in text_of(answer)
-    post(running, "Release plan", "When do we ship?\n", sender=SUM)
+    send_post(running, "Release plan", "When do we ship?\n", sender=SUM)
     assert delivered_to(engine, sink, REG) == 1  # the answer; no copy of the post
 
 
@@ -168,9 +177,9 @@ def test_summary_is_chosen_on_the_cli_and_the_page_of_subscriptions(running, mak
 
 def test_summary_page_on_a_phone(browser, running, make_list, sink, engine, cli, tmp_path):
     summary_list(make_list, engine)
-    root = post(running, "A rather long subject about the release plan for next week",
+    root = send_post(running, "A rather long subject about the release plan for next week",
                 "When do we ship?\n")
-    post(running, "Re: A rather long subject about the release plan for next week",
+    send_post(running, "Re: A rather long subject about the release plan for next week",
          "> When do we ship?\n" + SIGNED, sender=SUM, **{"In-Reply-To": f"<{root}>"})
     ok(cli("digest", "send", LIST))
     context = browser.new_context(viewport={"width": 390, "height": 844},
