@@ -168,7 +168,8 @@ def test_owner_invites_and_sets_a_template_on_a_phone(phone, running, dev, sink,
     phone.goto(f"{path}/invite")
     phone.fill("#invite-addresses", "Dan <dan@example.com>")
     look(phone, "invite", tmp_path)
-    phone.click("text=Send the invitations")
+    with phone.expect_navigation():
+        phone.click("text=Send the invitations")
     assert "invited dan@example.com" in phone.content()
     mails_to(sink, "dan@example.com")
     phone.goto(f"{path}/invite")
@@ -177,7 +178,8 @@ def test_owner_invites_and_sets_a_template_on_a_phone(phone, running, dev, sink,
     phone.goto(f"{path}/templates")
     look(phone, "templates", tmp_path)
     phone.fill("#tpl-goodbye", "Goodbye {{ member }}, from {{ name }}.")
-    phone.click("text=Save goodbye")
+    with phone.expect_navigation():
+        phone.click("text=Save goodbye")
     assert "goodbye saved" in phone.content()
     phone.goto(f"{path}/templates")
     assert "Back to the built-in goodbye" in phone.content()
