@@ -3,6 +3,8 @@ next one now (digest.py) and listing what was sent."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from listserv.cli_help import Typer
@@ -38,9 +40,28 @@ def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
                  if sent.summary_members else ""))
 
 
+def _sent(session: Any, list_id: int) -> list[dict[str, Any]]:
+    """Each issue, newest first, followed by its summary when it had summary members:
+    the summary covers the same posts, and its size is that of the mail kept."""
+    from listserv import digest
+
+    kept = digest.summaries(session, list_id)
+    rows: list[dict[str, Any]] = []
+    for issue, messages in digest.issues(session, list_id):
+        row = {"volume": issue.volume, "number": issue.number, "kind": "digest",
+               "subject": issue.subject, "created_at": issue.created_at,
+               "messages": messages, "size": issue.size}
+        rows.append(row)
+        if (made := kept.get(issue.id)) is not None:
+            rows.append(row | {"kind": "summary", "subject": made.subject,
+                               "threads": made.threads, "size": made.size})
+    return rows
+
+
 @digest_app.command("ls")
 def digest_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False) -> None:
-    """The issues sent, newest first.
+    """The issues sent, newest first, each followed by its summary (kind "summary") when
+    the list had summary members then.
 
     \b
     Example:
@@ -48,17 +69,15 @@ def digest_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fals
     """
     from rich.table import Table
 
-    from listserv import db, digest, roster
+    from listserv import db, roster
 
     with db.session(_state(ctx).engine) as s:
-        rows = [{"volume": i.volume, "number": i.number, "subject": i.subject,
-                 "created_at": i.created_at, "messages": n, "size": i.size}
-                for i, n in digest.issues(s, roster.get_list(s, list_address).id)]
+        rows = _sent(s, roster.get_list(s, list_address).id)
     if as_json:
         return _print_json(rows)
-    table = Table("volume", "number", "subject", "created_at", "messages", "size")
+    table = Table("volume", "number", "kind", "subject", "created_at", "messages", "size")
     for r in rows:
-        table.add_row(str(r["volume"]), str(r["number"]), r["subject"],
+        table.add_row(str(r["volume"]), str(r["number"]), r["kind"], r["subject"],
                       f"{r['created_at']:%Y-%m-%d %H:%M}", str(r["messages"]), str(r["size"]))
     out.print(table)
     return None
