@@ -31,6 +31,12 @@ _TAG_START = re.compile(r"<[a-zA-Z/!?]")
 MAX_NESTING = 8
 
 
+def _start(value: str | None) -> int:
+    """An <ol>'s first number: a browser's int at most (int() of 5,000 digits raises)."""
+    value = (value or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else 1
+
+
 class _Text(HTMLParser):
     """One pass over the markup: text written as it comes, line breaks owed by the
     elements around it paid before the next text (so empty elements leave none)."""
@@ -104,9 +110,7 @@ class _Text(HTMLParser):
         elif tag == "pre":
             self.pre += 1
         elif tag in ("ul", "ol"):
-            start = attrs.get("start") or "1"
-            self.lists.append(int(start) if tag == "ol" and start.isdigit() else
-                              1 if tag == "ol" else None)
+            self.lists.append(_start(attrs.get("start")) if tag == "ol" else None)
         elif tag == "hr":
             self._write("-" * 20)
             self._owe(2)

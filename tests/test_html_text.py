@@ -46,4 +46,5 @@ def test_hostile_markup_costs_its_size_and_never_raises():
     assert to_text("<a>x" * 50_000).count("x") == 50_000  # links never closed, each apart
     assert "text" in to_text("<" * 10_000 + " text")
     assert to_text("&lt;tag&gt;&nbsp;&amp;") == "<tag> &\n"
+    assert to_text('<ol start="' + "9" * 5000 + '"><li>x</ol>') == "1. x\n"  # int() raised
     assert to_text("") == "\n"
