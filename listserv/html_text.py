@@ -149,6 +149,13 @@ class _Text(HTMLParser):
                 href, href.removeprefix("mailto:")):
             self._write(f" <{href}>" if text else f"<{href}>")
 
+    def parse_marked_section(self, i: int, report: int = 1) -> int:
+        """`<![if !supportLists]>` (Word's HTML) and any other `<![`: a comment to the
+        next ">", as a browser reads it; the stdlib raised AssertionError on all but
+        its SGML keywords."""
+        end = self.rawdata.find(">", i + 3)
+        return -1 if end < 0 else end + 1
+
     def handle_data(self, data: str) -> None:
         if self.hidden:
             return

@@ -47,4 +47,5 @@ def test_hostile_markup_costs_its_size_and_never_raises():
     assert "text" in to_text("<" * 10_000 + " text")
     assert to_text("&lt;tag&gt;&nbsp;&amp;") == "<tag> &\n"
     assert to_text('<ol start="' + "9" * 5000 + '"><li>x</ol>') == "1. x\n"  # int() raised
+    assert to_text("a<![if !supportLists]>b<![endif]><![foo[ c ]]>d") == "abd\n"  # raised
     assert to_text("") == "\n"
