@@ -677,7 +677,7 @@ def profiled(serve: Serve, out: Path) -> Iterator[Path]:
 
 
 # Frames under which every sample sits: they say nothing about where the time goes.
-ENTRY_POINTS = {"listserv.cli.main", "listserv.cli.serve", "listserv.server.run",
+ENTRY_POINTS = {"listserv.cli.main", "listserv.cli_server.serve", "listserv.server.run",
                 "listserv.server.serve", "listserv.server.run.<locals>.main"}
 
 

@@ -7,10 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from listserv.cli import FileArg, JsonOpt, ListArg, _print_json, _state, bounce_app, err, out
+from listserv.cli_help import Typer
+from listserv.cli_shared import FileArg, JsonOpt, ListArg, _print_json, _state, err, out
 
 if TYPE_CHECKING:
     from listserv.bounces import Row
+
+bounce_app = Typer(help="Delivery reports (bounces).")
 
 
 @bounce_app.command("parse")

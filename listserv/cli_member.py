@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from listserv.cli import (
+from listserv.cli_help import Typer
+from listserv.cli_shared import (
     AddressArg,
     FileArg,
     JsonOpt,
@@ -18,12 +19,13 @@ from listserv.cli import (
     _progress,
     _state,
     err,
-    member_app,
     out,
 )
 
 if TYPE_CHECKING:
     from listserv.roster import AddResult
+
+member_app = Typer(help="Manage the members of a list.")
 
 AddressesArg = Annotated[list[str], typer.Argument(metavar="ADDRESS...")]
 RoleOpt = Annotated[str, typer.Option(metavar="ROLE", help="member, moderator or owner.")]

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from listserv.cli import ListArg, _state, out
 from listserv.cli_help import Typer
+from listserv.cli_shared import ListArg, _state, out
 
 message_app = Typer(help="One post of a list's archive: erase it.")
 

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from listserv.cli import JsonOpt, _print_json, _state, out
 from listserv.cli_help import Typer
+from listserv.cli_shared import JsonOpt, _print_json, _state, out
 
 queue_app = Typer(help="Delivery jobs waiting for the smarthost, deferred or failed.")
 

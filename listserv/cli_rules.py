@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from listserv.cli import JsonOpt, ListArg, _print_json, _state, out
 from listserv.cli_help import Typer
+from listserv.cli_shared import JsonOpt, ListArg, _print_json, _state, out
 
 sender_app = Typer(help="Allow, deny or hold the posts of senders a pattern names.")
 ban_app = Typer(help="Senders banned from every list: no subscribing, no posting.")

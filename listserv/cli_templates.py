@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
-from listserv.cli import FileArg, ListArg, _state, err, out
 from listserv.cli_help import Typer
 from listserv.cli_member import _read_file
+from listserv.cli_shared import FileArg, ListArg, _state, err, out
 
 template_app = Typer(help="The list's own welcome, goodbye, footer and digest header.")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from sqlmodel import Session
 
 from listserv import (
+    html_text,
     limits,
     loops,
     moderation,
@@ -23,7 +24,6 @@ from listserv import (
     roster,
     thread,
     tokens,
-    view,
 )
 from listserv.address import Purpose, Route
 from listserv.config import Config
@@ -88,7 +88,7 @@ def body_text(raw: bytes) -> str:
     except Exception as exc:  # noqa: BLE001  bad charsets and broken MIME raise many kinds
         log.info("cannot read the body of a command mail: %s", exc.__class__.__name__)
         return ""
-    return view.html_text(text) if part.get_content_subtype() == "html" else text
+    return html_text.to_text(text) if part.get_content_subtype() == "html" else text
 
 
 def typed_lines(body: str) -> Iterator[str]:

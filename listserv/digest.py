@@ -162,11 +162,25 @@ def issues(session: Session, list_id: int) -> list[tuple[DigestIssue, int]]:
     return [(issue, messages) for issue, messages in rows]
 
 
-def summarized(session: Session, list_id: int) -> set[int]:
-    """The issues of a list that have a summary."""
-    return set(session.scalars(select(DigestSummary.issue_id).join(
-        DigestIssue, DigestIssue.id == DigestSummary.issue_id).where(
-        DigestIssue.list_id == list_id)))
+@dataclass(frozen=True)
+class KeptSummary:
+    """What a list of issues says of one's summary, without reading its bytes."""
+
+    subject: str
+    threads: int
+    size: int  # bytes of the mail as kept (without the members' own links)
+
+
+def summaries(session: Session, list_id: int) -> dict[int, KeptSummary]:
+    """The summaries of a list's issues, by issue id; an issue with no summary members
+    has none."""
+    rows = session.execute(
+        select(DigestSummary.issue_id, DigestSummary.subject, DigestSummary.threads,
+               func.length(DigestSummary.data))
+        .join(DigestIssue, DigestIssue.id == DigestSummary.issue_id)
+        .where(DigestIssue.list_id == list_id))
+    return {issue_id: KeptSummary(subject, threads, size)
+            for issue_id, subject, threads, size in rows}
 
 
 def find_summary(session: Session, issue: DigestIssue) -> DigestSummary | None:

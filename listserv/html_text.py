@@ -1,10 +1,14 @@
-"""HTML as plain text a member reads in any client: what the content filter's
-`html_to_text` sends instead of an HTML-only post. Paragraphs stay paragraphs, line
-breaks and list items stay lines, a link keeps its address ("text <url>"); what a
-browser never shows (script, style, head) is left out.
+"""HTML as plain text, the server's one way from HTML to text: what the content filter's
+`html_to_text` sends instead of an HTML-only post, and the readable text of an HTML part
+for the search index, the plain digests, the summaries and the commands mailed from
+HTML-only clients. Paragraphs stay paragraphs, line breaks and list items stay lines, a
+quotation is quoted ("> ", so a command reader skips it as it skips a quoted line), a
+link keeps its address ("text <url>"); what a browser never shows (script, style, head,
+attribute values) is left out.
 
 The stdlib's html.parser reads any markup without raising and without recursion, so a
-hostile post (thousands of unclosed tags) costs time in proportion to its size.
+hostile post (thousands of unclosed tags) costs time in proportion to its size; the one
+input it reads in quadratic time, a tag left open at the end, is cut off first.
 """
 
 from __future__ import annotations
@@ -20,9 +24,17 @@ _LINES = frozenset({"div", "li", "tr", "dt", "dd", "section", "article", "header
 _HIDDEN = frozenset({"script", "style", "head", "title", "template", "noscript"})
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
 _SPACE = re.compile(r"\s+")
+# Where a tag, end tag, comment or declaration starts: after the last ">" one never ends.
+_TAG_START = re.compile(r"<[a-zA-Z/!?]")
 # Quote marks and list indents shown at most: each line carries them, so a post nesting
 # thousands of levels would otherwise grow by the square of its size.
 MAX_NESTING = 8
+
+
+def _start(value: str | None) -> int:
+    """An <ol>'s first number: a browser's int at most (int() of 5,000 digits raises)."""
+    value = (value or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 10 else 1
 
 
 class _Text(HTMLParser):
@@ -39,7 +51,10 @@ class _Text(HTMLParser):
         self.quote = 0
         self.lists: list[int | None] = []  # each open list: its next number, None: bullets
         self.marker = ""  # an item's "- " or "3. ", written before its first text
-        self.links: list[tuple[str, list[str]]] = []  # open links: href, their text
+        # The open link: its href and its text. A link never holds another: a browser
+        # ends one where the next begins, and nested ones kept open would each take a
+        # copy of all the text after them (thousands of unclosed <a>: quadratic).
+        self.link: tuple[str, list[str]] | None = None
 
     def _owe(self, lines: int) -> None:
         self.breaks = max(self.breaks, lines)
@@ -60,8 +75,8 @@ class _Text(HTMLParser):
         elif not self.pre and text.startswith(" ") and self.out[-1].endswith(" "):
             text = text[1:]
         self.out.append(text)
-        for _, words in self.links:
-            words.append(text)
+        if self.link is not None:
+            self.link[1].append(text)
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag in _HIDDEN:
@@ -81,7 +96,8 @@ class _Text(HTMLParser):
             if alt and alt.strip():
                 self._write(f"[{' '.join(alt.split())}]")
         elif tag == "a":
-            self.links.append((dict(attrs).get("href") or "", []))
+            self._link_end()
+            self.link = (dict(attrs).get("href") or "", [])
         self._block_start(tag, dict(attrs))
 
     def _block_start(self, tag: str, attrs: dict[str, str | None]) -> None:
@@ -94,9 +110,7 @@ class _Text(HTMLParser):
         elif tag == "pre":
             self.pre += 1
         elif tag in ("ul", "ol"):
-            start = attrs.get("start") or "1"
-            self.lists.append(int(start) if tag == "ol" and start.isdigit() else
-                              1 if tag == "ol" else None)
+            self.lists.append(_start(attrs.get("start")) if tag == "ol" else None)
         elif tag == "hr":
             self._write("-" * 20)
             self._owe(2)
@@ -109,8 +123,8 @@ class _Text(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in _HIDDEN:
             self.hidden = max(self.hidden - 1, 0)
-        elif tag == "a" and self.links:
-            self._link_end(*self.links.pop())
+        elif tag == "a":
+            self._link_end()
         elif tag == "blockquote":
             self.quote = max(self.quote - 1, 0)
         elif tag == "pre":
@@ -122,13 +136,25 @@ class _Text(HTMLParser):
         elif tag in _LINES:
             self._owe(1)
 
-    def _link_end(self, href: str, words: list[str]) -> None:
-        """A link as "text <url>", the address once when the text already is it."""
+    def _link_end(self) -> None:
+        """The open link, if any, as "text <url>", the address once when the text
+        already is it."""
+        if self.link is None:
+            return
+        href, words = self.link
+        self.link = None
         href = " ".join(href.split())
         text = "".join(words).strip()
         if href.lower().startswith(_LINK_SCHEMES) and text not in (
                 href, href.removeprefix("mailto:")):
             self._write(f" <{href}>" if text else f"<{href}>")
+
+    def parse_marked_section(self, i: int, report: int = 1) -> int:
+        """`<![if !supportLists]>` (Word's HTML) and any other `<![`: a comment to the
+        next ">", as a browser reads it; the stdlib raised AssertionError on all but
+        its SGML keywords."""
+        end = self.rawdata.find(">", i + 3)
+        return -1 if end < 0 else end + 1
 
     def handle_data(self, data: str) -> None:
         if self.hidden:
@@ -143,10 +169,18 @@ class _Text(HTMLParser):
                 self._write(line)
 
 
+def _complete(markup: str) -> str:
+    """The markup without what starts a tag after its last ">": a browser shows nothing of
+    a tag the document ends in, and html.parser would read the rest again from each "<"
+    in it (60 KB of "<style" took seconds)."""
+    start = _TAG_START.search(markup, markup.rfind(">") + 1)
+    return markup if start is None else markup[:start.start()]
+
+
 def to_text(markup: str) -> str:
     """The text of an HTML document, lines without trailing spaces, ending in a newline."""
     parser = _Text()
-    parser.feed(markup)
+    parser.feed(_complete(markup))
     parser.close()
     lines = [line.rstrip() for line in "".join(parser.out).split("\n")]
     return "\n".join(lines).strip("\n") + "\n"

@@ -21,7 +21,7 @@ from itertools import groupby
 
 import nh3
 
-from listserv import mime
+from listserv import html_text, mime
 
 # "iso-8859-1" and "us-ascii" mail written on Windows holds cp1252 punctuation; like
 # browsers (WHATWG Encoding), read the labels as the superset they mean in practice.
@@ -36,13 +36,6 @@ _WEAK_LABELS = {"", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "win
 _URL = re.compile(r"\b(?:https?://|mailto:)[^\s<>\"'`]+", re.IGNORECASE)
 _URL_TRAILER = ".,;:!?*'\""
 _BRACKETS = {")": "(", "]": "[", "}": "{"}
-
-_HIDDEN_START = re.compile(r"<(style|script|head)\b|<!--", re.IGNORECASE)
-_HIDDEN_END = {tag: re.compile(rf"</{tag}\s*>", re.IGNORECASE)
-               for tag in ("style", "script", "head")} | {None: re.compile(r"-->")}
-# [^<>] rather than [^>]: a "<" never closed must not make each later "<" scan to the end.
-_HTML_BREAK = re.compile(r"<(?:br|/p|/div|/li|/tr|/h\d)\b[^<>]*>", re.IGNORECASE)
-_HTML_TAG = re.compile(r"<[^<>]*>")
 
 _LINK_SCHEMES = ("http://", "https://", "mailto:")
 _HTML_ATTRIBUTES = {
@@ -191,31 +184,8 @@ def leaf_text(leaf: mime.Part, max_bytes: int | None = None) -> str:
     return text
 
 
-def _visible(markup: str) -> str:
-    """The markup without what a browser never shows: style, script, head, comments.
-    One forward scan, so a thousand unclosed <style> tags cost no more than one."""
-    out: list[str] = []
-    pos = 0
-    while start := _HIDDEN_START.search(markup, pos):
-        out.append(markup[pos:start.start()])
-        tag = start.group(1)
-        end = _HIDDEN_END[tag.lower() if tag else None].search(markup, start.end())
-        if end is None:
-            return "".join(out)
-        pos = end.end()
-    out.append(markup[pos:])
-    return "".join(out)
-
-
-def html_text(markup: str) -> str:
-    """HTML as the words a reader sees, with its line breaks; for search, digests and
-    commands sent from HTML-only mail clients."""
-    text = _HTML_BREAK.sub("\n", _visible(markup))
-    return html.unescape(_HTML_TAG.sub("", text)).replace("\xa0", " ")
-
-
 def _readable(leaf: mime.Part, text: str) -> str:
-    return html_text(text) if leaf.content_type == "text/html" else text
+    return html_text.to_text(text) if leaf.content_type == "text/html" else text
 
 
 # --- HTML for the page ------------------------------------------------------------------

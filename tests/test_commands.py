@@ -272,6 +272,15 @@ def test_html_only_command_mail_is_read(running, make_list, sink, engine):
     assert member(engine, BOB).delivery is DeliveryMode.NOMAIL
 
 
+def test_html_command_mail_skips_the_quoted_mail_it_answers(running, make_list, sink, engine):
+    """Webmail quotes in a <blockquote>: its lines are quoted lines, as "> " in text."""
+    make_list(members=[BOB])
+    html = "<div>set delivery nomail</div><blockquote>set delivery regular</blockquote>"
+    command(running, html, sender=BOB, headers={"Content-Type": "text/html; charset=utf-8"})
+    mails_to(sink, BOB)
+    assert member(engine, BOB).delivery is DeliveryMode.NOMAIL
+
+
 def test_help_lists_the_commands(running, make_list, sink):
     make_list()
     command(running, "help\n")

@@ -41,5 +41,11 @@ def test_hostile_markup_costs_its_size_and_never_raises():
     assert to_text("<div>" * 50_000 + "deep" + "</p>" * 1000) == "deep\n"
     deep = to_text("<blockquote><ul>" * 20_000 + "<li>x" * 1000)
     assert len(deep) < 1000 * 50 and deep.splitlines()[0] == "> " * 8 + "  " * 8 + "- x"
-    assert to_text("a <b<b<b").startswith("a ")  # a tag never closed, at the end
+    assert to_text("a <b<b<b") == "a\n"  # a tag never closed, at the end: not shown
+    assert to_text("<style" * 50_000 + "never closed") == "\n"  # took seconds, read again
+    assert to_text("<a>x" * 50_000).count("x") == 50_000  # links never closed, each apart
+    assert "text" in to_text("<" * 10_000 + " text")
+    assert to_text("&lt;tag&gt;&nbsp;&amp;") == "<tag> &\n"
+    assert to_text('<ol start="' + "9" * 5000 + '"><li>x</ol>') == "1. x\n"  # int() raised
+    assert to_text("a<![if !supportLists]>b<![endif]><![foo[ c ]]>d") == "abd\n"  # raised
     assert to_text("") == "\n"

@@ -13,6 +13,7 @@ from listserv.enums import DeliveryMode
 from tests.helpers import (
     LIST,
     REG,
+    as_json,
     delivered_to,
     mails_to,
     manage_path,
@@ -132,6 +133,25 @@ def test_summary_page_beside_its_digest_issue(running, make_list, sink, engine, 
         assert f"/{LIST}/thread/{root}/" in page.text
         assert "/mute/" not in page.text  # the members' own links stay in their mail
         assert client.get(f"/{LIST}/digest/1/2/summary/").status_code == 404
+
+
+def test_digest_ls_shows_each_summary_after_its_issue(running, make_list, sink, engine, cli):
+    summary_list(make_list, engine)
+    send_post(running, "Release plan", "When do we ship?\n")
+    send_post(running, "Build fails", "It fails on ARM.\n")
+    ok(cli("digest", "send", LIST))
+    for address in (SUM, SUM2):
+        ok(cli("member", "set", LIST, address, "--delivery", "regular"))
+    send_post(running, "Later", "No summary members now.\n")
+    ok(cli("digest", "send", LIST))
+    rows = as_json(cli("digest", "ls", LIST, "--json"))
+    assert [(r["volume"], r["number"], r["kind"], r["messages"]) for r in rows] == [
+        (1, 2, "digest", 1), (1, 1, "digest", 2), (1, 1, "summary", 2)]
+    made = rows[2]
+    assert made["subject"] == "Dev Summary, Vol 1, Issue 1" and made["threads"] == 2
+    assert made["size"] > 0 and made["created_at"] == rows[1]["created_at"]
+    table = ok(cli("digest", "ls", LIST)).stdout  # narrow under the test: subjects wrap
+    assert table.count("│ digest ") == 2 and table.count("│ summary ") == 1
 
 
 def test_no_summary_members_no_summary(running, make_list, sink, engine, cli):

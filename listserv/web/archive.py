@@ -311,7 +311,7 @@ def _digest_urls(request: Request, mlist: MailingList) -> dict[str, Any]:
 async def digest_index(request: Request) -> Response:
     """/{list}/digest/: the issues, newest first."""
     mlist, (issues, summarized) = await read(
-        request, lambda s, m: (digest.issues(s, m.id), digest.summarized(s, m.id)))
+        request, lambda s, m: (digest.issues(s, m.id), digest.summaries(s, m.id)))
     return pages.page(request, "digest_index", mlist=mlist, issues=issues,
                       summarized=summarized, **_digest_urls(request, mlist))
 
