@@ -96,7 +96,7 @@ def _database_error(exc: Exception) -> bool:
 
 def main() -> None:
     """Console entry point: every error is one line on stderr and a non-zero exit."""
-    gc.disable()  # until the command's imports are done: see cli_shared._imports_done
+    gc.disable()  # until the command's imports are done: see cli_shared.imports_done
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import FileArg, JsonOpt, ListArg, _day, _print_json, _progress, _state, out
+from listserv.cli_shared import FileArg, JsonOpt, ListArg, app_state, day, out, print_json, progress
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -74,8 +74,8 @@ def archive_import_cmd(ctx: typer.Context, list_address: ListArg, file: FileArg)
 
     read = imported = 0
     mails = _read_mailbox(file)
-    engine = _state(ctx).engine
-    with db.session(engine) as s, _progress() as bar:
+    engine = app_state(ctx).engine
+    with db.session(engine) as s, progress() as bar:
         mlist = roster.get_list(s, list_address)
         task = bar.add_task("importing", total=None)
         parsed = archive_import.parsed_mails(mails, workers=_parsing_processes())
@@ -110,8 +110,8 @@ def archive_export_cmd(ctx: typer.Context, list_address: ListArg, since: Annotat
     """
     from listserv import archive_export, db, roster
 
-    start = _day(since, "--since") if since is not None else None
-    with db.read_session(_state(ctx).engine) as s:
+    start = day(since, "--since") if since is not None else None
+    with db.read_session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
         stdout = sys.stdout.buffer
         selection = archive_export.Selection(mlist.id, start=start)
@@ -133,10 +133,10 @@ def archive_threads(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt 
 
     from listserv import archive_export, db, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rows = archive_export.thread_rows(s, roster.get_list(s, list_address))
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     table = Table("message_id", "parent_id", "thread_id", "subject")
     for r in rows:
         table.add_row(r["message_id"], r["parent_id"] or "", r["thread_id"], r["subject"])

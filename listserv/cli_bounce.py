@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import FileArg, JsonOpt, ListArg, _print_json, _state, err, out
+from listserv.cli_shared import FileArg, JsonOpt, ListArg, app_state, err, out, print_json
 
 if TYPE_CHECKING:
     from listserv.bounces import Row
@@ -42,7 +42,7 @@ def bounce_parse(file: FileArg, as_json: JsonOpt = False) -> None:
         (err if as_json else out).print(f"spam complaint ({c.feedback_type or 'unspecified'}) "
                                         f"from {c.address}: not a delivery failure")
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     if not rows:
         if not report.complaint:
             out.print("no failed recipients found")
@@ -106,14 +106,14 @@ def bounce_ls(ctx: typer.Context, list_address: ListArg,
     from listserv import bounces, db, roster
     from listserv.models import utcnow
 
-    state = _state(ctx)
+    state = app_state(ctx)
     days = days or bounces.HISTORY_DAYS
     with db.session(state.engine) as s:
         mlist = roster.get_list(s, list_address)
         rows = bounces.recent(s, state.config, mlist, days=days)
         policy = bounces.policy_by_domain(s, mlist.id, utcnow() - timedelta(days=days))
     if as_json:
-        return _print_json(_by_member(rows) if by_member else [
+        return print_json(_by_member(rows) if by_member else [
             {"time": r.time, "member": r.member, "class": r.bounce_class, "status": r.status,
              "diagnostic": r.diagnostic, "sender_domain": r.sender_domain,
              "counted": r.counted, "score": r.score, "state": r.state} for r in rows])

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import JsonOpt, ListArg, _print_json, _state, out
+from listserv.cli_shared import JsonOpt, ListArg, app_state, out, print_json
 
 digest_app = Typer(help="Digests of the posts.")
 
@@ -26,7 +26,7 @@ def digest_send(ctx: typer.Context, list_address: ListArg) -> None:
     from listserv import db, digest, roster
     from listserv.models import utcnow
 
-    state = _state(ctx)
+    state = app_state(ctx)
     with db.session(state.engine) as s:
         mlist = roster.get_list(s, list_address)
         sent = digest.build(s, state.config, mlist.id, utcnow(), force=True)
@@ -71,10 +71,10 @@ def digest_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fals
 
     from listserv import db, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rows = _sent(s, roster.get_list(s, list_address).id)
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     table = Table("volume", "number", "kind", "subject", "created_at", "messages", "size")
     for r in rows:
         table.add_row(str(r["volume"]), str(r["number"]), r["kind"], r["subject"],

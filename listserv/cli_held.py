@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import JsonOpt, _print_json, _state, out
+from listserv.cli_shared import JsonOpt, app_state, out, print_json
 
 held_app = Typer(help="Messages held for moderation.")
 
@@ -28,7 +28,7 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argume
 
     from listserv import db, moderation, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address) if list_address is not None else None
         lists = {m.id: m.address for m in ([mlist] if mlist else roster.all_lists(s))}
         rows = [{"id": m.id, "list": lists[m.list_id], "sender": m.from_address or m.mail_from,
@@ -36,7 +36,7 @@ def held_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argume
                  "received_at": m.received_at}
                 for m in moderation.held(s, mlist)]
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     # An address cut to "dev@lists.example.o…" cannot be copied: the texts wrap instead.
     table = Table("id", *([] if mlist else [Column("list", no_wrap=True)]),
                   Column("sender", no_wrap=True), "subject", "reason")
@@ -59,7 +59,7 @@ def held_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(meta
     from listserv import db, moderation
     from listserv.models import MailingList
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         m = moderation.held_message(s, message_id)
         mlist = s.get(MailingList, m.list_id)
     out.print(f"id: {m.id}\nlist: {mlist.address}\nfrom: {m.from_address or m.mail_from}\n"
@@ -74,9 +74,9 @@ def held_show(ctx: typer.Context, message_id: Annotated[int, typer.Argument(meta
 def _moderate(ctx: typer.Context, ids: list[int], action: str, reason: str = "") -> None:
     from listserv import db, moderation
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         messages = [moderation.held_message(s, i) for i in ids]
-        lines = [moderation.act(s, _state(ctx).config, m, action, reason) for m in messages]
+        lines = [moderation.act(s, app_state(ctx).config, m, action, reason) for m in messages]
         s.commit()
     for line in lines:
         out.print(line)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import JsonOpt, ListArg, _print_json, _state, out
+from listserv.cli_shared import JsonOpt, ListArg, app_state, out, print_json
 
 list_app = Typer(help="Create, inspect and delete lists.")
 
@@ -29,7 +29,7 @@ def list_create(ctx: typer.Context, address: ListArg,
     """
     from listserv import db, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.create_list(s, address, name=name, owner=owner, description=description)
         s.commit()
     out.print(f"created {mlist.address} ({mlist.name})")
@@ -59,10 +59,10 @@ def list_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
     from listserv import db, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rows = [_list_summary(s, m) for m in roster.all_lists(s)]
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     table = Table("address", "name", "members", "description")
     for r in rows:
         table.add_row(r["address"], r["name"], str(r["members"]), r["description"])
@@ -80,12 +80,12 @@ def list_show(ctx: typer.Context, address: ListArg, as_json: JsonOpt = False) ->
     """
     from listserv import db, list_settings, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         info = _list_summary(s, mlist)
         effective = list_settings.effective(mlist)
     if as_json:
-        return _print_json({**info, **effective.values, "defaults": effective.defaults})
+        return print_json({**info, **effective.values, "defaults": effective.defaults})
     for key, value in {**info, **effective.values}.items():
         _print_setting(key, value, " (default)" if key in effective.defaults else "")
     return None
@@ -118,7 +118,7 @@ def list_delete(ctx: typer.Context, address: ListArg,
         if not sys.stdin.isatty():
             raise roster.UserError(f"not deleting {address} without --yes")
         typer.confirm(f"Delete {address}, its members and its archive?", abort=True)
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         roster.delete_list(s, roster.get_list(s, address))
         s.commit()
     out.print(f"deleted {address}")
@@ -147,7 +147,7 @@ def list_set(ctx: typer.Context, address: ListArg, key: str, value: str) -> None
     """
     from listserv import db, list_settings, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, address)
         new = list_settings.set_setting(mlist, key, value)
         s.add(mlist)

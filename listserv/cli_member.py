@@ -14,12 +14,12 @@ from listserv.cli_shared import (
     FileArg,
     JsonOpt,
     ListArg,
-    _day,
-    _print_json,
-    _progress,
-    _state,
+    app_state,
+    day,
     err,
     out,
+    print_json,
+    progress,
 )
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ def member_add(ctx: typer.Context, list_address: ListArg, addresses: AddressesAr
     from listserv import db, roster
     from listserv.enums import Role
 
-    state = _state(ctx)
+    state = app_state(ctx)
     kind = choice(Role, role, "--role")
     with db.session(state.engine) as s:
         mlist = roster.get_list(s, list_address)
@@ -86,7 +86,7 @@ def member_remove(ctx: typer.Context, list_address: ListArg, addresses: Addresse
     """
     from listserv import db, roster
 
-    state = _state(ctx)
+    state = app_state(ctx)
     with db.session(state.engine) as s:
         mlist = roster.get_list(s, list_address)
         removed, missing = roster.remove_members(s, mlist, addresses)
@@ -122,7 +122,7 @@ def member_invite(ctx: typer.Context, list_address: ListArg, addresses: Addresse
     """
     from listserv import db, invite, roster
 
-    state = _state(ctx)
+    state = app_state(ctx)
     with db.session(state.engine) as s:
         result = invite.invite(s, state.config, roster.get_list(s, list_address), addresses)
         s.commit()
@@ -163,13 +163,13 @@ def member_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fals
     from listserv import db, roster
     from listserv.models import utcnow
 
-    state = _state(ctx)
+    state = app_state(ctx)
     now = utcnow()
     with db.session(state.engine) as s:
         rows = [_row(m, now, state.config)
                 for m in roster.members(s, roster.get_list(s, list_address))]
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     table = Table("address", "role", "delivery", "status", "options", "name")
     for r in rows:
         table.add_row(r["address"], r["role"], r["delivery"], r["delivery_status"],
@@ -190,7 +190,7 @@ def member_show(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = Fals
     from listserv import db, roster
     from listserv.models import utcnow
 
-    state = _state(ctx)
+    state = app_state(ctx)
     now = utcnow()
     with db.read_session(state.engine) as s:
         rows = [{"list": mlist.address, **_row(m, now, state.config)}
@@ -198,7 +198,7 @@ def member_show(ctx: typer.Context, address: AddressArg, as_json: JsonOpt = Fals
     if not rows:
         raise roster.UserError(f"{address} is on no list")
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     out.print("list  role  delivery  status  bounce score  options")
     for r in rows:
         out.print(f"{r['list']}  {r['role']}  {r['delivery']}  {r['delivery_status']}  "
@@ -245,9 +245,9 @@ def member_import(ctx: typer.Context, list_address: ListArg, file: FileArg,
     """
     from listserv import db, member_import, roster
 
-    state = _state(ctx)
+    state = app_state(ctx)
     found = member_import.read(_read_file(file))
-    with db.session(state.engine) as s, _progress() as bar:
+    with db.session(state.engine) as s, progress() as bar:
         mlist = roster.get_list(s, list_address)
         task = bar.add_task("importing", total=len(found.entries))
         result = roster.add_members(s, mlist, found.entries,
@@ -315,8 +315,8 @@ def member_set(ctx: typer.Context, list_address: ListArg, address: AddressArg,
 
     mode = None if delivery is None else choice(DeliveryMode, delivery, "--delivery")
     kind = None if role is None else choice(Role, role, "--role")
-    until = None if not nomail_until else _day(nomail_until, "--nomail-until")
-    with db.session(_state(ctx).engine) as s:
+    until = None if not nomail_until else day(nomail_until, "--nomail-until")
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
         flag = None if moderated is None else list_settings.parse_bool(moderated, "--moderated")
         changed = roster.set_member(s, mlist, address, moderated=flag, delivery=mode,
@@ -351,7 +351,7 @@ def member_change_address(ctx: typer.Context, old: Annotated[str, typer.Argument
     """
     from listserv import db, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         moved = roster.change_address(s, old, new)
         s.commit()
     if not moved:
@@ -384,7 +384,7 @@ def member_forget(ctx: typer.Context, address: AddressArg,
 
     if anonymise and not messages:
         raise typer.BadParameter("--anonymise goes with --messages", param_hint="--anonymise")
-    state = _state(ctx)
+    state = app_state(ctx)
     with db.session(state.engine) as s:
         done = erasure.forget(s, state.config, address, messages=messages,
                               anonymise_only=anonymise)

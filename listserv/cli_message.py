@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import ListArg, _state, out
+from listserv.cli_shared import ListArg, app_state, out
 
 message_app = Typer(help="One post of a list's archive: erase it.")
 
@@ -35,7 +35,7 @@ def message_erase(ctx: typer.Context, list_address: ListArg, message_id: Message
     """
     from listserv import db, erasure, roster
 
-    state = _state(ctx)
+    state = app_state(ctx)
     with db.session(state.engine) as s:
         message = erasure.erase_id(s, state.config, roster.get_list(s, list_address),
                                    message_id, reason)

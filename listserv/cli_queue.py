@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import JsonOpt, _print_json, _state, out
+from listserv.cli_shared import JsonOpt, app_state, out, print_json
 
 queue_app = Typer(help="Delivery jobs waiting for the smarthost, deferred or failed.")
 
@@ -48,7 +48,7 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
         if list_address:
             raise roster.UserError("--by-domain counts every list's copies: give no LIST")
         return _by_domain(ctx, as_json)
-    with db.read_session(_state(ctx).engine) as s:
+    with db.read_session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address) if list_address else None
         summaries = delivery_queue.summaries(s)
         expanding = delivery_queue.expansions(s)
@@ -62,7 +62,7 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
               "age_seconds": int((now - x.created_at).total_seconds())}
              for x in expanding if address is None or x.list == address]
     if as_json:
-        return _print_json({"lists": lists, "expanding": posts,
+        return print_json({"lists": lists, "expanding": posts,
                             "jobs": [vars(j) for j in jobs]})
     if not lists and not posts:
         out.print("the queue is empty")
@@ -89,11 +89,11 @@ def _by_domain(ctx: typer.Context, as_json: bool) -> None:
     from listserv import db, delivery_queue
     from listserv.models import utcnow
 
-    with db.read_session(_state(ctx).engine) as s:
+    with db.read_session(app_state(ctx).engine) as s:
         rows = delivery_queue.by_domain(s)
     now = utcnow()
     if as_json:
-        return _print_json({"domains": [
+        return print_json({"domains": [
             vars(r) | {"backoff_until": r.backoff_until.isoformat() if r.backoff_until
                        else None} for r in rows]})
     if not rows:
@@ -124,7 +124,7 @@ def queue_retry(ctx: typer.Context, ids: Annotated[list[int] | None, typer.Argum
 
     if bool(ids) == failed:
         raise roster.UserError("give the job IDs or --failed, not both nor neither")
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         retried = delivery_queue.retry(s, None if failed else ids)
         s.commit()
     out.print(f"{len(retried)} jobs queued again" + (
@@ -142,7 +142,7 @@ def queue_cancel(ctx: typer.Context, ids: IdsArg) -> None:
     """
     from listserv import db, delivery_queue
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         cancelled = delivery_queue.cancel(s, ids)
         s.commit()
     out.print(f"cancelled {' '.join(map(str, cancelled))}")

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from listserv.cli_help import Typer
-from listserv.cli_shared import JsonOpt, ListArg, _print_json, _state, out
+from listserv.cli_shared import JsonOpt, ListArg, app_state, out, print_json
 
 sender_app = Typer(help="Allow, deny or hold the posts of senders a pattern names.")
 ban_app = Typer(help="Senders banned from every list: no subscribing, no posting.")
@@ -36,7 +36,7 @@ def _sender(ctx: typer.Context, list_address: str, pattern: str, action: str) ->
     from listserv import db, posting_rules, roster
     from listserv.enums import SenderAction
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         added = posting_rules.set_sender(s, roster.get_list(s, list_address), pattern,
                                          SenderAction(action))
         s.commit()
@@ -89,7 +89,7 @@ def sender_remove(ctx: typer.Context, list_address: ListArg, pattern: PatternArg
     """
     from listserv import db, posting_rules, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         removed = posting_rules.remove_sender(s, roster.get_list(s, list_address), pattern)
         s.commit()
     out.print(f"{removed}: removed")
@@ -105,11 +105,11 @@ def sender_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fals
     """
     from listserv import db, posting_rules, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rows = [{"address": r.address, "action": r.action.value}
                 for r in posting_rules.senders(s, roster.get_list(s, list_address))]
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     _table(rows, "address", "action")
     return None
 
@@ -128,7 +128,7 @@ def ban_add(ctx: typer.Context, pattern: PatternArg) -> None:
     """
     from listserv import db, posting_rules
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         added = posting_rules.add_ban(s, pattern)
         s.commit()
     out.print(f"{added}: banned")
@@ -144,7 +144,7 @@ def ban_remove(ctx: typer.Context, pattern: PatternArg) -> None:
     """
     from listserv import db, posting_rules
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         removed = posting_rules.remove_ban(s, pattern)
         s.commit()
     out.print(f"{removed}: no longer banned")
@@ -160,11 +160,11 @@ def ban_ls(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """
     from listserv import db, posting_rules
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rows = [{"pattern": b.pattern, "since": b.created_at.strftime("%Y-%m-%d")}
                 for b in posting_rules.bans(s)]
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     _table(rows, "pattern", "since")
     return None
 
@@ -191,7 +191,7 @@ def rule_add(ctx: typer.Context, list_address: ListArg,
     from listserv.enums import HeaderAction
 
     kind = choice(HeaderAction, action, "the action")
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rule = posting_rules.add_header_rule(s, roster.get_list(s, list_address), header,
                                              regex, kind)
         s.commit()
@@ -209,7 +209,7 @@ def rule_remove(ctx: typer.Context, list_address: ListArg,
     """
     from listserv import db, posting_rules, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         posting_rules.remove_header_rule(s, roster.get_list(s, list_address), rule_id)
         s.commit()
     out.print(f"rule {rule_id}: removed")
@@ -225,10 +225,10 @@ def rule_ls(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = False)
     """
     from listserv import db, posting_rules, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         rows = [{"id": r.id, "header": r.header, "regex": r.pattern, "action": r.action.value}
                 for r in posting_rules.header_rules(s, roster.get_list(s, list_address))]
     if as_json:
-        return _print_json(rows)
+        return print_json(rows)
     _table(rows, "id", "header", "regex", "action")
     return None

@@ -11,7 +11,7 @@ import typer
 
 from listserv import config as config_mod
 from listserv.cli_help import Typer
-from listserv.cli_shared import JsonOpt, ListArg, _print_json, _state, out
+from listserv.cli_shared import JsonOpt, ListArg, app_state, out, print_json
 
 db_app = Typer(help="Database maintenance.")
 dkim_app = Typer(help="DKIM keys for signing the mail sent.")
@@ -72,7 +72,7 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
     """
     from listserv import db, doctor, doctor_check, resolver, roster, tokens
 
-    state = _state(ctx)
+    state = app_state(ctx)
     with db.session(state.engine) as s:  # never committed: a test copy leaves no trace
         mlist = roster.get_list(s, list_address)
         secret = tokens.server_secret(s, state.config)
@@ -81,7 +81,7 @@ def doctor_cmd(ctx: typer.Context, list_address: ListArg, as_json: JsonOpt = Fal
                                          resolver.Resolver(state.config.dns), secret)
     results = doctor.run(deployment)
     if as_json:
-        _print_json([r.as_dict() for r in results])
+        print_json([r.as_dict() for r in results])
     else:
         for r in results:
             out.print(f"{r.status.upper():<4}  {r.check}: {r.detail}")
@@ -101,7 +101,7 @@ def db_upgrade(ctx: typer.Context) -> None:
     """
     from listserv import db
 
-    engine = db.make_engine(_state(ctx).config.database.url)
+    engine = db.make_engine(app_state(ctx).config.database.url)
     out.print(db.upgraded(db.ensure_schema(engine, upgrade_existing=True)))
 
 
@@ -115,7 +115,7 @@ def db_status(ctx: typer.Context) -> None:
     """
     from listserv import db
 
-    found = db.revisions(db.make_engine(_state(ctx).config.database.url))
+    found = db.revisions(db.make_engine(app_state(ctx).config.database.url))
     out.print(db.status(found))
     if not found.current:
         raise typer.Exit(1)
@@ -147,7 +147,7 @@ def serve(ctx: typer.Context, upgrade: Annotated[bool, typer.Option(
 
     from listserv import server
 
-    state = _state(ctx)
+    state = app_state(ctx)
     state.upgrade = upgrade
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(message)s")

@@ -79,11 +79,11 @@ class State:
             from listserv import db
 
             self._engine = db.open_database(self.config.database.url, self.upgrade)
-            _imports_done()
+            imports_done()
         return self._engine
 
 
-def _imports_done() -> None:
+def imports_done() -> None:
     """Collect cycles again from here. main() turns the collector off because importing
     the database layer makes some 10^5 lasting objects that it would scan over and over
     (0.1 s of a command's start), and again at exit (0.15 s): freezing them moves them
@@ -95,15 +95,15 @@ def _imports_done() -> None:
         gc.enable()
 
 
-def _state(ctx: typer.Context) -> State:
+def app_state(ctx: typer.Context) -> State:
     return ctx.find_root().obj
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 
 
-def _progress() -> Progress:
+def progress() -> Progress:
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -116,7 +116,7 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=err.console(), transient=False)
 
 
-def _day(value: str, option: str) -> datetime:
+def day(value: str, option: str) -> datetime:
     from datetime import UTC, datetime
 
     from listserv import roster

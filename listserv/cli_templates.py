@@ -9,7 +9,7 @@ import typer
 
 from listserv.cli_help import Typer
 from listserv.cli_member import _read_file
-from listserv.cli_shared import FileArg, ListArg, _state, err, out
+from listserv.cli_shared import FileArg, ListArg, app_state, err, out
 
 template_app = Typer(help="The list's own welcome, goodbye, footer and digest header.")
 
@@ -33,7 +33,7 @@ def template_set(ctx: typer.Context, list_address: ListArg, name: NameArg,
     from listserv import db, owner_templates, roster
 
     text = _read_file(file)
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
         owner_templates.set_template(mlist, name, text)
         s.add(mlist)
@@ -52,7 +52,7 @@ def template_show(ctx: typer.Context, list_address: ListArg, name: NameArg) -> N
     """
     from listserv import db, owner_templates, roster
 
-    with db.read_session(_state(ctx).engine) as s:
+    with db.read_session(app_state(ctx).engine) as s:
         text, built_in = owner_templates.shown(roster.get_list(s, list_address), name)
     if built_in:
         err.print(f"{name}: the built-in one" if text else f"{name}: none set")
@@ -69,7 +69,7 @@ def template_reset(ctx: typer.Context, list_address: ListArg, name: NameArg) -> 
     """
     from listserv import db, owner_templates, roster
 
-    with db.session(_state(ctx).engine) as s:
+    with db.session(app_state(ctx).engine) as s:
         mlist = roster.get_list(s, list_address)
         owner_templates.reset(mlist, name)
         s.add(mlist)

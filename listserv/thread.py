@@ -175,7 +175,7 @@ def _thread_id(nodes: dict[str, Node], start: str, root: Callable[[str], Node]) 
     return root_node.thread_id if root_node.by_subject else root_node.message_id
 
 
-def _state(node: Node) -> tuple:
+def state(node: Node) -> tuple:
     return (node.real, node.parent_id, node.thread_id, node.by_subject, node.own_link)
 
 
@@ -185,7 +185,7 @@ def link(nodes: dict[str, Node], message_id: str, parsed: Parsed,
     nodes that are new or changed. `subject_thread` is the thread a subject-only reply
     should join, found by the store when `wants_subject_fallback` said so.
     """
-    before = {k: _state(n) for k, n in nodes.items()}
+    before = {k: state(n) for k, n in nodes.items()}
     ids = chain(parsed)
     for mid in [message_id, *ids]:
         nodes.setdefault(mid, Node(mid))
@@ -215,7 +215,7 @@ def link(nodes: dict[str, Node], message_id: str, parsed: Parsed,
     for mid, node in nodes.items():
         node.thread_id = threads[mid]
     return {k for k, n in nodes.items()
-            if before.get(k) != _state(n)}
+            if before.get(k) != state(n)}
 
 
 def nearest_real_parents(nodes: dict[str, Node]) -> dict[str, str | None]:
