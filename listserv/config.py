@@ -141,7 +141,8 @@ class BouncesConfig:
 
 @dataclass(frozen=True)
 class DnsConfig:
-    # The resolver for DMARC policies and DKIM keys; "" uses the system's (resolv.conf).
+    # The resolver for DMARC policies, DKIM keys and the MX of recipient domains
+    # (`[delivery] group_by_mx`); "" uses the system's (resolv.conf).
     nameserver: str = ""
     port: int = 53
 

@@ -126,7 +126,7 @@ class Worker:
         self.shaper = Shaper(config.delivery.max_connections_per_domain,
                              config.delivery.max_copies_per_minute_per_domain, self._requeue,
                              self.groups.of)
-        self.recorder = Recorder(self.calls, config, self.shaper.hold_off, self.groups.group)
+        self.recorder = Recorder(self.calls, config, self.shaper.hold_off, self.groups)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())
         self.leases = Leases(self.name, config.delivery.lease_seconds, self.calls)
 
@@ -178,7 +178,6 @@ class Worker:
         finally:
             renewing.cancel()
             expanding.cancel()
-            self.groups.close()
             await asyncio.gather(expanding, return_exceptions=True)
             self.room.close()
             unsent = [job.id for job in [*self._drain(), *self.shaper.drain()]]
@@ -186,6 +185,7 @@ class Worker:
             await self.recorder.flush()
             await self.progress.flush()
             await self._give_back(unsent)
+            self.groups.close()
             self.calls.close()
             self.expansion_calls.close()
 

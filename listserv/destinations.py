@@ -59,7 +59,8 @@ def note(session: Session, config: DeliveryConfig, attempts: list[Attempt],
          groups: Mapping[str, Group]) -> dict[str, float]:
     """Back off the destinations that deferred a copy, and end the back-off of those
     that took one; the seconds each backed-off destination now waits. `groups` gives
-    the destination of each job's domain (the domain alone where it gives none).
+    the destination of each job's domain (the domain alone where it gives none), with,
+    for a domain that deferred, every domain known to share it.
     Deferrals while a destination is backed off already (jobs that were in flight
     together) do not double it again. The caller commits."""
     deferred, took = _outcomes(attempts)

@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from listserv.resolver import MAX_ENTRIES, LookupFailed, NotCached, Resolver
 
 log = logging.getLogger("listserv.deliver")
 
-LOOKUPS = 4  # MX lookups under way at once, in threads of their own
+# MX lookups under way at once, in threads of their own: in the loop's default pool,
+# lookups that time out during a DNS outage would hold the web pages' threads.
+LOOKUPS = 4
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,12 @@ class MxGroups:
     def __init__(self, resolver: Resolver | None) -> None:
         self.resolver = resolver
         # domain -> destination, as last answered: a domain's group, and what it stays
-        # while its answer is asked again.
+        # while its answer is asked again; and each destination's domains.
         self._seen: OrderedDict[str, str] = OrderedDict()
+        self._domains: defaultdict[str, set[str]] = defaultdict(set)
         self._asking: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._slots = asyncio.Semaphore(LOOKUPS)
+        self._threads = ThreadPoolExecutor(max_workers=LOOKUPS, thread_name_prefix="mx-dns")
 
     def of(self, domain: str) -> str:
         """The destination of `domain` now, from the cache alone; a domain the cache
@@ -70,22 +74,35 @@ class MxGroups:
             return self._seen.get(domain, domain)
         except LookupFailed:
             name = domain
-        self._seen[domain] = name
-        self._seen.move_to_end(domain)
-        while len(self._seen) > MAX_ENTRIES:
-            self._seen.popitem(last=False)
+        self._remember(domain, name)
         return name
 
     def group(self, domain: str) -> Group:
         """The destination of `domain` with every domain known to share it."""
         name = self.of(domain)
-        return Group(name, tuple(sorted({domain} | {d for d, n in self._seen.items()
-                                                     if n == name})))
+        return Group(name, tuple(sorted(self._domains[name] | {domain})))
 
     def close(self) -> None:
         """Stop the lookups under way (the worker is stopping)."""
         for task in self._tasks:
             task.cancel()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def _remember(self, domain: str, name: str) -> None:
+        before = self._seen.get(domain)
+        if before != name:
+            self._forget(domain, before)
+            self._domains[name].add(domain)
+        self._seen[domain] = name
+        self._seen.move_to_end(domain)
+        while len(self._seen) > MAX_ENTRIES:
+            self._forget(*self._seen.popitem(last=False))
+
+    def _forget(self, domain: str, name: str | None) -> None:
+        if name is not None:
+            self._domains[name].discard(domain)
+            if not self._domains[name]:
+                del self._domains[name]
 
     def _look_up(self, domain: str) -> None:
         if domain in self._asking:
@@ -97,8 +114,8 @@ class MxGroups:
 
     async def _ask(self, domain: str) -> None:
         try:
-            async with self._slots:
-                await asyncio.to_thread(self._resolve, domain)
+            await asyncio.get_running_loop().run_in_executor(self._threads, self._resolve,
+                                                             domain)
             self.of(domain)  # remembered as one of its group's domains
         finally:
             self._asking.discard(domain)

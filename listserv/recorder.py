@@ -16,7 +16,7 @@ from listserv.claims import Attempt, Job
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
-from listserv.mx_groups import Group
+from listserv.mx_groups import Group, MxGroups
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
@@ -92,12 +92,11 @@ class Recorder:
     finish together share one)."""
 
     def __init__(self, calls: supervise.Calls, config: Config,
-                 hold_off: Callable[[str, float], None],
-                 group: Callable[[str], Group]) -> None:
+                 hold_off: Callable[[str, float], None], groups: MxGroups) -> None:
         self.calls = calls
         self.config = config
         self.hold_off = hold_off  # a destination backed off, for the seconds given
-        self.group = group  # a recipient domain's destination (mx_groups), known now
+        self.groups = groups  # the recipient domains' destinations, as known now
         self.outcomes: Drain[Attempt, None] = Drain(self._write)
 
     async def record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
@@ -109,12 +108,25 @@ class Recorder:
     async def flush(self) -> None:
         await self.outcomes.idle()
 
+    def _groups(self, batch: list[Attempt]) -> dict[str, Group]:
+        """The destination of each job's domain, read here in the event loop that keeps
+        them, not in the database's thread; for a domain that deferred, with every
+        domain known to share it (they are backed off with it)."""
+        found: dict[str, Group] = {}
+        for job, refused, _ in batch:
+            if not job.domain:
+                continue
+            if any(destinations.defers(reply) for reply in refused.values()):
+                found[job.domain] = self.groups.group(job.domain)
+            else:
+                found.setdefault(job.domain, Group(self.groups.of(job.domain), (job.domain,)))
+        return found
+
     async def _write(self, batch: list[Attempt]) -> list[None]:
         """The batch written, tried again while the database is away (its senders wait:
         no more copies go out unrecorded than the jobs in flight); given up only when
         stopping, when the jobs stay claimed and their lease brings them back."""
-        # Read here, in the event loop that keeps the groups, not in the database's thread.
-        groups = {job.domain: self.group(job.domain) for job, _, _ in batch if job.domain}
+        groups = self._groups(batch)
         try:
             states, waits = await self.calls.until_done(_write_outcomes, self.config, batch,
                                                         groups)
