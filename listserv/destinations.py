@@ -68,11 +68,15 @@ def note(session: Session, config: DeliveryConfig, attempts: list[Attempt],
     for domain, reply in deferred.items():
         group = groups.get(domain) or Group(domain, (domain,))
         late.setdefault(group.name, (reply, set()))[1].update(group.domains)
-    _end(session, {d for d in took if (groups.get(d) or Group(d, ())).name not in late},
-         {groups[d].name for d in took if d in groups} - set(late))
+    ended = {d for d in took if _name(groups, d) not in late}
+    _end(session, ended, {_name(groups, d) for d in ended})
     if not late:
         return {}
     return _back_off(session, config, late)
+
+
+def _name(groups: Mapping[str, Group], domain: str) -> str:
+    return groups[domain].name if domain in groups else domain
 
 
 def _end(session: Session, domains: set[str], names: set[str]) -> None:

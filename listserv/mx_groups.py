@@ -125,5 +125,6 @@ class MxGroups:
         try:
             self.resolver.mx(domain)  # cached, a failure too (resolver.FAILURE_TTL)
         except LookupFailed as exc:
-            log.info("no MX answer for %s (%s): its copies are shaped as its own", domain,
-                     exc)
+            # Debug only: in a DNS outage, every domain's lookup fails each minute.
+            log.debug("no MX answer for %s (%s): its copies are shaped as its own", domain,
+                      exc)
