@@ -37,7 +37,7 @@ from sqlalchemy import insert
 from listserv import db, roster
 from listserv.enums import DeliveryState
 from listserv.models import utcnow
-from listserv.queue_tables import Delivery, Destination, Outgoing
+from listserv.queue_tables import Delivery, Destination, DestinationDomain, Outgoing
 
 LISTS = 20
 DOMAINS = 1000
@@ -70,8 +70,11 @@ def fill(url: str, jobs: int) -> None:
         for start in range(0, len(rows), 10_000):
             s.execute(insert(Delivery), rows[start:start + 10_000])
         s.execute(insert(Destination), [
-            {"domain": f"d{i}.example.com", "backoff_until": now + timedelta(minutes=5),
+            {"name": f"d{i}.example.com", "backoff_until": now + timedelta(minutes=5),
              "deferrals": 3, "last_reply": "421 4.7.0 Try again later", "updated_at": now}
+            for i in range(10)])
+        s.execute(insert(DestinationDomain), [
+            {"domain": f"d{i}.example.com", "destination": f"d{i}.example.com"}
             for i in range(10)])
         s.commit()
     engine.dispose()

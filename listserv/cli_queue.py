@@ -3,12 +3,15 @@ hand."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from listserv.cli_help import Typer
 from listserv.cli_shared import JsonOpt, app_state, out, print_json
+
+if TYPE_CHECKING:
+    from listserv.delivery_queue import ByDomain
 
 queue_app = Typer(help="Delivery jobs waiting for the smarthost, deferred or failed.")
 
@@ -26,14 +29,16 @@ def _age(seconds: float) -> str:
 def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argument(
         metavar="LIST", help="Only this list's, one line a job.")] = None,
         by_domain: Annotated[bool, typer.Option(
-            "--by-domain", help="Copies waiting per recipient domain instead, with the "
-            "deferrals and back-off of each.")] = False,
+            "--by-domain", help="Copies waiting per destination instead (a recipient "
+            "domain, or the domains that share MX hosts), with the deferrals and back-off "
+            "of each.")] = False,
         as_json: JsonOpt = False) -> None:
     """Delivery jobs by state per list (queued, sending, deferred, failed) and the age
     of the oldest still to be sent, then the posts whose jobs are still being written.
     With LIST, each of its jobs too, with the ID that `queue retry` and `queue cancel`
-    take. With --by-domain, per destination: copies waiting, copies deferred, back-off
-    (421 or 4.7.x from its servers) and last reply.
+    take. With --by-domain, per destination (a recipient domain; a destination in
+    back-off names the domains that share its MX hosts, and the first of them): copies
+    waiting, copies deferred, back-off (421 or 4.7.x from its servers) and last reply.
 
     \b
     Examples:
@@ -103,9 +108,23 @@ def _by_domain(ctx: typer.Context, as_json: bool) -> None:
     for r in rows:
         backoff = ("-" if r.backoff_until is None or r.backoff_until <= now
                    else f"until {r.backoff_until:%Y-%m-%d %H:%M:%S} UTC")
-        out.print(f"{r.domain or '(unknown)'}  {r.waiting}  {r.deferred}  {backoff}  "
+        out.print(f"{_destination(r)}  {r.waiting}  {r.deferred}  {backoff}  "
                   f"{r.deferrals}  {r.last_reply or '-'}")
     return None
+
+
+SHOWN_DOMAINS = 3  # of a destination's domains on its line; --json lists them all
+
+
+def _destination(row: ByDomain) -> str:
+    """A destination's domains, then the MX hosts they share (the first, and how many
+    more): `gmail.com,googlemail.com (mx gmail-smtp-in.l.google.com +4)`."""
+    shown = ",".join(d or "(unknown)" for d in row.domains[:SHOWN_DOMAINS])
+    if len(row.domains) > SHOWN_DOMAINS:
+        shown += f" +{len(row.domains) - SHOWN_DOMAINS} more"
+    if row.mx:
+        shown += f" (mx {row.mx[0]}" + (f" +{len(row.mx) - 1}" if len(row.mx) > 1 else "") + ")"
+    return shown
 
 
 @queue_app.command("retry")

@@ -84,6 +84,9 @@ class DeliveryConfig:
     # one domain at most (0: no limit). Postfix's own default concurrency is 20.
     max_connections_per_domain: int = 20
     max_copies_per_minute_per_domain: int = 0
+    # A "domain" of the two above, and of a deferral's back-off, is the MX host set
+    # where DNS has answered, shared by every domain with those hosts (mx_groups.py).
+    group_by_mx: bool = True
     # Members of a post read, and their jobs written, in one transaction of its
     # expansion after the 250 (a kill -9 loses or repeats none of them).
     expansion_chunk: int = 5000
@@ -138,7 +141,8 @@ class BouncesConfig:
 
 @dataclass(frozen=True)
 class DnsConfig:
-    # The resolver for DMARC policies and DKIM keys; "" uses the system's (resolv.conf).
+    # The resolver for DMARC policies, DKIM keys and the MX of recipient domains
+    # (`[delivery] group_by_mx`); "" uses the system's (resolv.conf).
     nameserver: str = ""
     port: int = 53
 

@@ -20,11 +20,12 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import claims, fanout, outbox, signing, supervise, tokens
+from listserv import claims, fanout, outbox, resolver, signing, supervise, tokens
 from listserv.claims import Job
 from listserv.config import Config
 from listserv.copies import Copies, Personal, Prepared
 from listserv.lease import Leases
+from listserv.mx_groups import MxGroups
 from listserv.recorder import Progress, Recorder
 from listserv.relay import ConnectionLost, Relay, RelayError, Reply
 from listserv.shaping import Shaper
@@ -120,9 +121,12 @@ class Worker:
         self.copies = Copies(self.calls, signing.Signer.from_config(config.dkim),
                              config.web.manage_link_hours)
         self.progress = Progress(self.calls, self.name)
+        self.groups = MxGroups(resolver.for_config(config.dns)
+                               if config.delivery.group_by_mx else None)
         self.shaper = Shaper(config.delivery.max_connections_per_domain,
-                             config.delivery.max_copies_per_minute_per_domain, self._requeue)
-        self.recorder = Recorder(self.calls, config, self.shaper.hold_off)
+                             config.delivery.max_copies_per_minute_per_domain, self._requeue,
+                             self.groups.of)
+        self.recorder = Recorder(self.calls, config, self.shaper.hold_off, self.groups)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())
         self.leases = Leases(self.name, config.delivery.lease_seconds, self.calls)
 
@@ -181,6 +185,7 @@ class Worker:
             await self.recorder.flush()
             await self.progress.flush()
             await self._give_back(unsent)
+            self.groups.close()
             self.calls.close()
             self.expansion_calls.close()
 
@@ -238,6 +243,7 @@ class Worker:
                 await _either(self.expansions, stop, poll)
 
     def _enqueue(self, job: Job) -> None:
+        self.groups.of(job.domain)  # its MX asked now if need be, answered by its turn
         self.copies.pin(job.outgoing_id)
         self.leases.hold(job.id)
         self.queue.put_nowait(job)

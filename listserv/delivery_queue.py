@@ -14,7 +14,8 @@ from sqlmodel import Session
 from listserv.address import split
 from listserv.enums import DeliveryState
 from listserv.models import MailingList, Message, utcnow
-from listserv.queue_tables import Delivery, Destination, Expansion, Outgoing
+from listserv.mx_groups import Group, hosts
+from listserv.queue_tables import Delivery, Destination, DestinationDomain, Expansion, Outgoing
 from listserv.roster import UserError
 
 # What `queue ls` counts; "deferred" is a queued job that already failed for the moment.
@@ -128,9 +129,12 @@ def jobs(session: Session, mlist: MailingList) -> list[Job]:
 
 @dataclass
 class ByDomain:
-    """One destination as `queue ls --by-domain` shows it."""
+    """One destination as `queue ls --by-domain` shows it: a recipient domain, or the
+    MX hosts of the domains it groups while it is in back-off (mx_groups.py)."""
 
-    domain: str  # "" for jobs queued before jobs had a domain
+    destination: str  # its name: the domain ("" for jobs queued before jobs had one)
+    domains: list[str] = field(default_factory=list)  # the recipient domains it groups
+    mx: list[str] = field(default_factory=list)  # the MX hosts it is named after, if so
     waiting: int = 0  # copies (recipients) not sent yet: queued, being sent or deferred
     deferred: int = 0  # of those, copies already tried and deferred
     backoff_until: datetime | None = None  # no job of it is claimed before this
@@ -144,19 +148,29 @@ _COPIES = (func.length(Delivery.recipients)
 
 
 def by_domain(session: Session) -> list[ByDomain]:
-    """Copies waiting and deferred per recipient domain, counted by the database (the
-    domain index serves it), with each domain's back-off; most copies waiting first."""
+    """Copies waiting and deferred per destination, counted per recipient domain by the
+    database (the domain index serves it): a destination in back-off with the domains
+    it groups, each other domain on its own; most copies waiting first."""
     deferred = and_(Delivery.state == DeliveryState.QUEUED, Delivery.attempts > 0)
     rows = session.execute(
         select(Delivery.domain, func.sum(_COPIES), func.sum(case((deferred, _COPIES), else_=0)))
         .where(Delivery.state.in_([DeliveryState.QUEUED, DeliveryState.SENDING]))
         .group_by(Delivery.domain))
-    found = {domain: ByDomain(domain, int(waiting), int(late)) for domain, waiting, late in rows}
-    for d in session.scalars(select(Destination)):
-        found.setdefault(d.domain, ByDomain(d.domain))
-        found[d.domain].backoff_until = d.backoff_until
-        found[d.domain].deferrals, found[d.domain].last_reply = d.deferrals, d.last_reply
-    return sorted(found.values(), key=lambda x: (-x.waiting, x.domain))
+    counts = {domain: (int(waiting), int(late)) for domain, waiting, late in rows}
+    found: dict[str, ByDomain] = {}
+    for d, domain in session.execute(select(Destination, DestinationDomain.domain).join(
+            DestinationDomain, DestinationDomain.destination == Destination.name)
+            .order_by(DestinationDomain.domain)):
+        shown = found.setdefault(d.name, ByDomain(d.name, [], [], 0, 0, d.backoff_until,
+                                                  d.deferrals, d.last_reply))
+        shown.domains.append(domain)
+        waiting, late = counts.pop(domain, (0, 0))
+        shown.waiting, shown.deferred = shown.waiting + waiting, shown.deferred + late
+    for shown in found.values():
+        shown.mx = hosts(Group(shown.destination, tuple(shown.domains)))
+    for domain, (waiting, late) in counts.items():
+        found.setdefault(domain, ByDomain(domain, [domain], [], waiting, late))
+    return sorted(found.values(), key=lambda x: (-x.waiting, x.destination))
 
 
 def _pick(session: Session, ids: list[int]) -> list[Delivery]:

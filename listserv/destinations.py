@@ -1,8 +1,10 @@
 """Destinations that defer copies: a recipient domain whose servers answer 421 or a
 4.7.x status (too many connections, rate limited, greylisted), as the smarthost passes
-it on at RCPT, is backed off in the database (the `destination` table), so that every
-worker's claim leaves its jobs alone until then while other domains' copies go on; the
-back-off doubles with each deferral in a row and ends with the first copy it takes.
+it on at RCPT, backs off its destination in the database (the `destination` table): its
+MX hosts where known, with every domain known to share them (mx_groups.py), else the
+domain alone. Every worker's claim leaves the jobs of those domains alone until then
+while other domains' copies go on; the back-off doubles with each deferral in a row and
+ends with the first copy the destination takes.
 
 The smarthost (Postfix) is one hop away: a deferral it only learns after accepting a
 copy stays in its own queue and is its to shape; what listserv sees is the refusal of a
@@ -12,15 +14,17 @@ recipient in its transaction.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, select
 from sqlmodel import Session, col
 
 from listserv import db
 from listserv.claims import Attempt, backoff
 from listserv.config import DeliveryConfig
 from listserv.models import utcnow
-from listserv.queue_tables import Destination
+from listserv.mx_groups import Group
+from listserv.queue_tables import Destination, DestinationDomain
 from listserv.relay import Reply
 
 # RFC 3463 X.7.X is a security or policy status; a 4.7.x is the receiver asking the
@@ -51,30 +55,65 @@ def _outcomes(attempts: list[Attempt]) -> tuple[dict[str, Reply], set[str]]:
     return deferred, took - set(deferred)
 
 
-def note(session: Session, config: DeliveryConfig, attempts: list[Attempt]
-         ) -> dict[str, float]:
-    """Back off the domains that deferred a copy, and end the back-off of those that
-    took one; the seconds each backed-off domain now waits. Deferrals while a domain is
-    backed off already (jobs that were in flight together) do not double it again. The
-    caller commits."""
+def note(session: Session, config: DeliveryConfig, attempts: list[Attempt],
+         groups: Mapping[str, Group]) -> dict[str, float]:
+    """Back off the destinations that deferred a copy, and end the back-off of those
+    that took one; the seconds each backed-off destination now waits. `groups` gives
+    the destination of each job's domain (the domain alone where it gives none), with,
+    for a domain that deferred, every domain known to share it.
+    Deferrals while a destination is backed off already (jobs that were in flight
+    together) do not double it again. The caller commits."""
     deferred, took = _outcomes(attempts)
-    if took:
-        session.execute(delete(Destination).where(col(Destination.domain).in_(sorted(took))))
-    if not deferred:
+    late: dict[str, tuple[Reply, set[str]]] = {}
+    for domain, reply in deferred.items():
+        group = groups.get(domain) or Group(domain, (domain,))
+        late.setdefault(group.name, (reply, set()))[1].update(group.domains)
+    ended = {d for d in took if _name(groups, d) not in late}
+    _end(session, ended, {_name(groups, d) for d in ended})
+    if not late:
         return {}
+    return _back_off(session, config, late)
+
+
+def _name(groups: Mapping[str, Group], domain: str) -> str:
+    return groups[domain].name if domain in groups else domain
+
+
+def _end(session: Session, domains: set[str], names: set[str]) -> None:
+    """The back-off of these destinations ends, and that of the destinations holding
+    these domains."""
+    if not domains and not names:
+        return
+    holding = select(col(DestinationDomain.destination)).where(
+        col(DestinationDomain.domain).in_(sorted(domains)))
+    session.execute(delete(Destination).where(
+        col(Destination.name).in_(sorted(names)) | col(Destination.name).in_(holding)))
+
+
+def _back_off(session: Session, config: DeliveryConfig,
+              late: dict[str, tuple[Reply, set[str]]]) -> dict[str, float]:
     now = utcnow()
+    names = sorted(late)
     db.insert_missing(session, Destination.metadata.tables["destination"], [
-        {"domain": d, "backoff_until": now, "deferrals": 0, "last_reply": "",
-         "updated_at": now} for d in sorted(deferred)])
-    rows = session.scalars(select(Destination).where(col(Destination.domain).in_(sorted(deferred)))
-                           .order_by(col(Destination.domain)).with_for_update()).all()
+        {"name": n, "backoff_until": now, "deferrals": 0, "last_reply": "",
+         "updated_at": now} for n in names])
+    rows = session.scalars(select(Destination).where(col(Destination.name).in_(names))
+                           .order_by(col(Destination.name)).with_for_update()).all()
+    # Each domain goes to the destination it defers with now (a domain seen before its
+    # MX was known leaves the destination it was alone in).
+    domains = {d: n for n, (_, ds) in late.items() for d in ds}
+    session.execute(delete(DestinationDomain).where(
+        col(DestinationDomain.domain).in_(sorted(domains))))
+    db.insert_missing(session, DestinationDomain.metadata.tables["destination_domain"], [
+        {"domain": d, "destination": n} for d, n in sorted(domains.items())])
+    session.execute(delete(Destination).where(~exists().where(
+        col(DestinationDomain.destination) == col(Destination.name))))
     waits = {}
     for row in rows:
         if row.backoff_until <= now:
             row.deferrals += 1
             row.backoff_until = now + backoff(config, row.deferrals)
-        row.last_reply, row.updated_at = str(deferred[row.domain])[:500], now
-        waits[row.domain] = (row.backoff_until - now).total_seconds()
+        row.last_reply, row.updated_at = str(late[row.name][0])[:500], now
+        waits[row.name] = (row.backoff_until - now).total_seconds()
     session.flush()
     return waits
-

@@ -101,11 +101,11 @@ def read_queue(session: Session) -> Queue:
     oldest = session.scalar(select(func.min(Delivery.created_at))
                             .where(Delivery.state.in_(_WAITING)))
     backoffs = session.execute(
-        select(Destination.domain, Destination.deferrals)
+        select(Destination.name, Destination.deferrals)
         .where(Destination.backoff_until > utcnow())
-        .order_by(Destination.deferrals.desc(), Destination.domain).limit(BACKOFF_LABELS))
+        .order_by(Destination.deferrals.desc(), Destination.name).limit(BACKOFF_LABELS))
     return Queue(dict(by_state), _aware(oldest),
-                 {domain: deferrals for domain, deferrals in backoffs})
+                 {name: deferrals for name, deferrals in backoffs})
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -130,10 +130,11 @@ class _QueueCollector(Collector):
                                    "(0 when none waits).", value=age or 0.0)
         backoffs = GaugeMetricFamily(
             "listserv_destination_backoff_deferrals", "Deferrals in a row (421, 4.7.x) "
-            f"of each recipient domain in back-off now, the {BACKOFF_LABELS} worst.",
+            "of each destination (a recipient domain, or the MX hosts its domains share) "
+            f"in back-off now, the {BACKOFF_LABELS} worst.",
             labels=["destination"])
-        for domain, deferrals in self.queue.backoffs.items():
-            backoffs.add_metric([domain], deferrals)
+        for name, deferrals in self.queue.backoffs.items():
+            backoffs.add_metric([name], deferrals)
         return iter([jobs, oldest, backoffs])
 
 

@@ -21,7 +21,13 @@ from listserv import headers
 from listserv.address import split
 from listserv.enums import Lane, Verp
 from listserv.models import MailingList, utcnow
-from listserv.queue_tables import PENDING_JOBS, Delivery, Destination, Outgoing
+from listserv.queue_tables import (
+    PENDING_JOBS,
+    Delivery,
+    Destination,
+    DestinationDomain,
+    Outgoing,
+)
 
 log = logging.getLogger("listserv.deliver")
 
@@ -163,9 +169,12 @@ def queue_jobs(session: Session, stored: Sequence[tuple[int, Send]], batch: int,
     return [len(its) for its in jobs]
 
 
-# The domains in back-off (see destinations.py): a handful at most, usually none.
-PAUSED = select(Destination.__table__.c.domain).where(
-    Destination.__table__.c.backoff_until > bindparam("now"))
+# The domains in back-off, those of the destinations in back-off (see destinations.py):
+# a handful at most, usually none.
+PAUSED = (select(DestinationDomain.__table__.c.domain)
+          .join(Destination.__table__,
+                Destination.__table__.c.name == DestinationDomain.__table__.c.destination)
+          .where(Destination.__table__.c.backoff_until > bindparam("now")))
 
 
 def _handed_first(connection: Connection, handoff: Handoff, rows: list[dict],

@@ -94,17 +94,30 @@ class Delivery(SQLModel, table=True):
 
 
 class Destination(SQLModel, table=True):
-    """A recipient domain that deferred copies (421, 4.7.x) and is being slowed: shared
+    """A destination that deferred copies (421, 4.7.x) and is being slowed: shared
     through the database, so that every worker holds back from it. Deleted once a copy
     to it goes through."""
 
     __tablename__ = "destination"
 
-    domain: str = Field(primary_key=True)
-    backoff_until: datetime  # no job of this domain is claimed before this
+    # The MX hosts its domains share, most preferred first, joined by ","; or the one
+    # recipient domain whose MX is not known (mx_groups.py).
+    name: str = Field(primary_key=True)
+    backoff_until: datetime  # no job of its domains is claimed before this
     deferrals: int = 0  # back-offs in a row, which double it
     last_reply: str = ""  # the deferral's words, for `queue ls --by-domain`
     updated_at: datetime = Field(default_factory=utcnow)
+
+
+class DestinationDomain(SQLModel, table=True):
+    """A recipient domain of a destination in back-off: the claim leaves its jobs alone.
+    The domains the worker that noted the deferral knew to share the destination's MX
+    hosts, and any that defers later with the same hosts."""
+
+    __tablename__ = "destination_domain"
+
+    domain: str = Field(primary_key=True)
+    destination: str = Field(foreign_key="destination.name", index=True, ondelete="CASCADE")
 
 
 class RecipientFailure(SQLModel, table=True):

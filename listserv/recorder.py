@@ -16,6 +16,7 @@ from listserv.claims import Attempt, Job
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
+from listserv.mx_groups import Group, MxGroups
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
@@ -74,14 +75,14 @@ class Progress:
         self.sent.pop(job.id, None)
 
 
-def _write_outcomes(session: Session, config: Config, attempts: list[Attempt]
-                    ) -> tuple[list[DeliveryState], dict[str, float]]:
+def _write_outcomes(session: Session, config: Config, attempts: list[Attempt],
+                    groups: dict[str, Group]) -> tuple[list[DeliveryState], dict[str, float]]:
     """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)
     and what a deferral does to its destination (the seconds each now waits)."""
     states, refusals = claims.record_all(session, config.delivery, attempts)
     for outgoing_id, permanent in refusals:
         bounces.refused(session, config, outgoing_id, permanent)
-    waits = destinations.note(session, config.delivery, attempts)
+    waits = destinations.note(session, config.delivery, attempts, groups)
     session.commit()
     return states, waits
 
@@ -91,10 +92,11 @@ class Recorder:
     finish together share one)."""
 
     def __init__(self, calls: supervise.Calls, config: Config,
-                 hold_off: Callable[[str, float], None]) -> None:
+                 hold_off: Callable[[str, float], None], groups: MxGroups) -> None:
         self.calls = calls
         self.config = config
         self.hold_off = hold_off  # a destination backed off, for the seconds given
+        self.groups = groups  # the recipient domains' destinations, as known now
         self.outcomes: Drain[Attempt, None] = Drain(self._write)
 
     async def record(self, job: Job, refused: dict[str, Reply], error: RelayError | None
@@ -106,18 +108,34 @@ class Recorder:
     async def flush(self) -> None:
         await self.outcomes.idle()
 
+    def _groups(self, batch: list[Attempt]) -> dict[str, Group]:
+        """The destination of each job's domain, read here in the event loop that keeps
+        them, not in the database's thread; for a domain that deferred, with every
+        domain known to share it (they are backed off with it)."""
+        found: dict[str, Group] = {}
+        for job, refused, _ in batch:
+            if not job.domain:
+                continue
+            if any(destinations.defers(reply) for reply in refused.values()):
+                found[job.domain] = self.groups.group(job.domain)
+            else:
+                found.setdefault(job.domain, Group(self.groups.of(job.domain), (job.domain,)))
+        return found
+
     async def _write(self, batch: list[Attempt]) -> list[None]:
         """The batch written, tried again while the database is away (its senders wait:
         no more copies go out unrecorded than the jobs in flight); given up only when
         stopping, when the jobs stay claimed and their lease brings them back."""
+        groups = self._groups(batch)
         try:
-            states, waits = await self.calls.until_done(_write_outcomes, self.config, batch)
+            states, waits = await self.calls.until_done(_write_outcomes, self.config, batch,
+                                                        groups)
         except SQLAlchemyError:
             log.exception("%d delivery outcomes could not be recorded", len(batch))
             return [None] * len(batch)
-        for domain, seconds in waits.items():
-            log.info("destination %s deferred copies: backed off for %d s", domain, seconds)
-            self.hold_off(domain, seconds)
+        for name, seconds in waits.items():
+            log.info("destination %s deferred copies: backed off for %d s", name, seconds)
+            self.hold_off(name, seconds)
         for (job, refused, error), state in zip(batch, states, strict=True):
             _log(job, refused, error, state)
         return [None] * len(batch)

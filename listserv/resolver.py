@@ -1,4 +1,6 @@
-"""DNS TXT lookups (DMARC policies, DKIM keys) for the receive path, where a post waits.
+"""DNS lookups, cached: TXT (DMARC policies, DKIM keys) for the receive path, where a post
+waits, and MX for the delivery worker, which groups recipient domains by their mail
+servers (mx_groups.py) from the cache alone and looks up in the background.
 
 Answers are cached for their TTL, and so are "no such name" answers (for the SOA's
 negative TTL, RFC 2308), so a busy list asks once per author domain and TTL. A resolver
@@ -43,11 +45,22 @@ class NotCached(BaseException):
     then asks the network in a thread of its own."""
 
 
+# How each record type is kept in the cache: a TXT record's strings joined; an MX
+# record's preference and host, lower case and without the final dot ("" for the root,
+# a null MX: RFC 7505).
+_KEPT = {
+    "TXT": lambda rdata: b"".join(rdata.strings),
+    "MX": lambda rdata: f"{rdata.preference} {rdata.exchange.to_text().rstrip('.').lower()}"
+                        .encode(),
+}
+
+
 class Resolver:
-    """TXT records by name, cached; safe to share between the receiver's threads."""
+    """TXT and MX records by name, cached; safe to share between threads."""
 
     def __init__(self, config: DnsConfig) -> None:
-        self._cache: OrderedDict[str, tuple[float, tuple[bytes, ...] | None]] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, str], tuple[float, tuple[bytes, ...] | None]] = (
+            OrderedDict())
         self._lock = threading.Lock()
         self._network = True
         try:
@@ -64,7 +77,16 @@ class Resolver:
 
     def txt(self, name: str) -> list[bytes]:
         """Each TXT record of `name`, its strings joined; [] when there is none."""
-        key = name.lower().rstrip(".")
+        return self._cached(name, "TXT")
+
+    def mx(self, name: str) -> list[tuple[int, str]]:
+        """The MX records of `name` as (preference, host), most preferred first; [] when
+        there is none (the domain is its own mail server, RFC 5321 5.1)."""
+        records = (r.decode().split(" ", 1) for r in self._cached(name, "MX"))
+        return sorted((int(preference), host) for preference, host in records)
+
+    def _cached(self, name: str, rdtype: str) -> list[bytes]:
+        key = (name.lower().rstrip("."), rdtype)
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
@@ -72,12 +94,12 @@ class Resolver:
                 self._cache.move_to_end(key)
                 records = cached[1]
                 if records is None:
-                    raise LookupFailed(f"{key}: no answer (cached)")
+                    raise LookupFailed(f"{key[0]} {rdtype}: no answer (cached)")
                 return list(records)
         if not self._network:
-            raise NotCached(key)
+            raise NotCached(key[0])
         try:
-            ttl, found = self._ask(key)
+            ttl, found = self._ask(*key)
         except LookupFailed:
             self._store(key, now + FAILURE_TTL, None)
             raise
@@ -108,28 +130,29 @@ class Resolver:
             raise LookupFailed(f"{name}: {exc}") from exc
         return [rdata.to_text() for rdata in answer.rrset or ()]
 
-    def _store(self, key: str, expires: float, records: tuple[bytes, ...] | None) -> None:
+    def _store(self, key: tuple[str, str], expires: float,
+               records: tuple[bytes, ...] | None) -> None:
         with self._lock:
             self._cache[key] = (expires, records)
             self._cache.move_to_end(key)
             while len(self._cache) > MAX_ENTRIES:
                 self._cache.popitem(last=False)
 
-    def _ask(self, name: str) -> tuple[float, tuple[bytes, ...]]:
+    def _ask(self, name: str, rdtype: str) -> tuple[float, tuple[bytes, ...]]:
         if self._resolver is None:
             raise LookupFailed("no DNS resolver configured")
         try:
-            answer = self._resolver.resolve(name, "TXT", search=False, raise_on_no_answer=False)
+            answer = self._resolver.resolve(name, rdtype, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as exc:
             return _negative_ttl(exc.response(exc.qnames()[0])), ()
         except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
             return MAX_TTL, ()  # no such name can exist
         except dns.exception.DNSException as exc:
-            raise LookupFailed(f"{name}: {exc}") from exc
+            raise LookupFailed(f"{name} {rdtype}: {exc}") from exc
         ttl = min(max(answer.expiration - time.time(), 0.0), MAX_TTL)
         if answer.rrset is None:
             return ttl, ()
-        return ttl, tuple(b"".join(rdata.strings) for rdata in answer.rrset)
+        return ttl, tuple(_KEPT[rdtype](rdata) for rdata in answer.rrset)
 
 
 def _negative_ttl(response: dns.message.Message | None) -> float:

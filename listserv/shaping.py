@@ -1,9 +1,10 @@
-"""How fast the delivery worker of one process sends to each destination domain: at
-most `[delivery] max_connections_per_domain` transactions in flight to a domain, at most
+"""How fast the delivery worker of one process sends to each destination (a recipient
+domain, or the MX hosts several share: mx_groups.py): at most `[delivery]
+max_connections_per_domain` transactions in flight to it, at most
 `max_copies_per_minute_per_domain` copies a minute, and nothing while a deferral (421,
 4.7.x) holds it back. A job that has to wait is parked here, not in a sender: the
-senders go on with other domains' jobs, and the parked one goes back to the worker's
-queue when its domain has room.
+senders go on with other destinations' jobs, and the parked one goes back to the
+worker's queue when its destination has room.
 """
 
 from __future__ import annotations
@@ -17,52 +18,55 @@ from listserv.claims import Job
 
 
 class Shaper:
-    """The domains of the jobs this worker sends: those in flight, those parked."""
+    """The destinations of the jobs this worker sends: those in flight, those parked."""
 
-    def __init__(self, connections: int, per_minute: int,
-                 requeue: Callable[[Job], None]) -> None:
+    def __init__(self, connections: int, per_minute: int, requeue: Callable[[Job], None],
+                 destination_of: Callable[[str], str] = str) -> None:
         self.connections = connections
         self.seconds_per_copy = 60 / per_minute if per_minute else 0.0
         self.requeue = requeue  # puts a parked job back into the worker's queue
-        self.flying: dict[int, str] = {}  # job id -> domain, while a sender has it
+        self.destination_of = destination_of  # a recipient domain's destination now
+        self.flying: dict[int, str] = {}  # job id -> destination, while a sender has it
         self.released: dict[int, str] = {}  # parked jobs sent back to the queue
-        self.next_at: dict[str, float] = {}  # monotonic time a domain's next job may go
+        self.next_at: dict[str, float] = {}  # monotonic time a destination's next job may go
         self.parked: defaultdict[str, deque[Job]] = defaultdict(deque)
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def admit(self, job: Job) -> bool:
         """Whether a sender may send `job` now; if not, it is parked until it may. A
-        job released from the park was given its domain's room: it goes."""
-        domain = job.domain
-        if not domain:
+        job released from the park was given its destination's room: it goes."""
+        if not job.domain:
             return True  # queued before jobs had a domain: not shaped
-        if self.released.pop(job.id, None) is None and not self._room(domain):
-            self.parked[domain].append(job)
-            return False
-        self.flying[job.id] = domain
+        dest = self.released.pop(job.id, None)
+        if dest is None:
+            dest = self.destination_of(job.domain)
+            if not self._room(dest):
+                self.parked[dest].append(job)
+                return False
+        self.flying[job.id] = dest
         if self.seconds_per_copy:
-            self.next_at[domain] = time.monotonic() + self.seconds_per_copy * len(job.recipients)
-            if self.parked.get(domain):
-                self._wake_at(domain)
+            self.next_at[dest] = time.monotonic() + self.seconds_per_copy * len(job.recipients)
+            if self.parked.get(dest):
+                self._wake_at(dest)
         return True
 
     def finish(self, job: Job) -> None:
         """A sender is done with `job` (sent, deferred, given up, or lost to another
-        worker): room for the next of its domain."""
-        domain = self.flying.pop(job.id, None) or self.released.pop(job.id, None)
-        if domain is not None:
-            self._release(domain)
+        worker): room for the next of its destination."""
+        dest = self.flying.pop(job.id, None) or self.released.pop(job.id, None)
+        if dest is not None:
+            self._release(dest)
 
-    def hold_off(self, domain: str, seconds: float) -> None:
-        """The domain deferred a copy: none of its jobs goes out for `seconds` (the
+    def hold_off(self, dest: str, seconds: float) -> None:
+        """The destination deferred a copy: none of its jobs goes out for `seconds` (the
         back-off destinations.note set in the database for every worker)."""
         until = time.monotonic() + seconds
-        if until > self.next_at.get(domain, 0.0):
-            self.next_at[domain] = until
+        if until > self.next_at.get(dest, 0.0):
+            self.next_at[dest] = until
 
     def busy(self) -> list[str]:
-        """The domains with parked jobs: a claim takes no more of theirs."""
-        return [domain for domain, jobs in self.parked.items() if jobs]
+        """The recipient domains of the parked jobs: a claim takes no more of theirs."""
+        return sorted({job.domain for jobs in self.parked.values() for job in jobs})
 
     def drain(self) -> list[Job]:
         """Every parked job, taken out (the worker is stopping: they are given back)."""
@@ -73,41 +77,41 @@ class Shaper:
         self.parked.clear()
         return jobs
 
-    def _going(self, domain: str) -> int:
-        """The domain's transactions in flight, and those released to start one."""
+    def _going(self, dest: str) -> int:
+        """The destination's transactions in flight, and those released to start one."""
         return sum(1 for jobs in (self.flying, self.released)
-                   for d in jobs.values() if d == domain)
+                   for d in jobs.values() if d == dest)
 
-    def _room(self, domain: str) -> bool:
-        """Whether a job of `domain` may start now; if only time stands in the way, a
+    def _room(self, dest: str) -> bool:
+        """Whether a job of `dest` may start now; if only time stands in the way, a
         timer releases the parked ones when it has passed. Jobs parked before go first."""
-        if self.next_at.get(domain, 0.0) > time.monotonic():
-            self._wake_at(domain)
+        if self.next_at.get(dest, 0.0) > time.monotonic():
+            self._wake_at(dest)
             return False
-        return not self.parked.get(domain) and self._going(domain) < self.connections
+        return not self.parked.get(dest) and self._going(dest) < self.connections
 
-    def _wake_at(self, domain: str) -> None:
-        if domain not in self._timers:
-            delay = max(0.0, self.next_at[domain] - time.monotonic())
-            self._timers[domain] = asyncio.get_running_loop().call_later(
-                delay, self._woken, domain)
+    def _wake_at(self, dest: str) -> None:
+        if dest not in self._timers:
+            delay = max(0.0, self.next_at[dest] - time.monotonic())
+            self._timers[dest] = asyncio.get_running_loop().call_later(
+                delay, self._woken, dest)
 
-    def _woken(self, domain: str) -> None:
-        del self._timers[domain]
-        self._release(domain)
+    def _woken(self, dest: str) -> None:
+        del self._timers[dest]
+        self._release(dest)
 
-    def _release(self, domain: str) -> None:
-        """Give the domain's parked jobs back to the queue as far as it has room now
+    def _release(self, dest: str) -> None:
+        """Give the destination's parked jobs back to the queue as far as it has room now
         (one at a time under a rate: each sets the time of the next)."""
-        parked = self.parked.get(domain)
-        while parked and self._going(domain) < self.connections:
-            if self.next_at.get(domain, 0.0) > time.monotonic():
-                self._wake_at(domain)
+        parked = self.parked.get(dest)
+        while parked and self._going(dest) < self.connections:
+            if self.next_at.get(dest, 0.0) > time.monotonic():
+                self._wake_at(dest)
                 break
             job = parked.popleft()
-            self.released[job.id] = domain
+            self.released[job.id] = dest
             self.requeue(job)
             if self.seconds_per_copy:
                 break
         if not parked:
-            self.parked.pop(domain, None)
+            self.parked.pop(dest, None)

@@ -1,6 +1,8 @@
 """A tiny authoritative DNS server on loopback UDP: TXT records from a dict, other types
 (MX, A, AAAA) from another, NXDOMAIN (with an SOA, for negative caching) for every other
-name. Tests point `[dns]` at it, so the server's real resolver code asks a real DNS server."""
+name; SERVFAIL for the names a test makes fail, and answers a test holds back until it
+releases them. Tests point `[dns]` at it, so the server's real resolver code asks a real
+DNS server."""
 
 from __future__ import annotations
 
@@ -30,6 +32,11 @@ class DnsServer:
         self.queries: list[str] = []
         # {"_dmarc.slow.example": 1.5}: a name server slow to answer for these names.
         self.delays: dict[str, float] = {}
+        self.failing: set[str] = set()  # answered SERVFAIL: a lookup that fails
+        # Answered only once the test calls release(): a name server that has not
+        # answered yet.
+        self.held: set[str] = set()
+        self._released = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -47,11 +54,24 @@ class DnsServer:
             except dns.exception.DNSException:
                 continue
             answer = self._answer(query).to_wire()
-            delay = self.delays.get(query.question[0].name.to_text().rstrip(".").lower())
-            if delay:  # answered later, from a thread of its own: the others go on
+            name = query.question[0].name.to_text().rstrip(".").lower()
+            delay = self.delays.get(name)
+            if name in self.held:
+                threading.Thread(target=self._send_when_released, args=(answer, peer),
+                                 daemon=True).start()
+            elif delay:  # answered later, from a thread of its own: the others go on
                 threading.Timer(delay, self._send, (answer, peer)).start()
             else:
                 self._send(answer, peer)
+
+    def release(self) -> None:
+        """Send the answers held back, and answer those names at once from now on."""
+        self.held.clear()
+        self._released.set()
+
+    def _send_when_released(self, answer: bytes, peer: tuple[str, int]) -> None:
+        self._released.wait(30)
+        self._send(answer, peer)
 
     def _send(self, answer: bytes, peer: tuple[str, int]) -> None:
         with contextlib.suppress(OSError):  # closed meanwhile
@@ -66,7 +86,9 @@ class DnsServer:
         texts = self.records.get(name)
         rdtype = dns.rdatatype.to_text(question.rdtype)
         typed = self.typed.get((name, rdtype))
-        if texts is None and not any(n == name for n, _ in self.typed):
+        if name in self.failing:
+            response.set_rcode(dns.rcode.SERVFAIL)
+        elif texts is None and not any(n == name for n, _ in self.typed):
             response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(dns.rrset.from_text(
                 "example.", TTL, "IN", "SOA", "ns.example. admin.example. 1 3600 600 86400 60"))
@@ -94,3 +116,4 @@ class DnsServer:
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread in recvfrom
         self.sock.close()
         self.thread.join(5)
+        self._released.set()  # the held answers' threads end

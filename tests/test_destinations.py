@@ -87,7 +87,8 @@ def test_a_deferring_domain_waits_while_the_others_get_their_copies(
     assert slow.startswith(f"{SLOW}  4  ") and slow.endswith(deferral)
     assert not [line for line in lines if line.startswith("example.com")]
     [row] = json.loads(cli("queue", "ls", "--by-domain", "--json").output)["domains"]
-    assert (row["domain"], row["waiting"], row["last_reply"]) == (SLOW, 4, deferral)
+    assert (row["destination"], row["domains"], row["mx"], row["waiting"], row["last_reply"]) == (
+        SLOW, [SLOW], [], 4, deferral)
 
     sink.deferring.clear()  # the destination takes copies again
     done = settled(engine)
