@@ -75,7 +75,7 @@ _SHAPED = and_(_d.domain.not_in(PAUSED.scalar_subquery()),
 
 def _claim_of(kind: TextClause, order: Sequence[ColumnElement],
               *due: ColumnElement[bool]) -> ReturningUpdate:
-    """One claim statement, built once, for the jobs of one `kind` in one lane (`lane`),
+    """One claim statement, built once, for the jobs of one `kind` in one lane (`in_lane`),
     taken in `order` (`due`: what the index can tell of their readiness). The WHERE
     repeats the readiness test of the subquery, which stops two claimers taking the
     same job where there are no row locks (SQLite); on PostgreSQL the subquery locks
