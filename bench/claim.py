@@ -1,11 +1,17 @@
 """The claim with lanes and turns on a backlog: JOBS queued delivery jobs (default
 1,000,000) of LISTS lists in the posts' lane, plus a few in the lane a person waits in;
-the median time of `claims.claim` taking ROOM jobs (RUNS runs, each claim given back
-after), the plans of the claim and of the turns' look-ups, and the plan of an
+the median time of `claims.claim` taking ROOM jobs (RUNS runs, each claimed set marked
+done after), the plans of the claim and of the turns' look-ups, and the plan of an
 expansion's member chunk on a 100,000-member list.
+
+With --deferred N, N more jobs queued before those and deferred an hour (as a long
+smarthost outage leaves them; 1 in 100 in the lane a person waits in): the claim must
+not read past them. On PostgreSQL the claim's rows read are counted (EXPLAIN ANALYZE,
+rolled back).
 
     python bench/claim.py                         # SQLite in a temporary folder
     python bench/claim.py --database-url postgresql://postgres@127.0.0.1:5432/test
+    python bench/claim.py --jobs 1000 --deferred 1000000
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from listserv.queue_tables import Delivery, Outgoing
 LISTS = 20
 
 
-def fill(url: str, jobs: int) -> None:
+def fill(url: str, jobs: int, deferred: int) -> None:
     engine = db.open_database(url)
     now = utcnow()
     with db.session(engine) as s:
@@ -45,8 +51,14 @@ def fill(url: str, jobs: int) -> None:
                  "list_id": lists[i % LISTS].id, "turn": i // LISTS, "mail_from": "x@x",
                  "recipients": "r@example.com", "state": DeliveryState.QUEUED,
                  "attempts": 0, "created_at": now, "next_attempt_at": now,
-                 "last_error": ""} for i in range(jobs)]
-        rows += [r | {"lane": Lane.WAITING, "list_id": None, "turn": 0} for r in rows[:10]]
+                 "last_error": ""} for i in range(deferred + jobs)]
+        later = now + timedelta(hours=1)
+        for i, row in enumerate(rows[:deferred]):
+            row.update(attempts=1, next_attempt_at=later, last_error="451 4.3.0 try later")
+            if i % 100 == 0:
+                row.update(lane=Lane.WAITING, list_id=None, turn=0)
+        rows += [r | {"lane": Lane.WAITING, "list_id": None, "turn": 0}
+                 for r in rows[deferred:deferred + 10]]
         for start in range(0, len(rows), 20_000):
             s.execute(insert(Delivery), rows[start:start + 20_000])
         s.commit()
@@ -56,16 +68,19 @@ def fill(url: str, jobs: int) -> None:
     engine.dispose()
 
 
-def plan(engine, statement, params: dict) -> str:
-    """The database's plan of a statement of ours, with these values."""
-    compiled = statement.compile(engine)
-    values = compiled.construct_params(params)
+def plan(engine, statement, params: dict, analyze: bool = False) -> str:
+    """The database's plan of a statement of ours, with these values; with `analyze`,
+    on PostgreSQL, as run (rows read), then rolled back."""
+    # expanded: a list parameter (the claim's `busy`) becomes one per value
+    state = statement.compile(engine).construct_expanded_state(params)
+    values = state.parameters
     if db.is_sqlite(engine):  # positional, as the driver gets them
-        values = tuple(_plain(values[k]) for k in compiled.positiontup)
-    explain = "EXPLAIN QUERY PLAN " if db.is_sqlite(engine) else "EXPLAIN "
+        values = tuple(_plain(values[k]) for k in state.positiontup)
+    explain = ("EXPLAIN QUERY PLAN " if db.is_sqlite(engine)
+               else "EXPLAIN (ANALYZE, BUFFERS) " if analyze else "EXPLAIN ")
     with engine.connect() as c:
         return "\n".join(" ".join(str(v) for v in row)
-                         for row in c.exec_driver_sql(explain + str(compiled), values))
+                         for row in c.exec_driver_sql(explain + state.statement, values))
 
 
 def _plain(value: object) -> object:
@@ -80,26 +95,35 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--room", type=int, default=32)
+    parser.add_argument("--deferred", type=int, default=0)
     args = parser.parse_args()
     with database(args.database_url) as url:
-        fill(url, args.jobs)
+        fill(url, args.jobs, args.deferred)
         engine = db.make_engine(url)
         kind = url.split(":")[0]
-        times = []
+        times, cpu = [], []
         for _ in range(args.runs):
             with db.session(engine) as s:
-                start = time.perf_counter()
+                start, started = time.perf_counter(), time.process_time()
                 jobs = claims.claim(s, "bench:1", args.room, timedelta(seconds=30))
                 times.append(time.perf_counter() - start)
+                cpu.append(time.process_time() - started)
                 assert jobs
                 s.execute(update(Delivery).where(Delivery.state == DeliveryState.SENDING)
-                          .values(state=DeliveryState.DONE))  # sent: the next claim goes on
+                          .values(state=DeliveryState.DONE, done_at=utcnow()))  # sent
                 s.commit()
-        print(f"{kind}: claim of {args.room} among {args.jobs} queued jobs: median "
-              f"{statistics.median(times) * 1000:.1f} ms, worst {max(times) * 1000:.1f} ms")
+        print(f"{kind}: claim of {args.room} among {args.jobs} queued jobs "
+              f"and {args.deferred} deferred: median "
+              f"{statistics.median(times) * 1000:.1f} ms, worst {max(times) * 1000:.1f} ms; "
+              f"CPU of this process (SQLite's included) median "
+              f"{statistics.median(cpu) * 1000:.2f} ms")
         now = utcnow()
-        print("-- the claim:\n" + plan(engine, claims._CLAIM, {
-            "now": now, "room": args.room, "worker": "w", "lease_until": now}))
+        for lane in Lane:
+            for kind, statement in zip(("tried", "new"), claims._CLAIMS, strict=True):
+                print(f"-- the claim of {kind} jobs in lane {lane.name}:\n" + plan(
+                    engine, statement, {"now": now, "in_lane": lane, "room": args.room,
+                                        "worker": "w", "lease_until": now,
+                                        "busy": ["busy.example"]}, analyze=True))
         print("-- head turn:\n" + plan(engine, outbox._HEAD_TURN, {}))
         print("-- a list's last turn:\n" + plan(engine, outbox._LAST_TURN, {"list_id": 1}))
         chunk = {"list_id": 1, "mode": "regular", "now": now, "after": 50_000,

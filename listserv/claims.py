@@ -16,15 +16,27 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, bindparam, case, false, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    TextClause,
+    and_,
+    bindparam,
+    case,
+    false,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningUpdate
 from sqlmodel import Session, col
 
 from listserv.config import DeliveryConfig
-from listserv.enums import DeliveryState
+from listserv.enums import DeliveryState, Lane
 from listserv.models import utcnow
 from listserv.outbox import PAUSED
-from listserv.queue_tables import PENDING_JOBS, Delivery, RecipientFailure
+from listserv.queue_tables import NEW_JOBS, TRIED_JOBS, Delivery, RecipientFailure
 from listserv.relay import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
@@ -55,28 +67,44 @@ _d = Delivery.__table__.c
 _READY = case((_d.state == DeliveryState.QUEUED, _d.next_attempt_at <= bindparam("now")),
               (_d.state == DeliveryState.SENDING, _d.lease_until < bindparam("now")),
               else_=false())
-# One statement, built once: the WHERE repeats the readiness test of the subquery, which
-# stops two claimers taking the same job where there are no row locks (SQLite); on
-# PostgreSQL the subquery locks the rows it picks and skips those others hold. Jobs go
-# by lane, then turn (see _Turns), read down ix_delivery_claim: PENDING_JOBS is its
-# WHERE, word for word (SQLite uses a partial index only for a query that says so).
-# The readiness test is a CASE, which no index serves: written as an OR, SQLite (which
-# has no statistics) read it down ix_delivery_ready, in the subquery and in the UPDATE,
-# and went through every ready job, 1.1 s a claim among 1,000,000 queued
-# (bench/claim.py); see also PENDING_JOBS.
 # A job to a domain in back-off (destinations.py) waits for its end, and one to a domain
 # this worker holds jobs for that wait already (`busy`) is left to other workers.
 _SHAPED = and_(_d.domain.not_in(PAUSED.scalar_subquery()),
                _d.domain.not_in(bindparam("busy", expanding=True)))
-_CLAIM = (update(Delivery.__table__)
-          .where(_d.id.in_(select(_d.id).where(PENDING_JOBS, _READY, _SHAPED)
-                           .order_by(_d.lane, _d.turn, _d.id)
-                           .limit(bindparam("room")).with_for_update(skip_locked=True)
-                           .scalar_subquery()), _READY)
-          .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
-                  lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
-          .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
-                     _d.created_at, _d.domain))
+
+
+def _claim_of(kind: TextClause, order: Sequence[ColumnElement],
+              *due: ColumnElement[bool]) -> ReturningUpdate:
+    """One claim statement, built once, for the jobs of one `kind` in one lane (`in_lane`),
+    taken in `order` (`due`: what the index can tell of their readiness). The WHERE
+    repeats the readiness test of the subquery, which stops two claimers taking the
+    same job where there are no row locks (SQLite); on PostgreSQL the subquery locks
+    the rows it picks and skips those others hold.
+
+    Each kind is read down an index of its own, whose WHERE is the kind's, word for word
+    (SQLite uses a partial index only for a query that says so): a claim reads only
+    jobs it may take, whatever waits for a later time. The readiness test is a CASE,
+    which no index serves: written as an OR, SQLite (which has no statistics) read it
+    down ix_delivery_ready and went through every ready job, 1.1 s a claim among
+    1,000,000 queued (bench/claim.py)."""
+    picked = (select(_d.id).where(kind, _d.lane == bindparam("in_lane"), *due, _READY, _SHAPED)
+              .order_by(*order).limit(bindparam("room"))
+              .with_for_update(skip_locked=True))
+    return (update(Delivery.__table__)
+            .where(_d.id.in_(picked.scalar_subquery()), _READY)
+            .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
+                    lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
+            .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
+                       _d.created_at, _d.domain))
+
+
+# In each lane, first the tried jobs whose next attempt is due (deferred ones, and
+# claimed ones whose lease ran out, which were due when claimed), oldest due first, down
+# ix_delivery_retry from its start to `now`; then the new ones by turn, then id, down
+# ix_delivery_claim (all due: a job is queued for now).
+_CLAIMS = (_claim_of(TRIED_JOBS, (_d.next_attempt_at, _d.id),
+                     _d.next_attempt_at <= bindparam("now")),
+           _claim_of(NEW_JOBS, (_d.turn, _d.id)))
 
 
 # Jobs whose lease ran out, and who held them, read by a claim before it takes them: a
@@ -107,9 +135,13 @@ def claim(session: Session, worker: str, limit: int, lease: timedelta,
     now = utcnow()
     connection = session.connection()
     expired = _past_lease(connection, now)
-    rows = connection.execute(_CLAIM, {
-        "now": now, "room": limit, "worker": worker, "lease_until": now + lease,
-        "busy": list(busy)}).all()
+    rows: list[Row] = []
+    for lane in Lane:
+        for statement in _CLAIMS:
+            if len(rows) < limit:
+                rows += connection.execute(statement, {
+                    "now": now, "in_lane": lane, "room": limit - len(rows), "worker": worker,
+                    "lease_until": now + lease, "busy": list(busy)}).all()
     session.commit()
     _log_takeovers(expired, [r.id for r in rows])
     return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,

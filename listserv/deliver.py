@@ -87,6 +87,12 @@ async def _either(wanted: asyncio.Event, stop: asyncio.Event, poll: float) -> No
         task.cancel()
 
 
+def _ended(task: asyncio.Task) -> str:
+    """Why a task ended, on one line."""
+    exc = None if task.cancelled() else task.exception()
+    return supervise.reason(exc) if exc is not None else "ended"
+
+
 def _expand(session: Session, batch: int, chunk: int, handoff: outbox.Handoff
             ) -> int | None:
     """fanout.expand, with nothing left handed when its transaction fails (it is tried
@@ -173,9 +179,19 @@ class Worker:
                    for _ in range(self.config.delivery.concurrency)]
         renewing = asyncio.create_task(self.leases.keep(stop))
         expanding = asyncio.create_task(self._expand_until(stop, poll))
+        claiming = asyncio.create_task(self._claim_until(stop, poll))
         try:
-            await self._claim_until(stop, poll)
+            await asyncio.wait([claiming, expanding], return_when=asyncio.FIRST_COMPLETED)
+            if not claiming.done() and not stop.is_set():
+                # Posts would stay accepted and never sent while the claims went on, with
+                # nothing to say so: the worker, and with it the process, stops with the
+                # reason (supervise.watch), for its supervisor to restart it. Its claims
+                # under way are taken back at that start (recover_dead_workers).
+                raise supervise.LoopDied(f"expansion stopped: {_ended(expanding)}")
+            await claiming
         finally:
+            claiming.cancel()
+            await asyncio.gather(claiming, return_exceptions=True)
             renewing.cancel()
             expanding.cancel()
             await asyncio.gather(expanding, return_exceptions=True)

@@ -68,6 +68,9 @@ def routes(engine: Engine, loops: Loops, smarthosts: Smarthosts | None,
                 "smarthost": all(reached.values()) if smarthosts is not None else None,
                 "smarthosts": reached,
                 "oldest_queued_seconds": queue.oldest_age(utcnow()) if queue else None,
+                "expansions": queue.expansions if queue else None,
+                "expansion_stalled_seconds": (queue.expansion_stalled(utcnow())
+                                              if queue else None),
                 "loops": alive, "roles": list(roles)}
         return JSONResponse(body, status_code=200 if healthy else 503,
                             headers={"Cache-Control": "no-store"})

@@ -80,6 +80,9 @@ class Outcome:
     state: str
     deliveries: int = 0
     reasons: list[str] = field(default_factory=list)
+    # A post held from a non-member, by id: its author is told once the transaction is
+    # committed, if its From domain vouches for it (receive, authenticity.vouched).
+    held_from_non_member: int | None = None
 
     def log_line(self) -> str:
         extra = f" jobs={self.deliveries}" if self.deliveries else ""
@@ -232,9 +235,10 @@ def _post(session: Session, config: Config, batch: Batch, mlist: MailingList, rc
     if message.state is MessageState.ACCEPTED:
         batch.accept(session, config, Accepted(mlist, message, parsed, outcome, asked))
     elif message.state is MessageState.HELD:
-        moderation.hold(session, config, mlist, message,
-                        tell_author=facts.is_member or bool(asked and asked.authenticated))
+        moderation.hold(session, config, mlist, message, tell_author=facts.is_member)
         outcome.deliveries = 1
+        if not facts.is_member:
+            outcome.held_from_non_member = message.id
     return outcome
 
 
@@ -314,6 +318,22 @@ class Incoming:
         except Exception:
             log.exception("could not ask DNS about a post before storing it")
         return True
+
+
+def tell_if_vouched(engine: Engine, config: Config, incoming: Incoming,
+                    message_pk: int) -> None:
+    """A post held from a non-member, committed: its author is told when its From
+    domain vouches for it (authenticity.vouched, a DKIM verification: asked of these
+    posts alone, out of the writer's transaction). Blocking; the post is stored
+    whatever happens here."""
+    try:
+        if authenticity.vouched(incoming.raw, incoming.parsed.from_address, config,
+                                incoming.asked):
+            with db.session(engine) as session:
+                moderation.tell_author(session, config, message_pk)
+                session.commit()
+    except Exception:
+        log.exception("could not tell the author of held message %d", message_pk)
 
 
 # What one SMTP transaction of a group came to: its outcomes, or why it was refused.

@@ -23,7 +23,7 @@ from sqlmodel import Session
 from listserv import delivery_queue
 from listserv.enums import DeliveryState
 from listserv.models import utcnow
-from listserv.queue_tables import Delivery, Destination
+from listserv.queue_tables import Delivery, Destination, Expansion
 
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # memory, CPU and open file descriptors
@@ -78,12 +78,22 @@ class Queue:
     oldest_queued: datetime | None = None  # created_at of the oldest job not finished
     # The destinations in back-off and their deferrals in a row, BACKOFF_LABELS at most.
     backoffs: dict[str, int] = field(default_factory=dict)
+    # Posts accepted whose jobs are still being written (fanout.expand), and when the one
+    # waiting longest last wrote a chunk: long ago, the expansion has stopped.
+    expansions: int = 0
+    expansion_advanced: datetime | None = None
 
     def oldest_age(self, now: datetime) -> float | None:
         """Seconds; None for an empty queue."""
-        if self.oldest_queued is None:
-            return None
-        return max(0.0, (now - self.oldest_queued).total_seconds())
+        return _age(self.oldest_queued, now)
+
+    def expansion_stalled(self, now: datetime) -> float | None:
+        """Seconds since the expansion waiting longest wrote a chunk; None for none."""
+        return _age(self.expansion_advanced, now)
+
+
+def _age(moment: datetime | None, now: datetime) -> float | None:
+    return None if moment is None else max(0.0, (now - moment).total_seconds())
 
 
 _WAITING = (DeliveryState.QUEUED, DeliveryState.SENDING)
@@ -93,8 +103,8 @@ BACKOFF_LABELS = 20
 
 
 def read_queue(session: Session) -> Queue:
-    """Two aggregate reads (the ready index serves the second), and the destinations in
-    back-off (a few rows, usually none)."""
+    """Two aggregate reads (the ready index serves the second), the destinations in
+    back-off (a few rows, usually none) and the expansions under way (as few)."""
     shown = select(delivery_queue.shown_state().label("state")).subquery()
     by_state = session.execute(select(shown.c.state, func.count())
                                .group_by(shown.c.state)).all()
@@ -104,8 +114,11 @@ def read_queue(session: Session) -> Queue:
         select(Destination.name, Destination.deferrals)
         .where(Destination.backoff_until > utcnow())
         .order_by(Destination.deferrals.desc(), Destination.name).limit(BACKOFF_LABELS))
+    expansions, advanced = session.execute(
+        select(func.count(), func.min(Expansion.advanced_at))).one()
     return Queue(dict(by_state), _aware(oldest),
-                 {name: deferrals for name, deferrals in backoffs})
+                 {name: deferrals for name, deferrals in backoffs},
+                 expansions, _aware(advanced))
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -135,7 +148,16 @@ class _QueueCollector(Collector):
             labels=["destination"])
         for name, deferrals in self.queue.backoffs.items():
             backoffs.add_metric([name], deferrals)
-        return iter([jobs, oldest, backoffs])
+        expansions = GaugeMetricFamily(
+            "listserv_expansions", "Posts accepted whose delivery jobs are still being "
+            "written, a chunk of members at a time, after the 250.",
+            value=self.queue.expansions)
+        stalled = GaugeMetricFamily(
+            "listserv_expansion_stalled_seconds", "Seconds since the expansion waiting "
+            "longest wrote its last chunk (0 when none waits): growing, expansion has "
+            "stopped (no deliver role running, or its database away).",
+            value=self.queue.expansion_stalled(self.now) or 0.0)
+        return iter([jobs, oldest, backoffs, expansions, stalled])
 
 
 def exposition(queue: Queue | None, now: datetime) -> bytes:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlmodel import Session
 
 from listserv import digest_reply, fanout, notices, roster, store, tokens
@@ -44,8 +44,8 @@ def held_message(session: Session, message_pk: int) -> Message:
 def hold(session: Session, config: Config, mlist: MailingList, message: Message, *,
          tell_author: bool) -> None:
     """Tell the moderators about a post just held, with a reply address to act on it;
-    and its author, when that is a member or a sender whose domain vouched for the
-    From (authenticity.Asked.authenticated)."""
+    and its author, when that is a member (a non-member only once its From domain
+    vouched for it, after the transaction: tell_author)."""
     lifetime = timedelta(days=config.lists.hold_expiry_days)
     token, value = tokens.new(session, TokenKind.HOLD, mlist.id, message.from_address,
                               lifetime, message_pk=message.id,
@@ -57,9 +57,26 @@ def hold(session: Session, config: Config, mlist: MailingList, message: Message,
                      about=message.id,
                      message=message, reasons=message.reasons.splitlines(), token=value,
                      expires=token.expires_at)
-    # Telling any non-member would send backscatter to every forged From of every
-    # spam run; a From its own domain vouched for is the sender's own.
-    if tell_author and message.from_address:
+    if tell_author:
+        _tell_held(session, config, mlist, message)
+
+
+def tell_author(session: Session, config: Config, message_pk: int) -> None:
+    """A held non-member's From domain vouched for the post (authenticity.vouched): tell
+    them it waits, and of the decision when one is made. Telling any non-member would
+    send backscatter to every forged From of every spam run; a From its own domain
+    vouched for is the sender's own. Nothing, should the post have been decided meanwhile."""
+    told = session.execute(update(Token).where(
+        Token.message_pk == message_pk, Token.kind == TokenKind.HOLD,
+        Token.used_at.is_(None)).values(data=TELL_AUTHOR))
+    message = session.get(Message, message_pk)
+    mlist = session.get(MailingList, message.list_id) if message is not None else None
+    if told.rowcount and message is not None and mlist is not None:
+        _tell_held(session, config, mlist, message)
+
+
+def _tell_held(session: Session, config: Config, mlist: MailingList, message: Message) -> None:
+    if message.from_address:
         notices.send(session, config, mlist, message.from_address, "held_author",
                      message=message, reasons=message.reasons.splitlines())
 

@@ -21,13 +21,7 @@ from listserv import headers
 from listserv.address import split
 from listserv.enums import Lane, Verp
 from listserv.models import MailingList, utcnow
-from listserv.queue_tables import (
-    PENDING_JOBS,
-    Delivery,
-    Destination,
-    DestinationDomain,
-    Outgoing,
-)
+from listserv.queue_tables import NEW_JOBS, Delivery, Destination, DestinationDomain, Outgoing
 
 log = logging.getLogger("listserv.deliver")
 
@@ -192,10 +186,12 @@ def _handed_first(connection: Connection, handoff: Handoff, rows: list[dict],
 
 class _Turns:
     """The turns of new jobs: none in the lane a person waits in; in the posts' lane,
-    each list's numbered on from its last pending job, and never before the head of the
-    backlog. A list with nothing queued thus starts level with the others' next jobs,
-    one with thousands queued goes on after them, and the claim (by turn) takes the
-    lists' jobs in turn. Each is one step down an index (ix_delivery_*)."""
+    each list's numbered on from its last new job (never tried), and never before the
+    head of the new jobs. A list with nothing queued thus starts level with the others'
+    next jobs, one with thousands queued goes on after them, and the claim (by turn)
+    takes the lists' jobs in turn; jobs deferred (tried) go by their retry time instead,
+    and do not hold back their list's next post. Each is one step down an index
+    (ix_delivery_*)."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -229,9 +225,9 @@ def _hand(connection: Connection, handoff: Handoff, rows: list[dict], now: datet
 
 
 _HEAD_TURN = select(func.min(Delivery.__table__.c.turn)).where(
-    Delivery.__table__.c.lane == Lane.POSTS, PENDING_JOBS)
+    Delivery.__table__.c.lane == Lane.POSTS, NEW_JOBS)
 _LAST_TURN = select(func.max(Delivery.__table__.c.turn)).where(
-    Delivery.__table__.c.list_id == bindparam("list_id"), PENDING_JOBS)
+    Delivery.__table__.c.list_id == bindparam("list_id"), NEW_JOBS)
 
 
 def queue(session: Session, data: bytes, mail_from: str, rcpts: Iterable[str],

@@ -34,11 +34,16 @@ class Outgoing(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
-# Jobs not finished yet (queued or sending: every other state sets done_at): the claim's
-# and the turns' indexes hold only these, so that the finished ones (kept for days) are
-# never read past. Not a test of `state`, which ix_delivery_ready would serve: SQLite,
-# without statistics, then preferred that index and sorted every pending job.
-PENDING_JOBS = text("done_at IS NULL")
+# The claim's and the turns' indexes hold only jobs not finished yet (queued or
+# sending: every other state sets done_at), so that the finished ones (kept for days)
+# are never read past; not a test of `state`, which ix_delivery_ready would serve:
+# SQLite, without statistics, then preferred that index and sorted every pending job.
+# They are split by whether a job was tried: a new one (never claimed, or put back
+# untried) is due at once and goes by lane and turn; a tried one (deferred, or claimed)
+# waits for its next attempt and goes by that time. In one (lane, turn) index, a claim
+# behind a long smarthost outage read past every deferred job to find a due one.
+NEW_JOBS = text("done_at IS NULL AND attempts = 0")
+TRIED_JOBS = text("done_at IS NULL AND attempts > 0")
 
 
 class Expansion(SQLModel, table=True):
@@ -61,17 +66,20 @@ class Expansion(SQLModel, table=True):
 class Delivery(SQLModel, table=True):
     """One SMTP transaction to the smarthost: one copy, at most N recipients.
 
-    Claimed by `lane` first (enums.Lane: mail a person waits for goes first), then by
-    `turn`: the copies of posts and digests of each list are numbered on from the
-    backlog's head, so lists take turns (outbox.queue_all)."""
+    Claimed by `lane` first (enums.Lane: mail a person waits for goes first), then,
+    once tried, by `next_attempt_at`, and new by `turn`: the copies of posts and digests
+    of each list are numbered on from the head of the new jobs, so lists take turns
+    (outbox.queue_all)."""
 
     __tablename__ = "delivery"
     __table_args__ = (Index("ix_delivery_ready", "state", "next_attempt_at"),
                       Index("ix_delivery_domain", "domain", "state"),
                       Index("ix_delivery_claim", "lane", "turn", "id",
-                            sqlite_where=PENDING_JOBS, postgresql_where=PENDING_JOBS),
+                            sqlite_where=NEW_JOBS, postgresql_where=NEW_JOBS),
                       Index("ix_delivery_list_turn", "list_id", "turn",
-                            sqlite_where=PENDING_JOBS, postgresql_where=PENDING_JOBS))
+                            sqlite_where=NEW_JOBS, postgresql_where=NEW_JOBS),
+                      Index("ix_delivery_retry", "lane", "next_attempt_at", "id",
+                            sqlite_where=TRIED_JOBS, postgresql_where=TRIED_JOBS))
 
     id: int | None = Field(default=None, primary_key=True)
     outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")

@@ -25,7 +25,15 @@ from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import MessageState
-from listserv.ingest import REFUSALS, Incoming, Outcome, Result, ingest_group, route
+from listserv.ingest import (
+    REFUSALS,
+    Incoming,
+    Outcome,
+    Result,
+    ingest_group,
+    route,
+    tell_if_vouched,
+)
 from listserv.recent import Recent
 
 if TYPE_CHECKING:
@@ -88,6 +96,9 @@ class GroupCommit:
         result = await self.groups.put(incoming)
         if isinstance(result, Exception):
             raise result
+        for held in {o.held_from_non_member for o in result} - {None}:
+            await loop.run_in_executor(self.asking, tell_if_vouched, self.engine,
+                                       self.config, incoming, held)
         return result
 
     def _gather(self, waiting: int) -> float:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 from typer.testing import Result
 
@@ -174,6 +174,13 @@ def expand_all(engine: Engine, batch: int = 100) -> int:
 def jobs(engine: Engine) -> list[Delivery]:
     with db.session(engine) as s:
         return list(s.scalars(select(Delivery).order_by(Delivery.id)))
+
+
+def jobs_and_expansions(engine: Engine) -> tuple[int, int]:
+    """Delivery jobs, and expansions still under way."""
+    with db.session(engine) as s:
+        return (s.scalar(select(func.count()).select_from(Delivery)),
+                s.scalar(select(func.count()).select_from(Expansion)))
 
 
 def settled(engine: Engine) -> list[Delivery]:

@@ -15,14 +15,22 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from listserv import db
 from listserv.enums import MessageKind, MessageState
 from listserv.models import Message
-from listserv.queue_tables import Delivery, Expansion
-from tests.helpers import LIST, SENDER, message, message_id, post, settled, wait_until
+from tests.helpers import (
+    LIST,
+    SENDER,
+    jobs_and_expansions,
+    message,
+    message_id,
+    post,
+    settled,
+    wait_until,
+)
 from tests.servers import Serve, Smarthost, import_members
 
 pytestmark = pytest.mark.slow  # kill -9 of `listserv serve` processes, thousands of copies
@@ -88,7 +96,7 @@ def test_kill_9_during_a_posts_expansion_loses_nobody_and_repeats_no_chunk(
     everyone = import_members(receiver, tmp_path, FAN_OUT_MEMBERS)
     receiver.start()
     receiver.send([LIST], post())
-    assert srv_jobs(engine) == (0, 1)  # answered: the post and its expansion, no job
+    assert jobs_and_expansions(engine) == (0, 1)  # answered: the post and its expansion, no job
     # One job a chunk: the most transactions, so the expansion lasts long enough for the
     # kills to fall inside it even on a loaded machine.
     worker = make_serve(sink.port, "worker", CONCURRENCY, roles="deliver",
@@ -98,16 +106,17 @@ def test_kill_9_during_a_posts_expansion_loses_nobody_and_repeats_no_chunk(
     # Random moments of the expansion: once a seeded random number of jobs is written.
     for target in sorted(rng.sample(range(1, len(everyone) // BATCH), KILLS)):
         worker.start()
-        wait_until(lambda t=target: srv_jobs(engine)[0] >= t or not srv_jobs(engine)[1],
+        wait_until(lambda t=target: (jobs_and_expansions(engine)[0] >= t
+                                     or not jobs_and_expansions(engine)[1]),
                    f"{target} jobs written")
         assert worker.signal(signal.SIGKILL) == -signal.SIGKILL
-        during += srv_jobs(engine)[1]  # the kill came while the post was being expanded
+        during += jobs_and_expansions(engine)[1]  # the kill came while the post was being expanded
     worker.start()
     wait_until(lambda: len(set(sink.recipients())) == len(everyone), "a copy for every member",
                timeout=60 + len(everyone) / 50)
     settled(engine)
     # A chunk is one job (of BATCH members): a chunk written twice would be a job more.
-    assert srv_jobs(engine) == (len(everyone) // BATCH, 0)
+    assert jobs_and_expansions(engine) == (len(everyone) // BATCH, 0)
     copies = sink.copies()
     assert {rcpt for _, rcpt in copies} == set(everyone)
     duplicates = sum(n - 1 for n in copies.values())
@@ -115,13 +124,6 @@ def test_kill_9_during_a_posts_expansion_loses_nobody_and_repeats_no_chunk(
           f"{duplicates} sent twice")
     assert duplicates <= KILLS * CONCURRENCY * BATCH, duplicates
     assert during >= 1, "no kill fell inside the expansion"
-
-
-def srv_jobs(engine: Engine) -> tuple[int, int]:
-    """Delivery jobs, and expansions still under way."""
-    with db.session(engine) as s:
-        return (s.scalar(select(func.count()).select_from(Delivery)),
-                s.scalar(select(func.count()).select_from(Expansion)))
 
 
 # --- receiving --------------------------------------------------------------------------

@@ -1,17 +1,22 @@
 """Fan-out after the 250, and the lanes (issue 19), over real SMTP and a real database:
 a post is answered before any of its delivery jobs exists, whatever the list's size, and
 its members are given their jobs by the delivery workers a chunk at a time; mail a
-person waits for overtakes a large post's copies, and two lists' posts take turns."""
+person waits for overtakes a large post's copies, two lists' posts take turns, and
+copies deferred behind an outage wait for their time without holding up the claim."""
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from listserv import db
-from listserv.models import MailingList
+from listserv import claims, db, outbox
+from listserv.config import DeliveryConfig
+from listserv.enums import Lane
+from listserv.models import MailingList, utcnow
 from listserv.queue_tables import Delivery, Expansion
+from listserv.relay import RelayError
 from tests.helpers import SENDER, message, post, queue_empty, wait_until
 from tests.servers import Smarthost
 
@@ -93,3 +98,44 @@ def test_two_lists_posts_take_turns(make_server, make_list, engine, sink):
     # Not the first list's copies first: once the few handed to the worker with the
     # expansion went, the claims took the two lists' jobs in turn.
     assert first_half["ops"] >= 200 and first_half["dev"] >= 200, first_half
+
+
+def _queue(engine, rcpts: list[str], lane: Lane, list_id: int | None = None) -> list[int]:
+    """A copy to `rcpts`, a job each; their ids."""
+    with db.session(engine) as s:
+        outbox.queue(s, b"Subject: x\n\nx\n", "dev-bounces@lists.example.org", rcpts, 1,
+                     list_id=list_id, lane=lane)
+        s.commit()
+        return list(s.scalars(select(Delivery.id).where(Delivery.recipients.in_(rcpts))
+                              .order_by(Delivery.id)))
+
+
+def _claim(engine, limit: int) -> set[int]:
+    with db.session(engine) as s:
+        return {job.id for job in claims.claim(s, "test:1", limit, timedelta(seconds=30))}
+
+
+def test_copies_deferred_by_an_outage_wait_for_their_time_and_hold_up_no_claim(
+        make_list, engine):
+    dev, ops = make_list(LIST, owner=None), make_list(OTHER, owner=None)
+    deferred = _queue(engine, [f"d{i}@example.com" for i in range(300)], Lane.POSTS, dev.id)
+    config = DeliveryConfig(retry_initial_seconds=600)
+    with db.session(engine) as s:  # the smarthost is away: every copy tried and deferred
+        jobs = claims.claim(s, "test:1", 300, timedelta(seconds=30))
+        for job in jobs:
+            claims.record(s, config, job, {}, RelayError("connection refused", temporary=True))
+        s.commit()
+    assert len(jobs) == 300
+    confirmation = _queue(engine, ["new@example.com"], Lane.WAITING)
+    post_copies = _queue(engine, [f"o{i}@example.com" for i in range(5)], Lane.POSTS, ops.id)
+    # Only what is due: the confirmation first, then the other list's new post.
+    assert _claim(engine, 4) == {*confirmation, *post_copies[:3]}
+    with db.session(engine) as s:  # ten minutes on, the deferred copies are due again
+        s.execute(update(Delivery).where(Delivery.id.in_(deferred[:2])).values(
+            next_attempt_at=utcnow() - timedelta(seconds=1)))
+        s.commit()
+    notice = _queue(engine, ["owner@example.com"], Lane.WAITING)
+    # Mail a person waits for still first; the copies tried before go before new ones.
+    assert _claim(engine, 3) == {*notice, *deferred[:2]}
+    assert _claim(engine, 10) == set(post_copies[3:])
+    assert _claim(engine, 10) == set()

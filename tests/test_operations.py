@@ -49,6 +49,8 @@ def test_metrics_count_what_the_server_did(running, make_list, sink, engine):
     # the queue is read from the database: everything sent, nothing waits
     assert after[("listserv_delivery_jobs", (("state", "done"),))] >= 2
     assert after[("listserv_oldest_queued_job_seconds", ())] == 0
+    assert after[("listserv_expansions", ())] == 0  # every post given its jobs
+    assert after[("listserv_expansion_stalled_seconds", ())] == 0
 
 
 def test_healthz_says_what_works(running):
@@ -56,6 +58,7 @@ def test_healthz_says_what_works(running):
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok", "database": True, "smarthost": True, "oldest_queued_seconds": None,
+        "expansions": 0, "expansion_stalled_seconds": None,
         "loops": {"delivery": True, "web": True, "housekeeping": True, "digests": True},
         "smarthosts": {f"127.0.0.1:{running.config.delivery.smarthost_port}": True},
         "roles": ["smtp", "deliver", "web", "housekeeping"]}

@@ -1,6 +1,8 @@
 """Database outages and dead workers: the real `listserv serve` keeps delivering through
 a PostgreSQL stopped and started in the middle of a fan-out and through a full disk
-under SQLite, sends no copy twice for it, answers web pages with 503 meanwhile; leases
+under SQLite, sends no copy twice for it, answers web pages with 503 meanwhile; a post
+being expanded into its jobs when the database goes away is expanded on once it is
+back, without a restart, and /metrics shows it waiting meanwhile; leases
 are renewed while a worker holds its jobs, and a dead worker's jobs are taken over
 (and logged) once its short lease runs out."""
 
@@ -23,9 +25,17 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from listserv import db, supervise
-from tests.helpers import LIST, free_port, post, settled, wait_until
+from listserv import db, fanout, server, supervise
+from tests.helpers import (
+    LIST,
+    free_port,
+    jobs_and_expansions,
+    post,
+    settled,
+    wait_until,
+)
 from tests.servers import Serve, Smarthost, import_members
 
 CONCURRENCY = 2
@@ -116,10 +126,11 @@ def fill(directory: Path) -> Path:
 # --- servers ------------------------------------------------------------------------------
 
 def serve_on(make_serve: Callable[..., Serve], url: str, smarthost_port: int, name: str,
-             **delivery: int) -> Serve:
+             expansion_chunk: int = 5000, **delivery: int) -> Serve:
     """test_deliver's `listserv serve` on a database of the test's choosing, with
     [delivery] values added."""
-    srv = make_serve(smarthost_port, name, concurrency=CONCURRENCY)
+    srv = make_serve(smarthost_port, name, concurrency=CONCURRENCY,
+                     expansion_chunk=expansion_chunk)
     srv.env["LISTSERV_DATABASE_URL"] = url
     path = Path(srv.env["LISTSERV_CONFIG"])
     added = "".join(f"{key} = {value}\n" for key, value in delivery.items())
@@ -149,6 +160,14 @@ def web_get(srv: Serve, path: str = "/") -> tuple[int, Message, str]:
             return response.status, response.headers, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read().decode()
+
+
+def web_metrics(srv: Serve) -> dict[str, float]:
+    """The unlabelled samples of `srv`'s /metrics."""
+    status, _, text = web_get(srv, "/metrics")
+    assert status == 200
+    return {s.name: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if not s.labels}
 
 
 def duplicates(sink: Smarthost) -> int:
@@ -231,6 +250,70 @@ def test_sqlite_on_a_full_disk_resumes_delivery_once_there_is_room(tmp_path, sma
     assert "delivery: database back after" in srv.log()
 
 
+# --- a post's expansion cut by an outage ---------------------------------------------------
+
+def expanding_when(srv: Serve, engine, outage: Callable[[], None]) -> list[str]:
+    """A post to 600 members expanded a job (BATCH members) a transaction, and `outage`
+    brought on once its expansion is under way; the members."""
+    members = import_members(srv, tmp_path_of(srv), 600)
+    srv.start()
+    srv.send([LIST], post())
+    wait_until(lambda: jobs_and_expansions(engine)[0] >= 20, "the expansion to be under way")
+    assert jobs_and_expansions(engine)[1] == 1, "the expansion ended before the outage"
+    outage()
+    wait_until(lambda: "expansion: database unavailable" in srv.log(),
+               "the expansion to meet the outage")
+    return members
+
+
+def tmp_path_of(srv: Serve) -> Path:
+    return srv.log_path.parent
+
+
+def expanded_on(srv: Serve, engine, members: list[str], sink: Smarthost) -> None:
+    """Every member gets the post once, by the same process, and the log says why it
+    waited and when it went on."""
+    wait_until(lambda: len(set(sink.recipients())) == len(members), "a copy for every member")
+    settled(engine)
+    assert jobs_and_expansions(engine) == (len(members) // BATCH, 0)  # no chunk twice
+    assert still_running(srv)
+    assert duplicates(sink) <= CONCURRENCY * BATCH, duplicates(sink)
+    log = srv.log()
+    assert log.count("expansion: database unavailable") == 1, log
+    assert "expansion: database back after" in log
+
+
+@pytest.mark.slow  # `listserv serve` processes
+def test_a_post_being_expanded_when_postgresql_stops_reaches_everyone_once_it_is_back(
+        tmp_path, postgres, make_serve, sink):
+    engine = db.open_database(postgres.url)
+    srv = serve_on(make_serve, postgres.url, sink.port, "serve", expansion_chunk=BATCH)
+    members = expanding_when(srv, engine, postgres.stop)
+    time.sleep(3)  # away for a while: the expansion waits, the server runs on
+    assert still_running(srv)
+    postgres.start()
+    expanded_on(srv, engine, members, sink)
+    engine.dispose()
+
+
+@pytest.mark.slow  # `listserv serve` processes
+def test_a_post_being_expanded_when_sqlites_disk_fills_reaches_everyone_once_there_is_room(
+        small_disk, make_serve, sink):
+    url = f"sqlite:///{small_disk / 'listserv.db'}"
+    engine = db.open_database(url)
+    srv = serve_on(make_serve, url, sink.port, "serve", expansion_chunk=BATCH)
+    filler: list[Path] = []
+    members = expanding_when(srv, engine, lambda: filler.append(fill(small_disk)))
+    waiting = web_metrics(srv)
+    assert waiting["listserv_expansions"] == 1, waiting
+    time.sleep(3)
+    assert web_metrics(srv)["listserv_expansion_stalled_seconds"] >= 3
+    filler[0].unlink()
+    expanded_on(srv, engine, members, sink)
+    assert web_metrics(srv)["listserv_expansions"] == 0
+    engine.dispose()
+
+
 # --- leases -----------------------------------------------------------------------------
 
 @pytest.mark.slow  # `listserv serve` processes
@@ -282,3 +365,15 @@ def test_a_background_loop_that_dies_stops_the_server_with_its_reason(caplog):
     assert asyncio.run(scenario()).is_set()
     assert "digests stopped: RuntimeError: template missing; exiting" in caplog.text
 
+
+
+def test_an_expansion_that_dies_stops_the_server_with_its_reason(config, engine, monkeypatch,
+                                                                  caplog):
+    """Not left dead while the claims go on: posts would be accepted and never sent."""
+    def bug(*args: object) -> int:
+        raise RuntimeError("a bug in the expansion")
+    monkeypatch.setattr(fanout, "expand", bug)
+    with pytest.raises(supervise.LoopDied, match="delivery stopped: LoopDied: expansion "
+                                                 "stopped: RuntimeError: a bug in the expansion"):
+        asyncio.run(asyncio.wait_for(server.serve(engine, config), 60))
+    assert "exiting" in caplog.text

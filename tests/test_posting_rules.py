@@ -218,6 +218,16 @@ def test_a_held_non_member_whose_domain_signs_is_told(running, dev, sink, engine
     assert told_it_waits(engine, sink, "alice@author.example")
 
 
+def test_a_members_signed_post_costs_no_dkim_verification(running, make_list, sink, engine,
+                                                          author_key, dns_server):
+    """The signature's answer matters for a held non-member alone: a member's signed
+    post, sent on, does not look its key up (nor spend the CPU to verify it)."""
+    make_list(members=["alice@author.example"], owner=OWNER)
+    running.send("alice@author.example", [LIST], signed(author_key))
+    assert delivered_to(engine, sink, "alice@author.example") == 1
+    assert "a._domainkey.author.example" not in dns_server.queries
+
+
 def test_a_forged_or_unaligned_sender_is_not_told(running, dev, sink, engine, author_key):
     # Signed by author.example, but From another domain: no vouching for that From.
     running.send("eve@forged.example", [LIST],
