@@ -281,6 +281,37 @@ def test_a_post_with_5000_references_renders_and_its_pages_walk_a_bounded_chain(
         assert client.get(url("thread", "root@x")).text.count('<article class="post') == 3
 
 
+def test_a_message_page_seeks_each_node_it_walks_without_statistics(
+        make_list, engine, import_mbox):
+    # SQLite has no statistics (no ANALYZE) unless someone runs it: a walk step joined
+    # on `list_id = :list_id` read every node of the list down its list-id index, 3 s a
+    # page at 1,000,000 messages. Each step must seek its nodes by both columns.
+    if not db.is_sqlite(engine):
+        pytest.skip("the plan asked of is SQLite's")
+    make_list(LIST)
+    import_mbox([mail("Plans", "root@x"),
+                 mail("Re: Plans", "near@x", references="<root@x> <ghost@x>")])
+    walks: list[tuple[str, object]] = []
+    def listener(conn, cursor, sql, params, *rest):
+        if "RECURSIVE" in sql:
+            walks.append((sql, params))
+    with db.read_session(engine) as session:
+        list_id = session.scalars(select(MailingList.id)).one()
+        connection = session.connection()
+        event.listen(connection, "before_cursor_execute", listener)
+        try:
+            for mid in ("root@x", "near@x"):
+                archive.message_page(session, list_id, archive.find_message(session, list_id, mid))
+        finally:
+            event.remove(connection, "before_cursor_execute", listener)
+        raw = connection.connection.driver_connection
+        plans = [row[3] for sql, params in walks
+                 for row in raw.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+    node_reads = [step for step in plans if "thread_node" in step]
+    assert len(walks) == 3 and node_reads  # root: replies; near: parent and replies
+    assert all(" AND " in step for step in node_reads), node_reads
+
+
 def test_reply_link_of_a_first_post_adds_re_once(running, make_list, import_mbox):
     make_list(LIST)
     import_mbox([mail("Question & <answer>?", "q@x")])
