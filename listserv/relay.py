@@ -69,6 +69,13 @@ def refuses_recipient(reply: Reply) -> bool:
 # The longest reply line we wait for: a smarthost sending more without a line end is broken.
 MAX_LINE = 1 << 20
 
+# One-line replies read before, by their bytes: the replies to MAIL, RCPT and DATA are
+# the same in every transaction, and a pipelined copy reads four; parsing each again
+# was a tenth of the sender's time. Bounded, as a reply that names its queue id is
+# new each time. (The lines list of a reply is only read, never changed.)
+_KNOWN: dict[bytes, tuple[Reply, list[str]]] = {}
+KNOWN_REPLIES = 256
+
 
 def stuff(data: bytes, *, line_start: bool = True) -> bytes:
     """Dot-stuff a piece of CRLF message bytes (RFC 5321 4.5.2); `line_start` says
@@ -97,6 +104,50 @@ def _refusal(error: RelayError, lost: bool = False) -> Reply:
     return Reply(error.code or (451 if error.temporary else 554), str(error))
 
 
+class _Watch:
+    """The reply timeout of one connection, as one timer that seldom fires: each wait for
+    replies sets its due time, and a timer that fires before it is set again for it; a
+    wait that outlasts its due time aborts the connection, which ends the read (see
+    _Deadline). A timer made and cancelled for every copy (asyncio.timeout) was a sixth
+    of a sender's time; this one fires about once per timeout while copies flow."""
+
+    def __init__(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.due: float | None = None
+        self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, seconds: float) -> None:
+        self.due = self.loop.time() + seconds
+        if self.timer is not None and self.timer.when() > self.due:
+            self.timer.cancel()  # a shorter wait than the one it was set for
+            self.timer = None
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.due, self._check)
+
+    def stop(self) -> bool:
+        """The wait is over: whether it ran out."""
+        self.due = None
+        expired, self.expired = self.expired, False
+        return expired
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.due is None:
+            return  # no wait now: the next one sets the timer
+        if self.loop.time() < self.due:
+            self.timer = self.loop.call_at(self.due, self._check)
+        else:
+            self.expired = True
+            self.transport.abort()
+
+
 class _Deadline:
     """One timeout for the replies read inside, and a failure to read one breaks the
     connection. wait_for, or a timeout per reply, costs more than reading the reply (a
@@ -105,20 +156,19 @@ class _Deadline:
 
     def __init__(self, relay: Relay, seconds: float) -> None:
         self.relay = relay
-        self.timeout = asyncio.timeout(seconds)
+        self.seconds = seconds
 
     async def __aenter__(self) -> None:
-        await self.timeout.__aenter__()
+        self.relay.watch.start(self.seconds)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        try:
-            await self.timeout.__aexit__(kind, exc, tb)
-        except TimeoutError as timeout:
-            exc = timeout
+        if self.relay.watch.stop():
+            self.relay.broken = True
+            raise RelayError(f"bad or no reply from smarthost: {TimeoutError()!r}") from exc
         if isinstance(exc, RelayError):
             self.relay.broken = True
-        elif isinstance(exc, OSError | TimeoutError | ValueError):
+        elif isinstance(exc, OSError | ValueError):
             self.relay.broken = True
             raise RelayError(f"bad or no reply from smarthost: {exc!r}") from exc
 
@@ -133,6 +183,7 @@ class Relay:
         self.timeout = timeout
         self.extensions: dict[str, str] = {}
         self.broken = False
+        self.watch = _Watch(writer.transport)
         # Replies are cut into lines here rather than by StreamReader.readline: a
         # pipelined copy reads four replies, mostly from one segment.
         self._buffer = bytearray()
@@ -169,26 +220,40 @@ class Relay:
             keyword, _, param = line.partition(" ")
             self.extensions[keyword.upper()] = param
 
+    def _take_line(self) -> bytes | None:
+        """The next whole line already read, if any."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end + 1])
+        del self._buffer[:end + 1]
+        return line
+
     async def _line(self) -> bytes:
-        while (end := self._buffer.find(b"\n")) < 0:
+        while (line := self._take_line()) is None:
             if len(self._buffer) > MAX_LINE:
                 raise RelayError("smarthost sent a reply line too long")
             chunk = await self.reader.read(1 << 16)
             if not chunk:
                 raise RelayError("smarthost closed the connection")
             self._buffer += chunk
-        line = bytes(self._buffer[:end + 1])
-        del self._buffer[:end + 1]
         return line
 
     async def _read_reply(self) -> tuple[Reply, list[str]]:
+        line = self._take_line() or await self._line()
+        if (known := _KNOWN.get(line)) is not None:
+            return known
         lines = []
         while True:
-            text = (await self._line()).decode("utf-8", "replace").rstrip("\r\n")
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(text[4:])
             if len(text) < 4 or text[3] != "-":
                 break
-        return Reply(int(text[:3]), " ".join(lines).strip()), lines
+            line = self._take_line() or await self._line()
+        reply = Reply(int(text[:3]), " ".join(lines).strip()), lines
+        if len(lines) == 1 and len(_KNOWN) < KNOWN_REPLIES:
+            _KNOWN[line] = reply
+        return reply
 
     def _deadline(self, timeout: float | None = None) -> _Deadline:
         return _Deadline(self, timeout or self.timeout)
@@ -429,4 +494,5 @@ class Relay:
         except (OSError, TimeoutError, RelayError):
             pass  # the connection is going away either way
         finally:
+            self.watch.close()
             self.writer.close()
