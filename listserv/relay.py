@@ -111,7 +111,7 @@ class _Watch:
     _Deadline). A timer made and cancelled for every copy (asyncio.timeout) was a sixth
     of a sender's time; this one fires about once per timeout while copies flow."""
 
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
         self.transport = transport
         self.loop = asyncio.get_running_loop()
         self.due: float | None = None
