@@ -25,7 +25,7 @@ from listserv.enums import DeliveryState
 from listserv.models import utcnow
 from listserv.outbox import PAUSED
 from listserv.queue_tables import PENDING_JOBS, Delivery, RecipientFailure
-from listserv.relay import RelayError, Reply
+from listserv.replies import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
 

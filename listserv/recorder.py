@@ -16,7 +16,7 @@ from listserv.claims import Attempt, Job
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
-from listserv.relay import RelayError, Reply
+from listserv.replies import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
 

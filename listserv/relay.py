@@ -13,57 +13,15 @@ import asyncio
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
+
+from listserv.replies import MAIL_REFUSED, ConnectionLost, RelayError, Reply, refusal
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
 
 # RFC 5321 4.5.3.2.6: wait 10 minutes for the reply to the final dot. Giving up sooner
 # on a slow smarthost (a content filter, a full disk) sends the message again later.
 DATA_TIMEOUT = 600.0
-
-
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 400
-
-    @property
-    def temporary(self) -> bool:
-        return 400 <= self.code < 500
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
-
-
-class RelayError(Exception):
-    """The transaction as a whole failed; `temporary` says whether to try again."""
-
-    def __init__(self, text: str, temporary: bool = True, code: int = 0) -> None:
-        super().__init__(text)
-        self.temporary = temporary
-        self.code = code
-
-
-class ConnectionLost(RelayError):
-    """The connection died before the smarthost answered MAIL, so it accepted nothing and
-    the transaction can go again at once on a new connection."""
-
-
-# How the refusals that are not of a recipient begin: our envelope sender's and the
-# session's. They say nothing of a member's address, so they are never bounces.
-MAIL_REFUSED = "MAIL FROM refused"
-_NOT_RECIPIENT = (MAIL_REFUSED, "EHLO refused", "smarthost greeting")
-
-
-def refuses_recipient(reply: Reply) -> bool:
-    """A permanent refusal of the recipient or of the message sent to it (at RCPT or
-    DATA): what a delivery report from the remote end would say about that address."""
-    return reply.code >= 500 and not reply.text.startswith(_NOT_RECIPIENT)
 
 
 # The longest reply line we wait for: a smarthost sending more without a line end is broken.
@@ -95,13 +53,6 @@ def prepare(data: bytes) -> bytes:
 
 def _nothing(rcpt: str) -> None:
     """The default `on_sent`: nothing to note."""
-
-
-def _refusal(error: RelayError, lost: bool = False) -> Reply:
-    """A failed transaction as the reply that refused its recipient."""
-    if lost:
-        return Reply(451, f"connection lost before the smarthost answered: {error}")
-    return Reply(error.code or (451 if error.temporary else 554), str(error))
 
 
 class _Watch:
@@ -382,11 +333,11 @@ class Relay:
                     return refused | dict.fromkeys(rcpts[index + 1:], lost)
             except RelayError as exc:
                 if not self.broken:
-                    refused[rcpt] = _refusal(exc)
+                    refused[rcpt] = refusal(exc)
                 elif index == 0:
                     raise
                 else:
-                    return refused | dict.fromkeys(rcpts[index:], _refusal(exc, lost=True))
+                    return refused | dict.fromkeys(rcpts[index:], refusal(exc, lost=True))
         return refused
 
     async def _pipelined_each(self, mail_from: Callable[[str], str], rcpts: list[str],
@@ -428,7 +379,7 @@ class Relay:
             self.broken = True
             if not finished:
                 raise ConnectionLost(str(exc)) from exc
-            lost = _refusal(exc, lost=True)
+            lost = refusal(exc, lost=True)
             refused.update({r: lost for r in rcpts if r not in finished})
         return refused
 

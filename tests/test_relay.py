@@ -12,7 +12,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from listserv.relay import Relay, RelayError
+from listserv.relay import Relay
+from listserv.replies import RelayError
 from tests.servers import Smarthost
 
 
