@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import os
 import re
+import resource
 import shutil
 import sys
 import tempfile
@@ -192,6 +193,11 @@ class Main:
     confirmation_s: float | None = None
     rss_mb: dict[str, float] = field(default_factory=dict)
     message_id: str = ""
+    # CPU seconds from the large post's 250 to its last copy: each serve, the PostgreSQL
+    # backends of their connections, the sink; then smtp-source and the sink in the
+    # baseline. Both cores are shared by all of them: CPU per copy is what sets the rate.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    raw_cpu_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -207,6 +213,7 @@ def measure_main(nodes: list[Node], probe: run.Probe, small: str, large: str, re
     _, _, r.small_250_s = run.send_one(a.port, small, "small")
     probe.wait_drained(timeout)
     base = sink.count
+    cpu = _cpu_of(nodes, probe, sink)
     r.message_id, t250, r.large_250_s = run.send_one(a.port, large, "large")
     data_end = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=r.large_250_s)
     jobs_at_250 = jobs_of(probe, r.message_id)
@@ -217,6 +224,7 @@ def measure_main(nodes: list[Node], probe: run.Probe, small: str, large: str, re
                lambda: sink.count - base >= recipients + 1 and not probe.unfinished(), timeout)
     time.sleep(0.2)  # the sink's last counter line may trail the worker's commit
     r.copies_s = sink.events[-1][0] - t250
+    r.cpu_s = _spent(cpu, _cpu_of(nodes, probe, sink))
     r.copies_sent = sink.count
     r.expanded_at_250 = jobs_of(probe, r.message_id) == jobs_at_250
     # From the end of the data: the 250, or the last job stored after it.
@@ -228,6 +236,49 @@ def measure_main(nodes: list[Node], probe: run.Probe, small: str, large: str, re
     return r
 
 
+def _cpu_of(nodes: list[Node], probe: run.Probe, sink: run.Sink) -> dict[str, float]:
+    """CPU seconds so far of each serve, of the PostgreSQL backends serving them (found
+    by the client ports of their sockets: other sessions share the server), and of the
+    sink."""
+    ports = {port for node in nodes for port in _tcp_ports(node.serve.pid)}
+    with probe.engine.connect() as conn:
+        backends = [row.pid for row in conn.execute(text(
+            "SELECT pid, client_port FROM pg_stat_activity")) if row.client_port in ports]
+    cpu = {f"serve {node.name}": node.serve.cpu() for node in nodes}
+    cpu |= {f"backend {pid}": run.cpu_seconds(pid) for pid in backends
+            if Path(f"/proc/{pid}").exists()}
+    cpu["smtp-sink"] = sink.cpu()
+    return cpu
+
+
+def _spent(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds between two readings of _cpu_of, the backends summed (one opened
+    meanwhile counts whole; one closed meanwhile is lost, as the pools keep theirs)."""
+    spent = {k: v - before.get(k, 0.0) for k, v in after.items()}
+    backends = sum(v for k, v in spent.items() if k.startswith("backend "))
+    return {k: v for k, v in spent.items() if not k.startswith("backend ")} | {
+        "PostgreSQL": backends}
+
+
+def _tcp_ports(pid: int) -> set[int]:
+    """The local ports of a process's TCP sockets (from /proc: its socket inodes, then
+    /proc/net/tcp)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[9] in inodes:
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
 def join_request(large: str) -> bytes:
     return (f"From: {JOINER}\r\nTo: {large.replace('@', '-join@')}\r\nSubject: join\r\n"
             f"Message-ID: <join-{time.time_ns()}@bench.example>\r\n\r\njoin\r\n").encode()
@@ -236,9 +287,18 @@ def join_request(large: str) -> bytes:
 def baseline(node: Node, probe: run.Probe, r: Main) -> None:
     """smtp-source, one recipient per transaction, the stored copy, as many connections
     as the two servers' delivery workers have together."""
+    children, sink = _children_cpu(), node.setup.sink.cpu()
     raw = run.raw_rate(node.setup, probe.copy_of(r.message_id), r.connections, r.recipients,
                        1, 1)
     r.raw_rate, r.raw_s = raw.rate, raw.seconds
+    r.raw_cpu_s = {"smtp-source": _children_cpu() - children,
+                   "smtp-sink": node.setup.sink.cpu() - sink}
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's children that have ended (smtp-source's runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- kill -9 during the expansion -------------------------------------------------------
@@ -415,7 +475,7 @@ def render(args: argparse.Namespace, argv: list[str], facts: dict[str, str], r: 
               "in this version**" if r.expanded_at_250 else
               f"expansion finished {r.expansion_s:.2f} s after the end of the data")
            + f"; last copy {r.copies_s:.1f} s after the 250; smtp-source took "
-           f"{r.raw_s:.1f} s for as many transactions."]
+           f"{r.raw_s:.1f} s for as many transactions.", "", cpu_text(r)]
     if k is not None:
         out += ["", kill_text(k)]
     if size is not None:
@@ -428,6 +488,16 @@ def render(args: argparse.Namespace, argv: list[str], facts: dict[str, str], r: 
                 f"old): **{size.before * per / 1e6:.1f} MB and {size.after * per / 1e6:.1f} "
                 "MB per million copies**."]
     return "\n".join(out) + "\n"
+
+
+def cpu_text(r: Main) -> str:
+    """CPU per copy of each side, in µs: the cores they share set the rates."""
+    def per_copy(cpu: dict[str, float]) -> str:
+        parts = [f"{name} {seconds / r.recipients * 1e6:.0f}" for name, seconds in cpu.items()]
+        return (", ".join(parts)
+                + f" (total {sum(cpu.values()) / r.recipients * 1e6:.0f})")
+    return ("CPU per copy of the large post, µs (user + system, from /proc): listserv's "
+            f"side: {per_copy(r.cpu_s)}; smtp-source's side: {per_copy(r.raw_cpu_s)}.")
 
 
 def kill_text(k: Kill) -> str:

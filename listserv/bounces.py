@@ -32,7 +32,7 @@ from listserv.enums import DisabledBy, MessageKind, Role
 from listserv.failure import BounceClass, Failure, refusal
 from listserv.models import BounceEvent, MailingList, Member, Message, utcnow
 from listserv.queue_tables import Outgoing
-from listserv.relay import Reply, refuses_recipient
+from listserv.replies import Reply, refuses_recipient
 
 # The logger keeps the name operators filter on from before the module was renamed.
 log = logging.getLogger("listserv.bouncing")

@@ -43,7 +43,11 @@ class Personal:
         self.message_pk = message_pk
         self.signer = signer
         self.verp = verp  # the list's addresses when its copies go out with VERP
-        self.pieces = _stuffed_pieces(copy)
+        pieces = _stuffed_pieces(copy)
+        # The shared bytes in place, and where each recipient's lines go: a recipient's
+        # copy is this list with those filled in, joined.
+        self.shared = [p if isinstance(p, bytes) else b"" for p in pieces]
+        self.fills = [(i, p) for i, p in enumerate(pieces) if not isinstance(p, bytes)]
         self.manage_hours = manage_hours if copy.links_manage() else 0
         self.links_threads = copy.links_threads()
         self.follows = copy.links_follow() and message_pk is not None
@@ -81,7 +85,10 @@ class Personal:
         if self.signer is not None:
             return prepare(self.copy_for(rcpt))
         links = self._links(rcpt)
-        return b"".join(p if isinstance(p, bytes) else p.fill(links) for p in self.pieces)
+        parts = self.shared.copy()
+        for index, piece in self.fills:
+            parts[index] = piece.fill(links)
+        return b"".join(parts)
 
 
 @dataclass(frozen=True)

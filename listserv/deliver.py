@@ -27,7 +27,8 @@ from listserv.copies import Copies, Personal, Prepared
 from listserv.lease import Leases
 from listserv.mx_groups import MxGroups
 from listserv.recorder import Progress, Recorder
-from listserv.relay import ConnectionLost, Relay, RelayError, Reply
+from listserv.relay import Relay
+from listserv.replies import ConnectionLost, RelayError, Reply
 from listserv.shaping import Shaper
 from listserv.smarthosts import Smarthosts
 

@@ -25,7 +25,7 @@ from listserv.config import DeliveryConfig
 from listserv.models import utcnow
 from listserv.mx_groups import Group
 from listserv.queue_tables import Destination, DestinationDomain
-from listserv.relay import Reply
+from listserv.replies import Reply
 
 # RFC 3463 X.7.X is a security or policy status; a 4.7.x is the receiver asking the
 # sender to slow down or come back later (Gmail's 4.7.28, Microsoft's 4.7.500, a

@@ -104,9 +104,10 @@ def members(session: Session, list_id: int, after: int = 0, chunk: int = CHUNK,
     """The next `chunk` members (id, address) after member id `after` who get each post
     (or, for a digest mode, each digest of that form). A member whose `nomail_until` is
     still ahead is left out, and is back once it has passed."""
-    return [(r.id, r.address) for r in session.connection().execute(_MEMBERS, {
+    # Fetched whole: iterating the result fetched each row with a call of its own.
+    return [(id_, address) for id_, address in session.connection().execute(_MEMBERS, {
         "list_id": list_id, "mode": mode, "now": utcnow(), "after": after,
-        "chunk": chunk})]
+        "chunk": chunk}).all()]
 
 
 def recipients(session: Session, list_id: int,

@@ -41,24 +41,24 @@ class Send:
     lane: Lane = Lane.WAITING
 
 
-def _domain_order(rcpt: str) -> list[str]:
-    """The domain's labels from the top down: sorted by it, a domain's recipients are
-    together, and its subdomains next to it."""
-    return split(rcpt)[1].split(".")[::-1]
-
-
 def _jobs(rcpts: Iterable[str], batch: int) -> list[tuple[str, str]]:
     """The domain and the recipients (one per line) of each delivery job: `batch` at
     most, all of one domain, so that a domain that defers copies holds back its own
-    jobs only, and the worker can count the transactions in flight to each."""
+    jobs only, and the worker can count the transactions in flight to each. Sorted by
+    the domain's labels from the top down, a domain's recipients are together, and its
+    subdomains next to it. (Each address is split once, and each domain once: this
+    runs for every member of a post's expansion.)"""
+    keyed = [(split(r)[1], r) for r in rcpts]
+    top_down = {domain: domain.split(".")[::-1] for domain in {d for d, _ in keyed}}
+    keyed.sort(key=lambda pair: top_down[pair[0]])
     jobs: list[tuple[str, str]] = []
     chunk: list[str] = []
     domain = ""
-    for rcpt in sorted(rcpts, key=_domain_order):
-        if chunk and (len(chunk) == batch or split(rcpt)[1] != domain):
+    for rcpt_domain, rcpt in keyed:
+        if chunk and (len(chunk) == batch or rcpt_domain != domain):
             jobs.append((domain, "\n".join(chunk)))
             chunk = []
-        domain = split(rcpt)[1]
+        domain = rcpt_domain
         chunk.append(rcpt)
     if chunk:
         jobs.append((domain, "\n".join(chunk)))

@@ -17,7 +17,7 @@ from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
 from listserv.mx_groups import Group, MxGroups
-from listserv.relay import RelayError, Reply
+from listserv.replies import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
 

@@ -13,8 +13,9 @@ import asyncio
 import re
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
+
+from listserv.replies import MAIL_REFUSED, ConnectionLost, RelayError, Reply, refusal
 
 _DOT = re.compile(rb"^\.", re.MULTILINE)
 
@@ -23,51 +24,15 @@ _DOT = re.compile(rb"^\.", re.MULTILINE)
 DATA_TIMEOUT = 600.0
 
 
-@dataclass(frozen=True)
-class Reply:
-    code: int
-    text: str
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.code < 400
-
-    @property
-    def temporary(self) -> bool:
-        return 400 <= self.code < 500
-
-    def __str__(self) -> str:
-        return f"{self.code} {self.text}"
-
-
-class RelayError(Exception):
-    """The transaction as a whole failed; `temporary` says whether to try again."""
-
-    def __init__(self, text: str, temporary: bool = True, code: int = 0) -> None:
-        super().__init__(text)
-        self.temporary = temporary
-        self.code = code
-
-
-class ConnectionLost(RelayError):
-    """The connection died before the smarthost answered MAIL, so it accepted nothing and
-    the transaction can go again at once on a new connection."""
-
-
-# How the refusals that are not of a recipient begin: our envelope sender's and the
-# session's. They say nothing of a member's address, so they are never bounces.
-MAIL_REFUSED = "MAIL FROM refused"
-_NOT_RECIPIENT = (MAIL_REFUSED, "EHLO refused", "smarthost greeting")
-
-
-def refuses_recipient(reply: Reply) -> bool:
-    """A permanent refusal of the recipient or of the message sent to it (at RCPT or
-    DATA): what a delivery report from the remote end would say about that address."""
-    return reply.code >= 500 and not reply.text.startswith(_NOT_RECIPIENT)
-
-
 # The longest reply line we wait for: a smarthost sending more without a line end is broken.
 MAX_LINE = 1 << 20
+
+# One-line replies read before, by their bytes: the replies to MAIL, RCPT and DATA are
+# the same in every transaction, and a pipelined copy reads four; parsing each again
+# was a tenth of the sender's time. Bounded, as a reply that names its queue id is
+# new each time. (The lines list of a reply is only read, never changed.)
+_KNOWN: dict[bytes, tuple[Reply, list[str]]] = {}
+KNOWN_REPLIES = 256
 
 
 def stuff(data: bytes, *, line_start: bool = True) -> bytes:
@@ -90,11 +55,48 @@ def _nothing(rcpt: str) -> None:
     """The default `on_sent`: nothing to note."""
 
 
-def _refusal(error: RelayError, lost: bool = False) -> Reply:
-    """A failed transaction as the reply that refused its recipient."""
-    if lost:
-        return Reply(451, f"connection lost before the smarthost answered: {error}")
-    return Reply(error.code or (451 if error.temporary else 554), str(error))
+class _Watch:
+    """The reply timeout of one connection, as one timer that seldom fires: each wait for
+    replies sets its due time, and a timer that fires before it is set again for it; a
+    wait that outlasts its due time aborts the connection, which ends the read (see
+    _Deadline). A timer made and cancelled for every copy (asyncio.timeout) was a sixth
+    of a sender's time; this one fires about once per timeout while copies flow."""
+
+    def __init__(self, transport: asyncio.WriteTransport) -> None:
+        self.transport = transport
+        self.loop = asyncio.get_running_loop()
+        self.due: float | None = None
+        self.expired = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, seconds: float) -> None:
+        self.due = self.loop.time() + seconds
+        if self.timer is not None and self.timer.when() > self.due:
+            self.timer.cancel()  # a shorter wait than the one it was set for
+            self.timer = None
+        if self.timer is None:
+            self.timer = self.loop.call_at(self.due, self._check)
+
+    def stop(self) -> bool:
+        """The wait is over: whether it ran out."""
+        self.due = None
+        expired, self.expired = self.expired, False
+        return expired
+
+    def close(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _check(self) -> None:
+        self.timer = None
+        if self.due is None:
+            return  # no wait now: the next one sets the timer
+        if self.loop.time() < self.due:
+            self.timer = self.loop.call_at(self.due, self._check)
+        else:
+            self.expired = True
+            self.transport.abort()
 
 
 class _Deadline:
@@ -105,20 +107,19 @@ class _Deadline:
 
     def __init__(self, relay: Relay, seconds: float) -> None:
         self.relay = relay
-        self.timeout = asyncio.timeout(seconds)
+        self.seconds = seconds
 
     async def __aenter__(self) -> None:
-        await self.timeout.__aenter__()
+        self.relay.watch.start(self.seconds)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        try:
-            await self.timeout.__aexit__(kind, exc, tb)
-        except TimeoutError as timeout:
-            exc = timeout
+        if self.relay.watch.stop():
+            self.relay.broken = True
+            raise RelayError(f"bad or no reply from smarthost: {TimeoutError()!r}") from exc
         if isinstance(exc, RelayError):
             self.relay.broken = True
-        elif isinstance(exc, OSError | TimeoutError | ValueError):
+        elif isinstance(exc, OSError | ValueError):
             self.relay.broken = True
             raise RelayError(f"bad or no reply from smarthost: {exc!r}") from exc
 
@@ -133,6 +134,7 @@ class Relay:
         self.timeout = timeout
         self.extensions: dict[str, str] = {}
         self.broken = False
+        self.watch = _Watch(writer.transport)
         # Replies are cut into lines here rather than by StreamReader.readline: a
         # pipelined copy reads four replies, mostly from one segment.
         self._buffer = bytearray()
@@ -169,26 +171,40 @@ class Relay:
             keyword, _, param = line.partition(" ")
             self.extensions[keyword.upper()] = param
 
+    def _take_line(self) -> bytes | None:
+        """The next whole line already read, if any."""
+        end = self._buffer.find(b"\n")
+        if end < 0:
+            return None
+        line = bytes(self._buffer[:end + 1])
+        del self._buffer[:end + 1]
+        return line
+
     async def _line(self) -> bytes:
-        while (end := self._buffer.find(b"\n")) < 0:
+        while (line := self._take_line()) is None:
             if len(self._buffer) > MAX_LINE:
                 raise RelayError("smarthost sent a reply line too long")
             chunk = await self.reader.read(1 << 16)
             if not chunk:
                 raise RelayError("smarthost closed the connection")
             self._buffer += chunk
-        line = bytes(self._buffer[:end + 1])
-        del self._buffer[:end + 1]
         return line
 
     async def _read_reply(self) -> tuple[Reply, list[str]]:
+        line = self._take_line() or await self._line()
+        if (known := _KNOWN.get(line)) is not None:
+            return known
         lines = []
         while True:
-            text = (await self._line()).decode("utf-8", "replace").rstrip("\r\n")
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
             lines.append(text[4:])
             if len(text) < 4 or text[3] != "-":
                 break
-        return Reply(int(text[:3]), " ".join(lines).strip()), lines
+            line = self._take_line() or await self._line()
+        reply = Reply(int(text[:3]), " ".join(lines).strip()), lines
+        if len(lines) == 1 and len(_KNOWN) < KNOWN_REPLIES:
+            _KNOWN[line] = reply
+        return reply
 
     def _deadline(self, timeout: float | None = None) -> _Deadline:
         return _Deadline(self, timeout or self.timeout)
@@ -317,11 +333,11 @@ class Relay:
                     return refused | dict.fromkeys(rcpts[index + 1:], lost)
             except RelayError as exc:
                 if not self.broken:
-                    refused[rcpt] = _refusal(exc)
+                    refused[rcpt] = refusal(exc)
                 elif index == 0:
                     raise
                 else:
-                    return refused | dict.fromkeys(rcpts[index:], _refusal(exc, lost=True))
+                    return refused | dict.fromkeys(rcpts[index:], refusal(exc, lost=True))
         return refused
 
     async def _pipelined_each(self, mail_from: Callable[[str], str], rcpts: list[str],
@@ -363,7 +379,7 @@ class Relay:
             self.broken = True
             if not finished:
                 raise ConnectionLost(str(exc)) from exc
-            lost = _refusal(exc, lost=True)
+            lost = refusal(exc, lost=True)
             refused.update({r: lost for r in rcpts if r not in finished})
         return refused
 
@@ -429,4 +445,5 @@ class Relay:
         except (OSError, TimeoutError, RelayError):
             pass  # the connection is going away either way
         finally:
+            self.watch.close()
             self.writer.close()

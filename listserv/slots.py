@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from listserv.headers import crlf
 
@@ -31,10 +32,10 @@ _THREAD = re.compile("\x00thread:([a-z]+):([0-9]+)\x00")
 ThreadLinks = Callable[[str, int], str]  # (kind, post pk) -> one recipient's token
 
 
-@dataclass(frozen=True)
-class Links:
+class Links(NamedTuple):
     """One recipient's signed tokens, each in place of its placeholder ("" where the
-    copy has none of that kind)."""
+    copy has none of that kind). A tuple: one is made for every recipient of a post, and
+    a frozen dataclass took longer to make than a token."""
 
     unsubscribe: str = ""
     mute: str = ""

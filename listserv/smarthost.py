@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from listserv.relay import Relay, RelayError
+from listserv.relay import Relay
+from listserv.replies import RelayError
 
 log = logging.getLogger("listserv.smarthost")
 

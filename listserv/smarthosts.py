@@ -12,7 +12,8 @@ import weakref
 from dataclasses import dataclass
 
 from listserv.config import SmarthostConfig
-from listserv.relay import Relay, RelayError
+from listserv.relay import Relay
+from listserv.replies import RelayError
 from listserv.smarthost import Smarthost
 
 # A smarthost that failed gets no new connection for this long, doubled with each

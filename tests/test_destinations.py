@@ -14,7 +14,7 @@ from sqlalchemy import select
 from listserv import claims, db, destinations, outbox
 from listserv.enums import DeliveryState
 from listserv.queue_tables import Delivery, Destination
-from listserv.relay import Reply
+from listserv.replies import Reply
 from listserv.shaping import Shaper
 from tests.helpers import (
     LIST,

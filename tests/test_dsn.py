@@ -17,7 +17,7 @@ import pytest
 from listserv.address import verp_recipient
 from listserv.dsn import parse_bounce
 from listserv.failure import BounceClass, classify, refusal
-from listserv.relay import MAIL_REFUSED, Reply, refuses_recipient
+from listserv.replies import MAIL_REFUSED, Reply, refuses_recipient
 from tests.helpers import CORPUS, assert_one_line_error, corpus_path, run_listserv
 
 BOUNCES = CORPUS / "bounces"
