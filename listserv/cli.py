@@ -477,7 +477,7 @@ def archive_import_cmd(ctx: typer.Context, list_address: ListArg, file: FileArg)
                 # Each time the archive has doubled: PostgreSQL planned the batch's
                 # lookups by the statistics of a smaller table, and a plan for an empty
                 # one (a scan of every node per batch) took seconds at 50,000.
-                db.refresh_statistics(engine)
+                db.refresh_statistics(engine, lookups_only=True)
                 analyzed_at = imported
         bar.update(task, total=read)  # known now that the whole file was read
     db.refresh_statistics(engine)
