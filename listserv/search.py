@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from markupsafe import Markup, escape
-from sqlalchemy import Integer, String, column, text
+from sqlalchemy import Integer, String, column, table, text
 from sqlmodel import Session
 
 from listserv import db
@@ -64,9 +64,14 @@ def index(session: Session, entries: Iterable[tuple[Message, str]]) -> None:
                              "message_pk) VALUES (:newest, :subject, :sender, :body, "
                              ":list_id, :pk)"), rows)
     else:
-        session.execute(text("INSERT INTO message_search (message_pk, list_id, subject, "
-                             "sender, body, newest) VALUES (:pk, :list_id, :subject, :sender, "
-                             ":body, :newest) ON CONFLICT (message_pk) DO NOTHING"), rows)
+        db.insert_new(session, _SEARCH_TABLE, [
+            {"message_pk": r["pk"], "list_id": r["list_id"], "subject": r["subject"],
+             "sender": r["sender"], "body": r["body"], "newest": r["newest"]} for r in rows])
+
+
+# PostgreSQL's index table as written (its tsvector column is generated from these).
+_SEARCH_TABLE = table("message_search", *(column(name) for name in (
+    "message_pk", "list_id", "subject", "sender", "body", "newest")))
 
 
 def newest_key(message: Message) -> int:

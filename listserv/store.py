@@ -172,8 +172,7 @@ class Threads:
         connection = self.session.connection()
         new = [{"list_id": self.list_id, "message_id": r.node.message_id, **r.values()}
                for r in rows if not r.stored]
-        if new:
-            connection.execute(insert(ThreadNode.__table__), new)
+        db.insert_new(self.session, ThreadNode.__table__, new)
         old = [{"w_list_id": self.list_id, "w_message_id": r.node.message_id, **r.values()}
                for r in rows if r.stored]
         if old:
@@ -411,15 +410,15 @@ _NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('message', 'id')) "
 def insert_messages(session: Session, rows: list[dict]) -> list[int]:
     """Insert message rows (message_values); their ids, in order. SQLite takes them in
     one INSERT ... RETURNING. On PostgreSQL many rows are given ids from the sequence
-    first and sent as one pipelined executemany: the single INSERT of a thousand rows
-    (17,000 placeholders) cost psycopg more to rewrite in Python than the server took to
-    store it."""
+    first and copied (db.insert_new): the single INSERT of a thousand rows (17,000
+    placeholders) cost psycopg more to rewrite in Python than the server took to store
+    it."""
     connection = session.connection()
     if len(rows) < 2 or connection.dialect.name != "postgresql":
         return list(connection.execute(_INSERT_MESSAGE, rows).scalars())
     ids = sorted(connection.execute(_NEXT_IDS, {"n": len(rows)}).scalars())
-    connection.execute(insert(Message.__table__),
-                       [{**row, "id": pk} for row, pk in zip(rows, ids, strict=True)])
+    db.insert_new(session, Message.__table__,
+                  [{**row, "id": pk} for row, pk in zip(rows, ids, strict=True)])
     return ids
 
 
