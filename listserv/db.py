@@ -81,10 +81,10 @@ def insert_new(session: Session, table: TableClause, rows: list[dict]) -> None:
     filled in, as an INSERT would."""
     if not rows:
         return
-    if is_sqlite(session.get_bind()):
+    dialect = session.get_bind().dialect
+    if dialect.name == "sqlite":
         session.connection().execute(insert(table), rows)
         return
-    dialect = session.get_bind().dialect
     defaults = {c.name: c.default.arg for c in table.c  # type: ignore[attr-defined]
                 if c.name not in rows[0] and c.default is not None and c.default.is_scalar}
     columns = [(name, table.c[name].type.dialect_impl(dialect).bind_processor(dialect))
