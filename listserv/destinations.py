@@ -16,7 +16,7 @@ import re
 from sqlalchemy import delete, select
 from sqlmodel import Session, col
 
-from listserv import db
+from listserv import bulk
 from listserv.claims import Attempt, backoff
 from listserv.config import DeliveryConfig
 from listserv.models import utcnow
@@ -63,7 +63,7 @@ def note(session: Session, config: DeliveryConfig, attempts: list[Attempt]
     if not deferred:
         return {}
     now = utcnow()
-    db.insert_missing(session, Destination.metadata.tables["destination"], [
+    bulk.insert_missing(session, Destination.metadata.tables["destination"], [
         {"domain": d, "backoff_until": now, "deferrals": 0, "last_reply": "",
          "updated_at": now} for d in sorted(deferred)])
     rows = session.scalars(select(Destination).where(col(Destination.domain).in_(sorted(deferred)))

@@ -18,7 +18,7 @@ from markupsafe import Markup, escape
 from sqlalchemy import Integer, String, column, table, text
 from sqlmodel import Session
 
-from listserv import db
+from listserv import bulk, db
 from listserv.models import Message
 
 # Snippet highlight markers: control characters no mail text keeps (see _clean), so the
@@ -64,7 +64,7 @@ def index(session: Session, entries: Iterable[tuple[Message, str]]) -> None:
                              "message_pk) VALUES (:newest, :subject, :sender, :body, "
                              ":list_id, :pk)"), rows)
     else:
-        db.insert_new(session, _SEARCH_TABLE, [
+        bulk.insert_new(session, _SEARCH_TABLE, [
             {"message_pk": r["pk"], "list_id": r["list_id"], "subject": r["subject"],
              "sender": r["sender"], "body": r["body"], "newest": r["newest"]} for r in rows])
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Row, bindparam, delete, func, insert, select, text, update
 from sqlmodel import Session
 
-from listserv import content_filter, db, search, thread, view
+from listserv import bulk, content_filter, db, search, thread, view
 from listserv.enums import ArchivePolicy, MessageKind, MessageState
 from listserv.models import (
     Follow,
@@ -172,7 +172,7 @@ class Threads:
         connection = self.session.connection()
         new = [{"list_id": self.list_id, "message_id": r.node.message_id, **r.values()}
                for r in rows if not r.stored]
-        db.insert_new(self.session, ThreadNode.__table__, new)
+        bulk.insert_new(self.session, ThreadNode.__table__, new)
         old = [{"w_list_id": self.list_id, "w_message_id": r.node.message_id, **r.values()}
                for r in rows if r.stored]
         if old:
@@ -410,14 +410,14 @@ _NEXT_IDS = text("SELECT nextval(pg_get_serial_sequence('message', 'id')) "
 def insert_messages(session: Session, rows: list[dict]) -> list[int]:
     """Insert message rows (message_values); their ids, in order. SQLite takes them in
     one INSERT ... RETURNING. On PostgreSQL many rows are given ids from the sequence
-    first and copied (db.insert_new): the single INSERT of a thousand rows (17,000
+    first and copied (bulk.insert_new): the single INSERT of a thousand rows (17,000
     placeholders) cost psycopg more to rewrite in Python than the server took to store
     it."""
     connection = session.connection()
     if len(rows) < 2 or connection.dialect.name != "postgresql":
         return list(connection.execute(_INSERT_MESSAGE, rows).scalars())
     ids = sorted(connection.execute(_NEXT_IDS, {"n": len(rows)}).scalars())
-    db.insert_new(session, Message.__table__,
+    bulk.insert_new(session, Message.__table__,
                   [{**row, "id": pk} for row, pk in zip(rows, ids, strict=True)])
     return ids
 
