@@ -70,7 +70,7 @@ def archive_import_cmd(ctx: typer.Context, list_address: ListArg, file: FileArg)
     """
     import itertools
 
-    from listserv import archive_import, db, roster
+    from listserv import archive_import, bulk, db, roster
 
     read = imported = 0
     mails = _read_mailbox(file)
@@ -89,10 +89,10 @@ def archive_import_cmd(ctx: typer.Context, list_address: ListArg, file: FileArg)
                 # Each time the archive has doubled: PostgreSQL planned the batch's
                 # lookups by the statistics of a smaller table, and a plan for an empty
                 # one (a scan of every node per batch) took seconds at 50,000.
-                db.refresh_statistics(engine)
+                bulk.refresh_statistics(engine, lookups_only=True)
                 analyzed_at = imported
         bar.update(task, total=read)  # known now that the whole file was read
-    db.refresh_statistics(engine)
+    bulk.refresh_statistics(engine)
     out.print(f"{read} messages read: {imported} imported, "
               f"{read - imported} duplicates skipped")
 

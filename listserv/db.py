@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, TypeVar
 from sqlalchemy import (
     ColumnElement,
     LargeBinary,
-    Table,
     any_,
     bindparam,
     event,
@@ -28,7 +27,7 @@ from sqlalchemy import (
     literal,
     text,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -61,14 +60,6 @@ def chunks(values: Iterable[str]) -> Iterator[list[str]]:
     values = list(values)
     for start in range(0, len(values), _IN_CHUNK):
         yield values[start:start + _IN_CHUNK]
-
-
-def insert_missing(session: Session, table: Table, rows: list[dict]) -> None:
-    """Insert the rows whose primary key is not there yet, leaving the others alone:
-    two processes adding one row at once must not fail the loser's whole transaction
-    (ON CONFLICT DO NOTHING, spelled by each database's dialect)."""
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(table).on_conflict_do_nothing(), rows)
 
 
 def among(session: Session, column: ColumnElement[T], values: list[T]) -> ColumnElement[bool]:
@@ -255,9 +246,16 @@ def session(engine: Engine) -> Iterator[Session]:
 
 
 @contextmanager
-def read_session(engine: Engine) -> Iterator[Session]:
-    """A session for reads only; on SQLite it does not take the write lock."""
-    with Session(engine.execution_options(readonly=True), expire_on_commit=False) as s:
+def read_session(engine: Engine, *, snapshot: bool = True) -> Iterator[Session]:
+    """A session for reads only; on SQLite it does not take the write lock. Without
+    `snapshot`, on PostgreSQL each statement reads as of its own start (autocommit): a
+    page's few reads were wrapped in BEGIN and ROLLBACK, two of its five round trips to
+    the server, and on a loaded machine each costs a wait for the server's turn. For
+    what tolerates a write landing between its reads (an archive page)."""
+    options: dict = {"readonly": True}
+    if not snapshot and engine.dialect.name == "postgresql":
+        options["isolation_level"] = "AUTOCOMMIT"
+    with Session(engine.execution_options(**options), expire_on_commit=False) as s:
         yield s
 
 
@@ -429,18 +427,6 @@ def version() -> str:
         return importlib.metadata.version("listserv")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
-
-
-def refresh_statistics(engine: Engine) -> None:
-    """After a bulk load (an archive import), on PostgreSQL: its planner reads the
-    tables' statistics, and until autovacuum came round it planned a 100,000-message
-    archive as an empty one (a page of threads sorted every thread). SQLite's planner
-    keeps no statistics here."""
-    if is_sqlite(engine):
-        return
-    with engine.connect() as connection:
-        connection.execute(text("ANALYZE message, thread_node, thread_summary, message_search"))
-        connection.commit()
 
 
 def open_database(url: str, upgrade_existing: bool = False) -> Engine:

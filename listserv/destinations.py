@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from sqlalchemy import delete, exists, select
 from sqlmodel import Session, col
 
-from listserv import db
+from listserv import bulk
 from listserv.claims import Attempt, backoff
 from listserv.config import DeliveryConfig
 from listserv.models import utcnow
@@ -94,7 +94,7 @@ def _back_off(session: Session, config: DeliveryConfig,
               late: dict[str, tuple[Reply, set[str]]]) -> dict[str, float]:
     now = utcnow()
     names = sorted(late)
-    db.insert_missing(session, Destination.metadata.tables["destination"], [
+    bulk.insert_missing(session, Destination.metadata.tables["destination"], [
         {"name": n, "backoff_until": now, "deferrals": 0, "last_reply": "",
          "updated_at": now} for n in names])
     rows = session.scalars(select(Destination).where(col(Destination.name).in_(names))
@@ -104,7 +104,7 @@ def _back_off(session: Session, config: DeliveryConfig,
     domains = {d: n for n, (_, ds) in late.items() for d in ds}
     session.execute(delete(DestinationDomain).where(
         col(DestinationDomain.domain).in_(sorted(domains))))
-    db.insert_missing(session, DestinationDomain.metadata.tables["destination_domain"], [
+    bulk.insert_missing(session, DestinationDomain.metadata.tables["destination_domain"], [
         {"domain": d, "destination": n} for d, n in sorted(domains.items())])
     session.execute(delete(Destination).where(~exists().where(
         col(DestinationDomain.destination) == col(Destination.name))))

@@ -50,10 +50,11 @@ def readable_list(session: Session, config: Config, address: str,
 async def read(request: Request, work: Callable[[Session, MailingList], T]
                ) -> tuple[MailingList, T]:
     """How every archive page reads: the list of the path through readable_list, then
-    `work`, in one read session (on SQLite it never waits for a writer), off the event
-    loop."""
+    `work`, in one read session (on SQLite it never waits for a writer; on PostgreSQL
+    without a snapshot: a post archived meanwhile shows or not, as it would a moment
+    earlier or later), off the event loop."""
     def call() -> tuple[MailingList, T]:
-        with db.read_session(pages.engine(request)) as session:
+        with db.read_session(pages.engine(request), snapshot=False) as session:
             mlist = readable_list(session, pages.config(request),
                                   request.path_params["address"], request.cookies)
             return mlist, work(session, mlist)
