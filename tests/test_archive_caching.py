@@ -171,3 +171,34 @@ def test_a_members_only_archive_is_cached_privately(running, make_list, engine, 
     for page in pages:
         assert page.status_code == 200
         assert page.headers["cache-control"] == f"private, max-age={MAX_AGE}, must-revalidate"
+
+
+def test_a_thread_page_drawn_before_an_erasure_shows_the_tombstone(running, make_list,
+                                                                  import_mbox, cli):
+    # The server remembers each post of a thread page as drawn (web/articles.py): what
+    # it drew of a post before the post was erased is never shown again.
+    make_list(LIST)
+    import_mbox([mail("Plans", "root@x"),
+                 mail("Secret plans", "reply@x", parent="root@x", body="The vault code.\n",
+                      sender="Carol Secret <carol@example.com>")])
+    with web(running) as client:
+        before = client.get(url("thread", "root@x")).text
+        assert "The vault code." in before and "Carol Secret" in before
+        assert cli("message", "erase", LIST, "reply@x").exit_code == 0
+        after = client.get(url("thread", "root@x")).text
+    assert "(removed)" in after and "2 messages" in after
+    for trace in ("The vault code.", "Carol Secret", "Secret plans"):
+        assert trace not in after
+
+
+def test_a_thread_page_drawn_before_a_content_filter_change_shows_the_new_form(
+        running, make_list, import_mbox, cli):
+    make_list(LIST)
+    import_mbox([attachment_mail()])
+    with web(running) as client:
+        before = client.get(url("thread", "files@x")).text
+        assert "/attachment/0/chart.png" in before
+        assert cli("list", "set", LIST, "pass_types", "text/plain").exit_code == 0
+        after = client.get(url("thread", "files@x")).text
+    assert "See the files." in after and "/attachment/" not in after
+    assert "chart.png" in after  # named in the filter's note
