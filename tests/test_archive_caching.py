@@ -10,11 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
+from markupsafe import Markup
 from sqlalchemy import event, update
 
 from listserv import db
 from listserv.enums import ArchivePolicy
 from listserv.models import Message
+from listserv.web import articles
 from listserv.web.caching import MAX_AGE
 from tests.helpers import (
     ALICE,
@@ -202,3 +204,18 @@ def test_a_thread_page_drawn_before_a_content_filter_change_shows_the_new_form(
         after = client.get(url("thread", "files@x")).text
     assert "See the files." in after and "/attachment/" not in after
     assert "chart.png" in after  # named in the filter's note
+
+
+def test_the_remembered_articles_stay_within_their_bound():
+    # A server up for months reads every thread of a large archive: what it remembers
+    # of them must not grow with the archive. The least recently read goes first.
+    remembered = articles._Remembered(max_chars=100)
+    for pk in range(3):
+        remembered.put(pk, "v1", Markup("x" * 30))
+    assert remembered.get(0, "v1") == "x" * 30  # read: now the most recent
+    remembered.put(3, "v1", Markup("x" * 30))  # 120 characters: one must go
+    assert remembered.get(1, "v1") is None
+    assert all(remembered.get(pk, "v1") for pk in (0, 2, 3)) and remembered.chars == 90
+    remembered.put(3, "v2", Markup("y" * 10))  # a new version replaces the entry
+    assert remembered.get(3, "v1") is None and remembered.get(3, "v2") == "y" * 10
+    assert remembered.chars == 70
