@@ -60,6 +60,7 @@ class Post:
     raw: bytes
     depth: int = 0
     erased: bool = False  # a tombstone: no sender, subject or text (erasure.py)
+    pk: int = 0  # Message.id
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def _skeleton(session: Session, list_id: int, thread_id: str
                                  thread_id=thread_id)
         if pk is not None:
             posts[mid] = Post(mid, subject, name, address, date or node_date, data or b"",
-                              erased=erased is not None)
+                              erased=erased is not None, pk=pk)
     return nodes, posts
 
 

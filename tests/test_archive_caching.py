@@ -10,11 +10,13 @@ import re
 from pathlib import Path
 
 import pytest
+from markupsafe import Markup
 from sqlalchemy import event, update
 
 from listserv import db
 from listserv.enums import ArchivePolicy
 from listserv.models import Message
+from listserv.web import articles
 from listserv.web.caching import MAX_AGE
 from tests.helpers import (
     ALICE,
@@ -171,3 +173,49 @@ def test_a_members_only_archive_is_cached_privately(running, make_list, engine, 
     for page in pages:
         assert page.status_code == 200
         assert page.headers["cache-control"] == f"private, max-age={MAX_AGE}, must-revalidate"
+
+
+def test_a_thread_page_drawn_before_an_erasure_shows_the_tombstone(running, make_list,
+                                                                  import_mbox, cli):
+    # The server remembers each post of a thread page as drawn (web/articles.py): what
+    # it drew of a post before the post was erased is never shown again.
+    make_list(LIST)
+    import_mbox([mail("Plans", "root@x"),
+                 mail("Secret plans", "reply@x", parent="root@x", body="The vault code.\n",
+                      sender="Carol Secret <carol@example.com>")])
+    with web(running) as client:
+        before = client.get(url("thread", "root@x")).text
+        assert "The vault code." in before and "Carol Secret" in before
+        assert cli("message", "erase", LIST, "reply@x").exit_code == 0
+        after = client.get(url("thread", "root@x")).text
+    assert "(removed)" in after and "2 messages" in after
+    for trace in ("The vault code.", "Carol Secret", "Secret plans"):
+        assert trace not in after
+
+
+def test_a_thread_page_drawn_before_a_content_filter_change_shows_the_new_form(
+        running, make_list, import_mbox, cli):
+    make_list(LIST)
+    import_mbox([attachment_mail()])
+    with web(running) as client:
+        before = client.get(url("thread", "files@x")).text
+        assert "/attachment/0/chart.png" in before
+        assert cli("list", "set", LIST, "pass_types", "text/plain").exit_code == 0
+        after = client.get(url("thread", "files@x")).text
+    assert "See the files." in after and "/attachment/" not in after
+    assert "chart.png" in after  # named in the filter's note
+
+
+def test_the_remembered_articles_stay_within_their_bound():
+    # A server up for months reads every thread of a large archive: what it remembers
+    # of them must not grow with the archive. The least recently read goes first.
+    remembered = articles._Remembered(max_chars=100)
+    for pk in range(3):
+        remembered.put(pk, "v1", Markup("x" * 30))
+    assert remembered.get(0, "v1") == "x" * 30  # read: now the most recent
+    remembered.put(3, "v1", Markup("x" * 30))  # 120 characters: one must go
+    assert remembered.get(1, "v1") is None
+    assert all(remembered.get(pk, "v1") for pk in (0, 2, 3)) and remembered.chars == 90
+    remembered.put(3, "v2", Markup("y" * 10))  # a new version replaces the entry
+    assert remembered.get(3, "v1") is None and remembered.get(3, "v2") == "y" * 10
+    assert remembered.chars == 70

@@ -30,7 +30,7 @@ from listserv import (
     view,
 )
 from listserv.models import DigestIssue, DigestSummary, MailingList
-from listserv.web import access, caching, join, pages
+from listserv.web import access, articles, caching, join, pages
 from listserv.web.access import read
 
 THREADS_PER_PAGE = 50
@@ -108,15 +108,15 @@ async def thread_page(request: Request) -> Response:
     if isinstance(thread_id, Response):
         return thread_id
 
-    def work(session: Session, mlist: MailingList) -> list:
+    def work(session: Session, mlist: MailingList) -> tuple[list, list]:
         posts = archive.thread_posts(session, mlist.id, thread_id)
-        return [(post, view.view(content_filter.filtered(post.raw, mlist))) for post in posts]
-    mlist, posts = await read(request, work)
+        list_url = f"{pages.base_url(request)}/{mlist.address}/"
+        return posts, articles.drawn(posts, mlist, list_url)
+    mlist, (posts, drawn) = await read(request, work)
     if not posts:
         raise HTTPException(404, "There is no such thread in this archive.")
-    return await archive_page(request, "thread", mlist, posts=posts, thread_id=thread_id,
-                              reply=lambda post: urls.reply_mailto(
-                                  mlist.address, post.message_id, post.subject))
+    return await archive_page(request, "thread", mlist, posts=posts, articles=drawn,
+                              thread_id=thread_id)
 
 
 async def message_routes(request: Request) -> Response:
