@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import delete, insert, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from listserv.address import parse_mailbox, split, valid_list_local
 from listserv.enums import DeliveryMode, DisabledBy, Role
@@ -100,8 +100,15 @@ def create_list(session: Session, address: str, *, name: str | None = None,
 
 
 def delete_list(session: Session, mlist: MailingList) -> None:
+    """The list and all it has. Its posts still being expanded go first, on their own:
+    a delivery worker holds a post's expansion row while it writes the chunk's jobs,
+    whose list id locks the list's row, so deleting the list first (the expansion then
+    by cascade) took the two locks the other way round, and PostgreSQL found a deadlock.
+    """
     from listserv import search  # the search index's engine, only for this
+    from listserv.queue_tables import Expansion
 
+    session.execute(delete(Expansion).where(col(Expansion.list_id) == mlist.id))
     search.forget_list(session, mlist.id)
     session.delete(mlist)
 
