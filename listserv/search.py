@@ -149,26 +149,30 @@ _POSTGRESQL_PAGE = f"""
     (SELECT * FROM m WHERE NOT (SELECT filled FROM enough)
      ORDER BY newest DESC LIMIT :limit OFFSET :offset)"""
 # ts_headline parses and stems the whole text it is given, as to_tsvector does: 0.1-0.5
-# ms a hit, most of a search page's time. So for a one-word query it is given an
-# excerpt: the text from a little before the first place the word's stem occurs (as a
-# prefix), or from the start where it does not occur as such ("happi" of "happy"). A
-# query of several words gets the whole text: an excerpt holding one of them only
-# would satisfy no query and show no word marked.
+# ms a hit for a message of a few kilobytes, tens for a long one, most of a search
+# page's time. So it is given an excerpt: the text from a little before the first place
+# one of the query's stems occurs (as a prefix), or from the start where none occurs as
+# such ("happi" of "happy"). An excerpt may hold one word of several, which satisfies no
+# query of all of them: ts_headline then shows the excerpt's first dozen words, perhaps
+# without the word. So it is asked to mark any of the query's words (its operators made
+# `|`, and `!` dropped: a lexeme never holds a space, so the text form is safe to edit).
 EXCERPT, BEFORE = 400, 100  # characters
 _POSTGRESQL_SEARCH = text(f"""
     SELECT m.id, m.message_id, m.subject, m.from_name, m.date,
-           ts_headline('english', CASE WHEN q.word IS NULL THEN s.body
-                       WHEN at.pos <= {BEFORE} THEN left(s.body, {EXCERPT})
+           ts_headline('english', CASE WHEN at.pos <= {BEFORE} THEN left(s.body, {EXCERPT})
                        ELSE regexp_replace(substr(s.body, at.pos - {BEFORE}, {EXCERPT}),
-                                           '^\\S*\\s+', '') END, q.query,
-                       'StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=12')
+                                           '^\\S*\\s+', '') END,
+                       q.any, 'StartSel={_START}, StopSel={_STOP}, MaxWords=30, MinWords=12')
     FROM ({_POSTGRESQL_PAGE}) hit
     JOIN message m ON m.id = hit.message_pk
     JOIN message_search s ON s.message_pk = hit.message_pk
-    CROSS JOIN (SELECT websearch_to_tsquery('english', :query) AS query,
-                       (SELECT min(lexeme) FROM unnest(to_tsvector('english', :query))
-                        HAVING count(*) = 1) AS word) q
-    CROSS JOIN LATERAL (SELECT coalesce(strpos(lower(s.body), q.word), 0) AS pos) at
+    CROSS JOIN (SELECT replace(regexp_replace(websearch_to_tsquery('english', :query)::text,
+                                              ' (&|<->|<[0-9]+>) ', ' | ', 'g'), '!', '')::tsquery
+                       AS any,
+                       array(SELECT lexeme FROM unnest(to_tsvector('english', :query)))
+                       AS words) q
+    CROSS JOIN LATERAL (SELECT coalesce(min(nullif(strpos(low.body, w), 0)), 0) AS pos
+                        FROM (SELECT lower(s.body) AS body) low, unnest(q.words) w) at
     ORDER BY hit.newest DESC""").columns(*_COLUMNS)
 
 

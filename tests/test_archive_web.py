@@ -515,6 +515,24 @@ def test_search_newest_first_with_snippets_and_pages(running, make_list, import_
     assert "No messages match" in none.text
 
 
+def test_search_of_several_words_marks_them_in_a_long_message(running, make_list,
+                                                              import_mbox):
+    """The words far apart in a long message: the snippet still shows one marked (on
+    PostgreSQL it is cut from around the first word's place, not the whole text)."""
+    make_list(LIST)
+    filler = "plain words about nothing much here. " * 40
+    import_mbox([mail("Harvest", "far@x", body=f"{filler}the kumquat crop\n{filler * 3}"
+                      "and a durian too\n"),
+                 mail("Other", "other@x", body="a kumquat alone\n")])
+    with web(running) as client:
+        both = client.get(f"/{LIST}/search", params={"q": "durian kumquat"}).text
+        operators = [client.get(f"/{LIST}/search", params={"q": q}).status_code
+                     for q in ('"kumquat crop" -durian', "kumquat or durian", "-kumquat")]
+    assert re.findall(r'/message/([^"/]+)/">', both) == ["far@x"]
+    assert "<mark>kumquat</mark> crop" in both
+    assert operators == [200, 200, 200]  # PostgreSQL's query syntax: marked, not failed
+
+
 # --- privacy ----------------------------------------------------------------------------
 
 ROUTES = ["/", "thread/root@x/", "message/root@x/", "message/root@x/raw", "2026/03/",
