@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from sqlalchemy import delete, exists, select
+from sqlalchemy import bindparam, delete, exists, select
 from sqlmodel import Session, col
 
 from listserv import bulk
@@ -79,15 +79,22 @@ def _name(groups: Mapping[str, Group], domain: str) -> str:
     return groups[domain].name if domain in groups else domain
 
 
+# Run with nearly every batch of outcomes, so built once (core, on the session's
+# connection): an ORM delete built and cache-keyed per batch cost more than running it.
+_DESTINATION = Destination.metadata.tables["destination"]
+_dest, _held = _DESTINATION.c, DestinationDomain.metadata.tables["destination_domain"].c
+_END = delete(_DESTINATION).where(
+    _dest.name.in_(bindparam("names", expanding=True))
+    | _dest.name.in_(select(_held.destination).where(
+        _held.domain.in_(bindparam("domains", expanding=True)))))
+
+
 def _end(session: Session, domains: set[str], names: set[str]) -> None:
     """The back-off of these destinations ends, and that of the destinations holding
     these domains."""
-    if not domains and not names:
-        return
-    holding = select(col(DestinationDomain.destination)).where(
-        col(DestinationDomain.domain).in_(sorted(domains)))
-    session.execute(delete(Destination).where(
-        col(Destination.name).in_(sorted(names)) | col(Destination.name).in_(holding)))
+    if domains or names:
+        session.connection().execute(_END, {"names": sorted(names),
+                                            "domains": sorted(domains)})
 
 
 def _back_off(session: Session, config: DeliveryConfig,
