@@ -17,7 +17,6 @@ import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email.header import decode_header
-from itertools import groupby
 
 import nh3
 
@@ -34,6 +33,10 @@ _WEAK_LABELS = {"", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "win
                 "cp1252"}
 
 _URL = re.compile(r"\b(?:https?://|mailto:)[^\s<>\"'`]+", re.IGNORECASE)
+# Where the scheme ("http", "https", "mailto") ends: before the colon that _urls seeks.
+_SHORTEST_SCHEME, _LONGEST_SCHEME = 4, 6
+# A run of quoted lines: each starts with ">", and the run is as long as they go.
+_QUOTED_RUN = re.compile(r"^>[^\n]*(?:\n>[^\n]*)*", re.MULTILINE)
 _URL_TRAILER = ".,;:!?*'\""
 _BRACKETS = {")": "(", "]": "[", "}": "{"}
 
@@ -202,11 +205,28 @@ def _trim_url(url: str) -> str:
     return url[:end]
 
 
+def _urls(text: str) -> Iterator[re.Match[str]]:
+    """_URL's matches in `text`, as finditer finds them, tried only where a scheme would
+    end at a colon: scanned position by position, the regex was most of the time spent
+    drawing a long thread page (4 ms of a 200-post thread's 26), for text that has no
+    URL at all more often than not."""
+    end = 0
+    colon = text.find(":")
+    while colon >= 0:
+        for start in range(max(colon - _LONGEST_SCHEME, end), colon - _SHORTEST_SCHEME + 1):
+            match = _URL.match(text, start)
+            if match:
+                yield match
+                end = match.end()
+                break
+        colon = text.find(":", colon + 1)
+
+
 def _linked(text: str) -> str:
     """Escaped text with http, https and mailto URLs as links, nothing else."""
     out: list[str] = []
     pos = 0
-    for match in _URL.finditer(text):
+    for match in _urls(text):
         url = _trim_url(match.group())
         out.append(html.escape(text[pos:match.start()]))
         out.append(f'<a href="{html.escape(url)}" rel="nofollow noopener">{html.escape(url)}</a>')
@@ -215,23 +235,34 @@ def _linked(text: str) -> str:
     return "".join(out)
 
 
-def _pre(lines: list[str]) -> str:
+def _pre(text: str) -> str:
     # The newline after <pre> is eaten by HTML parsers, so a leading blank line survives.
-    return '<pre class="body">\n' + _linked("\n".join(lines)) + "</pre>"
+    return '<pre class="body">\n' + _linked(text) + "</pre>"
 
 
 def _fold_quotes(text: str) -> str:
     """Plain text as HTML, each run of quoted lines ("> ...") folded in a <details>, so
-    a thread page shows what is new in each message without JavaScript."""
+    a thread page shows what is new in each message without JavaScript. The runs are
+    found by one regex rather than line by line: a thread page does this for every post."""
     if not text.strip():
         return ""
-    runs = groupby(text.strip("\n").split("\n"), key=lambda line: line.startswith(">"))
-    return "".join(_quote(list(lines)) if quoted else _pre(list(lines)) for quoted, lines in runs)
+    text = text.strip("\n")
+    out: list[str] = []
+    pos = 0
+    for run in _QUOTED_RUN.finditer(text):
+        if run.start() > pos:  # the lines before it, less the line break that ends them
+            out.append(_pre(text[pos:run.start() - 1]))
+        out.append(_quote(run.group()))
+        pos = run.end() + 1  # past the line break that ends the run
+    if pos < len(text):  # the lines after the last run (the text ends with no line break)
+        out.append(_pre(text[pos:]))
+    return "".join(out)
 
 
-def _quote(lines: list[str]) -> str:
-    count = f"{len(lines)} quoted line" + ("s" if len(lines) != 1 else "")
-    return f'<details class="quote"><summary>… {count}</summary>{_pre(lines)}</details>'
+def _quote(run: str) -> str:
+    lines = run.count("\n") + 1
+    count = f"{lines} quoted line" + ("s" if lines != 1 else "")
+    return f'<details class="quote"><summary>… {count}</summary>{_pre(run)}</details>'
 
 
 def _safe_href(tag: str, attribute: str, value: str) -> str | None:

@@ -8,10 +8,13 @@ import email.policy
 import re
 from email.message import EmailMessage
 from html.parser import HTMLParser
+from itertools import groupby
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from listserv import html_text, view
 from tests.helpers import CORPUS
@@ -193,6 +196,38 @@ def test_urls_are_links_without_the_sentence_around_them():
         "https://example.org/a?b=1&c=2", "http://example.org/wiki/Foo_(bar)",
         "mailto:bob@example.org", "https://example.org/x"]
     assert all(a["rel"] == "nofollow noopener" for a in links)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([
+    "http", "https", "HTTPS", "httpſ", "mailto", "MailTo", "maİlto", "xhttp", ":", "://", "/",
+    "a", "é", " ", "\n", ".", "(", ")", "<", "'"]), max_size=30).map("".join))
+def test_links_are_found_wherever_a_scan_at_every_position_finds_them(text):
+    """The link finder tries the URL pattern only before a colon; it must find exactly
+    what trying it at every position finds, overlaps, Unicode case and all."""
+    assert [m.span() for m in view._urls(text)] == [m.span() for m in view._URL.finditer(text)]
+
+
+def _folded_line_by_line(text: str) -> str:
+    """What _fold_quotes is meant to do, said the slow, obvious way: group the lines."""
+    if not text.strip():
+        return ""
+    runs = groupby(text.strip("\n").split("\n"), key=lambda line: line.startswith(">"))
+    html = []
+    for quoted, lines in runs:
+        lines = list(lines)
+        pre = '<pre class="body">\n' + view._linked("\n".join(lines)) + "</pre>"
+        count = f"{len(lines)} quoted line" + ("s" if len(lines) != 1 else "")
+        html.append(f'<details class="quote"><summary>… {count}</summary>{pre}</details>'
+                    if quoted else pre)
+    return "".join(html)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(["> ", ">", "\n", "\n\n", " ", "a", "a>b", "\r", "http://x"]),
+                max_size=30).map("".join))
+def test_each_run_of_quoted_lines_is_folded_once(text):
+    assert view._fold_quotes(text) == _folded_line_by_line(text)
 
 
 @pytest.mark.parametrize("text", [
