@@ -207,6 +207,16 @@ def test_thread_page_reads_depth_first_by_date_with_replies_nested(running, make
     assert unknown.status_code == 404 and "no such thread" in unknown.text
 
 
+def test_each_post_says_when_it_was_sent_as_utc_on_thread_and_message_pages(
+        running, make_list, import_mbox):
+    make_list(LIST)
+    import_mbox([mail("Dated", "d0@x", date="Mon, 02 Mar 2026 09:05:00 +0100")])
+    with web(running) as client:
+        pages = [client.get(url(kind, "d0@x")).text for kind in ("thread", "message")]
+    for page in pages:
+        assert '<time datetime="2026-03-02T08:05:00+00:00">2026-03-02 08:05</time>' in page
+
+
 def test_a_deep_thread_nests_no_deeper_than_the_page_allows(running, make_list, import_mbox):
     make_list(LIST)
     chain = [mail("Long", "m0@x", date="Mon, 02 Mar 2026 00:00:00 +0000")]
