@@ -77,15 +77,23 @@ class Part:
                 continue
         return self.raw_body
 
+    def field(self, name: str) -> str | None:
+        """The first `name` field (lower case) as text, as `headers` would give it,
+        without building that Message: a thread page asks this of every part."""
+        value = next((v for n, v in self.fields if n == name), None)
+        return None if value is None else _text(value)
+
     @property
     def transfer_encoding(self) -> str:
-        return str(self.headers.get("content-transfer-encoding", "")).strip().lower()
+        return (self.field("content-transfer-encoding") or "").strip().lower()
 
     def param(self, name: str) -> str:
         return self.params.get(name, "").strip().lower()
 
     def disposition(self) -> str | None:
-        return self.headers.get_content_disposition()
+        """"inline", "attachment"... as Message.get_content_disposition() reads it."""
+        value = self.field("content-disposition")
+        return None if value is None else value.partition(";")[0].strip().lower()
 
     @property
     def boundary(self) -> bytes | None:

@@ -30,8 +30,9 @@ def when(value: datetime | None) -> Markup:
     several times the formatting."""
     if value is None:
         return Markup("no date")
-    return Markup('<time datetime="{}">{}</time>').format(value.isoformat(),
-                                                         value.strftime("%Y-%m-%d %H:%M"))
+    # Digits, "-", ":", "+" and "T" only: nothing to escape (Markup.format would cost
+    # more than the rest of the filter).
+    return Markup(f'<time datetime="{value.isoformat()}">{value:%Y-%m-%d %H:%M}</time>')
 
 
 @cache

@@ -3,6 +3,9 @@ and a message deeper or broader than the limits says so instead of being followe
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from listserv import mime
 from tests.helpers import nested_body
 
@@ -46,3 +49,20 @@ def test_the_parts_limit_keeps_the_rest_in_the_last_part():
     broad = mime.parse(flat(mime.MAX_PARTS + 1))
     assert not broad.within_limits and len(broad.children) == mime.MAX_PARTS
     assert broad.children[-1].raw_body.endswith(b"part 1000\r\n--b--\r\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["Content-Disposition", "content-disposition", "Content-Transfer-Encoding",
+                     "CONTENT-TRANSFER-ENCODING", "Content-Type"]),
+    st.lists(st.sampled_from(["attachment", "Inline", " ", ";", "filename=a.txt", "BASE64",
+                              "quoted-printable", "\t", "é", "\x00", "text/plain"]),
+             max_size=6).map("".join)), max_size=4))
+def test_disposition_and_transfer_encoding_read_as_the_email_package_reads_them(fields):
+    """A part's fields are read without building its email.message.Message (`headers`),
+    and must still say what that Message says."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in fields).encode()
+    part = mime.parse(head + b"\r\nbody\r\n")
+    assert part.disposition() == part.headers.get_content_disposition()
+    assert part.transfer_encoding == str(
+        part.headers.get("content-transfer-encoding", "")).strip().lower()
