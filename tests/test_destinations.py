@@ -115,6 +115,8 @@ def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
     assert sink.deferred[SLOW] == tried
     metrics = web_client(srv).get("/metrics").text
     assert f'listserv_destination_backoff_deferrals{{destination="{SLOW}"}} 1.0' in metrics
+    # /healthz says why its oldest job waits: a destination backed off, not a stuck worker
+    assert web_client(srv).get("/healthz").json()["backed_off"] == {SLOW: 1}
 
 
 @pytest.mark.parametrize("limit", [1, 2])
