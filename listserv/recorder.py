@@ -144,7 +144,11 @@ class Recorder:
 def _log(job: Job, refused: dict[str, Reply], error: RelayError | None,
          state: DeliveryState) -> None:
     delivered = len(job.recipients) - len(refused) if error is None else 0
-    metrics.copies(delivered, *claims.undelivered(job, refused, error, state))
-    log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
-             len(job.recipients), delivered, len(refused) if error is None else 0,
-             state.value, f" error={error}" if error else "")
+    deferred, failed = claims.undelivered(job, refused, error, state)
+    metrics.copies(delivered, deferred, failed)
+    # Named as `queue ls` names them: "refused=100 state=queued" read as 100 members
+    # refused for good, of a job that was only waiting for its next attempt.
+    shown = "deferred" if state is DeliveryState.QUEUED else state.value
+    log.info("delivery job=%d rcpts=%d delivered=%d deferred=%d failed=%d state=%s%s",
+             job.id, len(job.recipients), delivered, deferred, failed, shown,
+             f" error={error}" if error else "")

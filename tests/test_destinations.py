@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from sqlalchemy import select
@@ -99,7 +100,8 @@ def test_a_deferring_domain_waits_while_the_others_get_their_copies(
 
 
 def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
-        make_server, sink, make_list, engine):
+        make_server, sink, make_list, engine, caplog):
+    caplog.set_level(logging.INFO, logger="listserv")
     sink.deferring[SLOW] = DEFERRALS[1]
     make_list(LIST, members=FAST + DEFERRED[:1], owner=None)
     srv = make_server(delivery={"retry_initial_seconds": 600})
@@ -117,6 +119,10 @@ def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
     assert f'listserv_destination_backoff_deferrals{{destination="{SLOW}"}} 1.0' in metrics
     # /healthz says why its oldest job waits: a destination backed off, not a stuck worker
     assert web_client(srv).get("/healthz").json()["backed_off"] == {SLOW: 1}
+    # The log names the attempt as `queue ls` does: deferred, not refused and queued.
+    [tried] = [j for j in jobs(engine) if j.domain == SLOW and j.attempts]
+    assert (f"delivery job={tried.id} rcpts=1 delivered=0 deferred=1 failed=0 state=deferred"
+            in caplog.messages)
 
 
 @pytest.mark.parametrize("limit", [1, 2])
