@@ -68,7 +68,8 @@ def test_other_refusals_do_not_back_the_destination_off(reply):
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 @pytest.mark.parametrize("deferral", DEFERRALS, ids=["421", "450-4.7.1"])
 def test_a_deferring_domain_waits_while_the_others_get_their_copies(
-        make_server, sink, make_list, engine, cli, deferral, pipelining):
+        make_server, sink, make_list, engine, cli, deferral, pipelining, caplog):
+    caplog.set_level(logging.INFO, logger="listserv")
     sink.pipelining = pipelining
     sink.deferring[SLOW] = deferral
     make_list(LIST, members=FAST + DEFERRED, owner=None)
@@ -97,6 +98,8 @@ def test_a_deferring_domain_waits_while_the_others_get_their_copies(
     assert set(sink.copies().values()) == {1}  # nobody got a copy twice
     assert {j.state for j in done} == {DeliveryState.DONE}
     assert destination(engine) is None  # the first copy it took ended the back-off
+    [ended] = [m for m in caplog.messages if m.startswith(f"destination {SLOW} takes")]
+    assert ended.startswith(f"destination {SLOW} takes copies again, after ")
 
 
 def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
