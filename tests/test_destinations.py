@@ -128,6 +128,22 @@ def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
             in caplog.messages)
 
 
+def test_a_post_expanded_while_a_destination_is_backed_off_reaches_the_others(
+        make_server, sink, make_list, engine):
+    sink.deferring[SLOW] = DEFERRALS[0]
+    make_list(LIST, members=DEFERRED[:1] + FAST, owner=None)
+    # Chunks of two members: the second post's later chunks have nobody of the slow
+    # domain, and their jobs were stored as one empty row (a NOT NULL violation, tried
+    # again and again) until its back-off ended.
+    srv = make_server(delivery={"retry_initial_seconds": 600, "expansion_chunk": 2})
+    srv.send(SENDER, [LIST], message("First", sender=SENDER))
+    wait_until(lambda: destination(engine), "the slow domain's back-off")
+    srv.send(SENDER, [LIST], message("Second", sender=SENDER))
+    assert wait_until(lambda: len(received(sink, "example.com")) == 2 * len(FAST),
+                      "the second post's copies")
+    assert received(sink, SLOW) == []
+
+
 @pytest.mark.parametrize("limit", [1, 2])
 def test_at_most_max_connections_per_domain_transactions_at_once(
         make_server, sink, make_list, engine, limit):
