@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert
 
 from listserv import db, fanout, server, supervise
+from listserv.queue_tables import Delivery
 from tests.helpers import (
     LIST,
     free_port,
@@ -384,3 +387,32 @@ def test_an_expansion_that_dies_stops_the_server_with_its_reason(config, engine,
                                                  "stopped: RuntimeError: a bug in the expansion"):
         asyncio.run(asyncio.wait_for(server.serve(engine, config), 60))
     assert "exiting" in caplog.text
+
+
+def test_a_statement_that_fails_on_a_database_that_answers_is_not_called_an_outage(
+        engine, caplog):
+    """A NOT NULL violation was logged as `database unavailable` for minutes while the
+    database answered everything else: the operator looked at a healthy PostgreSQL."""
+    tries = []
+
+    def insert_a_row_of_no_values(session) -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            session.execute(insert(Delivery.__table__), {})  # outgoing_id is NOT NULL
+        return len(tries)
+
+    async def run() -> int:
+        calls = supervise.Calls(engine, "expansion")
+        try:
+            return await calls.until_done(insert_a_row_of_no_values)
+        finally:
+            calls.close()
+
+    caplog.set_level(logging.INFO, logger="listserv")
+    assert asyncio.run(run()) == 2
+    assert "database unavailable" not in caplog.text
+    [failed] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failed.getMessage().startswith("expansion: a database statement failed, "
+                                          "retrying (IntegrityError: ")
+    assert failed.exc_info is not None  # the traceback, for the bug it likely is
+    assert "expansion: working again after " in caplog.text
