@@ -85,7 +85,8 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
         out.print(f"{x['list'] or '(no list)'}  "
                   + "  ".join(str(x[k]) for k in delivery_queue.STATES) + f"  {age}")
     if posts:
-        out.print("\nexpanding: list  message  jobs written  age  last chunk")
+        out.print(("\n" if lists else "") + "expanding: list  message  jobs written  age  "
+                  "last chunk")
     for p in posts:
         # The jobs written so far alone looked the same whether the expansion went on
         # or had stopped (no process with the deliver role, or its database away).
