@@ -25,6 +25,11 @@ def _age(seconds: float) -> str:
     return f"{minutes // 60} h {minutes % 60} min" if minutes < 2880 else f"{minutes // 1440} d"
 
 
+def _ago(seconds: float) -> str:
+    """Seconds while they count (chunks follow each other within a second or so)."""
+    return f"{int(seconds)} s ago" if seconds < 60 else f"{_age(seconds)} ago"
+
+
 @queue_app.command("ls")
 def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argument(
         metavar="LIST", help="Only this list's, one line a job.")] = None,
@@ -64,7 +69,8 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
               else int((now - x.oldest).total_seconds())}
              for x in summaries if address is None or x.list == address]
     posts = [{"list": x.list, "message": x.message_pk, "jobs": x.jobs,
-              "age_seconds": int((now - x.created_at).total_seconds())}
+              "age_seconds": int((now - x.created_at).total_seconds()),
+              "last_chunk_seconds": int((now - x.advanced_at).total_seconds())}
              for x in expanding if address is None or x.list == address]
     if as_json:
         return print_json({"lists": lists, "expanding": posts,
@@ -79,9 +85,13 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
         out.print(f"{x['list'] or '(no list)'}  "
                   + "  ".join(str(x[k]) for k in delivery_queue.STATES) + f"  {age}")
     if posts:
-        out.print("\nexpanding: list  message  jobs written  age")
+        out.print(("\n" if lists else "") + "expanding: list  message  jobs written  age  "
+                  "last chunk")
     for p in posts:
-        out.print(f"{p['list']}  {p['message']}  {p['jobs']}  {_age(p['age_seconds'])}")
+        # The jobs written so far alone looked the same whether the expansion went on
+        # or had stopped (no process with the deliver role, or its database away).
+        out.print(f"{p['list']}  {p['message']}  {p['jobs']}  {_age(p['age_seconds'])}  "
+                  f"{_ago(p['last_chunk_seconds'])}")
     if address:
         out.print("\nid  state  attempts  recipients  age  last error")
         for j in jobs:

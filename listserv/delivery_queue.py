@@ -103,12 +103,14 @@ class Expanding:
     message_pk: int | None
     jobs: int  # written so far
     created_at: datetime
+    advanced_at: datetime  # its last chunk: long ago, no worker is expanding it
 
 
 def expansions(session: Session) -> list[Expanding]:
     """The posts still being expanded into jobs (fanout.expand), oldest first."""
     rows = session.execute(
-        select(MailingList.address, Outgoing.message_pk, Expansion.jobs, Expansion.created_at)
+        select(MailingList.address, Outgoing.message_pk, Expansion.jobs, Expansion.created_at,
+               Expansion.advanced_at)
         .join(MailingList, MailingList.id == Expansion.list_id)
         .join(Outgoing, Outgoing.id == Expansion.outgoing_id).order_by(Expansion.id))
     return [Expanding(*row) for row in rows]

@@ -56,9 +56,10 @@ def _outcomes(attempts: list[Attempt]) -> tuple[dict[str, Reply], set[str]]:
 
 
 def note(session: Session, config: DeliveryConfig, attempts: list[Attempt],
-         groups: Mapping[str, Group]) -> dict[str, float]:
+         groups: Mapping[str, Group]) -> tuple[dict[str, float], dict[str, int]]:
     """Back off the destinations that deferred a copy, and end the back-off of those
-    that took one; the seconds each backed-off destination now waits. `groups` gives
+    that took one; the seconds each backed-off destination now waits, and the
+    deferrals in a row of each whose back-off ended. `groups` gives
     the destination of each job's domain (the domain alone where it gives none), with,
     for a domain that deferred, every domain known to share it.
     Deferrals while a destination is backed off already (jobs that were in flight
@@ -68,11 +69,9 @@ def note(session: Session, config: DeliveryConfig, attempts: list[Attempt],
     for domain, reply in deferred.items():
         group = groups.get(domain) or Group(domain, (domain,))
         late.setdefault(group.name, (reply, set()))[1].update(group.domains)
-    ended = {d for d in took if _name(groups, d) not in late}
-    _end(session, ended, {_name(groups, d) for d in ended})
-    if not late:
-        return {}
-    return _back_off(session, config, late)
+    took = {d for d in took if _name(groups, d) not in late}
+    ended = _end(session, took, {_name(groups, d) for d in took})
+    return (_back_off(session, config, late) if late else {}), ended
 
 
 def _name(groups: Mapping[str, Group], domain: str) -> str:
@@ -86,15 +85,18 @@ _dest, _held = _DESTINATION.c, DestinationDomain.metadata.tables["destination_do
 _END = delete(_DESTINATION).where(
     _dest.name.in_(bindparam("names", expanding=True))
     | _dest.name.in_(select(_held.destination).where(
-        _held.domain.in_(bindparam("domains", expanding=True)))))
+        _held.domain.in_(bindparam("domains", expanding=True))))
+).returning(_dest.name, _dest.deferrals)
 
 
-def _end(session: Session, domains: set[str], names: set[str]) -> None:
+def _end(session: Session, domains: set[str], names: set[str]) -> dict[str, int]:
     """The back-off of these destinations ends, and that of the destinations holding
-    these domains."""
-    if domains or names:
-        session.connection().execute(_END, {"names": sorted(names),
-                                            "domains": sorted(domains)})
+    these domains; the deferrals in a row of those that were backed off."""
+    if not (domains or names):
+        return {}
+    rows = session.connection().execute(_END, {"names": sorted(names),
+                                               "domains": sorted(domains)})
+    return {name: deferrals for name, deferrals in rows}
 
 
 def _back_off(session: Session, config: DeliveryConfig,

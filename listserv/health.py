@@ -71,6 +71,7 @@ def routes(engine: Engine, loops: Loops, smarthosts: Smarthosts | None,
                 "expansions": queue.expansions if queue else None,
                 "expansion_stalled_seconds": (queue.expansion_stalled(utcnow())
                                               if queue else None),
+                "backed_off": queue.backoffs if queue else None,
                 "loops": alive, "roles": list(roles)}
         return JSONResponse(body, status_code=200 if healthy else 503,
                             headers={"Cache-Control": "no-store"})

@@ -179,6 +179,8 @@ def _handed_first(connection: Connection, handoff: Handoff, rows: list[dict],
     if not paused:
         return rows
     held = [row for row in rows if row["domain"] in paused]
+    if not held:
+        return rows  # an empty list of rows executes as one row of no values
     handoff.queued += len(held)
     connection.execute(_INSERT_DELIVERY, held)
     return [row for row in rows if row["domain"] not in paused]

@@ -19,8 +19,9 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope
 from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
-from listserv import db, limits, metrics
+from listserv import db, limits, metrics, supervise
 from listserv.address import Purpose, Route
 from listserv.config import Config
 from listserv.drain import Drain
@@ -110,6 +111,11 @@ class GroupCommit:
             self.thread, ingest_group, self.engine, self.config, group)
 
 
+# Our own faults: the client tries again later.
+_SENDER_UNCHECKED = "451 4.3.0 temporary failure checking the sender; try again later"
+_RECIPIENT_UNCHECKED = "451 4.3.0 temporary failure looking up the recipient; try again later"
+_NOT_STORED = "451 4.3.0 message not stored, please try again later"
+
 # How long a recipient found to be ours is taken as ours without asking again.
 ROUTE_SECONDS = 1.0
 
@@ -133,6 +139,10 @@ class Handler:
         # the writer looks every recipient up again in the transaction that stores the
         # message (ingest.Batch.target), so its DATA is refused with the 550 and nothing is stored.
         self.routes: Recent[str, Route] = Recent(ROUTE_SECONDS)
+        # The database being away is logged once for the outage (anything else in full):
+        # behind Postfix every client retries its 451 meanwhile, and a traceback each
+        # buried the two lines that say when the outage began and ended.
+        self.outage = supervise.Outage("smtp")
 
     def _count(self, mail_from: str) -> tuple[float, int]:
         read_at = time.monotonic()
@@ -145,6 +155,7 @@ class Handler:
         if not limit or key in ("", "<>") or self.headroom.take(key):
             return None
         read_at, count = await asyncio.to_thread(self._count, key)
+        self.outage.recovered()
         if count >= limit:
             return limits.refusal(mail_from, limit)
         self.headroom.counted(key, read_at, count)
@@ -154,11 +165,15 @@ class Handler:
                           address: str, mail_options: list[str]) -> str:
         if _BAD_ADDRESS.search(address):
             return "553 5.1.7 the sender address has control characters or is not UTF-8"
+        started = time.monotonic()
         try:
             refusal = await self._sender_refusal(address)
+        except OperationalError as exc:
+            self.outage.failed(exc, started)
+            return _SENDER_UNCHECKED
         except Exception:
             log.exception("rate limit lookup failed for %s", address)
-            return "451 4.3.0 temporary failure checking the sender; try again later"
+            return _SENDER_UNCHECKED
         if refusal:
             log.info("refused from=%s: %s", address, refusal)
             return refusal
@@ -176,6 +191,7 @@ class Handler:
             return found[1]
         read_at = time.monotonic()
         target = await asyncio.to_thread(self._route, rcpt)
+        self.outage.recovered()
         if not isinstance(target, str):
             self.routes.put(rcpt, read_at, target)
         return target
@@ -184,11 +200,15 @@ class Handler:
                           address: str, rcpt_options: list[str]) -> str:
         if _BAD_ADDRESS.search(address):
             return "553 5.1.3 the recipient address has control characters or is not UTF-8"
+        started = time.monotonic()
         try:
             target = await self._cached_route(address)
+        except OperationalError as exc:
+            self.outage.failed(exc, started)
+            return _RECIPIENT_UNCHECKED
         except Exception:
             log.exception("recipient lookup failed for %s", address)
-            return "451 4.3.0 temporary failure looking up the recipient; try again later"
+            return _RECIPIENT_UNCHECKED
         if isinstance(target, str):
             log.info("refused rcpt=%s from=%s: %s", address, envelope.mail_from, target)
             return target
@@ -217,6 +237,7 @@ class Handler:
         mail_from = envelope.mail_from or ""
         mail_from = "" if mail_from == "<>" else mail_from
         incoming = Incoming(mail_from, list(envelope.rcpt_tos), raw)
+        started = time.monotonic()
         try:
             outcomes = await self.group.store(incoming, ask=self._may_post(incoming.rcpts))
         except REFUSALS as exc:
@@ -225,9 +246,13 @@ class Handler:
             # LMTP answers once per recipient (RFC 2033), a refusal too.
             return "\r\n".join([str(exc)] * len(envelope.rcpt_tos)) if isinstance(
                 server, LMTP) else str(exc)
+        except OperationalError as exc:
+            self.outage.failed(exc, started)
+            return _NOT_STORED
         except Exception:
             log.exception("could not store a message from %s", mail_from or "<>")
-            return "451 4.3.0 message not stored, please try again later"
+            return _NOT_STORED
+        self.outage.recovered()
         # Recipients of one list address share one outcome (ingest._ingest_one).
         distinct = list({id(o): o for o in outcomes}.values())
         for outcome in distinct:

@@ -76,15 +76,16 @@ class Progress:
 
 
 def _write_outcomes(session: Session, config: Config, attempts: list[Attempt],
-                    groups: dict[str, Group]) -> tuple[list[DeliveryState], dict[str, float]]:
+                    groups: dict[str, Group]
+                    ) -> tuple[list[DeliveryState], dict[str, float], dict[str, int]]:
     """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)
-    and what a deferral does to its destination (the seconds each now waits)."""
+    and what a deferral or a copy taken does to its destination (destinations.note)."""
     states, refusals = claims.record_all(session, config.delivery, attempts)
     for outgoing_id, permanent in refusals:
         bounces.refused(session, config, outgoing_id, permanent)
-    waits = destinations.note(session, config.delivery, attempts, groups)
+    waits, ended = destinations.note(session, config.delivery, attempts, groups)
     session.commit()
-    return states, waits
+    return states, waits, ended
 
 
 class Recorder:
@@ -128,14 +129,18 @@ class Recorder:
         stopping, when the jobs stay claimed and their lease brings them back."""
         groups = self._groups(batch)
         try:
-            states, waits = await self.calls.until_done(_write_outcomes, self.config, batch,
-                                                        groups)
+            states, waits, ended = await self.calls.until_done(_write_outcomes, self.config,
+                                                               batch, groups)
         except SQLAlchemyError:
             log.exception("%d delivery outcomes could not be recorded", len(batch))
             return [None] * len(batch)
         for name, seconds in waits.items():
             log.info("destination %s deferred copies: backed off for %d s", name, seconds)
             self.hold_off(name, seconds)
+        for name, deferrals in ended.items():
+            # The back-off's other end, as the smarthost's outage has one.
+            log.info("destination %s takes copies again, after %d deferrals in a row",
+                     name, deferrals)
         for (job, refused, error), state in zip(batch, states, strict=True):
             _log(job, refused, error, state)
         return [None] * len(batch)
@@ -144,7 +149,11 @@ class Recorder:
 def _log(job: Job, refused: dict[str, Reply], error: RelayError | None,
          state: DeliveryState) -> None:
     delivered = len(job.recipients) - len(refused) if error is None else 0
-    metrics.copies(delivered, *claims.undelivered(job, refused, error, state))
-    log.info("delivery job=%d rcpts=%d delivered=%d refused=%d state=%s%s", job.id,
-             len(job.recipients), delivered, len(refused) if error is None else 0,
-             state.value, f" error={error}" if error else "")
+    deferred, failed = claims.undelivered(job, refused, error, state)
+    metrics.copies(delivered, deferred, failed)
+    # Named as `queue ls` names them: "refused=100 state=queued" read as 100 members
+    # refused for good, of a job that was only waiting for its next attempt.
+    shown = "deferred" if state is DeliveryState.QUEUED else state.value
+    log.info("delivery job=%d rcpts=%d delivered=%d deferred=%d failed=%d state=%s%s",
+             job.id, len(job.recipients), delivered, deferred, failed, shown,
+             f" error={error}" if error else "")

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from listserv import db
@@ -45,15 +45,25 @@ def reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether a database error says the database is away (stopped, cut off, its disk
+    full, locked), rather than that it refused a statement of ours."""
+    return isinstance(exc, OperationalError | InterfaceError) or bool(
+        getattr(exc, "connection_invalidated", False))
+
+
 class Outage:
     """One loop's view of the database being away: one line when it goes, one when it
-    is back, and the wait before the next try."""
+    is back, and the wait before the next try. A statement the database refuses (a
+    constraint violated) is retried the same way, but said to be that, with its
+    traceback: called an outage, it sent the operator to a database that was fine."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.since: float | None = None
         self.back = 0.0  # when the database was last seen back
         self.delay = 0.0
+        self.away = True  # what the failure that began the streak said
 
     def failed(self, exc: BaseException, started: float) -> float:
         """Note a try begun at `started` failed; the seconds to wait before the next. A
@@ -61,15 +71,21 @@ class Outage:
         is the old outage, not a new one."""
         if self.since is None and started >= self.back:
             self.since = time.monotonic()
-            log.error("%s: database unavailable, retrying until it is back (%s)",
-                      self.name, reason(exc))
+            self.away = unreachable(exc)
+            if self.away:
+                log.error("%s: database unavailable, retrying until it is back (%s)",
+                          self.name, reason(exc))
+            else:
+                log.error("%s: a database statement failed, retrying (%s)", self.name,
+                          reason(exc), exc_info=exc)
         self.delay = min(MAX_BACKOFF, self.delay * 2 or FIRST_BACKOFF)
         return self.delay
 
     def recovered(self) -> None:
         if self.since is not None:
             self.back = time.monotonic()
-            log.info("%s: database back after %.1f s", self.name, self.back - self.since)
+            log.info("%s: %s after %.1f s", self.name,
+                     "database back" if self.away else "working again", self.back - self.since)
         self.since = None
         self.delay = 0.0
 

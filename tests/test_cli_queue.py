@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from listserv import config as config_mod
 from listserv import db, retention
 from listserv.models import utcnow
-from listserv.queue_tables import Delivery
+from listserv.queue_tables import Delivery, Expansion
 from tests.helpers import (
     assert_one_line_error,
     expand_all,
@@ -74,6 +74,14 @@ def test_a_post_whose_jobs_are_not_written_yet_is_shown_expanding(make_list, eng
     [waiting] = listed["expanding"]
     assert (waiting["list"], waiting["jobs"]) == (LIST, 0)
     assert "expanding: list" in listserv(config_file, "queue", "ls")
+    # No worker has written a chunk for five minutes: the operator sees it has stopped.
+    with db.session(engine) as s:
+        s.execute(update(Expansion).values(advanced_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+    assert 300 <= queue(config_file)["expanding"][0]["last_chunk_seconds"] < 360
+    assert listserv(config_file, "queue", "ls").splitlines() == [  # no job yet, no blank line
+        "expanding: list  message  jobs written  age  last chunk",
+        f"{LIST}  {waiting['message']}  0  0 min  5 min ago"]
     expand_all(engine)
     assert queue(config_file)["expanding"] == []
     assert listserv(config_file, "queue", "ls").startswith("list  queued")

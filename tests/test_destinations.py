@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import pytest
 from sqlalchemy import select
@@ -67,7 +68,8 @@ def test_other_refusals_do_not_back_the_destination_off(reply):
 @pytest.mark.parametrize("pipelining", [False, True], ids=["plain", "pipelining"])
 @pytest.mark.parametrize("deferral", DEFERRALS, ids=["421", "450-4.7.1"])
 def test_a_deferring_domain_waits_while_the_others_get_their_copies(
-        make_server, sink, make_list, engine, cli, deferral, pipelining):
+        make_server, sink, make_list, engine, cli, deferral, pipelining, caplog):
+    caplog.set_level(logging.INFO, logger="listserv")
     sink.pipelining = pipelining
     sink.deferring[SLOW] = deferral
     make_list(LIST, members=FAST + DEFERRED, owner=None)
@@ -96,10 +98,13 @@ def test_a_deferring_domain_waits_while_the_others_get_their_copies(
     assert set(sink.copies().values()) == {1}  # nobody got a copy twice
     assert {j.state for j in done} == {DeliveryState.DONE}
     assert destination(engine) is None  # the first copy it took ended the back-off
+    [ended] = [m for m in caplog.messages if m.startswith(f"destination {SLOW} takes")]
+    assert ended.startswith(f"destination {SLOW} takes copies again, after ")
 
 
 def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
-        make_server, sink, make_list, engine):
+        make_server, sink, make_list, engine, caplog):
+    caplog.set_level(logging.INFO, logger="listserv")
     sink.deferring[SLOW] = DEFERRALS[1]
     make_list(LIST, members=FAST + DEFERRED[:1], owner=None)
     srv = make_server(delivery={"retry_initial_seconds": 600})
@@ -115,6 +120,28 @@ def test_a_destination_in_back_off_gets_no_new_job_until_its_end(
     assert sink.deferred[SLOW] == tried
     metrics = web_client(srv).get("/metrics").text
     assert f'listserv_destination_backoff_deferrals{{destination="{SLOW}"}} 1.0' in metrics
+    # /healthz says why its oldest job waits: a destination backed off, not a stuck worker
+    assert web_client(srv).get("/healthz").json()["backed_off"] == {SLOW: 1}
+    # The log names the attempt as `queue ls` does: deferred, not refused and queued.
+    [tried] = [j for j in jobs(engine) if j.domain == SLOW and j.attempts]
+    assert (f"delivery job={tried.id} rcpts=1 delivered=0 deferred=1 failed=0 state=deferred"
+            in caplog.messages)
+
+
+def test_a_post_expanded_while_a_destination_is_backed_off_reaches_the_others(
+        make_server, sink, make_list, engine):
+    sink.deferring[SLOW] = DEFERRALS[0]
+    make_list(LIST, members=DEFERRED[:1] + FAST, owner=None)
+    # Chunks of two members: the second post's later chunks have nobody of the slow
+    # domain, and their jobs were stored as one empty row (a NOT NULL violation, tried
+    # again and again) until its back-off ended.
+    srv = make_server(delivery={"retry_initial_seconds": 600, "expansion_chunk": 2})
+    srv.send(SENDER, [LIST], message("First", sender=SENDER))
+    wait_until(lambda: destination(engine), "the slow domain's back-off")
+    srv.send(SENDER, [LIST], message("Second", sender=SENDER))
+    assert wait_until(lambda: len(received(sink, "example.com")) == 2 * len(FAST),
+                      "the second post's copies")
+    assert received(sink, SLOW) == []
 
 
 @pytest.mark.parametrize("limit", [1, 2])

@@ -58,7 +58,7 @@ def test_healthz_says_what_works(running):
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok", "database": True, "smarthost": True, "oldest_queued_seconds": None,
-        "expansions": 0, "expansion_stalled_seconds": None,
+        "expansions": 0, "expansion_stalled_seconds": None, "backed_off": {},
         "loops": {"delivery": True, "web": True, "housekeeping": True, "digests": True},
         "smarthosts": {f"127.0.0.1:{running.config.delivery.smarthost_port}": True},
         "roles": ["smtp", "deliver", "web", "housekeeping"]}

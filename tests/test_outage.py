@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shutil
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import insert
 
 from listserv import db, fanout, server, supervise
+from listserv.queue_tables import Delivery
 from tests.helpers import (
     LIST,
     free_port,
@@ -197,14 +200,17 @@ def test_postgresql_stopped_mid_fan_out_delivers_everyone_once_after_it_is_back(
     # The copies under way when it stopped go out; no more start without being recorded.
     wait_until(lambda: all("delivery: database unavailable" in s.log()
                            for s in (first, second)), "both workers to log the outage")
-    with pytest.raises(smtplib.SMTPRecipientsRefused, match="451"):  # nothing is taken
-        first.send([LIST], post("During the outage"))
+    for _ in range(2):  # nothing is taken; its MTA retries
+        with pytest.raises(smtplib.SMTPRecipientsRefused, match="451"):
+            first.send([LIST], post("During the outage"))
     time.sleep(5)  # the database stays away: the loops back off, logging nothing more
     assert len(sink.recipients()) <= stopped_at + 2 * CONCURRENCY * BATCH
     postgres.start()
     wait_until(lambda: len(set(sink.recipients())) == len(members), "a copy for every member")
     second.send([LIST], post("After the outage"))
     wait_until(lambda: len(sink.recipients()) >= 2 * len(members), "the next post delivered")
+    with pytest.raises(smtplib.SMTPRecipientsRefused, match="550"):  # looked up again
+        first.send(["nobody@lists.example.org"], post())
     settled(engine)
     engine.dispose()
     assert still_running(first, second)
@@ -216,6 +222,10 @@ def test_postgresql_stopped_mid_fan_out_delivers_everyone_once_after_it_is_back(
         assert log.count("delivery: database unavailable") == 1, log
         assert "delivery: database back after" in log
         assert "could not be" not in log  # no copy given up, no outcome lost
+    # The receiver's outage is two lines too, not a traceback for each client's 451.
+    assert first.log().count("smtp: database unavailable") == 1, first.log()
+    assert "smtp: database back after" in first.log()
+    assert "Traceback" not in first.log()
     assert web_get(second)[0] == 200
 
 
@@ -377,3 +387,32 @@ def test_an_expansion_that_dies_stops_the_server_with_its_reason(config, engine,
                                                  "stopped: RuntimeError: a bug in the expansion"):
         asyncio.run(asyncio.wait_for(server.serve(engine, config), 60))
     assert "exiting" in caplog.text
+
+
+def test_a_statement_that_fails_on_a_database_that_answers_is_not_called_an_outage(
+        engine, caplog):
+    """A NOT NULL violation was logged as `database unavailable` for minutes while the
+    database answered everything else: the operator looked at a healthy PostgreSQL."""
+    tries = []
+
+    def insert_a_row_of_no_values(session) -> int:
+        tries.append(1)
+        if len(tries) == 1:
+            session.execute(insert(Delivery.__table__), {})  # outgoing_id is NOT NULL
+        return len(tries)
+
+    async def run() -> int:
+        calls = supervise.Calls(engine, "expansion")
+        try:
+            return await calls.until_done(insert_a_row_of_no_values)
+        finally:
+            calls.close()
+
+    caplog.set_level(logging.INFO, logger="listserv")
+    assert asyncio.run(run()) == 2
+    assert "database unavailable" not in caplog.text
+    [failed] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert failed.getMessage().startswith("expansion: a database statement failed, "
+                                          "retrying (IntegrityError: ")
+    assert failed.exc_info is not None  # the traceback, for the bug it likely is
+    assert "expansion: working again after " in caplog.text
