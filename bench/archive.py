@@ -486,6 +486,11 @@ def _largest(tree: proctree.TreeRun) -> str:
     return f"peak RSS {proctree.mb(top.peak_kb):.0f} MB ({top.name})"
 
 
+def _served_peak(mb: float) -> str:
+    """run.peak_rss_mb gives 0 for a process gone by the time it is read."""
+    return f"{mb:.0f} MB" if mb else "not read (the worker had gone by then)"
+
+
 def _peer_import_rows(peer: Peer | None) -> list[str]:
     if peer is None:
         return ["| public-inbox | not measured (`--no-peer`) | | |"]
@@ -569,7 +574,8 @@ def render(r: Report) -> str:
               for page, _, hk in PAGES if page in by_page]
     fixed = ", ".join(f"{page} {ms}" for page, ms, _ in PAGES)
     lines += ["", f"Peak RSS (VmHWM) after the pages: `listserv serve` {r.serve_rss_mb:.0f} MB"
-              + (f", the public-inbox-httpd worker {peer.serve_rss_mb:.0f} MB" if peer else "")
+              + (f", the public-inbox-httpd worker {_served_peak(peer.serve_rss_mb)}"
+                 if peer else "")
               + ".", "",
               "Pages: list = `/LIST/` and `?page=2..N`; thread = `/LIST/thread/ID/` (the ten "
               "largest threads and an equal share of 1, 2-4, 5-19 and 20+ message threads); "
