@@ -84,14 +84,15 @@ def _cmdline(pid: int) -> list[str]:
 
 def name_of(args: list[str], names: Sequence[tuple[str, str]]) -> str:
     """The first of `names` (a piece of the command line, the name to give) that
-    matches, else the program and its first word that is neither an option nor a path
-    ("git fast-import"); a process that set its own title ("shard[0]") keeps it."""
+    matches, else the program and its first word that is not an option, an option's
+    value or a path ("git fast-import"); a process that set its own title ("shard[0]")
+    keeps it."""
     line = " ".join(args)
     for piece, name in names:
         if piece in line:
             return name
-    words = [w for w in args[1:] if not w.startswith("-") and "/" not in w]
-    return " ".join([os.path.basename(args[0]), *words[:1]])[:60]
+    words = [w for w in args[1:] if not w.startswith("-") and not {"/", "="} & set(w)]
+    return " ".join(" ".join([os.path.basename(args[0]), *words[:1]]).split())[:60]
 
 
 class _Sampler(threading.Thread):
@@ -110,10 +111,10 @@ class _Sampler(threading.Thread):
             self.done.wait(INTERVAL)
 
     def read(self) -> None:
-        together, pending = 0, [self.root]
+        together, pending = 0, [(self.root, self.root)]
         while pending:
-            pid = pending.pop()
-            pending += _children(pid)
+            pid, parent = pending.pop()
+            pending += [(child, pid) for child in _children(pid)]
             peak = _field_kb(f"/proc/{pid}/status", "VmHWM:")
             if peak is None:
                 continue
@@ -123,7 +124,8 @@ class _Sampler(threading.Thread):
             if pid != self.root and (args := _cmdline(pid)):
                 # Named at each reading: a child read between fork and exec, or before
                 # it sets its title, would carry its parent's command line.
-                process.name = name_of(args, self.names)
+                process.name = (f"{self.processes[parent].name}, forked"
+                                if args == _cmdline(parent) else name_of(args, self.names))
             process.peak_kb = max(process.peak_kb, peak)
             together += _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:") or 0
         self.together_kb = max(self.together_kb, together)

@@ -43,4 +43,15 @@ def test_the_benchmarks_own_peak_is_not_the_commands() -> None:
 def test_a_helper_without_a_given_name_is_called_by_its_program_and_first_word() -> None:
     assert proctree.name_of(["/usr/bin/git", "--git-dir=/x/0.git", "fast-import",
                              "--quiet"], ()) == "git fast-import"
+    assert proctree.name_of(["git", "-c", "core.abbrev=40", "cat-file", "--batch"],
+                            ()) == "git cat-file"
     assert proctree.name_of(["shard[0]"], ()) == "shard[0]"
+
+
+def test_a_forked_helper_is_named_after_its_parent() -> None:
+    forking = ("import os, time\nif os.fork() == 0:\n"
+               "    data = bytearray(40 * 2**20); data[::4096] = bytes(len(data[::4096]))\n"
+               "    time.sleep(1); os._exit(0)\nos.wait()")
+    tree = proctree.run([sys.executable, "-c", forking], "parent")
+    peaks = {p.name: proctree.mb(p.peak_kb) for p in tree.processes}
+    assert peaks["parent, forked"] >= 40
