@@ -37,6 +37,7 @@ from pathlib import Path
 
 import httpx
 import mbox_gen
+import proctree
 import run
 from sqlalchemy import create_engine, text
 
@@ -50,6 +51,10 @@ TARGET_IMPORT_PER_S = 1000.0
 TARGET_UNDER_MS = 20.0
 Target = tuple[str, dict[str, str]]  # path and query of one request
 MIN_BODY = 512  # bytes: a 200 shorter than this is an error page, not a fast page
+# The helpers `listserv archive import` starts (archive_import.parsed_mails), by a piece
+# of their command line; public-inbox's name themselves ("git fast-import", "shard[0]").
+IMPORT_HELPERS = [("multiprocessing.spawn", "parsing process"),
+                  ("multiprocessing.resource_tracker", "resource tracker")]
 # (page, issue 6's public-inbox 1.9 p95 in ms, taken once on an earlier Intel Xeon and
 # kept only as a note: the verdict compares with public-inbox measured in the same run;
 # HyperKitty 1.3.12 at 20,000 messages)
@@ -305,10 +310,8 @@ class Peer:
     """public-inbox's own figures, next to listserv's."""
 
     version: str
-    import_seconds: float = 0.0
-    import_rss_mb: float = 0.0
-    index_seconds: float = 0.0
-    index_rss_mb: float = 0.0
+    imported: proctree.TreeRun | None = None
+    indexed: proctree.TreeRun | None = None
     messages: int = 0
     serve_rss_mb: float = 0.0
     timings: dict[str, Timing] = field(default_factory=dict)
@@ -316,7 +319,7 @@ class Peer:
 
     @property
     def import_rate(self) -> float:
-        return self.messages / self.import_seconds if self.import_seconds else 0.0
+        return self.messages / self.imported.seconds if self.imported else 0.0
 
 
 def find_public_inbox(install: bool) -> str:
@@ -340,22 +343,28 @@ def peer_env(config: Path) -> dict[str, str]:
 def import_peer(peer: Peer, mbox: Path, workdir: Path) -> Path:
     """A fresh v2 inbox with the mbox in it, indexed for search; returns PI_CONFIG."""
     config, inbox = workdir / "public-inbox.config", workdir / "inbox"
-    env = ["env", f"PI_CONFIG={config}"]  # an exec: run_timed's wait4 still sees perl
-    run.run_timed([*env, "public-inbox-init", "-V2", "-L", "full", PEER_INBOX, str(inbox),
-                   f"http://127.0.0.1/{PEER_INBOX}", LIST])
+    env = peer_env(config)
+    proctree.run(["public-inbox-init", "-V2", "-L", "full", PEER_INBOX, str(inbox),
+                  f"http://127.0.0.1/{PEER_INBOX}", LIST], "public-inbox-init", env=env)
     run.say(f"public-inbox {peer.version}: importing {mbox.name}")
-    peer.import_seconds, peer.import_rss_mb, _ = run.run_timed(
-        [*env, "perl", "-MPublicInbox::Config", "-MPublicInbox::InboxWritable", "-e",
-         PEER_IMPORT, PEER_INBOX, str(mbox)])
+    peer.imported = proctree.run(
+        ["perl", "-MPublicInbox::Config", "-MPublicInbox::InboxWritable", "-e", PEER_IMPORT,
+         PEER_INBOX, str(mbox)], "perl: InboxWritable->import_mbox", env=env)
     # Already indexed by the import; this proves it and times what an admin runs next.
-    peer.index_seconds, peer.index_rss_mb, _ = run.run_timed(
-        [*env, "public-inbox-index", str(inbox)])
+    peer.indexed = proctree.run(["public-inbox-index", str(inbox)], "public-inbox-index",
+                                env=env)
     with contextlib.closing(sqlite3.connect(inbox / "msgmap.sqlite3")) as conn:
         peer.messages = conn.execute("SELECT count(*) FROM msgmap").fetchone()[0]
-    run.say(f"  {peer.messages:,} messages in {peer.import_seconds:.1f} s: "
-            f"{peer.import_rate:,.0f}/s, peak RSS {peer.import_rss_mb:.0f} MB; "
-            f"public-inbox-index after it {peer.index_seconds:.1f} s")
+    run.say(f"  {peer.messages:,} messages in {peer.imported.seconds:.1f} s: "
+            f"{peer.import_rate:,.0f}/s; {_peaks(peer.imported)}; "
+            f"public-inbox-index after it {peer.indexed.seconds:.1f} s")
     return config
+
+
+def _peaks(tree: proctree.TreeRun) -> str:
+    """One line for the console: each process's peak RSS."""
+    return "peak RSS " + ", ".join(f"{p.name} {proctree.mb(p.peak_kb):.0f} MB"
+                                   for p in tree.processes)
 
 
 @contextlib.contextmanager
@@ -425,14 +434,13 @@ class Report:
     mbox_seconds: float | None
     peer: Peer | None = None  # None: run with --no-peer
     corpus: Corpus | None = None
-    import_seconds: float = 0.0
-    import_rss_mb: float = 0.0
+    imported: proctree.TreeRun | None = None
     serve_rss_mb: float = 0.0
     timings: list[Timing] = field(default_factory=list)
 
     @property
     def import_rate(self) -> float:
-        return self.corpus.messages / self.import_seconds if self.import_seconds else 0.0
+        return self.corpus.messages / self.imported.seconds if self.imported else 0.0
 
 
 def _verdict(p95: float, peer: Timing | None) -> str:
@@ -473,18 +481,54 @@ def _page_row(t: Timing, peer: Timing | None, hyperkitty: str) -> str:
             f"{_verdict(t.p95, peer)} |")
 
 
+def _largest(tree: proctree.TreeRun) -> str:
+    top = tree.largest
+    return f"peak RSS {proctree.mb(top.peak_kb):.0f} MB ({top.name})"
+
+
+def _served_peak(mb: float) -> str:
+    """run.peak_rss_mb gives 0 for a process gone by the time it is read."""
+    return f"{mb:.0f} MB" if mb else "not read (the worker had gone by then)"
+
+
 def _peer_import_rows(peer: Peer | None) -> list[str]:
     if peer is None:
         return ["| public-inbox | not measured (`--no-peer`) | | |"]
     return [
         f"| public-inbox {peer.version}: `InboxWritable->import_mbox` into a fresh v2 inbox "
         f"(git, overview and Xapian in one pass, as upstream's import_vger_from_mbox) | "
-        f"{peer.import_seconds:.1f} s = **{peer.import_rate:,.0f} messages/s** "
-        f"({peer.messages:,} messages), peak RSS {peer.import_rss_mb:.0f} MB | "
+        f"{peer.imported.seconds:.1f} s = **{peer.import_rate:,.0f} messages/s** "
+        f"({peer.messages:,} messages), {_largest(peer.imported)} | "
         "(same mbox, same run) | |",
         f"| `public-inbox-index` after it (nothing left to index) | "
-        f"{peer.index_seconds:.1f} s, peak RSS {peer.index_rss_mb:.0f} MB | | |",
+        f"{peer.indexed.seconds:.1f} s, {_largest(peer.indexed)} | | |",
     ]
+
+
+def _memory_rows(command: str, tree: proctree.TreeRun) -> list[str]:
+    """Rows of the memory table: each process of one import, then the tree."""
+    rows = [f"| {command if i == 0 else ''} | {p.name} | {proctree.mb(p.peak_kb):.0f} |"
+            for i, p in enumerate(tree.processes) if p.peak_kb >= 1024]
+    rows.append(f"| | all at one reading (sum of PSS) | {proctree.mb(tree.together_kb):.0f} |")
+    return rows
+
+
+def memory_table(r: Report) -> list[str]:
+    """Peak RSS of every process of each import, named."""
+    rows = _memory_rows("`listserv archive import`", r.imported)
+    if r.peer:
+        rows += _memory_rows(f"public-inbox {r.peer.version} import", r.peer.imported)
+    return [f"Peak RSS of each process of the imports (VmHWM, read every "
+            f"{proctree.INTERVAL} s from /proc; processes under 1 MB left out), in MB. "
+            "listserv's main process reads the mbox and writes the database while its "
+            "parsing process parses the next mails (one per core but one, at most four); "
+            "the resource tracker is multiprocessing's. public-inbox's shard[N] writes "
+            "its Xapian index (forked), git fast-import its git repository. The sum of "
+            "PSS counts a page that processes share once. Not wait4's ru_maxrss, the "
+            "bench's figure before: the largest process only, and never below the peak "
+            "of the process that started the command (see bench/proctree.py).",
+            "",
+            "| import | process | peak RSS (MB) |", "|---|---|---|", *rows]
 
 
 def render(r: Report) -> str:
@@ -513,10 +557,12 @@ def render(r: Report) -> str:
         "8bit/quoted-printable/base64, HTML alternatives and attachments.", "",
         "| import | figure | target | result |", "|---|---|---|---|",
         f"| `listserv archive import` (wall, interpreter start included) | "
-        f"{r.import_seconds:.1f} s = **{r.import_rate:,.0f} messages/s**, peak RSS "
-        f"{r.import_rss_mb:.0f} MB | >= {TARGET_IMPORT_PER_S:,.0f}/s (HyperKitty 1.3.12: 44/s) "
-        f"| {verdict} |",
+        f"{r.imported.seconds:.1f} s = **{r.import_rate:,.0f} messages/s**, "
+        f"{_largest(r.imported)} | >= {TARGET_IMPORT_PER_S:,.0f}/s "
+        f"(HyperKitty 1.3.12: 44/s) | {verdict} |",
         *_peer_import_rows(peer),
+        "",
+        *memory_table(r),
         "",
         "| page | listserv: requests over targets | errors | median (ms) | p95 (ms) "
         "| public-inbox: requests over targets | errors | median / p95 (ms) "
@@ -528,7 +574,8 @@ def render(r: Report) -> str:
               for page, _, hk in PAGES if page in by_page]
     fixed = ", ".join(f"{page} {ms}" for page, ms, _ in PAGES)
     lines += ["", f"Peak RSS (VmHWM) after the pages: `listserv serve` {r.serve_rss_mb:.0f} MB"
-              + (f", the public-inbox-httpd worker {peer.serve_rss_mb:.0f} MB" if peer else "")
+              + (f", the public-inbox-httpd worker {_served_peak(peer.serve_rss_mb)}"
+                 if peer else "")
               + ".", "",
               "Pages: list = `/LIST/` and `?page=2..N`; thread = `/LIST/thread/ID/` (the ten "
               "largest threads and an equal share of 1, 2-4, 5-19 and 20+ message threads); "
@@ -591,11 +638,11 @@ def measure(args: argparse.Namespace, listserv: str, report: Report, url: str,
     cli = [listserv, "--config", str(config)]
     run.run_timed([*cli, "list", "create", LIST])
     run.say(f"importing {report.mbox.name}")
-    report.import_seconds, report.import_rss_mb, _ = run.run_timed(
-        [*cli, "archive", "import", LIST, str(report.mbox)])
+    report.imported = proctree.run([*cli, "archive", "import", LIST, str(report.mbox)],
+                                   "main process", IMPORT_HELPERS)
     report.corpus = corpus(url)
-    run.say(f"  {report.corpus.messages:,} messages in {report.import_seconds:.1f} s: "
-            f"{report.import_rate:,.0f}/s, peak RSS {report.import_rss_mb:.0f} MB")
+    run.say(f"  {report.corpus.messages:,} messages in {report.imported.seconds:.1f} s: "
+            f"{report.import_rate:,.0f}/s; {_peaks(report.imported)}")
     peer_config = import_peer(report.peer, report.mbox, workdir) if report.peer else None
     chosen = sample(url, random.Random(args.seed), args.requests, args.list_pages)
     targets = page_targets(chosen)

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 
+import proctree
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
@@ -221,9 +222,11 @@ def run_child(cmd: list[str]) -> tuple[float, resource.struct_rusage, str]:
 
 
 def run_timed(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS in MB, output) of a command that must succeed."""
-    elapsed, usage, output = run_child(cmd)
-    return elapsed, usage.ru_maxrss / 1024, output
+    """(wall seconds, peak RSS in MB, output) of a command that must succeed. The peak
+    is its largest process's, read from /proc (proctree): wait4's ru_maxrss was never
+    below this benchmark's own peak."""
+    tree = proctree.run(cmd, cmd[0])
+    return tree.seconds, proctree.mb(tree.largest.peak_kb), tree.output
 
 
 class Sink:
