@@ -374,8 +374,10 @@ class Probe:
 
     def unfinished(self) -> int:
         with self.engine.connect() as conn:
+            # A post's jobs are written after its 250, by its expansion (fanout.py).
             return conn.execute(text(
-                "SELECT count(*) FROM delivery WHERE state IN ('queued', 'sending')")).scalar()
+                "SELECT (SELECT count(*) FROM delivery WHERE state IN ('queued', 'sending'))"
+                " + (SELECT count(*) FROM expansion)")).scalar()
 
     def accepted(self) -> int:
         with self.engine.connect() as conn:
@@ -600,10 +602,11 @@ def fan_out(setup: Setup, serve: Serve, probe: Probe, list_address: str, members
             concurrency: int, timeout: float) -> FanOut:
     """One post to the list; from its 250 to the last transaction the sink read.
 
-    The queue is empty before the post and its jobs are committed before the 250, so
-    every transaction the sink reads until the `delivery` table shows them all done is
-    this post's. Counting transactions rather than expecting one per 100 recipients
-    keeps the figure right whether the server sends shared or personal copies.
+    The queue is empty before the post, and its expansion is counted as unfinished until
+    it has written all the post's jobs, so every transaction the sink reads until the
+    queue is empty again is this post's. Counting transactions rather than expecting one
+    per 100 recipients keeps the figure right whether the server sends shared or
+    personal copies.
     """
     probe.wait_drained(600)
     recipients = members + 1  # the poster is a member too
