@@ -11,6 +11,7 @@ load the whole server.
 from __future__ import annotations
 
 import gc
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -94,9 +95,17 @@ def _database_error(exc: Exception) -> bool:
     return errors is not None and isinstance(exc, errors.SQLAlchemyError)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Console entry point: every error is one line on stderr and a non-zero exit."""
     gc.disable()  # until the command's imports are done: see cli_shared.imports_done
+    # SIGTERM (kill, a supervisor, a container stopping) ends a command as Ctrl-C does:
+    # a long one cleans up on its way out. Killed by the default action, `archive
+    # import` left its parsing processes waiting for work forever. `serve` sets its own.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
@@ -116,4 +125,6 @@ def main() -> None:
         if usage is None:
             raise
         sys.exit(usage)
+    if code == 130:  # typer's exit for KeyboardInterrupt: Ctrl-C or SIGTERM
+        err.print("interrupted")
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import functools
 import json
+import mailbox
+import os
 import re
 import signal
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import typer
@@ -33,6 +37,7 @@ from tests.helpers import (
     message,
     ok,
     run_listserv,
+    start_listserv,
 )
 from tests.servers import ports_logged, start_serve
 
@@ -342,6 +347,49 @@ def test_archive_import_threads_like_notmuch_and_skips_duplicates(make_list, cli
     assert len(rows) == len(expected)  # the mbox's one duplicate Message-ID is stored once
     ok(cli("archive", "import", LIST, NOTMUCH))
     assert as_json(cli("archive", "threads", LIST, "--json")) == rows
+
+
+def _children(pid: int) -> set[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return {int(c) for c in path.read_text().split()} if path.exists() else set()
+
+
+def _running(pid: int) -> bool:
+    try:  # the state follows the command's name in parentheses; Z: exited, not yet reaped
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").exists() or (os.cpu_count() or 1) < 2,
+                    reason="reads child processes from Linux's /proc; parses in-process "
+                           "on one core")
+def test_sigterm_stops_an_import_with_its_parsing_processes(make_list, config_file, tmp_path):
+    """A supervisor's or a user's `kill` ends an import as Ctrl-C does: its parsing
+    processes go with it (they used to wait for work forever) and it says so."""
+    make_list(LIST)
+    box = mailbox.mbox(tmp_path / "big.mbox")
+    for n in range(30_000):
+        box.add(message(f"Post {n}", body=f"Body {n}\n").encode())
+    box.close()
+    proc = start_listserv("--config", config_file, "archive", "import", LIST,
+                          tmp_path / "big.mbox")
+    helpers: set[int] = set()
+    for _ in range(300):
+        helpers = _children(proc.pid)
+        if helpers or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert helpers, "the import started no parsing process"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    for _ in range(100):
+        if not any(_running(pid) for pid in helpers):
+            break
+        time.sleep(0.1)
+    assert not any(_running(pid) for pid in helpers)
 
 
 def test_archive_import_leaves_postgresql_its_statistics(make_list, cli, engine):
