@@ -11,7 +11,9 @@ from listserv.cli_help import Typer
 from listserv.cli_shared import JsonOpt, app_state, out, print_json
 
 if TYPE_CHECKING:
-    from listserv.delivery_queue import ByDomain
+    from datetime import datetime
+
+    from listserv.delivery_queue import ByDomain, Job
 
 queue_app = Typer(help="Delivery jobs waiting for the smarthost, deferred or failed.")
 
@@ -41,9 +43,11 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
     """Delivery jobs by state per list (queued, sending, deferred, failed) and the age
     of the oldest still to be sent, then the posts whose jobs are still being written.
     With LIST, each of its jobs too, with the ID that `queue retry` and `queue cancel`
-    take. With --by-domain, per destination (a recipient domain; a destination in
-    back-off names the domains that share its MX hosts, and the first of them): copies
-    waiting, copies deferred, back-off (421 or 4.7.x from its servers) and last reply.
+    take and, for a job being sent, the worker (host:pid) holding it and when its lease
+    runs out (once it has, any worker takes the job again). With --by-domain, per
+    destination (a recipient domain; a destination in back-off names the domains that
+    share its MX hosts, and the first of them): copies waiting, copies deferred,
+    back-off (421 or 4.7.x from its servers) and last reply.
 
     \b
     Examples:
@@ -68,13 +72,15 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
     lists = [{"list": x.list, **x.counts, "oldest_age_seconds": None if x.oldest is None
               else int((now - x.oldest).total_seconds())}
              for x in summaries if address is None or x.list == address]
-    posts = [{"list": x.list, "message": x.message_pk, "jobs": x.jobs,
+    posts = [{"list": x.list, "message": x.message_pk, "message_id": x.message_id,
+              "jobs": x.jobs,
               "age_seconds": int((now - x.created_at).total_seconds()),
               "last_chunk_seconds": int((now - x.advanced_at).total_seconds())}
              for x in expanding if address is None or x.list == address]
     if as_json:
-        return print_json({"lists": lists, "expanding": posts,
-                            "jobs": [vars(j) for j in jobs]})
+        return print_json({"lists": lists, "expanding": posts, "jobs": [
+            vars(j) | {"lease_seconds_left": None if j.lease_until is None
+                       else int((j.lease_until - now).total_seconds())} for j in jobs]})
     if not lists and not posts:
         out.print("the queue is empty")
         return None
@@ -90,14 +96,28 @@ def queue_ls(ctx: typer.Context, list_address: Annotated[str | None, typer.Argum
     for p in posts:
         # The jobs written so far alone looked the same whether the expansion went on
         # or had stopped (no process with the deliver role, or its database away).
-        out.print(f"{p['list']}  {p['message']}  {p['jobs']}  {_age(p['age_seconds'])}  "
-                  f"{_ago(p['last_chunk_seconds'])}")
+        # The post by its Message-ID: the row id it was shown by before no command takes.
+        out.print(f"{p['list']}  <{p['message_id']}>  {p['jobs']}  {_age(p['age_seconds'])}"
+                  f"  {_ago(p['last_chunk_seconds'])}")
     if address:
-        out.print("\nid  state  attempts  recipients  age  last error")
+        out.print("\nid  state  attempts  recipients  age  last error  held by")
         for j in jobs:
             out.print(f"{j.id}  {j.state}  {j.attempts}  {j.recipients}  "
-                      f"{_age((now - j.created_at).total_seconds())}  {j.last_error or '-'}")
+                      f"{_age((now - j.created_at).total_seconds())}  {j.last_error or '-'}  "
+                      f"{_holder(j, now)}")
     return None
+
+
+def _holder(job: Job, now: datetime) -> str:
+    """Who is sending a job, and whether it still may: a worker killed (kill -9) leaves
+    its jobs `sending` until their lease runs out, when any worker claims them again
+    (claims.py); without this they looked the same as jobs on their way."""
+    if job.worker is None or job.lease_until is None:
+        return "-"
+    left = (job.lease_until - now).total_seconds()
+    if left >= 0:
+        return f"{job.worker}, lease runs out in {int(left)} s"
+    return f"{job.worker}, lease ran out {_ago(-left)}, another worker will take it"
 
 
 def _by_domain(ctx: typer.Context, as_json: bool) -> None:

@@ -34,6 +34,10 @@ class Job:
     created_at: datetime
     next_attempt_at: datetime
     last_error: str
+    # While being sent: the "host:pid" that claimed it and the end of its lease. A
+    # worker killed keeps both, and an operator must tell its jobs from live ones.
+    worker: str | None = None
+    lease_until: datetime | None = None
 
 
 @dataclass
@@ -101,6 +105,7 @@ class Expanding:
 
     list: str
     message_pk: int | None
+    message_id: str | None  # what the operator knows the post by (`message erase` takes it)
     jobs: int  # written so far
     created_at: datetime
     advanced_at: datetime  # its last chunk: long ago, no worker is expanding it
@@ -109,10 +114,11 @@ class Expanding:
 def expansions(session: Session) -> list[Expanding]:
     """The posts still being expanded into jobs (fanout.expand), oldest first."""
     rows = session.execute(
-        select(MailingList.address, Outgoing.message_pk, Expansion.jobs, Expansion.created_at,
-               Expansion.advanced_at)
+        select(MailingList.address, Outgoing.message_pk, Message.message_id, Expansion.jobs,
+               Expansion.created_at, Expansion.advanced_at)
         .join(MailingList, MailingList.id == Expansion.list_id)
-        .join(Outgoing, Outgoing.id == Expansion.outgoing_id).order_by(Expansion.id))
+        .join(Outgoing, Outgoing.id == Expansion.outgoing_id)
+        .outerjoin(Message, Message.id == Outgoing.message_pk).order_by(Expansion.id))
     return [Expanding(*row) for row in rows]
 
 
@@ -126,7 +132,9 @@ def jobs(session: Session, mlist: MailingList) -> list[Job]:
                    unfinished.c.notice_from == f"{local}-bounces@{domain}"))
         .order_by(Delivery.id))
     return [Job(d.id, mlist.address, state, d.attempts, len(d.recipients.split("\n")),
-                d.created_at, d.next_attempt_at, d.last_error) for d, state in rows]
+                d.created_at, d.next_attempt_at, d.last_error,
+                *((d.worker, d.lease_until) if state == "sending" else ()))
+            for d, state in rows]
 
 
 @dataclass

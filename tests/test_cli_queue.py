@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 
 from listserv import config as config_mod
 from listserv import db, retention
-from listserv.models import utcnow
+from listserv.models import Message, utcnow
 from listserv.queue_tables import Delivery, Expansion
 from tests.helpers import (
     assert_one_line_error,
@@ -73,6 +73,10 @@ def test_a_post_whose_jobs_are_not_written_yet_is_shown_expanding(make_list, eng
     assert listed["lists"] == []
     [waiting] = listed["expanding"]
     assert (waiting["list"], waiting["jobs"]) == (LIST, 0)
+    # The post by the Message-ID the operator can find it by (and erase it by)
+    with db.session(engine) as s:
+        stored = s.scalar(select(Message.message_id))
+    assert waiting["message_id"] == stored
     assert "expanding: list" in listserv(config_file, "queue", "ls")
     # No worker has written a chunk for five minutes: the operator sees it has stopped.
     with db.session(engine) as s:
@@ -81,7 +85,7 @@ def test_a_post_whose_jobs_are_not_written_yet_is_shown_expanding(make_list, eng
     assert 300 <= queue(config_file)["expanding"][0]["last_chunk_seconds"] < 360
     assert listserv(config_file, "queue", "ls").splitlines() == [  # no job yet, no blank line
         "expanding: list  message  jobs written  age  last chunk",
-        f"{LIST}  {waiting['message']}  0  0 min  5 min ago"]
+        f"{LIST}  <{stored}>  0  0 min  5 min ago"]
     expand_all(engine)
     assert queue(config_file)["expanding"] == []
     assert listserv(config_file, "queue", "ls").startswith("list  queued")
@@ -189,3 +193,28 @@ def test_queue_ls_counts_each_list_with_its_notices(make_list, engine, config_fi
     mine = queue(config_file, LIST)
     assert [x["list"] for x in mine["lists"]] == [LIST]
     assert sorted(j["state"] for j in mine["jobs"]) == ["deferred", "queued", "queued"]
+
+
+def test_a_job_held_by_a_killed_worker_names_it_and_its_lease(make_list, engine, config_file):
+    """After a kill -9 the dead worker's jobs stay `sending`: queue ls says whose they
+    are and that their lease ran out (any worker takes them again), unlike a live one's."""
+    make_list(LIST, owner=None, members=[ANN])
+    post(engine, config_file)
+    post(engine, config_file)
+    now = utcnow()
+    with db.session(engine) as s:
+        dead, live = s.scalars(select(Delivery.id).order_by(Delivery.id))
+        s.execute(update(Delivery).where(Delivery.id == dead).values(
+            state="sending", worker="gone.example:4242", lease_until=now - timedelta(seconds=40)))
+        s.execute(update(Delivery).where(Delivery.id == live).values(
+            state="sending", worker="here.example:7", lease_until=now + timedelta(seconds=25)))
+        s.commit()
+    jobs = {j["id"]: j for j in queue(config_file, LIST)["jobs"]}
+    assert (jobs[dead]["worker"], jobs[live]["worker"]) == ("gone.example:4242", "here.example:7")
+    assert -50 < jobs[dead]["lease_seconds_left"] <= -40
+    assert 15 < jobs[live]["lease_seconds_left"] <= 25
+    lines = {line.split()[0]: line for line in
+             listserv(config_file, "queue", "ls", LIST).splitlines() if line[:1].isdigit()}
+    assert "gone.example:4242, lease ran out 4" in lines[str(dead)]
+    assert lines[str(dead)].endswith("s ago, another worker will take it")
+    assert "here.example:7, lease runs out in " in lines[str(live)]
