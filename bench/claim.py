@@ -137,12 +137,15 @@ def main() -> None:
               f"CPU of this process (SQLite's included) median "
               f"{statistics.median(cpu) * 1000:.2f} ms")
         now = utcnow()
+        shaped = sorted({PAUSED} if args.paused else {"busy.example"})
         for lane in Lane:
-            for kind, statement in zip(("tried", "new"), claims._CLAIMS, strict=True):
-                print(f"-- the claim of {kind} jobs in lane {lane.name}:\n" + plan(
-                    engine, statement, {"now": now, "in_lane": lane, "room": args.room,
-                                        "worker": "w", "lease_until": now,
-                                        "busy": busy or ["busy.example"]}, analyze=True))
+            for kind, statements in zip(("tried", "new"), claims._CLAIMS, strict=True):
+                values = {"now": now, "in_lane": lane, "room": args.room, "worker": "w",
+                          "lease_until": now, "shaped": shaped, "window": 4 * args.room,
+                          "from_key": statements.start, "from_id": 0}
+                for name in ("whole", "window", "floor"):
+                    print(f"-- the claim of {kind} jobs in lane {lane.name}, {name}:\n"
+                          + plan(engine, getattr(statements, name), values, analyze=True))
         print("-- head turn:\n" + plan(engine, outbox._HEAD_TURN, {}))
         print("-- a list's last turn:\n" + plan(engine, outbox._LAST_TURN, {"list_id": 1}))
         chunk = {"list_id": 1, "mode": "regular", "now": now, "after": 50_000,
