@@ -141,7 +141,7 @@ def main() -> None:
         for lane in Lane:
             for kind, statements in zip(("tried", "new"), claims._CLAIMS, strict=True):
                 values = {"now": now, "in_lane": lane, "room": args.room, "worker": "w",
-                          "lease_until": now, "shaped": shaped, "window": 4 * args.room,
+                          "lease_until": now, "shaped": shaped, "window": claims.WINDOW * args.room,
                           "from_key": statements.start, "from_id": 0}
                 for name in ("whole", "window", "floor"):
                     print(f"-- the claim of {kind} jobs in lane {lane.name}, {name}:\n"
