@@ -249,7 +249,8 @@ def _log_takeovers(expired: dict[int, str], claimed: list[int]) -> None:
 def claim(session: Session, worker: str, limit: int, lease: timedelta,
           busy: Sequence[str] = ()) -> list[Job]:
     """Reserve up to `limit` ready jobs for this worker and commit the reservation; none
-    to the domains in `busy`."""
+    to the domains in `busy` or in back-off (read once here, a handful at most: with
+    none, each kind of job is claimed by one statement; see _take)."""
     now = utcnow()
     connection = session.connection()
     expired = _past_lease(connection, now)
