@@ -79,7 +79,13 @@ class Delivery(SQLModel, table=True):
                       Index("ix_delivery_list_turn", "list_id", "turn",
                             sqlite_where=NEW_JOBS, postgresql_where=NEW_JOBS),
                       Index("ix_delivery_retry", "lane", "next_attempt_at", "id",
-                            sqlite_where=TRIED_JOBS, postgresql_where=TRIED_JOBS))
+                            sqlite_where=TRIED_JOBS, postgresql_where=TRIED_JOBS),
+                      # The same by domain: where another domain's jobs start, when a
+                      # claim leaves some alone (claims._floor_of).
+                      Index("ix_delivery_claim_domain", "lane", "domain", "turn", "id",
+                            sqlite_where=NEW_JOBS, postgresql_where=NEW_JOBS),
+                      Index("ix_delivery_retry_domain", "lane", "domain", "next_attempt_at",
+                            "id", sqlite_where=TRIED_JOBS, postgresql_where=TRIED_JOBS))
 
     id: int | None = Field(default=None, primary_key=True)
     outgoing_id: int = Field(foreign_key="outgoing.id", index=True, ondelete="CASCADE")

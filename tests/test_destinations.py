@@ -8,13 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text, update
+from sqlmodel import Session
 
 from listserv import claims, db, destinations, outbox
-from listserv.enums import DeliveryState
-from listserv.queue_tables import Delivery, Destination
+from listserv.enums import DeliveryState, Lane
+from listserv.models import utcnow
+from listserv.queue_tables import Delivery, Destination, DestinationDomain
 from listserv.replies import Reply
 from listserv.shaping import Shaper
 from tests.helpers import (
@@ -163,6 +166,67 @@ def test_at_most_max_connections_per_domain_transactions_at_once(
 def test_queue_ls_by_domain_takes_no_list(config_file):
     assert_one_line_error(run_listserv("--config", config_file, "queue", "ls", LIST,
                                        "--by-domain"), "--by-domain", "give no LIST")
+
+
+def claim_counting(engine, busy: list[str]) -> tuple[list[int], int]:
+    """The jobs a claim of two takes, and how much it read: on SQLite, its virtual
+    machine's steps (by the hundred); on PostgreSQL, the delivery rows its statements
+    fetched (counted in an outer transaction, which its commit only ends a savepoint of),
+    with the statistics autovacuum would have by then."""
+    if db.is_sqlite(engine):
+        steps = [0]
+        with db.session(engine) as s:
+            sqlite = s.connection().connection.dbapi_connection
+            sqlite.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1), 100)
+            try:
+                taken = claims.claim(s, "test:1", 2, timedelta(seconds=30), busy)
+            finally:
+                sqlite.set_progress_handler(None, 0)
+        return sorted(j.id for j in taken), steps[0]
+    with engine.begin() as connection:
+        connection.execute(text("ANALYZE delivery"))
+    fetched = text("SELECT seq_tup_read + idx_tup_fetch FROM pg_stat_xact_user_tables"
+                   " WHERE relname = 'delivery' AND schemaname = current_schema()")
+    with engine.connect() as connection, connection.begin():
+        # (a delta: the counts include the connection's earlier ones not yet reported)
+        before = connection.execute(fetched).scalar()
+        with Session(bind=connection, join_transaction_mode="create_savepoint") as s:
+            taken = claims.claim(s, "test:1", 2, timedelta(seconds=30), busy)
+        read = connection.execute(fetched).scalar() - before
+    return sorted(j.id for j in taken), read
+
+
+@pytest.mark.parametrize("held", ["back-off", "busy"])
+def test_thousands_of_jobs_to_a_held_destination_cost_a_claim_no_more_than_a_few(
+        engine, held):
+    """A destination in back-off (or one this worker is busy with) with a post's worth
+    of copies ready, first in order, new and tried: a claim takes the jobs to other
+    domains behind them without reading through them."""
+    with db.session(engine) as s:
+        outbox.queue(s, b"x", "dev-bounces@lists.example.org",
+                     [f"m{i}@{SLOW}" for i in range(3000)], 1, lane=Lane.WAITING)
+        outbox.queue(s, b"x", "dev-bounces@lists.example.org", FAST, 1, lane=Lane.WAITING)
+        held_ids = s.scalars(select(Delivery.id).where(Delivery.domain == SLOW)
+                             .order_by(Delivery.id)).all()
+        s.execute(update(Delivery).where(Delivery.id.in_(held_ids[::2])).values(
+            attempts=1, next_attempt_at=utcnow() - timedelta(minutes=1)))  # deferred, due
+        if held == "back-off":
+            s.add(Destination(name=SLOW, backoff_until=utcnow() + timedelta(hours=1)))
+            s.add(DestinationDomain(domain=SLOW, destination=SLOW))
+        s.commit()
+        others = s.scalars(select(Delivery.id).where(Delivery.domain != SLOW)
+                           .order_by(Delivery.id)).all()
+    busy = [SLOW] if held == "busy" else []
+
+    taken, behind_thousands = claim_counting(engine, busy)
+    assert taken == others[:2]
+    with db.session(engine) as s:  # all but 30 of them sent
+        s.execute(update(Delivery).where(Delivery.id.in_(held_ids[30:])).values(
+            state=DeliveryState.DONE, done_at=utcnow()))
+        s.commit()
+    taken, behind_a_few = claim_counting(engine, busy)
+    assert taken == others[2:4]
+    assert behind_thousands < 2 * behind_a_few, (behind_thousands, behind_a_few)
 
 
 def job(job_id: int, domain: str, rcpts: int = 1) -> claims.Job:
