@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import claims, fanout, outbox, resolver, signing, supervise, tokens
+from listserv import claims, fanout, outbox, probes, resolver, signing, supervise, tokens
 from listserv.claims import Job
 from listserv.config import Config
 from listserv.copies import Copies, Personal, Prepared
@@ -132,7 +132,8 @@ class Worker:
                                if config.delivery.group_by_mx else None)
         self.shaper = Shaper(config.delivery.max_connections_per_domain,
                              config.delivery.max_copies_per_minute_per_domain, self._requeue,
-                             self.groups.of)
+                             self.groups.of, self._unsend)
+        self.given_back: list[int] = []  # jobs to give back with the next claim, unsent
         self.recorder = Recorder(self.calls, config, self.shaper.hold_off, self.groups)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())
         self.leases = Leases(self.name, config.delivery.lease_seconds, self.calls)
@@ -197,7 +198,8 @@ class Worker:
             expanding.cancel()
             await asyncio.gather(expanding, return_exceptions=True)
             self.room.close()
-            unsent = [job.id for job in [*self._drain(), *self.shaper.drain()]]
+            unsent = [*self.given_back,
+                      *(job.id for job in [*self._drain(), *self.shaper.drain()])]
             await self._stop_senders(senders)
             await self.recorder.flush()
             await self.progress.flush()
@@ -223,10 +225,13 @@ class Worker:
             # Cleared before claiming, so a wake() during the claim is not lost.
             self.wakeup.clear()
             room = self.room.free
+            unsent, self.given_back = self.given_back, []
             try:
-                jobs = (await self.calls.until_done(claims.claim, self.name, room, lease,
-                                                    self.shaper.busy()) if room else [])
+                jobs = (await self.calls.until_done(probes.claim, self.name, room, lease,
+                                                    self.shaper.busy(), unsent)
+                        if room or unsent else [])
             except SQLAlchemyError:
+                self.given_back += unsent  # counted as unsent when the worker stops
                 return  # stopping with the database away
             self.room.take(len(jobs))
             for job in jobs:
@@ -285,6 +290,13 @@ class Worker:
         """A parked job whose domain has room now: back into the queue, in the room."""
         self.room.take(1)
         self.queue.put_nowait(job)
+
+    def _unsend(self, job: Job) -> None:
+        """A job of a destination that backed off while this worker held it: given back
+        with the next claim, which comes at once."""
+        self.done_with(job)
+        self.given_back.append(job.id)
+        self.wakeup.set()
 
     def done_with(self, job: Job) -> None:
         self.shaper.finish(job)
