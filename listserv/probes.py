@@ -35,9 +35,9 @@ from listserv.queue_tables import Delivery, Destination, DestinationDomain
 
 log = logging.getLogger("listserv.deliver")
 
-_t = Delivery.__table__
-_d, _dest = _t.c, Destination.__table__.c
-_held = DestinationDomain.__table__.c
+_t, _destination = Delivery.metadata.tables["delivery"], Destination.metadata.tables["destination"]
+_d, _dest = _t.c, _destination.c
+_held = DestinationDomain.metadata.tables["destination_domain"].c
 
 # The destinations whose back-off ended, locked for this claim on PostgreSQL (those another
 # claim holds are left to it); on SQLite the claim holds the write lock anyway.
@@ -52,13 +52,14 @@ _FLYING = select(_d.id).where(_d.id.in_(bindparam("probes", expanding=True)),
 # not the oldest (that would read every job of a destination that has a million).
 _PROBE = (update(_t).where(
     _d.id.in_(select(_d.id).where(
-        _d.domain.in_(select(_held.domain).where(_held.destination == bindparam("destination"))),
+        _d.domain.in_(select(_held.domain).where(
+            _held.destination == bindparam("destination"))),
         _READY).limit(1).with_for_update(skip_locked=True).scalar_subquery()), _READY)
     .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
             lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
     .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
                _d.created_at, _d.domain))
-_NAME = update(Destination.__table__).where(_dest.name == bindparam("destination")).values(
+_NAME = update(_destination).where(_dest.name == bindparam("destination")).values(
     probe=bindparam("job"))
 # Jobs a worker gives back unsent, claimed before their destination deferred a copy:
 # after the back-off only the probe may go.
