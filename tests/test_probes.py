@@ -55,7 +55,7 @@ def test_after_a_back_off_one_transaction_tries_the_destination_until_one_goes_t
 
 
 def test_one_probe_at_a_time_and_a_dead_workers_probe_is_taken_over_after_its_lease(
-        make_server, sink, make_list, engine):
+        make_server, sink, make_list, engine, cli):
     sink.deferring[SLOW] = "450 4.7.1 Rate limited, try later"
     make_list(LIST, members=[SENDER, *MEMBERS], owner=None)
     lease = {**ONE_EACH, "lease_seconds": 2}
@@ -72,6 +72,9 @@ def test_one_probe_at_a_time_and_a_dead_workers_probe_is_taken_over_after_its_le
         [probe] = probes.claim(s, "elsewhere:1", 10, timedelta(seconds=2))
         assert probe.domain == SLOW and s.get(Destination, SLOW).probe == probe.id
         assert probes.claim(s, "elsewhere:2", 10, timedelta(seconds=2)) == []
+    [shown] = [line for line in cli("queue", "ls", "--by-domain").output.splitlines()
+               if line.startswith(SLOW)]
+    assert shown.startswith(f"{SLOW}  {len(MEMBERS)}  ") and "  probing  " in shown
 
     sink.deferring.clear()
     make_server(delivery=lease)  # takes the probe over once its lease has run out
