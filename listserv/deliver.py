@@ -132,9 +132,9 @@ class Worker:
                                if config.delivery.group_by_mx else None)
         self.shaper = Shaper(config.delivery.max_connections_per_domain,
                              config.delivery.max_copies_per_minute_per_domain, self._requeue,
-                             self.groups.of, self._unsend)
+                             self.groups.of)
         self.given_back: list[int] = []  # jobs to give back with the next claim, unsent
-        self.recorder = Recorder(self.calls, config, self.shaper.hold_off, self.groups)
+        self.recorder = Recorder(self.calls, config, self._hold_off, self.groups)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())
         self.leases = Leases(self.name, config.delivery.lease_seconds, self.calls)
 
@@ -291,12 +291,27 @@ class Worker:
         self.room.take(1)
         self.queue.put_nowait(job)
 
-    def _unsend(self, job: Job) -> None:
-        """A job of a destination that backed off while this worker held it: given back
-        with the next claim, which comes at once."""
-        self.done_with(job)
-        self.given_back.append(job.id)
-        self.wakeup.set()
+    def _hold_off(self, dest: str, seconds: float) -> None:
+        """A destination deferred a copy: the jobs of it this worker holds, parked or
+        queued, are given back unsent with the next claim (which comes at once), so that
+        after the back-off one job tries it first (probes.py). A job of it claimed after
+        this is that one: the shaper parks it while `seconds` last here."""
+        held = self.shaper.hold_off(dest, seconds)
+        kept: list[Job | None] = []
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if job is not None and job.domain and self.groups.of(job.domain) == dest:
+                self.room.release(1)
+                held.append(job)
+            else:
+                kept.append(job)  # None among them: a sender told to stop
+        for job in kept:
+            self.queue.put_nowait(job)
+        for job in held:
+            self.done_with(job)
+            self.given_back.append(job.id)
+        if held:
+            self.wakeup.set()
 
     def done_with(self, job: Job) -> None:
         self.shaper.finish(job)

@@ -2,10 +2,10 @@
 domain, or the MX hosts several share: mx_groups.py): at most `[delivery]
 max_connections_per_domain` transactions in flight to it, at most
 `max_copies_per_minute_per_domain` copies a minute, and nothing while a deferral (421,
-4.7.x) holds it back (its jobs held here then go back to the database, for the probe
-after the back-off: probes.py). A job that has to wait is parked here, not in a sender:
-the senders go on with other destinations' jobs, and the parked one goes back to the
-worker's queue when its destination has room.
+4.7.x) holds it back. A job that has to wait is parked here, not in a sender: the
+senders go on with other destinations' jobs, and the parked one goes back to the
+worker's queue when its destination has room; those a deferral holds back go back to
+the database instead (after the back-off, one job tries the destination: probes.py).
 """
 
 from __future__ import annotations
@@ -22,13 +22,10 @@ class Shaper:
     """The destinations of the jobs this worker sends: those in flight, those parked."""
 
     def __init__(self, connections: int, per_minute: int, requeue: Callable[[Job], None],
-                 destination_of: Callable[[str], str] = str,
-                 give_back: Callable[[Job], None] = lambda job: None) -> None:
+                 destination_of: Callable[[str], str] = str) -> None:
         self.connections = connections
         self.seconds_per_copy = 60 / per_minute if per_minute else 0.0
         self.requeue = requeue  # puts a parked job back into the worker's queue
-        self.give_back = give_back  # gives a job back to the database, unsent
-        self.held_off: dict[str, float] = {}  # monotonic time a destination's back-off ends
         self.destination_of = destination_of  # a recipient domain's destination now
         self.flying: dict[int, str] = {}  # job id -> destination, while a sender has it
         self.released: dict[int, str] = {}  # parked jobs sent back to the queue
@@ -44,9 +41,6 @@ class Shaper:
         dest = self.released.pop(job.id, None)
         if dest is None:
             dest = self.destination_of(job.domain)
-            if self._backed_off(dest):
-                self.give_back(job)
-                return False
             if not self._room(dest):
                 self.parked[dest].append(job)
                 return False
@@ -64,15 +58,16 @@ class Shaper:
         if dest is not None:
             self._release(dest)
 
-    def hold_off(self, dest: str, seconds: float) -> None:
+    def hold_off(self, dest: str, seconds: float) -> list[Job]:
         """The destination deferred a copy: none of its jobs goes out for `seconds` (the
-        back-off destinations.note set in the database for every worker), and those
-        held here go back to the database, parked or when a sender would take them:
-        after the back-off one job tries it first, whichever worker claims it
-        (probes.py), not every job held here at once."""
-        self.held_off[dest] = max(self.held_off.get(dest, 0.0), time.monotonic() + seconds)
-        for job in self.parked.pop(dest, ()):
-            self.give_back(job)
+        back-off destinations.note set in the database for every worker); its jobs
+        parked here, taken out, for the worker to give back: after the back-off one job
+        tries the destination first, whichever worker claims it (probes.py), not every
+        job held here at once."""
+        until = time.monotonic() + seconds
+        if until > self.next_at.get(dest, 0.0):
+            self.next_at[dest] = until
+        return list(self.parked.pop(dest, ()))
 
     def busy(self) -> list[str]:
         """The recipient domains of the parked jobs: a claim takes no more of theirs."""
@@ -86,13 +81,6 @@ class Shaper:
         jobs = [job for parked in self.parked.values() for job in parked]
         self.parked.clear()
         return jobs
-
-    def _backed_off(self, dest: str) -> bool:
-        """Whether a deferral holds the destination back now (forgotten once over)."""
-        if self.held_off.get(dest, 0.0) > time.monotonic():
-            return True
-        self.held_off.pop(dest, None)
-        return False
 
     def _going(self, dest: str) -> int:
         """The destination's transactions in flight, and those released to start one."""
