@@ -136,7 +136,8 @@ def _by_domain(ctx: typer.Context, as_json: bool) -> None:
         return None
     out.print("domain  waiting  deferred  back-off  deferrals  last reply")
     for r in rows:
-        backoff = ("-" if r.backoff_until is None or r.backoff_until <= now
+        # over, the destination is still held until a job tried first takes a copy
+        backoff = ("-" if r.backoff_until is None else "probing" if r.backoff_until <= now
                    else f"until {r.backoff_until:%Y-%m-%d %H:%M:%S} UTC")
         out.print(f"{_destination(r)}  {r.waiting}  {r.deferred}  {backoff}  "
                   f"{r.deferrals}  {r.last_reply or '-'}")

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import claims, fanout, outbox, resolver, signing, supervise, tokens
+from listserv import claims, fanout, outbox, probes, resolver, signing, supervise, tokens
 from listserv.claims import Job
 from listserv.config import Config
 from listserv.copies import Copies, Personal, Prepared
@@ -133,7 +133,8 @@ class Worker:
         self.shaper = Shaper(config.delivery.max_connections_per_domain,
                              config.delivery.max_copies_per_minute_per_domain, self._requeue,
                              self.groups.of)
-        self.recorder = Recorder(self.calls, config, self.shaper.hold_off, self.groups)
+        self.given_back: list[int] = []  # jobs to give back with the next claim, unsent
+        self.recorder = Recorder(self.calls, config, self._hold_off, self.groups)
         self.smarthosts = Smarthosts(config.delivery.smarthosts())
         self.leases = Leases(self.name, config.delivery.lease_seconds, self.calls)
 
@@ -197,7 +198,8 @@ class Worker:
             expanding.cancel()
             await asyncio.gather(expanding, return_exceptions=True)
             self.room.close()
-            unsent = [job.id for job in [*self._drain(), *self.shaper.drain()]]
+            unsent = [*self.given_back,
+                      *(job.id for job in [*self._drain(), *self.shaper.drain()])]
             await self._stop_senders(senders)
             await self.recorder.flush()
             await self.progress.flush()
@@ -223,10 +225,13 @@ class Worker:
             # Cleared before claiming, so a wake() during the claim is not lost.
             self.wakeup.clear()
             room = self.room.free
+            unsent, self.given_back = self.given_back, []
             try:
-                jobs = (await self.calls.until_done(claims.claim, self.name, room, lease,
-                                                    self.shaper.busy()) if room else [])
+                jobs = (await self.calls.until_done(probes.claim, self.name, room, lease,
+                                                    self.shaper.busy(), unsent)
+                        if room or unsent else [])
             except SQLAlchemyError:
+                self.given_back += unsent  # counted as unsent when the worker stops
                 return  # stopping with the database away
             self.room.take(len(jobs))
             for job in jobs:
@@ -285,6 +290,28 @@ class Worker:
         """A parked job whose domain has room now: back into the queue, in the room."""
         self.room.take(1)
         self.queue.put_nowait(job)
+
+    def _hold_off(self, dest: str, seconds: float) -> None:
+        """A destination deferred a copy: the jobs of it this worker holds, parked or
+        queued, are given back unsent with the next claim (which comes at once), so that
+        after the back-off one job tries it first (probes.py). A job of it claimed after
+        this is that one: the shaper parks it while `seconds` last here."""
+        held = self.shaper.hold_off(dest, seconds)
+        kept: list[Job | None] = []
+        while not self.queue.empty():
+            job = self.queue.get_nowait()
+            if job is not None and job.domain and self.groups.of(job.domain) == dest:
+                self.room.release(1)
+                held.append(job)
+            else:
+                kept.append(job)  # None among them: a sender told to stop
+        for job in kept:
+            self.queue.put_nowait(job)
+        for job in held:
+            self.done_with(job)
+            self.given_back.append(job.id)
+        if held:
+            self.wakeup.set()
 
     def done_with(self, job: Job) -> None:
         self.shaper.finish(job)

@@ -21,7 +21,7 @@ from listserv import headers
 from listserv.address import split
 from listserv.enums import Lane, Verp
 from listserv.models import MailingList, utcnow
-from listserv.queue_tables import NEW_JOBS, Delivery, Destination, DestinationDomain, Outgoing
+from listserv.queue_tables import NEW_JOBS, Delivery, DestinationDomain, Outgoing
 
 log = logging.getLogger("listserv.deliver")
 
@@ -150,7 +150,7 @@ def queue_jobs(session: Session, stored: Sequence[tuple[int, Send]], batch: int,
             for (outgoing_id, send), its in zip(stored, jobs, strict=True)
             for (domain, job), turn in zip(its, turns.next(send, len(its)), strict=True)]
     if handoff is not None:
-        rows = _handed_first(connection, handoff, rows, now)
+        rows = _handed_first(connection, handoff, rows)
     handed = handoff.reserve(len(rows)) if handoff is not None else 0
     if handoff is not None and handed:
         _hand(connection, handoff, rows[:handed], now)
@@ -163,19 +163,17 @@ def queue_jobs(session: Session, stored: Sequence[tuple[int, Send]], batch: int,
     return [len(its) for its in jobs]
 
 
-# The domains in back-off, those of the destinations in back-off (see destinations.py):
-# a handful at most, usually none.
-PAUSED = (select(DestinationDomain.__table__.c.domain)
-          .join(Destination.__table__,
-                Destination.__table__.c.name == DestinationDomain.__table__.c.destination)
-          .where(Destination.__table__.c.backoff_until > bindparam("now")))
+# The domains no claim takes a job of, those of the destinations that deferred copies
+# (destinations.py): in back-off, or tried by one job at a time since it ended until a
+# copy goes through (probes.py, which claims that job). A handful at most, usually none.
+PAUSED = select(DestinationDomain.__table__.c.domain)
 
 
-def _handed_first(connection: Connection, handoff: Handoff, rows: list[dict],
-                  now: datetime) -> list[dict]:
+def _handed_first(connection: Connection, handoff: Handoff, rows: list[dict]) -> list[dict]:
     """`rows` with those the handoff may take first: a job to a domain in back-off is
-    left for a claim, which waits for the back-off's end, and counted as left."""
-    paused = set(connection.execute(PAUSED, {"now": now}).scalars())
+    left for a claim, which waits for the back-off's end and its probe (probes.py), and
+    counted as left."""
+    paused = set(connection.execute(PAUSED).scalars())
     if not paused:
         return rows
     held = [row for row in rows if row["domain"] in paused]

@@ -109,8 +109,9 @@ class Delivery(SQLModel, table=True):
 
 class Destination(SQLModel, table=True):
     """A destination that deferred copies (421, 4.7.x) and is being slowed: shared
-    through the database, so that every worker holds back from it. Deleted once a copy
-    to it goes through."""
+    through the database, so that every worker holds back from it. Once its back-off
+    ends, one job at a time tries it (probes.py); deleted once a copy to it goes
+    through."""
 
     __tablename__ = "destination"
 
@@ -120,6 +121,9 @@ class Destination(SQLModel, table=True):
     backoff_until: datetime  # no job of its domains is claimed before this
     deferrals: int = 0  # back-offs in a row, which double it
     last_reply: str = ""  # the deferral's words, for `queue ls --by-domain`
+    # The job sent to try it after its back-off: while that job is being sent (its lease
+    # not run out), no other job of its domains is claimed.
+    probe: int | None = None
     updated_at: datetime = Field(default_factory=utcnow)
 
 

@@ -4,7 +4,8 @@ max_connections_per_domain` transactions in flight to it, at most
 `max_copies_per_minute_per_domain` copies a minute, and nothing while a deferral (421,
 4.7.x) holds it back. A job that has to wait is parked here, not in a sender: the
 senders go on with other destinations' jobs, and the parked one goes back to the
-worker's queue when its destination has room.
+worker's queue when its destination has room; those a deferral holds back go back to
+the database instead (after the back-off, one job tries the destination: probes.py).
 """
 
 from __future__ import annotations
@@ -57,12 +58,16 @@ class Shaper:
         if dest is not None:
             self._release(dest)
 
-    def hold_off(self, dest: str, seconds: float) -> None:
+    def hold_off(self, dest: str, seconds: float) -> list[Job]:
         """The destination deferred a copy: none of its jobs goes out for `seconds` (the
-        back-off destinations.note set in the database for every worker)."""
+        back-off destinations.note set in the database for every worker); its jobs
+        parked here, taken out, for the worker to give back: after the back-off one job
+        tries the destination first, whichever worker claims it (probes.py), not every
+        job held here at once."""
         until = time.monotonic() + seconds
         if until > self.next_at.get(dest, 0.0):
             self.next_at[dest] = until
+        return list(self.parked.pop(dest, ()))
 
     def busy(self) -> list[str]:
         """The recipient domains of the parked jobs: a claim takes no more of theirs."""
