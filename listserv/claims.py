@@ -1,5 +1,5 @@
-"""The delivery worker's side of the delivery jobs: claim, renew leases, give back,
-mark sent and record each attempt (outbox.py queues them).
+"""The delivery worker's side of the delivery jobs: claim, renew leases, give back
+(outbox.py queues them; outcomes.py records what became of them).
 
 Jobs are claimed with a conditional UPDATE (and SKIP LOCKED on PostgreSQL), so any
 number of workers on any number of machines share one database without sending a job
@@ -25,7 +25,6 @@ from sqlalchemy import (
     case,
     false,
     func,
-    insert,
     select,
     union_all,
     update,
@@ -35,18 +34,13 @@ from sqlalchemy.sql.base import ReadOnlyColumnCollection
 from sqlalchemy.sql.dml import ReturningUpdate
 from sqlmodel import Session, col
 
-from listserv.config import DeliveryConfig
 from listserv.enums import DeliveryState, Lane
 from listserv.models import utcnow
 from listserv.outbox import PAUSED
-from listserv.queue_tables import NEW_JOBS, TRIED_JOBS, Delivery, RecipientFailure
-from listserv.replies import RelayError, Reply
+from listserv.queue_tables import NEW_JOBS, TRIED_JOBS, Delivery
 
 log = logging.getLogger("listserv.deliver")
 
-# Postfix's maximal_backoff_time is 4000 s; waiting longer between tries only delays
-# mail once the smarthost is back.
-MAX_BACKOFF = timedelta(hours=1)
 
 
 @dataclass
@@ -77,7 +71,12 @@ def _ready(c: ReadOnlyColumnCollection) -> ColumnElement[bool]:
                 else_=false())
 
 
-_READY = _ready(_d)
+# probes.py takes a probe exactly as a claim takes a job: these are shared.
+READY = _ready(_d)
+TAKE = {"state": DeliveryState.SENDING, "worker": bindparam("worker"),
+        "lease_until": bindparam("lease_until"), "attempts": _d.attempts + 1}
+JOB_COLUMNS = (_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
+               _d.created_at, _d.domain)
 # A job to a domain in back-off (destinations.py) waits for its end, and one to a domain
 # this worker holds jobs for that wait already (`busy`) is left to other workers: the
 # claim reads both sets of domains (`shaped`) first.
@@ -119,15 +118,12 @@ def _claim_of(kind: _Kind, *within: ColumnElement[bool]) -> ReturningUpdate:
     which no index serves: written as an OR, SQLite (which has no statistics) read it
     down ix_delivery_ready and went through every ready job, 1.1 s a claim among
     1,000,000 queued (bench/claim.py)."""
-    picked = (select(_d.id).where(*(within or kind.ahead(_d)), _READY, _SHAPED)
+    picked = (select(_d.id).where(*(within or kind.ahead(_d)), READY, _SHAPED)
               .order_by(*kind.order(_d)).limit(bindparam("room"))
               .with_for_update(skip_locked=True))
     return (update(_t)
-            .where(_d.id.in_(picked.scalar_subquery()), _READY)
-            .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
-                    lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
-            .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
-                       _d.created_at, _d.domain))
+            .where(_d.id.in_(picked.scalar_subquery()), READY)
+            .values(TAKE).returning(*JOB_COLUMNS))
 
 
 def _window_of(kind: _Kind) -> ReturningUpdate:
@@ -264,8 +260,13 @@ def claim(session: Session, worker: str, limit: int, lease: timedelta,
                     "lease_until": now + lease, "shaped": shaped})
     session.commit()
     _log_takeovers(expired, [r.id for r in rows])
-    return [Job(r.id, r.outgoing_id, r.mail_from, r.recipients.split("\n"), r.attempts,
-                r.created_at, r.domain) for r in sorted(rows, key=lambda r: r.id)]
+    return [job_of(r) for r in sorted(rows, key=lambda r: r.id)]
+
+
+def job_of(row: Row) -> Job:
+    """A job as claimed, from its JOB_COLUMNS."""
+    return Job(row.id, row.outgoing_id, row.mail_from, row.recipients.split("\n"),
+               row.attempts, row.created_at, row.domain)
 
 
 def recover_dead_workers(session: Session, host: str) -> int:
@@ -325,119 +326,3 @@ def renew(session: Session, worker: str, ids: list[int], lease: timedelta) -> se
         lease_until=utcnow() + lease).returning(col(Delivery.id))).all()
     session.commit()
     return {job_id for job_id in kept if job_id is not None}
-
-
-def mark_sent(session: Session, worker: str, remaining: dict[int, list[str]]) -> None:
-    """Keep only the recipients still to send in each job, so a worker killed in the
-    middle of a job does not send anyone their copy twice. Rows are updated in id order,
-    as record_all does: two transactions that lock delivery rows in one order cannot
-    deadlock (PostgreSQL detected exactly that when the orders differed). One statement
-    built once, run for every job (this runs every MARK_INTERVAL while copies go out:
-    an ORM update built per job cost more than the rest of the commit)."""
-    session.connection().execute(_MARK, [
-        {"job_id": job_id, "holder": worker, "rcpts": "\n".join(rcpts)}
-        for job_id, rcpts in sorted(remaining.items())])
-    session.commit()
-
-
-_MARK = update(Delivery.__table__).where(
-    _d.id == bindparam("job_id"), _d.worker == bindparam("holder"),
-    _d.state == DeliveryState.SENDING).values(recipients=bindparam("rcpts"))
-
-
-def backoff(config: DeliveryConfig, attempts: int) -> timedelta:
-    seconds = config.retry_initial_seconds * 2 ** max(attempts - 1, 0)
-    return min(timedelta(seconds=seconds), MAX_BACKOFF)
-
-
-Attempt = tuple[Job, dict[str, Reply], RelayError | None]  # a job, its refusals, its error
-# The recipients of a copy refused for good: (outgoing id, their replies).
-Refusal = tuple[int, dict[str, Reply]]
-
-
-def record_all(session: Session, config: DeliveryConfig, attempts: list[Attempt]
-               ) -> tuple[list[DeliveryState], list[Refusal]]:
-    """Write the outcomes of several attempts (senders that finish jobs at about the
-    same time share a commit), in job id order (see mark_sent); the state of each, and
-    the recipients refused for good, for what that does to a member (bouncing). The
-    caller commits."""
-    order = sorted(range(len(attempts)), key=lambda i: attempts[i][0].id)
-    states: dict[int, DeliveryState] = {}
-    refusals: list[Refusal] = []
-    done: list[dict] = []  # nearly every outcome: one statement for a run of them
-    for i in order:
-        job, refused, error = attempts[i]
-        if refused or error is not None:
-            _mark_done(session, done)
-            states[i], permanent = record(session, config, *attempts[i])
-            if permanent:
-                refusals.append((job.outgoing_id, permanent))
-        else:
-            done.append({"job_id": job.id, "done_at": utcnow()})
-            states[i] = DeliveryState.DONE
-    _mark_done(session, done)
-    return [states[i] for i in range(len(attempts))], refusals
-
-
-def _mark_done(session: Session, done: list[dict]) -> None:
-    """What record writes for a job that went to everyone, for several in one statement
-    (record's update is built and compiled anew for each job)."""
-    if done:
-        session.connection().execute(_DONE, done)
-        done.clear()
-
-
-_DONE = update(Delivery.__table__).where(_d.id == bindparam("job_id")).values(
-    state=DeliveryState.DONE, done_at=bindparam("done_at"), worker=None, lease_until=None)
-
-
-def record(session: Session, config: DeliveryConfig, job: Job, refused: dict[str, Reply],
-           error: RelayError | None) -> tuple[DeliveryState, dict[str, Reply]]:
-    """Write the outcome of one attempt: done, retry later (only the recipients that
-    still need it), or failed for good; the recipients refused for good (kept as
-    recipient failures here, counted as bounces by the caller). The caller commits."""
-    now = utcnow()
-    temporary, permanent = _outcome(job, refused, error)
-    values: dict = {"worker": None, "lease_until": None}
-    expired = now - job.created_at >= timedelta(hours=config.retry_max_hours)
-    if temporary and expired:
-        permanent.update({r: Reply(rep.code, f"gave up after {config.retry_max_hours} h: "
-                                             f"{rep.text}") for r, rep in temporary.items()})
-        values.update(state=DeliveryState.FAILED, done_at=now,
-                      last_error=str(next(iter(temporary.values()))))
-    elif temporary:
-        values.update(state=DeliveryState.QUEUED, recipients="\n".join(temporary),
-                      next_attempt_at=now + backoff(config, job.attempts),
-                      last_error=str(next(iter(temporary.values()))))
-    elif error is not None:
-        values.update(state=DeliveryState.FAILED, done_at=now, last_error=str(error))
-    else:
-        values.update(state=DeliveryState.DONE, done_at=now)
-    if permanent:
-        session.execute(insert(RecipientFailure), [
-            {"delivery_id": job.id, "address": r, "code": rep.code, "text": rep.text,
-             "created_at": now} for r, rep in permanent.items()])
-    session.execute(update(Delivery).where(Delivery.id == job.id).values(**values))
-    return values["state"], permanent
-
-
-def _outcome(job: Job, refused: dict[str, Reply], error: RelayError | None
-             ) -> tuple[dict[str, Reply], dict[str, Reply]]:
-    """The recipients to try again and those refused for good, each with its reply. A
-    failed transaction reached nobody, so its error stands for every recipient."""
-    if error is not None:
-        reply = Reply(error.code or (451 if error.temporary else 554), str(error))
-        everyone = dict.fromkeys(job.recipients, reply)
-        return (everyone, {}) if error.temporary else ({}, everyone)
-    return ({r: rep for r, rep in refused.items() if rep.temporary},
-            {r: rep for r, rep in refused.items() if not rep.temporary})
-
-
-def undelivered(job: Job, refused: dict[str, Reply], error: RelayError | None,
-                state: DeliveryState) -> tuple[int, int]:
-    """How many recipients of an attempt wait for another (deferred), and how many
-    never get their copy (failed): all that were left, once the job gave up."""
-    temporary, permanent = _outcome(job, refused, error)
-    if state is DeliveryState.FAILED:
-        return 0, len(temporary) + len(permanent)
-    return len(temporary), len(permanent)

@@ -20,10 +20,10 @@ from sqlalchemy import bindparam, delete, exists, select
 from sqlmodel import Session, col
 
 from listserv import bulk
-from listserv.claims import Attempt, backoff
 from listserv.config import DeliveryConfig
 from listserv.models import utcnow
 from listserv.mx_groups import Group
+from listserv.outcomes import Attempt, backoff
 from listserv.queue_tables import Destination, DestinationDomain
 from listserv.replies import Reply
 

@@ -26,9 +26,7 @@ from sqlalchemy import bindparam, select, update
 from sqlmodel import Session
 
 from listserv import claims
-
-# The claim's own readiness test: a probe is taken exactly when a claim would take it.
-from listserv.claims import _READY, Job
+from listserv.claims import JOB_COLUMNS, READY, TAKE, Job
 from listserv.enums import DeliveryState
 from listserv.models import utcnow
 from listserv.queue_tables import Delivery, Destination, DestinationDomain
@@ -54,11 +52,8 @@ _PROBE = (update(_t).where(
     _d.id.in_(select(_d.id).where(
         _d.domain.in_(select(_held.domain).where(
             _held.destination == bindparam("destination"))),
-        _READY).limit(1).with_for_update(skip_locked=True).scalar_subquery()), _READY)
-    .values(state=DeliveryState.SENDING, worker=bindparam("worker"),
-            lease_until=bindparam("lease_until"), attempts=_d.attempts + 1)
-    .returning(_d.id, _d.outgoing_id, _d.mail_from, _d.recipients, _d.attempts,
-               _d.created_at, _d.domain))
+        READY).limit(1).with_for_update(skip_locked=True).scalar_subquery()), READY)
+    .values(TAKE).returning(*JOB_COLUMNS))
 _NAME = update(_destination).where(_dest.name == bindparam("destination")).values(
     probe=bindparam("job"))
 # Jobs a worker gives back unsent, claimed before their destination deferred a copy:
@@ -98,7 +93,5 @@ def _probe(session: Session, worker: str, lease: timedelta) -> list[Job]:
         if row is not None:
             connection.execute(_NAME, {"destination": name, "job": row.id})
             log.info("destination %s: its back-off is over, job=%d tries it", name, row.id)
-            jobs.append(Job(row.id, row.outgoing_id, row.mail_from,
-                            row.recipients.split("\n"), row.attempts, row.created_at,
-                            row.domain))
+            jobs.append(claims.job_of(row))
     return jobs

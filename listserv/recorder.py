@@ -11,12 +11,13 @@ from collections.abc import Callable
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from listserv import bounces, claims, destinations, metrics, supervise
-from listserv.claims import Attempt, Job
+from listserv import bounces, destinations, metrics, outcomes, supervise
+from listserv.claims import Job
 from listserv.config import Config
 from listserv.drain import Drain
 from listserv.enums import DeliveryState
 from listserv.mx_groups import Group, MxGroups
+from listserv.outcomes import Attempt
 from listserv.replies import RelayError, Reply
 
 log = logging.getLogger("listserv.deliver")
@@ -59,7 +60,7 @@ class Progress:
         try:
             if remaining:
                 # Kept through an outage, and written when the database is back.
-                await self.calls.until_done(claims.mark_sent, self.worker, remaining)
+                await self.calls.until_done(outcomes.mark_sent, self.worker, remaining)
         except SQLAlchemyError:
             # Stopping with the database away: unrecorded marks only risk a resend of
             # those copies, as a kill would.
@@ -80,7 +81,7 @@ def _write_outcomes(session: Session, config: Config, attempts: list[Attempt],
                     ) -> tuple[list[DeliveryState], dict[str, float], dict[str, int]]:
     """The outcomes in one commit, with what a refusal does to a member (`[bounces]`)
     and what a deferral or a copy taken does to its destination (destinations.note)."""
-    states, refusals = claims.record_all(session, config.delivery, attempts)
+    states, refusals = outcomes.record_all(session, config.delivery, attempts)
     for outgoing_id, permanent in refusals:
         bounces.refused(session, config, outgoing_id, permanent)
     waits, ended = destinations.note(session, config.delivery, attempts, groups)
@@ -149,7 +150,7 @@ class Recorder:
 def _log(job: Job, refused: dict[str, Reply], error: RelayError | None,
          state: DeliveryState) -> None:
     delivered = len(job.recipients) - len(refused) if error is None else 0
-    deferred, failed = claims.undelivered(job, refused, error, state)
+    deferred, failed = outcomes.undelivered(job, refused, error, state)
     metrics.copies(delivered, deferred, failed)
     # Named as `queue ls` names them: "refused=100 state=queued" read as 100 members
     # refused for good, of a job that was only waiting for its next attempt.

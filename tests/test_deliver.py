@@ -11,10 +11,10 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 
 from listserv import db, outbox
-from listserv.claims import backoff
 from listserv.config import DeliveryConfig
 from listserv.enums import DeliveryState
 from listserv.models import utcnow
+from listserv.outcomes import backoff
 from listserv.queue_tables import Delivery, RecipientFailure
 from tests.helpers import LIST, SENDER, free_port, jobs, message_id, post, settled, wait_until
 from tests.servers import Smarthost

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, update
 
-from listserv import claims, db, outbox
+from listserv import claims, db, outbox, outcomes
 from listserv.config import DeliveryConfig
 from listserv.enums import Lane
 from listserv.models import MailingList, utcnow
@@ -123,7 +123,7 @@ def test_copies_deferred_by_an_outage_wait_for_their_time_and_hold_up_no_claim(
     with db.session(engine) as s:  # the smarthost is away: every copy tried and deferred
         jobs = claims.claim(s, "test:1", 300, timedelta(seconds=30))
         for job in jobs:
-            claims.record(s, config, job, {}, RelayError("connection refused", temporary=True))
+            outcomes.record(s, config, job, {}, RelayError("connection refused", temporary=True))
         s.commit()
     assert len(jobs) == 300
     confirmation = _queue(engine, ["new@example.com"], Lane.WAITING)

@@ -1,7 +1,7 @@
 """destination.probe: the job that tries a destination whose back-off ended
 
 Revision ID: 0024
-Revises: 0022
+Revises: 0023
 Create Date: 2026-12-06
 
 A destination stays in the table after its back-off ends, until a copy goes through:
