@@ -7,13 +7,13 @@ store.archive is shown: a post with a thread node.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import (
     ColumnElement,
+    Row,
     Select,
     bindparam,
     column,
@@ -171,10 +171,10 @@ _POST_COLUMNS = (Message.message_id, Message.subject, Message.from_name,
 # Built once (see _NEIGHBOURS).
 # The date and erasure come out as one datetime and a boolean: each datetime read is a
 # conversion, and a thread page reads hundreds of rows.
-_SKELETON = (select(ThreadNode.message_id, ThreadNode.parent_id, Message.id,
+_SKELETON = (select(ThreadNode.message_id, ThreadNode.parent_id, Message.id.label("pk"),
                     *_POST_COLUMNS[1:4],
-                    func.coalesce(Message.date, ThreadNode.date, type_=UTCDateTime),
-                    Message.raw, Message.erased_at.is_not(None))
+                    func.coalesce(Message.date, ThreadNode.date, type_=UTCDateTime).label("date"),
+                    Message.raw, Message.erased_at.is_not(None).label("erased"))
              .outerjoin(Message, (Message.id == ThreadNode.message_pk)
                         & (Message.kind == MessageKind.POST))
              .where(ThreadNode.list_id == bindparam("list_id"),
@@ -182,22 +182,20 @@ _SKELETON = (select(ThreadNode.message_id, ThreadNode.parent_id, Message.id,
 
 
 def _skeleton(session: Session, list_id: int, thread_id: str
-              ) -> tuple[dict[str, thread.Node], dict[str, Post]]:
+              ) -> tuple[dict[str, thread.Node], dict[str, Row]]:
     """Every node of a thread (placeholders too, for the links through them) and its
-    archived posts, in one query."""
-    rows = session.execute(_SKELETON, {"list_id": list_id, "thread_id": thread_id})
+    archived posts' rows, in one query."""
     nodes: dict[str, thread.Node] = {}
-    posts: dict[str, Post] = {}
-    for mid, parent_id, pk, subject, name, address, date, data, erased in rows:
-        nodes[mid] = thread.Node(mid, real=pk is not None, parent_id=parent_id,
-                                 thread_id=thread_id)
-        if pk is not None:
-            posts[mid] = Post(mid, subject, name, address, date, data or b"",
-                              erased=bool(erased), pk=pk)
+    posts: dict[str, Row] = {}
+    for row in session.execute(_SKELETON, {"list_id": list_id, "thread_id": thread_id}):
+        nodes[row.message_id] = thread.Node(row.message_id, real=row.pk is not None,
+                                            parent_id=row.parent_id, thread_id=thread_id)
+        if row.pk is not None:
+            posts[row.message_id] = row
     return nodes, posts
 
 
-def _children(nodes: dict[str, thread.Node], posts: dict[str, Post]
+def _children(nodes: dict[str, thread.Node], posts: dict[str, Row]
               ) -> dict[str | None, list[str]]:
     """Each post's replies, re-attached past placeholders, oldest first; None: roots."""
     children: dict[str | None, list[str]] = defaultdict(list)
@@ -210,9 +208,10 @@ def _children(nodes: dict[str, thread.Node], posts: dict[str, Post]
     return children
 
 
-def tree_order(nodes: dict[str, thread.Node], posts: dict[str, Post]) -> list[Post]:
+def tree_order(nodes: dict[str, thread.Node], posts: dict[str, Row]) -> list[Post]:
     """The posts depth-first, each reply after its parent, siblings by date; iterative,
-    since a long back-and-forth nests hundreds deep."""
+    since a long back-and-forth nests hundreds deep. Each Post is made here, with its
+    depth, once: made in _skeleton and copied with it, they cost as much as the query."""
     children = _children(nodes, posts)
     ordered: list[Post] = []
     stack = [(mid, 0) for mid in reversed(children[None])]
@@ -222,8 +221,9 @@ def tree_order(nodes: dict[str, thread.Node], posts: dict[str, Post]) -> list[Po
         if mid in seen:
             continue
         seen.add(mid)
-        post = posts[mid]
-        ordered.append(dataclasses.replace(post, depth=depth))
+        r = posts[mid]
+        ordered.append(Post(mid, r.subject, r.from_name, r.from_address, r.date, r.raw or b"",
+                            depth, r.erased, r.pk))
         stack.extend((child, depth + 1) for child in reversed(children.get(mid, [])))
     return ordered
 
