@@ -6,6 +6,7 @@ reply. Pure functions of the configured base URL.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import quote
 
 from listserv.address import ListAddresses
@@ -57,5 +58,12 @@ def reply_mailto(list_address: str, message_id: str, subject: str) -> str:
     threaded under it (In-Reply-To) and with "Re: " added only if it is not there."""
     if not _REPLY_PREFIX.match(subject):
         subject = f"Re: {subject}"
-    return (f"mailto:{quote(list_address, safe='@')}?In-Reply-To="
-            f"{quote(f'<{message_id}>', safe='')}&subject={quote(subject, safe='')}")
+    return (f"mailto:{_quoted(list_address, '@')}?In-Reply-To="
+            f"{quote(f'<{message_id}>', safe='')}&subject={_quoted(subject, '')}")
+
+
+@lru_cache(maxsize=1024)
+def _quoted(text: str, safe: str) -> str:
+    """quote(), remembered: a thread page links a reply to each of its posts, which
+    share the list's address and mostly one subject, and quote() goes byte by byte."""
+    return quote(text, safe=safe)

@@ -78,8 +78,14 @@ def drawn(posts: list[Post], mlist: MailingList, list_url: str) -> list[Markup]:
         article = _REMEMBERED.get(post.pk, version)
         if article is None:
             shown = view.view(content_filter.apply(post.raw, rules).data)
-            article = macro(post, shown, show_subject, list_url, urls.quote_id, view.obfuscate,
-                            lambda p: urls.reply_mailto(mlist.address, p.message_id, p.subject))
+            # The URLs are made here, not called for from the template: a call from
+            # jinja costs several times a call from Python, and a thread page makes
+            # hundreds.
+            reply = None if post.erased else urls.reply_mailto(mlist.address, post.message_id,
+                                                                post.subject)
+            article = macro(post, shown, show_subject,
+                            f"{list_url}message/{urls.quote_id(post.message_id)}/", reply,
+                            view.obfuscate, urls.quote_id)
             _REMEMBERED.put(post.pk, version, article)
         articles.append(article)
     return articles
