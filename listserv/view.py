@@ -1,6 +1,7 @@
-"""What a reader sees of one stored message: its body as safe HTML, its readable text,
-its attachments. Pure functions of the stored bytes, so the archive pages, the digests
-and the search index all show the same thing, and a page can be rebuilt at any time.
+"""What a reader sees of one stored message: its body as safe HTML, its attachments,
+and (plain_text) its readable text. Pure functions of the stored bytes, so the archive
+pages, the digests and the search index all show the same thing, and a page can be
+rebuilt at any time.
 
 The MIME tree comes from listserv.mime, which stops at its depth and part limits
 instead of following a hostile message wherever it goes; past them, the rest is shown
@@ -76,7 +77,6 @@ class View:
 
     text_html: str  # safe HTML of the body, ready for markupsafe.Markup
     attachments: tuple[Attachment, ...]
-    plain: str  # the readable text, for digests and search
 
 
 # --- the MIME tree (listserv.mime) ----------------------------------------------------
@@ -331,8 +331,7 @@ def view(raw: bytes) -> View:
     try:
         return _view(raw)
     except Exception:  # noqa: BLE001  a page must show something for any stored bytes
-        text = _decode(raw, None)
-        return View(_fold_quotes(text), (), text)
+        return View(_fold_quotes(_decode(raw, None)), ())
 
 
 def _view(raw: bytes) -> View:
@@ -340,8 +339,7 @@ def _view(raw: bytes) -> View:
     texts = [(leaf, text) for leaf in _bodies(leaves) if (text := leaf_text(leaf)).strip()]
     return View(text_html="".join(_leaf_html(leaf, text) for leaf, text in texts),
                 attachments=tuple(describe(i, leaf)
-                                  for i, leaf in enumerate(_attachment_leaves(leaves))),
-                plain="\n\n".join(_readable(leaf, text) for leaf, text in texts))
+                                  for i, leaf in enumerate(_attachment_leaves(leaves))))
 
 
 def attachment(raw: bytes, index: int) -> tuple[Attachment, bytes] | None:
