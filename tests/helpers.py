@@ -36,7 +36,7 @@ from listserv.enums import ArchivePolicy, DeliveryMode, DeliveryState, Role
 from listserv.ingest import Incoming, Outcome, ingest_group
 from listserv.models import MailingList, Member
 from listserv.parse import parse
-from listserv.queue_tables import Delivery, Expansion
+from listserv.queue_tables import Delivery, Destination, Expansion
 from listserv.urls import quote_id
 
 if TYPE_CHECKING:  # servers.py builds on this module
@@ -64,6 +64,21 @@ _UNPACKED = Path(tempfile.gettempdir()) / "listserv-test-corpus"
 # --- waiting -------------------------------------------------------------------------------
 
 T = TypeVar("T")
+
+
+# Shaping by destination (test_destinations, test_probes): the domain whose servers defer.
+SLOW = "slow.example.net"
+FAST = [SENDER] + [f"f{i}@example.com" for i in range(3)]
+
+
+def destination(engine: Engine) -> Destination | None:
+    """SLOW's back-off row, if it has one."""
+    with db.session(engine) as s:
+        return s.get(Destination, SLOW)
+
+
+def received(sink: SinkHandler, domain: str) -> list[str]:
+    return sorted(r for r in sink.recipients() if r.endswith("@" + domain))
 
 
 def wait_until(condition: Callable[[], T], what: str | None = None,

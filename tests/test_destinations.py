@@ -21,30 +21,23 @@ from listserv.queue_tables import Delivery, Destination, DestinationDomain
 from listserv.replies import Reply
 from listserv.shaping import Shaper
 from tests.helpers import (
+    FAST,
     LIST,
     SENDER,
+    SLOW,
     assert_one_line_error,
+    destination,
     jobs,
     message,
+    received,
     run_listserv,
     settled,
     wait_until,
 )
 from tests.helpers import web as web_client
 
-SLOW = "slow.example.net"
-FAST = [SENDER] + [f"f{i}@example.com" for i in range(3)]
 DEFERRED = [f"s{i}@{SLOW}" for i in range(4)]
 DEFERRALS = ["421 4.7.0 Too many connections from your IP", "450 4.7.1 Rate limited, try later"]
-
-
-def destination(engine) -> Destination | None:
-    with db.session(engine) as s:
-        return s.get(Destination, SLOW)
-
-
-def received(sink, domain: str) -> list[str]:
-    return sorted(r for r in sink.recipients() if r.endswith("@" + domain))
 
 
 def test_jobs_hold_the_recipients_of_one_domain_each():

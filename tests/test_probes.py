@@ -12,8 +12,17 @@ from sqlalchemy import update
 from listserv import db, probes
 from listserv.models import utcnow
 from listserv.queue_tables import Destination
-from tests.helpers import LIST, SENDER, message, settled, wait_until
-from tests.test_destinations import FAST, SLOW, destination, received
+from tests.helpers import (
+    FAST,
+    LIST,
+    SENDER,
+    SLOW,
+    destination,
+    message,
+    received,
+    settled,
+    wait_until,
+)
 
 MEMBERS = [f"s{i:02}@{SLOW}" for i in range(12)]
 # A job a member: a transaction is one RCPT, which the smarthost counts as it defers it.
