@@ -245,12 +245,13 @@ def _log_takeovers(expired: dict[int, str], claimed: list[int]) -> None:
 def claim(session: Session, worker: str, limit: int, lease: timedelta,
           busy: Sequence[str] = ()) -> list[Job]:
     """Reserve up to `limit` ready jobs for this worker and commit the reservation; none
-    to the domains in `busy` or in back-off (read once here, a handful at most: with
-    none, each kind of job is claimed by one statement; see _take)."""
+    to the domains in `busy` or held after a deferral (outbox.PAUSED: in back-off, or
+    tried by a probe; read once here, a handful at most: with none, each kind of job is
+    claimed by one statement; see _take)."""
     now = utcnow()
     connection = session.connection()
     expired = _past_lease(connection, now)
-    shaped = sorted(set(busy).union(connection.execute(PAUSED, {"now": now}).scalars()))
+    shaped = sorted(set(busy).union(connection.execute(PAUSED).scalars()))
     rows: list[Row] = []
     for lane in Lane:
         for claims in _CLAIMS:
